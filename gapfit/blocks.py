@@ -1,0 +1,133 @@
+"""Kernel rows of energies, forces and virials against the sparse set, per batch.
+
+The total energy of a configuration is a sum of local energies
+``E = sum_i eps(p_i)``, with the sparse-GP mean ``eps(p) = sum_m w_m k(p, z_m)``.
+All positional dependence is through pair vectors ``D_p = r_j - r_i + S_p . cell``::
+
+    t_pm   = dk(p_i(p), z_m)/dD_p = a_im / |p_i| (z_m - q_im p_i) . dP_p     (P, 3, M)
+    F_a    = sum_{p: i_p = a} t_p - sum_{p: j_p = a} t_p                      (A, 3, M)
+    W      = -sum_p t_p (x) D_p           (virial = -dE/d(strain), eV)        (C, 6, M)
+
+with ``a_im = delta^2 zeta q_im^(zeta-1)`` and ``dP_p = dp_i/dD_p`` from ``soap.py``.
+Virials are symmetrised and stored in Voigt order (xx, yy, zz, yz, xz, xy).
+Nothing of size (atoms x atoms) or (pairs x pairs) is formed.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
+from gapfit.neighbours import Batch
+from gapfit.soap import SoapSpec, soap, soap_and_pair_derivatives
+
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+class Rows(NamedTuple):
+    """Kernel rows against the M sparse points (eV^2 scale, unscaled by sigmas)."""
+
+    energy: jax.Array  # (C, M)   d E_c / d w_m
+    forces: jax.Array  # (A, 3, M)
+    virial: jax.Array  # (C, 6, M)
+    local: jax.Array  # (A, M)   k(p_i, z_m)
+
+
+class Mean(NamedTuple):
+    """Predicted means of a batch."""
+
+    local_energy: jax.Array  # (A,) eV, without e0
+    energy: jax.Array  # (C,) eV, without e0
+    forces: jax.Array  # (A, 3) eV/Å
+    virial: jax.Array  # (C, 6) eV, Voigt
+
+
+def voigt(W: jax.Array) -> jax.Array:
+    """Symmetrised Voigt components ``(..., 6)`` of ``(..., 3, 3)`` tensors."""
+    return jnp.stack([0.5 * (W[..., a, b] + W[..., b, a]) for a, b in VOIGT], axis=-1)
+
+
+def batch_arrays(batch: Batch) -> dict:
+    """The batch as device arrays (keyword arguments of the jitted functions)."""
+    return {k: jnp.asarray(v) for k, v in batch._asdict().items()}
+
+
+def descriptors(spec: SoapSpec, b: dict) -> jax.Array:
+    """SOAP vectors ``(A, F)`` of every atom of a batch."""
+    return soap(spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"],
+                b["species"])
+
+
+descriptors_jit = jax.jit(descriptors, static_argnums=0)
+
+
+def _to_atoms_and_configs(t: jax.Array, b: dict) -> tuple[jax.Array, jax.Array]:
+    """Per-pair gradients ``t (P, 3, ...)`` -> forces ``(A, 3, ...)`` and virials
+    ``(C, 6, ...)``."""
+    A, C = b["species"].shape[0], b["config_mask"].shape[0]
+    forces = (jax.ops.segment_sum(t, b["centre"], A)
+              - jax.ops.segment_sum(t, b["neighbour"], A))
+    outer = -jnp.einsum("pk...,pl->pkl...", t, b["D"])  # (P, 3, 3, ...)
+    W = jax.ops.segment_sum(outer, b["pair_config"], C)
+    W = jnp.stack([0.5 * (W[:, a, b_] + W[:, b_, a]) for a, b_ in VOIGT], axis=1)
+    return forces, W
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def design_rows(spec: SoapSpec, kernel: DotProductKernel, Z_hat: jax.Array,
+                Z_species: jax.Array, b: dict) -> Rows:
+    """Kernel rows of every energy, force and virial of a batch (see module doc).
+
+    Args:
+        Z_hat: (M, F) unit SOAP vectors of the sparse points.
+        Z_species: (M,) species index of each sparse point.
+        b: ``batch_arrays(batch)``.
+    """
+    p, dP = soap_and_pair_derivatives(spec, b["D"], b["centre"], b["neighbour_species"],
+                                      b["pair_mask"], b["species"])
+    return rows_from_soap(kernel, p, dP, Z_hat, Z_species, b)
+
+
+def rows_from_soap(kernel: DotProductKernel, p: jax.Array, dP: jax.Array,
+                   Z_hat: jax.Array, Z_species: jax.Array, b: dict) -> Rows:
+    """``design_rows`` given SOAP ``p (A, F)`` and ``dP (P, 3, F)``."""
+    p_hat, norm = normalise(p)
+    q = cosine(p_hat, Z_hat)  # (A, M)
+    s = same_species(b["species"], Z_species) * b["atom_mask"][:, None]
+    d2, zeta = kernel.delta**2, kernel.zeta
+    local = d2 * q**zeta * s  # (A, M)
+    energy = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
+    a = d2 * zeta * q ** (zeta - 1) * s / norm[:, None]  # (A, M)
+    ZdP = jnp.einsum("mf,pkf->pkm", Z_hat, dP)  # (P, 3, M): the main GEMM
+    pdP = jnp.einsum("pf,pkf->pk", p_hat[b["centre"]], dP)  # (P, 3)
+    i = b["centre"]
+    t = a[i][:, None, :] * (ZdP - q[i][:, None, :] * pdP[:, :, None])  # (P, 3, M)
+    t = t * b["pair_mask"][:, None, None]
+    forces, virial = _to_atoms_and_configs(t, b)
+    return Rows(energy, forces, virial, local)
+
+
+def _energy_of_pairs(spec: SoapSpec, kernel: DotProductKernel, Z_hat: jax.Array,
+                     Z_species: jax.Array, weights: jax.Array, D: jax.Array,
+                     b: dict) -> tuple[jax.Array, jax.Array]:
+    p = soap(spec, D, b["centre"], b["neighbour_species"], b["pair_mask"], b["species"])
+    p_hat, _ = normalise(p)
+    s = same_species(b["species"], Z_species)
+    local = kernel.delta**2 * (cosine(p_hat, Z_hat) ** kernel.zeta * s) @ weights
+    local = local * b["atom_mask"]
+    return jnp.sum(local), local
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def predict_mean(spec: SoapSpec, kernel: DotProductKernel, Z_hat: jax.Array,
+                 Z_species: jax.Array, weights: jax.Array, b: dict) -> Mean:
+    """Local energies, energies, forces and virials of a batch (one reverse pass)."""
+    grad, local = jax.grad(_energy_of_pairs, argnums=5, has_aux=True)(
+        spec, kernel, Z_hat, Z_species, weights, b["D"], b)
+    forces, virial = _to_atoms_and_configs(grad * b["pair_mask"][:, None], b)
+    energy = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
+    return Mean(local, energy, forces, virial)

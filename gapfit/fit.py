@@ -1,0 +1,242 @@
+"""The estimator: ``GAP(...).fit(frames)`` orchestrates a streamed sparse-GP fit.
+
+Stages (each timed, with progress bars): read and validate data -> e0 -> SOAP of every
+environment -> sparse points -> per chunk of configurations, kernel rows of energies,
+forces and virials folded into the QR -> weights and posterior factors -> training
+errors. Peak memory is O(M^2 + chunk) plus the (n_env, F) descriptor matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ase
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from gapfit import __version__
+from gapfit.blocks import batch_arrays, descriptors_jit, design_rows
+from gapfit.data import Frame, LabelKeys, Sigmas, fit_e0, frames_from_atoms, read_frames
+from gapfit.errors import GapfitError
+from gapfit.gapstring import parse_soap
+from gapfit.kernels import DotProductKernel, kernel_block, normalise
+from gapfit.model import Model, chunk_indices
+from gapfit.neighbours import make_batch
+from gapfit.report import error_table
+from gapfit.soap import SoapSpec
+from gapfit.sparse_gp import finish, fold, start
+from gapfit.sparsify import select_sparse
+
+
+class GAP:
+    """Sparse GAP on SOAP, scikit-learn style: settings here, ``fit(frames)``.
+
+    Args:
+        soap: gap_fit-style SOAP string or mapping (see ``gapstring.SOAP_DEFAULTS``).
+        default_sigma: (energy eV/atom, force eV/Å, virial eV/atom[, hessian ignored]).
+        config_type_sigma: config_type -> (energy, force, virial) sigmas.
+        sigma_per_atom: energy/virial sigmas are per atom (gap_fit default T).
+        e0: explicit isolated-atom energies {Z or symbol: eV}; override ``e0_method``.
+        e0_method: "isolated", "average", "least_squares" or "explicit".
+        sparse_jitter: added to the diagonal of K_mm (eV^2).
+        rnd_seed: seed of the sparse-point selection.
+        chunk_atoms: atoms per streamed chunk (memory knob; the model does not depend on it).
+        keys: label key names in the input files.
+        progress: show progress bars.
+    """
+
+    def __init__(self, soap: str | Mapping[str, Any] | None = None,
+                 default_sigma: Sequence[float] = (0.001, 0.05, 0.05, 0.0),
+                 config_type_sigma: Mapping[str, Sequence[float]] | None = None,
+                 sigma_per_atom: bool = True, e0: Mapping[int, float] | None = None,
+                 e0_method: str = "isolated", sparse_jitter: float = 1e-8,
+                 rnd_seed: int = 1, chunk_atoms: int = 512,
+                 keys: LabelKeys = LabelKeys(), progress: bool = False) -> None:
+        self.soap = soap
+        self.default_sigma = default_sigma
+        self.config_type_sigma = config_type_sigma
+        self.sigma_per_atom = sigma_per_atom
+        self.e0 = e0
+        self.e0_method = e0_method
+        self.sparse_jitter = sparse_jitter
+        self.rnd_seed = rnd_seed
+        self.chunk_atoms = chunk_atoms
+        self.keys = keys
+        self.progress = progress
+
+    # ------------------------------------------------------------------------------
+    def fit(self, frames: str | os.PathLike | Sequence[ase.Atoms | Frame]) -> GAP:
+        """Fit to labelled frames (a file path, ASE Atoms or ``Frame`` objects)."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        frames = self._frames(frames)
+        settings = parse_soap(self.soap)
+        sigmas = self._sigmas()
+        species = sorted({int(z) for f in frames for z in f.numbers})
+        e0 = fit_e0(frames, "explicit" if self.e0_method == "explicit" else self.e0_method,
+                    species, self.e0)
+        spec = SoapSpec(species=tuple(species), cutoff=settings["cutoff"],
+                        n_max=settings["n_max"], l_max=settings["l_max"],
+                        atom_sigma=settings["atom_sigma"], weighting=settings["weighting"],
+                        cutoff_transition_width=settings["cutoff_transition_width"],
+                        poly_r0=settings["poly_r0"], poly_c=settings["poly_c"],
+                        poly_m=settings["poly_m"])
+        kernel = DotProductKernel(settings["delta"], settings["zeta"])
+        timings["read"] = time.perf_counter() - t0
+
+        chunks = chunk_indices([len(f.numbers) for f in frames], self.chunk_atoms)
+        t0 = time.perf_counter()
+        X, Z = self._descriptors(spec, frames, chunks)
+        timings["descriptors"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        idx = select_sparse(X, Z, settings["n_sparse"], settings["sparse_method"],
+                            self.rnd_seed)
+        Z_hat, _ = normalise(jnp.asarray(X[idx]))
+        Z_species = jnp.asarray(Z[idx])
+        K_mm = kernel_block(kernel, Z_hat, Z_species, Z_hat, Z_species)
+        timings["sparsify"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        R_aug = start(K_mm, self.sparse_jitter)
+        for chunk in tqdm(chunks, desc="kernel rows + QR", unit="chunk",
+                          disable=not self.progress):
+            sel = [frames[k] for k in chunk]
+            batch = make_batch(sel, species, spec.neighbour_cutoff, [f.where for f in sel])
+            rows = design_rows(spec, kernel, Z_hat, Z_species, batch_arrays(batch))
+            A, b = _scaled_rows(rows, batch, sel, sigmas, e0, species)
+            R_aug = fold(R_aug, A, b)
+        post = finish(R_aug, K_mm, self.sparse_jitter)
+        timings["solve"] = time.perf_counter() - t0
+
+        info = {
+            "gapfit_version": __version__,
+            "versions": {"jax": jax.__version__, "numpy": np.__version__,
+                         "ase": ase.__version__, "python": platform.python_version()},
+            "settings": {**settings, "default_sigma": list(self.default_sigma),
+                         "config_type_sigma": {k: list(v) for k, v in
+                                               (self.config_type_sigma or {}).items()},
+                         "sigma_per_atom": self.sigma_per_atom,
+                         "e0_method": self.e0_method, "sparse_jitter": self.sparse_jitter,
+                         "rnd_seed": self.rnd_seed},
+            "data": _data_summary(frames),
+            "n_sparse": {str(z): int((np.asarray(Z_species) == k).sum())
+                         for k, z in enumerate(species)},
+        }
+        self.model_ = Model(spec, kernel, np.asarray(Z_hat), np.asarray(Z_species), post,
+                            e0, info)
+        t0 = time.perf_counter()
+        preds = self.model_.predict(frames, wheres=[f.where for f in frames],
+                                    batch_atoms=self.chunk_atoms * 4)
+        self.training_errors_ = error_table(frames, preds)
+        timings["training_errors"] = time.perf_counter() - t0
+        self.timings_ = timings
+        self.model_.info["timings_s"] = timings
+        self.model_.info["training_errors"] = self.training_errors_
+        return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted model (see ``Model.save``)."""
+        self._check_fitted()
+        self.model_.save(path)
+
+    def predict(self, structures: Sequence[Any], std: bool = False) -> list[dict]:
+        """Predictions of the fitted model (see ``Model.predict``)."""
+        self._check_fitted()
+        return self.model_.predict(structures, std=std)
+
+    # ------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise GapfitError("this GAP is not fitted yet; call fit(frames) first.")
+
+    def _frames(self, frames) -> list[Frame]:
+        if isinstance(frames, str | os.PathLike):
+            return read_frames(frames, self.keys, require=("energy", "forces"))
+        frames = list(frames)
+        if not frames:
+            raise GapfitError("fit() got no frames; pass labelled structures.")
+        if all(isinstance(f, Frame) for f in frames):
+            return frames
+        return frames_from_atoms(frames, self.keys, require=("energy", "forces"))
+
+    def _sigmas(self) -> Sigmas:
+        ds = list(self.default_sigma)
+        if len(ds) not in (3, 4):
+            raise GapfitError(
+                f"default_sigma has {len(ds)} values {ds}; give energy force virial "
+                "[hessian], e.g. 0.001 0.05 0.05 0.0.")
+        per_type = {k: tuple(float(x) for x in list(v)[:3])
+                    for k, v in (self.config_type_sigma or {}).items()}
+        return Sigmas(float(ds[0]), float(ds[1]), float(ds[2]), per_type,
+                      self.sigma_per_atom)
+
+    def _descriptors(self, spec: SoapSpec, frames: Sequence[Frame],
+                     chunks: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment."""
+        X, Z = [], []
+        for chunk in tqdm(chunks, desc="descriptors", unit="chunk",
+                          disable=not self.progress):
+            sel = [frames[k] for k in chunk]
+            batch = make_batch(sel, spec.species, spec.neighbour_cutoff,
+                               [f.where for f in sel])
+            real = batch.atom_mask > 0
+            X.append(np.asarray(descriptors_jit(spec, batch_arrays(batch)))[real])
+            Z.append(batch.species[real])
+        return np.concatenate(X), np.concatenate(Z)
+
+
+def _scaled_rows(rows, batch, frames: Sequence[Frame], sigmas: Sigmas,
+                 e0: Mapping[int, float], species: Sequence[int]):
+    """Rows ``Lambda^-1/2 K`` and targets ``Lambda^-1/2 y`` of one chunk (padded,
+    missing labels as zero rows)."""
+    C, A = batch.config_mask.shape[0], batch.atom_mask.shape[0]
+    e0_arr = np.array([e0[z] for z in species])
+    yE, wE = np.zeros(C), np.zeros(C)
+    yF, wF = np.zeros((A, 3)), np.zeros((A, 3))
+    yW, wW = np.zeros((C, 6)), np.zeros((C, 6))
+    a0 = 0
+    for c, f in enumerate(frames):
+        n = len(f.numbers)
+        s_e, s_f, s_w = sigmas.for_frame(f)
+        if f.energy is not None:
+            yE[c] = f.energy - e0_arr[batch.species[a0:a0 + n]].sum()
+            wE[c] = 1.0 / s_e
+        if f.forces is not None:
+            yF[a0:a0 + n], wF[a0:a0 + n] = f.forces, 1.0 / s_f
+        if f.virial is not None:
+            v = f.virial
+            yW[c] = [v[0, 0], v[1, 1], v[2, 2], v[1, 2], v[0, 2], v[0, 1]]
+            wW[c] = 1.0 / s_w
+        a0 += n
+    A_rows = jnp.concatenate([
+        rows.energy * wE[:, None],
+        (rows.forces * wF[:, :, None]).reshape(3 * A, -1),
+        (rows.virial * wW[:, :, None]).reshape(6 * C, -1)])
+    b = jnp.concatenate([yE * wE, (yF * wF).ravel(), (yW * wW).ravel()])
+    return A_rows, b
+
+
+def _data_summary(frames: Sequence[Frame]) -> dict:
+    """Counts per config_type and a sha256 of geometry + labels."""
+    h = hashlib.sha256()
+    counts: dict[str, int] = {}
+    for f in frames:
+        counts[f.config_type] = counts.get(f.config_type, 0) + 1
+        for arr in (f.numbers, f.positions, f.cell, f.forces, f.virial):
+            if arr is not None:
+                h.update(np.ascontiguousarray(arr, dtype=float).tobytes())
+        h.update(repr(f.energy).encode())
+    return {"n_configs": len(frames), "n_atoms": int(sum(len(f.numbers) for f in frames)),
+            "n_energies": sum(f.energy is not None for f in frames),
+            "n_force_components": int(sum(3 * len(f.numbers) for f in frames
+                                          if f.forces is not None)),
+            "n_virials": sum(f.virial is not None for f in frames),
+            "config_types": counts, "sha256": h.hexdigest()}

@@ -1,0 +1,162 @@
+"""Neighbour lists and padded batches of configurations for the jitted numerics.
+
+A ``Batch`` concatenates the atoms and the full (i -> j, both directions) pair lists of
+several configurations, padded to bucketed sizes so that jit compiles a handful of
+shapes. Pair vectors are ``D_p = r_j - r_i + S_p . cell`` (Å); everything downstream is
+a function of ``D``, so forces and virials come from ``dE/dD``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import vesin
+
+from gapfit.errors import GapfitError
+
+
+class Structure(Protocol):
+    """Anything with ``numbers``, ``positions``, ``cell`` and ``pbc`` (ASE Atoms, Frame)."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    pbc: np.ndarray
+
+
+class Batch(NamedTuple):
+    """Padded atoms and pairs of ``n_configs`` configurations (numpy arrays)."""
+
+    D: np.ndarray  # (P, 3) Å pair vectors
+    centre: np.ndarray  # (P,) atom index i of each pair
+    neighbour: np.ndarray  # (P,) atom index j of each pair
+    neighbour_species: np.ndarray  # (P,) species index of j
+    pair_mask: np.ndarray  # (P,) 1 real, 0 padding
+    pair_config: np.ndarray  # (P,) configuration index
+    species: np.ndarray  # (A,) species index of each atom
+    atom_mask: np.ndarray  # (A,) 1 real, 0 padding
+    atom_config: np.ndarray  # (A,) configuration index
+    config_mask: np.ndarray  # (C,) 1 real, 0 padding
+    n_atoms: np.ndarray  # (C,) atoms per configuration
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+    """Smallest size >= n of the form 2^k or 3 * 2^(k-1) (few distinct jit shapes)."""
+    size = minimum
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+def _cell(structure: Structure) -> np.ndarray:
+    return np.asarray(structure.cell, dtype=float).reshape(3, 3)
+
+
+def pairs(structure: Structure, cutoff: float, where: str = "") -> tuple[np.ndarray, ...]:
+    """Full neighbour list within ``cutoff`` Å: ``(i, j, D)`` with periodic images.
+
+    Raises:
+        GapfitError: a periodic direction without a usable cell vector.
+    """
+    pbc = np.asarray(structure.pbc, dtype=bool).reshape(3)
+    cell = _cell(structure)
+    positions = np.asarray(structure.positions, dtype=float)
+    if pbc.any():
+        lengths = np.linalg.norm(cell, axis=1)
+        if (lengths[pbc] < 1e-6).any() or abs(np.linalg.det(cell)) < 1e-6 and pbc.all():
+            raise GapfitError(
+                f"{where or 'structure'}: periodic along {pbc.tolist()} but the cell "
+                f"{cell.tolist()} has a zero or degenerate vector; set the cell or "
+                "pbc=False for that direction."
+            )
+        n_images = np.prod([2 * np.ceil(cutoff / h) + 1 for h in _heights(cell)[pbc]])
+        if n_images * len(positions) > 5e6:
+            raise GapfitError(
+                f"{where or 'structure'}: the cell is so small for cutoff {cutoff} Å that "
+                f"{int(n_images)} periodic images are needed; use a supercell."
+            )
+    calc = vesin.NeighborList(cutoff=cutoff, full_list=True)
+    i, j, D = calc.compute(positions, cell if pbc.any() else np.zeros((3, 3)),
+                           pbc.tolist(), quantities="ijD")
+    return i.astype(np.int64), j.astype(np.int64), np.asarray(D, dtype=float)
+
+
+def _heights(cell: np.ndarray) -> np.ndarray:
+    """Perpendicular heights of the cell (Å), inf for a zero volume."""
+    volume = abs(np.linalg.det(cell))
+    cross = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(cross > 0, volume / np.where(cross > 0, cross, 1), np.inf)
+
+
+def species_index(numbers: np.ndarray, species: Sequence[int], where: str = "") -> np.ndarray:
+    """Map atomic numbers to indices into the sorted ``species``; unknown ones raise."""
+    species = np.asarray(species)
+    idx = np.searchsorted(species, numbers)
+    bad = (idx >= len(species)) | (species[np.minimum(idx, len(species) - 1)] != numbers)
+    if bad.any():
+        from ase.data import chemical_symbols
+
+        unknown = sorted({chemical_symbols[z] for z in np.asarray(numbers)[bad]})
+        known = [chemical_symbols[z] for z in species]
+        raise GapfitError(
+            f"{where or 'structure'} contains {unknown}, which the model was not fitted "
+            f"on (it knows {known}); refit with these species in the training data."
+        )
+    return idx.astype(np.int64)
+
+
+def make_batch(structures: Sequence[Structure], species: Sequence[int], cutoff: float,
+               wheres: Sequence[str] | None = None, pad: bool = True) -> Batch:
+    """Concatenate and pad the neighbour lists of ``structures`` into one ``Batch``."""
+    wheres = wheres or [f"config {k}" for k in range(len(structures))]
+    parts = []
+    offset = 0
+    for c, (s, where) in enumerate(zip(structures, wheres, strict=True)):
+        z = species_index(np.asarray(s.numbers), species, where)
+        i, j, D = pairs(s, cutoff, where)
+        parts.append((z, i + offset, j + offset, D, c))
+        offset += len(z)
+    n_atoms = np.array([len(p[0]) for p in parts], dtype=np.int64)
+    n_pairs = sum(len(p[1]) for p in parts)
+    A = bucket(offset + 1) if pad else offset
+    P = bucket(n_pairs + 1) if pad else n_pairs
+    C = bucket(len(parts) + 1, 2) if pad else len(parts)
+    b = Batch(
+        D=np.tile([1.0, 0.0, 0.0], (P, 1)), centre=np.full(P, A - 1), neighbour=np.full(P, A - 1),
+        neighbour_species=np.zeros(P, np.int64), pair_mask=np.zeros(P),
+        pair_config=np.full(P, C - 1), species=np.zeros(A, np.int64), atom_mask=np.zeros(A),
+        atom_config=np.full(A, C - 1), config_mask=np.zeros(C), n_atoms=np.zeros(C, np.int64),
+    )
+    a0 = p0 = 0
+    for z, i, j, D, c in parts:
+        na, npair = len(z), len(i)
+        b.species[a0:a0 + na] = z
+        b.atom_mask[a0:a0 + na] = 1.0
+        b.atom_config[a0:a0 + na] = c
+        sl = slice(p0, p0 + npair)
+        b.D[sl], b.centre[sl], b.neighbour[sl] = D, i, j
+        b.neighbour_species[sl] = b.species[j]
+        b.pair_mask[sl] = 1.0
+        b.pair_config[sl] = c
+        a0, p0 = a0 + na, p0 + npair
+    b.config_mask[: len(parts)] = 1.0
+    b.n_atoms[: len(parts)] = n_atoms
+    return b
+
+
+def incoming(batch: Batch) -> np.ndarray:
+    """``(A, K)`` indices of the pairs whose neighbour j is each atom (padded with an
+    index of a masked pair), for per-atom force covariances."""
+    real = np.flatnonzero(batch.pair_mask > 0)
+    pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
+    j = batch.neighbour[real]
+    order = real[np.argsort(j, kind="stable")]
+    counts = np.bincount(j, minlength=len(batch.species))
+    K = int(counts.max(initial=0)) or 1
+    out = np.full((len(batch.species), K), pad_pair, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, counts)
+    out[np.repeat(np.arange(len(counts)), counts), rank] = order
+    return out

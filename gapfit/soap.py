@@ -1,0 +1,310 @@
+"""SOAP power spectrum in JAX, equal to ``dscribe.descriptors.SOAP`` (GTO basis).
+
+Per centre i and neighbour species Z the smoothed density is
+``rho_Z(r) = sum_j w(r_ij) exp(-eta |r - r_ij|^2)`` with ``eta = 1 / (2 sigma^2)``.
+Its projection on orthonormal GTO radial functions ``g_nl`` and real spherical
+harmonics has the closed form (Bartók, Kondor, Csányi, PRB 87, 184115 (2013);
+dscribe: Himanen et al., CPC 247, 106949 (2020))::
+
+    c^Z_nlm = sum_j w_j sum_k B_lnk exp(-alpha'_lk r_j^2) R_lm(r_j)
+    B_lnk   = pi^{3/2} beta^(l)_nk eta^l (alpha_lk + eta)^-(l + 3/2)
+    alpha'  = alpha_lk eta / (alpha_lk + eta)
+    p^{ab}_lnn' = pi sqrt(8 / (2l + 1)) sum_m c^a_nlm c^b_n'lm
+
+with ``R_lm = r^l Y_lm`` real solid harmonics and ``beta = sqrtm(inv(S))`` the Löwdin
+orthonormaliser of the primitive GTOs (exactly dscribe's scipy call). The centre atom
+contributes ``w(0)`` to ``c_n00``. The output layout is dscribe's (pair blocks a <= b,
+then l, n, n'). The vector is not normalised; the kernel normalises it.
+
+Weightings (``w``): ``"none"`` (dscribe's default; neighbours up to
+``r_cut + 3.717 sigma``; the energy jumps when an atom crosses that sphere),
+``"poly"`` (dscribe's ``weighting={"function": "poly", r0, c, m}``; smooth), and
+``"cosine"`` (gapfit's default, gap_fit's ``cutoff_transition_width``: ``w = 1`` below
+``r_cut - width``, ``(1 + cos(pi x)) / 2`` across the transition, ``0`` beyond
+``r_cut``; smooth (C^1), a documented deviation from dscribe, which has no such weighting).
+
+Positions enter only through pair vectors ``D_p = r_j - r_i + S_p . cell`` so forces
+and virials follow from ``dE/dD_p`` (see ``blocks.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from scipy.special import gamma
+
+from gapfit.errors import GapfitError
+
+GAUSS_PADDING = 3.7169221888498383  # sqrt(-2 ln 1e-3): dscribe's neighbour padding / sigma
+WEIGHTINGS = ("cosine", "poly", "none")
+
+
+@dataclass(frozen=True)
+class SoapSpec:
+    """Settings of one SOAP descriptor (gap_fit names; dscribe meaning).
+
+    Attributes:
+        species: sorted atomic numbers (all blocks present even if absent).
+        cutoff: dscribe ``r_cut`` in Å (GTO decay radii and the weighting cutoff).
+        n_max: number of radial functions.
+        l_max: maximum angular momentum (0..20).
+        atom_sigma: Gaussian width sigma in Å.
+        weighting: ``"cosine"``, ``"poly"`` or ``"none"``.
+        cutoff_transition_width: width of the cosine transition in Å.
+        poly_r0, poly_c, poly_m: dscribe's poly weighting parameters (Å, -, -).
+    """
+
+    species: tuple[int, ...]
+    cutoff: float = 5.0
+    n_max: int = 8
+    l_max: int = 6
+    atom_sigma: float = 0.5
+    weighting: str = "cosine"
+    cutoff_transition_width: float = 1.0
+    poly_r0: float = 5.0
+    poly_c: float = 1.0
+    poly_m: float = 2.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "species", tuple(sorted({int(z) for z in self.species})))
+        if not self.species:
+            raise GapfitError("SOAP needs at least one species; found none.")
+        if self.weighting not in WEIGHTINGS:
+            raise GapfitError(
+                f"SOAP weighting '{self.weighting}' is unknown; use one of {WEIGHTINGS}."
+            )
+        if not self.cutoff > 1.0:
+            raise GapfitError(f"SOAP cutoff={self.cutoff} Å: the GTO basis needs > 1 Å.")
+        if not (0 <= self.l_max <= 20 and self.n_max >= 1):
+            raise GapfitError(
+                f"SOAP n_max={self.n_max}, l_max={self.l_max}: need n_max >= 1 and "
+                "0 <= l_max <= 20."
+            )
+        if not self.atom_sigma > 0:
+            raise GapfitError(f"SOAP atom_sigma={self.atom_sigma} Å must be > 0.")
+        if self.weighting == "cosine" and not (
+            0 < self.cutoff_transition_width <= self.cutoff
+        ):
+            raise GapfitError(
+                f"cutoff_transition_width={self.cutoff_transition_width} Å must lie in "
+                f"(0, cutoff={self.cutoff}]."
+            )
+
+    @property
+    def neighbour_cutoff(self) -> float:
+        """Radius (Å) beyond which a neighbour contributes nothing."""
+        if self.weighting == "cosine":
+            return self.cutoff
+        padded = self.cutoff + GAUSS_PADDING * self.atom_sigma
+        return min(padded, self.poly_r0) if self.weighting == "poly" else padded
+
+    @property
+    def n_features(self) -> int:
+        """Length of the power-spectrum vector (dscribe's ``get_number_of_features``)."""
+        sn = len(self.species) * self.n_max
+        return sn * (sn + 1) // 2 * (self.l_max + 1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["species"] = list(self.species)
+        return d
+
+    def dscribe_kwargs(self) -> dict:
+        """Arguments of ``dscribe.descriptors.SOAP`` giving the same vectors
+        (``weighting="cosine"`` has no dscribe equivalent)."""
+        kw = dict(species=list(self.species), r_cut=self.cutoff, n_max=self.n_max,
+                  l_max=self.l_max, sigma=self.atom_sigma, rbf="gto")
+        if self.weighting == "poly":
+            kw["weighting"] = {"function": "poly", "r0": self.poly_r0,
+                               "c": self.poly_c, "m": self.poly_m}
+        elif self.weighting == "cosine":
+            raise GapfitError("the cosine weighting has no dscribe equivalent")
+        return kw
+
+    @cached_property
+    def constants(self) -> SoapConstants:
+        return soap_constants(self)
+
+
+@dataclass(frozen=True)
+class SoapConstants:
+    """Host-side constants: ``B (L+1, N, K)``, ``alpha' (L+1, K)``, self term ``(N,)``,
+    the ``l`` of each ``lm`` column, and the gather index of dscribe's layout."""
+
+    B: np.ndarray
+    alpha_p: np.ndarray
+    self_c: np.ndarray
+    l_of_lm: np.ndarray
+    layout: np.ndarray
+
+
+def _gto_betas(cutoff: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """alpha (L+1, N) in Å^-2 and Löwdin beta (L+1, N, N), exactly as dscribe."""
+    a = np.linspace(1.0, cutoff, n_max)
+    alphas = np.zeros((l_max + 1, n_max))
+    betas = np.zeros((l_max + 1, n_max, n_max))
+    for l in range(l_max + 1):
+        alpha = -np.log(1e-3 / np.power(a, l)) / a**2
+        s = alpha[:, None] + alpha[None, :]
+        overlap = 0.5 * gamma(l + 1.5) * s ** (-(l + 1.5))
+        beta = scipy.linalg.sqrtm(np.linalg.inv(overlap))
+        if np.iscomplexobj(beta):
+            if np.abs(beta.imag).max() > 1e-8 * np.abs(beta.real).max():
+                raise GapfitError(
+                    f"SOAP radial basis is singular for cutoff={cutoff}, n_max={n_max}; "
+                    "lower n_max."
+                )
+            beta = beta.real
+        alphas[l], betas[l] = alpha, beta
+    return alphas, betas
+
+
+def _layout(n_species: int, n_max: int, l_max: int) -> np.ndarray:
+    """Flat indices into P[a, b, l, n, n'] (shape S, S, L+1, N, N) in dscribe order."""
+    shape = (n_species, n_species, l_max + 1, n_max, n_max)
+    idx = []
+    for a in range(n_species):
+        for b in range(a, n_species):
+            for l in range(l_max + 1):
+                for n in range(n_max):
+                    for n2 in range(n if a == b else 0, n_max):
+                        idx.append(np.ravel_multi_index((a, b, l, n, n2), shape))
+    return np.asarray(idx, dtype=np.int64)
+
+
+def soap_constants(spec: SoapSpec) -> SoapConstants:
+    """Precompute the GTO constants of ``spec`` on the host (no gradients needed)."""
+    eta = 1.0 / (2.0 * spec.atom_sigma**2)
+    alphas, betas = _gto_betas(spec.cutoff, spec.n_max, spec.l_max)
+    ls = np.arange(spec.l_max + 1)[:, None]
+    # B_lnk = pi^{3/2} beta_nk eta^l (alpha_lk + eta)^-(l+3/2)            (L+1, N, K)
+    B = (np.pi**1.5 * betas * (eta**ls * (alphas + eta) ** (-(ls + 1.5)))[:, None, :])
+    alpha_p = alphas * eta / (alphas + eta)
+    centre_w = spec.poly_c if spec.weighting == "poly" else 1.0
+    self_c = centre_w * B[0].sum(axis=1) / (2.0 * np.sqrt(np.pi))  # R_00 = Y_00
+    l_of_lm = np.concatenate([np.full(2 * l + 1, l) for l in range(spec.l_max + 1)])
+    return SoapConstants(B, alpha_p, self_c, l_of_lm,
+                         _layout(len(spec.species), spec.n_max, spec.l_max))
+
+
+def solid_harmonics(D: jax.Array, l_max: int) -> jax.Array:
+    """Real orthonormal solid harmonics ``r^l Y_lm`` of vectors ``D (..., 3)`` in Å^l.
+
+    Returns ``(..., (l_max+1)^2)`` ordered l, m = -l..l. Built from the Cartesian
+    recursion of the modified associated Legendre polynomials (Bigi et al., JCP 159,
+    064802 (2023)), so it is polynomial in x, y, z and smooth at the poles.
+    """
+    x, y, z = D[..., 0], D[..., 1], D[..., 2]
+    r2 = x * x + y * y + z * z
+    Q = {(0, 0): jnp.ones_like(x)}
+    for l in range(1, l_max + 1):
+        Q[(l, l)] = -(2 * l - 1) * Q[(l - 1, l - 1)]
+        Q[(l, l - 1)] = (2 * l - 1) * z * Q[(l - 1, l - 1)]
+        for m in range(l - 2, -1, -1):
+            Q[(l, m)] = ((2 * l - 1) * z * Q[(l - 1, m)]
+                         - (l + m - 1) * r2 * Q[(l - 2, m)]) / (l - m)
+    C, S = [jnp.ones_like(x)], [jnp.zeros_like(x)]
+    for m in range(1, l_max + 1):
+        C.append(x * C[m - 1] - y * S[m - 1])
+        S.append(x * S[m - 1] + y * C[m - 1])
+    out = []
+    for l in range(l_max + 1):
+        row = [None] * (2 * l + 1)
+        row[l] = math.sqrt((2 * l + 1) / (4 * math.pi)) * Q[(l, 0)]
+        for m in range(1, l + 1):
+            f = math.sqrt((2 * l + 1) / (2 * math.pi)
+                          * math.factorial(l - m) / math.factorial(l + m))
+            row[l + m] = f * Q[(l, m)] * C[m]
+            row[l - m] = f * Q[(l, m)] * S[m]
+        out.extend(row)
+    return jnp.stack(out, axis=-1)
+
+
+def neighbour_weight(spec: SoapSpec, r2: jax.Array) -> jax.Array:
+    """Weight ``w(r)`` of a neighbour at squared distance ``r2`` (Å^2); 0 beyond range."""
+    r = jnp.sqrt(jnp.maximum(r2, 1e-30))
+    inside = r2 <= spec.neighbour_cutoff**2
+    if spec.weighting == "none":
+        return jnp.where(inside, 1.0, 0.0)
+    if spec.weighting == "poly":
+        x = jnp.minimum(r / spec.poly_r0, 1.0)
+        return jnp.where(inside, spec.poly_c * (1 + 2 * x**3 - 3 * x**2) ** spec.poly_m, 0.0)
+    r_in = spec.cutoff - spec.cutoff_transition_width
+    x = jnp.clip((r - r_in) / spec.cutoff_transition_width, 0.0, 1.0)
+    return jnp.where(inside, 0.5 * (1.0 + jnp.cos(jnp.pi * x)), 0.0)
+
+
+def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
+    """One neighbour's density coefficients ``(N, (L+1)^2)`` for pair vectors ``D (3,)``."""
+    k = spec.constants
+    r2 = jnp.dot(D, D)
+    radial = jnp.einsum("lnk,lk->ln", k.B, jnp.exp(-k.alpha_p * r2))  # (L+1, N)
+    R = solid_harmonics(D, spec.l_max)  # ((L+1)^2,)
+    return neighbour_weight(spec, r2) * radial[k.l_of_lm].T * R[None, :]
+
+
+def coefficients(spec: SoapSpec, D: jax.Array, centre: jax.Array, neighbour_species: jax.Array,
+                 mask: jax.Array, centre_species: jax.Array) -> jax.Array:
+    """Density coefficients ``c (n_atoms, S, N, (L+1)^2)`` of every centre.
+
+    Args:
+        D: (n_pairs, 3) Å pair vectors (padded pairs anywhere, masked).
+        centre: (n_pairs,) int centre index of each pair.
+        neighbour_species: (n_pairs,) int species index (0..S-1) of the neighbour.
+        mask: (n_pairs,) 1.0 for real pairs, 0.0 for padding.
+        centre_species: (n_atoms,) int species index of each centre (self term).
+    """
+    k = spec.constants
+    n_atoms, S = centre_species.shape[0], len(spec.species)
+    phi = jax.vmap(lambda d: pair_expansion(spec, d))(D) * mask[:, None, None]
+    c = jax.ops.segment_sum(phi, centre * S + neighbour_species, n_atoms * S)
+    c = c.reshape(n_atoms, S, spec.n_max, -1)
+    onehot = jax.nn.one_hot(centre_species, S, dtype=c.dtype)
+    return c.at[:, :, :, 0].add(onehot[:, :, None] * jnp.asarray(k.self_c)[None, None, :])
+
+
+def power_spectrum(spec: SoapSpec, c: jax.Array) -> jax.Array:
+    """SOAP vectors ``p (..., n_features)`` from coefficients ``c (..., S, N, (L+1)^2)``."""
+    blocks = []
+    for l in range(spec.l_max + 1):
+        cl = c[..., l * l:(l + 1) * (l + 1)]
+        pref = np.pi * math.sqrt(8.0 / (2 * l + 1))
+        blocks.append(pref * jnp.einsum("...axm,...bym->...abxy", cl, cl))
+    P = jnp.stack(blocks, axis=-3)  # (..., S, S, L+1, N, N)
+    return P.reshape(*P.shape[:-5], -1)[..., spec.constants.layout]
+
+
+def soap(spec: SoapSpec, D: jax.Array, centre: jax.Array, neighbour_species: jax.Array,
+         mask: jax.Array, centre_species: jax.Array) -> jax.Array:
+    """SOAP vectors ``(n_atoms, n_features)`` of every atom (arguments as ``coefficients``)."""
+    return power_spectrum(
+        spec, coefficients(spec, D, centre, neighbour_species, mask, centre_species))
+
+
+def soap_and_pair_derivatives(spec: SoapSpec, D: jax.Array, centre: jax.Array,
+                              neighbour_species: jax.Array, mask: jax.Array,
+                              centre_species: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """SOAP ``p (n_atoms, F)`` and ``dP (n_pairs, 3, F) = d p_centre(p) / d D_p``.
+
+    ``dP`` is a forward-mode derivative per pair: the pair's coefficient tangent pushed
+    through the (quadratic) power spectrum of its centre; no (N, N, 3, F) array.
+    """
+    S = len(spec.species)
+    c = coefficients(spec, D, centre, neighbour_species, mask, centre_species)
+    dphi = jax.vmap(jax.jacfwd(lambda d: pair_expansion(spec, d)))(D)  # (P, N, LM, 3)
+    dphi = jnp.moveaxis(dphi, -1, 1) * mask[:, None, None, None]  # (P, 3, N, LM)
+    onehot = jax.nn.one_hot(neighbour_species, S, dtype=c.dtype)  # (P, S)
+    dc = onehot[:, None, :, None, None] * dphi[:, :, None]  # (P, 3, S, N, LM)
+    c_p = c[centre]
+
+    def tangent(ci: jax.Array, dci: jax.Array) -> jax.Array:
+        return jax.jvp(lambda cc: power_spectrum(spec, cc), (ci,), (dci,))[1]
+
+    dP = jax.vmap(jax.vmap(tangent, in_axes=(None, 0)))(c_p, dc)
+    return power_spectrum(spec, c), dP
