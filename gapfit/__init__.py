@@ -9,4 +9,10 @@ jax.config.update("jax_enable_x64", True)
 from gapfit.errors import GapfitError  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["GapfitError", "__version__"]
+
+# after __version__: gapfit.fit reads it at import time
+from gapfit.calculator import GAPCalculator  # noqa: E402
+from gapfit.fit import GAP  # noqa: E402
+from gapfit.model import Model  # noqa: E402
+
+__all__ = ["GAP", "GAPCalculator", "GapfitError", "Model", "__version__"]

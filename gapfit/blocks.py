@@ -71,8 +71,9 @@ def _to_atoms_and_configs(t: jax.Array, b: dict) -> tuple[jax.Array, jax.Array]:
     A, C = b["species"].shape[0], b["config_mask"].shape[0]
     forces = (jax.ops.segment_sum(t, b["centre"], A)
               - jax.ops.segment_sum(t, b["neighbour"], A))
-    outer = -jnp.einsum("pk...,pl->pkl...", t, b["D"])  # (P, 3, 3, ...)
-    W = jax.ops.segment_sum(outer, b["pair_config"], C)
+    # W_ckl = -sum_{p in c} t_pk D_pl as one contraction over p (no (P, 3, 3, M) array)
+    G = jax.nn.one_hot(b["pair_config"], C, dtype=t.dtype)[:, :, None] * b["D"][:, None, :]
+    W = -jnp.einsum("pcl,pk...->ckl...", G, t)  # (C, 3, 3, ...)
     W = jnp.stack([0.5 * (W[:, a, b_] + W[:, b_, a]) for a, b_ in VOIGT], axis=1)
     return forces, W
 

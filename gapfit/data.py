@@ -142,8 +142,8 @@ def _missing(atoms: ase.Atoms, label: str, key: str, where: str) -> GapfitError:
     info = sorted(atoms.info)
     arrays = sorted(k for k in atoms.arrays if k not in ("numbers", "positions"))
     calc = sorted(getattr(atoms.calc, "results", None) or {})
-    close = difflib.get_close_matches(key, info + arrays + calc, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    close = difflib.get_close_matches(key, info + arrays + calc, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     return GapfitError(
         f"{where}: no {label} found under key {key!r}. Keys present: info {info}, "
         f"arrays {arrays}, calculator results {calc}.{hint} Name the right key with "
@@ -354,6 +354,8 @@ def read_frames(path: str | os.PathLike, keys: LabelKeys = LabelKeys(),
                           "file with configurations.")
     try:
         sel = string2index(index)
+        if not isinstance(sel, (int, slice)):
+            raise ValueError
     except ValueError:
         raise GapfitError(f"index {index!r} is not an ASE index such as ':', '-1' "
                           "or '0:100:2'.") from None

@@ -80,7 +80,7 @@ def prior_virial_variance(kernel: DotProductKernel, p_hat: jax.Array, norm: jax.
     outer = jnp.einsum("pkf,pl->pklf", dP * b["pair_mask"][:, None, None], b["D"])
     V = jax.ops.segment_sum(outer, b["centre"], A)  # (A, 3, 3, F)
     V = jnp.stack([0.5 * (V[:, i, j] + V[:, j, i]) for i, j in VOIGT], axis=1)
-    same = (b["atom_config"][:, None] == b["atom_config"][None, :]) * b["atom_mask"]
+    same = (b["atom_config"][:, None] == b["atom_config"][None, :]) * b["atom_mask"][None, :]
     s = same_species(b["species"], b["species"]) * same * b["atom_mask"][:, None]
     return jax.ops.segment_sum(_gram_variance(kernel, V, p_hat, norm, s),
                                b["atom_config"], C)

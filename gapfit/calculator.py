@@ -1,0 +1,75 @@
+"""ASE calculator of a fitted GAP, with posterior standard deviations.
+
+``GAPCalculator("model.npz")`` gives ASE's usual results in ASE units: ``energy`` and
+``free_energy`` (eV; identical, no electronic entropy), ``energies`` (n_atoms,) eV local
+energies including e0, ``forces`` (n_atoms, 3) eV/Å and, for 3D-periodic cells only,
+``stress`` (6,) eV/Å³ in Voigt order (xx, yy, zz, yz, xz, xy), ASE's sign. With
+``std=True`` (the default) it also stores ``energy_std`` (eV), ``energies_std``
+(n_atoms,) eV, ``forces_std`` (n_atoms, 3) eV/Å and ``stress_std`` (6,) eV/Å³: the DTC
+predictive standard deviations of the latent function (Quiñonero-Candela & Rasmussen,
+JMLR 6, 1939 (2005)), no observation noise added. They are read from
+``calc.results`` after a calculation (ASE's ``get_property`` only serves
+``implemented_properties``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ase
+from ase.calculators.calculator import Calculator, all_changes
+
+from gapfit.model import Model
+
+STD_RESULTS = ("energy_std", "energies_std", "forces_std", "stress_std")
+
+
+class GAPCalculator(Calculator):
+    """ASE calculator for a fitted ``Model`` (or the path of a saved one).
+
+    Args:
+        model: a ``Model`` or the path of a model file written by ``Model.save``.
+        std: also compute the ``*_std`` results (costs more than the mean).
+        **kwargs: passed to ``ase.calculators.calculator.Calculator``.
+
+    Results (after ``atoms.get_potential_energy()`` etc.):
+        energy, free_energy: eV. energies: (n_atoms,) eV. forces: (n_atoms, 3) eV/Å.
+        stress: (6,) eV/Å³ Voigt, only if ``atoms.pbc.all()`` (otherwise ASE raises
+        ``PropertyNotImplementedError`` on ``get_stress``). With ``std``:
+        energy_std eV, energies_std (n_atoms,) eV, forces_std (n_atoms, 3) eV/Å,
+        stress_std (6,) eV/Å³ (periodic cells only).
+
+    Raises:
+        GapfitError: the model file is missing or invalid, or the atoms contain an
+            element the model was not fitted on.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    default_parameters: dict[str, Any] = {"std": True}
+    nolabel = True
+
+    def __init__(self, model: Model | str | os.PathLike, std: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(std=std, **kwargs)
+        self.model = model if isinstance(model, Model) else Model.load(model)
+
+    def calculate(self, atoms: ase.Atoms | None = None,
+                  properties: Sequence[str] | None = None,
+                  system_changes: Sequence[str] = all_changes) -> None:
+        """Predict the mean (and std) of every result for ``atoms`` in one pass."""
+        super().calculate(atoms, properties, system_changes)
+        where = f"atoms {self.atoms.get_chemical_formula()}"
+        # unknown species raise a GapfitError naming them (neighbours.species_index)
+        (pred,) = self.model.predict([self.atoms], std=bool(self.parameters.std),
+                                     wheres=[where])
+        self.results["energy"] = pred["energy"]
+        self.results["free_energy"] = pred["energy"]
+        self.results["energies"] = pred["energies"]
+        self.results["forces"] = pred["forces"]
+        if "stress" in pred:  # 3D-periodic only; left out so ASE raises otherwise
+            self.results["stress"] = pred["stress"]
+        for key in STD_RESULTS:
+            if key in pred:
+                self.results[key] = pred[key]

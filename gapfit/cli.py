@@ -1,0 +1,385 @@
+"""Command line: ``gapfit fit | predict | eval | info``, a thin layer over the API.
+
+Options of ``fit`` map 1:1 onto ``GAP.__init__`` and are named after gap_fit's
+(``--at-file``, ``--gp-file``, ``--default-sigma``, ...). Every ``GapfitError`` is
+printed as ``Error: <message>`` on stderr with exit status 2, without a traceback;
+output files are written atomically, so a failed command leaves none behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ase.data
+import ase.io
+import click
+import numpy as np
+
+from gapfit import __version__
+from gapfit.data import (
+    LabelKeys,
+    check_species,
+    parse_config_type_sigma,
+    parse_e0,
+    read_frames,
+)
+from gapfit.errors import GapfitError
+from gapfit.fit import GAP
+from gapfit.gapstring import SOAP_DEFAULTS, SOAP_HELP, parse_soap
+from gapfit.model import Model, atomic_write
+from gapfit.report import error_table, format_error_table
+
+E0_METHODS = ("isolated", "average", "least_squares", "explicit")
+DEFAULT_SIGMA = "0.001 0.05 0.05 0.0"
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a GapfitError into ``Error: <message>`` on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GapfitError as err:
+            click.echo(f"Error: {err}", err=True)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+class _GreedySigmaCommand(click.Command):
+    """Lets ``--default-sigma`` take 3 or 4 separate numbers, as gap_fit's does:
+    ``--default-sigma 0.001 0.05 0.05 0.0`` is joined into one string before click
+    parses it (click options cannot take a variable number of values)."""
+
+    greedy = ("--default-sigma",)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        k = 0
+        while k < len(args):
+            name, eq, first = args[k].partition("=")
+            if name not in self.greedy:
+                out.append(args[k])
+                k += 1
+                continue
+            values = [first] if eq else []  # "--default-sigma=0.001 0.05 ..." too
+            k += 1
+            while k < len(args) and _is_number(args[k].strip("{}")):
+                values.append(args[k])
+                k += 1
+            out += [name, " ".join(values)] if values else [name]
+        return super().parse_args(ctx, out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _default_sigma(text: str) -> tuple[float, ...]:
+    """``"0.001 0.05 0.05 [0.0]"`` (or gap_fit's ``{...}``) as validated floats."""
+    tokens = [t for t in re.split(r"[\s,{}]+", text) if t]
+    try:
+        values = tuple(float(t) for t in tokens)
+    except ValueError:
+        values = ()
+    if len(values) not in (3, 4):
+        raise GapfitError(
+            f"--default-sigma {text!r}: expected 3 or 4 numbers 'energy force virial "
+            "[hessian]' (eV/atom, eV/Å, eV/atom), e.g. --default-sigma 0.001 0.05 0.05 0.0.")
+    for name, value in zip(("energy", "force", "virial"), values, strict=False):
+        if not (math.isfinite(value) and value > 0):
+            raise GapfitError(
+                f"--default-sigma {text!r}: the {name} sigma is {value}, it must be > 0 "
+                "and finite (it is a noise standard deviation; gap_fit's default is "
+                "0.001 0.05 0.05 0.0, the 4th value, hessian, is ignored).")
+    return values
+
+
+def _check_writable(path: str, option: str) -> None:
+    """Fail before long work if ``path`` cannot be written atomically."""
+    parent = Path(path).resolve().parent
+    if Path(path).is_dir():
+        raise GapfitError(f"{option} {path} is a directory; give a file name.")
+    if not parent.is_dir():
+        raise GapfitError(f"{option} {path}: directory {parent} does not exist; "
+                          "create it first.")
+    if not os.access(parent, os.W_OK):
+        raise GapfitError(f"{option} {path}: directory {parent} is not writable.")
+
+
+def _symbol(z: int | str) -> str:
+    return ase.data.chemical_symbols[int(z)]
+
+
+def _soap_help() -> str:
+    return "\n".join(f"  {f'{k}={v}':<30} {SOAP_HELP.get(k, '')}"
+                     for k, v in SOAP_DEFAULTS.items())
+
+
+# ------------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "max_content_width": 100})
+@click.version_option(__version__, prog_name="gapfit")
+def main() -> None:
+    """Gaussian Approximation Potentials: JAX SOAP + sparse GP, with uncertainties.
+
+    \b
+    gapfit fit     fit a model to labelled extxyz data (gap_fit-style options)
+    gapfit predict write predicted E, F, virial/stress and their stds to extxyz
+    gapfit eval    error table of a model against labelled data
+    gapfit info    what a model file holds
+    """
+
+
+_FIT_EPILOG = ("\b\nSOAP settings (--soap \"key=value ...\", gap_fit names, defaults):\n"
+               + _soap_help())
+
+
+@main.command(cls=_GreedySigmaCommand, epilog=_FIT_EPILOG)
+@click.option("--at-file", required=True, metavar="FILE",
+              help="Training configurations (extxyz) with energies (eV), forces (eV/Å) "
+                   "and optionally virials (eV) or stresses (eV/Å³). [gap_fit: at_file]")
+@click.option("--gp-file", required=True, metavar="FILE",
+              help="Output model file (.npz, written atomically). [gap_fit: gp_file]")
+@click.option("--soap", default=None, metavar="SETTINGS",
+              help="SOAP descriptor, kernel and sparsification settings as "
+                   "'key=value ...' (see below; unknown keys are errors). "
+                   "[gap_fit: gap={soap ...}]")
+@click.option("--default-sigma", default=DEFAULT_SIGMA, show_default=True,
+              metavar="E F V [H]",
+              help="Noise stds: energy eV/atom, force eV/Å, virial eV/atom, hessian "
+                   "(ignored); 3 or 4 numbers. [gap_fit: default_sigma]")
+@click.option("--config-type-sigma", default=None, metavar="SPEC",
+              help="Per config_type sigmas 'name:E:F:V:H:name2:...' in the units of "
+                   "--default-sigma. [gap_fit: config_type_sigma]")
+@click.option("--sigma-per-atom/--no-sigma-per-atom", default=True, show_default=True,
+              help="Energy and virial sigmas are per atom (scaled by sqrt(n_atoms)). "
+                   "[gap_fit: sigma_per_atom]")
+@click.option("--e0", default=None, metavar="SPEC",
+              help="Isolated-atom energies in eV, 'Cu:-0.1 Au:-0.2' or '{Cu:-0.1:Au:-0.2}'"
+                   "; override --e0-method for these elements. [gap_fit: e0]")
+@click.option("--e0-method", type=click.Choice(E0_METHODS), default="isolated",
+              show_default=True,
+              help="How to get e0: 1-atom configs with config_type=isolated_atom, the "
+                   "mean energy per atom, a least-squares fit per element, or --e0 only. "
+                   "[gap_fit: e0_method]")
+@click.option("--sparse-jitter", type=float, default=1e-8, show_default=True,
+              help="Added to the diagonal of K_mm, eV². [gap_fit: sparse_jitter]")
+@click.option("--rnd-seed", type=int, default=1, show_default=True,
+              help="Seed of the sparse-point selection. [gap_fit: rnd_seed]")
+@click.option("--energy-parameter-name", default="energy", show_default=True,
+              help="Info key of the total energy (eV). [gap_fit: energy_parameter_name]")
+@click.option("--force-parameter-name", default="forces", show_default=True,
+              help="Array key of the forces (eV/Å). [gap_fit: force_parameter_name]")
+@click.option("--virial-parameter-name", default="virial", show_default=True,
+              help="Info key of the virial (eV, = -stress * volume). "
+                   "[gap_fit: virial_parameter_name]")
+@click.option("--stress-parameter-name", default="stress", show_default=True,
+              help="Info key of the stress (eV/Å³, ASE sign). "
+                   "[gap_fit: stress_parameter_name]")
+@click.option("--config-type-parameter-name", default="config_type", show_default=True,
+              help="Info key of the config type. [gap_fit: config_type_parameter_name]")
+@click.option("--chunk-atoms", type=click.IntRange(min=1), default=512,
+              show_default=True,
+              help="Atoms per streamed chunk: a memory knob, the model does not depend on "
+                   "it. [gapfit only]")
+@click.option("--quiet", is_flag=True, help="No progress bars. [gapfit only]")
+@_user_errors
+def fit(at_file: str, gp_file: str, soap: str | None, default_sigma: str,
+        config_type_sigma: str | None, sigma_per_atom: bool, e0: str | None,
+        e0_method: str, sparse_jitter: float, rnd_seed: int, energy_parameter_name: str,
+        force_parameter_name: str, virial_parameter_name: str,
+        stress_parameter_name: str, config_type_parameter_name: str, chunk_atoms: int,
+        quiet: bool) -> None:
+    """Fit a sparse GAP to labelled configurations and write the model file.
+
+    Example:
+
+    \b
+    gapfit fit --at-file train.xyz --gp-file model.npz \\
+      --soap "cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 atom_sigma=0.5
+              zeta=4 delta=1.0 n_sparse=500 sparse_method=cur_points" \\
+      --default-sigma 0.001 0.05 0.05 0.0 --e0-method isolated --rnd-seed 1
+    """
+    # cheap checks first, so that typos fail before the data are read
+    parse_soap(soap)
+    sigmas = _default_sigma(default_sigma)
+    _check_writable(gp_file, "--gp-file")
+    keys = LabelKeys(energy=energy_parameter_name, forces=force_parameter_name,
+                     virial=virial_parameter_name, stress=stress_parameter_name,
+                     config_type=config_type_parameter_name)
+    gap = GAP(soap=soap, default_sigma=sigmas,
+              config_type_sigma=(parse_config_type_sigma(config_type_sigma)
+                                 if config_type_sigma else None),
+              sigma_per_atom=sigma_per_atom, e0=parse_e0(e0) if e0 else None,
+              e0_method=e0_method, sparse_jitter=sparse_jitter, rnd_seed=rnd_seed,
+              chunk_atoms=chunk_atoms, keys=keys, progress=not quiet)
+    gap.fit(at_file)
+    info = gap.model_.info
+    click.echo(_data_lines(info.get("data", {})))
+    click.echo("sparse points: " + ", ".join(
+        f"{_symbol(z)} {n}" for z, n in info.get("n_sparse", {}).items()))
+    click.echo("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in gap.timings_.items())
+               + f" (total {sum(gap.timings_.values()):.2f} s)")
+    click.echo(format_error_table(gap.training_errors_, "training errors"))
+    gap.save(gp_file)
+    click.echo(f"model written to {gp_file}")
+
+
+def _data_lines(data: dict) -> str:
+    if not data:
+        return "data: (no summary stored)"
+    lines = [f"data: {data.get('n_configs')} configs, {data.get('n_atoms')} atoms, "
+             f"{data.get('n_energies')} energies, {data.get('n_force_components')} force "
+             f"components, {data.get('n_virials')} virials"]
+    types = data.get("config_types", {})
+    if types:
+        lines.append("config types: " + ", ".join(f"{k} {v}" for k, v in types.items()))
+    if "sha256" in data:
+        lines.append(f"data sha256: {data['sha256']}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("xyz", metavar="FILE")
+@click.option("--gp-file", required=True, metavar="FILE",
+              help="Model file written by `gapfit fit`. [gap_fit/quip: param_filename]")
+@click.option("--output", "-o", required=True, metavar="FILE",
+              help="Output extxyz (written atomically) with info energy, energy_std "
+                   "(eV), virial, virial_std (3x3, eV), stress, stress_std (6, eV/Å³, "
+                   "3D-periodic only) and arrays forces, forces_std (eV/Å), energies, "
+                   "energies_std (eV).")
+@click.option("--std/--no-std", default=True, show_default=True,
+              help="Also predict the *_std values (DTC posterior std, no noise).")
+@click.option("--config-type-parameter-name", default="config_type", show_default=True,
+              help="Info key of the config type, copied to the output.")
+@_user_errors
+def predict(xyz: str, gp_file: str, output: str, std: bool,
+            config_type_parameter_name: str) -> None:
+    """Predict energies, forces, virials/stresses (and stds) of the configs in FILE."""
+    model = Model.load(gp_file)
+    _check_writable(output, "--output")
+    frames = read_frames(xyz, LabelKeys(config_type=config_type_parameter_name),
+                         require=())
+    check_species(frames, model.species)
+    t0 = time.perf_counter()
+    preds = model.predict(frames, std=std, wheres=[f.where for f in frames])
+    seconds = time.perf_counter() - t0
+    images = []
+    for frame, pred in zip(frames, preds, strict=True):
+        atoms = frame.to_atoms()
+        atoms.info.pop("config_type")
+        atoms.info[config_type_parameter_name] = frame.config_type
+        for key in ("energy", "energy_std", "virial", "virial_std", "stress",
+                    "stress_std"):
+            if key in pred:
+                atoms.info[key] = (pred[key] if np.ndim(pred[key])
+                                   else float(pred[key]))
+        for key in ("forces", "forces_std", "energies", "energies_std"):
+            if key in pred:
+                atoms.arrays[key] = np.asarray(pred[key], dtype=float)
+        images.append(atoms)
+    buf = io.StringIO()
+    ase.io.write(buf, images, format="extxyz")
+    atomic_write(output, buf.getvalue().encode())
+    n_atoms = sum(len(f.numbers) for f in frames)
+    click.echo(f"predicted {len(frames)} configs, {n_atoms} atoms in {seconds:.2f} s "
+               f"({n_atoms / max(seconds, 1e-9):.1f} atoms/s, std={'on' if std else 'off'}"
+               f", including jit compilation); wrote {output}")
+
+
+# ------------------------------------------------------------------------------------
+@main.command(name="eval")
+@click.argument("xyz", metavar="FILE")
+@click.option("--gp-file", required=True, metavar="FILE",
+              help="Model file written by `gapfit fit`.")
+@click.option("--json", "json_file", default=None, metavar="FILE",
+              help="Also write the error table as JSON (RMSE/MAE in meV/atom, meV/Å).")
+@click.option("--energy-parameter-name", default="energy", show_default=True,
+              help="Info key of the total energy (eV). [gap_fit: energy_parameter_name]")
+@click.option("--force-parameter-name", default="forces", show_default=True,
+              help="Array key of the forces (eV/Å). [gap_fit: force_parameter_name]")
+@click.option("--virial-parameter-name", default="virial", show_default=True,
+              help="Info key of the virial (eV). [gap_fit: virial_parameter_name]")
+@click.option("--stress-parameter-name", default="stress", show_default=True,
+              help="Info key of the stress (eV/Å³). [gap_fit: stress_parameter_name]")
+@click.option("--config-type-parameter-name", default="config_type", show_default=True,
+              help="Info key of the config type. [gap_fit: config_type_parameter_name]")
+@_user_errors
+def eval_(xyz: str, gp_file: str, json_file: str | None, energy_parameter_name: str,
+          force_parameter_name: str, virial_parameter_name: str,
+          stress_parameter_name: str, config_type_parameter_name: str) -> None:
+    """Error table (RMSE, MAE per config_type) of the model on labelled FILE."""
+    model = Model.load(gp_file)
+    if json_file:
+        _check_writable(json_file, "--json")
+    keys = LabelKeys(energy=energy_parameter_name, forces=force_parameter_name,
+                     virial=virial_parameter_name, stress=stress_parameter_name,
+                     config_type=config_type_parameter_name)
+    frames = read_frames(xyz, keys, require=("energy",))
+    check_species(frames, model.species)
+    preds = model.predict(frames, wheres=[f.where for f in frames])
+    table = error_table(frames, preds)
+    click.echo(format_error_table(table, f"errors of {gp_file} on {xyz}"))
+    if json_file:
+        atomic_write(json_file, (json.dumps(table, indent=1) + "\n").encode())
+        click.echo(f"wrote {json_file}")
+
+
+# ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--gp-file", required=True, metavar="FILE",
+              help="Model file written by `gapfit fit`.")
+@_user_errors
+def info(gp_file: str) -> None:
+    """What a model file holds: species, settings, sparse set, data, errors."""
+    model = Model.load(gp_file)
+    meta = model.info
+    click.echo(f"model: {gp_file}")
+    click.echo("species: " + " ".join(_symbol(z) for z in model.species))
+    spec = model.spec.to_dict()
+    click.echo("descriptor: SOAP " + " ".join(f"{k}={v}" for k, v in spec.items()
+                                             if k != "species"))
+    click.echo(f"kernel: dot_product delta={model.kernel.delta} eV "
+               f"zeta={model.kernel.zeta}")
+    counts = np.bincount(np.asarray(model.sparse_species), minlength=len(model.species))
+    click.echo(f"sparse points: {len(model.sparse_species)} ("
+               + ", ".join(f"{_symbol(z)} {int(n)}"
+                           for z, n in zip(model.species, counts, strict=True)) + ")")
+    settings = meta.get("settings", {})
+    if settings:
+        sig = settings.get("default_sigma")
+        click.echo(f"default_sigma: {sig} (energy eV/atom, force eV/Å, virial eV/atom, "
+                   f"hessian); sigma_per_atom={settings.get('sigma_per_atom')}")
+        for name, values in settings.get("config_type_sigma", {}).items():
+            click.echo(f"config_type_sigma: {name} {values}")
+        click.echo(f"sparse_method: {settings.get('sparse_method')}, "
+                   f"sparse_jitter: {settings.get('sparse_jitter')} eV², "
+                   f"rnd_seed: {settings.get('rnd_seed')}, "
+                   f"e0_method: {settings.get('e0_method')}")
+    click.echo("e0 (eV): " + ", ".join(f"{_symbol(z)} {v:.6f}"
+                                       for z, v in sorted(model.e0.items())))
+    click.echo(_data_lines(meta.get("data", {})))
+    versions = meta.get("versions", {})
+    click.echo(f"gapfit {meta.get('gapfit_version', '?')}; "
+               + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if "timings_s" in meta:
+        click.echo("fit timings: " + ", ".join(f"{k} {v:.2f} s"
+                                               for k, v in meta["timings_s"].items()))
+    if meta.get("training_errors"):
+        click.echo(format_error_table(meta["training_errors"], "training errors"))
