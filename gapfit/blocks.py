@@ -23,7 +23,14 @@ import jax.numpy as jnp
 
 from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
 from gapfit.neighbours import Batch
-from gapfit.soap import SoapSpec, soap, soap_and_pair_derivatives
+from gapfit.soap import (
+    SoapSpec,
+    coefficients,
+    pair_expansion,
+    power_spectrum,
+    soap,
+    soap_and_pair_derivatives,
+)
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
@@ -112,23 +119,32 @@ def rows_from_soap(kernel: DotProductKernel, p: jax.Array, dP: jax.Array,
     return Rows(energy, forces, virial, local)
 
 
-def _energy_of_pairs(spec: SoapSpec, kernel: DotProductKernel, Z_hat: jax.Array,
-                     Z_species: jax.Array, weights: jax.Array, D: jax.Array,
-                     b: dict) -> tuple[jax.Array, jax.Array]:
-    p = soap(spec, D, b["centre"], b["neighbour_species"], b["pair_mask"], b["species"])
-    p_hat, _ = normalise(p)
-    s = same_species(b["species"], Z_species)
-    local = kernel.delta**2 * (cosine(p_hat, Z_hat) ** kernel.zeta * s) @ weights
-    local = local * b["atom_mask"]
-    return jnp.sum(local), local
-
-
 @partial(jax.jit, static_argnums=(0, 1))
 def predict_mean(spec: SoapSpec, kernel: DotProductKernel, Z_hat: jax.Array,
                  Z_species: jax.Array, weights: jax.Array, b: dict) -> Mean:
-    """Local energies, energies, forces and virials of a batch (one reverse pass)."""
-    grad, local = jax.grad(_energy_of_pairs, argnums=5, has_aux=True)(
-        spec, kernel, Z_hat, Z_species, weights, b["D"], b)
-    forces, virial = _to_atoms_and_configs(grad * b["pair_mask"][:, None], b)
-    energy = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
-    return Mean(local, energy, forces, virial)
+    """Local energies, energies, forces and virials of a batch.
+
+    ``dE/dD_p = (dE/dc_i) . (dphi_p/dD_p)``: reverse mode through the power spectrum
+    and kernel to the coefficients ``c``, then a per-pair reverse pass through the
+    pair's expansion with that cotangent (no scatter, no (P, N, LM, 3) Jacobian).
+    """
+    c = coefficients(spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"],
+                     b["species"])
+    s = same_species(b["species"], Z_species)
+
+    def energy(c):
+        p_hat, _ = normalise(power_spectrum(spec, c))
+        local = kernel.delta**2 * (cosine(p_hat, Z_hat) ** kernel.zeta * s) @ weights
+        local = local * b["atom_mask"]
+        return jnp.sum(local), local
+
+    dE_dc, local = jax.grad(energy, has_aux=True)(c)  # (A, S, N, LM)
+    u = dE_dc[b["centre"], b["neighbour_species"]] * b["pair_mask"][:, None, None]
+
+    def pair_grad(d: jax.Array, u_p: jax.Array) -> jax.Array:  # sum u_p . dphi/dD
+        return jax.grad(lambda d: jnp.sum(u_p * pair_expansion(spec, d)))(d)
+
+    grad = jax.vmap(pair_grad)(b["D"], u)  # (P, 3) dE/dD_p
+    forces, virial = _to_atoms_and_configs(grad, b)
+    energy_c = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
+    return Mean(local, energy_c, forces, virial)

@@ -134,13 +134,12 @@ class SoapSpec:
 
 @dataclass(frozen=True)
 class SoapConstants:
-    """Host-side constants: ``B (L+1, N, K)``, ``alpha' (L+1, K)``, self term ``(N,)``,
-    the ``l`` of each ``lm`` column, and the gather index of dscribe's layout."""
+    """Host-side constants: ``B (L+1, N, K)``, ``alpha' (L+1, K)``, self term ``(N,)``
+    and the gather index of dscribe's layout."""
 
     B: np.ndarray
     alpha_p: np.ndarray
     self_c: np.ndarray
-    l_of_lm: np.ndarray
     layout: np.ndarray
 
 
@@ -188,8 +187,7 @@ def soap_constants(spec: SoapSpec) -> SoapConstants:
     alpha_p = alphas * eta / (alphas + eta)
     centre_w = spec.poly_c if spec.weighting == "poly" else 1.0
     self_c = centre_w * B[0].sum(axis=1) / (2.0 * np.sqrt(np.pi))  # R_00 = Y_00
-    l_of_lm = np.concatenate([np.full(2 * l + 1, l) for l in range(spec.l_max + 1)])
-    return SoapConstants(B, alpha_p, self_c, l_of_lm,
+    return SoapConstants(B, alpha_p, self_c,
                          _layout(len(spec.species), spec.n_max, spec.l_max))
 
 
@@ -246,7 +244,12 @@ def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
     r2 = jnp.dot(D, D)
     radial = jnp.einsum("lnk,lk->ln", k.B, jnp.exp(-k.alpha_p * r2))  # (L+1, N)
     R = solid_harmonics(D, spec.l_max)  # ((L+1)^2,)
-    return neighbour_weight(spec, r2) * radial[k.l_of_lm].T * R[None, :]
+    # broadcast each l's radial values over its 2l+1 columns (a gather here would
+    # become a slow scatter-add in the reverse pass)
+    radial_lm = jnp.concatenate(
+        [jnp.broadcast_to(radial[l][:, None], (spec.n_max, 2 * l + 1))
+         for l in range(spec.l_max + 1)], axis=1)  # (N, LM)
+    return neighbour_weight(spec, r2) * radial_lm * R[None, :]
 
 
 def coefficients(spec: SoapSpec, D: jax.Array, centre: jax.Array, neighbour_species: jax.Array,
@@ -280,6 +283,12 @@ def power_spectrum(spec: SoapSpec, c: jax.Array) -> jax.Array:
     return P.reshape(*P.shape[:-5], -1)[..., spec.constants.layout]
 
 
+def pair_jacobians(spec: SoapSpec, D: jax.Array, mask: jax.Array) -> jax.Array:
+    """``d phi_p / d D_p`` ``(n_pairs, N, (L+1)^2, 3)`` of every pair (forward mode)."""
+    dphi = jax.vmap(jax.jacfwd(lambda d: pair_expansion(spec, d)))(D)
+    return dphi * mask[:, None, None, None]
+
+
 def soap(spec: SoapSpec, D: jax.Array, centre: jax.Array, neighbour_species: jax.Array,
          mask: jax.Array, centre_species: jax.Array) -> jax.Array:
     """SOAP vectors ``(n_atoms, n_features)`` of every atom (arguments as ``coefficients``)."""
@@ -297,8 +306,7 @@ def soap_and_pair_derivatives(spec: SoapSpec, D: jax.Array, centre: jax.Array,
     """
     S = len(spec.species)
     c = coefficients(spec, D, centre, neighbour_species, mask, centre_species)
-    dphi = jax.vmap(jax.jacfwd(lambda d: pair_expansion(spec, d)))(D)  # (P, N, LM, 3)
-    dphi = jnp.moveaxis(dphi, -1, 1) * mask[:, None, None, None]  # (P, 3, N, LM)
+    dphi = jnp.moveaxis(pair_jacobians(spec, D, mask), -1, 1)  # (P, 3, N, LM)
     onehot = jax.nn.one_hot(neighbour_species, S, dtype=c.dtype)  # (P, S)
     dc = onehot[:, None, :, None, None] * dphi[:, :, None]  # (P, 3, S, N, LM)
     c_p = c[centre]
