@@ -1,0 +1,108 @@
+"""Model file round trip and validation; gap_fit-style SOAP strings."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from gapfit import GapfitError
+from gapfit.fit import GAP
+from gapfit.gapstring import parse_soap
+from gapfit.model import FORMAT_VERSION, Model
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    frames = []
+    for _ in range(6):
+        at = bulk("Cu", "fcc", a=3.6 + 0.05 * rng.normal(), cubic=True).repeat(2)
+        at.positions += rng.normal(0, 0.07, at.positions.shape)
+        at.calc = EMT()
+        at.get_potential_energy()
+        at.get_forces()
+        at.get_stress()
+        frames.append(at)
+    gap = GAP(soap="cutoff=3.8 n_max=3 l_max=2 n_sparse=20", e0_method="average").fit(frames)
+    path = tmp_path_factory.mktemp("model") / "m.npz"
+    gap.save(path)
+    return gap, frames, path
+
+
+def test_round_trip_gives_identical_predictions(fitted):
+    gap, frames, path = fitted
+    loaded = Model.load(path)
+    a = gap.model_.predict(frames[:2], std=True)
+    b = loaded.predict(frames[:2], std=True)
+    for ra, rb in zip(a, b):
+        for key in ("energy", "forces", "stress", "energy_std", "forces_std", "stress_std"):
+            np.testing.assert_array_equal(ra[key], rb[key], err_msg=key)
+    assert loaded.info["data"]["n_configs"] == 6
+    assert len(loaded.info["data"]["sha256"]) == 64
+
+
+def _rewrite(path, out, mutate):
+    with np.load(path, allow_pickle=False) as z:
+        members = {k: z[k] for k in z.files}
+    mutate(members)
+    np.savez(out, **members)
+
+
+def test_newer_format_version_is_rejected(fitted, tmp_path):
+    _, _, path = fitted
+
+    def bump(m):
+        meta = json.loads(str(m["meta"]))
+        meta["format_version"] = FORMAT_VERSION + 1
+        m["meta"] = np.array(json.dumps(meta))
+
+    _rewrite(path, tmp_path / "new.npz", bump)
+    with pytest.raises(GapfitError, match="newer than this gapfit"):
+        Model.load(tmp_path / "new.npz")
+
+
+def test_corrupt_and_foreign_files_are_rejected(fitted, tmp_path):
+    _, _, path = fitted
+    (tmp_path / "junk.npz").write_bytes(b"\x00not a zip" * 10)
+    with pytest.raises(GapfitError, match="not a readable gapfit model"):
+        Model.load(tmp_path / "junk.npz")
+    np.savez(tmp_path / "foreign.npz", x=np.arange(3))
+    with pytest.raises(GapfitError, match="no 'meta'"):
+        Model.load(tmp_path / "foreign.npz")
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(GapfitError, match="truncated"):
+        Model.load(tmp_path / "cut.npz")
+    _rewrite(path, tmp_path / "nan.npz", lambda m: m["weights"].__setitem__(0, np.nan))
+    with pytest.raises(GapfitError, match="weights"):
+        Model.load(tmp_path / "nan.npz")
+    _rewrite(path, tmp_path / "shape.npz", lambda m: m.__setitem__("R", m["R"][:-1]))
+    with pytest.raises(GapfitError, match="R has shape"):
+        Model.load(tmp_path / "shape.npz")
+    assert zipfile.is_zipfile(path)
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(fitted, tmp_path):
+    gap, _, _ = fitted
+    target = tmp_path / "model.npz"
+    gap.save(target)
+    gap.save(target)  # overwrite in place
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+def test_soap_string_parsing():
+    s = parse_soap("soap cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 "
+                   "atom_sigma=0.5 zeta=4 delta=1.0 n_sparse=500 sparse_method=cur_points")
+    assert (s["cutoff"], s["n_max"], s["zeta"], s["n_sparse"]) == (5.0, 8, 4, 500)
+    assert s["poly_r0"] == 5.0
+    with pytest.raises(GapfitError, match="Did you mean 'n_max'"):
+        parse_soap("n_maxx=8")
+    with pytest.raises(GapfitError, match="l_max"):
+        parse_soap("l_max=6.5")
+    with pytest.raises(GapfitError, match="dot_product"):
+        parse_soap("covariance_type=ard_se")
+    with pytest.raises(GapfitError, match="no '='"):
+        parse_soap("cutoff 5")
