@@ -152,7 +152,7 @@ def _gto_betas(cutoff: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.nd
         alpha = -np.log(1e-3 / np.power(a, l)) / a**2
         s = alpha[:, None] + alpha[None, :]
         overlap = 0.5 * gamma(l + 1.5) * s ** (-(l + 1.5))
-        beta = scipy.linalg.sqrtm(np.linalg.inv(overlap))
+        beta = scipy.linalg.sqrtm(scipy.linalg.inv(overlap))
         if np.iscomplexobj(beta):
             if np.abs(beta.imag).max() > 1e-8 * np.abs(beta.real).max():
                 raise GapfitError(
