@@ -99,13 +99,14 @@ def _default_sigma(text: str) -> tuple[float, ...]:
     if len(values) not in (3, 4):
         raise GapfitError(
             f"--default-sigma {text!r}: expected 3 or 4 numbers 'energy force virial "
-            "[hessian]' (eV/atom, eV/Å, eV/atom), e.g. --default-sigma 0.001 0.05 0.05 0.0.")
+            "[hessian]' (eV/atom, eV/Å, eV/atom), e.g. --default-sigma 0.001 0.05 "
+            "0.05 0.0.")
     for name, value in zip(("energy", "force", "virial"), values, strict=False):
         if not (math.isfinite(value) and value > 0):
             raise GapfitError(
-                f"--default-sigma {text!r}: the {name} sigma is {value}, it must be > 0 "
-                "and finite (it is a noise standard deviation; gap_fit's default is "
-                "0.001 0.05 0.05 0.0, the 4th value, hessian, is ignored).")
+                f"--default-sigma {text!r}: the {name} sigma is {value}, it must be "
+                "> 0 and finite (it is a noise standard deviation; gap_fit's default "
+                "is 0.001 0.05 0.05 0.0, the 4th value, hessian, is ignored).")
     return values
 
 
@@ -145,14 +146,15 @@ def main() -> None:
     """
 
 
-_FIT_EPILOG = ("\b\nSOAP settings (--soap \"key=value ...\", gap_fit names, defaults):\n"
-               + _soap_help())
+_FIT_EPILOG = ("\b\nSOAP settings (--soap \"key=value ...\", gap_fit names, "
+               "defaults):\n" + _soap_help())
 
 
 @main.command(cls=_GreedySigmaCommand, epilog=_FIT_EPILOG)
 @click.option("--at-file", required=True, metavar="FILE",
-              help="Training configurations (extxyz) with energies (eV), forces (eV/Å) "
-                   "and optionally virials (eV) or stresses (eV/Å³). [gap_fit: at_file]")
+              help="Training configurations (extxyz) with energies (eV), forces "
+                   "(eV/Å) and optionally virials (eV) or stresses (eV/Å³). "
+                   "[gap_fit: at_file]")
 @click.option("--gp-file", required=True, metavar="FILE",
               help="Output model file (.npz, written atomically). [gap_fit: gp_file]")
 @click.option("--soap", default=None, metavar="SETTINGS",
@@ -170,19 +172,21 @@ _FIT_EPILOG = ("\b\nSOAP settings (--soap \"key=value ...\", gap_fit names, defa
               help="Energy and virial sigmas are per atom (scaled by sqrt(n_atoms)). "
                    "[gap_fit: sigma_per_atom]")
 @click.option("--e0", default=None, metavar="SPEC",
-              help="Isolated-atom energies in eV, 'Cu:-0.1 Au:-0.2' or '{Cu:-0.1:Au:-0.2}'"
-                   "; override --e0-method for these elements. [gap_fit: e0]")
+              help="Isolated-atom energies in eV, 'Cu:-0.1 Au:-0.2' or "
+                   "'{Cu:-0.1:Au:-0.2}'; override --e0-method for these elements. "
+                   "[gap_fit: e0]")
 @click.option("--e0-method", type=click.Choice(E0_METHODS), default="isolated",
               show_default=True,
-              help="How to get e0: 1-atom configs with config_type=isolated_atom, the "
-                   "mean energy per atom, a least-squares fit per element, or --e0 only. "
-                   "[gap_fit: e0_method]")
+              help="How to get e0: 1-atom configs with config_type=isolated_atom, "
+                   "the mean energy per atom, a least-squares fit per element, or --e0 "
+                   "only. [gap_fit: e0_method]")
 @click.option("--sparse-jitter", type=float, default=1e-8, show_default=True,
               help="Added to the diagonal of K_mm, eV². [gap_fit: sparse_jitter]")
 @click.option("--rnd-seed", type=int, default=1, show_default=True,
               help="Seed of the sparse-point selection. [gap_fit: rnd_seed]")
 @click.option("--energy-parameter-name", default="energy", show_default=True,
-              help="Info key of the total energy (eV). [gap_fit: energy_parameter_name]")
+              help="Info key of the total energy (eV). "
+                   "[gap_fit: energy_parameter_name]")
 @click.option("--force-parameter-name", default="forces", show_default=True,
               help="Array key of the forces (eV/Å). [gap_fit: force_parameter_name]")
 @click.option("--virial-parameter-name", default="virial", show_default=True,
@@ -195,8 +199,8 @@ _FIT_EPILOG = ("\b\nSOAP settings (--soap \"key=value ...\", gap_fit names, defa
               help="Info key of the config type. [gap_fit: config_type_parameter_name]")
 @click.option("--chunk-atoms", type=click.IntRange(min=1), default=512,
               show_default=True,
-              help="Atoms per streamed chunk: a memory knob, the model does not depend on "
-                   "it. [gapfit only]")
+              help="Atoms per streamed chunk: a memory knob, the model does not "
+                   "depend on it. [gapfit only]")
 @click.option("--quiet", is_flag=True, help="No progress bars. [gapfit only]")
 @_user_errors
 def fit(at_file: str, gp_file: str, soap: str | None, default_sigma: str,
@@ -233,8 +237,9 @@ def fit(at_file: str, gp_file: str, soap: str | None, default_sigma: str,
     click.echo(_data_lines(info.get("data", {})))
     click.echo("sparse points: " + ", ".join(
         f"{_symbol(z)} {n}" for z, n in info.get("n_sparse", {}).items()))
-    click.echo("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in gap.timings_.items())
-               + f" (total {sum(gap.timings_.values()):.2f} s)")
+    timings = gap.timings_
+    click.echo("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
+               + f" (total {sum(timings.values()):.2f} s)")
     click.echo(format_error_table(gap.training_errors_, "training errors"))
     gap.save(gp_file)
     click.echo(f"model written to {gp_file}")
@@ -244,8 +249,9 @@ def _data_lines(data: dict) -> str:
     if not data:
         return "data: (no summary stored)"
     lines = [f"data: {data.get('n_configs')} configs, {data.get('n_atoms')} atoms, "
-             f"{data.get('n_energies')} energies, {data.get('n_force_components')} force "
-             f"components, {data.get('n_virials')} virials"]
+             f"{data.get('n_energies')} energies, "
+             f"{data.get('n_force_components')} force components, "
+             f"{data.get('n_virials')} virials"]
     types = data.get("config_types", {})
     if types:
         lines.append("config types: " + ", ".join(f"{k} {v}" for k, v in types.items()))
@@ -298,9 +304,10 @@ def predict(xyz: str, gp_file: str, output: str, std: bool,
     ase.io.write(buf, images, format="extxyz")
     atomic_write(output, buf.getvalue().encode())
     n_atoms = sum(len(f.numbers) for f in frames)
+    rate = n_atoms / max(seconds, 1e-9)
     click.echo(f"predicted {len(frames)} configs, {n_atoms} atoms in {seconds:.2f} s "
-               f"({n_atoms / max(seconds, 1e-9):.1f} atoms/s, std={'on' if std else 'off'}"
-               f", including jit compilation); wrote {output}")
+               f"({rate:.1f} atoms/s, std={'on' if std else 'off'}, including jit "
+               f"compilation); wrote {output}")
 
 
 # ------------------------------------------------------------------------------------
@@ -311,7 +318,8 @@ def predict(xyz: str, gp_file: str, output: str, std: bool,
 @click.option("--json", "json_file", default=None, metavar="FILE",
               help="Also write the error table as JSON (RMSE/MAE in meV/atom, meV/Å).")
 @click.option("--energy-parameter-name", default="energy", show_default=True,
-              help="Info key of the total energy (eV). [gap_fit: energy_parameter_name]")
+              help="Info key of the total energy (eV). "
+                   "[gap_fit: energy_parameter_name]")
 @click.option("--force-parameter-name", default="forces", show_default=True,
               help="Array key of the forces (eV/Å). [gap_fit: force_parameter_name]")
 @click.option("--virial-parameter-name", default="virial", show_default=True,

@@ -334,7 +334,7 @@ def _scan_extxyz(name: str) -> list[int]:
 def read_frames(path: str | os.PathLike, keys: LabelKeys = LabelKeys(),
                 require: tuple[str, ...] = ("energy",),
                 index: str = ":") -> list[Frame]:
-    """Read and validate configurations from a training file.
+    """Read and validate configurations from an extended-XYZ (or ASE-readable) file.
 
     Args:
         path: ``.xyz``/``.extxyz`` are read as extxyz (messages give config index and
@@ -347,11 +347,11 @@ def read_frames(path: str | os.PathLike, keys: LabelKeys = LabelKeys(),
     """
     name = os.fspath(path)
     if not os.path.isfile(name):
-        raise GapfitError(f"{name}: training file not found (cwd {os.getcwd()}). "
-                          "Check the path given to --at-file.")
+        raise GapfitError(f"{name}: file not found (cwd {os.getcwd()}). "
+                          "Check the path.")
     if os.path.getsize(name) == 0:
-        raise GapfitError(f"{name}: file is empty (0 bytes). Point --at-file at a "
-                          "file with configurations.")
+        raise GapfitError(f"{name}: file is empty (0 bytes). Give a file with "
+                          "configurations.")
     try:
         sel = string2index(index)
         if not isinstance(sel, (int, slice)):

@@ -137,8 +137,9 @@ class Model:
                 members = {k: z[k] for k in z.files}
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
             raise GapfitError(
-                f"{path} is not a readable gapfit model ({err}); it may be truncated or "
-                "another program's file: refit or copy it again.") from err
+                f"{path} is not a readable gapfit model (not a complete .npz archive of "
+                "plain arrays); it may be truncated or another program's file: refit or "
+                "copy it again.") from err
         if "meta" not in members:
             raise GapfitError(f"{path} has no 'meta' member: not a gapfit model.")
         try:

@@ -154,7 +154,7 @@ def incoming(batch: Batch) -> np.ndarray:
     j = batch.neighbour[real]
     order = real[np.argsort(j, kind="stable")]
     counts = np.bincount(j, minlength=len(batch.species))
-    K = int(counts.max(initial=0)) or 1
+    K = bucket(int(counts.max(initial=0)), 4)  # bucketed: few jit shapes
     out = np.full((len(batch.species), K), pad_pair, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(len(order)) - np.repeat(starts, counts)

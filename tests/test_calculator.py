@@ -18,11 +18,13 @@ from gapfit import GAP, GAPCalculator, GapfitError, Model
 SOAP = "cutoff=4.0 cutoff_transition_width=1.0 n_max=4 l_max=3 n_sparse=60"
 
 
-def cu_cell(rng: np.random.Generator, rattle: float = 0.1, strain: float = 0.02) -> Atoms:
+def cu_cell(rng: np.random.Generator, rattle: float = 0.1,
+            strain: float = 0.02) -> Atoms:
     """A strained, rattled 2x2x2 cubic fcc Cu cell (32 atoms)."""
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     eps = rng.normal(0.0, strain, (3, 3))
-    atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)),
+                   scale_atoms=True)
     atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
     return atoms
 
@@ -56,7 +58,8 @@ def test_bulk_results_shapes_and_stds(model: Model, cell: Atoms) -> None:
     atoms.calc = GAPCalculator(model)
     n = len(atoms)
     assert np.isfinite(atoms.get_potential_energy())
-    assert atoms.get_potential_energy() == atoms.get_potential_energy(force_consistent=True)
+    energy = atoms.get_potential_energy()
+    assert energy == atoms.get_potential_energy(force_consistent=True)
     assert atoms.get_potential_energies().shape == (n,)
     assert atoms.get_forces().shape == (n, 3)
     assert atoms.get_stress().shape == (6,)
