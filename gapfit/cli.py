@@ -38,6 +38,33 @@ from gapfit.gapstring import SOAP_DEFAULTS, SOAP_HELP, parse_soap
 from gapfit.model import Model, atomic_write
 from gapfit.report import error_table, format_error_table
 
+
+def label_key_options(func: Callable) -> Callable:
+    """Add gap_fit's ``--*-parameter-name`` options, passed on as one ``keys``."""
+    options = [
+        ("energy", "energy", "Info key of the total energy (eV)."),
+        ("force", "forces", "Array key of the forces (eV/Å)."),
+        ("virial", "virial", "Info key of the virial (eV, = -stress * volume)."),
+        ("stress", "stress", "Info key of the stress (eV/Å³, ASE sign)."),
+        ("config-type", "config_type", "Info key of the config type."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        names = {n: kwargs.pop(f"{n.replace('-', '_')}_parameter_name")
+                 for n, _, _ in options}
+        keys = LabelKeys(energy=names["energy"], forces=names["force"],
+                         virial=names["virial"], stress=names["stress"],
+                         config_type=names["config-type"])
+        return func(*args, keys=keys, **kwargs)
+
+    for name, default, text in reversed(options):
+        gap_name = f"{name.replace('-', '_')}_parameter_name"
+        wrapper = click.option(f"--{name}-parameter-name", default=default,
+                               show_default=True,
+                               help=f"{text} [gap_fit: {gap_name}]")(wrapper)
+    return wrapper
+
 E0_METHODS = ("isolated", "average", "least_squares", "explicit")
 DEFAULT_SIGMA = "0.001 0.05 0.05 0.0"
 
@@ -184,19 +211,7 @@ _FIT_EPILOG = ("\b\nSOAP settings (--soap \"key=value ...\", gap_fit names, "
               help="Added to the diagonal of K_mm, eV². [gap_fit: sparse_jitter]")
 @click.option("--rnd-seed", type=int, default=1, show_default=True,
               help="Seed of the sparse-point selection. [gap_fit: rnd_seed]")
-@click.option("--energy-parameter-name", default="energy", show_default=True,
-              help="Info key of the total energy (eV). "
-                   "[gap_fit: energy_parameter_name]")
-@click.option("--force-parameter-name", default="forces", show_default=True,
-              help="Array key of the forces (eV/Å). [gap_fit: force_parameter_name]")
-@click.option("--virial-parameter-name", default="virial", show_default=True,
-              help="Info key of the virial (eV, = -stress * volume). "
-                   "[gap_fit: virial_parameter_name]")
-@click.option("--stress-parameter-name", default="stress", show_default=True,
-              help="Info key of the stress (eV/Å³, ASE sign). "
-                   "[gap_fit: stress_parameter_name]")
-@click.option("--config-type-parameter-name", default="config_type", show_default=True,
-              help="Info key of the config type. [gap_fit: config_type_parameter_name]")
+@label_key_options
 @click.option("--chunk-atoms", type=click.IntRange(min=1), default=512,
               show_default=True,
               help="Atoms per streamed chunk: a memory knob, the model does not "
@@ -205,10 +220,8 @@ _FIT_EPILOG = ("\b\nSOAP settings (--soap \"key=value ...\", gap_fit names, "
 @_user_errors
 def fit(at_file: str, gp_file: str, soap: str | None, default_sigma: str,
         config_type_sigma: str | None, sigma_per_atom: bool, e0: str | None,
-        e0_method: str, sparse_jitter: float, rnd_seed: int, energy_parameter_name: str,
-        force_parameter_name: str, virial_parameter_name: str,
-        stress_parameter_name: str, config_type_parameter_name: str, chunk_atoms: int,
-        quiet: bool) -> None:
+        e0_method: str, sparse_jitter: float, rnd_seed: int, keys: LabelKeys,
+        chunk_atoms: int, quiet: bool) -> None:
     """Fit a sparse GAP to labelled configurations and write the model file.
 
     Example:
@@ -223,9 +236,6 @@ def fit(at_file: str, gp_file: str, soap: str | None, default_sigma: str,
     parse_soap(soap)
     sigmas = _default_sigma(default_sigma)
     _check_writable(gp_file, "--gp-file")
-    keys = LabelKeys(energy=energy_parameter_name, forces=force_parameter_name,
-                     virial=virial_parameter_name, stress=stress_parameter_name,
-                     config_type=config_type_parameter_name)
     gap = GAP(soap=soap, default_sigma=sigmas,
               config_type_sigma=(parse_config_type_sigma(config_type_sigma)
                                  if config_type_sigma else None),
@@ -317,28 +327,13 @@ def predict(xyz: str, gp_file: str, output: str, std: bool,
               help="Model file written by `gapfit fit`.")
 @click.option("--json", "json_file", default=None, metavar="FILE",
               help="Also write the error table as JSON (RMSE/MAE in meV/atom, meV/Å).")
-@click.option("--energy-parameter-name", default="energy", show_default=True,
-              help="Info key of the total energy (eV). "
-                   "[gap_fit: energy_parameter_name]")
-@click.option("--force-parameter-name", default="forces", show_default=True,
-              help="Array key of the forces (eV/Å). [gap_fit: force_parameter_name]")
-@click.option("--virial-parameter-name", default="virial", show_default=True,
-              help="Info key of the virial (eV). [gap_fit: virial_parameter_name]")
-@click.option("--stress-parameter-name", default="stress", show_default=True,
-              help="Info key of the stress (eV/Å³). [gap_fit: stress_parameter_name]")
-@click.option("--config-type-parameter-name", default="config_type", show_default=True,
-              help="Info key of the config type. [gap_fit: config_type_parameter_name]")
+@label_key_options
 @_user_errors
-def eval_(xyz: str, gp_file: str, json_file: str | None, energy_parameter_name: str,
-          force_parameter_name: str, virial_parameter_name: str,
-          stress_parameter_name: str, config_type_parameter_name: str) -> None:
+def eval_(xyz: str, gp_file: str, json_file: str | None, keys: LabelKeys) -> None:
     """Error table (RMSE, MAE per config_type) of the model on labelled FILE."""
     model = Model.load(gp_file)
     if json_file:
         _check_writable(json_file, "--json")
-    keys = LabelKeys(energy=energy_parameter_name, forces=force_parameter_name,
-                     virial=virial_parameter_name, stress=stress_parameter_name,
-                     config_type=config_type_parameter_name)
     frames = read_frames(xyz, keys, require=("energy",))
     check_species(frames, model.species)
     preds = model.predict(frames, wheres=[f.where for f in frames])
