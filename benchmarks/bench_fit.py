@@ -28,10 +28,24 @@ from gapfit.report import error_table, format_error_table
 
 # gap_fit (quippy-ase 0.10.3, 2-body + SOAP) on this machine type: shared/bench/peers.md
 PEERS = {
-    "cu_emt": {"fit_s": 1760, "rss_gb": 15.4, "e": 0.10, "f": 6.9, "v": 1.35, "ms": 711,
-               "ms_std": 646},
-    "si_xtb": {"fit_s": 1026, "rss_gb": 4.2, "e": 0.72, "f": 44.5, "v": 11.6, "ms": 342,
-               "ms_std": 712},
+    "cu_emt": {
+        "fit_s": 1760,
+        "rss_gb": 15.4,
+        "e": 0.10,
+        "f": 6.9,
+        "v": 1.35,
+        "ms": 711,
+        "ms_std": 646,
+    },
+    "si_xtb": {
+        "fit_s": 1026,
+        "rss_gb": 4.2,
+        "e": 0.72,
+        "f": 44.5,
+        "v": 11.6,
+        "ms": 342,
+        "ms_std": 712,
+    },
 }
 
 
@@ -57,24 +71,37 @@ def time_calls(calc, atoms, n: int = 30, warmup: int = 3) -> dict:
         calc.calculate(at, ["energy", "forces", "stress"], ["positions"])
         if k >= warmup:
             ts.append(1e3 * (time.perf_counter() - t))
-    return {"median": float(np.median(ts)), "min": float(np.min(ts)),
-            "max": float(np.max(ts))}
+    return {
+        "median": float(np.median(ts)),
+        "min": float(np.min(ts)),
+        "max": float(np.max(ts)),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, type=Path, help="folder with train/test.xyz")
+    ap.add_argument(
+        "--data", required=True, type=Path, help="folder with train/test.xyz"
+    )
     ap.add_argument("--n-sparse", type=int, default=500)
     ap.add_argument("--chunk-atoms", type=int, default=512)
     ap.add_argument("--model", type=Path, default=Path("bench_model.npz"))
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
     name = args.data.name
-    soap = ("cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 atom_sigma=0.5 "
-            f"zeta=4 delta=1.0 n_sparse={args.n_sparse} sparse_method=cur_points")
+    soap = (
+        "cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 atom_sigma=0.5 "
+        f"zeta=4 delta=1.0 n_sparse={args.n_sparse} sparse_method=cur_points"
+    )
     t0 = time.perf_counter()
-    gap = GAP(soap=soap, default_sigma=(0.001, 0.05, 0.05, 0.0), e0_method="isolated",
-              rnd_seed=1, chunk_atoms=args.chunk_atoms, progress=True)
+    gap = GAP(
+        soap=soap,
+        default_sigma=(0.001, 0.05, 0.05, 0.0),
+        e0_method="isolated",
+        rnd_seed=1,
+        chunk_atoms=args.chunk_atoms,
+        progress=True,
+    )
     gap.fit(args.data / "train.xyz")
     fit_s = time.perf_counter() - t0
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -89,14 +116,25 @@ def main() -> None:
     ms = time_calls(GAPCalculator(gap.model_, std=False), cell)
     ms_std = time_calls(GAPCalculator(gap.model_, std=True), cell)
     al = table["all"]
-    ours = {"fit_s": fit_s, "rss_gb": rss_gb, "e": al["energy"]["rmse"],
-            "f": al["forces"]["rmse"], "v": al["virial"]["rmse"], "ms": ms["median"],
-            "ms_std": ms_std["median"]}
+    ours = {
+        "fit_s": fit_s,
+        "rss_gb": rss_gb,
+        "e": al["energy"]["rmse"],
+        "f": al["forces"]["rmse"],
+        "v": al["virial"]["rmse"],
+        "ms": ms["median"],
+        "ms_std": ms_std["median"],
+    }
     peer = PEERS.get(name, {})
-    rows = [("fit wall (s)", "fit_s"), ("fit peak RSS (GiB)", "rss_gb"),
-            ("test E RMSE (meV/atom)", "e"), ("test F RMSE (meV/Å)", "f"),
-            ("test virial RMSE (meV/atom)", "v"), ("108-atom E+F+S (ms)", "ms"),
-            ("108-atom E+F+S with std (ms)", "ms_std")]
+    rows = [
+        ("fit wall (s)", "fit_s"),
+        ("fit peak RSS (GiB)", "rss_gb"),
+        ("test E RMSE (meV/atom)", "e"),
+        ("test F RMSE (meV/Å)", "f"),
+        ("test virial RMSE (meV/atom)", "v"),
+        ("108-atom E+F+S (ms)", "ms"),
+        ("108-atom E+F+S with std (ms)", "ms_std"),
+    ]
     print(f"\n{'quantity':<30}{'gapfit':>12}{'gap_fit':>12}{'ratio':>9}")
     for label, key in rows:
         p = peer.get(key)
@@ -106,8 +144,18 @@ def main() -> None:
     print(f"test prediction: {sum(len(f.numbers) for f in test) / pred_s:.0f} atoms/s")
     print("timings per stage (s):", {k: round(v, 2) for k, v in gap.timings_.items()})
     if args.json:
-        args.json.write_text(json.dumps({"ours": ours, "gap_fit": peer, "ms": ms,
-                                         "ms_std": ms_std, "errors": table}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "ours": ours,
+                    "gap_fit": peer,
+                    "ms": ms,
+                    "ms_std": ms_std,
+                    "errors": table,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,11 @@ def labelled(atoms: Atoms, config_type: str) -> Atoms:
 
 def main(path: Path = Path(__file__).with_name("cu_emt_small.xyz")) -> None:
     rng = np.random.default_rng(0)
-    frames = [labelled(Atoms("Cu", [[10, 10, 10]], cell=[20, 20, 20], pbc=True),
-                       "isolated_atom")]
+    frames = [
+        labelled(
+            Atoms("Cu", [[10, 10, 10]], cell=[20, 20, 20], pbc=True), "isolated_atom"
+        )
+    ]
     for k in range(16):
         at = bulk("Cu", "fcc", a=3.59, cubic=True).repeat(2 if k % 2 else 3)
         eps = rng.uniform(-0.03, 0.03, (3, 3))
@@ -52,8 +55,14 @@ def main(path: Path = Path(__file__).with_name("cu_emt_small.xyz")) -> None:
         frames.append(labelled(at, "surface"))
     at = bulk("Cu", "fcc", a=3.59, cubic=True).repeat(2)
     at.calc = EMT()
-    md = Langevin(at, 2 * units.fs, temperature_K=1000, friction=0.02, fixcm=False,
-                  rng=np.random.default_rng(1))
+    md = Langevin(
+        at,
+        2 * units.fs,
+        temperature_K=1000,
+        friction=0.02,
+        fixcm=False,
+        rng=np.random.default_rng(1),
+    )
     for _ in range(10):
         md.run(20)
         frames.append(labelled(at.copy(), "md_1000K"))

@@ -65,8 +65,9 @@ def batch_arrays(batch: Batch) -> dict:
 
 def descriptors(spec: SoapSpec, b: dict) -> jax.Array:
     """SOAP vectors ``(A, F)`` of every atom of a batch."""
-    return soap(spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"],
-                b["species"])
+    return soap(
+        spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
+    )
 
 
 descriptors_jit = jax.jit(descriptors, static_argnums=0)
@@ -76,18 +77,27 @@ def _to_atoms_and_configs(t: jax.Array, b: dict) -> tuple[jax.Array, jax.Array]:
     """Per-pair gradients ``t (P, 3, ...)`` -> forces ``(A, 3, ...)`` and virials
     ``(C, 6, ...)``."""
     A, C = b["species"].shape[0], b["config_mask"].shape[0]
-    forces = (jax.ops.segment_sum(t, b["centre"], A)
-              - jax.ops.segment_sum(t, b["neighbour"], A))
+    forces = jax.ops.segment_sum(t, b["centre"], A) - jax.ops.segment_sum(
+        t, b["neighbour"], A
+    )
     # W_ckl = -sum_{p in c} t_pk D_pl as one contraction over p (no (P, 3, 3, M) array)
-    G = jax.nn.one_hot(b["pair_config"], C, dtype=t.dtype)[:, :, None] * b["D"][:, None, :]
+    G = (
+        jax.nn.one_hot(b["pair_config"], C, dtype=t.dtype)[:, :, None]
+        * b["D"][:, None, :]
+    )
     W = -jnp.einsum("pcl,pk...->ckl...", G, t)  # (C, 3, 3, ...)
     W = jnp.stack([0.5 * (W[:, a, b_] + W[:, b_, a]) for a, b_ in VOIGT], axis=1)
     return forces, W
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def design_rows(spec: SoapSpec, kernel: DotProductKernel, Z_hat: jax.Array,
-                Z_species: jax.Array, b: dict) -> Rows:
+def design_rows(
+    spec: SoapSpec,
+    kernel: DotProductKernel,
+    Z_hat: jax.Array,
+    Z_species: jax.Array,
+    b: dict,
+) -> Rows:
     """Kernel rows of every energy, force and virial of a batch (see module doc).
 
     Args:
@@ -95,13 +105,20 @@ def design_rows(spec: SoapSpec, kernel: DotProductKernel, Z_hat: jax.Array,
         Z_species: (M,) species index of each sparse point.
         b: ``batch_arrays(batch)``.
     """
-    p, dP = soap_and_pair_derivatives(spec, b["D"], b["centre"], b["neighbour_species"],
-                                      b["pair_mask"], b["species"])
+    p, dP = soap_and_pair_derivatives(
+        spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
+    )
     return rows_from_soap(kernel, p, dP, Z_hat, Z_species, b)
 
 
-def rows_from_soap(kernel: DotProductKernel, p: jax.Array, dP: jax.Array,
-                   Z_hat: jax.Array, Z_species: jax.Array, b: dict) -> Rows:
+def rows_from_soap(
+    kernel: DotProductKernel,
+    p: jax.Array,
+    dP: jax.Array,
+    Z_hat: jax.Array,
+    Z_species: jax.Array,
+    b: dict,
+) -> Rows:
     """``design_rows`` given SOAP ``p (A, F)`` and ``dP (P, 3, F)``."""
     p_hat, norm = normalise(p)
     q = cosine(p_hat, Z_hat)  # (A, M)
@@ -120,16 +137,23 @@ def rows_from_soap(kernel: DotProductKernel, p: jax.Array, dP: jax.Array,
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def predict_mean(spec: SoapSpec, kernel: DotProductKernel, Z_hat: jax.Array,
-                 Z_species: jax.Array, weights: jax.Array, b: dict) -> Mean:
+def predict_mean(
+    spec: SoapSpec,
+    kernel: DotProductKernel,
+    Z_hat: jax.Array,
+    Z_species: jax.Array,
+    weights: jax.Array,
+    b: dict,
+) -> Mean:
     """Local energies, energies, forces and virials of a batch.
 
     ``dE/dD_p = (dE/dc_i) . (dphi_p/dD_p)``: reverse mode through the power spectrum
     and kernel to the coefficients ``c``, then a per-pair reverse pass through the
     pair's expansion with that cotangent (no scatter, no (P, N, LM, 3) Jacobian).
     """
-    c = coefficients(spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"],
-                     b["species"])
+    c = coefficients(
+        spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
+    )
     s = same_species(b["species"], Z_species)
 
     def energy(c):

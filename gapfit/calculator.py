@@ -50,20 +50,25 @@ class GAPCalculator(Calculator):
     default_parameters: dict[str, Any] = {"std": True}
     nolabel = True
 
-    def __init__(self, model: Model | str | os.PathLike, std: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, model: Model | str | os.PathLike, std: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(std=std, **kwargs)
         self.model = model if isinstance(model, Model) else Model.load(model)
 
-    def calculate(self, atoms: ase.Atoms | None = None,
-                  properties: Sequence[str] | None = None,
-                  system_changes: Sequence[str] = all_changes) -> None:
+    def calculate(
+        self,
+        atoms: ase.Atoms | None = None,
+        properties: Sequence[str] | None = None,
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
         """Predict the mean (and std) of every result for ``atoms`` in one pass."""
         super().calculate(atoms, properties, system_changes)
         where = f"atoms {self.atoms.get_chemical_formula()}"
         # unknown species raise a GapfitError naming them (neighbours.species_index)
-        (pred,) = self.model.predict([self.atoms], std=bool(self.parameters.std),
-                                     wheres=[where])
+        (pred,) = self.model.predict(
+            [self.atoms], std=bool(self.parameters.std), wheres=[where]
+        )
         self.results["energy"] = pred["energy"]
         self.results["free_energy"] = pred["energy"]
         self.results["energies"] = pred["energies"]

@@ -51,19 +51,29 @@ def label_key_options(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        names = {n: kwargs.pop(f"{n.replace('-', '_')}_parameter_name")
-                 for n, _, _ in options}
-        keys = LabelKeys(energy=names["energy"], forces=names["force"],
-                         virial=names["virial"], stress=names["stress"],
-                         config_type=names["config-type"])
+        names = {
+            n: kwargs.pop(f"{n.replace('-', '_')}_parameter_name")
+            for n, _, _ in options
+        }
+        keys = LabelKeys(
+            energy=names["energy"],
+            forces=names["force"],
+            virial=names["virial"],
+            stress=names["stress"],
+            config_type=names["config-type"],
+        )
         return func(*args, keys=keys, **kwargs)
 
     for name, default, text in reversed(options):
         gap_name = f"{name.replace('-', '_')}_parameter_name"
-        wrapper = click.option(f"--{name}-parameter-name", default=default,
-                               show_default=True,
-                               help=f"{text} [gap_fit: {gap_name}]")(wrapper)
+        wrapper = click.option(
+            f"--{name}-parameter-name",
+            default=default,
+            show_default=True,
+            help=f"{text} [gap_fit: {gap_name}]",
+        )(wrapper)
     return wrapper
+
 
 E0_METHODS = ("isolated", "average", "least_squares", "explicit")
 DEFAULT_SIGMA = "0.001 0.05 0.05 0.0"
@@ -127,13 +137,15 @@ def _default_sigma(text: str) -> tuple[float, ...]:
         raise GapfitError(
             f"--default-sigma {text!r}: expected 3 or 4 numbers 'energy force virial "
             "[hessian]' (eV/atom, eV/Å, eV/atom), e.g. --default-sigma 0.001 0.05 "
-            "0.05 0.0.")
+            "0.05 0.0."
+        )
     for name, value in zip(("energy", "force", "virial"), values, strict=False):
         if not (math.isfinite(value) and value > 0):
             raise GapfitError(
                 f"--default-sigma {text!r}: the {name} sigma is {value}, it must be "
                 "> 0 and finite (it is a noise standard deviation; gap_fit's default "
-                "is 0.001 0.05 0.05 0.0, the 4th value, hessian, is ignored).")
+                "is 0.001 0.05 0.05 0.0, the 4th value, hessian, is ignored)."
+            )
     return values
 
 
@@ -143,8 +155,9 @@ def _check_writable(path: str, option: str) -> None:
     if Path(path).is_dir():
         raise GapfitError(f"{option} {path} is a directory; give a file name.")
     if not parent.is_dir():
-        raise GapfitError(f"{option} {path}: directory {parent} does not exist; "
-                          "create it first.")
+        raise GapfitError(
+            f"{option} {path}: directory {parent} does not exist; create it first."
+        )
     if not os.access(parent, os.W_OK):
         raise GapfitError(f"{option} {path}: directory {parent} is not writable.")
 
@@ -154,13 +167,15 @@ def _symbol(z: int | str) -> str:
 
 
 def _soap_help() -> str:
-    return "\n".join(f"  {f'{k}={v}':<30} {SOAP_HELP.get(k, '')}"
-                     for k, v in SOAP_DEFAULTS.items())
+    return "\n".join(
+        f"  {f'{k}={v}':<30} {SOAP_HELP.get(k, '')}" for k, v in SOAP_DEFAULTS.items()
+    )
 
 
 # ------------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"],
-                               "max_content_width": 100})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="gapfit")
 def main() -> None:
     """Gaussian Approximation Potentials: JAX SOAP + sparse GP, with uncertainties.
@@ -173,55 +188,114 @@ def main() -> None:
     """
 
 
-_FIT_EPILOG = ("\b\nSOAP settings (--soap \"key=value ...\", gap_fit names, "
-               "defaults):\n" + _soap_help())
+_FIT_EPILOG = (
+    '\b\nSOAP settings (--soap "key=value ...", gap_fit names, '
+    "defaults):\n" + _soap_help()
+)
 
 
 @main.command(cls=_GreedySigmaCommand, epilog=_FIT_EPILOG)
-@click.option("--at-file", required=True, metavar="FILE",
-              help="Training configurations (extxyz) with energies (eV), forces "
-                   "(eV/Å) and optionally virials (eV) or stresses (eV/Å³). "
-                   "[gap_fit: at_file]")
-@click.option("--gp-file", required=True, metavar="FILE",
-              help="Output model file (.npz, written atomically). [gap_fit: gp_file]")
-@click.option("--soap", default=None, metavar="SETTINGS",
-              help="SOAP descriptor, kernel and sparsification settings as "
-                   "'key=value ...' (see below; unknown keys are errors). "
-                   "[gap_fit: gap={soap ...}]")
-@click.option("--default-sigma", default=DEFAULT_SIGMA, show_default=True,
-              metavar="E F V [H]",
-              help="Noise stds: energy eV/atom, force eV/Å, virial eV/atom, hessian "
-                   "(ignored); 3 or 4 numbers. [gap_fit: default_sigma]")
-@click.option("--config-type-sigma", default=None, metavar="SPEC",
-              help="Per config_type sigmas 'name:E:F:V:H:name2:...' in the units of "
-                   "--default-sigma. [gap_fit: config_type_sigma]")
-@click.option("--sigma-per-atom/--no-sigma-per-atom", default=True, show_default=True,
-              help="Energy and virial sigmas are per atom (scaled by sqrt(n_atoms)). "
-                   "[gap_fit: sigma_per_atom]")
-@click.option("--e0", default=None, metavar="SPEC",
-              help="Isolated-atom energies in eV, 'Cu:-0.1 Au:-0.2' or "
-                   "'{Cu:-0.1:Au:-0.2}'; override --e0-method for these elements. "
-                   "[gap_fit: e0]")
-@click.option("--e0-method", type=click.Choice(E0_METHODS), default="isolated",
-              show_default=True,
-              help="How to get e0: 1-atom configs with config_type=isolated_atom, "
-                   "the mean energy per atom, a least-squares fit per element, or --e0 "
-                   "only. [gap_fit: e0_method]")
-@click.option("--sparse-jitter", type=float, default=1e-8, show_default=True,
-              help="Added to the diagonal of K_mm, eV². [gap_fit: sparse_jitter]")
-@click.option("--rnd-seed", type=int, default=1, show_default=True,
-              help="Seed of the sparse-point selection. [gap_fit: rnd_seed]")
+@click.option(
+    "--at-file",
+    required=True,
+    metavar="FILE",
+    help="Training configurations (extxyz) with energies (eV), forces "
+    "(eV/Å) and optionally virials (eV) or stresses (eV/Å³). "
+    "[gap_fit: at_file]",
+)
+@click.option(
+    "--gp-file",
+    required=True,
+    metavar="FILE",
+    help="Output model file (.npz, written atomically). [gap_fit: gp_file]",
+)
+@click.option(
+    "--soap",
+    default=None,
+    metavar="SETTINGS",
+    help="SOAP descriptor, kernel and sparsification settings as "
+    "'key=value ...' (see below; unknown keys are errors). "
+    "[gap_fit: gap={soap ...}]",
+)
+@click.option(
+    "--default-sigma",
+    default=DEFAULT_SIGMA,
+    show_default=True,
+    metavar="E F V [H]",
+    help="Noise stds: energy eV/atom, force eV/Å, virial eV/atom, hessian "
+    "(ignored); 3 or 4 numbers. [gap_fit: default_sigma]",
+)
+@click.option(
+    "--config-type-sigma",
+    default=None,
+    metavar="SPEC",
+    help="Per config_type sigmas 'name:E:F:V:H:name2:...' in the units of "
+    "--default-sigma. [gap_fit: config_type_sigma]",
+)
+@click.option(
+    "--sigma-per-atom/--no-sigma-per-atom",
+    default=True,
+    show_default=True,
+    help="Energy and virial sigmas are per atom (scaled by sqrt(n_atoms)). "
+    "[gap_fit: sigma_per_atom]",
+)
+@click.option(
+    "--e0",
+    default=None,
+    metavar="SPEC",
+    help="Isolated-atom energies in eV, 'Cu:-0.1 Au:-0.2' or "
+    "'{Cu:-0.1:Au:-0.2}'; override --e0-method for these elements. "
+    "[gap_fit: e0]",
+)
+@click.option(
+    "--e0-method",
+    type=click.Choice(E0_METHODS),
+    default="isolated",
+    show_default=True,
+    help="How to get e0: 1-atom configs with config_type=isolated_atom, "
+    "the mean energy per atom, a least-squares fit per element, or --e0 "
+    "only. [gap_fit: e0_method]",
+)
+@click.option(
+    "--sparse-jitter",
+    type=float,
+    default=1e-8,
+    show_default=True,
+    help="Added to the diagonal of K_mm, eV². [gap_fit: sparse_jitter]",
+)
+@click.option(
+    "--rnd-seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Seed of the sparse-point selection. [gap_fit: rnd_seed]",
+)
 @label_key_options
-@click.option("--chunk-atoms", type=click.IntRange(min=1), default=512,
-              show_default=True,
-              help="Atoms per streamed chunk: a memory knob, the model does not "
-                   "depend on it. [gapfit only]")
+@click.option(
+    "--chunk-atoms",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Atoms per streamed chunk: a memory knob, the model does not "
+    "depend on it. [gapfit only]",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars. [gapfit only]")
 @_user_errors
-def fit(at_file: str, gp_file: str, soap: str | None, default_sigma: str,
-        config_type_sigma: str | None, sigma_per_atom: bool, e0: str | None,
-        e0_method: str, sparse_jitter: float, rnd_seed: int, keys: LabelKeys,
-        chunk_atoms: int, quiet: bool) -> None:
+def fit(
+    at_file: str,
+    gp_file: str,
+    soap: str | None,
+    default_sigma: str,
+    config_type_sigma: str | None,
+    sigma_per_atom: bool,
+    e0: str | None,
+    e0_method: str,
+    sparse_jitter: float,
+    rnd_seed: int,
+    keys: LabelKeys,
+    chunk_atoms: int,
+    quiet: bool,
+) -> None:
     """Fit a sparse GAP to labelled configurations and write the model file.
 
     Example:
@@ -236,20 +310,34 @@ def fit(at_file: str, gp_file: str, soap: str | None, default_sigma: str,
     parse_soap(soap)
     sigmas = _default_sigma(default_sigma)
     _check_writable(gp_file, "--gp-file")
-    gap = GAP(soap=soap, default_sigma=sigmas,
-              config_type_sigma=(parse_config_type_sigma(config_type_sigma)
-                                 if config_type_sigma else None),
-              sigma_per_atom=sigma_per_atom, e0=parse_e0(e0) if e0 else None,
-              e0_method=e0_method, sparse_jitter=sparse_jitter, rnd_seed=rnd_seed,
-              chunk_atoms=chunk_atoms, keys=keys, progress=not quiet)
+    gap = GAP(
+        soap=soap,
+        default_sigma=sigmas,
+        config_type_sigma=(
+            parse_config_type_sigma(config_type_sigma) if config_type_sigma else None
+        ),
+        sigma_per_atom=sigma_per_atom,
+        e0=parse_e0(e0) if e0 else None,
+        e0_method=e0_method,
+        sparse_jitter=sparse_jitter,
+        rnd_seed=rnd_seed,
+        chunk_atoms=chunk_atoms,
+        keys=keys,
+        progress=not quiet,
+    )
     gap.fit(at_file)
     info = gap.model_.info
     click.echo(_data_lines(info.get("data", {})))
-    click.echo("sparse points: " + ", ".join(
-        f"{_symbol(z)} {n}" for z, n in info.get("n_sparse", {}).items()))
+    click.echo(
+        "sparse points: "
+        + ", ".join(f"{_symbol(z)} {n}" for z, n in info.get("n_sparse", {}).items())
+    )
     timings = gap.timings_
-    click.echo("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
-               + f" (total {sum(timings.values()):.2f} s)")
+    click.echo(
+        "timings: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
+        + f" (total {sum(timings.values()):.2f} s)"
+    )
     click.echo(format_error_table(gap.training_errors_, "training errors"))
     gap.save(gp_file)
     click.echo(f"model written to {gp_file}")
@@ -258,10 +346,12 @@ def fit(at_file: str, gp_file: str, soap: str | None, default_sigma: str,
 def _data_lines(data: dict) -> str:
     if not data:
         return "data: (no summary stored)"
-    lines = [f"data: {data.get('n_configs')} configs, {data.get('n_atoms')} atoms, "
-             f"{data.get('n_energies')} energies, "
-             f"{data.get('n_force_components')} force components, "
-             f"{data.get('n_virials')} virials"]
+    lines = [
+        f"data: {data.get('n_configs')} configs, {data.get('n_atoms')} atoms, "
+        f"{data.get('n_energies')} energies, "
+        f"{data.get('n_force_components')} force components, "
+        f"{data.get('n_virials')} virials"
+    ]
     types = data.get("config_types", {})
     if types:
         lines.append("config types: " + ", ".join(f"{k} {v}" for k, v in types.items()))
@@ -273,25 +363,44 @@ def _data_lines(data: dict) -> str:
 # ------------------------------------------------------------------------------------
 @main.command()
 @click.argument("xyz", metavar="FILE")
-@click.option("--gp-file", required=True, metavar="FILE",
-              help="Model file written by `gapfit fit`. [gap_fit/quip: param_filename]")
-@click.option("--output", "-o", required=True, metavar="FILE",
-              help="Output extxyz (written atomically) with info energy, energy_std "
-                   "(eV), virial, virial_std (3x3, eV), stress, stress_std (6, eV/Å³, "
-                   "3D-periodic only) and arrays forces, forces_std (eV/Å), energies, "
-                   "energies_std (eV).")
-@click.option("--std/--no-std", default=True, show_default=True,
-              help="Also predict the *_std values (DTC posterior std, no noise).")
-@click.option("--config-type-parameter-name", default="config_type", show_default=True,
-              help="Info key of the config type, copied to the output.")
+@click.option(
+    "--gp-file",
+    required=True,
+    metavar="FILE",
+    help="Model file written by `gapfit fit`. [gap_fit/quip: param_filename]",
+)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    metavar="FILE",
+    help="Output extxyz (written atomically) with info energy, energy_std "
+    "(eV), virial, virial_std (3x3, eV), stress, stress_std (6, eV/Å³, "
+    "3D-periodic only) and arrays forces, forces_std (eV/Å), energies, "
+    "energies_std (eV).",
+)
+@click.option(
+    "--std/--no-std",
+    default=True,
+    show_default=True,
+    help="Also predict the *_std values (DTC posterior std, no noise).",
+)
+@click.option(
+    "--config-type-parameter-name",
+    default="config_type",
+    show_default=True,
+    help="Info key of the config type, copied to the output.",
+)
 @_user_errors
-def predict(xyz: str, gp_file: str, output: str, std: bool,
-            config_type_parameter_name: str) -> None:
+def predict(
+    xyz: str, gp_file: str, output: str, std: bool, config_type_parameter_name: str
+) -> None:
     """Predict energies, forces, virials/stresses (and stds) of the configs in FILE."""
     model = Model.load(gp_file)
     _check_writable(output, "--output")
-    frames = read_frames(xyz, LabelKeys(config_type=config_type_parameter_name),
-                         require=())
+    frames = read_frames(
+        xyz, LabelKeys(config_type=config_type_parameter_name), require=()
+    )
     check_species(frames, model.species)
     t0 = time.perf_counter()
     preds = model.predict(frames, std=std, wheres=[f.where for f in frames])
@@ -301,11 +410,16 @@ def predict(xyz: str, gp_file: str, output: str, std: bool,
         atoms = frame.to_atoms()
         atoms.info.pop("config_type")
         atoms.info[config_type_parameter_name] = frame.config_type
-        for key in ("energy", "energy_std", "virial", "virial_std", "stress",
-                    "stress_std"):
+        for key in (
+            "energy",
+            "energy_std",
+            "virial",
+            "virial_std",
+            "stress",
+            "stress_std",
+        ):
             if key in pred:
-                atoms.info[key] = (pred[key] if np.ndim(pred[key])
-                                   else float(pred[key]))
+                atoms.info[key] = pred[key] if np.ndim(pred[key]) else float(pred[key])
         for key in ("forces", "forces_std", "energies", "energies_std"):
             if key in pred:
                 atoms.arrays[key] = np.asarray(pred[key], dtype=float)
@@ -315,18 +429,29 @@ def predict(xyz: str, gp_file: str, output: str, std: bool,
     atomic_write(output, buf.getvalue().encode())
     n_atoms = sum(len(f.numbers) for f in frames)
     rate = n_atoms / max(seconds, 1e-9)
-    click.echo(f"predicted {len(frames)} configs, {n_atoms} atoms in {seconds:.2f} s "
-               f"({rate:.1f} atoms/s, std={'on' if std else 'off'}, including jit "
-               f"compilation); wrote {output}")
+    click.echo(
+        f"predicted {len(frames)} configs, {n_atoms} atoms in {seconds:.2f} s "
+        f"({rate:.1f} atoms/s, std={'on' if std else 'off'}, including jit "
+        f"compilation); wrote {output}"
+    )
 
 
 # ------------------------------------------------------------------------------------
 @main.command(name="eval")
 @click.argument("xyz", metavar="FILE")
-@click.option("--gp-file", required=True, metavar="FILE",
-              help="Model file written by `gapfit fit`.")
-@click.option("--json", "json_file", default=None, metavar="FILE",
-              help="Also write the error table as JSON (RMSE/MAE in meV/atom, meV/Å).")
+@click.option(
+    "--gp-file",
+    required=True,
+    metavar="FILE",
+    help="Model file written by `gapfit fit`.",
+)
+@click.option(
+    "--json",
+    "json_file",
+    default=None,
+    metavar="FILE",
+    help="Also write the error table as JSON (RMSE/MAE in meV/atom, meV/Å).",
+)
 @label_key_options
 @_user_errors
 def eval_(xyz: str, gp_file: str, json_file: str | None, keys: LabelKeys) -> None:
@@ -346,8 +471,12 @@ def eval_(xyz: str, gp_file: str, json_file: str | None, keys: LabelKeys) -> Non
 
 # ------------------------------------------------------------------------------------
 @main.command()
-@click.option("--gp-file", required=True, metavar="FILE",
-              help="Model file written by `gapfit fit`.")
+@click.option(
+    "--gp-file",
+    required=True,
+    metavar="FILE",
+    help="Model file written by `gapfit fit`.",
+)
 @_user_errors
 def info(gp_file: str) -> None:
     """What a model file holds: species, settings, sparse set, data, errors."""
@@ -356,33 +485,50 @@ def info(gp_file: str) -> None:
     click.echo(f"model: {gp_file}")
     click.echo("species: " + " ".join(_symbol(z) for z in model.species))
     spec = model.spec.to_dict()
-    click.echo("descriptor: SOAP " + " ".join(f"{k}={v}" for k, v in spec.items()
-                                             if k != "species"))
-    click.echo(f"kernel: dot_product delta={model.kernel.delta} eV "
-               f"zeta={model.kernel.zeta}")
+    click.echo(
+        "descriptor: SOAP "
+        + " ".join(f"{k}={v}" for k, v in spec.items() if k != "species")
+    )
+    click.echo(
+        f"kernel: dot_product delta={model.kernel.delta} eV zeta={model.kernel.zeta}"
+    )
     counts = np.bincount(np.asarray(model.sparse_species), minlength=len(model.species))
-    click.echo(f"sparse points: {len(model.sparse_species)} ("
-               + ", ".join(f"{_symbol(z)} {int(n)}"
-                           for z, n in zip(model.species, counts, strict=True)) + ")")
+    click.echo(
+        f"sparse points: {len(model.sparse_species)} ("
+        + ", ".join(
+            f"{_symbol(z)} {int(n)}" for z, n in zip(model.species, counts, strict=True)
+        )
+        + ")"
+    )
     settings = meta.get("settings", {})
     if settings:
         sig = settings.get("default_sigma")
-        click.echo(f"default_sigma: {sig} (energy eV/atom, force eV/Å, virial eV/atom, "
-                   f"hessian); sigma_per_atom={settings.get('sigma_per_atom')}")
+        click.echo(
+            f"default_sigma: {sig} (energy eV/atom, force eV/Å, virial eV/atom, "
+            f"hessian); sigma_per_atom={settings.get('sigma_per_atom')}"
+        )
         for name, values in settings.get("config_type_sigma", {}).items():
             click.echo(f"config_type_sigma: {name} {values}")
-        click.echo(f"sparse_method: {settings.get('sparse_method')}, "
-                   f"sparse_jitter: {settings.get('sparse_jitter')} eV², "
-                   f"rnd_seed: {settings.get('rnd_seed')}, "
-                   f"e0_method: {settings.get('e0_method')}")
-    click.echo("e0 (eV): " + ", ".join(f"{_symbol(z)} {v:.6f}"
-                                       for z, v in sorted(model.e0.items())))
+        click.echo(
+            f"sparse_method: {settings.get('sparse_method')}, "
+            f"sparse_jitter: {settings.get('sparse_jitter')} eV², "
+            f"rnd_seed: {settings.get('rnd_seed')}, "
+            f"e0_method: {settings.get('e0_method')}"
+        )
+    click.echo(
+        "e0 (eV): "
+        + ", ".join(f"{_symbol(z)} {v:.6f}" for z, v in sorted(model.e0.items()))
+    )
     click.echo(_data_lines(meta.get("data", {})))
     versions = meta.get("versions", {})
-    click.echo(f"gapfit {meta.get('gapfit_version', '?')}; "
-               + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    click.echo(
+        f"gapfit {meta.get('gapfit_version', '?')}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+    )
     if "timings_s" in meta:
-        click.echo("fit timings: " + ", ".join(f"{k} {v:.2f} s"
-                                               for k, v in meta["timings_s"].items()))
+        click.echo(
+            "fit timings: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in meta["timings_s"].items())
+        )
     if meta.get("training_errors"):
         click.echo(format_error_table(meta["training_errors"], "training errors"))

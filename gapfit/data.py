@@ -28,8 +28,11 @@ from ase.stress import voigt_6_to_full_3x3_stress
 from gapfit.errors import GapfitError
 
 MIN_DISTANCE = 0.5  # Å; closer pairs (periodic images included) mean broken data
-_OPTION = {"energy": "--energy-parameter-name", "forces": "--force-parameter-name",
-           "virial": "--virial-parameter-name"}
+_OPTION = {
+    "energy": "--energy-parameter-name",
+    "forces": "--force-parameter-name",
+    "virial": "--virial-parameter-name",
+}
 _E0_METHODS = ("isolated", "average", "least_squares", "explicit")
 _SYMBOLS = {s: z for z, s in enumerate(ase.data.chemical_symbols) if z > 0}
 
@@ -53,8 +56,9 @@ class Frame:
 
     def to_atoms(self) -> ase.Atoms:
         """Geometry as ``ase.Atoms`` with ``info["config_type"]``; no labels."""
-        atoms = ase.Atoms(numbers=self.numbers, positions=self.positions,
-                          cell=self.cell, pbc=self.pbc)
+        atoms = ase.Atoms(
+            numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc
+        )
         atoms.info["config_type"] = self.config_type
         return atoms
 
@@ -77,8 +81,10 @@ def _check_sigma(name: str, value: Any, where: str) -> float:
     except (TypeError, ValueError):
         sigma = float("nan")
     if not (np.isfinite(sigma) and sigma > 0):
-        raise GapfitError(f"{where}: {name} must be > 0 and finite, found {value!r}. "
-                          "Sigmas are noise standard deviations; give a positive one.")
+        raise GapfitError(
+            f"{where}: {name} must be > 0 and finite, found {value!r}. "
+            "Sigmas are noise standard deviations; give a positive one."
+        )
     return sigma
 
 
@@ -96,7 +102,8 @@ class Sigmas:
     force: float = 0.05
     virial: float = 0.05
     per_config_type: Mapping[str, tuple[float, float, float]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
     per_atom: bool = True
 
     def __post_init__(self) -> None:
@@ -104,12 +111,17 @@ class Sigmas:
 
     def validate(self) -> None:
         """Raise GapfitError naming the first sigma that is not > 0 and finite."""
-        named = {"default energy sigma": self.energy, "default force sigma": self.force,
-                 "default virial sigma": self.virial}
+        named = {
+            "default energy sigma": self.energy,
+            "default force sigma": self.force,
+            "default virial sigma": self.virial,
+        }
         for ct, values in self.per_config_type.items():
             if len(tuple(values)) != 3:
-                raise GapfitError(f"Sigmas: config_type {ct!r} has sigmas {values!r}; "
-                                  "give 3: (energy, force, virial).")
+                raise GapfitError(
+                    f"Sigmas: config_type {ct!r} has sigmas {values!r}; "
+                    "give 3: (energy, force, virial)."
+                )
             for label, v in zip(("energy", "force", "virial"), values, strict=True):
                 named[f"config_type {ct!r} {label} sigma"] = v
         for name, value in named.items():
@@ -122,11 +134,14 @@ class Sigmas:
         the latter two are scaled by sqrt(n_atoms) for energy and virial if per_atom.
         """
         e, f, w = self.per_config_type.get(
-            frame.config_type, (self.energy, self.force, self.virial))
+            frame.config_type, (self.energy, self.force, self.virial)
+        )
         scale = float(np.sqrt(len(frame.numbers))) if self.per_atom else 1.0
         own = (frame.sigma_energy, frame.sigma_force, frame.sigma_virial)
-        s_e, s_f, s_w = (float(o if o is not None else d) for o, d in
-                         zip(own, (e * scale, f, w * scale), strict=True))
+        s_e, s_f, s_w = (
+            float(o if o is not None else d)
+            for o, d in zip(own, (e * scale, f, w * scale), strict=True)
+        )
         return s_e, s_f, s_w
 
 
@@ -147,7 +162,8 @@ def _missing(atoms: ase.Atoms, label: str, key: str, where: str) -> GapfitError:
     return GapfitError(
         f"{where}: no {label} found under key {key!r}. Keys present: info {info}, "
         f"arrays {arrays}, calculator results {calc}.{hint} Name the right key with "
-        f"{_OPTION[label]} (LabelKeys({label}=...)) or label this config.")
+        f"{_OPTION[label]} (LabelKeys({label}=...)) or label this config."
+    )
 
 
 def _array(value: Any, name: str, where: str, per_atom: bool = False) -> np.ndarray:
@@ -157,8 +173,10 @@ def _array(value: Any, name: str, where: str, per_atom: bool = False) -> np.ndar
             raise TypeError
         arr = np.array(value, dtype=float)
     except (TypeError, ValueError):
-        raise GapfitError(f"{where}: {name} is not numeric (found {value!r}); fix "
-                          "the value in the file.") from None
+        raise GapfitError(
+            f"{where}: {name} is not numeric (found {value!r}); fix "
+            "the value in the file."
+        ) from None
     bad = ~np.isfinite(arr)
     if bad.any():
         if per_atom and arr.ndim == 2:
@@ -177,32 +195,43 @@ def _matrix(value: Any, name: str, where: str, voigt: bool) -> np.ndarray:
         return voigt_6_to_full_3x3_stress(arr.reshape(6))
     if arr.size != 9:
         want = "6 (Voigt xx yy zz yz xz xy) or 9 numbers" if voigt else "9 numbers"
-        raise GapfitError(f"{where}: {name} has shape {arr.shape}; expected {want} "
-                          "or a 3x3 matrix. Fix the value in the file.")
+        raise GapfitError(
+            f"{where}: {name} has shape {arr.shape}; expected {want} "
+            "or a 3x3 matrix. Fix the value in the file."
+        )
     return arr.reshape(3, 3)
 
 
-def _check_geometry(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray,
-                    pbc: np.ndarray, where: str) -> None:
+def _check_geometry(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    where: str,
+) -> None:
     """Atoms present, real elements, usable periodic cell, no pair < MIN_DISTANCE."""
     if len(numbers) == 0:
         raise GapfitError(f"{where}: config has zero atoms; remove it from the data.")
     if numbers.min() < 1 or numbers.max() >= len(ase.data.chemical_symbols):
-        raise GapfitError(f"{where}: unknown atomic numbers {sorted(set(numbers))}; "
-                          "use real element symbols.")
+        raise GapfitError(
+            f"{where}: unknown atomic numbers {sorted(set(numbers))}; "
+            "use real element symbols."
+        )
     lengths = np.linalg.norm(cell, axis=1)  # (3,) Å
     flat = np.nonzero(pbc & (lengths < 1e-6))[0]
     if len(flat):
         axis = int(flat[0])
         raise GapfitError(
             f"{where}: pbc is True along axis {axis} but cell vector {axis} has length "
-            f"{lengths[axis]:.3g} Å. Set the cell (Lattice=...) or pbc=False there.")
+            f"{lengths[axis]:.3g} Å. Set the cell (Lattice=...) or pbc=False there."
+        )
     vecs = cell[pbc]  # (n_periodic, 3) Å
     # normalised Gram determinant: 1 for orthogonal vectors, ~0 for a degenerate cell
     if len(vecs) and np.linalg.det(vecs @ vecs.T) / np.prod(lengths[pbc] ** 2) < 1e-12:
         raise GapfitError(
             f"{where}: periodic cell vectors {vecs.tolist()} are (nearly) linearly "
-            "dependent (volume ~0). Set the cell (Lattice=...) or pbc=False.")
+            "dependent (volume ~0). Set the cell (Lattice=...) or pbc=False."
+        )
     box = cell if pbc.any() else np.zeros((3, 3))
     nl = vesin.NeighborList(cutoff=MIN_DISTANCE, full_list=False)
     i, j, d = nl.compute(positions, box, [bool(p) for p in pbc], "ijd")
@@ -212,11 +241,13 @@ def _check_geometry(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray
         pair = f"atom {a} and its periodic image" if a == b else f"atoms {a} and {b}"
         raise GapfitError(
             f"{where}: {pair} are {d[k]:.3f} Å apart (< {MIN_DISTANCE} Å). Remove "
-            "duplicated atoms, fix the positions, or enlarge the cell.")
+            "duplicated atoms, fix the positions, or enlarge the cell."
+        )
 
 
-def _virial(atoms: ase.Atoms, keys: LabelKeys, cell: np.ndarray, pbc: np.ndarray,
-            where: str) -> np.ndarray | None:
+def _virial(
+    atoms: ase.Atoms, keys: LabelKeys, cell: np.ndarray, pbc: np.ndarray, where: str
+) -> np.ndarray | None:
     """Virial (3, 3) eV from info virial and/or stress (eV/Å³) via W = -stress V."""
     raw_w, raw_s = (_lookup(atoms, k, atoms.info) for k in (keys.virial, keys.stress))
     if raw_w is None and raw_s is None:
@@ -224,7 +255,8 @@ def _virial(atoms: ase.Atoms, keys: LabelKeys, cell: np.ndarray, pbc: np.ndarray
     if not pbc.all():
         raise GapfitError(
             f"{where}: has a virial/stress but pbc={pbc.tolist()}, so the volume is "
-            "undefined. Remove the virial/stress or set Lattice and pbc=\"T T T\".")
+            'undefined. Remove the virial/stress or set Lattice and pbc="T T T".'
+        )
     volume = abs(float(np.linalg.det(cell)))  # Å³
     w = None if raw_w is None else _matrix(raw_w, keys.virial, where, voigt=False)
     s = None if raw_s is None else _matrix(raw_s, keys.stress, where, voigt=True)
@@ -239,16 +271,20 @@ def _virial(atoms: ase.Atoms, keys: LabelKeys, cell: np.ndarray, pbc: np.ndarray
         raise GapfitError(
             f"{where}: {keys.virial!r} and {keys.stress!r} disagree (max difference "
             f"{np.abs(w - w_s).max():.3g} eV, volume {volume:.6g} Å³).{hint} gapfit "
-            "uses virial = -stress * volume (eV); stress in eV/Å³. Fix or drop one.")
+            "uses virial = -stress * volume (eV); stress in eV/Å³. Fix or drop one."
+        )
     w = w if w is not None else w_s
     if np.abs(w - w.T).max() > tol:
-        raise GapfitError(f"{where}: the virial {w.tolist()} is not symmetric; check "
-                          "the order of its 9 numbers.")
+        raise GapfitError(
+            f"{where}: the virial {w.tolist()} is not symmetric; check "
+            "the order of its 9 numbers."
+        )
     return 0.5 * (w + w.T)
 
 
-def _frame(atoms: ase.Atoms, keys: LabelKeys, require: Sequence[str],
-           where: str) -> Frame:
+def _frame(
+    atoms: ase.Atoms, keys: LabelKeys, require: Sequence[str], where: str
+) -> Frame:
     """Validate one Atoms (geometry, labels, sigmas) and turn it into a Frame."""
     numbers = np.array(atoms.numbers, dtype=int)
     positions = _array(atoms.positions, "positions", where, per_atom=True)
@@ -259,8 +295,10 @@ def _frame(atoms: ase.Atoms, keys: LabelKeys, require: Sequence[str],
     if energy is not None:
         energy = _array(energy, keys.energy, where)
         if energy.size != 1:
-            raise GapfitError(f"{where}: {keys.energy!r} has shape {energy.shape}, "
-                              "expected one number. Fix the value in the file.")
+            raise GapfitError(
+                f"{where}: {keys.energy!r} has shape {energy.shape}, "
+                "expected one number. Fix the value in the file."
+            )
         energy = float(energy.reshape(()))
     forces = _lookup(atoms, keys.forces, atoms.arrays)
     if forces is not None:
@@ -268,7 +306,8 @@ def _frame(atoms: ase.Atoms, keys: LabelKeys, require: Sequence[str],
         if forces.shape != positions.shape:
             raise GapfitError(
                 f"{where}: {keys.forces!r} has shape {forces.shape}, expected "
-                f"{positions.shape} (n_atoms, 3). Fix the Properties column spec.")
+                f"{positions.shape} (n_atoms, 3). Fix the Properties column spec."
+            )
     virial = _virial(atoms, keys, cell, pbc, where)
     found = {"energy": energy, "forces": forces, "virial": virial}
     for label in require:
@@ -276,26 +315,44 @@ def _frame(atoms: ase.Atoms, keys: LabelKeys, require: Sequence[str],
             raise GapfitError(f"unknown required label {label!r}; use {list(found)}.")
         if found[label] is None:
             raise _missing(atoms, label, getattr(keys, label), where)
-    sig = [None if atoms.info.get(f"{q}_sigma") is None else
-           _check_sigma(f"info '{q}_sigma'", atoms.info[f"{q}_sigma"], where)
-           for q in ("energy", "force", "virial")]
+    sig = [
+        None
+        if atoms.info.get(f"{q}_sigma") is None
+        else _check_sigma(f"info '{q}_sigma'", atoms.info[f"{q}_sigma"], where)
+        for q in ("energy", "force", "virial")
+    ]
     for arr in (numbers, positions, cell, pbc, forces, virial):
         if arr is not None:
             arr.setflags(write=False)
-    return Frame(numbers, positions, cell, pbc, energy, forces, virial,
-                 str(atoms.info.get(keys.config_type, "default")), *sig, where)
+    return Frame(
+        numbers,
+        positions,
+        cell,
+        pbc,
+        energy,
+        forces,
+        virial,
+        str(atoms.info.get(keys.config_type, "default")),
+        *sig,
+        where,
+    )
 
 
-def frames_from_atoms(atoms_list: Sequence[ase.Atoms], keys: LabelKeys = LabelKeys(),
-                      require: tuple[str, ...] = ("energy",),
-                      source: str = "frames") -> list[Frame]:
+def frames_from_atoms(
+    atoms_list: Sequence[ase.Atoms],
+    keys: LabelKeys = LabelKeys(),
+    require: tuple[str, ...] = ("energy",),
+    source: str = "frames",
+) -> list[Frame]:
     """Validate in-memory Atoms (labels in info/arrays/calc) into Frames.
 
     Frame i is reported as ``f"{source}[{i}]"``; ``require`` names labels that must
     exist ("energy", "forces", "virial"). Raises GapfitError on bad input.
     """
-    return [_frame(atoms, keys, require, f"{source}[{i}]")
-            for i, atoms in enumerate(atoms_list)]
+    return [
+        _frame(atoms, keys, require, f"{source}[{i}]")
+        for i, atoms in enumerate(atoms_list)
+    ]
 
 
 def _scan_extxyz(name: str) -> list[int]:
@@ -310,9 +367,11 @@ def _scan_extxyz(name: str) -> list[int]:
         try:
             natoms = int(lines[k])
         except ValueError:
-            raise GapfitError(f"{where}: expected the atom count on the header line, "
-                              f"found {lines[k].strip()[:60]!r}. Check the previous "
-                              "config's atom count or remove stray lines.") from None
+            raise GapfitError(
+                f"{where}: expected the atom count on the header line, "
+                f"found {lines[k].strip()[:60]!r}. Check the previous "
+                "config's atom count or remove stray lines."
+            ) from None
         headers.append(k + 1)
         for j in range(k + 1, k + 2 + natoms):
             if j >= len(lines) or (j > k + 1 and len(lines[j].split()) < 4):
@@ -320,20 +379,26 @@ def _scan_extxyz(name: str) -> list[int]:
                 raise GapfitError(
                     f"{where}: the header says {natoms} atoms but only "
                     f"{max(j - k - 2, 0)} atom lines follow ({at}). The file looks "
-                    "truncated or the count is wrong; fix it or remove this config.")
+                    "truncated or the count is wrong; fix it or remove this config."
+                )
         k += 2 + natoms
         while k < len(lines) and lines[k].lstrip().startswith("VEC"):
             k += 1
     rest = [j for j in range(k, len(lines)) if lines[j].strip()]
     if rest:  # ASE stops at a blank line and would silently drop the rest
-        raise GapfitError(f"{name}, line {k + 1}: blank line before more data (line "
-                          f"{rest[0] + 1}); the rest would be ignored. Delete it.")
+        raise GapfitError(
+            f"{name}, line {k + 1}: blank line before more data (line "
+            f"{rest[0] + 1}); the rest would be ignored. Delete it."
+        )
     return headers
 
 
-def read_frames(path: str | os.PathLike, keys: LabelKeys = LabelKeys(),
-                require: tuple[str, ...] = ("energy",),
-                index: str = ":") -> list[Frame]:
+def read_frames(
+    path: str | os.PathLike,
+    keys: LabelKeys = LabelKeys(),
+    require: tuple[str, ...] = ("energy",),
+    index: str = ":",
+) -> list[Frame]:
     """Read and validate configurations from an extended-XYZ (or ASE-readable) file.
 
     Args:
@@ -347,18 +412,21 @@ def read_frames(path: str | os.PathLike, keys: LabelKeys = LabelKeys(),
     """
     name = os.fspath(path)
     if not os.path.isfile(name):
-        raise GapfitError(f"{name}: file not found (cwd {os.getcwd()}). "
-                          "Check the path.")
+        raise GapfitError(
+            f"{name}: file not found (cwd {os.getcwd()}). Check the path."
+        )
     if os.path.getsize(name) == 0:
-        raise GapfitError(f"{name}: file is empty (0 bytes). Give a file with "
-                          "configurations.")
+        raise GapfitError(
+            f"{name}: file is empty (0 bytes). Give a file with configurations."
+        )
     try:
         sel = string2index(index)
         if not isinstance(sel, (int, slice)):
             raise ValueError
     except ValueError:
-        raise GapfitError(f"index {index!r} is not an ASE index such as ':', '-1' "
-                          "or '0:100:2'.") from None
+        raise GapfitError(
+            f"index {index!r} is not an ASE index such as ':', '-1' or '0:100:2'."
+        ) from None
     sel = slice(sel, (sel + 1) or None) if isinstance(sel, int) else sel
     pairs: list[tuple[str, ase.Atoms]] = []
     if os.path.splitext(name)[1].lower() in (".xyz", ".extxyz"):
@@ -372,19 +440,24 @@ def read_frames(path: str | os.PathLike, keys: LabelKeys = LabelKeys(),
                 raise GapfitError(
                     f"{where}: could not be parsed ({type(exc).__name__}: {exc}). Fix "
                     "it: header = atom count, then the Lattice/Properties/labels line, "
-                    "then one line per atom with the Properties columns.") from exc
+                    "then one line per atom with the Properties columns."
+                ) from exc
     else:
         try:
             images = ase.io.read(name, index=sel)
         except Exception as exc:  # format guessing and parsing raise many types
-            raise GapfitError(f"{name}: ase.io.read failed ({type(exc).__name__}: "
-                              f"{exc}). Convert the file to extxyz.") from exc
+            raise GapfitError(
+                f"{name}: ase.io.read failed ({type(exc).__name__}: "
+                f"{exc}). Convert the file to extxyz."
+            ) from exc
         images = [images] if isinstance(images, ase.Atoms) else images
         sub = "" if index == ":" else f" of selection {index!r}"
         pairs = [(f"{name}, config {i}{sub}", a) for i, a in enumerate(images)]
     if not pairs:
-        raise GapfitError(f"{name}: no configurations found (index {index!r}). "
-                          "Check the file contents and the index.")
+        raise GapfitError(
+            f"{name}: no configurations found (index {index!r}). "
+            "Check the file contents and the index."
+        )
     return [_frame(a, keys, require, where) for where, a in pairs]
 
 
@@ -393,23 +466,29 @@ def parse_config_type_sigma(text: str) -> dict[str, tuple[float, float, float]]:
     sigma_F eV/Å, sigma_V eV/atom, sigma_H ignored) into name -> 3 sigmas."""
     tokens = [t for t in re.split(r"[\s:]+", text.strip()) if t]
     if len(tokens) % 5:
-        raise GapfitError(f"--config-type-sigma {text!r}: {len(tokens)} items; expected"
-                          " groups of 5 'name:sigma_E:sigma_F:sigma_V:sigma_H', e.g. "
-                          "'bulk:0.001:0.05:0.05:0.0'.")
+        raise GapfitError(
+            f"--config-type-sigma {text!r}: {len(tokens)} items; expected"
+            " groups of 5 'name:sigma_E:sigma_F:sigma_V:sigma_H', e.g. "
+            "'bulk:0.001:0.05:0.05:0.0'."
+        )
     out: dict[str, tuple[float, float, float]] = {}
     for g in range(0, len(tokens), 5):
-        name, group = tokens[g], ":".join(tokens[g:g + 5])
+        name, group = tokens[g], ":".join(tokens[g : g + 5])
         try:
-            e, f, v, _ = (float(t) for t in tokens[g + 1:g + 5])
+            e, f, v, _ = (float(t) for t in tokens[g + 1 : g + 5])
         except ValueError:
-            raise GapfitError(f"--config-type-sigma: group {group!r} has a non-number;"
-                              " write name:sigma_E:sigma_F:sigma_V:sigma_H.") from None
+            raise GapfitError(
+                f"--config-type-sigma: group {group!r} has a non-number;"
+                " write name:sigma_E:sigma_F:sigma_V:sigma_H."
+            ) from None
         if name in out:
-            raise GapfitError(f"--config-type-sigma: {name!r} appears twice; give it "
-                              "once.")
-        out[name] = tuple(_check_sigma(f"{q} sigma of {name!r}", x,
-                                       "--config-type-sigma")
-                          for q, x in (("energy", e), ("force", f), ("virial", v)))
+            raise GapfitError(
+                f"--config-type-sigma: {name!r} appears twice; give it once."
+            )
+        out[name] = tuple(
+            _check_sigma(f"{q} sigma of {name!r}", x, "--config-type-sigma")
+            for q, x in (("energy", e), ("force", f), ("virial", v))
+        )
     return out
 
 
@@ -417,23 +496,26 @@ def parse_e0(text: str) -> dict[int, float]:
     """Parse "Cu:-0.1 Au:-0.2" or gap_fit's "{Cu:-0.1:Au:-0.2}" into {Z: e0 eV}."""
     tokens = [t for t in re.split(r"[\s:,{}]+", text) if t]
     if len(tokens) % 2:
-        raise GapfitError(f"--e0 {text!r}: expected symbol:value pairs such as "
-                          "'Cu:-0.1 Au:-0.2' (one value per element, eV).")
+        raise GapfitError(
+            f"--e0 {text!r}: expected symbol:value pairs such as "
+            "'Cu:-0.1 Au:-0.2' (one value per element, eV)."
+        )
     out: dict[int, float] = {}
     for sym, val in zip(tokens[::2], tokens[1::2], strict=True):
         if sym not in _SYMBOLS:
             close = [s for s in _SYMBOLS if s.lower() == sym.lower()]
             close = close or difflib.get_close_matches(sym, list(_SYMBOLS), n=3)
             hint = f" Did you mean {' or '.join(close)}?" if close else ""
-            raise GapfitError(f"--e0 {text!r}: {sym!r} is not an element symbol."
-                              f"{hint}")
+            raise GapfitError(f"--e0 {text!r}: {sym!r} is not an element symbol.{hint}")
         try:
             value = float(val)
         except ValueError:
             value = float("nan")
         if not np.isfinite(value) or _SYMBOLS[sym] in out:
-            raise GapfitError(f"--e0 {text!r}: bad or repeated entry {sym}:{val}; "
-                              "give each element once with a finite value in eV.")
+            raise GapfitError(
+                f"--e0 {text!r}: bad or repeated entry {sym}:{val}; "
+                "give each element once with a finite value in eV."
+            )
         out[_SYMBOLS[sym]] = value
     return out
 
@@ -451,11 +533,16 @@ def check_species(frames: Sequence[Frame], species: Sequence[int]) -> None:
         raise GapfitError(
             f"{bad[0].where}: contains {_names(unknown)}, unknown to the model "
             f"(species: {_names(sorted(known))}); {len(bad)} config(s) affected. "
-            "Fit a model that includes these elements or remove those configs.")
+            "Fit a model that includes these elements or remove those configs."
+        )
 
 
-def fit_e0(frames: Sequence[Frame], method: str, species: Sequence[int],
-           explicit: Mapping[int, float] | None = None) -> dict[int, float]:
+def fit_e0(
+    frames: Sequence[Frame],
+    method: str,
+    species: Sequence[int],
+    explicit: Mapping[int, float] | None = None,
+) -> dict[int, float]:
     """Isolated-atom reference energies {Z: e0 eV} for every Z in ``species``.
 
     Methods: "isolated" (energy of a 1-atom frame with config_type "isolated_atom"),
@@ -467,34 +554,46 @@ def fit_e0(frames: Sequence[Frame], method: str, species: Sequence[int],
     """
     species = [int(z) for z in species]
     if method not in _E0_METHODS:
-        raise GapfitError(f"--e0-method {method!r} is unknown; use one of "
-                          f"{list(_E0_METHODS)}.")
+        raise GapfitError(
+            f"--e0-method {method!r} is unknown; use one of {list(_E0_METHODS)}."
+        )
     check_species(frames, species)
     labelled = [f for f in frames if f.energy is not None]
     if method in ("average", "least_squares") and not labelled:
-        raise GapfitError(f"--e0-method {method}: no config has an energy. Label "
-                          "energies or give --e0 explicitly.")
+        raise GapfitError(
+            f"--e0-method {method}: no config has an energy. Label "
+            "energies or give --e0 explicitly."
+        )
     e0: dict[int, float] = {}
     if method == "average":
-        e0 = dict.fromkeys(species, np.mean([f.energy / len(f.numbers)
-                                             for f in labelled]))
+        e0 = dict.fromkeys(
+            species, np.mean([f.energy / len(f.numbers) for f in labelled])
+        )
     elif method == "least_squares":
-        counts = np.array([[np.count_nonzero(f.numbers == z) for z in species]
-                           for f in labelled], dtype=float)  # n_fZ: (n_frames, n_Z)
+        counts = np.array(
+            [[np.count_nonzero(f.numbers == z) for z in species] for f in labelled],
+            dtype=float,
+        )  # n_fZ: (n_frames, n_Z)
         energies = np.array([f.energy for f in labelled])  # E_f: (n_frames,) eV
         e0_z = np.linalg.lstsq(counts, energies, rcond=None)[0]  # argmin |n e0 - E|²
         e0 = dict(zip(species, e0_z, strict=True))
     elif method == "isolated":
-        e0 = {int(f.numbers[0]): f.energy for f in reversed(labelled)
-              if f.config_type == "isolated_atom" and len(f.numbers) == 1}
+        e0 = {
+            int(f.numbers[0]): f.energy
+            for f in reversed(labelled)
+            if f.config_type == "isolated_atom" and len(f.numbers) == 1
+        }
     e0.update({int(z): v for z, v in (explicit or {}).items() if int(z) in species})
     missing = [z for z in species if z not in e0]
     if missing and method == "isolated":
         raise GapfitError(
             f"--e0-method isolated: no 1-atom config with config_type=isolated_atom "
             f"and an energy for {_names(missing)}. Add them, use --e0-method average "
-            "or least_squares, or give --e0 (e.g. 'Cu:-0.1').")
+            "or least_squares, or give --e0 (e.g. 'Cu:-0.1')."
+        )
     if missing:
-        raise GapfitError(f"--e0-method explicit: no e0 given for {_names(missing)}. "
-                          "Add them to --e0 (e.g. 'Cu:-0.1').")
+        raise GapfitError(
+            f"--e0-method explicit: no e0 given for {_names(missing)}. "
+            "Add them to --e0 (e.g. 'Cu:-0.1')."
+        )
     return {z: float(e0[z]) for z in species}

@@ -47,18 +47,26 @@ class GAP:
         e0_method: "isolated", "average", "least_squares" or "explicit".
         sparse_jitter: added to the diagonal of K_mm (eV^2).
         rnd_seed: seed of the sparse-point selection.
-        chunk_atoms: atoms per streamed chunk (memory knob; the model does not depend on it).
+        chunk_atoms: atoms per streamed chunk (a memory knob; the model does not
+            depend on it).
         keys: label key names in the input files.
         progress: show progress bars.
     """
 
-    def __init__(self, soap: str | Mapping[str, Any] | None = None,
-                 default_sigma: Sequence[float] = (0.001, 0.05, 0.05, 0.0),
-                 config_type_sigma: Mapping[str, Sequence[float]] | None = None,
-                 sigma_per_atom: bool = True, e0: Mapping[int, float] | None = None,
-                 e0_method: str = "isolated", sparse_jitter: float = 1e-8,
-                 rnd_seed: int = 1, chunk_atoms: int = 512,
-                 keys: LabelKeys = LabelKeys(), progress: bool = False) -> None:
+    def __init__(
+        self,
+        soap: str | Mapping[str, Any] | None = None,
+        default_sigma: Sequence[float] = (0.001, 0.05, 0.05, 0.0),
+        config_type_sigma: Mapping[str, Sequence[float]] | None = None,
+        sigma_per_atom: bool = True,
+        e0: Mapping[int, float] | None = None,
+        e0_method: str = "isolated",
+        sparse_jitter: float = 1e-8,
+        rnd_seed: int = 1,
+        chunk_atoms: int = 512,
+        keys: LabelKeys = LabelKeys(),
+        progress: bool = False,
+    ) -> None:
         self.soap = soap
         self.default_sigma = default_sigma
         self.config_type_sigma = config_type_sigma
@@ -80,14 +88,24 @@ class GAP:
         settings = parse_soap(self.soap)
         sigmas = self._sigmas()
         species = sorted({int(z) for f in frames for z in f.numbers})
-        e0 = fit_e0(frames, "explicit" if self.e0_method == "explicit" else self.e0_method,
-                    species, self.e0)
-        spec = SoapSpec(species=tuple(species), cutoff=settings["cutoff"],
-                        n_max=settings["n_max"], l_max=settings["l_max"],
-                        atom_sigma=settings["atom_sigma"], weighting=settings["weighting"],
-                        cutoff_transition_width=settings["cutoff_transition_width"],
-                        poly_r0=settings["poly_r0"], poly_c=settings["poly_c"],
-                        poly_m=settings["poly_m"])
+        e0 = fit_e0(
+            frames,
+            "explicit" if self.e0_method == "explicit" else self.e0_method,
+            species,
+            self.e0,
+        )
+        spec = SoapSpec(
+            species=tuple(species),
+            cutoff=settings["cutoff"],
+            n_max=settings["n_max"],
+            l_max=settings["l_max"],
+            atom_sigma=settings["atom_sigma"],
+            weighting=settings["weighting"],
+            cutoff_transition_width=settings["cutoff_transition_width"],
+            poly_r0=settings["poly_r0"],
+            poly_c=settings["poly_c"],
+            poly_m=settings["poly_m"],
+        )
         kernel = DotProductKernel(settings["delta"], settings["zeta"])
         timings["read"] = time.perf_counter() - t0
 
@@ -97,8 +115,9 @@ class GAP:
         timings["descriptors"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        idx = select_sparse(X, Z, settings["n_sparse"], settings["sparse_method"],
-                            self.rnd_seed)
+        idx = select_sparse(
+            X, Z, settings["n_sparse"], settings["sparse_method"], self.rnd_seed
+        )
         Z_hat, _ = normalise(jnp.asarray(X[idx]))
         Z_species = jnp.asarray(Z[idx])
         K_mm = kernel_block(kernel, Z_hat, Z_species, Z_hat, Z_species)
@@ -106,10 +125,13 @@ class GAP:
 
         t0 = time.perf_counter()
         R_aug = start(K_mm, self.sparse_jitter)
-        for chunk in tqdm(chunks, desc="kernel rows + QR", unit="chunk",
-                          disable=not self.progress):
+        for chunk in tqdm(
+            chunks, desc="kernel rows + QR", unit="chunk", disable=not self.progress
+        ):
             sel = [frames[k] for k in chunk]
-            batch = make_batch(sel, species, spec.neighbour_cutoff, [f.where for f in sel])
+            batch = make_batch(
+                sel, species, spec.neighbour_cutoff, [f.where for f in sel]
+            )
             rows = design_rows(spec, kernel, Z_hat, Z_species, batch_arrays(batch))
             A, b = _scaled_rows(rows, batch, sel, sigmas, e0, species)
             R_aug = fold(R_aug, A, b)
@@ -118,23 +140,36 @@ class GAP:
 
         info = {
             "gapfit_version": __version__,
-            "versions": {"jax": jax.__version__, "numpy": np.__version__,
-                         "ase": ase.__version__, "python": platform.python_version()},
-            "settings": {**settings, "default_sigma": list(self.default_sigma),
-                         "config_type_sigma": {k: list(v) for k, v in
-                                               (self.config_type_sigma or {}).items()},
-                         "sigma_per_atom": self.sigma_per_atom,
-                         "e0_method": self.e0_method, "sparse_jitter": self.sparse_jitter,
-                         "rnd_seed": self.rnd_seed},
+            "versions": {
+                "jax": jax.__version__,
+                "numpy": np.__version__,
+                "ase": ase.__version__,
+                "python": platform.python_version(),
+            },
+            "settings": {
+                **settings,
+                "default_sigma": list(self.default_sigma),
+                "config_type_sigma": {
+                    k: list(v) for k, v in (self.config_type_sigma or {}).items()
+                },
+                "sigma_per_atom": self.sigma_per_atom,
+                "e0_method": self.e0_method,
+                "sparse_jitter": self.sparse_jitter,
+                "rnd_seed": self.rnd_seed,
+            },
             "data": _data_summary(frames),
-            "n_sparse": {str(z): int((np.asarray(Z_species) == k).sum())
-                         for k, z in enumerate(species)},
+            "n_sparse": {
+                str(z): int((np.asarray(Z_species) == k).sum())
+                for k, z in enumerate(species)
+            },
         }
-        self.model_ = Model(spec, kernel, np.asarray(Z_hat), np.asarray(Z_species), post,
-                            e0, info)
+        self.model_ = Model(
+            spec, kernel, np.asarray(Z_hat), np.asarray(Z_species), post, e0, info
+        )
         t0 = time.perf_counter()
-        preds = self.model_.predict(frames, wheres=[f.where for f in frames],
-                                    batch_atoms=self.chunk_atoms * 4)
+        preds = self.model_.predict(
+            frames, wheres=[f.where for f in frames], batch_atoms=self.chunk_atoms * 4
+        )
         self.training_errors_ = error_table(frames, preds)
         timings["training_errors"] = time.perf_counter() - t0
         self.timings_ = timings
@@ -172,29 +207,42 @@ class GAP:
         if len(ds) not in (3, 4):
             raise GapfitError(
                 f"default_sigma has {len(ds)} values {ds}; give energy force virial "
-                "[hessian], e.g. 0.001 0.05 0.05 0.0.")
-        per_type = {k: tuple(float(x) for x in list(v)[:3])
-                    for k, v in (self.config_type_sigma or {}).items()}
-        return Sigmas(float(ds[0]), float(ds[1]), float(ds[2]), per_type,
-                      self.sigma_per_atom)
+                "[hessian], e.g. 0.001 0.05 0.05 0.0."
+            )
+        per_type = {
+            k: tuple(float(x) for x in list(v)[:3])
+            for k, v in (self.config_type_sigma or {}).items()
+        }
+        return Sigmas(
+            float(ds[0]), float(ds[1]), float(ds[2]), per_type, self.sigma_per_atom
+        )
 
-    def _descriptors(self, spec: SoapSpec, frames: Sequence[Frame],
-                     chunks: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def _descriptors(
+        self, spec: SoapSpec, frames: Sequence[Frame], chunks: list[list[int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment."""
         X, Z = [], []
-        for chunk in tqdm(chunks, desc="descriptors", unit="chunk",
-                          disable=not self.progress):
+        for chunk in tqdm(
+            chunks, desc="descriptors", unit="chunk", disable=not self.progress
+        ):
             sel = [frames[k] for k in chunk]
-            batch = make_batch(sel, spec.species, spec.neighbour_cutoff,
-                               [f.where for f in sel])
+            batch = make_batch(
+                sel, spec.species, spec.neighbour_cutoff, [f.where for f in sel]
+            )
             real = batch.atom_mask > 0
             X.append(np.asarray(descriptors_jit(spec, batch_arrays(batch)))[real])
             Z.append(batch.species[real])
         return np.concatenate(X), np.concatenate(Z)
 
 
-def _scaled_rows(rows, batch, frames: Sequence[Frame], sigmas: Sigmas,
-                 e0: Mapping[int, float], species: Sequence[int]):
+def _scaled_rows(
+    rows,
+    batch,
+    frames: Sequence[Frame],
+    sigmas: Sigmas,
+    e0: Mapping[int, float],
+    species: Sequence[int],
+):
     """Rows ``Lambda^-1/2 K`` and targets ``Lambda^-1/2 y`` of one chunk (padded,
     missing labels as zero rows)."""
     C, A = batch.config_mask.shape[0], batch.atom_mask.shape[0]
@@ -207,19 +255,22 @@ def _scaled_rows(rows, batch, frames: Sequence[Frame], sigmas: Sigmas,
         n = len(f.numbers)
         s_e, s_f, s_w = sigmas.for_frame(f)
         if f.energy is not None:
-            yE[c] = f.energy - e0_arr[batch.species[a0:a0 + n]].sum()
+            yE[c] = f.energy - e0_arr[batch.species[a0 : a0 + n]].sum()
             wE[c] = 1.0 / s_e
         if f.forces is not None:
-            yF[a0:a0 + n], wF[a0:a0 + n] = f.forces, 1.0 / s_f
+            yF[a0 : a0 + n], wF[a0 : a0 + n] = f.forces, 1.0 / s_f
         if f.virial is not None:
             v = f.virial
             yW[c] = [v[0, 0], v[1, 1], v[2, 2], v[1, 2], v[0, 2], v[0, 1]]
             wW[c] = 1.0 / s_w
         a0 += n
-    A_rows = jnp.concatenate([
-        rows.energy * wE[:, None],
-        (rows.forces * wF[:, :, None]).reshape(3 * A, -1),
-        (rows.virial * wW[:, :, None]).reshape(6 * C, -1)])
+    A_rows = jnp.concatenate(
+        [
+            rows.energy * wE[:, None],
+            (rows.forces * wF[:, :, None]).reshape(3 * A, -1),
+            (rows.virial * wW[:, :, None]).reshape(6 * C, -1),
+        ]
+    )
     b = jnp.concatenate([yE * wE, (yF * wF).ravel(), (yW * wW).ravel()])
     return A_rows, b
 
@@ -234,9 +285,14 @@ def _data_summary(frames: Sequence[Frame]) -> dict:
             if arr is not None:
                 h.update(np.ascontiguousarray(arr, dtype=float).tobytes())
         h.update(repr(f.energy).encode())
-    return {"n_configs": len(frames), "n_atoms": int(sum(len(f.numbers) for f in frames)),
-            "n_energies": sum(f.energy is not None for f in frames),
-            "n_force_components": int(sum(3 * len(f.numbers) for f in frames
-                                          if f.forces is not None)),
-            "n_virials": sum(f.virial is not None for f in frames),
-            "config_types": counts, "sha256": h.hexdigest()}
+    return {
+        "n_configs": len(frames),
+        "n_atoms": int(sum(len(f.numbers) for f in frames)),
+        "n_energies": sum(f.energy is not None for f in frames),
+        "n_force_components": int(
+            sum(3 * len(f.numbers) for f in frames if f.forces is not None)
+        ),
+        "n_virials": sum(f.virial is not None for f in frames),
+        "config_types": counts,
+        "sha256": h.hexdigest(),
+    }

@@ -14,20 +14,37 @@ from gapfit.errors import GapfitError
 from gapfit.sparsify import SPARSE_METHODS
 
 SOAP_DEFAULTS: dict[str, Any] = {
-    "cutoff": 5.0, "cutoff_transition_width": 1.0, "n_max": 8, "l_max": 6,
-    "atom_sigma": 0.5, "zeta": 4, "delta": 1.0, "n_sparse": 500,
-    "sparse_method": "cur_points", "covariance_type": "dot_product", "add_species": True,
-    "weighting": "cosine", "poly_r0": None, "poly_c": 1.0, "poly_m": 2.0,
+    "cutoff": 5.0,
+    "cutoff_transition_width": 1.0,
+    "n_max": 8,
+    "l_max": 6,
+    "atom_sigma": 0.5,
+    "zeta": 4,
+    "delta": 1.0,
+    "n_sparse": 500,
+    "sparse_method": "cur_points",
+    "covariance_type": "dot_product",
+    "add_species": True,
+    "weighting": "cosine",
+    "poly_r0": None,
+    "poly_c": 1.0,
+    "poly_m": 2.0,
 }
 SOAP_HELP = {
-    "cutoff": "Å, dscribe r_cut", "cutoff_transition_width": "Å, cosine weighting width",
-    "n_max": "radial functions", "l_max": "max angular momentum",
-    "atom_sigma": "Å, Gaussian width", "zeta": "kernel power (integer)",
-    "delta": "eV, energy scale", "n_sparse": "sparse points per species",
-    "sparse_method": "/".join(SPARSE_METHODS), "covariance_type": "dot_product",
+    "cutoff": "Å, dscribe r_cut",
+    "cutoff_transition_width": "Å, cosine weighting width",
+    "n_max": "radial functions",
+    "l_max": "max angular momentum",
+    "atom_sigma": "Å, Gaussian width",
+    "zeta": "kernel power (integer)",
+    "delta": "eV, energy scale",
+    "n_sparse": "sparse points per species",
+    "sparse_method": "/".join(SPARSE_METHODS),
+    "covariance_type": "dot_product",
     "add_species": "T (one GP per central species)",
     "weighting": "cosine (gap_fit-like), poly or none (dscribe)",
-    "poly_r0": "Å, poly weighting r0 (default cutoff)", "poly_c": "poly weighting c",
+    "poly_r0": "Å, poly weighting r0 (default cutoff)",
+    "poly_c": "poly weighting c",
     "poly_m": "poly weighting m",
 }
 
@@ -51,7 +68,8 @@ def _convert(key: str, raw: Any) -> Any:
             return float(raw)
     except (TypeError, ValueError) as err:
         raise GapfitError(
-            f"SOAP setting {key}={raw!r} is not a valid {type(default).__name__ if default is not None else 'number'} "
+            f"SOAP setting {key}={raw!r} is not a valid "
+            f"{type(default).__name__ if default is not None else 'number'} "
             f"({SOAP_HELP[key]})."
         ) from err
     return raw
@@ -71,7 +89,8 @@ def parse_soap(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
         for tok in tokens:
             if "=" not in tok:
                 raise GapfitError(
-                    f"SOAP setting '{tok}' has no '='; write key=value, e.g. cutoff=5.0."
+                    f"SOAP setting '{tok}' has no '='; "
+                    "write key=value, e.g. cutoff=5.0."
                 )
             key, value = tok.split("=", 1)
             given[key.strip().lower()] = value
@@ -84,7 +103,8 @@ def parse_soap(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise GapfitError(
                 f"unknown SOAP setting '{key}'.{hint} Valid settings: "
-                + ", ".join(SOAP_DEFAULTS) + "."
+                + ", ".join(SOAP_DEFAULTS)
+                + "."
             )
         out[key] = _convert(key, raw)
     if out["covariance_type"] != "dot_product":
@@ -93,8 +113,10 @@ def parse_soap(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
             "dot_product."
         )
     if not out["add_species"]:
-        raise GapfitError("add_species=F is not supported: gapfit keeps one GP per "
-                          "central species (add_species=T).")
+        raise GapfitError(
+            "add_species=F is not supported: gapfit keeps one GP per "
+            "central species (add_species=T)."
+        )
     if out["poly_r0"] is None:
         out["poly_r0"] = out["cutoff"]
     return out

@@ -52,7 +52,12 @@ def same_species(s: jax.Array, t: jax.Array) -> jax.Array:
     return (s[:, None] == t[None, :]).astype(jnp.float64)
 
 
-def kernel_block(kernel: DotProductKernel, X_hat: jax.Array, s: jax.Array,
-                 Y_hat: jax.Array, t: jax.Array) -> jax.Array:
+def kernel_block(
+    kernel: DotProductKernel,
+    X_hat: jax.Array,
+    s: jax.Array,
+    Y_hat: jax.Array,
+    t: jax.Array,
+) -> jax.Array:
     """``K (n, m) = delta^2 q^zeta [s == t]`` in eV^2 for unit rows."""
     return kernel.delta**2 * cosine(X_hat, Y_hat) ** kernel.zeta * same_species(s, t)

@@ -18,7 +18,7 @@ from gapfit.errors import GapfitError
 
 
 class Structure(Protocol):
-    """Anything with ``numbers``, ``positions``, ``cell`` and ``pbc`` (ASE Atoms, Frame)."""
+    """Anything with ``numbers``, ``positions``, ``cell``, ``pbc`` (Atoms, Frame)."""
 
     numbers: np.ndarray
     positions: np.ndarray
@@ -53,7 +53,9 @@ def _cell(structure: Structure) -> np.ndarray:
     return np.asarray(structure.cell, dtype=float).reshape(3, 3)
 
 
-def pairs(structure: Structure, cutoff: float, where: str = "") -> tuple[np.ndarray, ...]:
+def pairs(
+    structure: Structure, cutoff: float, where: str = ""
+) -> tuple[np.ndarray, ...]:
     """Full neighbour list within ``cutoff`` Å: ``(i, j, D)`` with periodic images.
 
     Raises:
@@ -73,12 +75,17 @@ def pairs(structure: Structure, cutoff: float, where: str = "") -> tuple[np.ndar
         n_images = np.prod([2 * np.ceil(cutoff / h) + 1 for h in _heights(cell)[pbc]])
         if n_images * len(positions) > 5e6:
             raise GapfitError(
-                f"{where or 'structure'}: the cell is so small for cutoff {cutoff} Å that "
+                f"{where or 'structure'}: the cell is so small for cutoff "
+                f"{cutoff} Å that "
                 f"{int(n_images)} periodic images are needed; use a supercell."
             )
     calc = vesin.NeighborList(cutoff=cutoff, full_list=True)
-    i, j, D = calc.compute(positions, cell if pbc.any() else np.zeros((3, 3)),
-                           pbc.tolist(), quantities="ijD")
+    i, j, D = calc.compute(
+        positions,
+        cell if pbc.any() else np.zeros((3, 3)),
+        pbc.tolist(),
+        quantities="ijD",
+    )
     return i.astype(np.int64), j.astype(np.int64), np.asarray(D, dtype=float)
 
 
@@ -90,25 +97,35 @@ def _heights(cell: np.ndarray) -> np.ndarray:
         return np.where(cross > 0, volume / np.where(cross > 0, cross, 1), np.inf)
 
 
-def species_index(numbers: np.ndarray, species: Sequence[int], where: str = "") -> np.ndarray:
+def species_index(
+    numbers: np.ndarray, species: Sequence[int], where: str = ""
+) -> np.ndarray:
     """Map atomic numbers to indices into the sorted ``species``; unknown ones raise."""
     species = np.asarray(species)
     idx = np.searchsorted(species, numbers)
-    bad = (idx >= len(species)) | (species[np.minimum(idx, len(species) - 1)] != numbers)
+    bad = (idx >= len(species)) | (
+        species[np.minimum(idx, len(species) - 1)] != numbers
+    )
     if bad.any():
         from ase.data import chemical_symbols
 
         unknown = sorted({chemical_symbols[z] for z in np.asarray(numbers)[bad]})
         known = [chemical_symbols[z] for z in species]
         raise GapfitError(
-            f"{where or 'structure'} contains {unknown}, which the model was not fitted "
+            f"{where or 'structure'} contains {unknown}, which the model was not "
+            "fitted "
             f"on (it knows {known}); refit with these species in the training data."
         )
     return idx.astype(np.int64)
 
 
-def make_batch(structures: Sequence[Structure], species: Sequence[int], cutoff: float,
-               wheres: Sequence[str] | None = None, pad: bool = True) -> Batch:
+def make_batch(
+    structures: Sequence[Structure],
+    species: Sequence[int],
+    cutoff: float,
+    wheres: Sequence[str] | None = None,
+    pad: bool = True,
+) -> Batch:
     """Concatenate and pad the neighbour lists of ``structures`` into one ``Batch``."""
     wheres = wheres or [f"config {k}" for k in range(len(structures))]
     parts = []
@@ -124,17 +141,24 @@ def make_batch(structures: Sequence[Structure], species: Sequence[int], cutoff: 
     P = bucket(n_pairs + 1) if pad else n_pairs
     C = bucket(len(parts) + 1, 2) if pad else len(parts)
     b = Batch(
-        D=np.tile([1.0, 0.0, 0.0], (P, 1)), centre=np.full(P, A - 1), neighbour=np.full(P, A - 1),
-        neighbour_species=np.zeros(P, np.int64), pair_mask=np.zeros(P),
-        pair_config=np.full(P, C - 1), species=np.zeros(A, np.int64), atom_mask=np.zeros(A),
-        atom_config=np.full(A, C - 1), config_mask=np.zeros(C), n_atoms=np.zeros(C, np.int64),
+        D=np.tile([1.0, 0.0, 0.0], (P, 1)),
+        centre=np.full(P, A - 1),
+        neighbour=np.full(P, A - 1),
+        neighbour_species=np.zeros(P, np.int64),
+        pair_mask=np.zeros(P),
+        pair_config=np.full(P, C - 1),
+        species=np.zeros(A, np.int64),
+        atom_mask=np.zeros(A),
+        atom_config=np.full(A, C - 1),
+        config_mask=np.zeros(C),
+        n_atoms=np.zeros(C, np.int64),
     )
     a0 = p0 = 0
     for z, i, j, D, c in parts:
         na, npair = len(z), len(i)
-        b.species[a0:a0 + na] = z
-        b.atom_mask[a0:a0 + na] = 1.0
-        b.atom_config[a0:a0 + na] = c
+        b.species[a0 : a0 + na] = z
+        b.atom_mask[a0 : a0 + na] = 1.0
+        b.atom_config[a0 : a0 + na] = c
         sl = slice(p0, p0 + npair)
         b.D[sl], b.centre[sl], b.neighbour[sl] = D, i, j
         b.neighbour_species[sl] = b.species[j]

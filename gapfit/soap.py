@@ -21,7 +21,8 @@ Weightings (``w``): ``"none"`` (dscribe's default; neighbours up to
 ``"poly"`` (dscribe's ``weighting={"function": "poly", r0, c, m}``; smooth), and
 ``"cosine"`` (gapfit's default, gap_fit's ``cutoff_transition_width``: ``w = 1`` below
 ``r_cut - width``, ``(1 + cos(pi x)) / 2`` across the transition, ``0`` beyond
-``r_cut``; smooth (C^1), a documented deviation from dscribe, which has no such weighting).
+``r_cut``; smooth (C^1), a documented deviation from dscribe, which has no such
+weighting).
 
 Positions enter only through pair vectors ``D_p = r_j - r_i + S_p . cell`` so forces
 and virials follow from ``dE/dD_p`` (see ``blocks.py``).
@@ -41,7 +42,9 @@ from scipy.special import gamma
 
 from gapfit.errors import GapfitError
 
-GAUSS_PADDING = 3.7169221888498383  # sqrt(-2 ln 1e-3): dscribe's neighbour padding / sigma
+GAUSS_PADDING = (
+    3.7169221888498383  # sqrt(-2 ln 1e-3): dscribe's neighbour padding / sigma
+)
 WEIGHTINGS = ("cosine", "poly", "none")
 
 
@@ -72,15 +75,20 @@ class SoapSpec:
     poly_m: float = 2.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "species", tuple(sorted({int(z) for z in self.species})))
+        object.__setattr__(
+            self, "species", tuple(sorted({int(z) for z in self.species}))
+        )
         if not self.species:
             raise GapfitError("SOAP needs at least one species; found none.")
         if self.weighting not in WEIGHTINGS:
             raise GapfitError(
-                f"SOAP weighting '{self.weighting}' is unknown; use one of {WEIGHTINGS}."
+                f"SOAP weighting '{self.weighting}' is unknown; "
+                f"use one of {WEIGHTINGS}."
             )
         if not self.cutoff > 1.0:
-            raise GapfitError(f"SOAP cutoff={self.cutoff} Å: the GTO basis needs > 1 Å.")
+            raise GapfitError(
+                f"SOAP cutoff={self.cutoff} Å: the GTO basis needs > 1 Å."
+            )
         if not (0 <= self.l_max <= 20 and self.n_max >= 1):
             raise GapfitError(
                 f"SOAP n_max={self.n_max}, l_max={self.l_max}: need n_max >= 1 and "
@@ -106,7 +114,7 @@ class SoapSpec:
 
     @property
     def n_features(self) -> int:
-        """Length of the power-spectrum vector (dscribe's ``get_number_of_features``)."""
+        """Length of the SOAP vector (dscribe's ``get_number_of_features``)."""
         sn = len(self.species) * self.n_max
         return sn * (sn + 1) // 2 * (self.l_max + 1)
 
@@ -118,11 +126,21 @@ class SoapSpec:
     def dscribe_kwargs(self) -> dict:
         """Arguments of ``dscribe.descriptors.SOAP`` giving the same vectors
         (``weighting="cosine"`` has no dscribe equivalent)."""
-        kw = dict(species=list(self.species), r_cut=self.cutoff, n_max=self.n_max,
-                  l_max=self.l_max, sigma=self.atom_sigma, rbf="gto")
+        kw = dict(
+            species=list(self.species),
+            r_cut=self.cutoff,
+            n_max=self.n_max,
+            l_max=self.l_max,
+            sigma=self.atom_sigma,
+            rbf="gto",
+        )
         if self.weighting == "poly":
-            kw["weighting"] = {"function": "poly", "r0": self.poly_r0,
-                               "c": self.poly_c, "m": self.poly_m}
+            kw["weighting"] = {
+                "function": "poly",
+                "r0": self.poly_r0,
+                "c": self.poly_c,
+                "m": self.poly_m,
+            }
         elif self.weighting == "cosine":
             raise GapfitError("the cosine weighting has no dscribe equivalent")
         return kw
@@ -156,7 +174,8 @@ def _gto_betas(cutoff: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.nd
         if np.iscomplexobj(beta):
             if np.abs(beta.imag).max() > 1e-8 * np.abs(beta.real).max():
                 raise GapfitError(
-                    f"SOAP radial basis is singular for cutoff={cutoff}, n_max={n_max}; "
+                    f"SOAP radial basis is singular for cutoff={cutoff}, "
+                    f"n_max={n_max}; "
                     "lower n_max."
                 )
             beta = beta.real
@@ -183,12 +202,13 @@ def soap_constants(spec: SoapSpec) -> SoapConstants:
     alphas, betas = _gto_betas(spec.cutoff, spec.n_max, spec.l_max)
     ls = np.arange(spec.l_max + 1)[:, None]
     # B_lnk = pi^{3/2} beta_nk eta^l (alpha_lk + eta)^-(l+3/2)            (L+1, N, K)
-    B = (np.pi**1.5 * betas * (eta**ls * (alphas + eta) ** (-(ls + 1.5)))[:, None, :])
+    B = np.pi**1.5 * betas * (eta**ls * (alphas + eta) ** (-(ls + 1.5)))[:, None, :]
     alpha_p = alphas * eta / (alphas + eta)
     centre_w = spec.poly_c if spec.weighting == "poly" else 1.0
     self_c = centre_w * B[0].sum(axis=1) / (2.0 * np.sqrt(np.pi))  # R_00 = Y_00
-    return SoapConstants(B, alpha_p, self_c,
-                         _layout(len(spec.species), spec.n_max, spec.l_max))
+    return SoapConstants(
+        B, alpha_p, self_c, _layout(len(spec.species), spec.n_max, spec.l_max)
+    )
 
 
 def solid_harmonics(D: jax.Array, l_max: int) -> jax.Array:
@@ -205,8 +225,9 @@ def solid_harmonics(D: jax.Array, l_max: int) -> jax.Array:
         Q[(l, l)] = -(2 * l - 1) * Q[(l - 1, l - 1)]
         Q[(l, l - 1)] = (2 * l - 1) * z * Q[(l - 1, l - 1)]
         for m in range(l - 2, -1, -1):
-            Q[(l, m)] = ((2 * l - 1) * z * Q[(l - 1, m)]
-                         - (l + m - 1) * r2 * Q[(l - 2, m)]) / (l - m)
+            Q[(l, m)] = (
+                (2 * l - 1) * z * Q[(l - 1, m)] - (l + m - 1) * r2 * Q[(l - 2, m)]
+            ) / (l - m)
     C, S = [jnp.ones_like(x)], [jnp.zeros_like(x)]
     for m in range(1, l_max + 1):
         C.append(x * C[m - 1] - y * S[m - 1])
@@ -216,8 +237,12 @@ def solid_harmonics(D: jax.Array, l_max: int) -> jax.Array:
         row = [None] * (2 * l + 1)
         row[l] = math.sqrt((2 * l + 1) / (4 * math.pi)) * Q[(l, 0)]
         for m in range(1, l + 1):
-            f = math.sqrt((2 * l + 1) / (2 * math.pi)
-                          * math.factorial(l - m) / math.factorial(l + m))
+            f = math.sqrt(
+                (2 * l + 1)
+                / (2 * math.pi)
+                * math.factorial(l - m)
+                / math.factorial(l + m)
+            )
             row[l + m] = f * Q[(l, m)] * C[m]
             row[l - m] = f * Q[(l, m)] * S[m]
         out.extend(row)
@@ -225,21 +250,23 @@ def solid_harmonics(D: jax.Array, l_max: int) -> jax.Array:
 
 
 def neighbour_weight(spec: SoapSpec, r2: jax.Array) -> jax.Array:
-    """Weight ``w(r)`` of a neighbour at squared distance ``r2`` (Å^2); 0 beyond range."""
+    """Weight ``w(r)`` of a neighbour at squared distance ``r2`` (Å^2); 0 beyond."""
     r = jnp.sqrt(jnp.maximum(r2, 1e-30))
     inside = r2 <= spec.neighbour_cutoff**2
     if spec.weighting == "none":
         return jnp.where(inside, 1.0, 0.0)
     if spec.weighting == "poly":
         x = jnp.minimum(r / spec.poly_r0, 1.0)
-        return jnp.where(inside, spec.poly_c * (1 + 2 * x**3 - 3 * x**2) ** spec.poly_m, 0.0)
+        return jnp.where(
+            inside, spec.poly_c * (1 + 2 * x**3 - 3 * x**2) ** spec.poly_m, 0.0
+        )
     r_in = spec.cutoff - spec.cutoff_transition_width
     x = jnp.clip((r - r_in) / spec.cutoff_transition_width, 0.0, 1.0)
     return jnp.where(inside, 0.5 * (1.0 + jnp.cos(jnp.pi * x)), 0.0)
 
 
 def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
-    """One neighbour's density coefficients ``(N, (L+1)^2)`` for pair vectors ``D (3,)``."""
+    """One neighbour's density coefficients ``(N, (L+1)^2)`` for ``D (3,)`` in Å."""
     k = spec.constants
     r2 = jnp.dot(D, D)
     radial = jnp.einsum("lnk,lk->ln", k.B, jnp.exp(-k.alpha_p * r2))  # (L+1, N)
@@ -247,13 +274,23 @@ def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
     # broadcast each l's radial values over its 2l+1 columns (a gather here would
     # become a slow scatter-add in the reverse pass)
     radial_lm = jnp.concatenate(
-        [jnp.broadcast_to(radial[l][:, None], (spec.n_max, 2 * l + 1))
-         for l in range(spec.l_max + 1)], axis=1)  # (N, LM)
+        [
+            jnp.broadcast_to(radial[l][:, None], (spec.n_max, 2 * l + 1))
+            for l in range(spec.l_max + 1)
+        ],
+        axis=1,
+    )  # (N, LM)
     return neighbour_weight(spec, r2) * radial_lm * R[None, :]
 
 
-def coefficients(spec: SoapSpec, D: jax.Array, centre: jax.Array, neighbour_species: jax.Array,
-                 mask: jax.Array, centre_species: jax.Array) -> jax.Array:
+def coefficients(
+    spec: SoapSpec,
+    D: jax.Array,
+    centre: jax.Array,
+    neighbour_species: jax.Array,
+    mask: jax.Array,
+    centre_species: jax.Array,
+) -> jax.Array:
     """Density coefficients ``c (n_atoms, S, N, (L+1)^2)`` of every centre.
 
     Args:
@@ -269,14 +306,16 @@ def coefficients(spec: SoapSpec, D: jax.Array, centre: jax.Array, neighbour_spec
     c = jax.ops.segment_sum(phi, centre * S + neighbour_species, n_atoms * S)
     c = c.reshape(n_atoms, S, spec.n_max, -1)
     onehot = jax.nn.one_hot(centre_species, S, dtype=c.dtype)
-    return c.at[:, :, :, 0].add(onehot[:, :, None] * jnp.asarray(k.self_c)[None, None, :])
+    return c.at[:, :, :, 0].add(
+        onehot[:, :, None] * jnp.asarray(k.self_c)[None, None, :]
+    )
 
 
 def power_spectrum(spec: SoapSpec, c: jax.Array) -> jax.Array:
-    """SOAP vectors ``p (..., n_features)`` from coefficients ``c (..., S, N, (L+1)^2)``."""
+    """SOAP ``p (..., n_features)`` from coefficients ``c (..., S, N, (L+1)^2)``."""
     blocks = []
     for l in range(spec.l_max + 1):
-        cl = c[..., l * l:(l + 1) * (l + 1)]
+        cl = c[..., l * l : (l + 1) * (l + 1)]
         pref = np.pi * math.sqrt(8.0 / (2 * l + 1))
         blocks.append(pref * jnp.einsum("...axm,...bym->...abxy", cl, cl))
     P = jnp.stack(blocks, axis=-3)  # (..., S, S, L+1, N, N)
@@ -289,16 +328,28 @@ def pair_jacobians(spec: SoapSpec, D: jax.Array, mask: jax.Array) -> jax.Array:
     return dphi * mask[:, None, None, None]
 
 
-def soap(spec: SoapSpec, D: jax.Array, centre: jax.Array, neighbour_species: jax.Array,
-         mask: jax.Array, centre_species: jax.Array) -> jax.Array:
-    """SOAP vectors ``(n_atoms, n_features)`` of every atom (arguments as ``coefficients``)."""
+def soap(
+    spec: SoapSpec,
+    D: jax.Array,
+    centre: jax.Array,
+    neighbour_species: jax.Array,
+    mask: jax.Array,
+    centre_species: jax.Array,
+) -> jax.Array:
+    """SOAP ``(n_atoms, n_features)`` of every atom (arguments as ``coefficients``)."""
     return power_spectrum(
-        spec, coefficients(spec, D, centre, neighbour_species, mask, centre_species))
+        spec, coefficients(spec, D, centre, neighbour_species, mask, centre_species)
+    )
 
 
-def soap_and_pair_derivatives(spec: SoapSpec, D: jax.Array, centre: jax.Array,
-                              neighbour_species: jax.Array, mask: jax.Array,
-                              centre_species: jax.Array) -> tuple[jax.Array, jax.Array]:
+def soap_and_pair_derivatives(
+    spec: SoapSpec,
+    D: jax.Array,
+    centre: jax.Array,
+    neighbour_species: jax.Array,
+    mask: jax.Array,
+    centre_species: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
     """SOAP ``p (n_atoms, F)`` and ``dP (n_pairs, 3, F) = d p_centre(p) / d D_p``.
 
     ``dP`` is a forward-mode derivative per pair: the pair's coefficient tangent pushed

@@ -6,7 +6,7 @@ diagonal noise variance) of local energies ``eps`` with a GP prior, ``M`` sparse
 gap_fit: Bartók et al. 2015) has weights::
 
     w     = (K_mm + K_mn Lambda^-1 K_nm)^-1 K_mn Lambda^-1 y
-          = R^-1 Q^T b,   where  QR = [Lambda^-1/2 K_nm ; L_mm^T],  b = [Lambda^-1/2 y ; 0]
+          = R^-1 Q^T b,  QR = [Lambda^-1/2 K_nm ; L_mm^T],  b = [Lambda^-1/2 y ; 0]
 
 with ``K_mm + jitter I = L_mm L_mm^T``: never the normal equations. The QR is folded one
 chunk of rows at a time: the upper-triangular ``R_aug`` of ``[A | b]`` absorbs each new
@@ -47,7 +47,8 @@ def start(K_mm: jax.Array, jitter: float) -> jax.Array:
     if not bool(jnp.all(jnp.isfinite(L))):
         raise GapfitError(
             "the sparse covariance K_mm is not positive definite (duplicate or nearly "
-            "identical sparse points); raise --sparse-jitter (e.g. 1e-6) or lower n_sparse."
+            "identical sparse points); raise --sparse-jitter (e.g. 1e-6) or lower "
+            "n_sparse."
         )
     return jnp.zeros((M + 1, M + 1)).at[:M, :M].set(L.T)
 
@@ -64,7 +65,9 @@ def finish(R_aug: jax.Array, K_mm: jax.Array, jitter: float) -> Posterior:
     M = K_mm.shape[0]
     R, Qtb = R_aug[:M, :M], R_aug[:M, M]
     if bool(jnp.any(jnp.abs(jnp.diag(R)) < 1e-300)):
-        raise GapfitError("the least-squares system is singular; raise --sparse-jitter.")
+        raise GapfitError(
+            "the least-squares system is singular; raise --sparse-jitter."
+        )
     w = jsl.solve_triangular(R, Qtb, lower=False)
     L = jnp.linalg.cholesky(K_mm + jitter * jnp.eye(M))
     return Posterior(w, L, R)
@@ -80,13 +83,15 @@ class VarianceFactors(NamedTuple):
 def variance_factors(post: Posterior) -> VarianceFactors:
     M = post.R.shape[0]
     eye = jnp.eye(M)
-    return VarianceFactors(jsl.solve_triangular(post.L_mm, eye, lower=True),
-                           jsl.solve_triangular(post.R, eye, lower=False, trans="T"))
+    return VarianceFactors(
+        jsl.solve_triangular(post.L_mm, eye, lower=True),
+        jsl.solve_triangular(post.R, eye, lower=False, trans="T"),
+    )
 
 
 def dtc_variance(prior: jax.Array, k: jax.Array, f: VarianceFactors) -> jax.Array:
     """DTC variance of targets with prior variance ``prior (...)`` and kernel rows
-    ``k (..., M)``: ``max(prior - |L^-1 k|^2, 0) + |R^-T k|^2`` (same units as prior)."""
+    ``k (..., M)``: ``max(prior - |L^-1 k|^2, 0) + |R^-T k|^2`` (units of prior)."""
     nystrom = jnp.sum((k @ f.L_inv.T) ** 2, axis=-1)
     posterior = jnp.sum((k @ f.R_inv_T.T) ** 2, axis=-1)
     return jnp.maximum(prior - nystrom, 0.0) + posterior

@@ -35,8 +35,17 @@ from gapfit.errors import GapfitError
 SPARSE_METHODS = ("cur_points", "uniform", "random", "fps")
 
 # gap_fit sparse methods that gapfit deliberately does not implement.
-_GAP_FIT_ONLY = ("cur_covariance", "covariance", "pivot", "cluster", "kmeans",
-                 "fuzzy", "file", "index_file", "none")
+_GAP_FIT_ONLY = (
+    "cur_covariance",
+    "covariance",
+    "pivot",
+    "cluster",
+    "kmeans",
+    "fuzzy",
+    "file",
+    "index_file",
+    "none",
+)
 
 _DEDUP_DECIMALS = 10  # x̂ rows equal after rounding to 1e-10 are the same environment
 
@@ -72,8 +81,9 @@ def _distinct_rows(X_hat: np.ndarray) -> np.ndarray:
     return np.sort(first)
 
 
-def _cur_points(X_hat: np.ndarray, m: int, n_sparse: int, rng: np.random.Generator
-                ) -> np.ndarray:
+def _cur_points(
+    X_hat: np.ndarray, m: int, n_sparse: int, rng: np.random.Generator
+) -> np.ndarray:
     """m rows of X̂ (n, d) sampled ∝ rank-k leverage scores, without replacement."""
     n, d = X_hat.shape
     U, s, _ = np.linalg.svd(X_hat, full_matrices=False)  # X̂ = U S Vᵀ, U: (n, r)
@@ -113,8 +123,9 @@ def farthest_point_sampling(X_hat: jax.Array, n_select: int) -> jax.Array:
     def d2_to(i: jax.Array) -> jax.Array:
         return 2.0 - 2.0 * (X_hat @ X_hat[i])  # d²(·, i): (n,)
 
-    def add_one(t: int, state: tuple[jax.Array, jax.Array]
-                ) -> tuple[jax.Array, jax.Array]:
+    def add_one(
+        t: int, state: tuple[jax.Array, jax.Array]
+    ) -> tuple[jax.Array, jax.Array]:
         chosen, d2_min = state
         nxt = jnp.argmax(d2_min)
         # -inf marks picked rows: rounding can make d² of a near (but distinct) row
@@ -127,8 +138,9 @@ def farthest_point_sampling(X_hat: jax.Array, n_select: int) -> jax.Array:
     return chosen
 
 
-def select_sparse(X: np.ndarray, Z: np.ndarray, n_sparse: int, method: str,
-                  seed: int) -> np.ndarray:
+def select_sparse(
+    X: np.ndarray, Z: np.ndarray, n_sparse: int, method: str, seed: int
+) -> np.ndarray:
     """Choose sparse environments per species (gap_fit ``add_species=T``).
 
     Args:
@@ -149,22 +161,30 @@ def select_sparse(X: np.ndarray, Z: np.ndarray, n_sparse: int, method: str,
     """
     name = _check_method(method)
     if isinstance(n_sparse, bool) or int(n_sparse) != n_sparse or n_sparse < 1:
-        raise GapfitError(f"n_sparse must be an integer ≥ 1, got {n_sparse!r}; "
-                          "set the number of sparse points per species.")
+        raise GapfitError(
+            f"n_sparse must be an integer ≥ 1, got {n_sparse!r}; "
+            "set the number of sparse points per species."
+        )
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise GapfitError(f"random seed must be a non-negative integer, got {seed!r}.")
     X = np.asarray(X, dtype=np.float64)
     Z = np.asarray(Z)
     if X.ndim != 2 or Z.ndim != 1 or X.shape[0] != Z.shape[0]:
-        raise GapfitError(f"expected X (n_env, d) and Z (n_env,), got X {X.shape} and "
-                          f"Z {Z.shape}; pass one descriptor row per environment.")
+        raise GapfitError(
+            f"expected X (n_env, d) and Z (n_env,), got X {X.shape} and "
+            f"Z {Z.shape}; pass one descriptor row per environment."
+        )
     if Z.size and (not np.issubdtype(Z.dtype, np.integer) or Z.min() < 0):
-        raise GapfitError(f"Z must hold non-negative integer atomic numbers, got "
-                          f"dtype {Z.dtype} with values {np.unique(Z)[:5]}.")
+        raise GapfitError(
+            f"Z must hold non-negative integer atomic numbers, got "
+            f"dtype {Z.dtype} with values {np.unique(Z)[:5]}."
+        )
     if not np.all(np.isfinite(X)):
         bad = int(np.flatnonzero(~np.all(np.isfinite(X), axis=1))[0])
-        raise GapfitError(f"descriptor row {bad} contains NaN or inf; check the "
-                          "structure of that environment and the descriptor settings.")
+        raise GapfitError(
+            f"descriptor row {bad} contains NaN or inf; check the "
+            "structure of that environment and the descriptor settings."
+        )
 
     n_sparse = int(n_sparse)
     chosen: list[np.ndarray] = []

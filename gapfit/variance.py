@@ -38,12 +38,17 @@ class Std(NamedTuple):
     virial: jax.Array  # (C, 6) eV
 
 
-def _gram_variance(kernel: DotProductKernel, U: jax.Array, p_hat: jax.Array,
-                   norm: jax.Array, s: jax.Array) -> jax.Array:
+def _gram_variance(
+    kernel: DotProductKernel,
+    U: jax.Array,
+    p_hat: jax.Array,
+    norm: jax.Array,
+    s: jax.Array,
+) -> jax.Array:
     """``sum_{e'} U_e^T H U_e'`` ``(E, K)`` for entries ``U (E, K, F)`` at unit SOAP
     ``p_hat (E, F)`` with norms ``(E,)``; ``s (E, E)`` masks species and padding.
     Summed over e it is the prior variance of each of the K components."""
-    Ut = (U - jnp.einsum("ekf,ef->ek", U, p_hat)[..., None] * p_hat[:, None, :])
+    Ut = U - jnp.einsum("ekf,ef->ek", U, p_hat)[..., None] * p_hat[:, None, :]
     Ut = Ut / norm[:, None, None]  # U~ (E, K, F)
     q = p_hat @ p_hat.T  # (E, E)
     G = jnp.einsum("ekf,gkf->egk", Ut, Ut)  # U~_e . U~_e'
@@ -51,12 +56,19 @@ def _gram_variance(kernel: DotProductKernel, U: jax.Array, p_hat: jax.Array,
     if kernel.zeta > 1:
         B = jnp.einsum("ekf,gf->ekg", Ut, p_hat)  # U~_e . p_hat_e'
         var += (kernel.zeta - 1) * jnp.einsum(
-            "eg,ekg,gke->ek", s * q ** (kernel.zeta - 2), B, B)
+            "eg,ekg,gke->ek", s * q ** (kernel.zeta - 2), B, B
+        )
     return kernel.delta**2 * kernel.zeta * var
 
 
-def prior_force_variance(kernel: DotProductKernel, p_hat: jax.Array, norm: jax.Array,
-                         dP: jax.Array, b: dict, incoming: jax.Array) -> jax.Array:
+def prior_force_variance(
+    kernel: DotProductKernel,
+    p_hat: jax.Array,
+    norm: jax.Array,
+    dP: jax.Array,
+    b: dict,
+    incoming: jax.Array,
+) -> jax.Array:
     """Prior variance ``(A, 3)`` of every force component (eV^2/Å^2)."""
     A = p_hat.shape[0]
     dP = dP * b["pair_mask"][:, None, None]
@@ -73,45 +85,63 @@ def prior_force_variance(kernel: DotProductKernel, p_hat: jax.Array, norm: jax.A
     return jax.vmap(one)(U, env, real, spec_e) * b["atom_mask"][:, None]
 
 
-def prior_virial_variance(kernel: DotProductKernel, p_hat: jax.Array, norm: jax.Array,
-                          dP: jax.Array, b: dict) -> jax.Array:
+def prior_virial_variance(
+    kernel: DotProductKernel, p_hat: jax.Array, norm: jax.Array, dP: jax.Array, b: dict
+) -> jax.Array:
     """Prior variance ``(C, 6)`` of every Voigt virial component (eV^2)."""
     A, C = p_hat.shape[0], b["config_mask"].shape[0]
     outer = jnp.einsum("pkf,pl->pklf", dP * b["pair_mask"][:, None, None], b["D"])
     V = jax.ops.segment_sum(outer, b["centre"], A)  # (A, 3, 3, F)
     V = jnp.stack([0.5 * (V[:, i, j] + V[:, j, i]) for i, j in VOIGT], axis=1)
-    same = (b["atom_config"][:, None] == b["atom_config"][None, :]) * b["atom_mask"][None, :]
+    same = (b["atom_config"][:, None] == b["atom_config"][None, :]) * b["atom_mask"][
+        None, :
+    ]
     s = same_species(b["species"], b["species"]) * same * b["atom_mask"][:, None]
-    return jax.ops.segment_sum(_gram_variance(kernel, V, p_hat, norm, s),
-                               b["atom_config"], C)
+    return jax.ops.segment_sum(
+        _gram_variance(kernel, V, p_hat, norm, s), b["atom_config"], C
+    )
 
 
-def prior_energy_variance(kernel: DotProductKernel, p_hat: jax.Array,
-                          b: dict) -> jax.Array:
+def prior_energy_variance(
+    kernel: DotProductKernel, p_hat: jax.Array, b: dict
+) -> jax.Array:
     """Prior variance ``(C,)`` of every total energy (eV^2): sum_{i,i'} k(p_i, p_i')."""
-    same = (b["atom_config"][:, None] == b["atom_config"][None, :])
+    same = b["atom_config"][:, None] == b["atom_config"][None, :]
     s = same_species(b["species"], b["species"]) * same
     s = s * b["atom_mask"][:, None] * b["atom_mask"][None, :]
     K = kernel.delta**2 * (p_hat @ p_hat.T) ** kernel.zeta * s
-    return jax.ops.segment_sum(K.sum(axis=1), b["atom_config"], b["config_mask"].shape[0])
+    return jax.ops.segment_sum(
+        K.sum(axis=1), b["atom_config"], b["config_mask"].shape[0]
+    )
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def predict_std(spec: SoapSpec, kernel: DotProductKernel, Z_hat: jax.Array,
-                Z_species: jax.Array, factors: VarianceFactors, b: dict,
-                incoming: jax.Array) -> Std:
-    """DTC predictive stds of local energies, energies, forces and virials of a batch."""
-    p, dP = soap_and_pair_derivatives(spec, b["D"], b["centre"], b["neighbour_species"],
-                                      b["pair_mask"], b["species"])
+def predict_std(
+    spec: SoapSpec,
+    kernel: DotProductKernel,
+    Z_hat: jax.Array,
+    Z_species: jax.Array,
+    factors: VarianceFactors,
+    b: dict,
+    incoming: jax.Array,
+) -> Std:
+    """DTC predictive stds of local energies, energies, forces and virials."""
+    p, dP = soap_and_pair_derivatives(
+        spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
+    )
     rows = rows_from_soap(kernel, p, dP, Z_hat, Z_species, b)
     p_hat, norm = normalise(p)
     local_prior = kernel.delta**2 * b["atom_mask"]
     var = Std(
         dtc_variance(local_prior, rows.local, factors),
         dtc_variance(prior_energy_variance(kernel, p_hat, b), rows.energy, factors),
-        dtc_variance(prior_force_variance(kernel, p_hat, norm, dP, b, incoming),
-                     rows.forces, factors),
-        dtc_variance(prior_virial_variance(kernel, p_hat, norm, dP, b), rows.virial,
-                     factors),
+        dtc_variance(
+            prior_force_variance(kernel, p_hat, norm, dP, b, incoming),
+            rows.forces,
+            factors,
+        ),
+        dtc_variance(
+            prior_virial_variance(kernel, p_hat, norm, dP, b), rows.virial, factors
+        ),
     )
     return Std(*(jnp.sqrt(v) for v in var))

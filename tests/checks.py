@@ -28,8 +28,14 @@ VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 
 # --------------------------------------------------------------------------- basics
-def assert_close(name: str, got: Any, want: Any, rtol: float = 1e-8,
-                 atol: float = 0.0, scale: float | None = None) -> float:
+def assert_close(
+    name: str,
+    got: Any,
+    want: Any,
+    rtol: float = 1e-8,
+    atol: float = 0.0,
+    scale: float | None = None,
+) -> float:
     """``|got - want| <= atol + rtol * scale`` element-wise, with ``scale = max|want|``.
 
     Returns:
@@ -52,13 +58,19 @@ def assert_close(name: str, got: Any, want: Any, rtol: float = 1e-8,
             f"(relative {worst / (scale or 1):.3e}) at index "
             f"{tuple(int(i) for i in at)}: got {float(got[at]):.12g}, "
             f"expected {float(want[at]):.12g}; tolerance {tol:.3e} = atol {atol:.1e} + "
-            f"rtol {rtol:.1e} x scale {scale:.3e}")
+            f"rtol {rtol:.1e} x scale {scale:.3e}"
+        )
     return worst
 
 
-def compare_results(label: str, got: Mapping[str, Any], want: Mapping[str, Any],
-                    rtol: float = 1e-8, atol: float = 0.0,
-                    rtol_std: float | None = None) -> dict[str, float]:
+def compare_results(
+    label: str,
+    got: Mapping[str, Any],
+    want: Mapping[str, Any],
+    rtol: float = 1e-8,
+    atol: float = 0.0,
+    rtol_std: float | None = None,
+) -> dict[str, float]:
     """Compare every key present in ``want`` (a ``None`` value means "absent in got").
 
     Keys containing ``_std`` use ``rtol_std`` (default ``rtol``). All failing keys are
@@ -113,8 +125,13 @@ def _derivative(f: Callable[[float], float], h: float, order: int) -> float:
     raise ValueError(f"order={order}: use 2 or 4")
 
 
-def fd_forces(energy_fn: Callable[[Atoms], float], atoms: Atoms, h: float = 1e-4,
-              indices: Iterable[int] | None = None, order: int = 2) -> np.ndarray:
+def fd_forces(
+    energy_fn: Callable[[Atoms], float],
+    atoms: Atoms,
+    h: float = 1e-4,
+    indices: Iterable[int] | None = None,
+    order: int = 2,
+) -> np.ndarray:
     """``-dE/dr`` (n, 3) eV/Å by central differences (rows not in ``indices`` are 0).
 
     The error is ~h^order E^(order+1) (truncation) + ~noise(E)/h (rounding): choose
@@ -124,12 +141,14 @@ def fd_forces(energy_fn: Callable[[Atoms], float], atoms: Atoms, h: float = 1e-4
     for a in range(len(atoms)) if indices is None else indices:
         for k in range(3):
             fd[a, k] = -_derivative(
-                lambda x, a=a, k=k: energy_fn(displaced(atoms, a, k, x)), h, order)
+                lambda x, a=a, k=k: energy_fn(displaced(atoms, a, k, x)), h, order
+            )
     return fd
 
 
-def fd_stress(energy_fn: Callable[[Atoms], float], atoms: Atoms,
-              h: float = 1e-5, order: int = 2) -> np.ndarray:
+def fd_stress(
+    energy_fn: Callable[[Atoms], float], atoms: Atoms, h: float = 1e-5, order: int = 2
+) -> np.ndarray:
     """``(1/V) dE/d eps`` (6,) eV/Å³ Voigt, by central differences of a symmetric
     strain (off-diagonal: eps_ij = eps_ji = x/2, so d/dx is dE/d eps_ij)."""
     volume = abs(np.linalg.det(atoms.cell.array))
@@ -138,15 +157,22 @@ def fd_stress(energy_fn: Callable[[Atoms], float], atoms: Atoms,
         unit = np.zeros((3, 3))
         unit[i, j] += 0.5
         unit[j, i] += 0.5
-        out[v] = _derivative(lambda x, u=unit: energy_fn(strained(atoms, x * u)), h,
-                             order) / volume
+        out[v] = (
+            _derivative(lambda x, u=unit: energy_fn(strained(atoms, x * u)), h, order)
+            / volume
+        )
     return out
 
 
-def assert_forces_match_fd(calc_fn: CalcFn, atoms: Atoms, h: float = 1e-4,
-                           rtol: float = 1e-6, atol: float = 0.0,
-                           indices: Sequence[int] | None = None,
-                           order: int = 2) -> float:
+def assert_forces_match_fd(
+    calc_fn: CalcFn,
+    atoms: Atoms,
+    h: float = 1e-4,
+    rtol: float = 1e-6,
+    atol: float = 0.0,
+    indices: Sequence[int] | None = None,
+    order: int = 2,
+) -> float:
     """Forces equal ``-dE/dr`` by central differences of the energy.
 
     Tolerance ``atol + rtol * max|F|``. ``indices`` limits the (costly) finite
@@ -158,14 +184,24 @@ def assert_forces_match_fd(calc_fn: CalcFn, atoms: Atoms, h: float = 1e-4,
     forces = np.asarray(calc_fn(atoms)["forces"], dtype=float)
     idx = np.arange(len(atoms)) if indices is None else np.asarray(indices)
     fd = fd_forces(lambda a: float(calc_fn(a)["energy"]), atoms, h, idx, order)
-    return assert_close(f"forces vs central FD (h={h:g} Å, order {order})",
-                        forces[idx], fd[idx], rtol, atol,
-                        scale=float(np.abs(forces).max()))
+    return assert_close(
+        f"forces vs central FD (h={h:g} Å, order {order})",
+        forces[idx],
+        fd[idx],
+        rtol,
+        atol,
+        scale=float(np.abs(forces).max()),
+    )
 
 
-def assert_stress_matches_strain_fd(calc_fn: CalcFn, atoms: Atoms, h: float = 1e-5,
-                                    rtol: float = 1e-6, atol: float = 0.0,
-                                    order: int = 2) -> float:
+def assert_stress_matches_strain_fd(
+    calc_fn: CalcFn,
+    atoms: Atoms,
+    h: float = 1e-5,
+    rtol: float = 1e-6,
+    atol: float = 0.0,
+    order: int = 2,
+) -> float:
     """Stress equals ``(1/V) dE/d eps`` by central differences of a symmetric strain.
 
     Tolerance ``atol + rtol * max|stress|``; ``order`` 2 or 4 picks the stencil.
@@ -175,8 +211,9 @@ def assert_stress_matches_strain_fd(calc_fn: CalcFn, atoms: Atoms, h: float = 1e
     """
     stress = np.asarray(calc_fn(atoms)["stress"], dtype=float)
     fd = fd_stress(lambda a: float(calc_fn(a)["energy"]), atoms, h, order)
-    return assert_close(f"stress vs strain FD (h={h:g}, order {order})", stress, fd,
-                        rtol, atol)
+    return assert_close(
+        f"stress vs strain FD (h={h:g}, order {order})", stress, fd, rtol, atol
+    )
 
 
 # -------------------------------------------------------------------- invariances
@@ -206,13 +243,20 @@ def _tensor_total_variance(std_voigt: np.ndarray) -> float:
 
 
 def _is_signed_permutation(R: np.ndarray) -> bool:
-    return bool(np.allclose(np.abs(R) @ np.abs(R).T, np.eye(3))
-                and np.allclose(np.abs(R), np.round(np.abs(R))))
+    return bool(
+        np.allclose(np.abs(R) @ np.abs(R).T, np.eye(3))
+        and np.allclose(np.abs(R), np.round(np.abs(R)))
+    )
 
 
-def assert_rotation_invariant(calc_fn: CalcFn, atoms: Atoms, R: np.ndarray,
-                              rtol: float = 1e-8, atol: float = 0.0,
-                              rtol_std: float = 1e-6) -> dict[str, float]:
+def assert_rotation_invariant(
+    calc_fn: CalcFn,
+    atoms: Atoms,
+    R: np.ndarray,
+    rtol: float = 1e-8,
+    atol: float = 0.0,
+    rtol_std: float = 1e-6,
+) -> dict[str, float]:
     """Rotating positions and cell by ``R`` leaves energies unchanged and rotates
     forces (``F R^T``) and stress (``R s R^T``).
 
@@ -227,8 +271,11 @@ def assert_rotation_invariant(calc_fn: CalcFn, atoms: Atoms, R: np.ndarray,
     rot.positions = atoms.positions @ R.T
     rot.set_cell(atoms.cell.array @ R.T, scale_atoms=False)
     got = dict(calc_fn(rot))
-    want: dict[str, Any] = {k: ref[k] for k in ("energy", "energies", "energy_std",
-                                                "energies_std") if k in ref}
+    want: dict[str, Any] = {
+        k: ref[k]
+        for k in ("energy", "energies", "energy_std", "energies_std")
+        if k in ref
+    }
     want["forces"] = np.asarray(ref["forces"]) @ R.T
     if "stress" in ref:
         want["stress"] = _voigt(R @ _full(ref["stress"]) @ R.T)
@@ -248,36 +295,52 @@ def assert_rotation_invariant(calc_fn: CalcFn, atoms: Atoms, R: np.ndarray,
     return compare_results("rotation", got, want, rtol, atol, rtol_std)
 
 
-def assert_translation_invariant(calc_fn: CalcFn, atoms: Atoms, shift: Sequence[float],
-                                 wrap: bool = True, rtol: float = 1e-8,
-                                 atol: float = 0.0,
-                                 rtol_std: float = 1e-6) -> dict[str, float]:
+def assert_translation_invariant(
+    calc_fn: CalcFn,
+    atoms: Atoms,
+    shift: Sequence[float],
+    wrap: bool = True,
+    rtol: float = 1e-8,
+    atol: float = 0.0,
+    rtol_std: float = 1e-6,
+) -> dict[str, float]:
     """Translating all atoms by ``shift`` Å (then wrapping into a periodic cell if
     ``wrap``) changes no result."""
     moved = atoms.copy()
     moved.positions = atoms.positions + np.asarray(shift, dtype=float)
     if wrap and atoms.pbc.any():
         moved.wrap()
-    return compare_results("translation", calc_fn(moved), _same(calc_fn(atoms)),
-                           rtol, atol, rtol_std)
+    return compare_results(
+        "translation", calc_fn(moved), _same(calc_fn(atoms)), rtol, atol, rtol_std
+    )
 
 
-def assert_permutation_invariant(calc_fn: CalcFn, atoms: Atoms, perm: Sequence[int],
-                                 rtol: float = 1e-8, atol: float = 0.0,
-                                 rtol_std: float = 1e-6) -> dict[str, float]:
+def assert_permutation_invariant(
+    calc_fn: CalcFn,
+    atoms: Atoms,
+    perm: Sequence[int],
+    rtol: float = 1e-8,
+    atol: float = 0.0,
+    rtol_std: float = 1e-6,
+) -> dict[str, float]:
     """Reordering atoms (``new[k] = old[perm[k]]``) reorders per-atom results and
     leaves the rest unchanged."""
     perm = np.asarray(perm)
     ref = _same(calc_fn(atoms))
     want = {k: (np.asarray(v)[perm] if k in PER_ATOM else v) for k, v in ref.items()}
-    return compare_results("permutation", calc_fn(atoms[perm]), want, rtol, atol,
-                           rtol_std)
+    return compare_results(
+        "permutation", calc_fn(atoms[perm]), want, rtol, atol, rtol_std
+    )
 
 
-def assert_supercell_invariant(calc_fn: CalcFn, atoms: Atoms,
-                               reps: Sequence[int] = (2, 1, 1), rtol: float = 1e-8,
-                               atol: float = 0.0,
-                               rtol_std: float = 1e-6) -> dict[str, float]:
+def assert_supercell_invariant(
+    calc_fn: CalcFn,
+    atoms: Atoms,
+    reps: Sequence[int] = (2, 1, 1),
+    rtol: float = 1e-8,
+    atol: float = 0.0,
+    rtol_std: float = 1e-6,
+) -> dict[str, float]:
     """A ``reps`` supercell has n x the energy (and energy std: the local energies
     are the same random variables repeated), the same per-atom results tiled, and the
     same stress and stress std."""
@@ -292,13 +355,24 @@ def assert_supercell_invariant(calc_fn: CalcFn, atoms: Atoms,
             want[k] = np.tile(v, (n,) + (1,) * (v.ndim - 1))
         else:
             want[k] = v
-    return compare_results(f"supercell {tuple(reps)}", calc_fn(atoms.repeat(reps)),
-                           want, rtol, atol, rtol_std)
+    return compare_results(
+        f"supercell {tuple(reps)}",
+        calc_fn(atoms.repeat(reps)),
+        want,
+        rtol,
+        atol,
+        rtol_std,
+    )
 
 
-def assert_cell_choice_invariant(calc_fn: CalcFn, atoms: Atoms, M: np.ndarray,
-                                 rtol: float = 1e-8, atol: float = 0.0,
-                                 rtol_std: float = 1e-6) -> dict[str, float]:
+def assert_cell_choice_invariant(
+    calc_fn: CalcFn,
+    atoms: Atoms,
+    M: np.ndarray,
+    rtol: float = 1e-8,
+    atol: float = 0.0,
+    rtol_std: float = 1e-6,
+) -> dict[str, float]:
     """The same crystal described by another cell (``cell' = M cell``, M integer with
     det ±1) with wrapped positions gives the same results, atom by atom."""
     M = np.asarray(M)
@@ -307,16 +381,28 @@ def assert_cell_choice_invariant(calc_fn: CalcFn, atoms: Atoms, M: np.ndarray,
     other = atoms.copy()
     other.set_cell(M @ atoms.cell.array, scale_atoms=False)
     other.wrap()
-    return compare_results("cell choice", calc_fn(other), _same(calc_fn(atoms)), rtol,
-                           atol, rtol_std)
+    return compare_results(
+        "cell choice", calc_fn(other), _same(calc_fn(atoms)), rtol, atol, rtol_std
+    )
 
 
 PER_ATOM = ("energies", "forces", "energies_std", "forces_std")
-_COMPARED = ("energy", "energies", "forces", "stress", "energy_std", "energies_std",
-             "forces_std", "stress_std")
+_COMPARED = (
+    "energy",
+    "energies",
+    "forces",
+    "stress",
+    "energy_std",
+    "energies_std",
+    "forces_std",
+    "stress_std",
+)
 
 
 def _same(ref: Mapping[str, Any]) -> dict[str, Any]:
     """The comparable results of ``ref`` (absent stress stays absent)."""
-    return {k: (ref[k] if k in ref else None) for k in _COMPARED
-            if k in ref or k in ("stress", "stress_std")}
+    return {
+        k: (ref[k] if k in ref else None)
+        for k in _COMPARED
+        if k in ref or k in ("stress", "stress_std")
+    }

@@ -18,13 +18,15 @@ from gapfit import GAP, GAPCalculator, GapfitError, Model
 SOAP = "cutoff=4.0 cutoff_transition_width=1.0 n_max=4 l_max=3 n_sparse=60"
 
 
-def cu_cell(rng: np.random.Generator, rattle: float = 0.1,
-            strain: float = 0.02) -> Atoms:
+def cu_cell(
+    rng: np.random.Generator, rattle: float = 0.1, strain: float = 0.02
+) -> Atoms:
     """A strained, rattled 2x2x2 cubic fcc Cu cell (32 atoms)."""
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     eps = rng.normal(0.0, strain, (3, 3))
-    atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)),
-                   scale_atoms=True)
+    atoms.set_cell(
+        atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True
+    )
     atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
     return atoms
 
@@ -43,8 +45,12 @@ def emt_labelled(atoms: Atoms, config_type: str) -> Atoms:
 def model() -> Model:
     rng = np.random.default_rng(0)
     frames = [emt_labelled(cu_cell(rng), "bulk") for _ in range(12)]
-    frames.append(emt_labelled(Atoms("Cu", positions=[[10.0, 10.0, 10.0]],
-                                     cell=[20.0] * 3, pbc=True), "isolated_atom"))
+    frames.append(
+        emt_labelled(
+            Atoms("Cu", positions=[[10.0, 10.0, 10.0]], cell=[20.0] * 3, pbc=True),
+            "isolated_atom",
+        )
+    )
     return GAP(soap=SOAP, rnd_seed=1).fit(frames).model_
 
 
@@ -77,10 +83,19 @@ def test_results_equal_model_predict(model: Model, cell: Atoms) -> None:
     atoms.calc = GAPCalculator(model)
     atoms.get_forces()
     (ref,) = model.predict([cell], std=True)
-    for key in ("energy", "energies", "forces", "stress", "energy_std", "energies_std",
-                "forces_std", "stress_std"):
-        np.testing.assert_allclose(atoms.calc.results[key], ref[key], rtol=1e-12,
-                                   atol=1e-12, err_msg=key)
+    for key in (
+        "energy",
+        "energies",
+        "forces",
+        "stress",
+        "energy_std",
+        "energies_std",
+        "forces_std",
+        "stress_std",
+    ):
+        np.testing.assert_allclose(
+            atoms.calc.results[key], ref[key], rtol=1e-12, atol=1e-12, err_msg=key
+        )
 
 
 def test_loads_model_file(model: Model, cell: Atoms, tmp_path) -> None:
@@ -119,8 +134,9 @@ def test_nve_conserves_energy(model: Model) -> None:
     atoms.calc = GAPCalculator(model, std=False)
     with warnings.catch_warnings():  # deprecated in ase 3.29, the only way before
         warnings.simplefilter("ignore", DeprecationWarning)
-        MaxwellBoltzmannDistribution(atoms, temperature_K=300,
-                                     rng=np.random.default_rng(7))
+        MaxwellBoltzmannDistribution(
+            atoms, temperature_K=300, rng=np.random.default_rng(7)
+        )
     totals, temperatures = [], []
 
     def record() -> None:

@@ -23,8 +23,9 @@ def cu_cell(rng: np.random.Generator) -> Atoms:
     """A strained, rattled 2x2x2 cubic fcc Cu cell (32 atoms)."""
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     eps = rng.normal(0.0, 0.02, (3, 3))
-    atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)),
-                   scale_atoms=True)
+    atoms.set_cell(
+        atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True
+    )
     atoms.positions += rng.normal(0.0, 0.1, atoms.positions.shape)
     return atoms
 
@@ -70,11 +71,16 @@ def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     rng = np.random.default_rng(0)
     train = [emt_labelled(cu_cell(rng), "bulk") for _ in range(10)]
-    train.append(emt_labelled(Atoms("Cu", positions=[[10.0, 10.0, 10.0]],
-                                    cell=[20.0] * 3, pbc=True), "isolated_atom"))
+    train.append(
+        emt_labelled(
+            Atoms("Cu", positions=[[10.0, 10.0, 10.0]], cell=[20.0] * 3, pbc=True),
+            "isolated_atom",
+        )
+    )
     ase.io.write(root / "train.xyz", train)
-    ase.io.write(root / "test.xyz", [emt_labelled(cu_cell(rng), "test")
-                                     for _ in range(N_TEST)])
+    ase.io.write(
+        root / "test.xyz", [emt_labelled(cu_cell(rng), "test") for _ in range(N_TEST)]
+    )
     gold = cu_cell(rng)
     gold[3].symbol = "Au"
     ase.io.write(root / "au.xyz", gold)
@@ -84,9 +90,24 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fitted(data: Path) -> tuple[Path, Result]:
     model = data / "model.npz"
-    result = invoke("fit", "--at-file", data / "train.xyz", "--gp-file", model,
-                    "--soap", SOAP, "--default-sigma", "0.001", "0.05", "0.05", "0.0",
-                    "--e0-method", "isolated", "--rnd-seed", "1")
+    result = invoke(
+        "fit",
+        "--at-file",
+        data / "train.xyz",
+        "--gp-file",
+        model,
+        "--soap",
+        SOAP,
+        "--default-sigma",
+        "0.001",
+        "0.05",
+        "0.05",
+        "0.0",
+        "--e0-method",
+        "isolated",
+        "--rnd-seed",
+        "1",
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     return model, result
 
@@ -113,8 +134,13 @@ def test_predict_writes_means_and_stds(fitted, data: Path) -> None:
     assert "atoms/s" in result.stdout
     images = ase.io.read(out, ":")
     assert len(images) == N_TEST
-    shapes = {"energy": (), "virial": (3, 3), "stress": (6,), "forces": (32, 3),
-              "energies": (32,)}
+    shapes = {
+        "energy": (),
+        "virial": (3, 3),
+        "stress": (6,),
+        "forces": (32, 3),
+        "energies": (32,),
+    }
     for atoms in images:
         assert atoms.info["config_type"] == "test"
         for key, shape in shapes.items():
@@ -143,8 +169,9 @@ def test_eval_prints_table_and_json(fitted, data: Path) -> None:
 def test_predict_without_std(fitted, data: Path) -> None:
     model, _ = fitted
     out = data / "pred_mean.xyz"
-    result = invoke("predict", "--gp-file", model, data / "test.xyz", "-o", out,
-                    "--no-std")
+    result = invoke(
+        "predict", "--gp-file", model, data / "test.xyz", "-o", out, "--no-std"
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     atoms = ase.io.read(out, 0)
     assert lookup(atoms, "forces").shape == (32, 3)
@@ -174,37 +201,76 @@ def test_missing_at_file(tmp_path: Path) -> None:
     assert not model.exists()
 
 
-@pytest.mark.parametrize("sigma", [["0.001", "0.05", "0.05"], ["0.001 0.05 0.05 0.0"],
-                                   ["{0.001", "0.05", "0.05", "0.0}"]])
+@pytest.mark.parametrize(
+    "sigma",
+    [
+        ["0.001", "0.05", "0.05"],
+        ["0.001 0.05 0.05 0.0"],
+        ["{0.001", "0.05", "0.05", "0.0}"],
+    ],
+)
 def test_default_sigma_forms_are_accepted(tmp_path: Path, sigma: list[str]) -> None:
     # the sigma parses, so the command gets as far as reading the (missing) data
-    result = invoke("fit", "--default-sigma", *sigma, "--at-file",
-                    tmp_path / "nope.xyz", "--gp-file", tmp_path / "m.npz")
+    result = invoke(
+        "fit",
+        "--default-sigma",
+        *sigma,
+        "--at-file",
+        tmp_path / "nope.xyz",
+        "--gp-file",
+        tmp_path / "m.npz",
+    )
     fails_cleanly(result, "nope.xyz")
 
 
 def test_misspelt_soap_key_suggests_the_right_one(data: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.npz"
-    result = invoke("fit", "--at-file", data / "train.xyz", "--gp-file", model,
-                    "--soap", "cutoff=4.0 n_maxx=8")
+    result = invoke(
+        "fit",
+        "--at-file",
+        data / "train.xyz",
+        "--gp-file",
+        model,
+        "--soap",
+        "cutoff=4.0 n_maxx=8",
+    )
     fails_cleanly(result, "n_maxx", "n_max'?")
     assert not model.exists()
 
 
-@pytest.mark.parametrize("sigma,word", [(["0", "0.05", "0.05", "0"], "energy sigma"),
-                                        (["0.001", "0.05"], "3 or 4 numbers")])
+@pytest.mark.parametrize(
+    "sigma,word",
+    [
+        (["0", "0.05", "0.05", "0"], "energy sigma"),
+        (["0.001", "0.05"], "3 or 4 numbers"),
+    ],
+)
 def test_bad_default_sigma(data: Path, tmp_path: Path, sigma, word: str) -> None:
     model = tmp_path / "model.npz"
-    result = invoke("fit", "--at-file", data / "train.xyz", "--gp-file", model,
-                    "--default-sigma", *sigma)
+    result = invoke(
+        "fit",
+        "--at-file",
+        data / "train.xyz",
+        "--gp-file",
+        model,
+        "--default-sigma",
+        *sigma,
+    )
     fails_cleanly(result, "--default-sigma", word)
     assert not model.exists()
 
 
 def test_bad_e0(data: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.npz"
-    result = invoke("fit", "--at-file", data / "train.xyz", "--gp-file", model,
-                    "--e0", "Cu:-0.1 Xq:0.2")
+    result = invoke(
+        "fit",
+        "--at-file",
+        data / "train.xyz",
+        "--gp-file",
+        model,
+        "--e0",
+        "Cu:-0.1 Xq:0.2",
+    )
     fails_cleanly(result, "Xq")
     assert not model.exists()
 

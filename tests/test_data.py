@@ -95,14 +95,20 @@ def test_custom_key_names(tmp_path):
         atoms.info["kind"] = "bulk"
         images.append(atoms)
     path = _write(tmp_path, images)
-    keys = LabelKeys(energy="dft_energy", forces="dft_forces", virial="dft_virial",
-                     config_type="kind")
+    keys = LabelKeys(
+        energy="dft_energy",
+        forces="dft_forces",
+        virial="dft_virial",
+        config_type="kind",
+    )
     frames = read_frames(path, keys=keys, require=("energy", "forces", "virial"))
     assert frames[1].energy == pytest.approx(images[1].info["dft_energy"])
-    np.testing.assert_allclose(frames[1].forces, images[1].arrays["dft_forces"],
-                               atol=1e-7)  # extxyz writes 8 decimals
-    np.testing.assert_allclose(frames[1].virial, images[1].info["dft_virial"],
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        frames[1].forces, images[1].arrays["dft_forces"], atol=1e-7
+    )  # extxyz writes 8 decimals
+    np.testing.assert_allclose(
+        frames[1].virial, images[1].info["dft_virial"], atol=1e-10
+    )
     assert frames[0].config_type == "bulk"
 
 
@@ -121,7 +127,10 @@ def test_config_type_and_per_config_sigmas(tmp_path):
     frame = read_frames(_write(tmp_path, [atoms, _cu(1)]))[0]
     assert frame.config_type == "surface"
     assert (frame.sigma_energy, frame.sigma_force, frame.sigma_virial) == (
-        0.02, 0.3, None)
+        0.02,
+        0.3,
+        None,
+    )
 
 
 def test_sigmas_for_frame():
@@ -129,8 +138,12 @@ def test_sigmas_for_frame():
     atoms.info["config_type"] = "surface"
     surface = frames_from_atoms([atoms])[0]
     plain = frames_from_atoms([_cu(1)])[0]
-    sigmas = Sigmas(energy=0.001, force=0.05, virial=0.04,
-                    per_config_type={"surface": (0.01, 0.2, 0.3)})
+    sigmas = Sigmas(
+        energy=0.001,
+        force=0.05,
+        virial=0.04,
+        per_config_type={"surface": (0.01, 0.2, 0.3)},
+    )
     # 4 atoms: per-atom sigmas scale by sqrt(4) = 2
     assert sigmas.for_frame(plain) == pytest.approx((0.002, 0.05, 0.08))
     assert sigmas.for_frame(surface) == pytest.approx((0.02, 0.2, 0.6))
@@ -265,8 +278,13 @@ def test_overlapping_atoms():
     with pytest.raises(GapfitError, match=r"atoms 0 and 1 are 0\.300 Å apart"):
         frames_from_atoms([close])
     # closer than 0.5 Å only through the periodic boundary
-    wrapped = Atoms("Cu2", positions=[[0.1, 1, 1], [3.5, 1, 1]], cell=[3.6] * 3,
-                    pbc=True, info={"energy": -1.0})
+    wrapped = Atoms(
+        "Cu2",
+        positions=[[0.1, 1, 1], [3.5, 1, 1]],
+        cell=[3.6] * 3,
+        pbc=True,
+        info={"energy": -1.0},
+    )
     with pytest.raises(GapfitError, match=r"0\.200 Å apart"):
         frames_from_atoms([wrapped])
 
@@ -275,8 +293,9 @@ def test_degenerate_periodic_cell():
     atoms = Atoms("Cu", pbc=True, info={"energy": -1.0})
     with pytest.raises(GapfitError, match="pbc=False"):
         frames_from_atoms([atoms])
-    flat = Atoms("Cu", cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]], pbc=True,
-                 info={"energy": -1.0})
+    flat = Atoms(
+        "Cu", cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]], pbc=True, info={"energy": -1.0}
+    )
     with pytest.raises(GapfitError, match="linearly dependent"):
         frames_from_atoms([flat])
 
@@ -336,8 +355,11 @@ def test_bad_e0_symbol():
 def _frame(symbols: str, energy: float, config_type: str = "default") -> Frame:
     """Well-separated atoms on a line, no cell, with a given total energy."""
     positions = [[3.0 * i, 0, 0] for i in range(len(Atoms(symbols)))]
-    atoms = Atoms(symbols, positions=positions,
-                  info={"energy": energy, "config_type": config_type})
+    atoms = Atoms(
+        symbols,
+        positions=positions,
+        info={"energy": energy, "config_type": config_type},
+    )
     return frames_from_atoms([atoms])[0]
 
 
@@ -350,8 +372,11 @@ def _synthetic(symbols: str) -> Frame:
 
 
 def test_fit_e0_isolated():
-    frames = [_frame("Cu", -0.3, "isolated_atom"), _frame("Au", -0.7, "isolated_atom"),
-              _frame("CuAu", -5.0)]
+    frames = [
+        _frame("Cu", -0.3, "isolated_atom"),
+        _frame("Au", -0.7, "isolated_atom"),
+        _frame("CuAu", -5.0),
+    ]
     assert fit_e0(frames, "isolated", [29, 79]) == {29: -0.3, 79: -0.7}
     # explicit values override the method's
     assert fit_e0(frames, "isolated", [29, 79], {79: -1.0}) == {29: -0.3, 79: -1.0}
@@ -380,7 +405,9 @@ def test_fit_e0_least_squares_recovers_e0():
 def test_fit_e0_explicit():
     frames = [_frame("CuAu", -5.0)]
     assert fit_e0(frames, "explicit", [29, 79], parse_e0("Cu:-0.1 Au:-0.2")) == {
-        29: -0.1, 79: -0.2}
+        29: -0.1,
+        79: -0.2,
+    }
     with pytest.raises(GapfitError, match="no e0 given for Au"):
         fit_e0(frames, "explicit", [29, 79], {29: -0.1})
     with pytest.raises(GapfitError, match="unknown"):

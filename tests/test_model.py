@@ -26,7 +26,9 @@ def fitted(tmp_path_factory):
         at.get_forces()
         at.get_stress()
         frames.append(at)
-    gap = GAP(soap="cutoff=3.8 n_max=3 l_max=2 n_sparse=20", e0_method="average").fit(frames)
+    gap = GAP(soap="cutoff=3.8 n_max=3 l_max=2 n_sparse=20", e0_method="average").fit(
+        frames
+    )
     path = tmp_path_factory.mktemp("model") / "m.npz"
     gap.save(path)
     return gap, frames, path
@@ -37,8 +39,15 @@ def test_round_trip_gives_identical_predictions(fitted):
     loaded = Model.load(path)
     a = gap.model_.predict(frames[:2], std=True)
     b = loaded.predict(frames[:2], std=True)
-    for ra, rb in zip(a, b):
-        for key in ("energy", "forces", "stress", "energy_std", "forces_std", "stress_std"):
+    for ra, rb in zip(a, b, strict=True):
+        for key in (
+            "energy",
+            "forces",
+            "stress",
+            "energy_std",
+            "forces_std",
+            "stress_std",
+        ):
             np.testing.assert_array_equal(ra[key], rb[key], err_msg=key)
     assert loaded.info["data"]["n_configs"] == 6
     assert len(loaded.info["data"]["sha256"]) == 64
@@ -94,8 +103,10 @@ def test_save_is_atomic_and_leaves_no_temp_files(fitted, tmp_path):
 
 
 def test_soap_string_parsing():
-    s = parse_soap("soap cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 "
-                   "atom_sigma=0.5 zeta=4 delta=1.0 n_sparse=500 sparse_method=cur_points")
+    s = parse_soap(
+        "soap cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 "
+        "atom_sigma=0.5 zeta=4 delta=1.0 n_sparse=500 sparse_method=cur_points"
+    )
     assert (s["cutoff"], s["n_max"], s["zeta"], s["n_sparse"]) == (5.0, 8, 4, 500)
     assert s["poly_r0"] == 5.0
     with pytest.raises(GapfitError, match="Did you mean 'n_max'"):

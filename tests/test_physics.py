@@ -40,8 +40,14 @@ A_CU = 3.61  # Å, EMT's Cu lattice constant is ~3.59
 AU = 79
 
 
-def cu_cell(seed: int, a: float = A_CU, n_au: int = 0, strain: float = 0.02,
-            rattle: float = 0.05, label: bool = True) -> Atoms:
+def cu_cell(
+    seed: int,
+    a: float = A_CU,
+    n_au: int = 0,
+    strain: float = 0.02,
+    rattle: float = 0.05,
+    label: bool = True,
+) -> Atoms:
     """fcc 2x2x2 cubic cell (32 atoms), ``n_au`` random Au, random symmetric strain
     (std ``strain``) and rattle (std ``rattle`` Å), wrapped; EMT labels if ``label``."""
     rng = np.random.default_rng(seed)
@@ -61,8 +67,9 @@ def cu_cell(seed: int, a: float = A_CU, n_au: int = 0, strain: float = 0.02,
 
 
 def training_frames() -> list[Atoms]:
-    return ([cu_cell(seed) for seed in range(10)]
-            + [cu_cell(100 + seed, a=3.7, n_au=8) for seed in range(2)])
+    return [cu_cell(seed) for seed in range(10)] + [
+        cu_cell(100 + seed, a=3.7, n_au=8) for seed in range(2)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +107,13 @@ def cluster() -> Atoms:
     """A non-periodic 43-atom Cu sphere (r < 4.6 Å) cut from a rattled crystal."""
     bulk_cu = bulk("Cu", "fcc", a=A_CU, cubic=True).repeat(3)
     bulk_cu.rattle(stdev=0.05, rng=np.random.default_rng(777))
-    centre = bulk_cu.positions[np.argmin(np.linalg.norm(
-        bulk_cu.positions - bulk_cu.cell.array.sum(axis=0) / 2, axis=1))]
+    centre = bulk_cu.positions[
+        np.argmin(
+            np.linalg.norm(
+                bulk_cu.positions - bulk_cu.cell.array.sum(axis=0) / 2, axis=1
+            )
+        )
+    ]
     keep = np.linalg.norm(bulk_cu.positions - centre, axis=1) < 4.6
     return Atoms(bulk_cu.numbers[keep], positions=bulk_cu.positions[keep] - centre)
 
@@ -119,18 +131,21 @@ FD_FORCES = {"h": 3e-3, "order": 4, "rtol": 1e-6}
 FD_STRESS = {"h": 1e-3, "order": 4, "rtol": 1e-6}
 
 
-def _assert_away_from_kinks(atoms: Atoms, radii: tuple[float, ...] = (3.0, 4.0),
-                            margin: float = 0.02) -> None:
+def _assert_away_from_kinks(
+    atoms: Atoms, radii: tuple[float, ...] = (3.0, 4.0), margin: float = 0.02
+) -> None:
     d = neighbor_list("d", atoms, max(radii) + 1.0)
     gap_ = np.abs(d[:, None] - np.asarray(radii)[None, :]).min()
     assert gap_ > margin, (
         f"a pair lies {gap_:.3g} Å from a C^1 kink of the weighting; finite "
-        "differences would be inaccurate there: pick another test structure")
+        "differences would be inaccurate there: pick another test structure"
+    )
 
 
 @pytest.mark.parametrize("which", ["cu_test", "alloy_test", "cluster"])
-def test_forces_are_minus_energy_gradient(model: Model, which: str,
-                                          request: pytest.FixtureRequest) -> None:
+def test_forces_are_minus_energy_gradient(
+    model: Model, which: str, request: pytest.FixtureRequest
+) -> None:
     atoms = request.getfixturevalue(which)
     _assert_away_from_kinks(atoms)
     worst = assert_forces_match_fd(calc(model), atoms, **FD_FORCES)
@@ -138,8 +153,9 @@ def test_forces_are_minus_energy_gradient(model: Model, which: str,
 
 
 @pytest.mark.parametrize("which", ["cu_test", "alloy_test"])
-def test_stress_is_strain_derivative(model: Model, which: str,
-                                     request: pytest.FixtureRequest) -> None:
+def test_stress_is_strain_derivative(
+    model: Model, which: str, request: pytest.FixtureRequest
+) -> None:
     atoms = request.getfixturevalue(which)
     _assert_away_from_kinks(atoms)
     worst = assert_stress_matches_strain_fd(calc(model), atoms, **FD_STRESS)
@@ -163,69 +179,92 @@ def test_rotation_invariance(model: Model, cu_test: Atoms, kind: str) -> None:
     rotates forces and stress and leaves energies and stds unchanged. A 90° turn
     (a signed permutation) must permute the per-component stds exactly."""
     rng = np.random.default_rng(11)
-    R = {"proper": random_rotation(rng),
-         "improper": -random_rotation(rng),
-         "quarter_turn": np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
-         }[kind]
-    worst = assert_rotation_invariant(calc(model, std=True), cu_test, R, RTOL,
-                                      rtol_std=RTOL_STD)
+    R = {
+        "proper": random_rotation(rng),
+        "improper": -random_rotation(rng),
+        "quarter_turn": np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+    }[kind]
+    worst = assert_rotation_invariant(
+        calc(model, std=True), cu_test, R, RTOL, rtol_std=RTOL_STD
+    )
     _report(f"rotation {kind}", worst)
 
 
 def test_translation_invariance(model: Model, cu_test: Atoms) -> None:
-    worst = assert_translation_invariant(calc(model, std=True), cu_test,
-                                         [1.3, -0.7, 2.9], wrap=True, rtol=RTOL,
-                                         rtol_std=RTOL_STD)
+    worst = assert_translation_invariant(
+        calc(model, std=True),
+        cu_test,
+        [1.3, -0.7, 2.9],
+        wrap=True,
+        rtol=RTOL,
+        rtol_std=RTOL_STD,
+    )
     _report("translation + wrap", worst)
 
 
 def test_permutation_invariance(model: Model, alloy_test: Atoms) -> None:
     perm = np.random.default_rng(5).permutation(len(alloy_test))
-    worst = assert_permutation_invariant(calc(model, std=True), alloy_test, perm,
-                                         RTOL, rtol_std=RTOL_STD)
+    worst = assert_permutation_invariant(
+        calc(model, std=True), alloy_test, perm, RTOL, rtol_std=RTOL_STD
+    )
     _report("permutation", worst)
 
 
 def test_supercell_gives_n_times_energy_same_forces_and_stress(
-        model: Model, cu_test: Atoms) -> None:
-    worst = assert_supercell_invariant(calc(model, std=True), cu_test, (2, 1, 1),
-                                       RTOL, rtol_std=RTOL_STD)
+    model: Model, cu_test: Atoms
+) -> None:
+    worst = assert_supercell_invariant(
+        calc(model, std=True), cu_test, (2, 1, 1), RTOL, rtol_std=RTOL_STD
+    )
     _report("2x1x1 supercell", worst)
 
 
 def test_equivalent_cell_gives_same_results(model: Model, cu_test: Atoms) -> None:
     """a' = a + b (unimodular), positions wrapped: the same crystal."""
     M = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]])
-    worst = assert_cell_choice_invariant(calc(model, std=True), cu_test, M, RTOL,
-                                         rtol_std=RTOL_STD)
+    worst = assert_cell_choice_invariant(
+        calc(model, std=True), cu_test, M, RTOL, rtol_std=RTOL_STD
+    )
     _report("cell a+b", worst)
 
 
-def test_cluster_is_finite_has_no_stress_and_is_invariant(model: Model,
-                                                          cluster: Atoms) -> None:
+def test_cluster_is_finite_has_no_stress_and_is_invariant(
+    model: Model, cluster: Atoms
+) -> None:
     fn = calc(model, std=True)
     res = fn(cluster)
     assert "stress" not in res and "stress_std" not in res
-    for key in ("energy", "energies", "forces", "virial", "energy_std",
-                "energies_std", "forces_std"):
+    for key in (
+        "energy",
+        "energies",
+        "forces",
+        "virial",
+        "energy_std",
+        "energies_std",
+        "forces_std",
+    ):
         assert np.isfinite(res[key]).all(), f"cluster {key} is not finite"
     assert res["energy_std"] > 0 and (res["forces_std"] > 0).all()
     # net force on an isolated cluster vanishes (translation invariance of E)
     net = np.abs(res["forces"].sum(axis=0)).max()
     assert net <= 1e-10 * np.abs(res["forces"]).max(), f"net force {net:.2e}"
     rng = np.random.default_rng(3)
-    worst = assert_rotation_invariant(fn, cluster, random_rotation(rng), RTOL,
-                                      rtol_std=RTOL_STD)
-    worst |= assert_translation_invariant(fn, cluster, [10.0, -3.0, 0.5], wrap=False,
-                                          rtol=RTOL, rtol_std=RTOL_STD)
-    worst |= assert_permutation_invariant(fn, cluster, rng.permutation(len(cluster)),
-                                          RTOL, rtol_std=RTOL_STD)
+    worst = assert_rotation_invariant(
+        fn, cluster, random_rotation(rng), RTOL, rtol_std=RTOL_STD
+    )
+    worst |= assert_translation_invariant(
+        fn, cluster, [10.0, -3.0, 0.5], wrap=False, rtol=RTOL, rtol_std=RTOL_STD
+    )
+    worst |= assert_permutation_invariant(
+        fn, cluster, rng.permutation(len(cluster)), RTOL, rtol_std=RTOL_STD
+    )
     _report("cluster rotation/translation/permutation", worst)
 
 
 # -------------------------------------------------------------- fit and its sigmas
-def test_fit_reproduces_training_data_within_sigmas(model: Model,
-                                                    training: list[Atoms]) -> None:
+def test_fit_reproduces_training_data_within_sigmas(
+    model: Model, training: list[Atoms]
+) -> None:
     """Criterion (stated honestly). Under a well-specified GP the training residuals
     have std sigma*sqrt(1 - leverage) <= sigma. This model is deliberately tiny, so
     part of each residual is model error, and the per-config 3-sigma band on energies
@@ -252,9 +291,11 @@ def test_fit_reproduces_training_data_within_sigmas(model: Model,
     rmse_F = float(np.sqrt(np.mean(np.square(dF))))
     rmse_W = float(np.sqrt(np.mean(np.square(dW))))
     rms_F = float(np.sqrt(np.mean(np.square(F))))
-    print(f"\ntraining: max|z_E| {np.abs(z).max():.2f}, rms z_E "
-          f"{np.sqrt(np.mean(z**2)):.2f}, force RMSE {rmse_F:.4f} eV/Å "
-          f"(rms force {rms_F:.3f}), virial RMSE {rmse_W:.4f} eV/atom")
+    print(
+        f"\ntraining: max|z_E| {np.abs(z).max():.2f}, rms z_E "
+        f"{np.sqrt(np.mean(z**2)):.2f}, force RMSE {rmse_F:.4f} eV/Å "
+        f"(rms force {rms_F:.3f}), virial RMSE {rmse_W:.4f} eV/atom"
+    )
     assert rmse_F < SIGMA_F, f"force RMSE {rmse_F:.4f} eV/Å >= sigma_F {SIGMA_F}"
     assert rmse_W < SIGMA_V, f"virial RMSE {rmse_W:.4f} eV/atom >= sigma_V {SIGMA_V}"
     assert np.sqrt(np.mean(z**2)) <= 2.0, f"energy residuals / sigma_E: {z.round(2)}"
@@ -278,8 +319,12 @@ def _lj(atoms: Atoms) -> dict:
     """ASE's smooth Lennard-Jones (independent code) in the calc_fn format."""
     a = atoms.copy()
     a.calc = LennardJones(sigma=2.3, epsilon=0.1, rc=5.0, ro=4.0, smooth=True)
-    return {"energy": a.get_potential_energy(), "energies": a.get_potential_energies(),
-            "forces": a.get_forces(), "stress": a.get_stress()}
+    return {
+        "energy": a.get_potential_energy(),
+        "energies": a.get_potential_energies(),
+        "forces": a.get_forces(),
+        "stress": a.get_stress(),
+    }
 
 
 def test_checks_pass_a_correct_potential_and_catch_broken_ones(cu_test: Atoms) -> None:

@@ -78,26 +78,44 @@ def h2co() -> Atoms:
     return molecule("H2CO")  # no cell, pbc False
 
 
-STRUCTURES = {"cu": (cu_cell, (Z_CU,)), "alloy": (alloy_cell, (Z_CU, Z_AU)),
-              "slab": (slab, (Z_CU,)), "h2co": (h2co, (Z_H, Z_C, Z_O))}
+STRUCTURES = {
+    "cu": (cu_cell, (Z_CU,)),
+    "alloy": (alloy_cell, (Z_CU, Z_AU)),
+    "slab": (slab, (Z_CU,)),
+    "h2co": (h2co, (Z_H, Z_C, Z_O)),
+}
 
 # (structure, weighting, n_max, l_max): every structure with both weightings, and
 # larger bases (n_max 6, 8) and l_max 8 spread over them: each case is a jit compile.
 CASES = [
-    ("cu", "none", 4, 3), ("cu", "poly", 3, 8),
-    ("alloy", "none", 4, 3), ("alloy", "poly", 6, 4),
-    ("slab", "none", 4, 3), ("slab", "poly", 4, 3),
-    ("h2co", "none", 8, 6), ("h2co", "poly", 4, 3),
+    ("cu", "none", 4, 3),
+    ("cu", "poly", 3, 8),
+    ("alloy", "none", 4, 3),
+    ("alloy", "poly", 6, 4),
+    ("slab", "none", 4, 3),
+    ("slab", "poly", 4, 3),
+    ("h2co", "none", 8, 6),
+    ("h2co", "poly", 4, 3),
 ]
 
 
-@pytest.mark.parametrize(("name", "weighting", "n_max", "l_max"), CASES,
-                         ids=["-".join(map(str, c)) for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "weighting", "n_max", "l_max"),
+    CASES,
+    ids=["-".join(map(str, c)) for c in CASES],
+)
 def test_matches_dscribe(name: str, weighting: str, n_max: int, l_max: int) -> None:
     build, species = STRUCTURES[name]
     atoms = build()
-    spec = SoapSpec(species=species, cutoff=5.0, n_max=n_max, l_max=l_max,
-                    atom_sigma=0.5, weighting=weighting, poly_r0=5.0)
+    spec = SoapSpec(
+        species=species,
+        cutoff=5.0,
+        n_max=n_max,
+        l_max=l_max,
+        atom_sigma=0.5,
+        weighting=weighting,
+        poly_r0=5.0,
+    )
     p, d = ours(spec, atoms), theirs(spec, atoms)
     assert p.shape == (len(atoms), spec.n_features)
     err = relative_error(p, d)
@@ -112,46 +130,112 @@ def test_matches_dscribe_large_n_max(n_max: int) -> None:
     KNOWN BUG: ``soap._gto_betas`` uses ``np.linalg.inv``, which changes beta by
     ~1e-8 (n=10) .. 1e-5 (n=12) and the output by 2.5e-7 .. 8.6e-5 relative."""
     atoms = h2co()
-    spec = SoapSpec(species=(Z_H, Z_C, Z_O), cutoff=5.0, n_max=n_max, l_max=2,
-                    weighting="none")
+    spec = SoapSpec(
+        species=(Z_H, Z_C, Z_O), cutoff=5.0, n_max=n_max, l_max=2, weighting="none"
+    )
     err = relative_error(ours(spec, atoms), theirs(spec, atoms))
     assert err <= RTOL_DSCRIBE, (
         f"n_max={n_max}: max|p-d|/max|d| = {err:.3e} > {RTOL_DSCRIBE:g}; "
         "gapfit/soap.py _gto_betas uses np.linalg.inv where dscribe uses "
-        "scipy.linalg.inv (note section 5)")
+        "scipy.linalg.inv (note section 5)"
+    )
 
 
 # ---------------------------------------------------------- fixed reference values
-MOL = Atoms("OCHH", positions=[[0, 0, 1.21], [0, 0, 0], [0, 0.94, -0.59],
-                               [0, -0.94, -0.59]])
-CU1 = Atoms("Cu", positions=[[0, 0, 0]],
-            cell=[[0, 1.805, 1.805], [1.805, 0, 1.805], [1.805, 1.805, 0]], pbc=True)
-CUAU = Atoms("CuAu", positions=[[0.1, 0, 0], [1.9, 1.95, 1.8]],
-             cell=[[3.9, 0, 0], [0, 3.9, 0], [0.2, 0, 3.7]], pbc=True)
+MOL = Atoms(
+    "OCHH", positions=[[0, 0, 1.21], [0, 0, 0], [0, 0.94, -0.59], [0, -0.94, -0.59]]
+)
+CU1 = Atoms(
+    "Cu",
+    positions=[[0, 0, 0]],
+    cell=[[0, 1.805, 1.805], [1.805, 0, 1.805], [1.805, 1.805, 0]],
+    pbc=True,
+)
+CUAU = Atoms(
+    "CuAu",
+    positions=[[0.1, 0, 0], [1.9, 1.95, 1.8]],
+    cell=[[3.9, 0, 0], [0, 3.9, 0], [0.2, 0, 3.7]],
+    pbc=True,
+)
 
 # id: (atoms, spec, centre, |p|, p[0:4], (block start, first two values) or None,
 #      shape). Values: the note's section 9 (dscribe 2.1.2 itself).
 REFERENCE = {
-    "R1": (MOL, SoapSpec((Z_H, Z_C, Z_O), cutoff=5, n_max=4, l_max=3, atom_sigma=0.5,
-                         weighting="none"), 0, 7.389998046737992,
-           [4.380002404131771e-3, -2.236735284874629e-2, 8.434850556397202e-4,
-            7.376935778491003e-2], (272, [5.683354323038993e-1, 1.493711810676311]),
-           (4, 312)),
-    "R2": (CU1, SoapSpec((Z_CU,), cutoff=4, n_max=4, l_max=4, atom_sigma=0.5,
-                         weighting="none"), 0, 32.79024311097259,
-           [6.952165846123509e-2, 7.409577791203475e-1, -6.115290456069150e-1,
-            1.310576955136796], None, (1, 50)),
-    "R3": (CUAU, SoapSpec((Z_CU, Z_AU), cutoff=4.5, n_max=3, l_max=3, atom_sigma=0.6,
-                          weighting="none"), 1, 10.67780836207418,
-           [1.075824667664484e-1, -3.389058767639868e-1, 4.252340107250243e-1,
-            1.067620001263876], (60, [7.429178872325866e-1, 2.098267811629125]),
-           (2, 84)),
-    "R4": (MOL, SoapSpec((Z_H, Z_C, Z_O), cutoff=5, n_max=4, l_max=3, atom_sigma=0.5,
-                         weighting="poly", poly_r0=2, poly_c=1, poly_m=2), 1,
-           5.345846919631965,
-           [8.518929158747866e-4, -2.657305896036684e-3, -8.801680565341877e-3,
-            -6.535596659376601e-3],
-           (272, [8.440894096837289e-5, -1.194326498206319e-4]), (4, 312)),
+    "R1": (
+        MOL,
+        SoapSpec(
+            (Z_H, Z_C, Z_O),
+            cutoff=5,
+            n_max=4,
+            l_max=3,
+            atom_sigma=0.5,
+            weighting="none",
+        ),
+        0,
+        7.389998046737992,
+        [
+            4.380002404131771e-3,
+            -2.236735284874629e-2,
+            8.434850556397202e-4,
+            7.376935778491003e-2,
+        ],
+        (272, [5.683354323038993e-1, 1.493711810676311]),
+        (4, 312),
+    ),
+    "R2": (
+        CU1,
+        SoapSpec((Z_CU,), cutoff=4, n_max=4, l_max=4, atom_sigma=0.5, weighting="none"),
+        0,
+        32.79024311097259,
+        [
+            6.952165846123509e-2,
+            7.409577791203475e-1,
+            -6.115290456069150e-1,
+            1.310576955136796,
+        ],
+        None,
+        (1, 50),
+    ),
+    "R3": (
+        CUAU,
+        SoapSpec(
+            (Z_CU, Z_AU), cutoff=4.5, n_max=3, l_max=3, atom_sigma=0.6, weighting="none"
+        ),
+        1,
+        10.67780836207418,
+        [
+            1.075824667664484e-1,
+            -3.389058767639868e-1,
+            4.252340107250243e-1,
+            1.067620001263876,
+        ],
+        (60, [7.429178872325866e-1, 2.098267811629125]),
+        (2, 84),
+    ),
+    "R4": (
+        MOL,
+        SoapSpec(
+            (Z_H, Z_C, Z_O),
+            cutoff=5,
+            n_max=4,
+            l_max=3,
+            atom_sigma=0.5,
+            weighting="poly",
+            poly_r0=2,
+            poly_c=1,
+            poly_m=2,
+        ),
+        1,
+        5.345846919631965,
+        [
+            8.518929158747866e-4,
+            -2.657305896036684e-3,
+            -8.801680565341877e-3,
+            -6.535596659376601e-3,
+        ],
+        (272, [8.440894096837289e-5, -1.194326498206319e-4]),
+        (4, 312),
+    ),
 }
 
 
@@ -162,13 +246,15 @@ def test_reference_values(ref_id: str) -> None:
     assert p_all.shape == shape
     p = p_all[centre]
     assert abs(np.linalg.norm(p) - norm) <= 1e-8 * norm, (
-        f"{ref_id}: |p| = {np.linalg.norm(p)!r}, reference {norm!r}")
+        f"{ref_id}: |p| = {np.linalg.norm(p)!r}, reference {norm!r}"
+    )
     scale = np.abs(p).max()
     np.testing.assert_allclose(p[:4], head, rtol=0, atol=1e-9 * scale)
     if block is not None:
         start, values = block
-        np.testing.assert_allclose(p[start:start + 2], values, rtol=0,
-                                   atol=1e-9 * scale)
+        np.testing.assert_allclose(
+            p[start : start + 2], values, rtol=0, atol=1e-9 * scale
+        )
 
 
 # ------------------------------------------------------------- solid harmonics
@@ -193,8 +279,13 @@ def test_solid_harmonics_addition_theorem(l_max: int) -> None:
         lhs = np.sum(Ru[:, lm] * Rv[:, lm], axis=1)
         rhs = (2 * ell + 1) / (4 * math.pi) * (nu * nv) ** ell * eval_legendre(ell, cos)
         scale = (2 * ell + 1) / (4 * math.pi) * np.max((nu * nv) ** ell)
-        np.testing.assert_allclose(lhs, rhs, rtol=0, atol=1e-12 * scale,
-                                   err_msg=f"addition theorem fails at l={ell}")
+        np.testing.assert_allclose(
+            lhs,
+            rhs,
+            rtol=0,
+            atol=1e-12 * scale,
+            err_msg=f"addition theorem fails at l={ell}",
+        )
 
 
 def test_solid_harmonics_are_homogeneous_of_degree_l() -> None:
@@ -213,8 +304,14 @@ def dimer(r: float) -> Atoms:
 def test_cosine_equals_none_when_all_neighbours_inside() -> None:
     """A dimer at 2.5 Å, cutoff 5, width 1: inside r_cut - width for the cosine
     weighting and inside r_cut + 3.717 sigma for dscribe, so both weights are 1."""
-    spec = SoapSpec((Z_CU,), cutoff=5.0, n_max=6, l_max=6, weighting="cosine",
-                    cutoff_transition_width=1.0)
+    spec = SoapSpec(
+        (Z_CU,),
+        cutoff=5.0,
+        n_max=6,
+        l_max=6,
+        weighting="cosine",
+        cutoff_transition_width=1.0,
+    )
     atoms = dimer(2.5)
     d = theirs(dataclasses.replace(spec, weighting="none"), atoms)
     assert relative_error(ours(spec, atoms), d) <= RTOL_DSCRIBE
@@ -223,8 +320,14 @@ def test_cosine_equals_none_when_all_neighbours_inside() -> None:
 def test_cosine_cutoff_is_continuous_and_smooth() -> None:
     """A neighbour crossing the cosine cutoff (5 Å) changes p by O(w) = O(1e-12)
     and the derivative dp/dD by O(dw/dr) = O(1e-6) (C^1 weighting)."""
-    spec = SoapSpec((Z_CU,), cutoff=5.0, n_max=4, l_max=4, weighting="cosine",
-                    cutoff_transition_width=1.0)
+    spec = SoapSpec(
+        (Z_CU,),
+        cutoff=5.0,
+        n_max=4,
+        l_max=4,
+        weighting="cosine",
+        cutoff_transition_width=1.0,
+    )
     inside, outside = ours(spec, dimer(5.0 - 1e-6)), ours(spec, dimer(5.0 + 1e-6))
     lone = ours(spec, Atoms("Cu", positions=[[0, 0, 0]]))
     jump = np.abs(inside - outside).max() / np.abs(outside).max()
@@ -236,8 +339,14 @@ def test_cosine_cutoff_is_continuous_and_smooth() -> None:
     def max_dP(r: float) -> float:
         batch = make_batch([dimer(r)], spec.species, spec.neighbour_cutoff)
         b = batch_arrays(batch)
-        _, dP = deriv(spec, b["D"], b["centre"], b["neighbour_species"],
-                      b["pair_mask"], b["species"])
+        _, dP = deriv(
+            spec,
+            b["D"],
+            b["centre"],
+            b["neighbour_species"],
+            b["pair_mask"],
+            b["species"],
+        )
         return float(np.abs(np.asarray(dP)[batch.pair_mask > 0]).max())
 
     edge, mid = max_dP(5.0 - 1e-6), max_dP(4.5)

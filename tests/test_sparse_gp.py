@@ -22,8 +22,14 @@ from gapfit.soap import SoapSpec, soap
 from gapfit.sparse_gp import finish, fold, start, variance_factors
 from gapfit.variance import predict_std
 
-SPEC = SoapSpec(species=(29, 79), cutoff=3.2, n_max=3, l_max=2, atom_sigma=0.5,
-                cutoff_transition_width=0.8)
+SPEC = SoapSpec(
+    species=(29, 79),
+    cutoff=3.2,
+    n_max=3,
+    l_max=2,
+    atom_sigma=0.5,
+    cutoff_transition_width=0.8,
+)
 KERNEL = DotProductKernel(delta=0.7, zeta=2)
 SIGMA_E = 0.01  # eV, noise on total energies
 JITTER = 1e-12
@@ -47,21 +53,34 @@ def _env_energy_fn(at):
 
     def p_hat(pos, eps):
         D = (pos[batch.neighbour] - pos[batch.centre] + offset) @ (jnp.eye(3) + eps).T
-        p = soap(SPEC, D, jnp.asarray(batch.centre), jnp.asarray(batch.neighbour_species),
-                 jnp.asarray(batch.pair_mask), jnp.asarray(batch.species))
+        p = soap(
+            SPEC,
+            D,
+            jnp.asarray(batch.centre),
+            jnp.asarray(batch.neighbour_species),
+            jnp.asarray(batch.pair_mask),
+            jnp.asarray(batch.species),
+        )
         return normalise(p)[0], jnp.asarray(batch.species)
 
     return p_hat
 
 
 def _k_total(pa, sa, pb, sb):
-    return jnp.sum(KERNEL.delta**2 * (pa @ pb.T) ** KERNEL.zeta * (sa[:, None] == sb[None, :]))
+    return jnp.sum(
+        KERNEL.delta**2 * (pa @ pb.T) ** KERNEL.zeta * (sa[:, None] == sb[None, :])
+    )
 
 
 def _strain(e):
     """Symmetric strain from Voigt (xx yy zz yz xz xy), off-diagonals split in half."""
-    return jnp.array([[e[0], e[5] / 2, e[4] / 2], [e[5] / 2, e[1], e[3] / 2],
-                      [e[4] / 2, e[3] / 2, e[2]]])
+    return jnp.array(
+        [
+            [e[0], e[5] / 2, e[4] / 2],
+            [e[5] / 2, e[1], e[3] / 2],
+            [e[4] / 2, e[3] / 2, e[2]],
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +98,21 @@ def setup():
     rows = design_rows(SPEC, KERNEL, Z_hat, Z_s, b)
     yp = np.zeros(len(batch.config_mask))
     yp[: len(y)] = y
-    post = finish(fold(start(K_mm, JITTER), rows.energy / SIGMA_E, jnp.asarray(yp) / SIGMA_E),
-                  K_mm, JITTER)
+    post = finish(
+        fold(start(K_mm, JITTER), rows.energy / SIGMA_E, jnp.asarray(yp) / SIGMA_E),
+        K_mm,
+        JITTER,
+    )
     return train, test, y, Z_hat, Z_s, post
 
 
 def test_sparse_equals_dense_exact_gp(setup):
     train, test, y, Z_hat, Z_s, post = setup
     fns = [_env_energy_fn(t) for t in train]
-    envs = [f(jnp.asarray(t.positions), jnp.zeros((3, 3))) for f, t in zip(fns, train)]
+    envs = [
+        f(jnp.asarray(t.positions), jnp.zeros((3, 3)))
+        for f, t in zip(fns, train, strict=True)
+    ]
     K = np.array([[_k_total(*a, *b) for b in envs] for a in envs])
     Kinv = np.linalg.inv(K + SIGMA_E**2 * np.eye(len(y)))
 
@@ -107,27 +132,43 @@ def test_sparse_equals_dense_exact_gp(setup):
         kE.append(value)
         kF.append(-g_pos)  # cov(F, E_n) = -d/dr cov(E, E_n)
         kW.append(-g_eps)  # virial = -dE/d(strain)
-    kE, kF, kW = np.array(kE), np.stack(kF, -1), np.stack(kW, -1)  # (n,), (N,3,n), (6,n)
+    kE, kF, kW = (
+        np.array(kE),
+        np.stack(kF, -1),
+        np.stack(kW, -1),
+    )  # (n,), (N,3,n), (6,n)
     hFF = jax.jit(jax.jacfwd(jax.grad(k_ss, 2), 0))(pos, e0, pos, e0)  # (N,3,N,3)
     hWW = jax.jit(jax.jacfwd(jax.grad(k_ss, 3), 1))(pos, e0, pos, e0)  # (6,6)
     n = len(test)
     exact = {
         "E": (kE @ Kinv @ y, k_ss(pos, e0, pos, e0) - kE @ Kinv @ kE),
-        "F": (kF @ Kinv @ y, np.asarray(hFF).reshape(3 * n, 3 * n).diagonal().reshape(n, 3)
-              - np.einsum("akn,nm,akm->ak", kF, Kinv, kF)),
+        "F": (
+            kF @ Kinv @ y,
+            np.asarray(hFF).reshape(3 * n, 3 * n).diagonal().reshape(n, 3)
+            - np.einsum("akn,nm,akm->ak", kF, Kinv, kF),
+        ),
         "W": (kW @ Kinv @ y, np.diagonal(hWW) - np.einsum("kn,nm,km->k", kW, Kinv, kW)),
     }
 
     batch = make_batch([test], SPEC.species, SPEC.neighbour_cutoff)
     b = batch_arrays(batch)
     mean = predict_mean(SPEC, KERNEL, Z_hat, Z_s, post.weights, b)
-    sd = predict_std(SPEC, KERNEL, Z_hat, Z_s, variance_factors(post), b,
-                     jnp.asarray(incoming(batch)))
-    sparse = {"E": (mean.energy[0], sd.energy[0] ** 2),
-              "F": (mean.forces[:n], sd.forces[:n] ** 2),
-              "W": (mean.virial[0], sd.virial[0] ** 2)}
+    sd = predict_std(
+        SPEC,
+        KERNEL,
+        Z_hat,
+        Z_s,
+        variance_factors(post),
+        b,
+        jnp.asarray(incoming(batch)),
+    )
+    sparse = {
+        "E": (mean.energy[0], sd.energy[0] ** 2),
+        "F": (mean.forces[:n], sd.forces[:n] ** 2),
+        "W": (mean.virial[0], sd.virial[0] ** 2),
+    }
     for q in ("E", "F", "W"):
-        for what, got, want in zip(("mean", "var"), sparse[q], exact[q]):
+        for what, got, want in zip(("mean", "var"), sparse[q], exact[q], strict=True):
             got, want = np.asarray(got), np.asarray(want)
             err = np.abs(got - want).max() / np.abs(want).max()
             assert err < 1e-6, f"{q} {what}: relative deviation {err:.2e}"
@@ -143,7 +184,7 @@ def test_fold_is_independent_of_chunking(setup):
     w_all = finish(fold(start(K_mm, 1e-8), A, bvec), K_mm, 1e-8).weights
     R = start(K_mm, 1e-8)
     for k in range(30):
-        R = fold(R, A[k:k + 1], bvec[k:k + 1])
+        R = fold(R, A[k : k + 1], bvec[k : k + 1])
     w_one = finish(R, K_mm, 1e-8).weights
     # reference from the normal equations, for this small well-conditioned case only
     L = K_mm + 1e-8 * jnp.eye(K_mm.shape[0])

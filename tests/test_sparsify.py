@@ -39,7 +39,10 @@ def test_per_species_counts_sorted_unique(method: str) -> None:
     assert np.all(np.diff(idx) > 0)  # sorted and unique
     species, counts = np.unique(Z[idx], return_counts=True)
     assert dict(zip(species.tolist(), counts.tolist(), strict=True)) == {
-        1: 10, 6: 3, 8: 10}
+        1: 10,
+        6: 3,
+        8: 10,
+    }
 
 
 @pytest.mark.parametrize("method", SPARSE_METHODS)
@@ -60,8 +63,9 @@ def test_species_selected_independently_of_order(method: str) -> None:
     # species 1 alone vs species 1 after species 8: same environments of species 1
     X1, X8 = _random_env(60, seed=1), _random_env(40, seed=2)
     alone = select_sparse(X1, np.full(60, 1), 7, method, seed=9)
-    both = select_sparse(np.vstack([X8, X1]), np.repeat([8, 1], [40, 60]), 7,
-                         method, seed=9)
+    both = select_sparse(
+        np.vstack([X8, X1]), np.repeat([8, 1], [40, 60]), 7, method, seed=9
+    )
     np.testing.assert_array_equal(both[both >= 40] - 40, alone)
 
 
@@ -70,8 +74,10 @@ def test_row_scale_does_not_matter(method: str) -> None:
     # the downstream kernel is a normalised dot product: only directions count
     X, Z = _random_env(80, seed=4), np.full(80, 3)
     scale = np.random.default_rng(0).uniform(0.1, 10.0, size=(80, 1))
-    np.testing.assert_array_equal(select_sparse(X, Z, 9, method, seed=2),
-                                  select_sparse(X * scale, Z, 9, method, seed=2))
+    np.testing.assert_array_equal(
+        select_sparse(X, Z, 9, method, seed=2),
+        select_sparse(X * scale, Z, 9, method, seed=2),
+    )
 
 
 def test_fps_picks_one_point_per_cluster() -> None:
@@ -112,12 +118,12 @@ def test_cur_prefers_high_leverage_outlier() -> None:
 
 def test_uniform_is_evenly_spaced_over_distinct_environments() -> None:
     X, Z = _random_env(11), np.full(11, 1)
-    np.testing.assert_array_equal(select_sparse(X, Z, 3, "uniform", seed=0),
-                                  [0, 5, 10])
+    np.testing.assert_array_equal(select_sparse(X, Z, 3, "uniform", seed=0), [0, 5, 10])
     # each environment twice in a row: spacing is over the 10 distinct ones
     X2 = np.repeat(_random_env(10), 2, axis=0)
     np.testing.assert_array_equal(
-        select_sparse(X2, np.full(20, 1), 4, "uniform", seed=0), [0, 6, 12, 18])
+        select_sparse(X2, np.full(20, 1), 4, "uniform", seed=0), [0, 6, 12, 18]
+    )
 
 
 def test_bad_method_suggests_the_closest() -> None:
@@ -134,8 +140,10 @@ def test_gap_fit_cur_covariance_not_supported() -> None:
 
 def test_method_is_case_insensitive() -> None:
     X, Z = _random_env(30), np.full(30, 1)
-    np.testing.assert_array_equal(select_sparse(X, Z, 4, "CUR_POINTS", seed=1),
-                                  select_sparse(X, Z, 4, "cur_points", seed=1))
+    np.testing.assert_array_equal(
+        select_sparse(X, Z, 4, "CUR_POINTS", seed=1),
+        select_sparse(X, Z, 4, "cur_points", seed=1),
+    )
 
 
 @pytest.mark.parametrize("n_sparse", [0, -3])
