@@ -73,7 +73,7 @@ def descriptors(spec: SoapSpec, b: dict) -> jax.Array:
 descriptors_jit = jax.jit(descriptors, static_argnums=0)
 
 
-def _to_atoms_and_configs(t: jax.Array, b: dict) -> tuple[jax.Array, jax.Array]:
+def forces_and_virials(t: jax.Array, b: dict) -> tuple[jax.Array, jax.Array]:
     """Per-pair gradients ``t (P, 3, ...)`` -> forces ``(A, 3, ...)`` and virials
     ``(C, 6, ...)``."""
     A, C = b["species"].shape[0], b["config_mask"].shape[0]
@@ -132,7 +132,7 @@ def rows_from_soap(
     i = b["centre"]
     t = a[i][:, None, :] * (ZdP - q[i][:, None, :] * pdP[:, :, None])  # (P, 3, M)
     t = t * b["pair_mask"][:, None, None]
-    forces, virial = _to_atoms_and_configs(t, b)
+    forces, virial = forces_and_virials(t, b)
     return Rows(energy, forces, virial, local)
 
 
@@ -169,6 +169,6 @@ def predict_mean(
         return jax.grad(lambda d: jnp.sum(u_p * pair_expansion(spec, d)))(d)
 
     grad = jax.vmap(pair_grad)(b["D"], u)  # (P, 3) dE/dD_p
-    forces, virial = _to_atoms_and_configs(grad, b)
+    forces, virial = forces_and_virials(grad, b)
     energy_c = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
     return Mean(local, energy_c, forces, virial)

@@ -1,9 +1,10 @@
 """The estimator: ``GAP(...).fit(frames)`` orchestrates a streamed sparse-GP fit.
 
 Stages (each timed, with progress bars): read and validate data -> e0 -> SOAP of every
-environment -> sparse points -> per chunk of configurations, kernel rows of energies,
-forces and virials folded into the QR -> weights and posterior factors -> training
-errors. Peak memory is O(M^2 + chunk) plus the (n_env, F) descriptor matrix.
+environment and 2-body distances -> sparse points of each term -> per chunk of
+configurations, kernel rows of energies, forces and virials folded into the QR ->
+weights and posterior factors -> training errors. Peak memory is O(M^2 + chunk) plus
+the (n_env, F) descriptor matrix.
 """
 
 from __future__ import annotations
@@ -21,25 +22,29 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from gapfit import __version__
-from gapfit.blocks import batch_arrays, descriptors_jit, design_rows
+from gapfit import __version__, gapstring
+from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.data import Frame, LabelKeys, Sigmas, fit_e0, frames_from_atoms, read_frames
+from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
 from gapfit.errors import GapfitError
-from gapfit.gapstring import parse_soap
-from gapfit.kernels import DotProductKernel, kernel_block, normalise
+from gapfit.kernels import DotProductKernel, normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import make_batch
 from gapfit.report import error_table
 from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import finish, fold, start
 from gapfit.sparsify import select_sparse
+from gapfit.terms import PairTerm, SoapTerm, Term
 
 
 class GAP:
-    """Sparse GAP on SOAP, scikit-learn style: settings here, ``fit(frames)``.
+    """Sparse GAP (2-body + SOAP), scikit-learn style: settings here, ``fit(frames)``.
 
     Args:
-        soap: gap_fit-style SOAP string or mapping (see ``gapstring.SOAP_DEFAULTS``).
+        soap: gap_fit-style SOAP string or mapping (see ``gapstring.SOAP_DEFAULTS``);
+            None means SOAP defaults, or no SOAP term when ``distance_2b`` is given.
+        distance_2b: gap_fit-style 2-body string or mapping (``DISTANCE_2B_DEFAULTS``);
+            None: no 2-body term.
         default_sigma: (energy eV/atom, force eV/Å, virial eV/atom[, hessian ignored]).
         config_type_sigma: config_type -> (energy, force, virial) sigmas.
         sigma_per_atom: energy/virial sigmas are per atom (gap_fit default T).
@@ -56,6 +61,7 @@ class GAP:
     def __init__(
         self,
         soap: str | Mapping[str, Any] | None = None,
+        distance_2b: str | Mapping[str, Any] | None = None,
         default_sigma: Sequence[float] = (0.001, 0.05, 0.05, 0.0),
         config_type_sigma: Mapping[str, Sequence[float]] | None = None,
         sigma_per_atom: bool = True,
@@ -68,6 +74,7 @@ class GAP:
         progress: bool = False,
     ) -> None:
         self.soap = soap
+        self.distance_2b = distance_2b
         self.default_sigma = default_sigma
         self.config_type_sigma = config_type_sigma
         self.sigma_per_atom = sigma_per_atom
@@ -84,61 +91,52 @@ class GAP:
         """Fit to labelled frames (a file path, ASE Atoms or ``Frame`` objects)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        soap, pair = self._settings()
         frames = self._frames(frames)
-        settings = parse_soap(self.soap)
         sigmas = self._sigmas()
-        species = sorted({int(z) for f in frames for z in f.numbers})
-        e0 = fit_e0(
-            frames,
-            "explicit" if self.e0_method == "explicit" else self.e0_method,
-            species,
-            self.e0,
-        )
-        spec = SoapSpec(
-            species=tuple(species),
-            cutoff=settings["cutoff"],
-            n_max=settings["n_max"],
-            l_max=settings["l_max"],
-            atom_sigma=settings["atom_sigma"],
-            weighting=settings["weighting"],
-            cutoff_transition_width=settings["cutoff_transition_width"],
-            poly_r0=settings["poly_r0"],
-            poly_c=settings["poly_c"],
-            poly_m=settings["poly_m"],
-        )
-        kernel = DotProductKernel(settings["delta"], settings["zeta"])
+        species = tuple(sorted({int(z) for f in frames for z in f.numbers}))
+        method = "explicit" if self.e0_method == "explicit" else self.e0_method
+        e0 = fit_e0(frames, method, species, self.e0)
+        specs = _specs(soap, pair, species)
+        cutoff = max(s.neighbour_cutoff for s, _ in specs.values())
         timings["read"] = time.perf_counter() - t0
 
         chunks = chunk_indices([len(f.numbers) for f in frames], self.chunk_atoms)
         t0 = time.perf_counter()
-        X, Z = self._descriptors(spec, frames, chunks)
+        X, Z, r, t = self._descriptors(specs, frames, chunks, cutoff)
         timings["descriptors"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        idx = select_sparse(
-            X, Z, settings["n_sparse"], settings["sparse_method"], self.rnd_seed
-        )
-        Z_hat, _ = normalise(jnp.asarray(X[idx]))
-        Z_species = jnp.asarray(Z[idx])
-        K_mm = kernel_block(kernel, Z_hat, Z_species, Z_hat, Z_species)
+        terms: list[Term] = []
+        if "distance_2b" in specs:
+            spec, kernel = specs["distance_2b"]
+            Z_r, Z_t = pair_sparse_points(spec, r, t, pair["n_sparse"])
+            terms.append(PairTerm(spec, kernel, Z_r, Z_t))
+        if "soap" in specs:
+            spec, kernel = specs["soap"]
+            idx = select_sparse(
+                X, Z, soap["n_sparse"], soap["sparse_method"], self.rnd_seed
+            )
+            X_hat, _ = normalise(jnp.asarray(X[idx]))
+            terms.append(SoapTerm(spec, kernel, np.asarray(X_hat), Z[idx]))
+        K_mm = jax.scipy.linalg.block_diag(*(term.K_mm() for term in terms))
         timings["sparsify"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        model = Model(tuple(terms), species, None, e0)
         R_aug = start(K_mm, self.sparse_jitter)
         for chunk in tqdm(
             chunks, desc="kernel rows + QR", unit="chunk", disable=not self.progress
         ):
             sel = [frames[k] for k in chunk]
-            batch = make_batch(
-                sel, species, spec.neighbour_cutoff, [f.where for f in sel]
-            )
-            rows = design_rows(spec, kernel, Z_hat, Z_species, batch_arrays(batch))
+            batch = make_batch(sel, species, cutoff, [f.where for f in sel])
+            rows = model.rows(batch_arrays(batch))
             A, b = _scaled_rows(rows, batch, sel, sigmas, e0, species)
             R_aug = fold(R_aug, A, b)
-        post = finish(R_aug, K_mm, self.sparse_jitter)
+        model.posterior = finish(R_aug, K_mm, self.sparse_jitter)
         timings["solve"] = time.perf_counter() - t0
 
-        info = {
+        model.info = {
             "gapfit_version": __version__,
             "versions": {
                 "jax": jax.__version__,
@@ -147,7 +145,8 @@ class GAP:
                 "python": platform.python_version(),
             },
             "settings": {
-                **settings,
+                "soap": soap,
+                "distance_2b": pair,
                 "default_sigma": list(self.default_sigma),
                 "config_type_sigma": {
                     k: list(v) for k, v in (self.config_type_sigma or {}).items()
@@ -158,23 +157,18 @@ class GAP:
                 "rnd_seed": self.rnd_seed,
             },
             "data": _data_summary(frames),
-            "n_sparse": {
-                str(z): int((np.asarray(Z_species) == k).sum())
-                for k, z in enumerate(species)
-            },
+            "n_sparse": {term.name: term.sparse_counts() for term in terms},
         }
-        self.model_ = Model(
-            spec, kernel, np.asarray(Z_hat), np.asarray(Z_species), post, e0, info
-        )
+        self.model_ = model
         t0 = time.perf_counter()
-        preds = self.model_.predict(
+        preds = model.predict(
             frames, wheres=[f.where for f in frames], batch_atoms=self.chunk_atoms * 4
         )
         self.training_errors_ = error_table(frames, preds)
         timings["training_errors"] = time.perf_counter() - t0
         self.timings_ = timings
-        self.model_.info["timings_s"] = timings
-        self.model_.info["training_errors"] = self.training_errors_
+        model.info["timings_s"] = timings
+        model.info["training_errors"] = self.training_errors_
         return self
 
     def save(self, path: str | os.PathLike) -> None:
@@ -217,22 +211,92 @@ class GAP:
             float(ds[0]), float(ds[1]), float(ds[2]), per_type, self.sigma_per_atom
         )
 
+    def _settings(self) -> tuple[dict | None, dict | None]:
+        """Validated SOAP and 2-body settings (None for an absent term)."""
+        pair = (
+            None
+            if self.distance_2b is None
+            else gapstring.parse_distance_2b(self.distance_2b)
+        )
+        soap = (
+            None
+            if (self.soap is None and pair is not None)
+            else gapstring.parse_soap(self.soap)
+        )
+        return soap, pair
+
     def _descriptors(
-        self, spec: SoapSpec, frames: Sequence[Frame], chunks: list[list[int]]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment."""
-        X, Z = [], []
+        self,
+        specs: dict,
+        frames: Sequence[Frame],
+        chunks: list[list[int]],
+        cutoff: float,
+    ) -> tuple[np.ndarray, ...]:
+        """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment, and
+        the distances and pair types of every pair within the 2-body cutoff."""
+        X, Z, r, t = (
+            [np.zeros((0, 0))],
+            [np.zeros(0, np.int64)],
+            [np.zeros(0)],
+            [np.zeros(0, np.int64)],
+        )
         for chunk in tqdm(
             chunks, desc="descriptors", unit="chunk", disable=not self.progress
         ):
             sel = [frames[k] for k in chunk]
-            batch = make_batch(
-                sel, spec.species, spec.neighbour_cutoff, [f.where for f in sel]
-            )
-            real = batch.atom_mask > 0
-            X.append(np.asarray(descriptors_jit(spec, batch_arrays(batch)))[real])
-            Z.append(batch.species[real])
-        return np.concatenate(X), np.concatenate(Z)
+            species = next(iter(specs.values()))[0].species
+            batch = make_batch(sel, species, cutoff, [f.where for f in sel])
+            if "soap" in specs:
+                real = batch.atom_mask > 0
+                X.append(
+                    np.asarray(descriptors_jit(specs["soap"][0], batch_arrays(batch)))[
+                        real
+                    ]
+                )
+                Z.append(batch.species[real])
+            if "distance_2b" in specs:
+                keep = (batch.canonical * batch.pair_mask) > 0
+                r.append(np.linalg.norm(batch.D[keep], axis=1))
+                t.append(
+                    pair_type(
+                        batch.species[batch.centre[keep]],
+                        batch.neighbour_species[keep],
+                        len(species),
+                    )
+                )
+        return (
+            np.concatenate(X[1:]) if len(X) > 1 else X[0],
+            np.concatenate(Z),
+            np.concatenate(r),
+            np.concatenate(t),
+        )
+
+
+def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> dict:
+    """``{term name: (descriptor spec, kernel)}`` from validated settings."""
+    specs: dict = {}
+    if pair is not None:
+        specs["distance_2b"] = (
+            PairSpec(species, pair["cutoff"], pair["cutoff_transition_width"]),
+            SEKernel(pair["delta"], pair["theta_uniform"]),
+        )
+    if soap is not None:
+        specs["soap"] = (
+            SoapSpec(
+                species=species,
+                cutoff=soap["cutoff"],
+                n_max=soap["n_max"],
+                l_max=soap["l_max"],
+                atom_sigma=soap["atom_sigma"],
+                weighting=soap["weighting"],
+                cutoff_transition_width=soap["cutoff_transition_width"],
+                poly_r0=soap["poly_r0"],
+                poly_c=soap["poly_c"],
+                poly_m=soap["poly_m"],
+            ),
+            DotProductKernel(soap["delta"], soap["zeta"]),
+        )
+    return specs
 
 
 def _scaled_rows(

@@ -1,10 +1,12 @@
 """A fitted GAP: arrays plus a JSON description, saved as one ``.npz`` (no pickle).
 
-File members: ``meta`` (JSON text: format, version, package versions, descriptor and
-kernel settings, sigmas, e0, species, units, training-data hash and summary),
-``sparse_X (M, F)`` unit SOAP vectors, ``sparse_species (M,)`` species indices,
-``weights (M,)``, ``L_mm (M, M)``, ``R (M, M)``. Loading validates keys, shapes,
-dtypes, finiteness and the format version.
+File members: ``meta`` (JSON text: format, version, package versions, the terms'
+descriptor and kernel settings, sigmas, e0, species, units, training-data hash and
+summary), each term's sparse points as ``<term>.<array>`` (``soap.sparse_X (M, F)``,
+``soap.sparse_species``, ``distance_2b.sparse_r``, ``distance_2b.sparse_type``), and
+the posterior: ``weights (M,)``, ``L_mm (M, M)``, ``R (M, M)`` over all terms' sparse
+points in term order. Loading validates keys, shapes, dtypes, finiteness and the
+format version.
 """
 
 from __future__ import annotations
@@ -19,30 +21,28 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gapfit.blocks import batch_arrays, predict_mean
+from gapfit.blocks import Mean, Rows, batch_arrays
 from gapfit.errors import GapfitError
-from gapfit.kernels import DotProductKernel
-from gapfit.neighbours import Structure, incoming, make_batch
-from gapfit.soap import SoapSpec
+from gapfit.neighbours import Batch, Structure, incoming, make_batch
 from gapfit.sparse_gp import Posterior, VarianceFactors, variance_factors
-from gapfit.variance import predict_std
+from gapfit.terms import TERM_TYPES, Term
+from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
 FORMAT_VERSION = 1
-ARRAYS = ("sparse_X", "sparse_species", "weights", "L_mm", "R")
+POSTERIOR = ("weights", "L_mm", "R")
 
 
 @dataclass
 class Model:
-    """A fitted sparse GP on SOAP; ``predict`` gives E, F, virial/stress and stds."""
+    """A fitted sparse GAP (a sum of terms); ``predict`` gives E, F, stress and stds."""
 
-    spec: SoapSpec
-    kernel: DotProductKernel
-    sparse_X: np.ndarray  # (M, F) unit SOAP vectors
-    sparse_species: np.ndarray  # (M,) species index into spec.species
+    terms: tuple[Term, ...]
+    species: tuple[int, ...]  # sorted atomic numbers
     posterior: Posterior
     e0: dict[int, float]  # eV per species
     info: dict = field(default_factory=dict)  # sigmas, settings, data summary
@@ -52,8 +52,42 @@ class Model:
         return variance_factors(self.posterior)
 
     @property
-    def species(self) -> tuple[int, ...]:
-        return self.spec.species
+    def neighbour_cutoff(self) -> float:
+        return max(t.neighbour_cutoff for t in self.terms)
+
+    def term(self, name: str) -> Term | None:
+        """The term called ``name`` ("soap", "distance_2b"), or None."""
+        return next((t for t in self.terms if t.name == name), None)
+
+    def _weights(self) -> list[jax.Array]:
+        bounds = np.cumsum([0] + [t.n_sparse for t in self.terms])
+        w = self.posterior.weights
+        return [w[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def rows(self, b: dict) -> Rows:
+        """Kernel rows of all terms, concatenated along the sparse axis."""
+        parts = [t.rows(b) for t in self.terms]
+        return Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*parts, strict=True)))
+
+    def mean(self, b: dict) -> Mean:
+        """Sum of the terms' predicted means (without e0)."""
+        parts = [t.mean(w, b) for t, w in zip(self.terms, self._weights(), strict=True)]
+        return Mean(*(sum(x[1:], x[0]) for x in zip(*parts, strict=True)))
+
+    def std(self, batch: Batch, b: dict) -> Std:
+        """DTC standard deviations (all terms) of a one-configuration batch."""
+        inc = jnp.asarray(incoming(batch))
+        parts = [t.rows_and_priors(b, inc) for t in self.terms]
+        rows = Rows(
+            *(
+                jnp.concatenate(x, axis=-1)
+                for x in zip(*[p[0] for p in parts], strict=True)
+            )
+        )
+        priors = Std(
+            *(sum(x[1:], x[0]) for x in zip(*[p[1] for p in parts], strict=True))
+        )
+        return combine_std(rows, priors, self.factors)
 
     def predict(
         self,
@@ -75,37 +109,15 @@ class Model:
         )
         out: list[dict] = []
         # std needs per-config Gram matrices, so one configuration per batch there
-        groups = chunk_indices(
-            [len(s.numbers) for s in structures], 1 if std else batch_atoms
-        )
-        for g in groups:
+        sizes = [len(s.numbers) for s in structures]
+        for g in chunk_indices(sizes, 1 if std else batch_atoms):
             sel = [structures[k] for k in g]
             batch = make_batch(
-                sel, self.species, self.spec.neighbour_cutoff, [wheres[k] for k in g]
+                sel, self.species, self.neighbour_cutoff, [wheres[k] for k in g]
             )
             b = batch_arrays(batch)
-            mean = predict_mean(
-                self.spec,
-                self.kernel,
-                jnp.asarray(self.sparse_X),
-                jnp.asarray(self.sparse_species),
-                jnp.asarray(self.posterior.weights),
-                b,
-            )
-            sd = (
-                predict_std(
-                    self.spec,
-                    self.kernel,
-                    jnp.asarray(self.sparse_X),
-                    jnp.asarray(self.sparse_species),
-                    self.factors,
-                    b,
-                    jnp.asarray(incoming(batch)),
-                )
-                if std
-                else None
-            )
-            out.extend(self._unpack(sel, batch, mean, sd))
+            sd = self.std(batch, b) if std else None
+            out.extend(self._unpack(sel, batch, self.mean(b), sd))
         return out
 
     def _unpack(self, sel, batch, mean, sd) -> list[dict]:
@@ -115,13 +127,11 @@ class Model:
             n = len(s.numbers)
             at = slice(a0, a0 + n)
             local = np.asarray(mean.local_energy[at]) + e0[batch.species[at]]
-            W = _full(np.asarray(mean.virial[c]))
             r = {
                 "energy": float(local.sum()),
                 "energies": local,
-                "free_energy": None,
                 "forces": np.asarray(mean.forces[at]),
-                "virial": W,
+                "virial": _full(np.asarray(mean.virial[c])),
             }
             r["free_energy"] = r["energy"]
             volume = _volume(s)
@@ -144,12 +154,8 @@ class Model:
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "soap": self.spec.to_dict(),
-            "kernel": {
-                "type": "dot_product",
-                "delta": self.kernel.delta,
-                "zeta": self.kernel.zeta,
-            },
+            "species": list(self.species),
+            "terms": [{"name": t.name, **t.meta()} for t in self.terms],
             "e0": {str(z): v for z, v in self.e0.items()},
             "units": {
                 "energy": "eV",
@@ -160,13 +166,8 @@ class Model:
             },
             **self.info,
         }
-        arrays = {
-            "sparse_X": self.sparse_X,
-            "sparse_species": self.sparse_species,
-            "weights": np.asarray(self.posterior.weights),
-            "L_mm": np.asarray(self.posterior.L_mm),
-            "R": np.asarray(self.posterior.R),
-        }
+        arrays = {f"{t.name}.{k}": v for t in self.terms for k, v in t.arrays().items()}
+        arrays.update({k: np.asarray(getattr(self.posterior, k)) for k in POSTERIOR})
         buf = io.BytesIO()
         np.savez(buf, meta=np.array(json.dumps(meta, indent=1)), **arrays)
         atomic_write(path, buf.getvalue())
@@ -186,8 +187,7 @@ class Model:
             raise GapfitError(
                 f"{path} is not a readable gapfit model (not a complete .npz "
                 "archive of plain arrays); it may be truncated or another program's "
-                "file: refit or "
-                "copy it again."
+                "file: refit or copy it again."
             ) from err
         if "meta" not in members:
             raise GapfitError(f"{path} has no 'meta' member: not a gapfit model.")
@@ -207,56 +207,45 @@ class Model:
                 f"{path} has model format version {version}, newer than this gapfit "
                 f"reads ({FORMAT_VERSION}); upgrade gapfit (pip install -U gapfit)."
             )
-        missing = [k for k in ARRAYS if k not in members]
-        if missing:
-            raise GapfitError(
-                f"{path} lacks arrays {missing}; the file is corrupt, refit."
-            )
+        for name, arr in members.items():
+            if name != "meta" and (
+                arr.dtype.kind not in "if"
+                or (arr.dtype.kind == "f" and not np.isfinite(arr).all())
+            ):
+                raise GapfitError(f"{path}: {name} is not finite numeric data; refit.")
         try:
-            spec = SoapSpec(**meta["soap"])
-            kernel = DotProductKernel(meta["kernel"]["delta"], meta["kernel"]["zeta"])
+            terms = []
+            for tm in meta["terms"]:
+                prefix = tm["name"] + "."
+                arrays = {
+                    k[len(prefix) :]: v
+                    for k, v in members.items()
+                    if k.startswith(prefix)
+                }
+                terms.append(TERM_TYPES[tm["name"]].load(tm, arrays))
+            species = tuple(int(z) for z in meta["species"])
             e0 = {int(z): float(v) for z, v in meta["e0"].items()}
+            w, L, R = (members[k] for k in POSTERIOR)
         except (KeyError, TypeError) as err:
             raise GapfitError(
-                f"{path}: metadata lacks {err}; the file is corrupt, refit."
+                f"{path}: lacks {err}; corrupt or not a gapfit model, refit."
             ) from err
-        X, s, w, L, R = (members[k] for k in ARRAYS)
-        M = w.shape[0] if w.ndim == 1 else -1
-        shapes = {
-            "sparse_X": (X.shape, (M, spec.n_features)),
-            "sparse_species": (s.shape, (M,)),
-            "L_mm": (L.shape, (M, M)),
-            "R": (R.shape, (M, M)),
-        }
-        for name, (got, want) in shapes.items():
-            if got != want:
+        M = sum(t.n_sparse for t in terms)
+        for name, arr, want in (
+            ("weights", w, (M,)),
+            ("L_mm", L, (M, M)),
+            ("R", R, (M, M)),
+        ):
+            if arr.shape != want:
                 raise GapfitError(
-                    f"{path}: {name} has shape {got}, expected {want}; refit."
+                    f"{path}: {name} has shape {arr.shape}, expected {want}; refit."
                 )
-        for name, arr in zip(ARRAYS, (X, s, w, L, R), strict=True):
-            kind = "i" if name == "sparse_species" else "f"
-            if arr.dtype.kind != kind or (kind == "f" and not np.isfinite(arr).all()):
-                raise GapfitError(
-                    f"{path}: {name} is not finite {kind}-typed data; refit."
-                )
-        if set(e0) != set(spec.species):
-            raise GapfitError(
-                f"{path}: e0 species {sorted(e0)} differ from {spec.species}."
-            )
-        info = {
-            k: v
-            for k, v in meta.items()
-            if k not in ("format", "format_version", "soap", "kernel", "e0", "units")
-        }
-        return cls(
-            spec,
-            kernel,
-            X,
-            s,
-            Posterior(jnp.asarray(w), jnp.asarray(L), jnp.asarray(R)),
-            e0,
-            info,
-        )
+        if set(e0) != set(species):
+            raise GapfitError(f"{path}: e0 species {sorted(e0)} differ from {species}.")
+        skip = ("format", "format_version", "species", "terms", "e0", "units")
+        info = {k: v for k, v in meta.items() if k not in skip}
+        post = Posterior(jnp.asarray(w), jnp.asarray(L), jnp.asarray(R))
+        return cls(tuple(terms), species, post, e0, info)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

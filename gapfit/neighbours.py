@@ -33,6 +33,7 @@ class Batch(NamedTuple):
     neighbour: np.ndarray  # (P,) atom index j of each pair
     neighbour_species: np.ndarray  # (P,) species index of j
     pair_mask: np.ndarray  # (P,) 1 real, 0 padding
+    canonical: np.ndarray  # (P,) 1 for one direction of each i-j pair (pair terms)
     pair_config: np.ndarray  # (P,) configuration index
     species: np.ndarray  # (A,) species index of each atom
     atom_mask: np.ndarray  # (A,) 1 real, 0 padding
@@ -146,6 +147,7 @@ def make_batch(
         neighbour=np.full(P, A - 1),
         neighbour_species=np.zeros(P, np.int64),
         pair_mask=np.zeros(P),
+        canonical=np.zeros(P),
         pair_config=np.full(P, C - 1),
         species=np.zeros(A, np.int64),
         atom_mask=np.zeros(A),
@@ -163,11 +165,19 @@ def make_batch(
         b.D[sl], b.centre[sl], b.neighbour[sl] = D, i, j
         b.neighbour_species[sl] = b.species[j]
         b.pair_mask[sl] = 1.0
+        b.canonical[sl] = _canonical(i, j, D)
         b.pair_config[sl] = c
         a0, p0 = a0 + na, p0 + npair
     b.config_mask[: len(parts)] = 1.0
     b.n_atoms[: len(parts)] = n_atoms
     return b
+
+
+def _canonical(i: np.ndarray, j: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """1.0 for exactly one of the two directions (i->j, j->i) of every pair: i < j, or
+    for periodic self-images the direction whose first non-zero component is > 0."""
+    first = np.take_along_axis(D, np.argmax(np.abs(D) > 1e-12, axis=1)[:, None], 1)
+    return ((i < j) | ((i == j) & (first[:, 0] > 0))).astype(float)
 
 
 def incoming(batch: Batch) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gapfit.blocks import VOIGT, rows_from_soap
+from gapfit.blocks import VOIGT, Rows, rows_from_soap
 from gapfit.kernels import DotProductKernel, normalise, same_species
 from gapfit.soap import SoapSpec, soap_and_pair_derivatives
 from gapfit.sparse_gp import VarianceFactors, dtc_variance
@@ -116,32 +116,39 @@ def prior_energy_variance(
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def predict_std(
+def soap_rows_and_priors(
     spec: SoapSpec,
     kernel: DotProductKernel,
     Z_hat: jax.Array,
     Z_species: jax.Array,
-    factors: VarianceFactors,
     b: dict,
     incoming: jax.Array,
-) -> Std:
-    """DTC predictive stds of local energies, energies, forces and virials."""
+) -> tuple[Rows, Std]:
+    """Kernel rows and prior variances (``Std`` fields hold variances here) of the
+    SOAP term for one batch."""
     p, dP = soap_and_pair_derivatives(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
     )
     rows = rows_from_soap(kernel, p, dP, Z_hat, Z_species, b)
     p_hat, norm = normalise(p)
-    local_prior = kernel.delta**2 * b["atom_mask"]
-    var = Std(
-        dtc_variance(local_prior, rows.local, factors),
-        dtc_variance(prior_energy_variance(kernel, p_hat, b), rows.energy, factors),
-        dtc_variance(
-            prior_force_variance(kernel, p_hat, norm, dP, b, incoming),
-            rows.forces,
-            factors,
-        ),
-        dtc_variance(
-            prior_virial_variance(kernel, p_hat, norm, dP, b), rows.virial, factors
-        ),
+    priors = Std(
+        kernel.delta**2 * b["atom_mask"],
+        prior_energy_variance(kernel, p_hat, b),
+        prior_force_variance(kernel, p_hat, norm, dP, b, incoming),
+        prior_virial_variance(kernel, p_hat, norm, dP, b),
     )
-    return Std(*(jnp.sqrt(v) for v in var))
+    return rows, priors
+
+
+@jax.jit
+def combine_std(rows: Rows, priors: Std, factors: VarianceFactors) -> Std:
+    """DTC stds from the rows of all terms (concatenated along M, in weight order) and
+    the summed prior variances of the terms (independent GPs)."""
+    return Std(
+        *(
+            jnp.sqrt(dtc_variance(prior, k, factors))
+            for prior, k in zip(
+                priors, (rows.local, rows.energy, rows.forces, rows.virial), strict=True
+            )
+        )
+    )

@@ -1,10 +1,11 @@
 """Sparse GP against an independent dense exact GP, and the streamed QR.
 
 Reference: a dense GP on total energies whose covariances are built by autodiff of
-``sum_{i,i'} k(p_i(r), p_i'(r'))`` with respect to positions and strain (jax.jacrev /
-jacfwd), sharing nothing with ``blocks.py`` / ``variance.py`` but the SOAP function.
-With every training environment a sparse point, DTC equals the exact GP for any
-target that is linear in the local energies (energies, forces, virials).
+``sum_{i,i'} k(x_i(r), x_i'(r'))`` with respect to positions and strain (jax.jacrev /
+jacfwd), sharing nothing with ``blocks.py`` / ``variance.py`` / ``distance_2b`` rows
+and priors but the descriptor (SOAP vectors; pair distances). With every training
+environment a sparse point, DTC equals the exact GP for any target that is linear in
+the local energies (energies, forces, virials). Checked for the SOAP and 2-body terms.
 """
 
 import jax
@@ -15,12 +16,14 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 import gapfit  # noqa: F401  (float64)
-from gapfit.blocks import batch_arrays, descriptors_jit, design_rows, predict_mean
+from gapfit.blocks import batch_arrays, descriptors_jit
+from gapfit.distance_2b import PairSpec, SEKernel, cutoff_function, pair_type
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
-from gapfit.neighbours import incoming, make_batch
+from gapfit.model import Model
+from gapfit.neighbours import make_batch
 from gapfit.soap import SoapSpec, soap
-from gapfit.sparse_gp import finish, fold, start, variance_factors
-from gapfit.variance import predict_std
+from gapfit.sparse_gp import finish, fold, start
+from gapfit.terms import PairTerm, SoapTerm
 
 SPEC = SoapSpec(
     species=(29, 79),
@@ -31,6 +34,8 @@ SPEC = SoapSpec(
     cutoff_transition_width=0.8,
 )
 KERNEL = DotProductKernel(delta=0.7, zeta=2)
+PAIR = PairSpec(species=(29, 79), cutoff=3.2, cutoff_transition_width=0.8)
+PAIR_KERNEL = SEKernel(delta=0.3, theta=0.7)
 SIGMA_E = 0.01  # eV, noise on total energies
 JITTER = 1e-12
 
@@ -45,17 +50,27 @@ def _cell(seed: int, a: float = 3.6):
     return at
 
 
-def _env_energy_fn(at):
-    """p_hat(r, strain) of one structure as a differentiable function."""
+def _pairs_with_offsets(at):
     batch = make_batch([at], SPEC.species, SPEC.neighbour_cutoff, pad=False)
     pos0 = at.positions
     offset = batch.D - (pos0[batch.neighbour] - pos0[batch.centre])  # S . cell
 
-    def p_hat(pos, eps):
-        D = (pos[batch.neighbour] - pos[batch.centre] + offset) @ (jnp.eye(3) + eps).T
+    def D_of(pos, eps):
+        return (pos[batch.neighbour] - pos[batch.centre] + offset) @ (
+            jnp.eye(3) + eps
+        ).T
+
+    return batch, D_of
+
+
+def _soap_features(at):
+    """(p_hat, species)(r, strain) of one structure as a differentiable function."""
+    batch, D_of = _pairs_with_offsets(at)
+
+    def features(pos, eps):
         p = soap(
             SPEC,
-            D,
+            D_of(pos, eps),
             jnp.asarray(batch.centre),
             jnp.asarray(batch.neighbour_species),
             jnp.asarray(batch.pair_mask),
@@ -63,13 +78,39 @@ def _env_energy_fn(at):
         )
         return normalise(p)[0], jnp.asarray(batch.species)
 
-    return p_hat
+    return features
 
 
-def _k_total(pa, sa, pb, sb):
+def _soap_k_total(pa, sa, pb, sb):
     return jnp.sum(
         KERNEL.delta**2 * (pa @ pb.T) ** KERNEL.zeta * (sa[:, None] == sb[None, :])
     )
+
+
+def _pair_features(at):
+    """(distances, pair types)(r, strain) of each i-j pair counted once."""
+    batch, D_of = _pairs_with_offsets(at)
+    keep = batch.canonical > 0
+    types = pair_type(batch.species[batch.centre], batch.neighbour_species, 2)[keep]
+
+    def features(pos, eps):
+        return jnp.linalg.norm(D_of(pos, eps)[keep], axis=1), jnp.asarray(types)
+
+    return features
+
+
+def _pair_k_total(ra, ta, rb, tb):
+    k = PAIR_KERNEL.delta**2 * jnp.exp(
+        -((ra[:, None] - rb[None, :]) ** 2) / (2 * PAIR_KERNEL.theta**2)
+    )
+    fc = cutoff_function(PAIR, ra)[:, None] * cutoff_function(PAIR, rb)[None, :]
+    return jnp.sum(k * fc * (ta[:, None] == tb[None, :]))
+
+
+KINDS = {
+    "soap": (_soap_features, _soap_k_total),
+    "distance_2b": (_pair_features, _pair_k_total),
+}
 
 
 def _strain(e):
@@ -83,32 +124,51 @@ def _strain(e):
     )
 
 
-@pytest.fixture(scope="module")
-def setup():
-    train = [_cell(s) for s in range(4)]
-    test = _cell(99, a=3.7)
-    y = np.array([t.get_potential_energy() for t in train])
-    # sparse GP with every training environment a sparse point, energies only
+def _fit_energies(term, train, y):
+    """Sparse GP of one term on total energies only."""
     batch = make_batch(train, SPEC.species, SPEC.neighbour_cutoff)
-    b = batch_arrays(batch)
-    X = np.asarray(descriptors_jit(SPEC, b))[batch.atom_mask > 0]
-    Z_hat, _ = normalise(jnp.asarray(X))
-    Z_s = jnp.asarray(batch.species[batch.atom_mask > 0])
-    K_mm = kernel_block(KERNEL, Z_hat, Z_s, Z_hat, Z_s)
-    rows = design_rows(SPEC, KERNEL, Z_hat, Z_s, b)
+    rows = term.rows(batch_arrays(batch))
     yp = np.zeros(len(batch.config_mask))
     yp[: len(y)] = y
+    K_mm = term.K_mm()
     post = finish(
         fold(start(K_mm, JITTER), rows.energy / SIGMA_E, jnp.asarray(yp) / SIGMA_E),
         K_mm,
         JITTER,
     )
-    return train, test, y, Z_hat, Z_s, post
+    return Model((term,), SPEC.species, post, {29: 0.0, 79: 0.0})
 
 
-def test_sparse_equals_dense_exact_gp(setup):
-    train, test, y, Z_hat, Z_s, post = setup
-    fns = [_env_energy_fn(t) for t in train]
+@pytest.fixture(scope="module")
+def setup():
+    train = [_cell(s) for s in range(4)]
+    test = _cell(99, a=3.7)
+    y = np.array([t.get_potential_energy() for t in train])
+    # every training environment (atom; pair distance) a sparse point
+    batch = make_batch(train, SPEC.species, SPEC.neighbour_cutoff)
+    b = batch_arrays(batch)
+    X = np.asarray(descriptors_jit(SPEC, b))[batch.atom_mask > 0]
+    Z_hat, _ = normalise(jnp.asarray(X))
+    Z_s = batch.species[batch.atom_mask > 0]
+    soap_term = SoapTerm(SPEC, KERNEL, np.asarray(Z_hat), Z_s)
+    keep = batch.canonical > 0
+    r = np.linalg.norm(batch.D[keep], axis=1)
+    t = pair_type(batch.species[batch.centre[keep]], batch.neighbour_species[keep], 2)
+    # equal distances (periodic self-images) are one point of the GP: keep one
+    rt = np.unique(np.stack([np.round(r, 10), t], 1), axis=0)
+    pair_term = PairTerm(PAIR, PAIR_KERNEL, rt[:, 0], rt[:, 1].astype(np.int64))
+    models = {
+        "soap": _fit_energies(soap_term, train, y),
+        "distance_2b": _fit_energies(pair_term, train, y),
+    }
+    return train, test, y, models, Z_hat, Z_s
+
+
+@pytest.mark.parametrize("kind", ["soap", "distance_2b"])
+def test_sparse_equals_dense_exact_gp(setup, kind):
+    train, test, y, models, _, _ = setup
+    feature_fn, _k_total = KINDS[kind]
+    fns = [feature_fn(t) for t in train]
     envs = [
         f(jnp.asarray(t.positions), jnp.zeros((3, 3)))
         for f, t in zip(fns, train, strict=True)
@@ -116,7 +176,7 @@ def test_sparse_equals_dense_exact_gp(setup):
     K = np.array([[_k_total(*a, *b) for b in envs] for a in envs])
     Kinv = np.linalg.inv(K + SIGMA_E**2 * np.eye(len(y)))
 
-    f_test = _env_energy_fn(test)
+    f_test = feature_fn(test)
     pos, e0 = jnp.asarray(test.positions), jnp.zeros(6)
 
     def k_star(pos, e, env):  # cov(E_test(pos, strain), E_train)
@@ -150,18 +210,10 @@ def test_sparse_equals_dense_exact_gp(setup):
         "W": (kW @ Kinv @ y, np.diagonal(hWW) - np.einsum("kn,nm,km->k", kW, Kinv, kW)),
     }
 
+    model = models[kind]
     batch = make_batch([test], SPEC.species, SPEC.neighbour_cutoff)
     b = batch_arrays(batch)
-    mean = predict_mean(SPEC, KERNEL, Z_hat, Z_s, post.weights, b)
-    sd = predict_std(
-        SPEC,
-        KERNEL,
-        Z_hat,
-        Z_s,
-        variance_factors(post),
-        b,
-        jnp.asarray(incoming(batch)),
-    )
+    mean, sd = model.mean(b), model.std(batch, b)
     sparse = {
         "E": (mean.energy[0], sd.energy[0] ** 2),
         "F": (mean.forces[:n], sd.forces[:n] ** 2),
@@ -171,12 +223,12 @@ def test_sparse_equals_dense_exact_gp(setup):
         for what, got, want in zip(("mean", "var"), sparse[q], exact[q], strict=True):
             got, want = np.asarray(got), np.asarray(want)
             err = np.abs(got - want).max() / np.abs(want).max()
-            assert err < 1e-6, f"{q} {what}: relative deviation {err:.2e}"
+            assert err < 1e-6, f"{kind} {q} {what}: relative deviation {err:.2e}"
 
 
 def test_fold_is_independent_of_chunking(setup):
     """Folding rows one at a time gives the same weights as all at once."""
-    _, _, _, Z_hat, Z_s, _ = setup
+    _, _, _, _, Z_hat, Z_s = setup
     rng = np.random.default_rng(3)
     K_mm = kernel_block(KERNEL, Z_hat, Z_s, Z_hat, Z_s)
     A = jnp.asarray(rng.normal(size=(30, K_mm.shape[0])))

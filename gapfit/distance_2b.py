@@ -1,0 +1,258 @@
+"""Two-body term (gap_fit's ``distance_2b`` with ``covariance_type=ard_se``).
+
+Every pair i-j (each counted once, periodic images included) adds the energy
+``u(r) = f_c(r) eps_t(r)`` shared half to each atom, where ``t`` is the unordered
+species pair, ``f_c`` the cosine cutoff (1 below ``cutoff - width``, 0 beyond
+``cutoff``) and ``eps_t`` a GP with the squared-exponential kernel::
+
+    k(r, r') = delta^2 exp(-(r - r')^2 / (2 theta^2))     [t == t']
+
+Sparse points are distances ``z_m`` (uniform over the observed range per pair type),
+so ``u(r) = f_c(r) sum_m w_m k(r, z_m)``; the cutoff multiplies the GP rather than the
+covariance of the sparse points, which keeps ``K_mm`` well conditioned near the cutoff.
+Forces and virials follow from ``du/dD_p = u'(r) D_p / r``
+(``blocks.forces_and_virials``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gapfit.blocks import VOIGT, Mean, Rows, forces_and_virials
+from gapfit.errors import GapfitError
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """2-body settings: sorted ``species``, ``cutoff`` and transition width (Å)."""
+
+    species: tuple[int, ...]
+    cutoff: float = 5.0
+    cutoff_transition_width: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "species", tuple(sorted({int(z) for z in self.species}))
+        )
+        if not (0 < self.cutoff_transition_width <= self.cutoff):
+            raise GapfitError(
+                f"distance_2b cutoff_transition_width={self.cutoff_transition_width} Å "
+                f"must lie in (0, cutoff={self.cutoff}]."
+            )
+
+    @property
+    def neighbour_cutoff(self) -> float:
+        return self.cutoff
+
+    @property
+    def n_types(self) -> int:
+        S = len(self.species)
+        return S * (S + 1) // 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["species"] = list(self.species)
+        return d
+
+
+@dataclass(frozen=True)
+class SEKernel:
+    """Squared-exponential kernel: ``delta`` in eV, length scale ``theta`` in Å."""
+
+    delta: float = 1.0
+    theta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.delta > 0 and self.theta > 0):
+            raise GapfitError(
+                f"distance_2b delta={self.delta} eV and theta_uniform={self.theta} Å "
+                "must both be > 0."
+            )
+
+
+def pair_type(s_i: np.ndarray, s_j: np.ndarray, n_species: int) -> np.ndarray:
+    """Index of the unordered species pair (a <= b) in 0..S(S+1)/2-1."""
+    a, b = np.minimum(s_i, s_j), np.maximum(s_i, s_j)
+    return a * n_species - a * (a - 1) // 2 + (b - a)
+
+
+def cutoff_function(spec: PairSpec, r: jax.Array) -> jax.Array:
+    """Cosine cutoff: 1 below ``cutoff - width``, 0 beyond ``cutoff``."""
+    x = (r - spec.cutoff + spec.cutoff_transition_width) / spec.cutoff_transition_width
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(x, 0.0, 1.0)))
+
+
+def _covariance(
+    spec: PairSpec, kernel: SEKernel, r: jax.Array, r2: jax.Array
+) -> jax.Array:
+    """Prior covariance of the pair energies ``u(r)``, ``u(r2)`` of one pair type."""
+    k = kernel.delta**2 * jnp.exp(-((r - r2) ** 2) / (2 * kernel.theta**2))
+    return cutoff_function(spec, r) * cutoff_function(spec, r2) * k
+
+
+def _geometry(b: dict, n_species: int) -> tuple[jax.Array, ...]:
+    """Distances ``(P,)``, unit vectors ``(P, 3)`` and pair types ``(P,)``."""
+    r = jnp.sqrt(jnp.sum(b["D"] ** 2, axis=1))
+    s_i = b["species"][b["centre"]]
+    s_j = b["neighbour_species"]
+    a, c = jnp.minimum(s_i, s_j), jnp.maximum(s_i, s_j)
+    types = a * n_species - a * (a - 1) // 2 + (c - a)
+    return r, b["D"] / r[:, None], types
+
+
+def _features(spec, kernel, Z_r, Z_t, r, types) -> jax.Array:
+    """``(P, M)``: ``f_c(r_p) k(r_p, z_m) [t_p == t_m]``."""
+    k = kernel.delta**2 * jnp.exp(
+        -((r[:, None] - Z_r[None, :]) ** 2) / (2 * kernel.theta**2)
+    )
+    return cutoff_function(spec, r)[:, None] * k * (types[:, None] == Z_t[None, :])
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def pair_rows(
+    spec: PairSpec, kernel: SEKernel, Z_r: jax.Array, Z_t: jax.Array, b: dict
+) -> Rows:
+    """Kernel rows of energies, forces and virials against sparse distances ``Z_r (M,)``
+    Å of pair types ``Z_t (M,)``."""
+    r, D_hat, types = _geometry(b, len(spec.species))
+    weight = (b["canonical"] * b["pair_mask"])[:, None]
+    phi, dphi = jax.jvp(
+        lambda r: _features(spec, kernel, Z_r, Z_t, r, types), (r,), (jnp.ones_like(r),)
+    )
+    phi, dphi = phi * weight, dphi * weight  # (P, M)
+    A, C = b["species"].shape[0], b["config_mask"].shape[0]
+    local = 0.5 * (
+        jax.ops.segment_sum(phi, b["centre"], A)
+        + jax.ops.segment_sum(phi, b["neighbour"], A)
+    )
+    energy = jax.ops.segment_sum(phi, b["pair_config"], C)
+    forces, virial = forces_and_virials(D_hat[:, :, None] * dphi[:, None, :], b)
+    return Rows(energy, forces, virial, local * b["atom_mask"][:, None])
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def pair_mean(
+    spec: PairSpec,
+    kernel: SEKernel,
+    Z_r: jax.Array,
+    Z_t: jax.Array,
+    weights: jax.Array,
+    b: dict,
+) -> Mean:
+    """Local energies, energies, forces and virials of the 2-body term."""
+    r, D_hat, types = _geometry(b, len(spec.species))
+    weight = b["canonical"] * b["pair_mask"]
+    u, du = jax.jvp(
+        lambda r: _features(spec, kernel, Z_r, Z_t, r, types) @ weights,
+        (r,),
+        (jnp.ones_like(r),),
+    )
+    u, du = u * weight, du * weight  # (P,) eV, eV/Å
+    A, C = b["species"].shape[0], b["config_mask"].shape[0]
+    local = 0.5 * (
+        jax.ops.segment_sum(u, b["centre"], A)
+        + jax.ops.segment_sum(u, b["neighbour"], A)
+    )
+    forces, virial = forces_and_virials(D_hat * du[:, None], b)
+    return Mean(
+        local * b["atom_mask"],
+        jax.ops.segment_sum(u, b["pair_config"], C),
+        forces,
+        virial,
+    )
+
+
+def _d2_covariance(spec, kernel):
+    """``d^2 cov(u(r), u(r')) / dr dr'`` elementwise."""
+    f = jax.grad(jax.grad(lambda r, r2: _covariance(spec, kernel, r, r2), 0), 1)
+    return jnp.vectorize(f)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def pair_priors(
+    spec: PairSpec, kernel: SEKernel, b: dict, incoming: jax.Array
+) -> tuple[jax.Array, ...]:
+    """Prior variances of local energies ``(A,)``, energies ``(C,)``, forces ``(A, 3)``
+    and virials ``(C, 6)`` of the 2-body term (eV^2, eV^2/Å^2)."""
+    r, D_hat, types = _geometry(b, len(spec.species))
+    C = b["config_mask"].shape[0]
+    d2 = _d2_covariance(spec, kernel)
+    # forces: F_a = -sum_{q into a} u'(r_q) D_hat_q over the pairs pointing into a
+    rq, Dq, tq = r[incoming], D_hat[incoming], types[incoming]  # (A, K), (A, K, 3)
+    mq = b["pair_mask"][incoming]
+    same = (tq[:, :, None] == tq[:, None, :]) * mq[:, :, None] * mq[:, None, :]
+    H = d2(rq[:, :, None], rq[:, None, :]) * same  # (A, K, K)
+    forces = jnp.einsum("akx,akl,alx->ax", Dq, H, Dq) * b["atom_mask"][:, None]
+    # local energy of a: half of each pair energy into a
+    cov = _covariance(spec, kernel, rq[:, :, None], rq[:, None, :]) * same
+    local = 0.25 * jnp.sum(cov, axis=(1, 2)) * b["atom_mask"]
+    # energies and virials: double sums over the canonical pairs of each configuration
+    w = b["canonical"] * b["pair_mask"]
+    a_v = jnp.stack([D_hat[:, i] * D_hat[:, j] * r for i, j in VOIGT], axis=1)  # (P, 6)
+    a_v = a_v * w[:, None]
+    P, block = r.shape[0], 256
+    pad = (-P) % block
+
+    def padded(x):
+        return jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+
+    rows = (
+        padded(r).reshape(-1, block),
+        padded(types).reshape(-1, block),
+        padded(w).reshape(-1, block),
+        padded(b["pair_config"]).reshape(-1, block),
+        padded(a_v).reshape(-1, block, 6),
+    )
+
+    def one_block(args):
+        rb, tb, wb, cb, ab = args
+        mask = (tb[:, None] == types[None, :]) * (
+            cb[:, None] == b["pair_config"][None, :]
+        )
+        mask = mask * wb[:, None] * w[None, :]
+        e = jnp.sum(_covariance(spec, kernel, rb[:, None], r[None, :]) * mask, axis=1)
+        v = ab * ((d2(rb[:, None], r[None, :]) * mask) @ a_v)  # (block, 6)
+        return e, v
+
+    e, v = jax.lax.map(one_block, rows)
+    cfg = padded(b["pair_config"])
+    energy = jax.ops.segment_sum(e.reshape(-1), cfg, C)
+    virial = jax.ops.segment_sum(v.reshape(-1, 6), cfg, C)
+    return local, energy, forces, virial
+
+
+def pair_sparse_points(
+    spec: PairSpec, r: np.ndarray, types: np.ndarray, n_sparse: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_sparse`` distances per pair type, uniform over the observed range (gap_fit's
+    ``sparse_method=uniform``); types with no pair inside the cutoff get none."""
+    Z_r, Z_t = [], []
+    for t in range(spec.n_types):
+        rt = r[(types == t) & (r < spec.cutoff)]
+        if rt.size == 0:
+            continue
+        Z_r.append(
+            np.linspace(rt.min(), rt.max(), n_sparse) if rt.max() > rt.min() else rt[:1]
+        )
+        Z_t.append(np.full(len(Z_r[-1]), t))
+    if not Z_r:
+        raise GapfitError(
+            f"distance_2b: no pair of atoms closer than cutoff={spec.cutoff} Å in the "
+            "training data; raise the cutoff or drop the 2-body term."
+        )
+    return np.concatenate(Z_r), np.concatenate(Z_t).astype(np.int64)
+
+
+def pair_kernel_block(
+    kernel: SEKernel, r: jax.Array, t: jax.Array, r2: jax.Array, t2: jax.Array
+) -> jax.Array:
+    """``K (n, m) = delta^2 exp(-(r - r2)^2 / 2 theta^2) [t == t2]`` (no cutoff)."""
+    k = kernel.delta**2 * jnp.exp(
+        -((r[:, None] - r2[None, :]) ** 2) / (2 * kernel.theta**2)
+    )
+    return k * (t[:, None] == t2[None, :])

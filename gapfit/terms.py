@@ -1,0 +1,177 @@
+"""Terms of a GAP: each a descriptor, a kernel and its sparse points.
+
+The model energy is the sum of the terms' local energies; the terms are independent
+GPs, so their kernel rows are concatenated along the sparse axis, ``K_mm`` is block
+diagonal and prior variances add. Every term offers the same small interface:
+``K_mm``, ``rows`` (fit), ``mean`` (predict), ``rows_and_priors`` (std), and
+``meta`` / ``arrays`` / ``load`` for the model file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.data import chemical_symbols
+
+from gapfit.blocks import Mean, Rows, design_rows, predict_mean
+from gapfit.distance_2b import (
+    PairSpec,
+    SEKernel,
+    pair_kernel_block,
+    pair_mean,
+    pair_priors,
+    pair_rows,
+)
+from gapfit.kernels import DotProductKernel, kernel_block
+from gapfit.soap import SoapSpec
+from gapfit.variance import Std, soap_rows_and_priors
+
+
+@dataclass(frozen=True, eq=False)
+class SoapTerm:
+    """SOAP + normalised dot-product kernel; sparse points are unit SOAP vectors."""
+
+    spec: SoapSpec
+    kernel: DotProductKernel
+    sparse_X: np.ndarray  # (M, F) unit SOAP vectors
+    sparse_species: np.ndarray  # (M,) species index
+
+    name = "soap"
+
+    @property
+    def n_sparse(self) -> int:
+        return len(self.sparse_species)
+
+    @property
+    def neighbour_cutoff(self) -> float:
+        return self.spec.neighbour_cutoff
+
+    def _z(self) -> tuple[jax.Array, jax.Array]:
+        return jnp.asarray(self.sparse_X), jnp.asarray(self.sparse_species)
+
+    def K_mm(self) -> jax.Array:
+        X, s = self._z()
+        return kernel_block(self.kernel, X, s, X, s)
+
+    def rows(self, b: dict) -> Rows:
+        return design_rows(self.spec, self.kernel, *self._z(), b)
+
+    def mean(self, weights: jax.Array, b: dict) -> Mean:
+        return predict_mean(self.spec, self.kernel, *self._z(), weights, b)
+
+    def rows_and_priors(self, b: dict, incoming: jax.Array) -> tuple[Rows, Std]:
+        return soap_rows_and_priors(self.spec, self.kernel, *self._z(), b, incoming)
+
+    def meta(self) -> dict:
+        return {
+            "descriptor": self.spec.to_dict(),
+            "kernel": {
+                "type": "dot_product",
+                "delta": self.kernel.delta,
+                "zeta": self.kernel.zeta,
+            },
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"sparse_X": self.sparse_X, "sparse_species": self.sparse_species}
+
+    def sparse_counts(self) -> dict[str, int]:
+        """Sparse points per central element, e.g. ``{"Cu": 500}``."""
+        counts = np.bincount(self.sparse_species, minlength=len(self.spec.species))
+        return {
+            chemical_symbols[z]: int(n)
+            for z, n in zip(self.spec.species, counts, strict=True)
+        }
+
+    @classmethod
+    def load(cls, meta: dict, arrays: dict[str, np.ndarray]) -> SoapTerm:
+        spec = SoapSpec(**meta["descriptor"])
+        kernel = DotProductKernel(meta["kernel"]["delta"], meta["kernel"]["zeta"])
+        X, s = arrays["sparse_X"], arrays["sparse_species"]
+        _check(X.shape == (len(s), spec.n_features), f"sparse_X shape {X.shape}")
+        return cls(spec, kernel, X, s)
+
+
+@dataclass(frozen=True, eq=False)
+class PairTerm:
+    """2-body distances + squared-exponential kernel; sparse points are distances."""
+
+    spec: PairSpec
+    kernel: SEKernel
+    sparse_r: np.ndarray  # (M,) Å
+    sparse_type: np.ndarray  # (M,) unordered species-pair index
+
+    name = "distance_2b"
+
+    @property
+    def n_sparse(self) -> int:
+        return len(self.sparse_r)
+
+    @property
+    def neighbour_cutoff(self) -> float:
+        return self.spec.neighbour_cutoff
+
+    def _z(self) -> tuple[jax.Array, jax.Array]:
+        return jnp.asarray(self.sparse_r), jnp.asarray(self.sparse_type)
+
+    def K_mm(self) -> jax.Array:
+        r, t = self._z()
+        return pair_kernel_block(self.kernel, r, t, r, t)
+
+    def rows(self, b: dict) -> Rows:
+        return pair_rows(self.spec, self.kernel, *self._z(), b)
+
+    def mean(self, weights: jax.Array, b: dict) -> Mean:
+        return pair_mean(self.spec, self.kernel, *self._z(), weights, b)
+
+    def rows_and_priors(self, b: dict, incoming: jax.Array) -> tuple[Rows, Std]:
+        rows = self.rows(b)
+        return rows, Std(*pair_priors(self.spec, self.kernel, b, incoming))
+
+    def meta(self) -> dict:
+        return {
+            "descriptor": self.spec.to_dict(),
+            "kernel": {
+                "type": "ard_se",
+                "delta": self.kernel.delta,
+                "theta": self.kernel.theta,
+            },
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"sparse_r": self.sparse_r, "sparse_type": self.sparse_type}
+
+    def sparse_counts(self) -> dict[str, int]:
+        """Sparse points per element pair, e.g. ``{"Cu-Au": 20}``."""
+        sp = self.spec.species
+        names = [
+            f"{chemical_symbols[sp[a]]}-{chemical_symbols[sp[b]]}"
+            for a in range(len(sp))
+            for b in range(a, len(sp))
+        ]
+        counts = np.bincount(self.sparse_type, minlength=len(names))
+        return {n: int(c) for n, c in zip(names, counts, strict=True) if c}
+
+    @classmethod
+    def load(cls, meta: dict, arrays: dict[str, np.ndarray]) -> PairTerm:
+        spec = PairSpec(**meta["descriptor"])
+        kernel = SEKernel(meta["kernel"]["delta"], meta["kernel"]["theta"])
+        r, t = arrays["sparse_r"], arrays["sparse_type"]
+        _check(r.shape == t.shape and r.ndim == 1, f"sparse_r shape {r.shape}")
+        return cls(spec, kernel, r, t)
+
+
+Term = SoapTerm | PairTerm
+TERM_TYPES: dict[str, type] = {"soap": SoapTerm, "distance_2b": PairTerm}
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        from gapfit.errors import GapfitError
+
+        raise GapfitError(
+            f"model file: {what} is inconsistent; the file is corrupt, refit."
+        )
