@@ -2,12 +2,14 @@
 
     python benchmarks/bench_fit.py --data ../shared/data/cu_emt [--n-sparse 500]
 
-Fits with the SOAP part of gap_fit's recipe (n_max 8, l_max 6, cutoff 5 Å with a 1 Å
-transition, atom_sigma 0.5, zeta 4, delta 1, CUR sparse points, default_sigma
-0.001 0.05 0.05, e0 from the isolated atom), then prints one table: fit wall time,
-peak RSS after the fit, test RMSEs (E meV/atom, F meV/Å, virial meV/atom) and the
-ms per energy+forces+stress call on a rattled 108-atom cell (median, min, max; with
-and without std), each with its ratio to gap_fit's figures in shared/bench/peers.md.
+Fits gap_fit's recipe from shared/bench/peers.md: distance_2b (cutoff 5 Å, 1 Å
+transition, delta 1, theta 1 Å, 20 uniform sparse points) + SOAP (n_max 8, l_max 6,
+cutoff 5 Å with a 1 Å transition, atom_sigma 0.5, zeta 4, delta 1, CUR sparse points),
+default_sigma 0.001 0.05 0.05, e0 from the isolated atom (``--no-2b``: SOAP only),
+then prints one table: fit wall time, peak RSS after the fit, test RMSEs (E meV/atom,
+F meV/Å, virial meV/atom) and the ms per energy+forces+stress call on a rattled
+108-atom cell (median, min, max; with and without std), each with its ratio to
+gap_fit's figures in shared/bench/peers.md.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def main() -> None:
         "--data", required=True, type=Path, help="folder with train/test.xyz"
     )
     ap.add_argument("--n-sparse", type=int, default=500)
+    ap.add_argument(
+        "--no-2b", action="store_true", help="SOAP only (no distance_2b term)"
+    )
     ap.add_argument("--chunk-atoms", type=int, default=512)
     ap.add_argument("--model", type=Path, default=Path("bench_model.npz"))
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -94,8 +99,15 @@ def main() -> None:
         f"zeta=4 delta=1.0 n_sparse={args.n_sparse} sparse_method=cur_points"
     )
     t0 = time.perf_counter()
+    pair = (
+        None
+        if args.no_2b
+        else "cutoff=5.0 cutoff_transition_width=1.0 delta=1.0 theta_uniform=1.0 "
+        "n_sparse=20 sparse_method=uniform"
+    )
     gap = GAP(
         soap=soap,
+        distance_2b=pair,
         default_sigma=(0.001, 0.05, 0.05, 0.0),
         e0_method="isolated",
         rnd_seed=1,

@@ -1,7 +1,8 @@
 """Command line: ``gapfit fit | predict | eval | info``, a thin layer over the API.
 
 Options of ``fit`` map 1:1 onto ``GAP.__init__`` and are named after gap_fit's
-(``--at-file``, ``--gp-file``, ``--default-sigma``, ...). Every ``GapfitError`` is
+(``--at-file``, ``--gp-file``, ``--default-sigma``, ...); ``fit`` also takes gap_fit's
+own ``key=value`` arguments instead (``gapfit.gap_fit_args``). Every ``GapfitError`` is
 printed as ``Error: <message>`` on stderr with exit status 2, without a traceback;
 output files are written atomically, so a failed command leaves none behind.
 """
@@ -11,9 +12,8 @@ from __future__ import annotations
 import functools
 import io
 import json
-import math
 import os
-import re
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,18 +23,29 @@ import ase.data
 import ase.io
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from gapfit import __version__
-from gapfit.data import (
-    LabelKeys,
-    check_species,
-    parse_config_type_sigma,
-    parse_e0,
-    read_frames,
-)
+from gapfit.data import LabelKeys, check_species, read_frames
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP
-from gapfit.gapstring import SOAP_DEFAULTS, SOAP_HELP, parse_soap
+from gapfit.gap_fit_args import (
+    ALIASES,
+    DEFAULT_SIGMA,
+    E0_METHODS,
+    IGNORED,
+    OPTION_MAP,
+    gap_kwargs,
+    join_braces,
+    parse_gap_fit_command,
+    split_arguments,
+)
+from gapfit.gapstring import (
+    DISTANCE_2B_DEFAULTS,
+    DISTANCE_2B_HELP,
+    SOAP_DEFAULTS,
+    SOAP_HELP,
+)
 from gapfit.model import Model, atomic_write
 from gapfit.report import error_table, format_error_table
 
@@ -75,10 +86,6 @@ def label_key_options(func: Callable) -> Callable:
     return wrapper
 
 
-E0_METHODS = ("isolated", "average", "least_squares", "explicit")
-DEFAULT_SIGMA = "0.001 0.05 0.05 0.0"
-
-
 def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a GapfitError into ``Error: <message>`` on stderr and exit status 2."""
 
@@ -93,10 +100,15 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class _GreedySigmaCommand(click.Command):
-    """Lets ``--default-sigma`` take 3 or 4 separate numbers, as gap_fit's does:
-    ``--default-sigma 0.001 0.05 0.05 0.0`` is joined into one string before click
-    parses it (click options cannot take a variable number of values)."""
+class _FitCommand(click.Command):
+    """Reads the arguments as gap_fit users type them, before click parses them.
+
+    ``--default-sigma`` takes 3 or 4 separate numbers, as gap_fit's does:
+    ``--default-sigma 0.001 0.05 0.05 0.0`` is joined into one string (click options
+    cannot take a variable number of values). Words that the shell split inside braces
+    (``gap={soap cutoff=5.0 ...}``) are joined again, so that click sees one
+    ``key=value`` argument, and a ``-0.1`` inside braces is never taken for an option.
+    """
 
     greedy = ("--default-sigma",)
 
@@ -115,7 +127,7 @@ class _GreedySigmaCommand(click.Command):
                 values.append(args[k])
                 k += 1
             out += [name, " ".join(values)] if values else [name]
-        return super().parse_args(ctx, out)
+        return super().parse_args(ctx, join_braces(out))
 
 
 def _is_number(text: str) -> bool:
@@ -124,29 +136,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _default_sigma(text: str) -> tuple[float, ...]:
-    """``"0.001 0.05 0.05 [0.0]"`` (or gap_fit's ``{...}``) as validated floats."""
-    tokens = [t for t in re.split(r"[\s,{}]+", text) if t]
-    try:
-        values = tuple(float(t) for t in tokens)
-    except ValueError:
-        values = ()
-    if len(values) not in (3, 4):
-        raise GapfitError(
-            f"--default-sigma {text!r}: expected 3 or 4 numbers 'energy force virial "
-            "[hessian]' (eV/atom, eV/Å, eV/atom), e.g. --default-sigma 0.001 0.05 "
-            "0.05 0.0."
-        )
-    for name, value in zip(("energy", "force", "virial"), values, strict=False):
-        if not (math.isfinite(value) and value > 0):
-            raise GapfitError(
-                f"--default-sigma {text!r}: the {name} sigma is {value}, it must be "
-                "> 0 and finite (it is a noise standard deviation; gap_fit's default "
-                "is 0.001 0.05 0.05 0.0, the 4th value, hessian, is ignored)."
-            )
-    return values
 
 
 def _check_writable(path: str, option: str) -> None:
@@ -166,10 +155,30 @@ def _symbol(z: int | str) -> str:
     return ase.data.chemical_symbols[int(z)]
 
 
-def _soap_help() -> str:
+def _settings_help(defaults: dict[str, Any], help: dict[str, str]) -> str:
+    def shown(v: Any) -> str:
+        return "T" if v is True else "cutoff" if v is None else str(v)
+
     return "\n".join(
-        f"  {f'{k}={v}':<30} {SOAP_HELP.get(k, '')}" for k, v in SOAP_DEFAULTS.items()
+        f"  {f'{k}={shown(v)}':<30} {help.get(k, '')}" for k, v in defaults.items()
     )
+
+
+def _gap_fit_help() -> str:
+    """The gap_fit key -> option -> GAP argument table of ``gapfit fit --help``."""
+    rows = [f"  {'gap_fit':<27} {'gapfit fit':<37} GAP(...)"]
+    rows += [
+        f"  {key:<27} {option:<37} {kwarg}"
+        for key, (option, kwarg) in OPTION_MAP.items()
+    ]
+    notes = (
+        "gap_fit's other spellings work too: "
+        + ", ".join(f"{alias} (={key})" for alias, key in ALIASES.items())
+        + f"; {', '.join(IGNORED)} are accepted and ignored (output options); "
+        "gp_file=NAME.xml writes NAME.npz; any other gap_fit key is an error."
+    )
+    rows.append(textwrap.fill(notes, 92, initial_indent="  ", subsequent_indent="  "))
+    return "\n".join(rows)
 
 
 # ------------------------------------------------------------------------------------
@@ -188,16 +197,29 @@ def main() -> None:
     """
 
 
-_FIT_EPILOG = (
-    '\b\nSOAP settings (--soap "key=value ...", gap_fit names, '
-    "defaults):\n" + _soap_help()
+_FIT_EPILOG = "\n\n".join(
+    [
+        "\b\ngap_fit's own key=value arguments work in place of the options (one "
+        "style or the other;\n--chunk-atoms and --quiet go with either), e.g.\n"
+        "  gapfit fit at_file=train.xyz gp_file=model.npz \\\n"
+        "    gap={distance_2b cutoff=5.0 delta=1.0 theta_uniform=1.0 n_sparse=20 :\n"
+        "         soap cutoff=5.0 n_max=8 l_max=6 atom_sigma=0.5 zeta=4 n_sparse=500} "
+        "\\\n"
+        "    default_sigma={0.001 0.05 0.05 0.0} e0_method=isolated rnd_seed=1",
+        "\b\n" + _gap_fit_help(),
+        '\b\nSOAP settings (--soap "key=value ...", gap_fit names, defaults):\n'
+        + _settings_help(SOAP_DEFAULTS, SOAP_HELP),
+        '\b\n2-body settings (--distance-2b "key=value ...", gap_fit names, '
+        "defaults):\n" + _settings_help(DISTANCE_2B_DEFAULTS, DISTANCE_2B_HELP),
+    ]
 )
 
 
-@main.command(cls=_GreedySigmaCommand, epilog=_FIT_EPILOG)
+@main.command(cls=_FitCommand, epilog=_FIT_EPILOG)
+@click.argument("gap_fit_args", nargs=-1, metavar="[GAP_FIT_ARGS]...")
 @click.option(
     "--at-file",
-    required=True,
+    default=None,
     metavar="FILE",
     help="Training configurations (extxyz) with energies (eV), forces "
     "(eV/Å) and optionally virials (eV) or stresses (eV/Å³). "
@@ -205,7 +227,7 @@ _FIT_EPILOG = (
 )
 @click.option(
     "--gp-file",
-    required=True,
+    default=None,
     metavar="FILE",
     help="Output model file (.npz, written atomically). [gap_fit: gp_file]",
 )
@@ -214,8 +236,17 @@ _FIT_EPILOG = (
     default=None,
     metavar="SETTINGS",
     help="SOAP descriptor, kernel and sparsification settings as "
-    "'key=value ...' (see below; unknown keys are errors). "
-    "[gap_fit: gap={soap ...}]",
+    "'key=value ...' (see below; unknown keys are errors). Without --soap the "
+    "model has a SOAP term with the defaults below, unless --distance-2b is "
+    "given: then it has no SOAP term. [gap_fit: gap={soap ...}]",
+)
+@click.option(
+    "--distance-2b",
+    default=None,
+    metavar="SETTINGS",
+    help="Add a 2-body term: squared-exponential GP of the pair distance per "
+    "species pair, settings 'key=value ...' (see below). "
+    "[gap_fit: gap={distance_2b ...}]",
 )
 @click.option(
     "--default-sigma",
@@ -282,9 +313,11 @@ _FIT_EPILOG = (
 @click.option("--quiet", is_flag=True, help="No progress bars. [gapfit only]")
 @_user_errors
 def fit(
-    at_file: str,
-    gp_file: str,
+    gap_fit_args: tuple[str, ...],
+    at_file: str | None,
+    gp_file: str | None,
     soap: str | None,
+    distance_2b: str | None,
     default_sigma: str,
     config_type_sigma: str | None,
     sigma_per_atom: bool,
@@ -298,39 +331,56 @@ def fit(
 ) -> None:
     """Fit a sparse GAP to labelled configurations and write the model file.
 
-    Example:
+    Settings come either from the options or from gap_fit's own key=value
+    arguments (GAP_FIT_ARGS, see below). Example:
 
     \b
     gapfit fit --at-file train.xyz --gp-file model.npz \\
+      --distance-2b "cutoff=5.0 delta=1.0 theta_uniform=1.0 n_sparse=20" \\
       --soap "cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 atom_sigma=0.5
               zeta=4 delta=1.0 n_sparse=500 sparse_method=cur_points" \\
       --default-sigma 0.001 0.05 0.05 0.0 --e0-method isolated --rnd-seed 1
     """
     # cheap checks first, so that typos fail before the data are read
-    parse_soap(soap)
-    sigmas = _default_sigma(default_sigma)
-    _check_writable(gp_file, "--gp-file")
-    gap = GAP(
-        soap=soap,
-        default_sigma=sigmas,
-        config_type_sigma=(
-            parse_config_type_sigma(config_type_sigma) if config_type_sigma else None
-        ),
-        sigma_per_atom=sigma_per_atom,
-        e0=parse_e0(e0) if e0 else None,
-        e0_method=e0_method,
-        sparse_jitter=sparse_jitter,
-        rnd_seed=rnd_seed,
-        chunk_atoms=chunk_atoms,
-        keys=keys,
-        progress=not quiet,
-    )
+    if gap_fit_args:
+        split_arguments(gap_fit_args)  # not key=value: say so before anything else
+        _refuse_mixed_styles(click.get_current_context())
+        command = parse_gap_fit_command(gap_fit_args)
+        for note in command.ignored:
+            click.echo(f"note: {note}")
+        at_file, gp_file, kwargs = command.at_file, command.gp_file, command.gap_kwargs
+        gp_option = "gp_file"
+    else:
+        for value, option in ((at_file, "--at-file"), (gp_file, "--gp-file")):
+            if not value:
+                raise GapfitError(
+                    f"{option} FILE is missing; give it, or use gap_fit's arguments "
+                    "(at_file=... gp_file=... gap={...}); see gapfit fit --help."
+                )
+        kwargs = gap_kwargs(
+            soap=soap,
+            distance_2b=distance_2b,
+            default_sigma=default_sigma,
+            config_type_sigma=config_type_sigma,
+            sigma_per_atom=sigma_per_atom,
+            e0=e0,
+            e0_method=e0_method,
+            sparse_jitter=sparse_jitter,
+            rnd_seed=rnd_seed,
+            keys=keys,
+        )
+        gp_option = "--gp-file"
+    _check_writable(gp_file, gp_option)
+    gap = GAP(**kwargs, chunk_atoms=chunk_atoms, progress=not quiet)
     gap.fit(at_file)
     info = gap.model_.info
     click.echo(_data_lines(info.get("data", {})))
     click.echo(
         "sparse points: "
-        + ", ".join(f"{_symbol(z)} {n}" for z, n in info.get("n_sparse", {}).items())
+        + "; ".join(
+            f"{term} " + ", ".join(f"{k} {v}" for k, v in counts.items())
+            for term, counts in info.get("n_sparse", {}).items()
+        )
     )
     timings = gap.timings_
     click.echo(
@@ -341,6 +391,26 @@ def fit(
     click.echo(format_error_table(gap.training_errors_, "training errors"))
     gap.save(gp_file)
     click.echo(f"model written to {gp_file}")
+
+
+def _refuse_mixed_styles(ctx: click.Context) -> None:
+    """gap_fit's key=value arguments and the equivalent options are two styles of one
+    setting; allowing both would make it unclear which one wins."""
+    dashed = {o for option, _ in OPTION_MAP.values() for o in option.split("/")}
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if set(param.opts + param.secondary_opts) & dashed
+        and ctx.get_parameter_source(param.name or "")
+        not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    ]
+    if given:
+        raise GapfitError(
+            "gap_fit-style key=value arguments and the options "
+            f"{', '.join(given)} set the same things; use one style: "
+            "either gap_fit's key=value arguments (at_file=... gap={...} "
+            "default_sigma={...}) or the --options (gapfit fit --help lists both)."
+        )
 
 
 def _data_lines(data: dict) -> str:
@@ -484,22 +554,22 @@ def info(gp_file: str) -> None:
     meta = model.info
     click.echo(f"model: {gp_file}")
     click.echo("species: " + " ".join(_symbol(z) for z in model.species))
-    spec = model.spec.to_dict()
-    click.echo(
-        "descriptor: SOAP "
-        + " ".join(f"{k}={v}" for k, v in spec.items() if k != "species")
-    )
-    click.echo(
-        f"kernel: dot_product delta={model.kernel.delta} eV zeta={model.kernel.zeta}"
-    )
-    counts = np.bincount(np.asarray(model.sparse_species), minlength=len(model.species))
-    click.echo(
-        f"sparse points: {len(model.sparse_species)} ("
-        + ", ".join(
-            f"{_symbol(z)} {int(n)}" for z, n in zip(model.species, counts, strict=True)
+    for term in model.terms:
+        meta_t = term.meta()
+        click.echo(
+            f"{term.name}: "
+            + " ".join(
+                f"{k}={v}" for k, v in meta_t["descriptor"].items() if k != "species"
+            )
         )
-        + ")"
-    )
+        click.echo(
+            "  kernel: " + " ".join(f"{k}={v}" for k, v in meta_t["kernel"].items())
+        )
+        click.echo(
+            f"  sparse points: {term.n_sparse} ("
+            + ", ".join(f"{k} {v}" for k, v in term.sparse_counts().items())
+            + ")"
+        )
     settings = meta.get("settings", {})
     if settings:
         sig = settings.get("default_sigma")
@@ -510,7 +580,6 @@ def info(gp_file: str) -> None:
         for name, values in settings.get("config_type_sigma", {}).items():
             click.echo(f"config_type_sigma: {name} {values}")
         click.echo(
-            f"sparse_method: {settings.get('sparse_method')}, "
             f"sparse_jitter: {settings.get('sparse_jitter')} eV², "
             f"rnd_seed: {settings.get('rnd_seed')}, "
             f"e0_method: {settings.get('e0_method')}"

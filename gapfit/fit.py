@@ -162,7 +162,7 @@ class GAP:
         self.model_ = model
         t0 = time.perf_counter()
         preds = model.predict(
-            frames, wheres=[f.where for f in frames], batch_atoms=self.chunk_atoms * 4
+            frames, wheres=[f.where for f in frames], batch_atoms=self.chunk_atoms
         )
         self.training_errors_ = error_table(frames, preds)
         timings["training_errors"] = time.perf_counter() - t0

@@ -1,16 +1,23 @@
-"""gap_fit-style descriptor strings: ``"cutoff=5.0 n_max=8 ... n_sparse=500"``.
+"""gap_fit-style descriptor strings: ``"[soap] cutoff=5.0 n_max=8 ... n_sparse=500"``.
 
-Every key is checked: an unknown or misspelt key is an error with the nearest valid
-name (gap_fit silently ignores such keys).
+One parser serves every descriptor type (``parse_soap``, ``parse_distance_2b``): the
+string (or a mapping) is split into ``key=value`` pairs, the leading descriptor word is
+dropped, gap_fit's alternative key names are mapped onto ours (``energy_scale`` ->
+``delta``, ``soap_exponent`` -> ``zeta``, ``lengthscale_uniform`` -> ``theta_uniform``),
+and every key is checked: an unknown or misspelt key is an error with the nearest valid
+name (gap_fit silently ignores such keys). Values are converted to the type of their
+default, checked against the values gapfit implements and, where it matters, for sign.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gapfit.errors import GapfitError
+from gapfit.soap import WEIGHTINGS
 from gapfit.sparsify import SPARSE_METHODS
 
 SOAP_DEFAULTS: dict[str, Any] = {
@@ -48,31 +55,102 @@ SOAP_HELP = {
     "poly_m": "poly weighting m",
 }
 
+DISTANCE_2B_DEFAULTS: dict[str, Any] = {
+    "cutoff": 5.0,
+    "cutoff_transition_width": 1.0,
+    "covariance_type": "ard_se",
+    "delta": 1.0,
+    "theta_uniform": 1.0,
+    "n_sparse": 20,
+    "sparse_method": "uniform",
+    "add_species": True,
+}
+DISTANCE_2B_HELP = {
+    "cutoff": "Å, pair cutoff",
+    "cutoff_transition_width": "Å, cosine cutoff width",
+    "covariance_type": "ard_se (squared exponential; gap_fit's 'gaussian')",
+    "delta": "eV, energy scale",
+    "theta_uniform": "Å, squared-exponential length scale",
+    "n_sparse": "sparse distances per species pair",
+    "sparse_method": "uniform (grid over the observed distance range)",
+    "add_species": "T (one GP per species pair)",
+}
 
-def _convert(key: str, raw: Any) -> Any:
-    default = SOAP_DEFAULTS[key]
-    try:
-        if key == "add_species":
-            text = str(raw).strip().lower()
-            if text not in ("t", "true", "1", "f", "false", "0"):
-                raise ValueError
-            return text in ("t", "true", "1")
-        if key in ("n_max", "l_max", "n_sparse", "zeta"):
-            value = float(raw)
-            if value != int(value):
-                raise ValueError
-            return int(value)
-        if key in ("sparse_method", "covariance_type", "weighting"):
-            return str(raw).strip().lower()
-        if default is None or isinstance(default, float):
-            return float(raw)
-    except (TypeError, ValueError) as err:
-        raise GapfitError(
-            f"SOAP setting {key}={raw!r} is not a valid "
-            f"{type(default).__name__ if default is not None else 'number'} "
-            f"({SOAP_HELP[key]})."
-        ) from err
-    return raw
+_TRUE = ("t", "true", "1")
+_FALSE = ("f", "false", "0")
+# gap_fit's alternative key names (its ``altkey``s), mapped onto ours where present
+_KEY_ALIASES = {
+    "energy_scale": "delta",
+    "soap_exponent": "zeta",
+    "lengthscale_uniform": "theta_uniform",
+}
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What one descriptor type accepts.
+
+    ``defaults`` fixes the keys and, through each default's type, how a value is
+    converted (bool, int, float; ``None`` means float; str is lower-cased).
+    ``choices`` lists the only values gapfit implements, ``value_aliases`` gap_fit's
+    other spellings of them, ``positive`` the keys that must be > 0.
+    """
+
+    name: str
+    word: str
+    defaults: Mapping[str, Any]
+    help: Mapping[str, str]
+    choices: Mapping[str, tuple[Any, ...]]
+    value_aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    positive: tuple[str, ...] = ()
+
+
+_SOAP = _Kind(
+    name="SOAP",
+    word="soap",
+    defaults=SOAP_DEFAULTS,
+    help=SOAP_HELP,
+    choices={
+        "covariance_type": ("dot_product",),
+        "add_species": (True,),
+        "sparse_method": SPARSE_METHODS,
+        "weighting": WEIGHTINGS,
+    },
+    positive=("cutoff", "n_max", "atom_sigma", "zeta", "delta", "n_sparse"),
+)
+_DISTANCE_2B = _Kind(
+    name="distance_2b",
+    word="distance_2b",
+    defaults=DISTANCE_2B_DEFAULTS,
+    help=DISTANCE_2B_HELP,
+    choices={
+        "covariance_type": ("ard_se",),
+        "add_species": (True,),
+        "sparse_method": ("uniform",),
+    },
+    value_aliases={"covariance_type": {"gaussian": "ard_se"}},
+    positive=(
+        "cutoff",
+        "cutoff_transition_width",
+        "delta",
+        "theta_uniform",
+        "n_sparse",
+    ),
+)
+DESCRIPTOR_WORDS = (_SOAP.word, _DISTANCE_2B.word)
+
+
+def parse_gap_bool(text: Any, what: str) -> bool:
+    """gap_fit's logical values ``T``/``F`` (also true/false/1/0, any case).
+
+    Args:
+        text: the value as given (a string or a bool).
+        what: where it was given, for the error message (e.g. ``"sigma_per_atom"``).
+    """
+    value = str(text).strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise GapfitError(f"{what}={text!r} is not a logical value; write T or F.")
+    return value in _TRUE
 
 
 def parse_soap(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -81,42 +159,150 @@ def parse_soap(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
     Args:
         settings: a gap_fit string ``"[soap] key=value ..."`` or a mapping.
     """
-    given: dict[str, Any] = {}
-    if isinstance(settings, str):
-        tokens = settings.replace(",", " ").split()
-        if tokens and tokens[0].lower() == "soap":
-            tokens = tokens[1:]
-        for tok in tokens:
-            if "=" not in tok:
-                raise GapfitError(
-                    f"SOAP setting '{tok}' has no '='; "
-                    "write key=value, e.g. cutoff=5.0."
-                )
-            key, value = tok.split("=", 1)
-            given[key.strip().lower()] = value
-    elif settings is not None:
-        given = {str(k).lower(): v for k, v in settings.items()}
-    out = dict(SOAP_DEFAULTS)
-    for key, raw in given.items():
-        if key not in SOAP_DEFAULTS:
-            close = difflib.get_close_matches(key, list(SOAP_DEFAULTS), n=1, cutoff=0.5)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise GapfitError(
-                f"unknown SOAP setting '{key}'.{hint} Valid settings: "
-                + ", ".join(SOAP_DEFAULTS)
-                + "."
-            )
-        out[key] = _convert(key, raw)
-    if out["covariance_type"] != "dot_product":
-        raise GapfitError(
-            f"covariance_type={out['covariance_type']} is not supported for SOAP; use "
-            "dot_product."
-        )
-    if not out["add_species"]:
-        raise GapfitError(
-            "add_species=F is not supported: gapfit keeps one GP per "
-            "central species (add_species=T)."
-        )
+    out = _parse(settings, _SOAP)
     if out["poly_r0"] is None:
         out["poly_r0"] = out["cutoff"]
     return out
+
+
+def parse_distance_2b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validated 2-body settings (gap_fit's ``distance_2b``) with defaults filled in.
+
+    Keys (defaults in ``DISTANCE_2B_DEFAULTS``): ``cutoff`` and
+    ``cutoff_transition_width`` (Å, cosine cutoff; width in (0, cutoff]),
+    ``covariance_type`` (``ard_se`` only), ``delta`` (eV), ``theta_uniform`` (Å, the
+    squared-exponential length scale), ``n_sparse`` (per species pair),
+    ``sparse_method`` (``uniform`` only: a uniform grid over the observed distance
+    range) and ``add_species`` (``T`` only).
+
+    Args:
+        settings: a gap_fit string ``"[distance_2b] key=value ..."`` or a mapping.
+    """
+    out = _parse(settings, _DISTANCE_2B)
+    if out["cutoff_transition_width"] > out["cutoff"]:
+        raise GapfitError(
+            f"distance_2b cutoff_transition_width={out['cutoff_transition_width']} Å "
+            f"is larger than cutoff={out['cutoff']} Å; it must lie in (0, cutoff]."
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------
+def _parse(settings: str | Mapping[str, Any] | None, kind: _Kind) -> dict[str, Any]:
+    """Tokenise, check keys, convert and check values of one descriptor's settings."""
+    if isinstance(settings, str):
+        given = _tokens(settings, kind)
+    elif settings is None:
+        given = {}
+    elif isinstance(settings, Mapping):
+        given = {str(k).strip().lower(): v for k, v in settings.items()}
+    else:
+        raise GapfitError(
+            f"{kind.name} settings must be a string 'key=value ...' or a mapping, "
+            f"found {type(settings).__name__}."
+        )
+    out = dict(kind.defaults)
+    seen: dict[str, str] = {}
+    for key, raw in given.items():
+        name = _KEY_ALIASES.get(key, key)
+        if name not in kind.defaults:
+            valid = list(kind.defaults)
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise GapfitError(
+                f"unknown {kind.name} setting '{key}'.{hint} Valid settings: "
+                + ", ".join(valid)
+                + "."
+            )
+        if name in seen:
+            raise GapfitError(
+                f"{kind.name} setting '{name}' is given twice ({seen[name]} and "
+                f"{key}); give it once."
+            )
+        seen[name] = key
+        out[name] = _convert(kind, name, raw)
+    return out
+
+
+def _tokens(text: str, kind: _Kind) -> dict[str, str]:
+    """``"[{][word] key=value key=value[}]"`` -> {key: value} (keys lower-cased)."""
+    body = text.strip()
+    if body.startswith("{") and body.endswith("}"):
+        body = body[1:-1]
+    tokens = body.replace(",", " ").split()
+    if tokens and "=" not in tokens[0]:
+        word = tokens[0].lower()
+        if word == kind.word:
+            tokens = tokens[1:]
+        elif word in DESCRIPTOR_WORDS:
+            raise GapfitError(
+                f"'{text}' describes a {word} descriptor, not {kind.name}; "
+                f"give it as the {word} settings (--{word.replace('_', '-')} on the "
+                "command line)."
+            )
+    given: dict[str, str] = {}
+    for tok in tokens:
+        if "=" not in tok:
+            raise GapfitError(
+                f"{kind.name} setting '{tok}' has no '='; "
+                "write key=value, e.g. cutoff=5.0."
+            )
+        key, value = tok.split("=", 1)
+        key = key.strip().lower()
+        if key in given:
+            raise GapfitError(
+                f"{kind.name} setting '{key}' is given twice; give it once."
+            )
+        given[key] = value
+    return given
+
+
+def _convert(kind: _Kind, key: str, raw: Any) -> Any:
+    """``raw`` converted to the type of the key's default and checked."""
+    default = kind.defaults[key]
+    if isinstance(default, bool):
+        what = "logical (T/F)"
+    else:
+        what = "integer" if isinstance(default, int) else "number"
+    try:
+        if isinstance(default, bool):
+            value: Any = parse_gap_bool(raw, key)
+        elif isinstance(default, int):
+            if isinstance(raw, bool):
+                raise ValueError
+            number = float(raw)
+            if number != int(number):
+                raise ValueError
+            value = int(number)
+        elif isinstance(default, str):
+            value = str(raw).strip().lower()
+            value = kind.value_aliases.get(key, {}).get(value, value)
+        else:  # float, or None standing for a float
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+    except (TypeError, ValueError, OverflowError, GapfitError) as err:
+        raise GapfitError(
+            f"{kind.name} setting {key}={raw!r} is not a valid {what} "
+            f"({kind.help[key]})."
+        ) from err
+    allowed = kind.choices.get(key)
+    if allowed is not None and value not in allowed:
+        names = ["T" if a is True else str(a) for a in allowed]
+        use = f"{key}={names[0]}" if len(names) == 1 else "one of " + ", ".join(names)
+        why = kind.help[key].removeprefix(names[0]).strip(" ()")
+        if len(names) == 1 and why:
+            use += f" ({why})"
+        close = difflib.get_close_matches(str(value), names, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close and len(names) > 1 else ""
+        raise GapfitError(
+            f"{kind.name} setting {key}={raw} is not supported by gapfit; "
+            f"use {use}.{hint}"
+        )
+    if key in kind.positive and not value > 0:
+        raise GapfitError(
+            f"{kind.name} setting {key}={raw} must be > 0 ({kind.help[key]})."
+        )
+    return value

@@ -117,7 +117,7 @@ def test_fit_writes_model_and_summary(fitted: tuple[Path, Result]) -> None:
     assert model.is_file()
     out = result.stdout
     assert "11 configs, 321 atoms, 11 energies, 963 force components, 11 virials" in out
-    assert "sparse points: Cu 40" in out
+    assert "sparse points: soap Cu 40" in out
     for stage in ("descriptors", "sparsify", "solve"):
         assert stage in out.split("timings:")[1]
     assert "training errors" in out and "\nall " in out

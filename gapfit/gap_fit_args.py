@@ -1,0 +1,535 @@
+"""gap_fit's command line as ``GAP`` keyword arguments.
+
+``parse_gap_fit_command`` takes the arguments of a gap_fit call as the shell hands
+them over, e.g. ``at_file=train.xyz gap={distance_2b cutoff=5.0 ... : soap
+cutoff=5.0 ...} default_sigma={0.001 0.05 0.05 0.0} gp_file=gap.xml``. The shell
+splits ``gap={...}`` at every space, so tokens are re-joined until their braces
+balance (gap_fit itself joins all of its arguments the same way). Each ``key=value``
+is then checked like the rest of gapfit's input: keys gapfit does not implement are
+errors (gap_fit would silently ignore a misspelt one), harmless output options of
+gap_fit are accepted and reported as ignored, and every value is validated before any
+data are read.
+
+``gap_kwargs`` is the one place where both styles of ``gapfit fit`` (gap_fit's
+``key=value`` arguments and the dashed options) turn text into ``GAP`` arguments, so
+the two give identical estimators.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from gapfit.data import _E0_METHODS, LabelKeys, parse_config_type_sigma, parse_e0
+from gapfit.errors import GapfitError
+from gapfit.gapstring import (
+    DISTANCE_2B_DEFAULTS,
+    SOAP_DEFAULTS,
+    parse_distance_2b,
+    parse_gap_bool,
+    parse_soap,
+)
+
+E0_METHODS = _E0_METHODS  # what gapfit.data.fit_e0 implements
+DEFAULT_SIGMA = "0.001 0.05 0.05 0.0"
+DEFAULT_GP_FILE = "gap_new.xml"  # gap_fit's default gp_file
+
+# gap_fit key -> (``gapfit fit`` option, ``GAP`` argument); gap_fit's other spellings
+# of a key (its "altkey"s) are in ALIASES. Drives ``gapfit fit --help`` and the check
+# that the two styles are not mixed.
+OPTION_MAP: dict[str, tuple[str, str]] = {
+    "at_file": ("--at-file", "fit(path)"),
+    "gp_file": ("--gp-file", "save(path)"),
+    "gap={soap ...}": ("--soap", "soap="),
+    "gap={distance_2b ...}": ("--distance-2b", "distance_2b="),
+    "default_sigma": ("--default-sigma", "default_sigma="),
+    "config_type_sigma": ("--config-type-sigma", "config_type_sigma="),
+    "sigma_per_atom": ("--sigma-per-atom/--no-sigma-per-atom", "sigma_per_atom="),
+    "e0": ("--e0", "e0="),
+    "e0_method": ("--e0-method", "e0_method="),
+    "sparse_jitter": ("--sparse-jitter", "sparse_jitter="),
+    "rnd_seed": ("--rnd-seed", "rnd_seed="),
+    "energy_parameter_name": ("--energy-parameter-name", "keys.energy"),
+    "force_parameter_name": ("--force-parameter-name", "keys.forces"),
+    "virial_parameter_name": ("--virial-parameter-name", "keys.virial"),
+    "stress_parameter_name": ("--stress-parameter-name", "keys.stress"),
+    "config_type_parameter_name": ("--config-type-parameter-name", "keys.config_type"),
+}
+ALIASES = {
+    "atoms_filename": "at_file",
+    "gap_file": "gp_file",
+    "default_kernel_regularisation": "default_sigma",
+    "config_type_kernel_regularisation": "config_type_sigma",
+    "kernel_regularisation_is_per_atom": "sigma_per_atom",
+    "do_copy_atoms_file": "do_copy_at_file",
+}
+# gap_fit output options that do not change the model: accepted, reported, ignored
+IGNORED = {
+    "do_copy_at_file": "gapfit stores a sha256 and counts of the training data in "
+    "the model file, never a copy",
+    "sparse_separate_file": "gapfit keeps the sparse points inside its one .npz "
+    "model file",
+    "verbosity": "gapfit prints a summary and progress bars (--quiet hides them)",
+}
+# The rest of gap_fit's options (QUIP gap_fit_module.F95, parse_command_line): real
+# options, so an error about one never suggests a similar-looking supported key.
+UNSUPPORTED = (
+    "local_property0",
+    "e0_offset",
+    "default_kernel_regularisation_local_property",
+    "default_local_property_sigma",
+    "hessian_displacement",
+    "hessian_delta",
+    "baseline_param_filename",
+    "core_param_file",
+    "baseline_ip_args",
+    "core_ip_args",
+    "local_property_parameter_name",
+    "hessian_parameter_name",
+    "kernel_regularisation_parameter_name",
+    "sigma_parameter_name",
+    "force_mask_parameter_name",
+    "parameter_name_prefix",
+    "sparse_use_actual_gpcov",
+    "openmp_chunk_size",
+    "do_ip_timing",
+    "template_file",
+    "sparsify_only_no_fit",
+    "condition_number_norm",
+    "linear_system_dump_file",
+    "mpi_blocksize",
+    "mpi_blocksize_rows",
+    "mpi_blocksize_cols",
+    "mpi_print_all",
+    "export_covariance",
+)
+# gap_fit descriptors gapfit does not implement (same reason as UNSUPPORTED)
+UNSUPPORTED_DESCRIPTORS = (
+    "angle_3b",
+    "distance_3b",
+    "distance_nb",
+    "co_distance_2b",
+    "co_angle_3b",
+    "as_distance_2b",
+    "coordination",
+    "soap_turbo",
+    "soap_express",
+    "bispectrum_so4",
+    "bispectrum_so3",
+    "power_so3",
+    "power_so4",
+    "fourier_so4",
+    "behler",
+    "rdf",
+    "alex",
+    "cosnx",
+    "trihis",
+    "general_monomer",
+    "general_dimer",
+    "general_trimer",
+    "molecule_lo_d",
+    "water_monomer",
+    "water_dimer",
+    "a2_dimer",
+    "ab_dimer",
+    "com_dimer",
+    "bond_real_space",
+    "atom_real_space",
+    "an_monomer",
+)
+_PARAMETER_NAMES = {  # gap_fit key -> LabelKeys field
+    "energy_parameter_name": "energy",
+    "force_parameter_name": "forces",
+    "virial_parameter_name": "virial",
+    "stress_parameter_name": "stress",
+    "config_type_parameter_name": "config_type",
+}
+_SUPPORTED = (
+    "at_file",
+    "gp_file",
+    "gap",
+    "default_sigma",
+    "config_type_sigma",
+    "sigma_per_atom",
+    "e0",
+    "e0_method",
+    "sparse_jitter",
+    "rnd_seed",
+    *_PARAMETER_NAMES,
+)
+_DESCRIPTORS = ("soap", "distance_2b")
+
+
+@dataclass(frozen=True)
+class GapFitCommand:
+    """A parsed gap_fit command line.
+
+    Attributes:
+        at_file: training data (extxyz).
+        gp_file: output model file (``.npz``; gap_fit's ``.xml`` suffix replaced).
+        gap_kwargs: keyword arguments of ``GAP`` (soap, distance_2b, default_sigma,
+            config_type_sigma, sigma_per_atom, e0, e0_method, sparse_jitter, rnd_seed,
+            keys), validated.
+        ignored: notes on the arguments that were accepted but change nothing (and
+            on the renamed ``gp_file``), to show to the user.
+    """
+
+    at_file: str
+    gp_file: str
+    gap_kwargs: dict[str, Any]
+    ignored: tuple[str, ...] = ()
+
+
+def parse_gap_fit_command(args: Sequence[str] | str) -> GapFitCommand:
+    """Parse gap_fit's arguments (after shell word splitting) into ``GAP`` settings.
+
+    Args:
+        args: the arguments as the shell passes them, e.g.
+            ``["at_file=train.xyz", "gap={soap", "cutoff=5.0", "n_max=8}", ...]``; a
+            leading ``gap_fit`` (the program name) is skipped, and a single string is
+            split like a shell would (``shlex.split``).
+
+    Returns:
+        The training file, the model file and the ``GAP`` keyword arguments.
+
+    Raises:
+        GapfitError: an unsupported or misspelt key (with the nearest supported key),
+            a key given twice, unbalanced braces, or an invalid value.
+    """
+    given: dict[str, str] = {}  # canonical key -> value as written
+    spelt: dict[str, str] = {}  # canonical key -> key as written
+    notes: list[str] = []
+    for key, value in split_arguments(args):
+        name = ALIASES.get(key, key)
+        if name in given:
+            twice = f"'{name}'" if spelt[name] == key else f"'{spelt[name]}' / '{key}'"
+            raise GapfitError(f"gap_fit option {twice} is given twice; give it once.")
+        if name in IGNORED:
+            notes.append(f"{key}={value} ignored: {IGNORED[name]}.")
+        elif name not in _SUPPORTED:
+            raise GapfitError(_unsupported(key))
+        given[name], spelt[name] = value, key
+
+    def scalar(name: str, default: str = "") -> str:
+        return _unquote(given.get(name, default))
+
+    for name, example in (("at_file", "at_file=train.xyz"), ("gap", "gap={soap ...}")):
+        if not scalar(name):
+            raise GapfitError(
+                f"gap_fit argument {name}= is missing (gap_fit requires it too); "
+                f"add e.g. {example}."
+            )
+    gp_file = scalar("gp_file")
+    if not gp_file:
+        gp_file = DEFAULT_GP_FILE
+        notes.append(f"gp_file not given: using gap_fit's default {gp_file}.")
+    if PurePath(gp_file).suffix.lower() == ".xml":
+        npz = str(PurePath(gp_file).with_suffix(".npz"))
+        notes.append(
+            f"gp_file={gp_file}: gapfit writes its own .npz model format, not GAP "
+            f"XML; writing {npz}."
+        )
+        gp_file = npz
+
+    soap, distance_2b = parse_gap_string(given["gap"])
+    defaults = LabelKeys()
+    kwargs = gap_kwargs(
+        soap=soap,
+        distance_2b=distance_2b,
+        default_sigma=given.get("default_sigma", DEFAULT_SIGMA),
+        config_type_sigma=given.get("config_type_sigma"),
+        sigma_per_atom=parse_gap_bool(scalar("sigma_per_atom", "T"), "sigma_per_atom"),
+        e0=given.get("e0"),
+        e0_method=scalar("e0_method", "isolated"),
+        sparse_jitter=_number(scalar("sparse_jitter", "1e-8"), "sparse_jitter"),
+        rnd_seed=_integer(scalar("rnd_seed", "1"), "rnd_seed"),
+        keys=LabelKeys(
+            **{
+                attr: scalar(key, getattr(defaults, attr))
+                for key, attr in _PARAMETER_NAMES.items()
+            }
+        ),
+        gap_fit_style=True,
+    )
+    return GapFitCommand(scalar("at_file"), gp_file, kwargs, tuple(notes))
+
+
+def split_arguments(args: Sequence[str] | str) -> list[tuple[str, str]]:
+    """gap_fit's arguments as ``(key, value)`` pairs (keys lower-case, values raw).
+
+    Raises:
+        GapfitError: unbalanced braces or an argument that is not ``key=value``.
+    """
+    tokens = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
+    tokens = [t for t in tokens if t.strip()]  # e.g. shlex's "\n" of a "\\<newline>"
+    if tokens and PurePath(tokens[0]).name == "gap_fit":
+        tokens = tokens[1:]
+    pairs = []
+    for item in join_braces(tokens):
+        _check_braces(item)
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if not eq or not key or " " in key:
+            raise GapfitError(
+                f"unexpected argument '{item}': gap_fit arguments are key=value, "
+                "e.g. at_file=train.xyz (values with spaces in braces: "
+                "default_sigma={0.001 0.05 0.05 0.0})."
+            )
+        pairs.append((key, value.strip()))
+    return pairs
+
+
+def join_braces(tokens: Sequence[str]) -> list[str]:
+    """Re-join tokens that the shell split inside ``{...}``, joined by one space.
+
+    ``["gap={soap", "cutoff=5}", "rnd_seed=1"]`` -> ``["gap={soap cutoff=5}",
+    "rnd_seed=1"]``. A brace left open swallows the rest (``split_arguments`` then
+    reports it).
+    """
+    out: list[str] = []
+    depth = 0
+    for tok in tokens:
+        if depth > 0:
+            out[-1] += " " + tok
+        else:
+            out.append(tok)
+        depth = max(0, depth + tok.count("{") - tok.count("}"))
+    return out
+
+
+def parse_gap_string(text: str) -> tuple[str | None, str | None]:
+    """gap_fit's ``gap={desc1 ... : desc2 ...}`` as (soap, distance_2b) settings.
+
+    Descriptors are separated by ``:`` or ``;`` outside inner braces, as in gap_fit.
+    Each is validated (``parse_soap`` / ``parse_distance_2b``); ``None`` where absent.
+    """
+    body = _unquote(text)
+    found: dict[str, str] = {}
+    for part in _split_top_level(body, ":;"):
+        words = part.split()
+        if not words:
+            raise GapfitError(
+                f"gap={text}: an empty descriptor; separate descriptors with ':', "
+                "e.g. gap={distance_2b cutoff=5.0 : soap cutoff=5.0 n_max=8}."
+            )
+        name = words[0].lower()
+        if "=" in name:
+            raise GapfitError(
+                f"gap={text}: descriptor '{part.strip()}' does not start with its "
+                "type; write e.g. gap={soap " + part.strip() + "}."
+            )
+        if name not in _DESCRIPTORS:
+            hint = ""
+            if name not in UNSUPPORTED_DESCRIPTORS:
+                close = difflib.get_close_matches(name, _DESCRIPTORS, n=1, cutoff=0.6)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise GapfitError(
+                f"gap_fit descriptor '{words[0]}' is not supported by gapfit; it "
+                f"implements {' and '.join(_DESCRIPTORS)}.{hint}"
+            )
+        if name in found:
+            raise GapfitError(
+                f"gap={text}: {name} appears twice; gapfit fits at most one {name} "
+                "term (with add_species=T it already covers every species)."
+            )
+        found[name] = " ".join(words[1:])
+    return found.get("soap"), found.get("distance_2b")
+
+
+def gap_kwargs(
+    *,
+    soap: str | Mapping[str, Any] | None,
+    distance_2b: str | Mapping[str, Any] | None,
+    default_sigma: str,
+    config_type_sigma: str | None,
+    sigma_per_atom: bool,
+    e0: str | None,
+    e0_method: str,
+    sparse_jitter: float,
+    rnd_seed: int,
+    keys: LabelKeys,
+    gap_fit_style: bool = False,
+) -> dict[str, Any]:
+    """Validated ``GAP`` keyword arguments from command-line text.
+
+    Both ``gapfit fit`` styles call this, so they build identical estimators. Without
+    ``soap`` but with ``distance_2b`` the model has no SOAP term (``soap=None``);
+    with neither, SOAP uses its defaults. Descriptor settings are returned parsed
+    (``parse_soap`` / ``parse_distance_2b`` dicts with every default filled in).
+
+    Args:
+        soap, distance_2b: descriptor settings ``"key=value ..."``, or ``None``.
+        default_sigma: ``"E F V [H]"`` (eV/atom, eV/Å, eV/atom, ignored), braces and
+            commas allowed.
+        config_type_sigma: ``"name:E:F:V:H:name2:..."`` (braces allowed) or ``None``.
+        sigma_per_atom: energy/virial sigmas per atom.
+        e0: ``"Cu:-0.1:Au:-0.2"`` (or ``"Cu:-0.1 Au:-0.2"``, braces allowed), eV.
+        e0_method: one of ``E0_METHODS``.
+        sparse_jitter: eV², >= 0.
+        rnd_seed: >= 0.
+        keys: label names in the training file.
+        gap_fit_style: name options in messages as gap_fit does (``default_sigma=``)
+            rather than as ``gapfit fit`` does (``--default-sigma``).
+    """
+
+    def opt(name: str) -> str:
+        return f"{name}=" if gap_fit_style else f"--{name.replace('_', '-')} "
+
+    if e0 is not None and _is_number(_unquote(e0).strip()):
+        per_element = "e0={Cu:-0.1:Au:-0.2}" if gap_fit_style else "--e0 'Cu:-0.1'"
+        raise GapfitError(
+            f"{opt('e0')}{e0}: one e0 for every element is not supported; use "
+            f"{opt('e0_method')}average (the mean energy per atom) or give one value "
+            f"per element, e.g. {per_element}."
+        )
+    method = str(e0_method).strip().lower()
+    if method not in E0_METHODS:
+        raise GapfitError(
+            f"{opt('e0_method')}{e0_method} is not an e0 method; use one of "
+            f"{', '.join(E0_METHODS)}."
+        )
+    if not (math.isfinite(sparse_jitter) and sparse_jitter >= 0):
+        raise GapfitError(
+            f"{opt('sparse_jitter')}{sparse_jitter}: must be >= 0 and finite (eV², "
+            "added to the diagonal of K_mm; e.g. 1e-8)."
+        )
+    if rnd_seed < 0:
+        raise GapfitError(
+            f"{opt('rnd_seed')}{rnd_seed}: gapfit fits are always seeded (gap_fit's "
+            "-1 means unseeded); give a seed >= 0, e.g. 1."
+        )
+    return {
+        "soap": parse_soap(soap) if soap is not None or distance_2b is None else None,
+        "distance_2b": (
+            parse_distance_2b(distance_2b) if distance_2b is not None else None
+        ),
+        "default_sigma": parse_default_sigma(
+            default_sigma, "default_sigma" if gap_fit_style else "--default-sigma"
+        ),
+        "config_type_sigma": (
+            parse_config_type_sigma(_unquote(config_type_sigma))
+            if config_type_sigma and _unquote(config_type_sigma).strip()
+            else None
+        ),
+        "sigma_per_atom": bool(sigma_per_atom),
+        "e0": parse_e0(e0) if e0 else None,
+        "e0_method": method,
+        "sparse_jitter": float(sparse_jitter),
+        "rnd_seed": int(rnd_seed),
+        "keys": keys,
+    }
+
+
+def parse_default_sigma(
+    text: str, option: str = "--default-sigma"
+) -> tuple[float, ...]:
+    """``"0.001 0.05 0.05 [0.0]"`` (or gap_fit's ``{...}``) as validated floats.
+
+    Args:
+        text: energy (eV/atom), force (eV/Å), virial (eV/atom) and optionally the
+            hessian sigma (ignored), separated by spaces or commas.
+        option: the option's name in error messages: ``--default-sigma`` or
+            gap_fit's ``default_sigma``.
+    """
+    gap_fit_style = not option.startswith("-")
+    given = f"{option}={text}" if gap_fit_style else f"{option} {text!r}"
+    example = "={0.001 0.05 0.05 0.0}" if gap_fit_style else " " + DEFAULT_SIGMA
+    tokens = [t for t in re.split(r"[\s,{}]+", text) if t]
+    try:
+        values = tuple(float(t) for t in tokens)
+    except ValueError:
+        values = ()
+    if len(values) not in (3, 4):
+        raise GapfitError(
+            f"{given}: expected 3 or 4 numbers 'energy force virial [hessian]' "
+            f"(eV/atom, eV/Å, eV/atom), e.g. {option}{example}."
+        )
+    for name, value in zip(("energy", "force", "virial"), values, strict=False):
+        if not (math.isfinite(value) and value > 0):
+            raise GapfitError(
+                f"{given}: the {name} sigma is {value}, it must be "
+                "> 0 and finite (it is a noise standard deviation; gap_fit's default "
+                "is 0.001 0.05 0.05 0.0, the 4th value, hessian, is ignored)."
+            )
+    return values
+
+
+# ------------------------------------------------------------------------------------
+def _unsupported(key: str) -> str:
+    """The error message for a key gapfit does not accept."""
+    message = f"gap_fit option '{key}' is not supported by gapfit."
+    if key in SOAP_DEFAULTS or key in DISTANCE_2B_DEFAULTS:
+        return (
+            f"{message} '{key}' is a descriptor setting: put it inside "
+            f"gap={{soap ... {key}=...}} (did the braces get lost?)."
+        )
+    if key not in UNSUPPORTED:
+        names = [*_SUPPORTED, *IGNORED, *ALIASES]
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.8)
+        if close:
+            return f"{message} Did you mean '{close[0]}'?"
+    return f"{message} `gapfit fit --help` lists the gap_fit options it understands."
+
+
+def _check_braces(item: str) -> None:
+    depth = 0
+    for char in item:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            raise GapfitError(
+                f"unbalanced braces in '{item}': a '}}' closes nothing; check the "
+                "braces of gap={...} and default_sigma={...}."
+            )
+    if depth > 0:
+        raise GapfitError(
+            f"unbalanced braces in '{item}': {depth} '{{' never closed; add the "
+            "missing '}'."
+        )
+
+
+def _split_top_level(text: str, separators: str) -> list[str]:
+    """``text`` split at ``separators`` that are not inside braces."""
+    parts, depth, start = [], 0, 0
+    for k, char in enumerate(text):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth == 0 and char in separators:
+            parts.append(text[start:k])
+            start = k + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _unquote(text: str) -> str:
+    """Drop one pair of enclosing braces or double quotes (gap_fit's delimiters)."""
+    text = text.strip()
+    if len(text) >= 2 and (text[0], text[-1]) in (("{", "}"), ('"', '"')):
+        return text[1:-1].strip()
+    return text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _number(text: str, key: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise GapfitError(f"{key}={text} is not a number.") from None
+
+
+def _integer(text: str, key: str) -> int:
+    value = _number(text, key)
+    if not (math.isfinite(value) and value == int(value)):
+        raise GapfitError(f"{key}={text} is not an integer.")
+    return int(value)
