@@ -26,7 +26,7 @@ from gapfit.neighbours import Batch
 from gapfit.soap import (
     SoapSpec,
     coefficients,
-    pair_expansion,
+    pair_contraction,
     power_spectrum,
     soap,
     soap_and_pair_derivatives,
@@ -148,8 +148,8 @@ def predict_mean(
     """Local energies, energies, forces and virials of a batch.
 
     ``dE/dD_p = (dE/dc_i) . (dphi_p/dD_p)``: reverse mode through the power spectrum
-    and kernel to the coefficients ``c``, then a per-pair reverse pass through the
-    pair's expansion with that cotangent (no scatter, no (P, N, LM, 3) Jacobian).
+    and kernel to the coefficients ``c``, then a reverse pass through each pair's
+    expansion contracted with that cotangent (no scatter, no (P, N, LM, 3) Jacobian).
     """
     c = coefficients(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
@@ -165,10 +165,7 @@ def predict_mean(
     dE_dc, local = jax.grad(energy, has_aux=True)(c)  # (A, S, N, LM)
     u = dE_dc[b["centre"], b["neighbour_species"]] * b["pair_mask"][:, None, None]
 
-    def pair_grad(d: jax.Array, u_p: jax.Array) -> jax.Array:  # sum u_p . dphi/dD
-        return jax.grad(lambda d: jnp.sum(u_p * pair_expansion(spec, d)))(d)
-
-    grad = jax.vmap(pair_grad)(b["D"], u)  # (P, 3) dE/dD_p
+    grad = jax.grad(lambda D: jnp.sum(pair_contraction(spec, D, u)))(b["D"])  # (P, 3)
     forces, virial = forces_and_virials(grad, b)
     energy_c = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
     return Mean(local, energy_c, forces, virial)

@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import jax
@@ -59,10 +59,12 @@ class Model:
         """The term called ``name`` ("soap", "distance_2b"), or None."""
         return next((t for t in self.terms if t.name == name), None)
 
-    def _weights(self) -> list[jax.Array]:
+    @cached_property
+    def _weights(self) -> tuple[jax.Array, ...]:
+        """The posterior weights split per term."""
         bounds = np.cumsum([0] + [t.n_sparse for t in self.terms])
         w = self.posterior.weights
-        return [w[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return tuple(w[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
     def rows(self, b: dict) -> Rows:
         """Kernel rows of all terms, concatenated along the sparse axis."""
@@ -70,9 +72,9 @@ class Model:
         return Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*parts, strict=True)))
 
     def mean(self, b: dict) -> Mean:
-        """Sum of the terms' predicted means (without e0)."""
-        parts = [t.mean(w, b) for t, w in zip(self.terms, self._weights(), strict=True)]
-        return Mean(*(sum(x[1:], x[0]) for x in zip(*parts, strict=True)))
+        """Sum of the terms' predicted means (without e0), one jitted call."""
+        statics = tuple((type(t), t.spec, t.kernel) for t in self.terms)
+        return _summed_mean(statics, tuple(t._z for t in self.terms), self._weights, b)
 
     def std(self, batch: Batch, b: dict) -> Std:
         """DTC standard deviations (all terms) of a one-configuration batch."""
@@ -246,6 +248,15 @@ class Model:
         info = {k: v for k, v in meta.items() if k not in skip}
         post = Posterior(jnp.asarray(w), jnp.asarray(L), jnp.asarray(R))
         return cls(tuple(terms), species, post, e0, info)
+
+
+@partial(jax.jit, static_argnums=0)
+def _summed_mean(statics: tuple, sparse: tuple, weights: tuple, b: dict) -> Mean:
+    parts = [
+        cls.mean_fn(spec, kernel, *z, w, b)
+        for (cls, spec, kernel), z, w in zip(statics, sparse, weights, strict=True)
+    ]
+    return Mean(*(sum(x[1:], x[0]) for x in zip(*parts, strict=True)))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

@@ -206,9 +206,8 @@ def soap_constants(spec: SoapSpec) -> SoapConstants:
     alpha_p = alphas * eta / (alphas + eta)
     centre_w = spec.poly_c if spec.weighting == "poly" else 1.0
     self_c = centre_w * B[0].sum(axis=1) / (2.0 * np.sqrt(np.pi))  # R_00 = Y_00
-    return SoapConstants(
-        B, alpha_p, self_c, _layout(len(spec.species), spec.n_max, spec.l_max)
-    )
+    layout = _layout(len(spec.species), spec.n_max, spec.l_max)
+    return SoapConstants(B, alpha_p, self_c, layout)
 
 
 def solid_harmonics(D: jax.Array, l_max: int) -> jax.Array:
@@ -265,22 +264,41 @@ def neighbour_weight(spec: SoapSpec, r2: jax.Array) -> jax.Array:
     return jnp.where(inside, 0.5 * (1.0 + jnp.cos(jnp.pi * x)), 0.0)
 
 
-def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
-    """One neighbour's density coefficients ``(N, (L+1)^2)`` for ``D (3,)`` in Å."""
+def _radial_and_harmonics(
+    spec: SoapSpec, D: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Weight ``(...)``, radial ``(..., L+1, N)`` and ``R_lm (..., (L+1)^2)`` of
+    pair vectors ``D (..., 3)``."""
     k = spec.constants
-    r2 = jnp.dot(D, D)
-    radial = jnp.einsum("lnk,lk->ln", k.B, jnp.exp(-k.alpha_p * r2))  # (L+1, N)
-    R = solid_harmonics(D, spec.l_max)  # ((L+1)^2,)
-    # broadcast each l's radial values over its 2l+1 columns (a gather here would
-    # become a slow scatter-add in the reverse pass)
-    radial_lm = jnp.concatenate(
-        [
-            jnp.broadcast_to(radial[l][:, None], (spec.n_max, 2 * l + 1))
-            for l in range(spec.l_max + 1)
-        ],
-        axis=1,
-    )  # (N, LM)
-    return neighbour_weight(spec, r2) * radial_lm * R[None, :]
+    r2 = jnp.sum(D * D, axis=-1)
+    alpha = k.alpha_p.reshape((1,) * r2.ndim + k.alpha_p.shape)
+    E = jnp.exp(-alpha * r2[..., None, None])  # (..., L+1, K)
+    radial = jnp.einsum("lnk,...lk->...ln", k.B, E)
+    return neighbour_weight(spec, r2), radial, solid_harmonics(D, spec.l_max)
+
+
+def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
+    """Density coefficients ``(..., N, (L+1)^2)`` of neighbours at ``D (..., 3)`` Å."""
+    w, radial, R = _radial_and_harmonics(spec, D)
+    # per-l outer products, concatenated: a gather of radial[l(lm)] would become a
+    # slow scatter-add in reverse passes, and a one-hot matmul is 3x slower here
+    blocks = [
+        radial[..., l, :, None] * R[..., None, l * l : (l + 1) ** 2]
+        for l in range(spec.l_max + 1)
+    ]
+    return w[..., None, None] * jnp.concatenate(blocks, axis=-1)
+
+
+def pair_contraction(spec: SoapSpec, D: jax.Array, u: jax.Array) -> jax.Array:
+    """``sum_{n,lm} u[..., n, lm] phi(D)[..., n, lm]`` without forming ``phi``;
+    its gradient in ``D`` is the force contribution of each pair."""
+    w, radial, R = _radial_and_harmonics(spec, D)
+    total = 0.0
+    for l in range(spec.l_max + 1):
+        sl = slice(l * l, (l + 1) ** 2)
+        uR = jnp.sum(u[..., sl] * R[..., None, sl], axis=-1)  # (..., N)
+        total = total + jnp.sum(radial[..., l, :] * uR, axis=-1)
+    return w * total
 
 
 def coefficients(
@@ -302,7 +320,7 @@ def coefficients(
     """
     k = spec.constants
     n_atoms, S = centre_species.shape[0], len(spec.species)
-    phi = jax.vmap(lambda d: pair_expansion(spec, d))(D) * mask[:, None, None]
+    phi = pair_expansion(spec, D) * mask[:, None, None]
     c = jax.ops.segment_sum(phi, centre * S + neighbour_species, n_atoms * S)
     c = c.reshape(n_atoms, S, spec.n_max, -1)
     onehot = jax.nn.one_hot(centre_species, S, dtype=c.dtype)

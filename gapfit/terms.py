@@ -3,20 +3,22 @@
 The model energy is the sum of the terms' local energies; the terms are independent
 GPs, so their kernel rows are concatenated along the sparse axis, ``K_mm`` is block
 diagonal and prior variances add. Every term offers the same small interface:
-``K_mm``, ``rows`` (fit), ``mean`` (predict), ``rows_and_priors`` (std), and
+``K_mm``, ``rows`` (fit), ``mean_fn`` (predict; a jitted pure function of the
+spec, kernel, sparse points ``_z``, weights and batch), ``rows_and_priors`` (std), and
 ``meta`` / ``arrays`` / ``load`` for the model file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from ase.data import chemical_symbols
 
-from gapfit.blocks import Mean, Rows, design_rows, predict_mean
+from gapfit.blocks import Rows, design_rows, predict_mean
 from gapfit.distance_2b import (
     PairSpec,
     SEKernel,
@@ -49,21 +51,22 @@ class SoapTerm:
     def neighbour_cutoff(self) -> float:
         return self.spec.neighbour_cutoff
 
+    mean_fn = staticmethod(predict_mean)
+
+    @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
+        """Sparse points as device arrays (converted once)."""
         return jnp.asarray(self.sparse_X), jnp.asarray(self.sparse_species)
 
     def K_mm(self) -> jax.Array:
-        X, s = self._z()
+        X, s = self._z
         return kernel_block(self.kernel, X, s, X, s)
 
     def rows(self, b: dict) -> Rows:
-        return design_rows(self.spec, self.kernel, *self._z(), b)
-
-    def mean(self, weights: jax.Array, b: dict) -> Mean:
-        return predict_mean(self.spec, self.kernel, *self._z(), weights, b)
+        return design_rows(self.spec, self.kernel, *self._z, b)
 
     def rows_and_priors(self, b: dict, incoming: jax.Array) -> tuple[Rows, Std]:
-        return soap_rows_and_priors(self.spec, self.kernel, *self._z(), b, incoming)
+        return soap_rows_and_priors(self.spec, self.kernel, *self._z, b, incoming)
 
     def meta(self) -> dict:
         return {
@@ -114,18 +117,19 @@ class PairTerm:
     def neighbour_cutoff(self) -> float:
         return self.spec.neighbour_cutoff
 
+    mean_fn = staticmethod(pair_mean)
+
+    @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
+        """Sparse points as device arrays (converted once)."""
         return jnp.asarray(self.sparse_r), jnp.asarray(self.sparse_type)
 
     def K_mm(self) -> jax.Array:
-        r, t = self._z()
+        r, t = self._z
         return pair_kernel_block(self.kernel, r, t, r, t)
 
     def rows(self, b: dict) -> Rows:
-        return pair_rows(self.spec, self.kernel, *self._z(), b)
-
-    def mean(self, weights: jax.Array, b: dict) -> Mean:
-        return pair_mean(self.spec, self.kernel, *self._z(), weights, b)
+        return pair_rows(self.spec, self.kernel, *self._z, b)
 
     def rows_and_priors(self, b: dict, incoming: jax.Array) -> tuple[Rows, Std]:
         rows = self.rows(b)
