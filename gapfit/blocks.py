@@ -27,9 +27,9 @@ from gapfit.soap import (
     SoapSpec,
     coefficients,
     pair_contraction,
+    pair_derivatives,
     power_spectrum,
     soap,
-    soap_and_pair_derivatives,
 )
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -100,15 +100,65 @@ def design_rows(
 ) -> Rows:
     """Kernel rows of every energy, force and virial of a batch (see module doc).
 
+    Pairs are processed in blocks of ``PAIR_BLOCK`` (a ``lax.scan`` accumulating the
+    force and virial rows), so memory is O(A M + block x (F + M)), not O(P M).
+
     Args:
         Z_hat: (M, F) unit SOAP vectors of the sparse points.
         Z_species: (M,) species index of each sparse point.
         b: ``batch_arrays(batch)``.
     """
-    p, dP = soap_and_pair_derivatives(
+    c = coefficients(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
     )
-    return rows_from_soap(kernel, p, dP, Z_hat, Z_species, b)
+    p_hat, norm = normalise(power_spectrum(spec, c))
+    q, a, local, energy = _atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
+    A, C, M = p_hat.shape[0], b["config_mask"].shape[0], Z_hat.shape[0]
+    P = b["D"].shape[0]
+    n_blocks = -(-P // PAIR_BLOCK)
+    pad = n_blocks * PAIR_BLOCK - P
+    keys = ("D", "centre", "neighbour", "neighbour_species", "pair_mask", "pair_config")
+    blocks = {  # padded pairs are masked; D = (1, 1, 1) keeps them away from r = 0
+        k: jnp.pad(
+            b[k], [(0, pad)] + [(0, 0)] * (b[k].ndim - 1), constant_values=k == "D"
+        ).reshape(n_blocks, PAIR_BLOCK, *b[k].shape[1:])
+        for k in keys
+    }
+
+    def body(carry, blk):
+        dP = pair_derivatives(
+            spec, c, blk["D"], blk["centre"], blk["neighbour_species"], blk["pair_mask"]
+        )
+        t = _pair_rows(dP, p_hat, q, a, Z_hat, blk)
+        forces, virial = forces_and_virials(t, {**b, **blk})
+        return (carry[0] + forces, carry[1] + virial), None
+
+    zeros = (jnp.zeros((A, 3, M)), jnp.zeros((C, 6, M)))
+    (forces, virial), _ = jax.lax.scan(body, zeros, blocks)
+    return Rows(energy, forces, virial, local)
+
+
+PAIR_BLOCK = 2048  # pairs per block of the force/virial rows (memory knob)
+
+
+def _atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b):
+    """Per-atom pieces: cosines ``q``, ``a = dk/dq / |p|``, local and energy rows."""
+    q = cosine(p_hat, Z_hat)  # (A, M)
+    s = same_species(b["species"], Z_species) * b["atom_mask"][:, None]
+    d2, zeta = kernel.delta**2, kernel.zeta
+    local = d2 * q**zeta * s  # (A, M)
+    energy = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
+    a = d2 * zeta * q ** (zeta - 1) * s / norm[:, None]  # (A, M)
+    return q, a, local, energy
+
+
+def _pair_rows(dP, p_hat, q, a, Z_hat, b) -> jax.Array:
+    """``t_pm = dk(p_i, z_m)/dD_p`` ``(P, 3, M)`` from ``dP (P, 3, F)``."""
+    ZdP = jnp.einsum("mf,pkf->pkm", Z_hat, dP)  # (P, 3, M): the main GEMM
+    i = b["centre"]
+    pdP = jnp.einsum("pf,pkf->pk", p_hat[i], dP)  # (P, 3)
+    t = a[i][:, None, :] * (ZdP - q[i][:, None, :] * pdP[:, :, None])
+    return t * b["pair_mask"][:, None, None]
 
 
 def rows_from_soap(
@@ -119,20 +169,10 @@ def rows_from_soap(
     Z_species: jax.Array,
     b: dict,
 ) -> Rows:
-    """``design_rows`` given SOAP ``p (A, F)`` and ``dP (P, 3, F)``."""
+    """Kernel rows given SOAP ``p (A, F)`` and every pair's ``dP (P, 3, F)``."""
     p_hat, norm = normalise(p)
-    q = cosine(p_hat, Z_hat)  # (A, M)
-    s = same_species(b["species"], Z_species) * b["atom_mask"][:, None]
-    d2, zeta = kernel.delta**2, kernel.zeta
-    local = d2 * q**zeta * s  # (A, M)
-    energy = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
-    a = d2 * zeta * q ** (zeta - 1) * s / norm[:, None]  # (A, M)
-    ZdP = jnp.einsum("mf,pkf->pkm", Z_hat, dP)  # (P, 3, M): the main GEMM
-    pdP = jnp.einsum("pf,pkf->pk", p_hat[b["centre"]], dP)  # (P, 3)
-    i = b["centre"]
-    t = a[i][:, None, :] * (ZdP - q[i][:, None, :] * pdP[:, :, None])  # (P, 3, M)
-    t = t * b["pair_mask"][:, None, None]
-    forces, virial = forces_and_virials(t, b)
+    q, a, local, energy = _atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
+    forces, virial = forces_and_virials(_pair_rows(dP, p_hat, q, a, Z_hat, b), b)
     return Rows(energy, forces, virial, local)
 
 

@@ -192,8 +192,11 @@ def pair_priors(
     cov = _covariance(spec, kernel, rq[:, :, None], rq[:, None, :]) * same
     local = 0.25 * jnp.sum(cov, axis=(1, 2)) * b["atom_mask"]
     # energies and virials: double sums over the canonical pairs of each configuration
-    w = b["canonical"] * b["pair_mask"]
-    a_v = jnp.stack([D_hat[:, i] * D_hat[:, j] * r for i, j in VOIGT], axis=1)  # (P, 6)
+    idx = b["canonical_index"]
+    r, D_hat, types = r[idx], D_hat[idx], types[idx]
+    config = b["pair_config"][idx]
+    w = b["canonical"][idx] * b["pair_mask"][idx]
+    a_v = jnp.stack([D_hat[:, i] * D_hat[:, j] * r for i, j in VOIGT], axis=1)  # (Q, 6)
     a_v = a_v * w[:, None]
     P, block = r.shape[0], 256
     pad = (-P) % block
@@ -205,22 +208,20 @@ def pair_priors(
         padded(r).reshape(-1, block),
         padded(types).reshape(-1, block),
         padded(w).reshape(-1, block),
-        padded(b["pair_config"]).reshape(-1, block),
+        padded(config).reshape(-1, block),
         padded(a_v).reshape(-1, block, 6),
     )
 
     def one_block(args):
         rb, tb, wb, cb, ab = args
-        mask = (tb[:, None] == types[None, :]) * (
-            cb[:, None] == b["pair_config"][None, :]
-        )
+        mask = (tb[:, None] == types[None, :]) * (cb[:, None] == config[None, :])
         mask = mask * wb[:, None] * w[None, :]
         e = jnp.sum(_covariance(spec, kernel, rb[:, None], r[None, :]) * mask, axis=1)
         v = ab * ((d2(rb[:, None], r[None, :]) * mask) @ a_v)  # (block, 6)
         return e, v
 
     e, v = jax.lax.map(one_block, rows)
-    cfg = padded(b["pair_config"])
+    cfg = padded(config)
     energy = jax.ops.segment_sum(e.reshape(-1), cfg, C)
     virial = jax.ops.segment_sum(v.reshape(-1, 6), cfg, C)
     return local, energy, forces, virial

@@ -34,6 +34,7 @@ class Batch(NamedTuple):
     neighbour_species: np.ndarray  # (P,) species index of j
     pair_mask: np.ndarray  # (P,) 1 real, 0 padding
     canonical: np.ndarray  # (P,) 1 for one direction of each i-j pair (pair terms)
+    canonical_index: np.ndarray  # (Q,) indices of the canonical pairs, padded
     pair_config: np.ndarray  # (P,) configuration index
     species: np.ndarray  # (A,) species index of each atom
     atom_mask: np.ndarray  # (A,) 1 real, 0 padding
@@ -152,6 +153,7 @@ def make_batch(
         neighbour_species=np.zeros(P, np.int64),
         pair_mask=np.zeros(P),
         canonical=np.zeros(P),
+        canonical_index=np.zeros(0, np.int64),
         pair_config=np.full(P, C - 1),
         species=np.zeros(A, np.int64),
         atom_mask=np.zeros(A),
@@ -174,7 +176,10 @@ def make_batch(
         a0, p0 = a0 + na, p0 + npair
     b.config_mask[: len(parts)] = 1.0
     b.n_atoms[: len(parts)] = n_atoms
-    return b
+    index = np.flatnonzero(b.canonical)
+    Q = bucket(len(index) + 1) if pad else len(index)
+    padding = np.full(Q - len(index), P - 1 if pad else 0)  # a masked pair when padded
+    return b._replace(canonical_index=np.concatenate([index, padding]).astype(np.int64))
 
 
 def _canonical(i: np.ndarray, j: np.ndarray, D: np.ndarray) -> np.ndarray:

@@ -264,17 +264,21 @@ def neighbour_weight(spec: SoapSpec, r2: jax.Array) -> jax.Array:
     return jnp.where(inside, 0.5 * (1.0 + jnp.cos(jnp.pi * x)), 0.0)
 
 
+def _radial(spec: SoapSpec, r2: jax.Array) -> jax.Array:
+    """``sum_k B_lnk exp(-alpha'_lk r^2)`` ``(..., L+1, N)`` of ``r2 (...)`` in Å^2."""
+    k = spec.constants
+    alpha = k.alpha_p.reshape((1,) * r2.ndim + k.alpha_p.shape)
+    E = jnp.exp(-alpha * r2[..., None, None])  # (..., L+1, K)
+    return jnp.einsum("lnk,...lk->...ln", k.B, E)
+
+
 def _radial_and_harmonics(
     spec: SoapSpec, D: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Weight ``(...)``, radial ``(..., L+1, N)`` and ``R_lm (..., (L+1)^2)`` of
     pair vectors ``D (..., 3)``."""
-    k = spec.constants
     r2 = jnp.sum(D * D, axis=-1)
-    alpha = k.alpha_p.reshape((1,) * r2.ndim + k.alpha_p.shape)
-    E = jnp.exp(-alpha * r2[..., None, None])  # (..., L+1, K)
-    radial = jnp.einsum("lnk,...lk->...ln", k.B, E)
-    return neighbour_weight(spec, r2), radial, solid_harmonics(D, spec.l_max)
+    return neighbour_weight(spec, r2), _radial(spec, r2), solid_harmonics(D, spec.l_max)
 
 
 def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
@@ -340,12 +344,6 @@ def power_spectrum(spec: SoapSpec, c: jax.Array) -> jax.Array:
     return P.reshape(*P.shape[:-5], -1)[..., spec.constants.layout]
 
 
-def pair_jacobians(spec: SoapSpec, D: jax.Array, mask: jax.Array) -> jax.Array:
-    """``d phi_p / d D_p`` ``(n_pairs, N, (L+1)^2, 3)`` of every pair (forward mode)."""
-    dphi = jax.vmap(jax.jacfwd(lambda d: pair_expansion(spec, d)))(D)
-    return dphi * mask[:, None, None, None]
-
-
 def soap(
     spec: SoapSpec,
     D: jax.Array,
@@ -360,6 +358,60 @@ def soap(
     )
 
 
+def pair_derivatives(
+    spec: SoapSpec,
+    c: jax.Array,
+    D: jax.Array,
+    centre: jax.Array,
+    neighbour_species: jax.Array,
+    mask: jax.Array,
+) -> jax.Array:
+    """``dP (n_pairs, 3, F) = d p_centre(p) / d D_p`` given the coefficients ``c``.
+
+    With ``phi = [w g]_ln(r^2) R_lm(D)`` and ``p_lnn' ~ sum_m c_nlm c_n'lm``, the
+    tangent of pair p along direction k is, for its neighbour's species block::
+
+        X_k[b, l, n, n'] = pref_l sum_m dphi_k[n, lm] c_i[b, n', lm]
+                         = pref_l (2 D_k [w g]'_ln (c_i R)_bln'
+                                   + [w g]_ln (c_i dR_k)_bln')
+
+    and ``dp^{ab} = [a = s_j] X[b] + [b = s_j] X[a]^T``. ``[w g]'`` (forward mode in
+    r^2) and ``dR/dD`` (forward mode) come from JAX; no per-pair ``dphi`` or
+    (N, N, 3, F) array is formed. Works on any subset (block) of the pairs.
+    """
+    S, L = len(spec.species), spec.l_max
+    r2 = jnp.sum(D * D, axis=-1)
+    wg, dwg = jax.jvp(
+        lambda x: neighbour_weight(spec, x)[..., None, None] * _radial(spec, x),
+        (r2,),
+        (jnp.ones_like(r2),),
+    )  # (P, L+1, N) each
+    R = solid_harmonics(D, L)  # (P, LM)
+    dR = jax.vmap(jax.jacfwd(lambda d: solid_harmonics(d, L)))(D)  # (P, LM, 3)
+    c_i = c[centre]  # (P, S, N, LM)
+    X = []
+    for l in range(L + 1):
+        sl = slice(l * l, (l + 1) ** 2)
+        cR = jnp.einsum("pbjm,pm->pbj", c_i[..., sl], R[:, sl])  # (P, S, N)
+        cdR = jnp.einsum("pbjm,pmk->pkbj", c_i[..., sl], dR[:, sl])  # (P, 3, S, N)
+        Xl = (
+            2.0
+            * D[:, :, None, None, None]
+            * dwg[:, None, None, l, :, None]
+            * cR[:, None, :, None, :]
+            + wg[:, None, None, l, :, None] * cdR[:, :, :, None, :]
+        )  # (P,3,S,N,N)
+        X.append(np.pi * math.sqrt(8.0 / (2 * l + 1)) * Xl)
+    X = jnp.stack(X, axis=3) * mask[:, None, None, None, None, None]  # (P,3,S,L+1,N,N)
+    own = jax.nn.one_hot(neighbour_species, S, dtype=c.dtype)  # (P, S)
+    full = (
+        own[:, None, :, None, None, None, None] * X[:, :, None]
+        + own[:, None, None, :, None, None, None]
+        * jnp.swapaxes(X, -1, -2)[:, :, :, None]
+    )  # (P, 3, S, S, L+1, N, N)
+    return full.reshape(*full.shape[:2], -1)[..., spec.constants.layout]
+
+
 def soap_and_pair_derivatives(
     spec: SoapSpec,
     D: jax.Array,
@@ -368,20 +420,7 @@ def soap_and_pair_derivatives(
     mask: jax.Array,
     centre_species: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """SOAP ``p (n_atoms, F)`` and ``dP (n_pairs, 3, F) = d p_centre(p) / d D_p``.
-
-    ``dP`` is a forward-mode derivative per pair: the pair's coefficient tangent pushed
-    through the (quadratic) power spectrum of its centre; no (N, N, 3, F) array.
-    """
-    S = len(spec.species)
+    """SOAP ``p (n_atoms, F)`` and ``dP (n_pairs, 3, F)`` of every pair."""
     c = coefficients(spec, D, centre, neighbour_species, mask, centre_species)
-    dphi = jnp.moveaxis(pair_jacobians(spec, D, mask), -1, 1)  # (P, 3, N, LM)
-    onehot = jax.nn.one_hot(neighbour_species, S, dtype=c.dtype)  # (P, S)
-    dc = onehot[:, None, :, None, None] * dphi[:, :, None]  # (P, 3, S, N, LM)
-    c_p = c[centre]
-
-    def tangent(ci: jax.Array, dci: jax.Array) -> jax.Array:
-        return jax.jvp(lambda cc: power_spectrum(spec, cc), (ci,), (dci,))[1]
-
-    dP = jax.vmap(jax.vmap(tangent, in_axes=(None, 0)))(c_p, dc)
+    dP = pair_derivatives(spec, c, D, centre, neighbour_species, mask)
     return power_spectrum(spec, c), dP
