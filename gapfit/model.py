@@ -27,7 +27,7 @@ import numpy as np
 
 from gapfit.blocks import Mean, Rows, batch_arrays
 from gapfit.errors import GapfitError
-from gapfit.neighbours import Batch, Structure, incoming, make_batch
+from gapfit.neighbours import Batch, Structure, incoming, make_batch, pad_batch
 from gapfit.sparse_gp import Posterior, VarianceFactors, variance_factors
 from gapfit.terms import TERM_TYPES, Term
 from gapfit.variance import Std, combine_std
@@ -112,13 +112,26 @@ class Model:
         out: list[dict] = []
         # std needs per-config Gram matrices, so one configuration per batch there
         sizes = [len(s.numbers) for s in structures]
-        for g in chunk_indices(sizes, 1 if std else batch_atoms):
-            sel = [structures[k] for k in g]
-            batch = make_batch(
-                sel, self.species, self.neighbour_cutoff, [wheres[k] for k in g]
+        groups = chunk_indices(sizes, 1 if std else batch_atoms)
+        batches = [
+            make_batch(
+                [structures[k] for k in g],
+                self.species,
+                self.neighbour_cutoff,
+                [wheres[k] for k in g],
             )
+            for g in groups
+        ]
+        if not std:  # one padded shape for all batches: one compilation
+            shape = [
+                max(len(getattr(b, k)) for b in batches)
+                for k in ("atom_mask", "pair_mask", "config_mask")
+            ]
+            batches = [pad_batch(b, *shape) for b in batches]
+        for g, batch in zip(groups, batches, strict=True):
             b = batch_arrays(batch)
             sd = self.std(batch, b) if std else None
+            sel = [structures[k] for k in g]
             out.extend(self._unpack(sel, batch, self.mean(b), sd))
         return out
 

@@ -189,6 +189,34 @@ def _canonical(i: np.ndarray, j: np.ndarray, D: np.ndarray) -> np.ndarray:
     return ((i < j) | ((i == j) & (first[:, 0] > 0))).astype(float)
 
 
+def pad_batch(batch: Batch, A: int, P: int, C: int) -> Batch:
+    """``batch`` padded to at least ``A`` atoms, ``P`` pairs and ``C`` configurations
+    (one jit shape for many batches); the padding is masked like ``make_batch``'s."""
+    A0, P0, C0 = len(batch.atom_mask), len(batch.pair_mask), len(batch.config_mask)
+    A, P, C = max(A, A0), max(P, P0), max(C, C0)
+
+    def grow(x: np.ndarray, n: int, fill) -> np.ndarray:
+        extra = np.empty((n - len(x), *x.shape[1:]), x.dtype)
+        extra[...] = fill
+        return np.concatenate([x, extra])
+
+    atoms = {"species": 0, "atom_mask": 0.0, "atom_config": C - 1}
+    pairs = {
+        "D": [1.0, 0.0, 0.0],
+        "centre": A - 1,
+        "neighbour": A - 1,
+        "neighbour_species": 0,
+        "pair_mask": 0.0,
+        "canonical": 0.0,
+        "pair_config": C - 1,
+    }
+    configs = {"config_mask": 0.0, "n_atoms": 0}
+    new = {k: grow(getattr(batch, k), A, v) for k, v in atoms.items()}
+    new.update({k: grow(getattr(batch, k), P, v) for k, v in pairs.items()})
+    new.update({k: grow(getattr(batch, k), C, v) for k, v in configs.items()})
+    return batch._replace(**new)
+
+
 def incoming(batch: Batch) -> np.ndarray:
     """``(A, K)`` indices of the pairs whose neighbour j is each atom (padded with an
     index of a masked pair), for per-atom force covariances."""

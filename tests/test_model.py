@@ -117,3 +117,14 @@ def test_soap_string_parsing():
         parse_soap("covariance_type=ard_se")
     with pytest.raises(GapfitError, match="no '='"):
         parse_soap("cutoff 5")
+
+
+def test_batched_prediction_equals_one_by_one(fitted):
+    """Padding batches to one shape (one compilation) changes nothing."""
+    gap, frames, _ = fitted
+    together = gap.model_.predict(frames, batch_atoms=70)  # groups of 2-3 configs
+    for frame, ref in zip(frames, together, strict=True):
+        (alone,) = gap.model_.predict([frame])
+        np.testing.assert_allclose(alone["energy"], ref["energy"], rtol=1e-12)
+        np.testing.assert_allclose(alone["forces"], ref["forces"], atol=1e-12)
+        np.testing.assert_allclose(alone["stress"], ref["stress"], atol=1e-14)
