@@ -200,7 +200,8 @@ def main() -> None:
 _FIT_EPILOG = "\n\n".join(
     [
         "\b\ngap_fit's own key=value arguments work in place of the options (one "
-        "style or the other;\n--chunk-atoms and --quiet go with either), e.g.\n"
+        "style or the other;\n--chunk-atoms, --quiet and --dry-run go with either), "
+        "e.g.\n"
         "  gapfit fit at_file=train.xyz gp_file=model.npz \\\n"
         "    gap={distance_2b cutoff=5.0 delta=1.0 theta_uniform=1.0 n_sparse=20 :\n"
         "         soap cutoff=5.0 n_max=8 l_max=6 atom_sigma=0.5 zeta=4 n_sparse=500} "
@@ -311,6 +312,13 @@ _FIT_EPILOG = "\n\n".join(
     "depend on it. [gapfit only]",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars. [gapfit only]")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the settings and data, print the sizes, predicted peak memory "
+    "and wall time of the fit, and exit without fitting or writing the model. "
+    "[gapfit only]",
+)
 @_user_errors
 def fit(
     gap_fit_args: tuple[str, ...],
@@ -328,6 +336,7 @@ def fit(
     keys: LabelKeys,
     chunk_atoms: int,
     quiet: bool,
+    dry_run: bool,
 ) -> None:
     """Fit a sparse GAP to labelled configurations and write the model file.
 
@@ -372,6 +381,10 @@ def fit(
         gp_option = "--gp-file"
     _check_writable(gp_file, gp_option)
     gap = GAP(**kwargs, chunk_atoms=chunk_atoms, progress=not quiet)
+    if dry_run:
+        click.echo(f"dry run of gapfit fit on {at_file} (nothing fitted or written)")
+        click.echo(gap.plan(at_file).table())
+        return
     gap.fit(at_file)
     info = gap.model_.info
     click.echo(_data_lines(info.get("data", {})))
@@ -387,6 +400,9 @@ def fit(
         "timings: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
         + f" (total {sum(timings.values()):.2f} s)"
+    )
+    click.echo(
+        "peak RSS: " + ", ".join(f"{k} {v:.2f} GiB" for k, v in gap.memory_gib_.items())
     )
     click.echo(format_error_table(gap.training_errors_, "training errors"))
     gap.save(gp_file)
@@ -598,6 +614,11 @@ def info(gp_file: str) -> None:
         click.echo(
             "fit timings: "
             + ", ".join(f"{k} {v:.2f} s" for k, v in meta["timings_s"].items())
+        )
+    if "peak_rss_gib" in meta:
+        click.echo(
+            "fit peak RSS: "
+            + ", ".join(f"{k} {v:.2f} GiB" for k, v in meta["peak_rss_gib"].items())
         )
     if meta.get("training_errors"):
         click.echo(format_error_table(meta["training_errors"], "training errors"))

@@ -4,7 +4,8 @@ Stages (each timed, with progress bars): read and validate data -> e0 -> SOAP of
 environment and 2-body distances -> sparse points of each term -> per chunk of
 configurations, kernel rows of energies, forces and virials folded into the QR ->
 weights and posterior factors -> training errors. Peak memory is O(M^2 + chunk) plus
-the (n_env, F) descriptor matrix.
+the (n_env, F) descriptor matrix; ``GAP.plan`` predicts it (``gapfit.plan``) and ``fit``
+records the peak resident set size after each stage (``memory_gib_``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import resource
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ase
 import jax
@@ -35,6 +38,9 @@ from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import finish, fold, start
 from gapfit.sparsify import select_sparse
 from gapfit.terms import PairTerm, SoapTerm, Term
+
+if TYPE_CHECKING:
+    from gapfit.plan import FitPlan
 
 
 class GAP:
@@ -90,6 +96,7 @@ class GAP:
     def fit(self, frames: str | os.PathLike | Sequence[ase.Atoms | Frame]) -> GAP:
         """Fit to labelled frames (a file path, ASE Atoms or ``Frame`` objects)."""
         timings: dict[str, float] = {}
+        memory: dict[str, float] = {}
         t0 = time.perf_counter()
         soap, pair = self._settings()
         frames = self._frames(frames)
@@ -100,11 +107,13 @@ class GAP:
         specs = _specs(soap, pair, species)
         cutoff = max(s.neighbour_cutoff for s, _ in specs.values())
         timings["read"] = time.perf_counter() - t0
+        memory["read"] = peak_rss_gib()
 
         chunks = chunk_indices([len(f.numbers) for f in frames], self.chunk_atoms)
         t0 = time.perf_counter()
         X, Z, r, t = self._descriptors(specs, frames, chunks, cutoff)
         timings["descriptors"] = time.perf_counter() - t0
+        memory["descriptors"] = peak_rss_gib()
 
         t0 = time.perf_counter()
         terms: list[Term] = []
@@ -121,6 +130,7 @@ class GAP:
             terms.append(SoapTerm(spec, kernel, np.asarray(X_hat), Z[idx]))
         K_mm = jax.scipy.linalg.block_diag(*(term.K_mm() for term in terms))
         timings["sparsify"] = time.perf_counter() - t0
+        memory["sparsify"] = peak_rss_gib()
 
         t0 = time.perf_counter()
         model = Model(tuple(terms), species, None, e0)
@@ -135,6 +145,7 @@ class GAP:
             R_aug = fold(R_aug, A, b)
         model.posterior = finish(R_aug, K_mm, self.sparse_jitter)
         timings["solve"] = time.perf_counter() - t0
+        memory["solve"] = peak_rss_gib()
 
         model.info = {
             "gapfit_version": __version__,
@@ -166,10 +177,21 @@ class GAP:
         )
         self.training_errors_ = error_table(frames, preds)
         timings["training_errors"] = time.perf_counter() - t0
+        memory["training_errors"] = peak_rss_gib()
         self.timings_ = timings
+        self.memory_gib_ = memory
         model.info["timings_s"] = timings
+        model.info["peak_rss_gib"] = memory
         model.info["training_errors"] = self.training_errors_
         return self
+
+    def plan(self, frames: str | os.PathLike | Sequence[ase.Atoms | Frame]) -> FitPlan:
+        """Predicted sizes, peak memory and wall time of ``fit(frames)``, without
+        fitting: reads and validates the settings and data and builds neighbour lists
+        only (see ``gapfit.plan``)."""
+        from gapfit.plan import plan_fit  # plan.py imports this module
+
+        return plan_fit(frames, self)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted model (see ``Model.save``)."""
@@ -270,6 +292,14 @@ class GAP:
             np.concatenate(r),
             np.concatenate(t),
         )
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process so far, GiB (``ru_maxrss`` is KiB on
+    Linux, bytes on macOS). It never decreases: after a stage it is the peak of the
+    process up to the end of that stage, earlier work in the same process included."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
 def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> dict:

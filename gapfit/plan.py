@@ -1,0 +1,489 @@
+"""Dry run of ``GAP.fit``: sizes, peak memory and wall time, predicted without fitting.
+
+``plan_fit(frames, gap)`` validates the settings and the data, reads the frames and
+builds their neighbour lists (vesin), but computes no descriptor or kernel and compiles
+nothing. Sizes follow ``GAP.fit``: chunks of configurations (``chunk_indices``), each
+padded (``neighbours.bucket``) to ``A`` atoms, ``P`` pairs and ``C`` configurations;
+``F`` SOAP features, ``N = n_max``, ``LM = (l_max + 1)^2``, ``S`` species, ``M`` sparse
+points of all terms (``M_2b`` of the 2-body term), ``B = PAIR_BLOCK`` pairs per block of
+``design_rows``, ``rows = 3A + 7C`` observations per chunk, ``n`` distinct padded
+chunk shapes (jit compiles every kernel once per shape).
+
+Peak resident set size (ru_maxrss; bytes, float64 = 8 B): the largest over the stages
+of ``base + runtime + code + data + transient``, where
+
+    base       Python, numpy, ASE, gapfit imported, frames read              (measured)
+    runtime    JAX/XLA CPU runtime after the first op                          (fitted)
+    code       compiled kernels: per kernel k, kappa_k c_k(LM) (1 + r (n - 1)),
+               c_k the retained RSS of its first compile in a fresh process
+               (measured), kappa_k and r fitted to whole fits (a later compile
+               reuses pages an earlier one freed), + fixed allowances for the small
+               eager ops of sparsify (K_mm, Cholesky) and solve (QR fold, scaling)
+    data       frames + SOAP matrix X (n_env, F) + 2-body distances + O(M^2) factors
+    transient  of the largest padded chunk (XLA temp + outputs: the coefficients are
+               the fits of ``compiled.memory_analysis()`` over a grid of shapes, i.e.
+               how many copies of each array XLA keeps alive):
+      descriptors      1.38 (P, N, LM) pair expansions summed into the coefficients,
+                       + X once more (chunk list and concatenated matrix)
+      sparsify         k_s (n_species_env, F): select_sparse's normalised, rounded,
+                       sorted copies and the SVD of X_hat (k_s fitted)
+      solve            design_rows 3.77 (B, 3, M) pair rows dk/dD + 0.96 (A, 3, M)
+                       force accumulator + 0.19 (B, 3, S, N, LM) Jacobians + 0.65
+                       (B, 3, S^2, L+1, N^2) power-spectrum tangents + 5.9 (A, S, N,
+                       LM) coefficients + outputs (4A + 7C, M); pair_rows 8.04 (P, M_2b)
+                       + 2.1 (A, 3, M_2b) + 6 (C, 9, M_2b); scaled rows (rows, M) x2;
+                       QR input 1.63 (M + 1 + rows, M + 1)
+      training_errors  predict_mean 3.34 (P, N, LM) + 0.55 (P, L+1, N) + 85 P
+                       (reverse pass over every pair's expansion) + pair_mean 2.0
+                       (P, M_2b) + 35 P at the elementwise-largest padded shape
+                       (``Model.predict`` pads all batches to one shape, one compile)
+                       + the arrays of all batches (80 B per pair, 32 B per atom)
+
+Wall time: the plan's own read time, its neighbour-list time once per stage that
+builds batches (descriptors, solve, training errors), a compile allowance per kernel
+and padded shape (``COMPILE_S``), fixed allowances (eager ops, per chunk), SOAP pair
+work ``P N LM`` (expansions, coefficients) at ``PAIR_WORK_S``, and flops at one
+calibrated rate: per chunk ``2 (3 P F M)`` for ``Z_hat . dP``, ``18 P C M`` for the
+virial contraction, ``12 P S^2 N^2 LM`` for the power-spectrum tangents, ``2 rows
+(M+1)^2`` for the QR fold and ``30 P M_2b`` for the 2-body rows; ``6 A F M + 3 P N LM``
+per batch of the prediction pass; ``4 n_env F^2 + 2 M^2 F`` for sparsify (SVD, K_mm).
+
+All constants come from CPU JAX on a 2-core x86 reference machine (``benchmarks``):
+another machine scales the time, and the compile terms of the memory somewhat.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import ase
+import numpy as np
+
+from gapfit.blocks import PAIR_BLOCK
+from gapfit.data import Frame, fit_e0
+from gapfit.distance_2b import pair_type
+from gapfit.errors import GapfitError
+from gapfit.fit import _specs
+from gapfit.model import chunk_indices
+from gapfit.neighbours import _canonical, bucket, pairs
+from gapfit.sparsify import select_sparse
+
+if TYPE_CHECKING:
+    from gapfit.fit import GAP
+
+GIB = 1024**3
+MIB = 1024**2
+
+# Memory (see the module docstring). Retained RSS of a kernel's first compile in a
+# fresh process, MiB = a + b LM (S = 1; S = 2 adds < 10 %), and the fraction kappa of
+# it that a whole fit keeps.
+BASE_BYTES = 0.20 * GIB
+RUNTIME_BYTES = 0.056 * GIB
+CODE_MIB = {
+    "descriptors": (1.0, 2.2),
+    "design_rows": (34.0, 6.0),
+    "predict_mean": (94.0, 2.25),
+    "pair_mean": (65.0, 0.0),  # both 2-body kernels (pair_rows' compile fits in misc)
+}
+CODE_KAPPA = {"descriptors": 0.42, "design_rows": 0.42, "predict_mean": 0.29}
+CODE_PER_SHAPE = 0.44  # r: each further padded shape adds this fraction
+MISC_MIB = {"sparsify": 36.0, "solve": 124.0}  # small eager ops (K_mm, QR fold, ...)
+SPARSIFY_COPIES = 4.4  # k_s
+
+# Time (see the module docstring): effective flop rate of the dense kernels, seconds
+# per unit of SOAP pair work (P N LM), compile seconds per padded shape (b LM for the
+# SOAP kernels, a for the 2-body ones), fixed seconds of the small eager ops and per
+# chunk (batching, Python).
+FLOP_RATE = 21.4e9
+PAIR_WORK_S = 5.8e-9
+COMPILE_S = {
+    "descriptors": 0.0238,
+    "design_rows": 0.0968,
+    "predict_mean": 0.149,
+    "pair": 0.88,
+}
+FIXED_S = {"sparsify": 1.16, "solve": 1.32, "chunk": 0.048}
+STAGES = ("read", "descriptors", "sparsify", "solve", "training_errors")
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What ``GAP.fit`` will do with these frames and settings (nothing allocated).
+
+    Attributes:
+        n_configs, n_atoms: configurations and atoms.
+        n_pairs: full-list (both directions) pairs within the largest term cutoff.
+        n_sparse: sparse points per term, e.g. ``{"soap": 500, "distance_2b": 20}``
+            (SOAP: ``min(n_sparse, atoms)`` per species, an upper bound).
+        M: all sparse points.
+        n_features: SOAP vector length F (0 without SOAP).
+        chunk_atoms: the chunk budget.
+        n_chunks: chunks of configurations.
+        chunk_shapes: distinct padded ``(A, P, C)`` of the chunks (one jit compile
+            of each kernel per shape).
+        largest_chunk: padded ``(A, P, C)`` of the chunk with the most pairs.
+        predict_shape: the one padded ``(A, P, C)`` of the training-error pass
+            (``Model.predict`` pads every batch to the elementwise largest).
+        peak_bytes: predicted peak resident set size of the fit, bytes.
+        peak_stage: the stage where it is reached.
+        breakdown: the terms of ``peak_bytes``, bytes (they add up to it).
+        stage_bytes: predicted peak RSS at the end of each stage (like
+            ``GAP.memory_gib_``), bytes.
+        seconds: predicted wall time of the fit, s.
+        stage_seconds: per stage, s.
+    """
+
+    n_configs: int
+    n_atoms: int
+    n_pairs: int
+    n_sparse: dict[str, int]
+    M: int
+    n_features: int
+    chunk_atoms: int
+    n_chunks: int
+    chunk_shapes: tuple[tuple[int, int, int], ...]
+    largest_chunk: tuple[int, int, int]
+    predict_shape: tuple[int, int, int]
+    peak_bytes: int
+    peak_stage: str
+    breakdown: dict[str, int] = field(default_factory=dict)
+    stage_bytes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / GIB
+
+    def table(self) -> str:
+        """The plan as a small text table (``gapfit fit --dry-run``)."""
+        A, P, C = self.largest_chunk
+        rows = [
+            ("configs", f"{self.n_configs}"),
+            ("atoms", f"{self.n_atoms}"),
+            ("pairs (full list)", f"{self.n_pairs}"),
+            *((f"sparse points {name}", f"{n}") for name, n in self.n_sparse.items()),
+            ("sparse points M", f"{self.M}"),
+            (
+                "chunks",
+                f"{self.n_chunks} of <= {self.chunk_atoms} atoms, "
+                f"{len(self.chunk_shapes)} padded shapes, largest A={A} P={P} C={C}",
+            ),
+            ("predicted peak RSS", f"{self.peak_gib:.2f} GiB ({self.peak_stage})"),
+            *(
+                (f"  {name}", f"{value / GIB:.3f} GiB")
+                for name, value in self.breakdown.items()
+            ),
+            ("predicted wall time", f"{self.seconds:.0f} s"),
+            *(
+                (f"  {name}", f"{value:.1f} s")
+                for name, value in self.stage_seconds.items()
+            ),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+@dataclass
+class _Chunk:
+    atoms: int
+    pairs: int
+    configs: int
+
+    @property
+    def padded(self) -> tuple[int, int, int]:
+        """``(A, P, C)`` as ``make_batch`` pads them."""
+        return (
+            bucket(self.atoms + 1),
+            bucket(self.pairs + 1),
+            bucket(self.configs + 1, 2),
+        )
+
+
+def plan_fit(
+    frames: str | os.PathLike | Sequence[ase.Atoms | Frame], gap: GAP
+) -> FitPlan:
+    """Predict sizes, peak memory and wall time of ``gap.fit(frames)`` (see module doc).
+
+    Raises:
+        GapfitError: the settings or the data are invalid (as ``fit`` would).
+    """
+    t0 = time.perf_counter()
+    soap, pair = gap._settings()
+    frames = gap._frames(frames)
+    t_read = time.perf_counter() - t0
+    gap._sigmas()
+    species = tuple(sorted({int(z) for f in frames for z in f.numbers}))
+    method = "explicit" if gap.e0_method == "explicit" else gap.e0_method
+    fit_e0(frames, method, species, gap.e0)
+    specs = _specs(soap, pair, species)
+    if soap is not None:  # n_sparse, sparse_method and seed, as the fit checks them
+        F = specs["soap"][0].n_features
+        select_sparse(
+            np.zeros((0, F)),
+            np.zeros(0, np.int64),
+            soap["n_sparse"],
+            soap["sparse_method"],
+            gap.rnd_seed,
+        )
+    cutoff = max(s.neighbour_cutoff for s, _ in specs.values())
+
+    t0 = time.perf_counter()
+    counts, r_range = _neighbour_counts(frames, specs, cutoff, len(species))
+    t_nl = time.perf_counter() - t0
+    sizes = [len(f.numbers) for f in frames]
+    chunks = [
+        _Chunk(sum(sizes[k] for k in c), sum(counts[k] for k in c), len(c))
+        for c in chunk_indices(sizes, gap.chunk_atoms)
+    ]
+    n_sparse = _n_sparse(frames, species, soap, pair, r_range)
+    shape = _Shape.of(specs, n_sparse, species)
+    numbers = np.concatenate([f.numbers for f in frames])
+    memory = _memory(shape, chunks, len(frames), int(np.bincount(numbers).max()))
+    stage_seconds = _seconds(shape, chunks, t_read, t_nl)
+    shapes = sorted({c.padded for c in chunks})
+    stage = max(memory, key=lambda s: memory[s][0])
+    running = np.maximum.accumulate([memory[s][0] for s in STAGES])  # as ru_maxrss
+    return FitPlan(
+        n_configs=len(frames),
+        n_atoms=int(sum(sizes)),
+        n_pairs=int(sum(counts)),
+        n_sparse=n_sparse,
+        M=shape.M,
+        n_features=shape.F,
+        chunk_atoms=gap.chunk_atoms,
+        n_chunks=len(chunks),
+        chunk_shapes=tuple(shapes),
+        largest_chunk=max(shapes, key=lambda s: (s[1], s[0], s[2])),
+        predict_shape=_largest(shapes),
+        peak_bytes=int(memory[stage][0]),
+        peak_stage=stage,
+        breakdown={k: int(v) for k, v in memory[stage][1].items()},
+        stage_bytes={s: int(b) for s, b in zip(STAGES, running, strict=True)},
+        seconds=float(sum(stage_seconds.values())),
+        stage_seconds=stage_seconds,
+    )
+
+
+# ------------------------------------------------------------------------------------
+def _neighbour_counts(
+    frames: Sequence[Frame], specs: dict, cutoff: float, n_species: int
+) -> tuple[list[int], dict[int, tuple[float, float]]]:
+    """Full-list pairs of every frame, and the (min, max) distance of each 2-body pair
+    type within the 2-body cutoff (``GAP.fit`` places its sparse points there)."""
+    counts: list[int] = []
+    r_range: dict[int, tuple[float, float]] = {}
+    pair_spec = specs["distance_2b"][0] if "distance_2b" in specs else None
+    for f in frames:
+        i, j, D = pairs(f, cutoff, f.where)
+        counts.append(len(i))
+        if pair_spec is None or not len(i):
+            continue
+        z = np.searchsorted(pair_spec.species, f.numbers)
+        r = np.linalg.norm(D, axis=1)
+        keep = (_canonical(i, j, D) > 0) & (r < pair_spec.cutoff)
+        t = pair_type(z[i[keep]], z[j[keep]], n_species)
+        for ty in np.unique(t):
+            rt = r[keep][t == ty]
+            lo, hi = r_range.get(int(ty), (np.inf, -np.inf))
+            r_range[int(ty)] = (min(lo, rt.min()), max(hi, rt.max()))
+    return counts, r_range
+
+
+def _n_sparse(
+    frames: Sequence[Frame],
+    species: tuple[int, ...],
+    soap: dict | None,
+    pair: dict | None,
+    r_range: dict[int, tuple[float, float]],
+) -> dict[str, int]:
+    """Sparse points per term as ``GAP.fit`` chooses them (SOAP: an upper bound, since
+    duplicate environments are dropped first)."""
+    out: dict[str, int] = {}
+    if pair is not None and not r_range:  # as distance_2b.pair_sparse_points says
+        raise GapfitError(
+            f"distance_2b: no pair of atoms closer than cutoff={pair['cutoff']} Å in "
+            "the training data; raise the cutoff or drop the 2-body term."
+        )
+    if pair is not None:
+        out["distance_2b"] = sum(
+            pair["n_sparse"] if hi > lo else 1 for lo, hi in r_range.values()
+        )
+    if soap is not None:
+        atoms = np.bincount(
+            np.concatenate([f.numbers for f in frames]), minlength=max(species) + 1
+        )
+        out["soap"] = int(sum(min(soap["n_sparse"], atoms[z]) for z in species))
+    return out
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Static sizes of the model: SOAP ``S, N, L, LM, F`` (zeros without SOAP),
+    ``M_soap``, ``M_2b``, ``M``."""
+
+    S: int
+    N: int
+    L: int
+    F: int
+    M_soap: int
+    M_2b: int
+
+    @property
+    def LM(self) -> int:
+        return (self.L + 1) ** 2 if self.F else 0
+
+    @property
+    def M(self) -> int:
+        return self.M_soap + self.M_2b
+
+    @classmethod
+    def of(cls, specs: dict, n_sparse: dict[str, int], species: tuple) -> _Shape:
+        M_2b = n_sparse.get("distance_2b", 0)
+        if "soap" not in specs:
+            return cls(len(species), 0, 0, 0, 0, M_2b)
+        s = specs["soap"][0]
+        return cls(len(species), s.n_max, s.l_max, s.n_features, n_sparse["soap"], M_2b)
+
+
+def _code_bytes(shape: _Shape, n_shapes: int, kernels: Sequence[str]) -> float:
+    """Retained RSS of compiling ``kernels`` (those of the fit's chunk loops for
+    ``n_shapes`` padded shapes; the prediction pass pads every batch to one shape)."""
+    total = 0.0
+    for k in kernels:
+        a, b = CODE_MIB[k]
+        once = k in ("predict_mean", "pair_mean")
+        shapes = 1 + CODE_PER_SHAPE * ((1 if once else n_shapes) - 1)
+        total += CODE_KAPPA.get(k, 1.0) * (a + b * shape.LM) * MIB * shapes
+    return total
+
+
+def _transients(shape: _Shape, A: int, P: int, C: int) -> dict[str, float]:
+    """XLA temp + output bytes of one padded chunk, per stage (see module doc)."""
+    S, N, L1, LM, F = shape.S, shape.N, shape.L + 1, shape.LM, shape.F
+    M, Ms, M2 = shape.M, shape.M_soap, shape.M_2b
+    B = min(PAIR_BLOCK, P)
+    rows = 3 * A + 7 * C
+    out = {"descriptors": 1.38 * P * N * LM + A * F}
+    soap_rows = (
+        3.77 * B * 3 * Ms
+        + 0.96 * A * 3 * Ms
+        + 0.19 * B * 3 * S * N * LM
+        + 0.65 * B * 3 * S * S * L1 * N * N
+        + 5.9 * A * S * N * LM
+        + (A * 4 + C * 7) * Ms  # outputs: energy, forces, virial, local rows
+        if F
+        else 0.0
+    )
+    pair_rows = 8.04 * P * M2 + 2.1 * A * 3 * M2 + 6.0 * C * 9 * M2
+    qr = 2 * rows * (M + 1) + 1.63 * (M + 1 + rows) * (M + 1)
+    out["solve"] = soap_rows + pair_rows + qr
+    predict = 3.34 * P * N * LM + 0.55 * P * L1 * N + 85 * P if F else 0.0
+    out["training_errors"] = predict + (2.0 * P * M2 + 35 * P if M2 else 0.0)
+    return {k: 8.0 * v for k, v in out.items()}
+
+
+def _largest(shapes: Iterable[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """Elementwise largest ``(A, P, C)`` (``Model.predict``'s one padded shape)."""
+    A, P, C = zip(*shapes, strict=True)
+    return max(A), max(P), max(C)
+
+
+def _memory(
+    shape: _Shape,
+    chunks: Sequence[_Chunk],
+    n_frames: int,
+    largest_species: int,
+) -> dict[str, tuple[float, dict[str, float]]]:
+    """Predicted RSS ``(bytes, breakdown)`` of each stage at its own peak."""
+    n_atoms = sum(c.atoms for c in chunks)
+    n_pairs = sum(c.pairs for c in chunks)
+    padded = {c.padded for c in chunks}
+    worst: dict[str, float] = {}
+    for A, P, C in padded:
+        for stage, b in _transients(shape, A, P, C).items():
+            worst[stage] = max(worst.get(stage, 0.0), b)
+    # Model.predict pads every batch to the elementwise largest (A, P, C) and builds
+    # all of them first (80 B per padded pair, 32 B per padded atom)
+    worst["training_errors"] = _transients(shape, *_largest(padded))[
+        "training_errors"
+    ] + sum(80.0 * c.padded[1] + 32.0 * c.padded[0] for c in chunks)
+    soap, two_body = shape.F > 0, shape.M_2b > 0
+    X = 8.0 * n_atoms * shape.F  # (n_env, F) SOAP matrix
+    kernels = {
+        "descriptors": ["descriptors"] * soap,
+        "solve": ["design_rows"] * soap,
+        "training_errors": ["predict_mean"] * soap + ["pair_mean"] * two_body,
+    }
+    transient = {
+        "read": 0.0,
+        "descriptors": worst["descriptors"] + X,  # chunk list + concatenated X
+        "sparsify": SPARSIFY_COPIES * 8.0 * largest_species * shape.F,
+        "solve": worst["solve"],
+        "training_errors": worst["training_errors"],
+    }
+    fixed = {"base": BASE_BYTES, "frames": 8.0 * 10 * n_atoms + 2048.0 * n_frames}
+    out: dict[str, tuple[float, dict[str, float]]] = {}
+    code: list[str] = []
+    misc = 0.0
+    for stage in STAGES:
+        code += kernels.get(stage, [])
+        misc += MISC_MIB.get(stage, 0.0) * MIB
+        if stage == "descriptors":  # SOAP matrix, 2-body distances and types
+            fixed["JAX runtime"] = RUNTIME_BYTES
+            fixed["descriptors"] = X + (16.0 * n_pairs / 2 if two_body else 0.0)
+        if stage == "sparsify":  # K_mm, its factor, R_aug, posterior, QR copies
+            fixed["factors"] = 8.0 * 6 * (shape.M + 1) ** 2
+        parts = {
+            **fixed,
+            "compiled code": _code_bytes(shape, len(padded), code) + misc,
+            f"{stage} transient": transient[stage],
+        }
+        out[stage] = (sum(parts.values()), parts)
+    return out
+
+
+def _seconds(
+    shape: _Shape,
+    chunks: Sequence[_Chunk],
+    t_read: float,
+    t_nl: float,
+) -> dict[str, float]:
+    """Predicted wall time per stage (see module doc)."""
+    S, N, LM, F = shape.S, shape.N, shape.LM, shape.F
+    M, Ms, M2 = shape.M, shape.M_soap, shape.M_2b
+    soap, two_body = F > 0, M2 > 0
+    A_max, P_max, _ = _largest(c.padded for c in chunks)
+    work = rows = pred = 0.0  # SOAP pair work, flops of the solve and of predictions
+    for c in chunks:
+        A, P, C = c.padded
+        if soap:
+            work += P * N * LM
+            rows += 2 * 3 * P * F * Ms + 18 * P * C * Ms + 12 * P * S * S * N * N * LM
+            pred += 6 * A_max * F * Ms + 3 * P_max * N * LM
+        rows += 2 * (3 * A + 7 * C) * (M + 1) ** 2 + 30 * P * M2
+    n_env = sum(c.atoms for c in chunks)
+    n_shapes = len({c.padded for c in chunks})
+    per_chunk = FIXED_S["chunk"] * len(chunks)
+    pair_compile = COMPILE_S["pair"] if two_body else 0.0
+    return {
+        "read": t_read,
+        "descriptors": t_nl
+        + (PAIR_WORK_S * work + n_shapes * COMPILE_S["descriptors"] * LM) * soap,
+        "sparsify": FIXED_S["sparsify"]
+        + (4 * n_env * F * F + 2 * Ms * Ms * F) / FLOP_RATE,
+        "solve": t_nl
+        + FIXED_S["solve"]
+        + rows / FLOP_RATE
+        + n_shapes * (COMPILE_S["design_rows"] * LM + pair_compile)
+        + per_chunk,
+        "training_errors": t_nl  # one padded shape: one compile
+        + pred / FLOP_RATE
+        + COMPILE_S["predict_mean"] * LM
+        + pair_compile
+        + per_chunk,
+    }
