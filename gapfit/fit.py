@@ -32,7 +32,7 @@ from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
 from gapfit.errors import GapfitError
 from gapfit.kernels import DotProductKernel, normalise
 from gapfit.model import Model, chunk_indices
-from gapfit.neighbours import make_batch
+from gapfit.neighbours import Batch, make_batch, pad_batch
 from gapfit.report import error_table
 from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import finish, fold, start
@@ -111,7 +111,8 @@ class GAP:
 
         chunks = chunk_indices([len(f.numbers) for f in frames], self.chunk_atoms)
         t0 = time.perf_counter()
-        X, Z, r, t = self._descriptors(specs, frames, chunks, cutoff)
+        batches = _padded_batches(frames, chunks, species, cutoff)
+        X, Z, r, t = self._descriptors(specs, batches)
         timings["descriptors"] = time.perf_counter() - t0
         memory["descriptors"] = peak_rss_gib()
 
@@ -135,11 +136,13 @@ class GAP:
         t0 = time.perf_counter()
         model = Model(tuple(terms), species, None, e0)
         R_aug = start(K_mm, self.sparse_jitter)
-        for chunk in tqdm(
-            chunks, desc="kernel rows + QR", unit="chunk", disable=not self.progress
+        for chunk, batch in tqdm(
+            list(zip(chunks, batches, strict=True)),
+            desc="kernel rows + QR",
+            unit="chunk",
+            disable=not self.progress,
         ):
             sel = [frames[k] for k in chunk]
-            batch = make_batch(sel, species, cutoff, [f.where for f in sel])
             rows = model.rows(batch_arrays(batch))
             A, b = _scaled_rows(rows, batch, sel, sigmas, e0, species)
             R_aug = fold(R_aug, A, b)
@@ -248,11 +251,7 @@ class GAP:
         return soap, pair
 
     def _descriptors(
-        self,
-        specs: dict,
-        frames: Sequence[Frame],
-        chunks: list[list[int]],
-        cutoff: float,
+        self, specs: dict, batches: Sequence[Batch]
     ) -> tuple[np.ndarray, ...]:
         """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment, and
         the distances and pair types of every pair within the 2-body cutoff."""
@@ -262,12 +261,10 @@ class GAP:
             [np.zeros(0)],
             [np.zeros(0, np.int64)],
         )
-        for chunk in tqdm(
-            chunks, desc="descriptors", unit="chunk", disable=not self.progress
+        species = next(iter(specs.values()))[0].species
+        for batch in tqdm(
+            batches, desc="descriptors", unit="chunk", disable=not self.progress
         ):
-            sel = [frames[k] for k in chunk]
-            species = next(iter(specs.values()))[0].species
-            batch = make_batch(sel, species, cutoff, [f.where for f in sel])
             if "soap" in specs:
                 real = batch.atom_mask > 0
                 X.append(
@@ -300,6 +297,27 @@ def peak_rss_gib() -> float:
     process up to the end of that stage, earlier work in the same process included."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
+
+
+def _padded_batches(
+    frames: Sequence[Frame],
+    chunks: list[list[int]],
+    species: tuple[int, ...],
+    cutoff: float,
+) -> list[Batch]:
+    """Neighbour lists of every chunk, padded to one shape: one compilation of each
+    kernel instead of one per shape (compiled code dominates the fit's memory)."""
+    batches = [
+        make_batch(
+            [frames[k] for k in c], species, cutoff, [frames[k].where for k in c]
+        )
+        for c in chunks
+    ]
+    shape = [
+        max(len(getattr(b, k)) for b in batches)
+        for k in ("atom_mask", "pair_mask", "config_mask")
+    ]
+    return [pad_batch(b, *shape) for b in batches]
 
 
 def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> dict:

@@ -193,10 +193,13 @@ class _Chunk:
     atoms: int
     pairs: int
     configs: int
+    pad_to: tuple[int, int, int] | None = None  # the fit's one shape for all chunks
 
     @property
     def padded(self) -> tuple[int, int, int]:
-        """``(A, P, C)`` as ``make_batch`` pads them."""
+        """``(A, P, C)`` as ``make_batch`` pads them, or the common shape."""
+        if self.pad_to is not None:
+            return self.pad_to
         return (
             bucket(self.atoms + 1),
             bucket(self.pairs + 1),
@@ -240,6 +243,9 @@ def plan_fit(
         _Chunk(sum(sizes[k] for k in c), sum(counts[k] for k in c), len(c))
         for c in chunk_indices(sizes, gap.chunk_atoms)
     ]
+    common = _largest(c.padded for c in chunks)  # GAP.fit pads every chunk to it
+    for c in chunks:
+        c.pad_to = common
     n_sparse = _n_sparse(frames, species, soap, pair, r_range)
     shape = _Shape.of(specs, n_sparse, species)
     numbers = np.concatenate([f.numbers for f in frames])

@@ -84,9 +84,11 @@ def test_counts_match_a_direct_count(frames, train):
     for c in chunks:
         b = make_batch([frames[k] for k in c], (29,), 4.0)
         shapes.add((len(b.species), len(b.D), len(b.config_mask)))
+    # the fit pads every chunk to the elementwise largest shape (one compilation)
+    common = tuple(max(s[k] for s in shapes) for k in range(3))
     assert plan.n_chunks == len(chunks)
-    assert set(plan.chunk_shapes) == shapes
-    assert plan.largest_chunk == max(shapes, key=lambda s: s[1])
+    assert plan.chunk_shapes == (common,)
+    assert plan.largest_chunk == common
 
 
 def test_frames_in_memory_give_the_same_plan(frames, train):
