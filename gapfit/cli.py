@@ -36,6 +36,7 @@ from gapfit.gap_fit_args import (
     IGNORED,
     OPTION_MAP,
     gap_kwargs,
+    is_number,
     join_braces,
     parse_gap_fit_command,
     split_arguments,
@@ -123,19 +124,11 @@ class _FitCommand(click.Command):
                 continue
             values = [first] if eq else []  # "--default-sigma=0.001 0.05 ..." too
             k += 1
-            while k < len(args) and _is_number(args[k].strip("{}")):
+            while k < len(args) and is_number(args[k].strip("{}")):
                 values.append(args[k])
                 k += 1
             out += [name, " ".join(values)] if values else [name]
         return super().parse_args(ctx, join_braces(out))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_writable(path: str, option: str) -> None:

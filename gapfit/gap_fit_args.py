@@ -381,7 +381,7 @@ def gap_kwargs(
     def opt(name: str) -> str:
         return f"{name}=" if gap_fit_style else f"--{name.replace('_', '-')} "
 
-    if e0 is not None and _is_number(_unquote(e0).strip()):
+    if e0 is not None and is_number(_unquote(e0).strip()):
         per_element = "e0={Cu:-0.1:Au:-0.2}" if gap_fit_style else "--e0 'Cu:-0.1'"
         raise GapfitError(
             f"{opt('e0')}{e0}: one e0 for every element is not supported; use "
@@ -513,7 +513,8 @@ def _unquote(text: str) -> str:
     return text
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """True if ``text`` parses as a float."""
     try:
         float(text)
     except ValueError:
