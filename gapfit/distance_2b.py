@@ -75,9 +75,11 @@ class SEKernel:
             )
 
 
-def pair_type(s_i: np.ndarray, s_j: np.ndarray, n_species: int) -> np.ndarray:
-    """Index of the unordered species pair (a <= b) in 0..S(S+1)/2-1."""
-    a, b = np.minimum(s_i, s_j), np.maximum(s_i, s_j)
+def pair_type(s_i, s_j, n_species: int):
+    """Index of the unordered species pair (a <= b) in 0..S(S+1)/2-1 (numpy or JAX
+    integer arrays)."""
+    a = (s_i + s_j - abs(s_i - s_j)) // 2  # min, written for numpy and jax alike
+    b = s_i + s_j - a
     return a * n_species - a * (a - 1) // 2 + (b - a)
 
 
@@ -98,10 +100,7 @@ def _covariance(
 def _geometry(b: dict, n_species: int) -> tuple[jax.Array, ...]:
     """Distances ``(P,)``, unit vectors ``(P, 3)`` and pair types ``(P,)``."""
     r = jnp.sqrt(jnp.sum(b["D"] ** 2, axis=1))
-    s_i = b["species"][b["centre"]]
-    s_j = b["neighbour_species"]
-    a, c = jnp.minimum(s_i, s_j), jnp.maximum(s_i, s_j)
-    types = a * n_species - a * (a - 1) // 2 + (c - a)
+    types = pair_type(b["species"][b["centre"]], b["neighbour_species"], n_species)
     return r, b["D"] / r[:, None], types
 
 

@@ -255,23 +255,15 @@ class GAP:
     ) -> tuple[np.ndarray, ...]:
         """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment, and
         the distances and pair types of every pair within the 2-body cutoff."""
-        X, Z, r, t = (
-            [np.zeros((0, 0))],
-            [np.zeros(0, np.int64)],
-            [np.zeros(0)],
-            [np.zeros(0, np.int64)],
-        )
+        X, Z, r, t = [], [], [], []
         species = next(iter(specs.values()))[0].species
         for batch in tqdm(
             batches, desc="descriptors", unit="chunk", disable=not self.progress
         ):
             if "soap" in specs:
                 real = batch.atom_mask > 0
-                X.append(
-                    np.asarray(descriptors_jit(specs["soap"][0], batch_arrays(batch)))[
-                        real
-                    ]
-                )
+                soap = descriptors_jit(specs["soap"][0], batch_arrays(batch))
+                X.append(np.asarray(soap)[real])
                 Z.append(batch.species[real])
             if "distance_2b" in specs:
                 keep = (batch.canonical * batch.pair_mask) > 0
@@ -283,11 +275,15 @@ class GAP:
                         len(species),
                     )
                 )
+
+        def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+            return np.concatenate(parts) if parts else empty
+
         return (
-            np.concatenate(X[1:]) if len(X) > 1 else X[0],
-            np.concatenate(Z),
-            np.concatenate(r),
-            np.concatenate(t),
+            joined(X, np.zeros((0, 0))),
+            joined(Z, np.zeros(0, np.int64)),
+            joined(r, np.zeros(0)),
+            joined(t, np.zeros(0, np.int64)),
         )
 
 
