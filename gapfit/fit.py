@@ -26,13 +26,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gapfit import __version__, gapstring
+from gapfit.assembly import padded_batches, scaled_chunks
 from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.data import Frame, LabelKeys, Sigmas, fit_e0, frames_from_atoms, read_frames
 from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
 from gapfit.errors import GapfitError
 from gapfit.kernels import DotProductKernel, normalise
 from gapfit.model import Model, chunk_indices
-from gapfit.neighbours import Batch, make_batch, pad_batch
+from gapfit.neighbours import Batch
 from gapfit.report import error_table
 from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import finish, fold, start
@@ -111,7 +112,7 @@ class GAP:
 
         chunks = chunk_indices([len(f.numbers) for f in frames], self.chunk_atoms)
         t0 = time.perf_counter()
-        batches = _padded_batches(frames, chunks, species, cutoff)
+        batches = padded_batches(frames, chunks, species, cutoff)
         X, Z, r, t = self._descriptors(specs, batches)
         timings["descriptors"] = time.perf_counter() - t0
         memory["descriptors"] = peak_rss_gib()
@@ -136,15 +137,9 @@ class GAP:
         t0 = time.perf_counter()
         model = Model(tuple(terms), species, None, e0)
         R_aug = start(K_mm, self.sparse_jitter)
-        for chunk, batch in tqdm(
-            list(zip(chunks, batches, strict=True)),
-            desc="kernel rows + QR",
-            unit="chunk",
-            disable=not self.progress,
+        for A, b in scaled_chunks(
+            model, frames, chunks, batches, sigmas, self.progress
         ):
-            sel = [frames[k] for k in chunk]
-            rows = model.rows(batch_arrays(batch))
-            A, b = _scaled_rows(rows, batch, sel, sigmas, e0, species)
             R_aug = fold(R_aug, A, b)
         model.posterior = finish(R_aug, K_mm, self.sparse_jitter)
         timings["solve"] = time.perf_counter() - t0
@@ -295,27 +290,6 @@ def peak_rss_gib() -> float:
     return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
-def _padded_batches(
-    frames: Sequence[Frame],
-    chunks: list[list[int]],
-    species: tuple[int, ...],
-    cutoff: float,
-) -> list[Batch]:
-    """Neighbour lists of every chunk, padded to one shape: one compilation of each
-    kernel instead of one per shape (compiled code dominates the fit's memory)."""
-    batches = [
-        make_batch(
-            [frames[k] for k in c], species, cutoff, [frames[k].where for k in c]
-        )
-        for c in chunks
-    ]
-    shape = [
-        max(len(getattr(b, k)) for b in batches)
-        for k in ("atom_mask", "pair_mask", "config_mask")
-    ]
-    return [pad_batch(b, *shape) for b in batches]
-
-
 def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> dict:
     """``{term name: (descriptor spec, kernel)}`` from validated settings."""
     specs: dict = {}
@@ -341,46 +315,6 @@ def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> di
             DotProductKernel(soap["delta"], soap["zeta"]),
         )
     return specs
-
-
-def _scaled_rows(
-    rows,
-    batch,
-    frames: Sequence[Frame],
-    sigmas: Sigmas,
-    e0: Mapping[int, float],
-    species: Sequence[int],
-):
-    """Rows ``Lambda^-1/2 K`` and targets ``Lambda^-1/2 y`` of one chunk (padded,
-    missing labels as zero rows)."""
-    C, A = batch.config_mask.shape[0], batch.atom_mask.shape[0]
-    e0_arr = np.array([e0[z] for z in species])
-    yE, wE = np.zeros(C), np.zeros(C)
-    yF, wF = np.zeros((A, 3)), np.zeros((A, 3))
-    yW, wW = np.zeros((C, 6)), np.zeros((C, 6))
-    a0 = 0
-    for c, f in enumerate(frames):
-        n = len(f.numbers)
-        s_e, s_f, s_w = sigmas.for_frame(f)
-        if f.energy is not None:
-            yE[c] = f.energy - e0_arr[batch.species[a0 : a0 + n]].sum()
-            wE[c] = 1.0 / s_e
-        if f.forces is not None:
-            yF[a0 : a0 + n], wF[a0 : a0 + n] = f.forces, 1.0 / s_f
-        if f.virial is not None:
-            v = f.virial
-            yW[c] = [v[0, 0], v[1, 1], v[2, 2], v[1, 2], v[0, 2], v[0, 1]]
-            wW[c] = 1.0 / s_w
-        a0 += n
-    A_rows = jnp.concatenate(
-        [
-            rows.energy * wE[:, None],
-            (rows.forces * wF[:, :, None]).reshape(3 * A, -1),
-            (rows.virial * wW[:, :, None]).reshape(6 * C, -1),
-        ]
-    )
-    b = jnp.concatenate([yE * wE, (yF * wF).ravel(), (yW * wW).ravel()])
-    return A_rows, b
 
 
 def _data_summary(frames: Sequence[Frame]) -> dict:

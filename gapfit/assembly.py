@@ -1,0 +1,103 @@
+"""Streamed assembly: kernel rows of energies, forces and virials, chunk by chunk.
+
+Every consumer of the training rows (the fit's QR, incremental updates, the evidence
+statistics, distributed workers) walks the data through ``scaled_chunks``: one padded
+neighbour-list batch per chunk of configurations, the model's kernel rows on it, scaled
+by the inverse noise ``Lambda^-1/2`` (missing labels become zero rows). Memory is one
+chunk's rows, (E + 3 n_atoms + 6 C) x M, at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from gapfit.blocks import batch_arrays
+from gapfit.data import Frame, Sigmas
+from gapfit.model import Model
+from gapfit.neighbours import Batch, make_batch, pad_batch
+
+
+def padded_batches(
+    frames: Sequence[Frame],
+    chunks: list[list[int]],
+    species: tuple[int, ...],
+    cutoff: float,
+) -> list[Batch]:
+    """Neighbour lists of every chunk, padded to one shape: one compilation of each
+    kernel instead of one per shape (compiled code dominates the fit's memory)."""
+    batches = [
+        make_batch(
+            [frames[k] for k in c], species, cutoff, [frames[k].where for k in c]
+        )
+        for c in chunks
+    ]
+    shape = [
+        max(len(getattr(b, k)) for b in batches)
+        for k in ("atom_mask", "pair_mask", "config_mask")
+    ]
+    return [pad_batch(b, *shape) for b in batches]
+
+
+def scaled_rows(
+    rows,
+    batch,
+    frames: Sequence[Frame],
+    sigmas: Sigmas,
+    e0: Mapping[int, float],
+    species: Sequence[int],
+):
+    """Rows ``Lambda^-1/2 K`` and targets ``Lambda^-1/2 y`` of one chunk (padded,
+    missing labels as zero rows)."""
+    C, A = batch.config_mask.shape[0], batch.atom_mask.shape[0]
+    e0_arr = np.array([e0[z] for z in species])
+    yE, wE = np.zeros(C), np.zeros(C)
+    yF, wF = np.zeros((A, 3)), np.zeros((A, 3))
+    yW, wW = np.zeros((C, 6)), np.zeros((C, 6))
+    a0 = 0
+    for c, f in enumerate(frames):
+        n = len(f.numbers)
+        s_e, s_f, s_w = sigmas.for_frame(f)
+        if f.energy is not None:
+            yE[c] = f.energy - e0_arr[batch.species[a0 : a0 + n]].sum()
+            wE[c] = 1.0 / s_e
+        if f.forces is not None:
+            yF[a0 : a0 + n], wF[a0 : a0 + n] = f.forces, 1.0 / s_f
+        if f.virial is not None:
+            v = f.virial
+            yW[c] = [v[0, 0], v[1, 1], v[2, 2], v[1, 2], v[0, 2], v[0, 1]]
+            wW[c] = 1.0 / s_w
+        a0 += n
+    A_rows = jnp.concatenate(
+        [
+            rows.energy * wE[:, None],
+            (rows.forces * wF[:, :, None]).reshape(3 * A, -1),
+            (rows.virial * wW[:, :, None]).reshape(6 * C, -1),
+        ]
+    )
+    b = jnp.concatenate([yE * wE, (yF * wF).ravel(), (yW * wW).ravel()])
+    return A_rows, b
+
+
+def scaled_chunks(
+    model: Model,
+    frames: Sequence[Frame],
+    chunks: Sequence[Sequence[int]],
+    batches: Sequence[Batch],
+    sigmas: Sigmas,
+    progress: bool = False,
+) -> Iterator[tuple[jax.Array, jax.Array]]:
+    """``(Lambda^-1/2 K_nm, Lambda^-1/2 y)`` of each chunk, in order."""
+    for chunk, batch in tqdm(
+        list(zip(chunks, batches, strict=True)),
+        desc="kernel rows + QR",
+        unit="chunk",
+        disable=not progress,
+    ):
+        rows = model.rows(batch_arrays(batch))
+        sel = [frames[k] for k in chunk]
+        yield scaled_rows(rows, batch, sel, sigmas, model.e0, model.species)
