@@ -304,6 +304,15 @@ _FIT_EPILOG = "\n\n".join(
     help="Atoms per streamed chunk: a memory knob, the model does not "
     "depend on it. [gapfit only]",
 )
+@click.option(
+    "--descriptor-backend",
+    type=click.Choice(["jax", "dscribe"]),
+    default="jax",
+    show_default=True,
+    help="Who computes the SOAP values the sparse points are chosen from: gapfit's "
+    "JAX SOAP or dscribe's SOAP.create (needs weighting=poly or none). Kernel rows "
+    "always use the JAX SOAP. [gapfit only]",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars. [gapfit only]")
 @click.option(
     "--dry-run",
@@ -328,6 +337,7 @@ def fit(
     rnd_seed: int,
     keys: LabelKeys,
     chunk_atoms: int,
+    descriptor_backend: str,
     quiet: bool,
     dry_run: bool,
 ) -> None:
@@ -373,7 +383,12 @@ def fit(
         )
         gp_option = "--gp-file"
     _check_writable(gp_file, gp_option)
-    gap = GAP(**kwargs, chunk_atoms=chunk_atoms, progress=not quiet)
+    gap = GAP(
+        **kwargs,
+        chunk_atoms=chunk_atoms,
+        descriptor_backend=descriptor_backend,
+        progress=not quiet,
+    )
     if dry_run:
         click.echo(f"dry run of gapfit fit on {at_file} (nothing fitted or written)")
         click.echo(gap.plan(at_file).table())

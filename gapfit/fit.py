@@ -30,6 +30,7 @@ from gapfit.assembly import padded_batches, scaled_chunks
 from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.data import Frame, LabelKeys, Sigmas, fit_e0, frames_from_atoms, read_frames
 from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
+from gapfit.dscribe_backend import check_backend, soap_values
 from gapfit.errors import GapfitError
 from gapfit.kernels import DotProductKernel, normalise
 from gapfit.model import Model, chunk_indices
@@ -62,6 +63,9 @@ class GAP:
         chunk_atoms: atoms per streamed chunk (a memory knob; the model does not
             depend on it).
         keys: label key names in the input files.
+        descriptor_backend: "jax" (default) or "dscribe": who computes the SOAP
+            values from which sparse points are chosen (dscribe needs weighting
+            poly or none; kernel rows always use the JAX SOAP's derivatives).
         progress: show progress bars.
     """
 
@@ -78,6 +82,7 @@ class GAP:
         rnd_seed: int = 1,
         chunk_atoms: int = 512,
         keys: LabelKeys = LabelKeys(),
+        descriptor_backend: str = "jax",
         progress: bool = False,
     ) -> None:
         self.soap = soap
@@ -91,6 +96,7 @@ class GAP:
         self.rnd_seed = rnd_seed
         self.chunk_atoms = chunk_atoms
         self.keys = keys
+        self.descriptor_backend = descriptor_backend
         self.progress = progress
 
     # ------------------------------------------------------------------------------
@@ -100,6 +106,7 @@ class GAP:
         memory: dict[str, float] = {}
         t0 = time.perf_counter()
         soap, pair = self._settings()
+        check_backend(self.descriptor_backend, soap and soap["weighting"])
         frames = self._frames(frames)
         sigmas = self._sigmas()
         species = tuple(sorted({int(z) for f in frames for z in f.numbers}))
@@ -113,7 +120,7 @@ class GAP:
         chunks = chunk_indices([len(f.numbers) for f in frames], self.chunk_atoms)
         t0 = time.perf_counter()
         batches = padded_batches(frames, chunks, species, cutoff)
-        X, Z, r, t = self._descriptors(specs, batches)
+        X, Z, r, t = self._descriptors(specs, frames, chunks, batches)
         timings["descriptors"] = time.perf_counter() - t0
         memory["descriptors"] = peak_rss_gib()
 
@@ -164,6 +171,7 @@ class GAP:
                 "e0_method": self.e0_method,
                 "sparse_jitter": self.sparse_jitter,
                 "rnd_seed": self.rnd_seed,
+                "descriptor_backend": self.descriptor_backend,
             },
             "data": _data_summary(frames),
             "n_sparse": {term.name: term.sparse_counts() for term in terms},
@@ -246,19 +254,30 @@ class GAP:
         return soap, pair
 
     def _descriptors(
-        self, specs: dict, batches: Sequence[Batch]
+        self,
+        specs: dict,
+        frames: Sequence[Frame],
+        chunks: Sequence[Sequence[int]],
+        batches: Sequence[Batch],
     ) -> tuple[np.ndarray, ...]:
         """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment, and
         the distances and pair types of every pair within the 2-body cutoff."""
         X, Z, r, t = [], [], [], []
         species = next(iter(specs.values()))[0].species
-        for batch in tqdm(
-            batches, desc="descriptors", unit="chunk", disable=not self.progress
+        for chunk, batch in tqdm(
+            list(zip(chunks, batches, strict=True)),
+            desc="descriptors",
+            unit="chunk",
+            disable=not self.progress,
         ):
             if "soap" in specs:
                 real = batch.atom_mask > 0
-                soap = descriptors_jit(specs["soap"][0], batch_arrays(batch))
-                X.append(np.asarray(soap)[real])
+                if self.descriptor_backend == "dscribe":
+                    sel = [frames[k] for k in chunk]
+                    X.append(soap_values(specs["soap"][0], sel))
+                else:
+                    soap = descriptors_jit(specs["soap"][0], batch_arrays(batch))
+                    X.append(np.asarray(soap)[real])
                 Z.append(batch.species[real])
             if "distance_2b" in specs:
                 keep = (batch.canonical * batch.pair_mask) > 0
