@@ -26,6 +26,7 @@ from ase.build import bulk
 from gapfit.calculator import GAPCalculator
 from gapfit.data import read_frames
 from gapfit.fit import GAP
+from gapfit.hyperparameters import format_report
 from gapfit.report import error_table, format_error_table
 
 # gap_fit (quippy-ase 0.10.3, 2-body + SOAP) on this machine type: shared/bench/peers.md
@@ -80,6 +81,36 @@ def time_calls(calc, atoms, n: int = 30, warmup: int = 3) -> dict:
     }
 
 
+def recipe(
+    n_sparse: int,
+    no_2b: bool = False,
+    chunk_atoms: int = 512,
+    optimise_hyperparameters: bool | str = False,
+) -> GAP:
+    """gap_fit's benchmark recipe (module docstring) as an unfitted ``GAP``; with
+    ``optimise_hyperparameters`` its delta and sigmas are the starting values."""
+    soap = (
+        "cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 atom_sigma=0.5 "
+        f"zeta=4 delta=1.0 n_sparse={n_sparse} sparse_method=cur_points"
+    )
+    pair = (
+        None
+        if no_2b
+        else "cutoff=5.0 cutoff_transition_width=1.0 delta=1.0 theta_uniform=1.0 "
+        "n_sparse=20 sparse_method=uniform"
+    )
+    return GAP(
+        soap=soap,
+        distance_2b=pair,
+        default_sigma=(0.001, 0.05, 0.05, 0.0),
+        e0_method="isolated",
+        rnd_seed=1,
+        chunk_atoms=chunk_atoms,
+        progress=True,
+        optimise_hyperparameters=optimise_hyperparameters,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -90,29 +121,18 @@ def main() -> None:
         "--no-2b", action="store_true", help="SOAP only (no distance_2b term)"
     )
     ap.add_argument("--chunk-atoms", type=int, default=512)
+    ap.add_argument(
+        "--optimise-hyperparameters",
+        action="store_true",
+        help="choose delta and the sigmas by the evidence, from the recipe's values",
+    )
     ap.add_argument("--model", type=Path, default=Path("bench_model.npz"))
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
     name = args.data.name
-    soap = (
-        "cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 atom_sigma=0.5 "
-        f"zeta=4 delta=1.0 n_sparse={args.n_sparse} sparse_method=cur_points"
-    )
     t0 = time.perf_counter()
-    pair = (
-        None
-        if args.no_2b
-        else "cutoff=5.0 cutoff_transition_width=1.0 delta=1.0 theta_uniform=1.0 "
-        "n_sparse=20 sparse_method=uniform"
-    )
-    gap = GAP(
-        soap=soap,
-        distance_2b=pair,
-        default_sigma=(0.001, 0.05, 0.05, 0.0),
-        e0_method="isolated",
-        rnd_seed=1,
-        chunk_atoms=args.chunk_atoms,
-        progress=True,
+    gap = recipe(
+        args.n_sparse, args.no_2b, args.chunk_atoms, args.optimise_hyperparameters
     )
     gap.fit(args.data / "train.xyz")
     fit_s = time.perf_counter() - t0
@@ -155,6 +175,8 @@ def main() -> None:
     print(f"\n108-atom ms (median/min/max): {ms}; with std: {ms_std}")
     print(f"test prediction: {sum(len(f.numbers) for f in test) / pred_s:.0f} atoms/s")
     print("timings per stage (s):", {k: round(v, 2) for k, v in gap.timings_.items()})
+    if "hyperparameters" in gap.model_.info:
+        print(format_report(gap.model_.info["hyperparameters"]))
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -24,23 +24,31 @@ from gapfit.neighbours import Batch, make_batch, pad_batch
 
 def padded_batches(
     frames: Sequence[Frame],
-    chunks: list[list[int]],
+    chunks: Sequence[Sequence[int]],
     species: tuple[int, ...],
     cutoff: float,
+    shape: Sequence[int] = (0, 0, 0),
 ) -> list[Batch]:
     """Neighbour lists of every chunk, padded to one shape: one compilation of each
-    kernel instead of one per shape (compiled code dominates the fit's memory)."""
+    kernel instead of one per shape (compiled code dominates the fit's memory).
+
+    The shape is the largest of the chunks', and at least ``shape`` (atoms, pairs,
+    configurations): a distributed fit passes its global one, so that each worker
+    builds one chunk at a time and still compiles once.
+    """
     batches = [
         make_batch(
             [frames[k] for k in c], species, cutoff, [frames[k].where for k in c]
         )
         for c in chunks
     ]
-    shape = [
-        max(len(getattr(b, k)) for b in batches)
-        for k in ("atom_mask", "pair_mask", "config_mask")
-    ]
-    return [pad_batch(b, *shape) for b in batches]
+    largest = [max(n) for n in zip(shape, *map(batch_shape, batches), strict=True)]
+    return [pad_batch(b, *largest) for b in batches]
+
+
+def batch_shape(batch: Batch) -> tuple[int, int, int]:
+    """``(atoms, pairs, configurations)`` of a (padded) batch."""
+    return len(batch.atom_mask), len(batch.pair_mask), len(batch.config_mask)
 
 
 def scaled_rows(

@@ -161,19 +161,15 @@ def _pair_rows(dP, p_hat, q, a, Z_hat, b) -> jax.Array:
     return t * b["pair_mask"][:, None, None]
 
 
-def rows_from_soap(
-    kernel: DotProductKernel,
-    p: jax.Array,
-    dP: jax.Array,
-    Z_hat: jax.Array,
-    Z_species: jax.Array,
-    b: dict,
-) -> Rows:
-    """Kernel rows given SOAP ``p (A, F)`` and every pair's ``dP (P, 3, F)``."""
-    p_hat, norm = normalise(p)
-    q, a, local, energy = _atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
-    forces, virial = forces_and_virials(_pair_rows(dP, p_hat, q, a, Z_hat, b), b)
-    return Rows(energy, forces, virial, local)
+@jax.jit
+def rows_mean(rows: Rows, weights: jax.Array) -> Mean:
+    """Means from kernel rows ``(..., M)`` and weights ``(M,)``."""
+    return Mean(
+        rows.local @ weights,
+        rows.energy @ weights,
+        rows.forces @ weights,
+        rows.virial @ weights,
+    )
 
 
 @partial(jax.jit, static_argnums=(0, 1))

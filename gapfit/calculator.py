@@ -7,7 +7,9 @@ energies including e0, ``forces`` (n_atoms, 3) eV/Å and, for 3D-periodic cells 
 ``std=True`` (the default) it also stores ``energy_std`` (eV), ``energies_std``
 (n_atoms,) eV, ``forces_std`` (n_atoms, 3) eV/Å and ``stress_std`` (6,) eV/Å³: the DTC
 predictive standard deviations of the latent function (Quiñonero-Candela & Rasmussen,
-JMLR 6, 1939 (2005)), no observation noise added. They are read from
+JMLR 6, 1939 (2005)), no observation noise added, or for a model calibrated with
+``gapfit calibrate`` the calibrated stds, with the DTC ones as ``energy_std_raw``,
+``energies_std_raw``, ``forces_std_raw`` and ``stress_std_raw``. They are read from
 ``calc.results`` after a calculation (ASE's ``get_property`` only serves
 ``implemented_properties``).
 """
@@ -24,6 +26,8 @@ from ase.calculators.calculator import Calculator, all_changes
 from gapfit.model import Model
 
 STD_RESULTS = ("energy_std", "energies_std", "forces_std", "stress_std")
+# DTC stds of a calibrated model (its *_std are then calibrated: gapfit.calibration)
+RAW_STD_RESULTS = tuple(key + "_raw" for key in STD_RESULTS)
 
 
 class GAPCalculator(Calculator):
@@ -39,7 +43,8 @@ class GAPCalculator(Calculator):
         stress: (6,) eV/Å³ Voigt, only if ``atoms.pbc.all()`` (otherwise ASE raises
         ``PropertyNotImplementedError`` on ``get_stress``). With ``std``:
         energy_std eV, energies_std (n_atoms,) eV, forces_std (n_atoms, 3) eV/Å,
-        stress_std (6,) eV/Å³ (periodic cells only).
+        stress_std (6,) eV/Å³ (periodic cells only); calibrated if the model is, the
+        DTC ones then as ``*_std_raw``.
 
     Raises:
         GapfitError: the model file is missing or invalid, or the atoms contain an
@@ -75,6 +80,6 @@ class GAPCalculator(Calculator):
         self.results["forces"] = pred["forces"]
         if "stress" in pred:  # 3D-periodic only; left out so ASE raises otherwise
             self.results["stress"] = pred["stress"]
-        for key in STD_RESULTS:
+        for key in STD_RESULTS + RAW_STD_RESULTS:
             if key in pred:
                 self.results[key] = pred[key]

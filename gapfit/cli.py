@@ -9,6 +9,7 @@ output files are written atomically, so a failed command leaves none behind.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -26,6 +27,8 @@ import numpy as np
 from click.core import ParameterSource
 
 from gapfit import __version__
+from gapfit.calibration import MIN_VALUES, describe, std_samples
+from gapfit.calibration import calibrate as calibrate_model
 from gapfit.data import LabelKeys, check_species, read_frames
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP
@@ -47,8 +50,11 @@ from gapfit.gapstring import (
     SOAP_DEFAULTS,
     SOAP_HELP,
 )
+from gapfit.hyperparameters import format_report
 from gapfit.model import Model, atomic_write
+from gapfit.plots import plot_folder, write_plots
 from gapfit.report import error_table, format_error_table
+from gapfit.uncertainty import format_uncertainty_table, uncertainty_table
 
 
 def label_key_options(func: Callable) -> Callable:
@@ -99,6 +105,59 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def dask_options(func: Callable) -> Callable:
+    """Add ``--dask-scheduler`` / ``--dask-workers``, passed on as one ``dask``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        dask = (kwargs.pop("dask_scheduler"), kwargs.pop("dask_workers"))
+        return func(*args, dask=dask, **kwargs)
+
+    wrapper = click.option(
+        "--dask-workers",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="Run on a dask cluster of N worker processes on this machine. "
+        "[gapfit only]",
+    )(wrapper)
+    return click.option(
+        "--dask-scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Run on the workers of the dask scheduler at ADDRESS (tcp://host:8786); "
+        "they read FILE at the same path. [gapfit only]",
+    )(wrapper)
+
+
+def _dask_client(dask: tuple[str | None, int | None]) -> Any:
+    """A context giving the dask client of ``--dask-*``, or None without them."""
+    if not any(dask):
+        return contextlib.nullcontext(None)
+    from gapfit.cluster import dask_client  # imports dask only when used
+
+    return dask_client(*dask)
+
+
+def _frames_and_predictions(
+    model: Model,
+    xyz: str,
+    keys: LabelKeys,
+    require: tuple[str, ...],
+    std: bool,
+    dask: tuple[str | None, int | None],
+) -> tuple[list, list[dict]]:
+    """Read FILE and predict it, in this process or on the dask cluster."""
+    with _dask_client(dask) as client:
+        if client is not None:
+            from gapfit.cluster import predict_file
+
+            return predict_file(model, xyz, client, keys, require, std)
+    frames = read_frames(xyz, keys, require=require)
+    check_species(frames, model.species)
+    return frames, model.predict(frames, std=std, wheres=[f.where for f in frames])
 
 
 class _FitCommand(click.Command):
@@ -185,16 +244,18 @@ def main() -> None:
     \b
     gapfit fit     fit a model to labelled extxyz data (gap_fit-style options)
     gapfit predict write predicted E, F, virial/stress and their stds to extxyz
-    gapfit eval    error table of a model against labelled data
+    gapfit eval    error table of a model against labelled data (--plot: PNGs)
+    gapfit calibrate  calibrate the stds on labelled held-out data
     gapfit info    what a model file holds
+    gapfit learn   active learning: label the most uncertain structures (ASE labeller)
     """
 
 
 _FIT_EPILOG = "\n\n".join(
     [
         "\b\ngap_fit's own key=value arguments work in place of the options (one "
-        "style or the other;\n--chunk-atoms, --quiet and --dry-run go with either), "
-        "e.g.\n"
+        "style or the other;\n--chunk-atoms, --quiet, --dry-run and --optimise-* go "
+        "with either), e.g.\n"
         "  gapfit fit at_file=train.xyz gp_file=model.npz \\\n"
         "    gap={distance_2b cutoff=5.0 delta=1.0 theta_uniform=1.0 n_sparse=20 :\n"
         "         soap cutoff=5.0 n_max=8 l_max=6 atom_sigma=0.5 zeta=4 n_sparse=500} "
@@ -315,12 +376,26 @@ _FIT_EPILOG = "\n\n".join(
 )
 @click.option("--quiet", is_flag=True, help="No progress bars. [gapfit only]")
 @click.option(
+    "--optimise-hyperparameters",
+    is_flag=True,
+    help="Choose each term's delta and one factor on the sigmas of each quantity "
+    "(energy, force, virial) by maximising the DTC evidence; the model stores the "
+    "final values and the summary prints them. [gapfit only]",
+)
+@click.option(
+    "--optimise-per-config-type",
+    is_flag=True,
+    help="As --optimise-hyperparameters (implied), with one sigma factor per "
+    "quantity and config_type. [gapfit only]",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Check the settings and data, print the sizes, predicted peak memory "
     "and wall time of the fit, and exit without fitting or writing the model. "
     "[gapfit only]",
 )
+@dask_options
 @_user_errors
 def fit(
     gap_fit_args: tuple[str, ...],
@@ -339,7 +414,10 @@ def fit(
     chunk_atoms: int,
     descriptor_backend: str,
     quiet: bool,
+    optimise_hyperparameters: bool,
+    optimise_per_config_type: bool,
     dry_run: bool,
+    dask: tuple[str | None, int | None],
 ) -> None:
     """Fit a sparse GAP to labelled configurations and write the model file.
 
@@ -388,12 +466,16 @@ def fit(
         chunk_atoms=chunk_atoms,
         descriptor_backend=descriptor_backend,
         progress=not quiet,
+        optimise_hyperparameters="per_config_type"
+        if optimise_per_config_type
+        else optimise_hyperparameters,
     )
     if dry_run:
         click.echo(f"dry run of gapfit fit on {at_file} (nothing fitted or written)")
         click.echo(gap.plan(at_file).table())
         return
-    gap.fit(at_file)
+    with _dask_client(dask) as client:
+        gap.fit(at_file, client=client)
     info = gap.model_.info
     click.echo(_data_lines(info.get("data", {})))
     click.echo(
@@ -409,9 +491,18 @@ def fit(
         + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
         + f" (total {sum(timings.values()):.2f} s)"
     )
+    if "hyperparameters" in info:
+        click.echo(format_report(info["hyperparameters"]))
     click.echo(
         "peak RSS: " + ", ".join(f"{k} {v:.2f} GiB" for k, v in gap.memory_gib_.items())
     )
+    if "distributed" in info:
+        workers = info["distributed"]["worker_peak_rss_gib"]
+        click.echo(
+            f"dask: {len(workers)} workers, {info['distributed']['n_shares']} shares; "
+            "worker peak RSS: " + ", ".join(f"{v:.2f}" for v in workers.values())
+            + " GiB"
+        )
     click.echo(format_error_table(gap.training_errors_, "training errors"))
     gap.save(gp_file)
     click.echo(f"model written to {gp_file}")
@@ -471,13 +562,15 @@ def _data_lines(data: dict) -> str:
     help="Output extxyz (written atomically) with info energy, energy_std "
     "(eV), virial, virial_std (3x3, eV), stress, stress_std (6, eV/Å³, "
     "3D-periodic only) and arrays forces, forces_std (eV/Å), energies, "
-    "energies_std (eV).",
+    "energies_std (eV); for a calibrated model the *_std are calibrated and "
+    "the DTC ones are written as *_std_raw.",
 )
 @click.option(
     "--std/--no-std",
     default=True,
     show_default=True,
-    help="Also predict the *_std values (DTC posterior std, no noise).",
+    help="Also predict the *_std values (DTC posterior std, no noise; calibrated "
+    "if the model is, see gapfit calibrate).",
 )
 @click.option(
     "--config-type-parameter-name",
@@ -485,19 +578,22 @@ def _data_lines(data: dict) -> str:
     show_default=True,
     help="Info key of the config type, copied to the output.",
 )
+@dask_options
 @_user_errors
 def predict(
-    xyz: str, gp_file: str, output: str, std: bool, config_type_parameter_name: str
+    xyz: str,
+    gp_file: str,
+    output: str,
+    std: bool,
+    config_type_parameter_name: str,
+    dask: tuple[str | None, int | None],
 ) -> None:
     """Predict energies, forces, virials/stresses (and stds) of the configs in FILE."""
     model = Model.load(gp_file)
     _check_writable(output, "--output")
-    frames = read_frames(
-        xyz, LabelKeys(config_type=config_type_parameter_name), require=()
-    )
-    check_species(frames, model.species)
+    keys = LabelKeys(config_type=config_type_parameter_name)
     t0 = time.perf_counter()
-    preds = model.predict(frames, std=std, wheres=[f.where for f in frames])
+    frames, preds = _frames_and_predictions(model, xyz, keys, (), std, dask)
     seconds = time.perf_counter() - t0
     images = []
     for frame, pred in zip(frames, preds, strict=True):
@@ -507,14 +603,24 @@ def predict(
         for key in (
             "energy",
             "energy_std",
+            "energy_std_raw",
             "virial",
             "virial_std",
+            "virial_std_raw",
             "stress",
             "stress_std",
+            "stress_std_raw",
         ):
             if key in pred:
                 atoms.info[key] = pred[key] if np.ndim(pred[key]) else float(pred[key])
-        for key in ("forces", "forces_std", "energies", "energies_std"):
+        for key in (
+            "forces",
+            "forces_std",
+            "forces_std_raw",
+            "energies",
+            "energies_std",
+            "energies_std_raw",
+        ):
             if key in pred:
                 atoms.arrays[key] = np.asarray(pred[key], dtype=float)
         images.append(atoms)
@@ -525,8 +631,8 @@ def predict(
     rate = n_atoms / max(seconds, 1e-9)
     click.echo(
         f"predicted {len(frames)} configs, {n_atoms} atoms in {seconds:.2f} s "
-        f"({rate:.1f} atoms/s, std={'on' if std else 'off'}, including jit "
-        f"compilation); wrote {output}"
+        f"({rate:.1f} atoms/s, std={'on' if std else 'off'}, including reading and "
+        f"jit compilation); wrote {output}"
     )
 
 
@@ -546,21 +652,120 @@ def predict(
     metavar="FILE",
     help="Also write the error table as JSON (RMSE/MAE in meV/atom, meV/Å).",
 )
+@click.option(
+    "--std",
+    "with_std",
+    is_flag=True,
+    help="Also judge the predicted stds (slower): coverage of the 68 % and 95 % "
+    "intervals, NLL and Spearman correlation of error and std, for the DTC and, if "
+    "the model is calibrated, the calibrated stds.",
+)
+@click.option(
+    "--plot",
+    "plot_dir",
+    default=None,
+    metavar="DIR",
+    help="Write PNG parity plots (energy per atom, force components, virial per "
+    "atom) and calibration plots (observed vs expected coverage, error vs std) "
+    "into DIR (created if needed); implies --std.",
+)
 @label_key_options
+@dask_options
 @_user_errors
-def eval_(xyz: str, gp_file: str, json_file: str | None, keys: LabelKeys) -> None:
+def eval_(
+    xyz: str,
+    gp_file: str,
+    json_file: str | None,
+    with_std: bool,
+    plot_dir: str | None,
+    keys: LabelKeys,
+    dask: tuple[str | None, int | None],
+) -> None:
     """Error table (RMSE, MAE per config_type) of the model on labelled FILE."""
     model = Model.load(gp_file)
     if json_file:
         _check_writable(json_file, "--json")
-    frames = read_frames(xyz, keys, require=("energy",))
-    check_species(frames, model.species)
-    preds = model.predict(frames, wheres=[f.where for f in frames])
+    if plot_dir:
+        plot_folder(plot_dir)
+    with_std = with_std or plot_dir is not None
+    frames, preds = _frames_and_predictions(
+        model, xyz, keys, ("energy",), with_std, dask
+    )
     table = error_table(frames, preds)
     click.echo(format_error_table(table, f"errors of {gp_file} on {xyz}"))
+    if with_std:
+        samples = std_samples(model, frames, preds)
+        click.echo(
+            format_uncertainty_table(
+                uncertainty_table(samples), f"predicted stds of {gp_file} on {xyz}"
+            )
+        )
+    if plot_dir:
+        paths = write_plots(plot_dir, samples)
+        click.echo(f"wrote {', '.join(p.name for p in paths)} to {plot_dir}")
     if json_file:
         atomic_write(json_file, (json.dumps(table, indent=1) + "\n").encode())
         click.echo(f"wrote {json_file}")
+
+
+# ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("xyz", metavar="FILE")
+@click.option(
+    "--gp-file",
+    required=True,
+    metavar="FILE",
+    help="Model file written by `gapfit fit` (or an already calibrated one: it is "
+    "recalibrated from its DTC stds).",
+)
+@click.option(
+    "--output",
+    "-o",
+    default=None,
+    metavar="FILE",
+    help="Calibrated model file (written atomically). Default: replace --gp-file.",
+)
+@click.option(
+    "--per-config-type",
+    is_flag=True,
+    help=f"Also fit one calibration per config_type that has >= {MIN_VALUES} values "
+    "of a quantity; other config_types use the global one.",
+)
+@label_key_options
+@_user_errors
+def calibrate(
+    xyz: str, gp_file: str, output: str | None, per_config_type: bool, keys: LabelKeys
+) -> None:
+    """Calibrate the predicted stds on labelled held-out FILE.
+
+    Fits std_cal^2 = (scale std)^2 + floor^2 w + (relative value)^2 per quantity
+    (energy, forces, virial; no relative term for energies) by maximum Gaussian
+    likelihood of the errors on FILE, stores it in the model, and prints the
+    metrics of the DTC and the calibrated stds on FILE. FILE must be
+    configurations the model was not fitted on (and not the test set).
+    """
+    model = Model.load(gp_file)
+    output = output or gp_file
+    _check_writable(output, "--output")
+    frames = read_frames(xyz, keys, require=())
+    check_species(frames, model.species)
+    click.echo(f"predicting {len(frames)} configs of {xyz} with stds ...")
+    result = calibrate_model(model, frames, per_config_type)
+    cal = result.model.calibration
+    for q, s in result.samples["DTC"].items():
+        if q not in cal.quantities:
+            click.echo(
+                f"note: {q} not calibrated ({len(s.error)} held-out values, fewer "
+                f"than {MIN_VALUES}); its std stays the DTC one."
+            )
+    click.echo(describe(cal))
+    click.echo(
+        format_uncertainty_table(
+            uncertainty_table(result.samples), f"before/after on {xyz}"
+        )
+    )
+    result.model.save(output)
+    click.echo(f"calibrated model written to {output}")
 
 
 # ------------------------------------------------------------------------------------
@@ -628,5 +833,251 @@ def info(gp_file: str) -> None:
             "fit peak RSS: "
             + ", ".join(f"{k} {v:.2f} GiB" for k, v in meta["peak_rss_gib"].items())
         )
+    if "hyperparameters" in meta:
+        click.echo(format_report(meta["hyperparameters"]))
+    if model.calibration is not None:
+        click.echo(describe(model.calibration))
     if meta.get("training_errors"):
         click.echo(format_error_table(meta["training_errors"], "training errors"))
+
+
+# ------------------------------------------------------------------------------------
+@main.command(cls=_FitCommand)
+@click.option(
+    "--workdir",
+    required=True,
+    metavar="DIR",
+    help="Directory of the run: model.npz, labelled.xyz, log.jsonl, curve.csv, "
+    "curve.png and the checkpoint that --resume continues from.",
+)
+@click.option("--pool", metavar="FILE", help="Pool mode: structures to choose from.")
+@click.option(
+    "--rattle",
+    metavar="FILE",
+    help="Pool mode on --n-rattle rattled copies of the structures in FILE.",
+)
+@click.option(
+    "--md", metavar="FILE", help="On-the-fly mode: Langevin MD from FILE's last image."
+)
+@click.option(
+    "--relax",
+    metavar="FILE",
+    help="On-the-fly mode: FIRE relaxation of FILE's last image.",
+)
+@click.option(
+    "--labeller",
+    default=None,
+    metavar="NAME",
+    help="ASE calculator that labels: emt, lj or module:Class "
+    "(e.g. tblite.ase:TBLite). With --resume: the run's by default.",
+)
+@click.option(
+    "--labeller-kwargs",
+    default=None,
+    metavar="JSON",
+    help='Keyword arguments of the labeller, e.g. \'{"method": "GFN1-xTB"}\'.',
+)
+@click.option(
+    "--test",
+    default=None,
+    metavar="FILE",
+    help="Labelled test structures: learning curve of the test RMSEs and mean "
+    "predicted stds (curve.csv, curve.png).",
+)
+@click.option(
+    "--soap",
+    default=None,
+    metavar="SETTINGS",
+    help="SOAP settings as for gapfit fit; n_sparse is the most sparse points per "
+    "element (chosen by the loop).",
+)
+@click.option("--distance-2b", default=None, metavar="SETTINGS", help="As for fit.")
+@click.option(
+    "--default-sigma",
+    default=DEFAULT_SIGMA,
+    show_default=True,
+    metavar="E F V [H]",
+    help="Noise stds: energy eV/atom, force eV/Å, virial eV/atom (as for fit).",
+)
+@click.option("--config-type-sigma", default=None, metavar="SPEC", help="As for fit.")
+@click.option("--sigma-per-atom/--no-sigma-per-atom", default=True, show_default=True)
+@click.option("--e0", default=None, metavar="SPEC", help="As for fit.")
+@click.option(
+    "--e0-method",
+    type=click.Choice(E0_METHODS),
+    default="average",
+    show_default=True,
+    help="As for fit; isolated: the labeller labels isolated atoms first.",
+)
+@click.option("--sparse-jitter", type=float, default=1e-8, show_default=True)
+@click.option(
+    "--rnd-seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Seed of the first pool structures, rattling and MD.",
+)
+@click.option("--n-seed", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Structures labelled per pool step.",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most labels [pool: 40; on-the-fly: none, then the sampler goes on].",
+)
+@click.option(
+    "--target-std",
+    type=float,
+    default=None,
+    metavar="EV/ATOM",
+    help="Pool: stop when no unlabelled structure has an energy std above this "
+    "(eV/atom).",
+)
+@click.option("--n-rattle", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--rattle-std", type=float, default=0.1, show_default=True, help="Å per component."
+)
+@click.option(
+    "--rattle-strain", type=float, default=0.0, show_default=True, help="Strain std."
+)
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--temperature", type=float, default=300.0, show_default=True, help="K.")
+@click.option("--timestep", type=float, default=2.0, show_default=True, help="fs.")
+@click.option("--friction", type=float, default=0.01, show_default=True, help="1/fs.")
+@click.option(
+    "--fmax", type=float, default=0.05, show_default=True, help="--relax: eV/Å."
+)
+@click.option(
+    "--std-threshold",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="On-the-fly: label a frame whose largest force-component std (scaled by "
+    "the held-out errors of earlier labels) exceeds this, in eV/Å.",
+)
+@click.option("--sparse-per-label", type=int, default=20, show_default=True)
+@click.option(
+    "--sparse-tol",
+    type=float,
+    default=1e-6,
+    show_default=True,
+    help="New sparse points need a Nyström residual above this x delta².",
+)
+@click.option(
+    "--refit-every",
+    type=int,
+    default=20,
+    show_default=True,
+    help="Full refit after this many labels (else rank updates).",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --workdir.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def learn(**options: Any) -> None:
+    """Active learning: label the structures the model is least sure about.
+
+    \b
+    gapfit learn --pool pool.xyz --labeller emt --workdir run --budget 40
+    gapfit learn --md start.xyz --temperature 1200 --steps 5000 \\
+      --labeller tblite.ase:TBLite --labeller-kwargs '{"method": "GFN1-xTB"}' \\
+      --workdir md_run
+    gapfit learn --workdir md_run --resume
+
+    Labeller failures skip the structure (the reason is in log.jsonl). Every step
+    is checkpointed in --workdir; --resume continues after a kill.
+    """
+    from gapfit.learn import (  # loads ASE dynamics only here
+        learn_otf,
+        learn_pool,
+        read_structures,
+    )
+    from gapfit.samplers import rattled
+
+    o = options
+    progress = not o["quiet"]
+    if o["resume"]:
+        from gapfit.workdir import Workdir
+
+        mode = Workdir(o["workdir"]).load()[0]["settings"]["mode"]
+        run = learn_pool if mode == "pool" else learn_otf
+        learner = run(o["workdir"], o["labeller"], resume=True, progress=progress)
+        click.echo(learner.summary())
+        return
+    sources = [k for k in ("pool", "rattle", "md", "relax") if o[k]]
+    if len(sources) != 1:
+        raise GapfitError(
+            "give exactly one of --pool, --rattle, --md, --relax (found "
+            f"{', '.join('--' + k for k in sources) or 'none'}), or --resume."
+        )
+    if not o["labeller"]:
+        raise GapfitError("--labeller is missing: emt, lj or module:Class.")
+    gap = GAP(
+        **gap_kwargs(
+            soap=o["soap"],
+            distance_2b=o["distance_2b"],
+            default_sigma=o["default_sigma"],
+            config_type_sigma=o["config_type_sigma"],
+            sigma_per_atom=o["sigma_per_atom"],
+            e0=o["e0"],
+            e0_method=o["e0_method"],
+            sparse_jitter=o["sparse_jitter"],
+            rnd_seed=o["rnd_seed"],
+            keys=LabelKeys(),
+        )
+    )
+    common = {
+        "labeller_kwargs": o["labeller_kwargs"],
+        "sparse_per_label": o["sparse_per_label"],
+        "sparse_tol": o["sparse_tol"],
+        "refit_every": o["refit_every"],
+        "seed": o["rnd_seed"],
+        "progress": progress,
+    }
+    test = o["test"]
+    if o["pool"] or o["rattle"]:
+        if o["rattle"]:
+            pool = rattled(
+                read_structures(o["rattle"], "--rattle"),
+                o["n_rattle"],
+                o["rattle_std"],
+                o["rattle_strain"],
+                o["rnd_seed"],
+            )
+        else:
+            pool = o["pool"]
+        learner = learn_pool(
+            o["workdir"],
+            o["labeller"],
+            pool,
+            gap,
+            test,
+            n_seed=o["n_seed"],
+            batch_size=o["batch_size"],
+            budget=o["budget"] or 40,
+            target_std=o["target_std"],
+            **common,
+        )
+    else:
+        learner = learn_otf(
+            o["workdir"],
+            o["labeller"],
+            o["md"] or o["relax"],
+            gap,
+            test,
+            sampler="md" if o["md"] else "relax",
+            steps=o["steps"],
+            temperature=o["temperature"],
+            timestep=o["timestep"],
+            friction=o["friction"],
+            fmax=o["fmax"],
+            std_threshold=o["std_threshold"],
+            budget=o["budget"],
+            **common,
+        )
+    click.echo(learner.summary())

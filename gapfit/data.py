@@ -355,12 +355,13 @@ def frames_from_atoms(
     ]
 
 
-def _scan_extxyz(name: str) -> list[int]:
-    """1-based header line of each config, checking the atom counts the way ASE's
-    reader indexes the file, so that structural errors can be located."""
+def _scan_extxyz(name: str) -> tuple[list[int], list[int]]:
+    """1-based header line and atom count of each config, checking the atom counts
+    the way ASE's reader indexes the file, so that structural errors can be located."""
     with open(name) as fh:
         lines = fh.readlines()
     headers: list[int] = []
+    sizes: list[int] = []
     k = 0
     while k < len(lines) and lines[k].strip():
         where = f"{name}, config {len(headers)} (line {k + 1})"
@@ -373,6 +374,7 @@ def _scan_extxyz(name: str) -> list[int]:
                 "config's atom count or remove stray lines."
             ) from None
         headers.append(k + 1)
+        sizes.append(natoms)
         for j in range(k + 1, k + 2 + natoms):
             if j >= len(lines) or (j > k + 1 and len(lines[j].split()) < 4):
                 at = "end of file" if j >= len(lines) else f"line {j + 1}"
@@ -390,7 +392,38 @@ def _scan_extxyz(name: str) -> list[int]:
             f"{name}, line {k + 1}: blank line before more data (line "
             f"{rest[0] + 1}); the rest would be ignored. Delete it."
         )
-    return headers
+    return headers, sizes
+
+
+def _check_file(path: str | os.PathLike) -> str:
+    """The path as a string if it is an existing, non-empty file."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise GapfitError(
+            f"{name}: file not found (cwd {os.getcwd()}). Check the path."
+        )
+    if os.path.getsize(name) == 0:
+        raise GapfitError(
+            f"{name}: file is empty (0 bytes). Give a file with configurations."
+        )
+    return name
+
+
+def config_sizes(path: str | os.PathLike) -> list[int]:
+    """Atom count of every configuration of an extxyz file, from its header lines
+    alone (the layout checked as ``read_frames`` checks it), so that work can be
+    split by ``read_frames(path, index="a:b")`` before anything is parsed.
+
+    Raises:
+        GapfitError: missing or empty file, not extxyz, or a broken layout.
+    """
+    name = _check_file(path)
+    if os.path.splitext(name)[1].lower() not in (".xyz", ".extxyz"):
+        raise GapfitError(
+            f"{name}: only extxyz files (.xyz, .extxyz) can be split by index for "
+            "workers; convert it with ase.io.write(..., format='extxyz')."
+        )
+    return _scan_extxyz(name)[1]
 
 
 def read_frames(
@@ -410,15 +443,7 @@ def read_frames(
     Raises:
         GapfitError: missing, empty or malformed file, or any invalid config.
     """
-    name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise GapfitError(
-            f"{name}: file not found (cwd {os.getcwd()}). Check the path."
-        )
-    if os.path.getsize(name) == 0:
-        raise GapfitError(
-            f"{name}: file is empty (0 bytes). Give a file with configurations."
-        )
+    name = _check_file(path)
     try:
         sel = string2index(index)
         if not isinstance(sel, (int, slice)):
@@ -430,7 +455,7 @@ def read_frames(
     sel = slice(sel, (sel + 1) or None) if isinstance(sel, int) else sel
     pairs: list[tuple[str, ase.Atoms]] = []
     if os.path.splitext(name)[1].lower() in (".xyz", ".extxyz"):
-        headers = _scan_extxyz(name)
+        headers, _ = _scan_extxyz(name)
         reader = ase.io.iread(name, sel, "extxyz", do_not_split_by_at_sign=True)
         for k in range(len(headers))[sel]:
             where = f"{name}, config {k} (line {headers[k]})"
@@ -552,13 +577,53 @@ def fit_e0(
     energy are used. Raises GapfitError for an unknown method, missing species, no
     energies, or frames with elements outside ``species``.
     """
-    species = [int(z) for z in species]
+    _check_e0_method(method)
+    check_species(frames, species)
+    return e0_from_counts(
+        species_counts(frames, species),
+        [f.energy for f in frames],
+        [f.config_type for f in frames],
+        method,
+        species,
+        explicit,
+    )
+
+
+def species_counts(frames: Sequence[Frame], species: Sequence[int]) -> np.ndarray:
+    """``(n_frames, n_species)`` number of atoms of each species in each frame."""
+    numbers = [np.asarray(f.numbers) for f in frames]
+    return np.array(
+        [[np.count_nonzero(n == z) for z in species] for n in numbers], dtype=np.int64
+    ).reshape(len(frames), len(species))
+
+
+def _check_e0_method(method: str) -> None:
     if method not in _E0_METHODS:
         raise GapfitError(
             f"--e0-method {method!r} is unknown; use one of {list(_E0_METHODS)}."
         )
-    check_species(frames, species)
-    labelled = [f for f in frames if f.energy is not None]
+
+
+def e0_from_counts(
+    counts: np.ndarray,
+    energies: Sequence[float | None],
+    config_types: Sequence[str],
+    method: str,
+    species: Sequence[int],
+    explicit: Mapping[int, float] | None = None,
+) -> dict[int, float]:
+    """``fit_e0`` from per-config sums alone (what a distributed fit gathers).
+
+    Args:
+        counts: (n_frames, n_species) atoms of each of ``species`` per frame.
+        energies: total energy of each frame, eV (None: unlabelled).
+        config_types: config_type of each frame.
+        method, species, explicit: as ``fit_e0``.
+    """
+    _check_e0_method(method)
+    species = [int(z) for z in species]
+    counts = np.asarray(counts)
+    labelled = [k for k, e in enumerate(energies) if e is not None]
     if method in ("average", "least_squares") and not labelled:
         raise GapfitError(
             f"--e0-method {method}: no config has an energy. Label "
@@ -567,21 +632,18 @@ def fit_e0(
     e0: dict[int, float] = {}
     if method == "average":
         e0 = dict.fromkeys(
-            species, np.mean([f.energy / len(f.numbers) for f in labelled])
+            species, np.mean([energies[k] / counts[k].sum() for k in labelled])
         )
     elif method == "least_squares":
-        counts = np.array(
-            [[np.count_nonzero(f.numbers == z) for z in species] for f in labelled],
-            dtype=float,
-        )  # n_fZ: (n_frames, n_Z)
-        energies = np.array([f.energy for f in labelled])  # E_f: (n_frames,) eV
-        e0_z = np.linalg.lstsq(counts, energies, rcond=None)[0]  # argmin |n e0 - E|²
+        n_fz = counts[labelled].astype(float)  # n_fZ: (n_frames, n_Z)
+        e_f = np.array([energies[k] for k in labelled])  # E_f: (n_frames,) eV
+        e0_z = np.linalg.lstsq(n_fz, e_f, rcond=None)[0]  # argmin |n e0 - E|²
         e0 = dict(zip(species, e0_z, strict=True))
     elif method == "isolated":
         e0 = {
-            int(f.numbers[0]): f.energy
-            for f in reversed(labelled)
-            if f.config_type == "isolated_atom" and len(f.numbers) == 1
+            species[int(np.argmax(counts[k]))]: energies[k]
+            for k in reversed(labelled)
+            if config_types[k] == "isolated_atom" and counts[k].sum() == 1
         }
     e0.update({int(z): v for z, v in (explicit or {}).items() if int(z) in species})
     missing = [z for z in species if z not in e0]

@@ -231,14 +231,29 @@ def pair_sparse_points(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n_sparse`` distances per pair type, uniform over the observed range (gap_fit's
     ``sparse_method=uniform``); types with no pair inside the cutoff get none."""
+    return pair_points_in_ranges(spec, pair_ranges(spec, r, types), n_sparse)
+
+
+def pair_ranges(spec: PairSpec, r: np.ndarray, types: np.ndarray) -> np.ndarray:
+    """``(n_types, 2)`` smallest and largest distance (Å) of each pair type inside the
+    cutoff, ``(inf, -inf)`` for none: ranges of parts of the data combine by
+    elementwise min / max (a distributed fit moves these, not the distances)."""
+    inside = r < spec.cutoff
+    lo, hi = np.full(spec.n_types, np.inf), np.full(spec.n_types, -np.inf)
+    np.minimum.at(lo, types[inside], r[inside])
+    np.maximum.at(hi, types[inside], r[inside])
+    return np.stack([lo, hi], axis=1)
+
+
+def pair_points_in_ranges(
+    spec: PairSpec, ranges: np.ndarray, n_sparse: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse distances ``(M,)`` Å and pair types ``(M,)`` from ``pair_ranges``."""
     Z_r, Z_t = [], []
-    for t in range(spec.n_types):
-        rt = r[(types == t) & (r < spec.cutoff)]
-        if rt.size == 0:
+    for t, (lo, hi) in enumerate(ranges):
+        if lo > hi:  # no pair of this type inside the cutoff
             continue
-        Z_r.append(
-            np.linspace(rt.min(), rt.max(), n_sparse) if rt.max() > rt.min() else rt[:1]
-        )
+        Z_r.append(np.linspace(lo, hi, n_sparse) if hi > lo else np.array([lo]))
         Z_t.append(np.full(len(Z_r[-1]), t))
     if not Z_r:
         raise GapfitError(

@@ -3,9 +3,12 @@
 Stages (each timed, with progress bars): read and validate data -> e0 -> SOAP of every
 environment and 2-body distances -> sparse points of each term -> per chunk of
 configurations, kernel rows of energies, forces and virials folded into the QR ->
-weights and posterior factors -> training errors. Peak memory is O(M^2 + chunk) plus
-the (n_env, F) descriptor matrix; ``GAP.plan`` predicts it (``gapfit.plan``) and ``fit``
-records the peak resident set size after each stage (``memory_gib_``).
+weights and posterior factors -> training errors. With ``optimise_hyperparameters``
+the rows are folded per noise group instead, and each term's delta and the sigmas are
+chosen by the evidence before the weights (``gapfit.hyperparameters``). Peak memory
+is O(M^2 + chunk) plus the (n_env, F) descriptor matrix; ``GAP.plan`` predicts it
+(``gapfit.plan``) and ``fit`` records the peak resident set size after each stage
+(``memory_gib_``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ from gapfit.data import Frame, LabelKeys, Sigmas, fit_e0, frames_from_atoms, rea
 from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
 from gapfit.dscribe_backend import check_backend, soap_values
 from gapfit.errors import GapfitError
+from gapfit.hyperparameters import (
+    NoiseGroups,
+    maximise,
+    optimise_mode,
+    optimised_model,
+    report,
+    settings_at,
+    statistics,
+)
 from gapfit.kernels import DotProductKernel, normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import Batch
@@ -42,6 +54,8 @@ from gapfit.sparsify import select_sparse
 from gapfit.terms import PairTerm, SoapTerm, Term
 
 if TYPE_CHECKING:
+    from dask.distributed import Client
+
     from gapfit.plan import FitPlan
 
 
@@ -67,6 +81,10 @@ class GAP:
             values from which sparse points are chosen (dscribe needs weighting
             poly or none; kernel rows always use the JAX SOAP's derivatives).
         progress: show progress bars.
+        optimise_hyperparameters: False; True: choose each term's ``delta`` and one
+            factor on the sigmas of each quantity (energy, force, virial) by the
+            evidence (``gapfit.hyperparameters``); ``"per_config_type"``: one factor
+            per quantity and config_type. The model stores the final values.
     """
 
     def __init__(
@@ -84,6 +102,7 @@ class GAP:
         keys: LabelKeys = LabelKeys(),
         descriptor_backend: str = "jax",
         progress: bool = False,
+        optimise_hyperparameters: bool | str = False,
     ) -> None:
         self.soap = soap
         self.distance_2b = distance_2b
@@ -98,14 +117,29 @@ class GAP:
         self.keys = keys
         self.descriptor_backend = descriptor_backend
         self.progress = progress
+        self.optimise_hyperparameters = optimise_hyperparameters
 
     # ------------------------------------------------------------------------------
-    def fit(self, frames: str | os.PathLike | Sequence[ase.Atoms | Frame]) -> GAP:
-        """Fit to labelled frames (a file path, ASE Atoms or ``Frame`` objects)."""
+    def fit(
+        self,
+        frames: str | os.PathLike | Sequence[ase.Atoms | Frame],
+        client: Client | None = None,
+    ) -> GAP:
+        """Fit to labelled frames (a file path, ASE Atoms or ``Frame`` objects).
+
+        With a ``dask.distributed.Client``, fit on its workers instead: ``frames``
+        must then be the path of an extxyz file that every worker can read; the
+        model equals the serial one (``gapfit.distributed``).
+        """
+        if client is not None:
+            from gapfit.distributed import fit_on_cluster  # imports this module
+
+            return fit_on_cluster(self, frames, client)
         timings: dict[str, float] = {}
         memory: dict[str, float] = {}
         t0 = time.perf_counter()
         soap, pair = self._settings()
+        mode = optimise_mode(self.optimise_hyperparameters)
         check_backend(self.descriptor_backend, soap and soap["weighting"])
         frames = self._frames(frames)
         sigmas = self._sigmas()
@@ -143,39 +177,43 @@ class GAP:
 
         t0 = time.perf_counter()
         model = Model(tuple(terms), species, None, e0)
-        R_aug = start(K_mm, self.sparse_jitter)
-        for A, b in scaled_chunks(
-            model, frames, chunks, batches, sigmas, self.progress
-        ):
-            R_aug = fold(R_aug, A, b)
-        model.posterior = finish(R_aug, K_mm, self.sparse_jitter)
+        if mode is None:
+            R_aug = start(K_mm, self.sparse_jitter)
+            for A, b in scaled_chunks(
+                model, frames, chunks, batches, sigmas, self.progress
+            ):
+                R_aug = fold(R_aug, A, b)
+            model.posterior = finish(R_aug, K_mm, self.sparse_jitter)
+        else:  # rows folded per noise group; weights once delta and sigmas are chosen
+            groups = NoiseGroups.of(frames, mode == "per_config_type")
+            stats = statistics(
+                model, frames, chunks, batches, sigmas, groups, K_mm, self.progress
+            )
         timings["solve"] = time.perf_counter() - t0
         memory["solve"] = peak_rss_gib()
+        if mode is not None:
+            t0 = time.perf_counter()
+            opt = maximise(stats, self.sparse_jitter)
+            sigma = (self.default_sigma, self.config_type_sigma)
+            initial = settings_at(model, groups, None, *sigma)
+            model = optimised_model(model, stats, opt, self.sparse_jitter)
+            final = settings_at(model, groups, opt.log_s, *sigma)
+            soap = soap and {**soap, "delta": final["delta"]["soap"]}
+            pair = pair and {**pair, "delta": final["delta"]["distance_2b"]}
+            timings["hyperparameters"] = time.perf_counter() - t0
+            memory["hyperparameters"] = peak_rss_gib()
 
         model.info = {
-            "gapfit_version": __version__,
-            "versions": {
-                "jax": jax.__version__,
-                "numpy": np.__version__,
-                "ase": ase.__version__,
-                "python": platform.python_version(),
-            },
-            "settings": {
-                "soap": soap,
-                "distance_2b": pair,
-                "default_sigma": list(self.default_sigma),
-                "config_type_sigma": {
-                    k: list(v) for k, v in (self.config_type_sigma or {}).items()
-                },
-                "sigma_per_atom": self.sigma_per_atom,
-                "e0_method": self.e0_method,
-                "sparse_jitter": self.sparse_jitter,
-                "rnd_seed": self.rnd_seed,
-                "descriptor_backend": self.descriptor_backend,
-            },
+            **self._info(soap, pair),
             "data": _data_summary(frames),
             "n_sparse": {term.name: term.sparse_counts() for term in terms},
         }
+        if mode is not None:  # the settings that reproduce this model without search
+            model.info["settings"].update(
+                default_sigma=final["default_sigma"],
+                config_type_sigma=final["config_type_sigma"],
+            )
+            model.info["hyperparameters"] = report(opt, groups, stats, initial, final)
         self.model_ = model
         t0 = time.perf_counter()
         preds = model.predict(
@@ -210,6 +248,32 @@ class GAP:
         return self.model_.predict(structures, std=std)
 
     # ------------------------------------------------------------------------------
+    def _info(self, soap: dict | None, pair: dict | None) -> dict:
+        """Package versions and the settings of a model's ``info`` (the settings are
+        ``GAP`` arguments: ``gapfit.update`` rebuilds the sigmas from them)."""
+        return {
+            "gapfit_version": __version__,
+            "versions": {
+                "jax": jax.__version__,
+                "numpy": np.__version__,
+                "ase": ase.__version__,
+                "python": platform.python_version(),
+            },
+            "settings": {
+                "soap": soap,
+                "distance_2b": pair,
+                "default_sigma": list(self.default_sigma),
+                "config_type_sigma": {
+                    k: list(v) for k, v in (self.config_type_sigma or {}).items()
+                },
+                "sigma_per_atom": self.sigma_per_atom,
+                "e0_method": self.e0_method,
+                "sparse_jitter": self.sparse_jitter,
+                "rnd_seed": self.rnd_seed,
+                "descriptor_backend": self.descriptor_backend,
+            },
+        }
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise GapfitError("this GAP is not fitted yet; call fit(frames) first.")
@@ -338,14 +402,22 @@ def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> di
 
 def _data_summary(frames: Sequence[Frame]) -> dict:
     """Counts per config_type and a sha256 of geometry + labels."""
-    h = hashlib.sha256()
+    return merge_data_parts([data_part(frames)])
+
+
+def data_part(frames: Sequence[Frame]) -> dict:
+    """Data summary of consecutive frames before merging: counts, and a sha256 digest
+    of each frame's geometry + labels (parts from workers merge in order)."""
     counts: dict[str, int] = {}
+    digests = []
     for f in frames:
         counts[f.config_type] = counts.get(f.config_type, 0) + 1
+        h = hashlib.sha256()
         for arr in (f.numbers, f.positions, f.cell, f.forces, f.virial):
             if arr is not None:
                 h.update(np.ascontiguousarray(arr, dtype=float).tobytes())
         h.update(repr(f.energy).encode())
+        digests.append(h.digest())
     return {
         "n_configs": len(frames),
         "n_atoms": int(sum(len(f.numbers) for f in frames)),
@@ -354,6 +426,23 @@ def _data_summary(frames: Sequence[Frame]) -> dict:
             sum(3 * len(f.numbers) for f in frames if f.forces is not None)
         ),
         "n_virials": sum(f.virial is not None for f in frames),
+        "config_types": counts,
+        "digests": digests,
+    }
+
+
+def merge_data_parts(parts: Sequence[dict]) -> dict:
+    """The data summary of the frames of ``data_part``s in order: summed counts and
+    ``sha256`` = sha256 of the frames' digests in order."""
+    counts: dict[str, int] = {}
+    h = hashlib.sha256()
+    for part in parts:
+        for name, n in part["config_types"].items():
+            counts[name] = counts.get(name, 0) + n
+        h.update(b"".join(part["digests"]))
+    keys = ("n_configs", "n_atoms", "n_energies", "n_force_components", "n_virials")
+    return {
+        **{k: int(sum(part[k] for part in parts)) for k in keys},
         "config_types": counts,
         "sha256": h.hexdigest(),
     }

@@ -2,10 +2,11 @@
 
 File members: ``meta`` (JSON text: format, version, package versions, the terms'
 descriptor and kernel settings, sigmas, e0, species, units, training-data hash and
-summary), each term's sparse points as ``<term>.<array>`` (``soap.sparse_X (M, F)``,
-``soap.sparse_species``, ``distance_2b.sparse_r``, ``distance_2b.sparse_type``), and
-the posterior: ``weights (M,)``, ``L_mm (M, M)``, ``R (M, M)`` over all terms' sparse
-points in term order. Loading validates keys, shapes, dtypes, finiteness and the
+summary, and the optional ``calibration`` of the stds), each term's sparse points
+as ``<term>.<array>`` (``soap.sparse_X (M, F)``, ``soap.sparse_species``,
+``distance_2b.sparse_r``, ``distance_2b.sparse_type``), and the posterior:
+``weights (M,)``, ``L_mm (M, M)``, ``R (M, M)`` over all terms' sparse points in
+term order. Loading validates keys, shapes, dtypes, finiteness and the
 format version.
 """
 
@@ -20,12 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gapfit.blocks import Mean, Rows, batch_arrays
+from gapfit.blocks import Mean, Rows, batch_arrays, rows_mean
+from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
 from gapfit.neighbours import Batch, Structure, incoming, make_batch, pad_batch
 from gapfit.sparse_gp import Posterior, VarianceFactors, variance_factors
@@ -50,6 +53,19 @@ class Model:
     @cached_property
     def factors(self) -> VarianceFactors:
         return variance_factors(self.posterior)
+
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        """Calibration of the stds (``gapfit.calibration``), None if uncalibrated."""
+        meta = self.info.get("calibration")
+        return None if meta is None else Calibration.from_meta(meta, "model")
+
+    def calibrate(
+        self, frames: str | os.PathLike | Sequence[Any], per_config_type: bool = False
+    ) -> Model:
+        """A copy whose stds are calibrated on labelled held-out ``frames`` (a path,
+        ASE Atoms or Frames; ``gapfit.calibration.calibrate``)."""
+        return calibrate(self, frames, per_config_type).model
 
     @property
     def neighbour_cutoff(self) -> float:
@@ -76,9 +92,11 @@ class Model:
         statics = tuple((type(t), t.spec, t.kernel) for t in self.terms)
         return _summed_mean(statics, tuple(t._z for t in self.terms), self._weights, b)
 
-    def std(self, batch: Batch, b: dict) -> Std:
-        """DTC standard deviations (all terms) of a one-configuration batch."""
-        inc = jnp.asarray(incoming(batch))
+    def mean_and_std(self, batch: Batch, b: dict, min_k: int = 0) -> tuple[Mean, Std]:
+        """Means and DTC standard deviations (all terms) of a one-configuration
+        batch; the means are the kernel rows times the weights (the rows are needed
+        for the stds anyway). ``min_k``: least width of the incoming-pair table."""
+        inc = jnp.asarray(incoming(batch, min_k))
         parts = [t.rows_and_priors(b, inc) for t in self.terms]
         rows = Rows(
             *(
@@ -89,7 +107,9 @@ class Model:
         priors = Std(
             *(sum(x[1:], x[0]) for x in zip(*[p[1] for p in parts], strict=True))
         )
-        return combine_std(rows, priors, self.factors)
+        return rows_mean(rows, self.posterior.weights), combine_std(
+            rows, priors, self.factors
+        )
 
     def predict(
         self,
@@ -104,7 +124,9 @@ class Model:
         energies incl. e0, ``forces`` (n, 3) eV/Å, ``virial`` (3, 3) eV (= -stress V),
         and, for 3D-periodic cells, ``stress`` (6,) eV/Å^3 Voigt (xx yy zz yz xz xy).
         With ``std``: ``energy_std``, ``energies_std``, ``forces_std``, ``virial_std``,
-        ``stress_std``: posterior standard deviations (DTC; latent function, no noise).
+        ``stress_std``: posterior standard deviations (DTC; latent function, no noise),
+        or, for a calibrated model (``gapfit.calibration``), the calibrated ones, with
+        the DTC ones as ``energy_std_raw``, ``forces_std_raw``, ... .
         """
         wheres = (
             list(wheres) if wheres else [f"config {k}" for k in range(len(structures))]
@@ -122,17 +144,18 @@ class Model:
             )
             for g in groups
         ]
-        if not std:  # one padded shape for all batches: one compilation
+        if len(batches) > 1:  # one padded shape for all batches: one compilation
             shape = [
                 max(len(getattr(b, k)) for b in batches)
                 for k in ("atom_mask", "pair_mask", "config_mask")
             ]
             batches = [pad_batch(b, *shape) for b in batches]
+        k = max(incoming(b).shape[1] for b in batches) if std else 0
         for g, batch in zip(groups, batches, strict=True):
             b = batch_arrays(batch)
-            sd = self.std(batch, b) if std else None
+            mean, sd = self.mean_and_std(batch, b, k) if std else (self.mean(b), None)
             sel = [structures[k] for k in g]
-            out.extend(self._unpack(sel, batch, self.mean(b), sd))
+            out.extend(self._unpack(sel, batch, mean, sd))
         return out
 
     def _unpack(self, sel, batch, mean, sd) -> list[dict]:
@@ -159,6 +182,8 @@ class Model:
                 r["virial_std"] = _full(np.asarray(sd.virial[c]))
                 if volume:
                     r["stress_std"] = np.asarray(sd.virial[c]) / volume
+                if self.calibration is not None:
+                    r = apply(self.calibration, r, n, config_type_of(s), volume)
             res.append(r)
             a0 += n
         return res
@@ -259,6 +284,8 @@ class Model:
             raise GapfitError(f"{path}: e0 species {sorted(e0)} differ from {species}.")
         skip = ("format", "format_version", "species", "terms", "e0", "units")
         info = {k: v for k, v in meta.items() if k not in skip}
+        if "calibration" in info:
+            Calibration.from_meta(info["calibration"], str(path))
         post = Posterior(jnp.asarray(w), jnp.asarray(L), jnp.asarray(R))
         return cls(tuple(terms), species, post, e0, info)
 

@@ -217,15 +217,15 @@ def pad_batch(batch: Batch, A: int, P: int, C: int) -> Batch:
     return batch._replace(**new)
 
 
-def incoming(batch: Batch) -> np.ndarray:
+def incoming(batch: Batch, min_k: int = 0) -> np.ndarray:
     """``(A, K)`` indices of the pairs whose neighbour j is each atom (padded with an
-    index of a masked pair), for per-atom force covariances."""
+    index of a masked pair, ``K >= min_k``), for per-atom force covariances."""
     real = np.flatnonzero(batch.pair_mask > 0)
     pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
     j = batch.neighbour[real]
     order = real[np.argsort(j, kind="stable")]
     counts = np.bincount(j, minlength=len(batch.species))
-    K = bucket(int(counts.max(initial=0)), 4)  # bucketed: few jit shapes
+    K = max(bucket(int(counts.max(initial=0)), 4), min_k)  # few jit shapes
     out = np.full((len(batch.species), K), pad_pair, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(len(order)) - np.repeat(starts, counts)

@@ -13,15 +13,72 @@ import numpy as np
 
 from gapfit.data import Frame
 
+QUANTITIES = ("energy", "forces", "virial")
 
-def _stats(err: list[np.ndarray]) -> dict:
-    e = np.concatenate([np.ravel(x) for x in err]) if err else np.zeros(0)
-    if e.size == 0:
+
+def _stats(sum_sq: float, sum_abs: float, n: int) -> dict:
+    if n == 0:
         return {"rmse": None, "mae": None, "n": 0}
     return {
-        "rmse": float(np.sqrt(np.mean(e**2))),
-        "mae": float(np.mean(np.abs(e))),
-        "n": int(e.size),
+        "rmse": float(np.sqrt(sum_sq / n)),
+        "mae": float(sum_abs / n),
+        "n": int(n),
+    }
+
+
+def error_sums(frames: Sequence[Frame], preds: Sequence[dict]) -> dict[str, dict]:
+    """What ``error_table`` is made of: per config_type and ``all``, ``n_configs``
+    and per quantity ``[Σ e², Σ |e|, n]`` (e in the table's units). Sums over parts
+    of the data add up (``merge_error_sums``), so workers each return theirs."""
+    sums: dict[str, dict] = {}
+    for f, p in zip(frames, preds, strict=True):
+        if f.config_type == "isolated_atom":
+            continue
+        n = len(f.numbers)
+        errors = {}
+        if f.energy is not None:
+            errors["energy"] = np.array([(p["energy"] - f.energy) / n * 1e3])
+        if f.forces is not None:
+            errors["forces"] = np.ravel((p["forces"] - f.forces) * 1e3)
+        if f.virial is not None:
+            errors["virial"] = np.ravel((p["virial"] - f.virial) / n * 1e3)
+        for key in (f.config_type, "all"):
+            g = sums.setdefault(key, _zero_sums())
+            g["n_configs"] += 1
+            for q, e in errors.items():
+                g[q] = [
+                    g[q][0] + float(e @ e),
+                    g[q][1] + float(np.abs(e).sum()),
+                    g[q][2] + e.size,
+                ]
+    return sums
+
+
+def _zero_sums() -> dict:
+    return {"n_configs": 0, **{q: [0.0, 0.0, 0] for q in QUANTITIES}}
+
+
+def merge_error_sums(parts: Sequence[dict[str, dict]]) -> dict[str, dict]:
+    """``error_sums`` of the union of the parts' data."""
+    out: dict[str, dict] = {}
+    for part in parts:
+        for key, g in part.items():
+            o = out.setdefault(key, _zero_sums())
+            o["n_configs"] += g["n_configs"]
+            for q in QUANTITIES:
+                o[q] = [a + b for a, b in zip(o[q], g[q], strict=True)]
+    return out
+
+
+def table_from_sums(sums: dict[str, dict]) -> dict[str, dict]:
+    """``error_table`` from ``error_sums``."""
+    order = sorted(k for k in sums if k != "all") + (["all"] if "all" in sums else [])
+    return {
+        k: {
+            "n_configs": sums[k]["n_configs"],
+            **{q: _stats(*sums[k][q]) for q in QUANTITIES},
+        }
+        for k in order
     }
 
 
@@ -33,32 +90,7 @@ def error_table(frames: Sequence[Frame], preds: Sequence[dict]) -> dict[str, dic
         "virial": stats meV/atom, "n_configs": int}} with stats ``rmse``, ``mae``,
         ``n``.
     """
-    groups: dict[str, dict[str, list]] = {}
-    for f, p in zip(frames, preds, strict=True):
-        if f.config_type == "isolated_atom":
-            continue
-        n = len(f.numbers)
-        for key in (f.config_type, "all"):
-            g = groups.setdefault(
-                key, {"energy": [], "forces": [], "virial": [], "n": 0}
-            )
-            g["n"] += 1
-            if f.energy is not None:
-                g["energy"].append(np.array([(p["energy"] - f.energy) / n * 1e3]))
-            if f.forces is not None:
-                g["forces"].append((p["forces"] - f.forces) * 1e3)
-            if f.virial is not None:
-                g["virial"].append((p["virial"] - f.virial) / n * 1e3)
-    order = sorted(k for k in groups if k != "all") + (
-        ["all"] if "all" in groups else []
-    )
-    return {
-        k: {
-            "n_configs": groups[k]["n"],
-            **{q: _stats(groups[k][q]) for q in ("energy", "forces", "virial")},
-        }
-        for k in order
-    }
+    return table_from_sums(error_sums(frames, preds))
 
 
 def format_error_table(table: dict[str, dict], title: str = "") -> str:

@@ -11,6 +11,7 @@ Methods:
         decompositions for improved data analysis", PNAS 106, 697 (2009)).
         X̂ = U S Vᵀ (n×d), k = min(n_sparse, rank X̂),
         π_i = Σ_{j<k} U_ij² / k (Σ_i π_i = 1), sample rows ∝ π without replacement.
+        S and V come from the R factor of X̂ = Q R, so U_ij = x̂_i·v_j / s_j.
     uniform: evenly spaced indices over the environments in their original order.
     random: uniform random choice without replacement.
     fps: farthest-point sampling with d²(i, j) = ‖x̂_i − x̂_j‖² = 2 − 2 x̂_i·x̂_j,
@@ -19,11 +20,19 @@ Methods:
 
 Randomness comes from ``np.random.default_rng([seed, z])`` per species z, so a
 species' choice does not depend on which other species are present or their order.
+
+The selection is split into steps that need only small things, so that a distributed
+fit (``gapfit.distributed``) runs the same code as ``select_sparse``: ``row_keys``
+(128-bit keys of the rounded rows; duplicates are found from keys alone),
+``distinct_rows`` (candidates per species), ``cur_basis`` (from an R factor of the
+candidates, (d, d)), ``leverage_scores`` (per row) and ``choose_sparse`` (the seeded
+choice from the scores). Only fps needs all candidate rows in one place.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from functools import partial
 
 import jax
@@ -68,32 +77,88 @@ def _check_method(method: str) -> str:
     )
 
 
-def _normalise_rows(X: np.ndarray) -> np.ndarray:
+def normalise_rows(X: np.ndarray) -> np.ndarray:
     """x̂ = x / ‖x‖ row-wise; an all-zero row stays zero. X: (n, d) -> (n, d)."""
     norm = np.linalg.norm(X, axis=1, keepdims=True)  # (n, 1)
     return X / np.where(norm > 0.0, norm, 1.0)
 
 
-def _distinct_rows(X_hat: np.ndarray) -> np.ndarray:
-    """Sorted indices of the first occurrence of each distinct row of X̂ (to 1e-10)."""
-    key = np.round(X_hat, _DEDUP_DECIMALS) + 0.0  # "+ 0.0" turns -0.0 into +0.0
-    _, first = np.unique(key, axis=0, return_index=True)
-    return np.sort(first)
+def _multipliers(d: int) -> np.ndarray:
+    """(d, 2) odd uint64 constants of the row hash: splitmix64 of 1..2d, a fixed
+    sequence (no random generator whose stream could change between versions)."""
+    x = np.arange(1, 2 * d + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((x ^ (x >> np.uint64(31))) | np.uint64(1)).reshape(d, 2)
 
 
-def _cur_points(
-    X_hat: np.ndarray, m: int, n_sparse: int, rng: np.random.Generator
-) -> np.ndarray:
-    """m rows of X̂ (n, d) sampled ∝ rank-k leverage scores, without replacement."""
-    n, d = X_hat.shape
-    U, s, _ = np.linalg.svd(X_hat, full_matrices=False)  # X̂ = U S Vᵀ, U: (n, r)
-    rank = int(np.sum(s > s[0] * max(n, d) * np.finfo(float).eps)) if s[0] > 0 else 1
+def row_keys(X_hat: np.ndarray) -> np.ndarray:
+    """128-bit keys of the rows of X̂ rounded to 1e-10: equal rows get equal keys.
+
+    key_i = Σ_j bits(round(x̂_ij)) c_j mod 2^64 for two fixed sets of odd c_j
+    (multilinear hashing), so distinct rows share a key with negligible probability.
+    The keys of a few rows are what a distributed fit moves instead of the rows.
+
+    Args:
+        X_hat: (n, d) row-normalised descriptors.
+
+    Returns:
+        (n, 2) uint64 keys.
+    """
+    rounded = np.round(X_hat, _DEDUP_DECIMALS) + 0.0  # "+ 0.0" turns -0.0 into +0.0
+    bits = np.ascontiguousarray(rounded, dtype=np.float64).view(np.uint64)  # (n, d)
+    return bits @ _multipliers(X_hat.shape[1])  # wraps mod 2^64
+
+
+def distinct_rows(Z: np.ndarray, keys: np.ndarray) -> dict[int, np.ndarray]:
+    """The candidates of each species: sorted indices of the first row with each key.
+
+    Args:
+        Z: (n,) species of each row. keys: (n, 2) ``row_keys`` of the rows.
+
+    Returns:
+        {z: sorted int64 indices into Z} for every z in Z, in increasing z.
+    """
+    out = {}
+    for z in np.unique(Z):
+        env = np.flatnonzero(Z == z)  # this species' rows, original order
+        _, first = np.unique(keys[env], axis=0, return_index=True)
+        out[int(z)] = env[np.sort(first)]
+    return out
+
+
+def cur_basis(R: np.ndarray, n_rows: int, n_sparse: int) -> np.ndarray:
+    """``B (d, k)`` with leverage ``π_i = |x̂_i B|²`` from the R factor of X̂.
+
+    X̂ = Q R and R = U_R S Vᵀ give X̂ = (Q U_R) S Vᵀ, so U_ij = x̂_i·v_j / s_j and
+    π_i = Σ_{j<k} U_ij² / k with k = min(n_sparse, rank X̂); B = V_k S_k⁻¹ / √k.
+    A factor folded chunk by chunk (or reduced over workers) serves as well as a
+    one-shot QR: only R's singular values and right vectors are used.
+
+    Args:
+        R: (r, d) upper-triangular factor of the n_rows distinct rows of X̂ (≥ 2
+            rows, so that s_0 > 0).
+        n_rows: number of rows of X̂ (for the rank tolerance max(n, d) eps s_0).
+        n_sparse: sparse points wanted.
+    """
+    _, s, Vt = np.linalg.svd(R)  # same s, V as X̂'s
+    d = R.shape[1]
+    rank = int(np.sum(s > s[0] * max(n_rows, d) * np.finfo(float).eps))
     k = max(1, min(n_sparse, rank))
-    leverage = np.sum(U[:, :k] ** 2, axis=1) / k  # π_i = Σ_{j<k} U_ij² / k, (n,)
+    return Vt[:k].T / (s[:k] * np.sqrt(k))
+
+
+def leverage_scores(X_hat: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """π_i = |x̂_i B|²: X̂ (n, d), B (d, k) from ``cur_basis`` -> (n,)."""
+    return np.sum((X_hat @ B) ** 2, axis=1)
+
+
+def _sample_cur(scores: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """m of n rows sampled ∝ leverage, without replacement."""
     # Rows orthogonal to the top-k subspace have π_i = 0; a tiny floor lets the
     # sampler still fill m > (#rows with π_i > 0) slots without changing the rest.
-    p = np.maximum(leverage, 1e-12)
-    return rng.choice(n, size=m, replace=False, p=p / p.sum())
+    p = np.maximum(scores, 1e-12)
+    return rng.choice(scores.size, size=m, replace=False, p=p / p.sum())
 
 
 def _uniform(n: int, m: int) -> np.ndarray:
@@ -138,6 +203,63 @@ def farthest_point_sampling(X_hat: jax.Array, n_select: int) -> jax.Array:
     return chosen
 
 
+def check_selection(n_sparse: int, method: str, seed: int) -> tuple[str, int, int]:
+    """Validated ``(method name, n_sparse, seed)``; GapfitError on a bad one."""
+    name = _check_method(method)
+    if isinstance(n_sparse, bool) or int(n_sparse) != n_sparse or n_sparse < 1:
+        raise GapfitError(
+            f"n_sparse must be an integer ≥ 1, got {n_sparse!r}; "
+            "set the number of sparse points per species."
+        )
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise GapfitError(f"random seed must be a non-negative integer, got {seed!r}.")
+    return name, int(n_sparse), int(seed)
+
+
+def choose_sparse(
+    candidates: Mapping[int, np.ndarray],
+    n_sparse: int,
+    method: str,
+    seed: int,
+    scores: Mapping[int, np.ndarray] | None = None,
+) -> np.ndarray:
+    """The seeded choice among each species' candidates (every method but fps).
+
+    Args:
+        candidates: {z: sorted row indices of species z's distinct environments}
+            (``distinct_rows``).
+        n_sparse, method, seed: as ``select_sparse``.
+        scores: cur_points only: {z: leverage of each candidate} for every species
+            with more than n_sparse candidates (``leverage_scores``).
+
+    Returns:
+        (n_chosen,) sorted int64 row indices.
+    """
+    name, n_sparse, seed = check_selection(n_sparse, method, seed)
+    chosen = []
+    for z, rows in candidates.items():
+        n, m = rows.size, min(n_sparse, rows.size)
+        rng = np.random.default_rng([seed, int(z)])  # independent of species order
+        if m == n:
+            pick = np.arange(n)
+        elif name == "cur_points":
+            pick = _sample_cur(np.asarray((scores or {})[z]), m, rng)
+        elif name == "uniform":
+            pick = _uniform(n, m)
+        elif name == "random":
+            pick = rng.choice(n, size=m, replace=False)
+        else:
+            raise GapfitError("fps is not a score-based choice; use select_sparse.")
+        chosen.append(rows[pick])
+    return _sorted(chosen)
+
+
+def _sorted(chosen: list[np.ndarray]) -> np.ndarray:
+    if not chosen:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
 def select_sparse(
     X: np.ndarray, Z: np.ndarray, n_sparse: int, method: str, seed: int
 ) -> np.ndarray:
@@ -159,14 +281,7 @@ def select_sparse(
     Raises:
         GapfitError: unknown method, n_sparse < 1, bad seed, or malformed X / Z.
     """
-    name = _check_method(method)
-    if isinstance(n_sparse, bool) or int(n_sparse) != n_sparse or n_sparse < 1:
-        raise GapfitError(
-            f"n_sparse must be an integer ≥ 1, got {n_sparse!r}; "
-            "set the number of sparse points per species."
-        )
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise GapfitError(f"random seed must be a non-negative integer, got {seed!r}.")
+    name, n_sparse, seed = check_selection(n_sparse, method, seed)
     X = np.asarray(X, dtype=np.float64)
     Z = np.asarray(Z)
     if X.ndim != 2 or Z.ndim != 1 or X.shape[0] != Z.shape[0]:
@@ -186,25 +301,20 @@ def select_sparse(
             "structure of that environment and the descriptor settings."
         )
 
-    n_sparse = int(n_sparse)
-    chosen: list[np.ndarray] = []
-    for z in np.unique(Z):
-        env = np.flatnonzero(Z == z)  # this species' rows of X
-        X_hat = _normalise_rows(X[env])
-        distinct = _distinct_rows(X_hat)  # positions into env, original order
-        n, m = distinct.size, min(n_sparse, distinct.size)
-        rng = np.random.default_rng([int(seed), int(z)])  # independent of species order
-        if m == n:
-            pick = np.arange(n)
-        elif name == "cur_points":
-            pick = _cur_points(X_hat[distinct], m, n_sparse, rng)
-        elif name == "uniform":
-            pick = _uniform(n, m)
-        elif name == "random":
-            pick = rng.choice(n, size=m, replace=False)
-        else:  # fps
-            pick = np.asarray(farthest_point_sampling(jnp.asarray(X_hat[distinct]), m))
-        chosen.append(env[distinct[pick]])
-    if not chosen:
-        return np.zeros(0, dtype=np.int64)
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
+    X_hat = normalise_rows(X)
+    candidates = distinct_rows(Z, row_keys(X_hat))
+    if name == "fps":  # greedy over all candidates at once: not a score + choice
+        chosen = []
+        for rows in candidates.values():
+            m = min(n_sparse, rows.size)
+            pick = farthest_point_sampling(jnp.asarray(X_hat[rows]), m)
+            chosen.append(rows if m == rows.size else rows[np.asarray(pick)])
+        return _sorted(chosen)
+    scores = {}
+    if name == "cur_points":
+        for z, rows in candidates.items():
+            if rows.size > n_sparse:
+                R = np.linalg.qr(X_hat[rows], mode="r")  # X̂ = Q R, R: (r, d)
+                B = cur_basis(R, rows.size, n_sparse)
+                scores[z] = leverage_scores(X_hat[rows], B)
+    return choose_sparse(candidates, n_sparse, name, seed, scores)

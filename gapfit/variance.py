@@ -23,9 +23,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gapfit.blocks import VOIGT, Rows, rows_from_soap
-from gapfit.kernels import DotProductKernel, normalise, same_species
-from gapfit.soap import SoapSpec, soap_and_pair_derivatives
+from gapfit.blocks import VOIGT, Rows
+from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
+from gapfit.soap import SoapSpec, coefficients, pair_derivatives, power_spectrum
 from gapfit.sparse_gp import VarianceFactors, dtc_variance
 
 
@@ -65,17 +65,19 @@ def prior_force_variance(
     kernel: DotProductKernel,
     p_hat: jax.Array,
     norm: jax.Array,
-    dP: jax.Array,
+    dP_in: jax.Array,
+    U_self: jax.Array,
+    centre_in: jax.Array,
+    mask_in: jax.Array,
     b: dict,
-    incoming: jax.Array,
 ) -> jax.Array:
-    """Prior variance ``(A, 3)`` of every force component (eV^2/Å^2)."""
+    """Prior variance ``(A, 3)`` of every force component (eV^2/Å^2), from the pairs
+    into each atom ``dP_in (A, K, 3, F)`` (centres ``centre_in``, mask ``mask_in``
+    (A, K)) and ``U_self = -sum_{p: i_p = a} dP_p`` ``(A, 3, F)``."""
     A = p_hat.shape[0]
-    dP = dP * b["pair_mask"][:, None, None]
-    U_self = -jax.ops.segment_sum(dP, b["centre"], A)  # (A, 3, F)
-    U = jnp.concatenate([U_self[:, None], dP[incoming]], axis=1)  # (A, K+1, 3, F)
-    env = jnp.concatenate([jnp.arange(A)[:, None], b["centre"][incoming]], axis=1)
-    real = jnp.concatenate([b["atom_mask"][:, None], b["pair_mask"][incoming]], axis=1)
+    U = jnp.concatenate([U_self[:, None], dP_in], axis=1)  # (A, K+1, 3, F)
+    env = jnp.concatenate([jnp.arange(A)[:, None], centre_in], axis=1)
+    real = jnp.concatenate([b["atom_mask"][:, None], mask_in], axis=1)
     spec_e = b["species"][env]
 
     def one(U_a, env_a, real_a, spec_a):
@@ -86,13 +88,11 @@ def prior_force_variance(
 
 
 def prior_virial_variance(
-    kernel: DotProductKernel, p_hat: jax.Array, norm: jax.Array, dP: jax.Array, b: dict
+    kernel: DotProductKernel, p_hat: jax.Array, norm: jax.Array, V: jax.Array, b: dict
 ) -> jax.Array:
-    """Prior variance ``(C, 6)`` of every Voigt virial component (eV^2)."""
-    A, C = p_hat.shape[0], b["config_mask"].shape[0]
-    outer = jnp.einsum("pkf,pl->pklf", dP * b["pair_mask"][:, None, None], b["D"])
-    V = jax.ops.segment_sum(outer, b["centre"], A)  # (A, 3, 3, F)
-    V = jnp.stack([0.5 * (V[:, i, j] + V[:, j, i]) for i, j in VOIGT], axis=1)
+    """Prior variance ``(C, 6)`` of every Voigt virial component (eV^2), from each
+    atom's ``V_i = sum_{p: i_p = i} dP_p (x) D_p`` in Voigt order ``(A, 6, F)``."""
+    C = b["config_mask"].shape[0]
     same = (b["atom_config"][:, None] == b["atom_config"][None, :]) * b["atom_mask"][
         None, :
     ]
@@ -125,19 +125,70 @@ def soap_rows_and_priors(
     incoming: jax.Array,
 ) -> tuple[Rows, Std]:
     """Kernel rows and prior variances (``Std`` fields hold variances here) of the
-    SOAP term for one batch."""
-    p, dP = soap_and_pair_derivatives(
+    SOAP term for one batch.
+
+    Pairs are laid out by the atom they point into (``incoming (A, K)``), so each
+    force row is a dense sum over K (no scatter of (P, 3, M) arrays) and the same
+    ``dP`` serves the rows and the prior variances. With ``S_a = sum_{p: i_p = a}
+    dP_p`` and ``t_p`` of ``blocks`` (``t_p = a_i (z - q_i p_hat_i) . dP_p``)::
+
+        F_a = a_a (Z S_a - q_a (p_hat_a . S_a)) - sum_{p into a} t_p       (A, 3, M)
+        W   = -sum_p t_p (x) D_p                                           (C, 6, M)
+    """
+    A, K = incoming.shape
+    C = b["config_mask"].shape[0]
+    pair = {k: b[k][incoming].reshape(A * K, *b[k].shape[1:]) for k in _PAIR_KEYS}
+    c = coefficients(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
     )
-    rows = rows_from_soap(kernel, p, dP, Z_hat, Z_species, b)
-    p_hat, norm = normalise(p)
+    p_hat, norm = normalise(power_spectrum(spec, c))
+    dP = pair_derivatives(
+        spec, c, pair["D"], pair["centre"], pair["neighbour_species"], pair["pair_mask"]
+    )  # (A K, 3, F), masked
+    i = pair["centre"]
+    S = jax.ops.segment_sum(dP, i, A)  # (A, 3, F)
+    outer = jnp.einsum("pkf,pl->pklf", dP, pair["D"])
+    V = jax.ops.segment_sum(outer, i, A)  # (A, 3, 3, F)
+    V = jnp.stack([0.5 * (V[:, x, y] + V[:, y, x]) for x, y in VOIGT], axis=1)
+
+    q = cosine(p_hat, Z_hat)  # (A, M)
+    s = same_species(b["species"], Z_species) * b["atom_mask"][:, None]
+    d2, zeta = kernel.delta**2, kernel.zeta
+    local = d2 * q**zeta * s
+    energy = jax.ops.segment_sum(local, b["atom_config"], C)
+    a = d2 * zeta * q ** (zeta - 1) * s / norm[:, None]  # (A, M)
+
+    def projected(U, at):  # a (z - q p_hat) . U for U (..., 3 or 6, F) at atoms `at`
+        ZU = jnp.einsum("...kf,mf->...km", U, Z_hat)
+        pU = jnp.einsum("...kf,...f->...k", U, p_hat[at])
+        return a[at][..., None, :] * (ZU - q[at][..., None, :] * pU[..., None])
+
+    t = projected(dP, i).reshape(A, K, 3, -1)  # (A, K, 3, M)
+    forces = projected(S, jnp.arange(A)) - t.sum(axis=1)
+    config = jax.nn.one_hot(b["atom_config"], C, dtype=t.dtype)  # (A, C)
+    W = -jnp.einsum("akxm,akl,ac->cxlm", t, pair["D"].reshape(A, K, 3), config)
+    virial = jnp.stack([0.5 * (W[:, x, y] + W[:, y, x]) for x, y in VOIGT], axis=1)
+    rows = Rows(energy, forces, virial, local)
+
     priors = Std(
         kernel.delta**2 * b["atom_mask"],
         prior_energy_variance(kernel, p_hat, b),
-        prior_force_variance(kernel, p_hat, norm, dP, b, incoming),
-        prior_virial_variance(kernel, p_hat, norm, dP, b),
+        prior_force_variance(
+            kernel,
+            p_hat,
+            norm,
+            dP.reshape(A, K, 3, -1),
+            -S,
+            i.reshape(A, K),
+            pair["pair_mask"].reshape(A, K),
+            b,
+        ),
+        prior_virial_variance(kernel, p_hat, norm, V, b),
     )
     return rows, priors
+
+
+_PAIR_KEYS = ("D", "centre", "neighbour_species", "pair_mask")
 
 
 @jax.jit

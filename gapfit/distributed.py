@@ -1,0 +1,435 @@
+"""A fit on a dask-distributed cluster, equal to the serial fit.
+
+``GAP(...).fit(path, client=client)`` (``gapfit fit --dask-workers N`` or
+``--dask-scheduler tcp://host:8786``) works on shares of the file (``gapfit.cluster``):
+consecutive configurations made of the serial fit's chunks. A worker reads its share
+itself and keeps its frames. Every later task is a pure function of those
+frames, the settings and small arrays from the client, so dask reruns it elsewhere if a
+worker dies (lost frames are read again). A task builds one chunk at a time
+(``assembly.padded_batches`` padded to the fit's global shape: one compilation per
+kernel, as in the serial fit). Passes, and what comes back to the client:
+
+1. survey: species, per-config e0 sums (``data.e0_from_counts``), a data-summary
+   part; then each chunk's padded shape (neighbour lists only).
+2. keys: a 128-bit key and the species of every SOAP environment
+   (``sparsify.row_keys``, 17 bytes per atom) and 2-body distance ranges.
+3. cur_points only: per share and species the R factor (F+1, F+1) of the candidate
+   rows ``[x̂ | 0]``, reduced over shares by TSQR (``tsqr``); ``cur_basis`` on the
+   client; then the leverage score of every candidate (8 bytes each).
+4. the seeded choice on the client (``sparsify.choose_sparse``); the M chosen rows.
+5. per share the R factor (M+1, M+1) of ``[Lambda^-1/2 K_nm | Lambda^-1/2 y]``
+   (``assembly.scaled_chunks`` folded by ``sparse_gp.fold``), reduced by TSQR and
+   stacked on the prior rows ``[L_mm^T | 0]``; ``sparse_gp.finish`` solves.
+6. training errors: per share ``report.error_sums``.
+
+Selection runs ``sparsify``'s own steps, so the sparse set is the serial one:
+identical candidates and seeded draws, leverage scores equal to rounding (a draw could
+differ only if a uniform variate fell within ~1e-12 of a cumulative-score boundary).
+fps needs all candidate rows in one process and is refused. A worker holds one chunk's
+descriptors and kernel rows, the (M+1)^2 and per-species (F+1)^2 factors, compiled
+kernels, and its shares' frames (about 0.1 kB per atom).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import operator
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from dask.distributed import Client
+
+from gapfit.assembly import batch_shape, padded_batches, scaled_chunks
+from gapfit.cluster import (
+    RETRIES,
+    SHARES_PER_WORKER,
+    Share,
+    n_workers,
+    plan_shares,
+)
+from gapfit.data import (
+    Frame,
+    LabelKeys,
+    config_sizes,
+    e0_from_counts,
+    read_frames,
+    species_counts,
+)
+from gapfit.distance_2b import pair_points_in_ranges, pair_ranges
+from gapfit.dscribe_backend import check_backend
+from gapfit.errors import GapfitError
+from gapfit.fit import GAP, _specs, data_part, merge_data_parts, peak_rss_gib
+from gapfit.kernels import normalise
+from gapfit.model import Model
+from gapfit.neighbours import Batch
+from gapfit.report import error_sums, merge_error_sums, table_from_sums
+from gapfit.sparse_gp import finish, fold, start
+from gapfit.sparsify import (
+    check_selection,
+    choose_sparse,
+    cur_basis,
+    distinct_rows,
+    leverage_scores,
+    normalise_rows,
+    row_keys,
+)
+from gapfit.terms import PairTerm, SoapTerm, Term
+from gapfit.tsqr import stack_qr, tree_reduce
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every task of a fit needs besides its share's frames."""
+
+    gap: GAP  # the settings (progress off)
+    species: tuple[int, ...]
+    shape: tuple[int, int, int]  # padded (atoms, pairs, configs) of every chunk
+
+    @cached_property
+    def specs(self) -> dict:
+        return _specs(*self.gap._settings(), self.species)
+
+    def chunks(
+        self, frames: Sequence[Frame], share: Share
+    ) -> Iterator[tuple[int, int, tuple[int, ...]]]:
+        """``(first environment, environments, chunk)`` of the share's chunks."""
+        offset = 0
+        for c in share.chunks:
+            n = sum(len(frames[k].numbers) for k in c)
+            yield offset, n, c
+            offset += n
+
+    def batch(self, frames: Sequence[Frame], chunk: Sequence[int]) -> Batch:
+        cutoff = max(s.neighbour_cutoff for s, _ in self.specs.values())
+        return padded_batches(frames, [chunk], self.species, cutoff, self.shape)[0]
+
+    def descriptors(
+        self, frames: Sequence[Frame], chunk: Sequence[int]
+    ) -> tuple[np.ndarray, ...]:
+        """SOAP X, species Z, pair distances r and types t of one chunk (``GAP``'s)."""
+        return self.gap._descriptors(
+            self.specs, frames, [chunk], [self.batch(frames, chunk)]
+        )
+
+
+# ---- worker tasks: pure functions of (frames, settings, small arrays) --------------
+def _read(path: str, share: Share, keys: LabelKeys) -> list[Frame]:
+    index = f"{share.start}:{share.stop}"
+    return read_frames(path, keys, require=("energy", "forces"), index=index)
+
+
+def _survey(frames: list[Frame]) -> dict:
+    species = tuple(sorted({int(z) for f in frames for z in f.numbers}))
+    return {
+        "species": species,
+        "counts": species_counts(frames, species),
+        "energies": [f.energy for f in frames],
+        "config_types": [f.config_type for f in frames],
+        "data": data_part(frames),
+    }
+
+
+def _shape(job: _Job, frames: list[Frame], share: Share) -> tuple[int, ...]:
+    shapes = [
+        batch_shape(job.batch(frames, c)) for _, _, c in job.chunks(frames, share)
+    ]
+    return tuple(int(max(n)) for n in zip(*shapes, strict=True))
+
+
+def _keys(job: _Job, frames: list[Frame], share: Share) -> dict:
+    Z, keys, ranges = [], [], []
+    for _, _, c in job.chunks(frames, share):
+        X, Z_c, r, t = job.descriptors(frames, c)
+        if "soap" in job.specs:
+            Z.append(Z_c)
+            keys.append(row_keys(normalise_rows(X)))
+        if "distance_2b" in job.specs:
+            ranges.append(pair_ranges(job.specs["distance_2b"][0], r, t))
+    return {
+        "Z": np.concatenate(Z) if Z else np.zeros(0, np.int64),
+        "keys": np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64),
+        "ranges": _merged_ranges(ranges) if ranges else None,
+    }
+
+
+def _merged_ranges(ranges: Sequence[np.ndarray]) -> np.ndarray:
+    """``pair_ranges`` of the union of the parts' pairs."""
+    stacked = np.stack(ranges)  # (parts, n_types, 2)
+    return np.stack([stacked[:, :, 0].min(axis=0), stacked[:, :, 1].max(axis=0)], 1)
+
+
+class _RowFolder:
+    """R factor ``(d+1, d+1)`` of ``[rows | 0]`` added block by block, folded ``cap``
+    rows at a time by ``sparse_gp.fold`` (one jit shape)."""
+
+    def __init__(self, d: int, cap: int) -> None:
+        self.R = jnp.zeros((d + 1, d + 1))
+        self.buf = np.zeros((cap, d))
+        self.n = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        k = 0
+        while k < len(rows):
+            take = min(len(self.buf) - self.n, len(rows) - k)
+            self.buf[self.n : self.n + take] = rows[k : k + take]
+            self.n, k = self.n + take, k + take
+            if self.n == len(self.buf):
+                self._fold()
+
+    def _fold(self) -> None:
+        self.buf[self.n :] = 0.0  # zero rows leave R unchanged
+        self.R = fold(self.R, jnp.asarray(self.buf), jnp.zeros(len(self.buf)))
+        self.n = 0
+
+    def factor(self) -> np.ndarray:
+        if self.n:
+            self._fold()
+        return np.asarray(self.R)
+
+
+def _factor(
+    job: _Job, frames: list[Frame], share: Share, candidates: dict[int, np.ndarray]
+) -> dict[int, np.ndarray]:
+    """Per species, the R factor of ``[x̂ | 0]`` over the share's ``candidates``."""
+    d = job.specs["soap"][0].n_features
+    folders = {z: _RowFolder(d, 2 * (d + 1)) for z in candidates}
+    for offset, n, c in job.chunks(frames, share):
+        local = {z: share.within(rows, offset, n) for z, rows in candidates.items()}
+        if any(v.size for v in local.values()):
+            X_hat = normalise_rows(job.descriptors(frames, c)[0])
+            for z, rows in local.items():
+                folders[z].add(X_hat[rows])
+    return {z: f.factor() for z, f in folders.items()}
+
+
+def _scores(
+    job: _Job,
+    frames: list[Frame],
+    share: Share,
+    candidates: dict[int, np.ndarray],
+    bases: dict[int, np.ndarray],
+) -> dict[int, np.ndarray]:
+    """Per species, the leverage score of each of the share's ``candidates``."""
+    out: dict[int, list[np.ndarray]] = {z: [np.zeros(0)] for z in candidates}
+    for offset, n, c in job.chunks(frames, share):
+        local = {z: share.within(rows, offset, n) for z, rows in candidates.items()}
+        if any(v.size for v in local.values()):
+            X_hat = normalise_rows(job.descriptors(frames, c)[0])
+            for z, rows in local.items():
+                out[z].append(leverage_scores(X_hat[rows], bases[z]))
+    return {z: np.concatenate(v) for z, v in out.items()}
+
+
+def _rows(
+    job: _Job, frames: list[Frame], share: Share, wanted: np.ndarray
+) -> np.ndarray:
+    """SOAP rows of the share's atoms among the sorted global ``wanted`` ones."""
+    out = [np.zeros((0, job.specs["soap"][0].n_features))]
+    for offset, n, c in job.chunks(frames, share):
+        local = share.within(wanted, offset, n)
+        if local.size:
+            out.append(job.descriptors(frames, c)[0][local])
+    return np.concatenate(out)
+
+
+def _solve(job: _Job, frames: list[Frame], share: Share, model: Model) -> np.ndarray:
+    """R factor ``(M+1, M+1)`` of the share's scaled kernel rows ``[A | b]``."""
+    sigmas = job.gap._sigmas()
+    M = sum(t.n_sparse for t in model.terms)
+    R = jnp.zeros((M + 1, M + 1))
+    for _, _, c in job.chunks(frames, share):
+        batch = job.batch(frames, c)
+        for A, b in scaled_chunks(model, frames, [c], [batch], sigmas):
+            R = fold(R, A, b)
+    return np.asarray(R)
+
+
+def _errors(job: _Job, frames: list[Frame], model: Model) -> dict:
+    wheres = [f.where for f in frames]
+    preds = model.predict(frames, wheres=wheres, batch_atoms=job.gap.chunk_atoms)
+    return error_sums(frames, preds)
+
+
+# ---- the client's side -------------------------------------------------------------
+def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
+    """``gap.fit(path)`` on the workers of ``client`` (see the module docstring);
+    also sets ``gap.worker_memory_gib_``: each worker process's peak RSS, GiB."""
+    if not isinstance(path, str | os.PathLike):
+        raise GapfitError(
+            "a fit on a dask cluster reads the training data on the workers: pass "
+            "the path of an extxyz file (readable at that path on every worker), "
+            "not frames."
+        )
+    if gap.optimise_hyperparameters:
+        raise GapfitError(
+            "optimise_hyperparameters is not offered on a dask cluster yet; fit "
+            "without --dask-scheduler/--dask-workers, or without the optimisation."
+        )
+    timings: dict[str, float] = {}
+    memory: dict[str, float] = {}
+    t0 = time.perf_counter()
+    soap, pair = gap._settings()
+    check_backend(gap.descriptor_backend, soap and soap["weighting"])
+    gap._sigmas()  # validate before any work
+    if soap is not None:
+        method = check_selection(soap["n_sparse"], soap["sparse_method"], gap.rnd_seed)[
+            0
+        ]
+        if method == "fps":
+            raise GapfitError(
+                "sparse_method=fps needs every candidate descriptor in one process, "
+                "so it is not offered on a dask cluster; use cur_points, uniform or "
+                "random, or fit without --dask-scheduler/--dask-workers."
+            )
+    path = os.path.abspath(path)
+    n_procs = n_workers(client)
+    shares = plan_shares(
+        config_sizes(path), gap.chunk_atoms, SHARES_PER_WORKER * n_procs
+    )
+    submit = functools.partial(client.submit, pure=False, retries=RETRIES)
+    frames = [submit(_read, path, s, gap.keys) for s in shares]
+    surveys = client.gather([submit(_survey, f) for f in frames])
+    species = tuple(sorted({z for s in surveys for z in s["species"]}))
+    counts = np.concatenate(
+        [_columns(s["counts"], s["species"], species) for s in surveys]
+    )
+    energies = [e for s in surveys for e in s["energies"]]
+    config_types = [c for s in surveys for c in s["config_types"]]
+    e0 = e0_from_counts(counts, energies, config_types, gap.e0_method, species, gap.e0)
+    timings["read"] = time.perf_counter() - t0
+    memory["read"] = peak_rss_gib()
+
+    t0 = time.perf_counter()
+    settings = copy.copy(gap)
+    settings.progress = False
+    job = _Job(settings, species, (0, 0, 0))
+
+    def per_share(task, *args) -> list:
+        """Futures of ``task(job, frames, share, *args)`` for every share."""
+        return [
+            submit(task, job, f, s, *args) for f, s in zip(frames, shares, strict=True)
+        ]
+
+    shapes = client.gather(per_share(_shape))
+    job = _Job(settings, species, tuple(int(n) for n in np.max(shapes, axis=0)))
+    keys = client.gather(per_share(_keys))
+    timings["descriptors"] = time.perf_counter() - t0
+    memory["descriptors"] = peak_rss_gib()
+
+    t0 = time.perf_counter()
+    terms: list[Term] = []
+    if "distance_2b" in job.specs:
+        spec, kernel = job.specs["distance_2b"]
+        ranges = _merged_ranges([k["ranges"] for k in keys])
+        terms.append(
+            PairTerm(
+                spec, kernel, *pair_points_in_ranges(spec, ranges, pair["n_sparse"])
+            )
+        )
+    if "soap" in job.specs:
+        spec, kernel = job.specs["soap"]
+        Z = np.concatenate([k["Z"] for k in keys])
+        idx = _select(client, job, frames, shares, Z, keys, soap, gap.rnd_seed)
+        rows = per_share(_rows, idx)
+        X_hat, _ = normalise(jnp.asarray(np.concatenate(client.gather(rows))))
+        terms.append(SoapTerm(spec, kernel, np.asarray(X_hat), Z[idx]))
+    K_mm = jax.scipy.linalg.block_diag(*(term.K_mm() for term in terms))
+    timings["sparsify"] = time.perf_counter() - t0
+    memory["sparsify"] = peak_rss_gib()
+
+    t0 = time.perf_counter()
+    model = Model(tuple(terms), species, None, e0)
+    prior = np.asarray(start(K_mm, gap.sparse_jitter))  # [L_mm^T | 0]
+    shared = client.scatter(model, broadcast=True, hash=False)
+    parts = per_share(_solve, shared)
+    R_data = tree_reduce(parts, functools.partial(submit, stack_qr)).result()
+    R_aug = jnp.asarray(stack_qr(prior, R_data))
+    model.posterior = finish(R_aug, K_mm, gap.sparse_jitter)
+    timings["solve"] = time.perf_counter() - t0
+    memory["solve"] = peak_rss_gib()
+
+    t0 = time.perf_counter()
+    shared = client.scatter(model, broadcast=True, hash=False)
+    sums = client.gather([submit(_errors, job, f, shared) for f in frames])
+    errors = table_from_sums(merge_error_sums(sums))
+    timings["training_errors"] = time.perf_counter() - t0
+    memory["training_errors"] = peak_rss_gib()
+    workers = {k: round(v, 4) for k, v in client.run(peak_rss_gib).items()}
+
+    model.info = {
+        **gap._info(soap, pair),
+        "data": merge_data_parts([s["data"] for s in surveys]),
+        "n_sparse": {term.name: term.sparse_counts() for term in terms},
+        "distributed": {
+            "n_workers": n_procs,
+            "n_shares": len(shares),
+            "worker_peak_rss_gib": workers,
+        },
+        "timings_s": timings,
+        "peak_rss_gib": memory,
+        "training_errors": errors,
+    }
+    gap.model_ = model
+    gap.training_errors_ = errors
+    gap.timings_ = timings
+    gap.memory_gib_ = memory
+    gap.worker_memory_gib_ = workers
+    return gap
+
+
+def _columns(
+    counts: np.ndarray, local: Sequence[int], species: Sequence[int]
+) -> np.ndarray:
+    """Counts over the ``local`` species as columns of all ``species``."""
+    out = np.zeros((len(counts), len(species)), np.int64)
+    out[:, [species.index(z) for z in local]] = counts
+    return out
+
+
+def _select(
+    client: Client,
+    job: _Job,
+    frames: list,
+    shares: list[Share],
+    Z: np.ndarray,
+    keys: list[dict],
+    soap: dict,
+    seed: int,
+) -> np.ndarray:
+    """``sparsify.select_sparse`` over the workers' environments: sorted global
+    indices of the chosen SOAP environments."""
+    submit = functools.partial(client.submit, pure=False, retries=RETRIES)
+    n_sparse, method = soap["n_sparse"], soap["sparse_method"]
+    candidates = distinct_rows(Z, np.concatenate([k["keys"] for k in keys]))
+    scored = {z: rows for z, rows in candidates.items() if rows.size > n_sparse}
+    scores = {}
+    if check_selection(n_sparse, method, seed)[0] == "cur_points" and scored:
+        local = [
+            {z: s.within(r) + s.atom_start for z, r in scored.items()} for s in shares
+        ]
+        parts = [
+            submit(_factor, job, f, s, c)
+            for f, s, c in zip(frames, shares, local, strict=True)
+        ]
+        d = job.specs["soap"][0].n_features
+        bases = {}
+        for z, rows in scored.items():
+            factors = [submit(operator.getitem, p, z) for p in parts]
+            R = tree_reduce(factors, functools.partial(submit, stack_qr)).result()
+            bases[z] = cur_basis(R[:d, :d], rows.size, n_sparse)
+        [shared] = client.scatter([bases], broadcast=True, hash=False)
+        got = client.gather(
+            [
+                submit(_scores, job, f, s, c, shared)
+                for f, s, c in zip(frames, shares, local, strict=True)
+            ]
+        )
+        scores = {z: np.concatenate([g[z] for g in got]) for z in scored}
+    return choose_sparse(candidates, n_sparse, method, seed, scores)

@@ -1,0 +1,795 @@
+"""Active learning: label what the model is least sure about, update it, repeat.
+
+A ``Learner`` holds one run (labelled frames, the model, the log, the learning curve)
+and checkpoints it after every step in a work directory (``gapfit.workdir``), so that
+``resume`` continues after a kill. Labels come from any ASE calculator
+(``gapfit.labeller``); a structure it fails on is skipped with the reason in the log.
+
+The model is a sparse GAP with the settings of a ``GAP`` (SOAP, optional 2-body,
+sigmas, jitter). e0 comes from the first labelled frames (``e0_method`` average,
+least_squares, explicit ``e0``, or isolated: the labeller then labels one isolated
+atom per element first); 2-body sparse points are chosen from the first frames as in
+``GAP.fit``. The SOAP sparse set grows from the labelled frames' environments of
+largest Nyström residual (``sparse_set.choose_sparse``): at most ``sparse_per_label``
+per labelled frame and the SOAP ``n_sparse`` per element, each with a residual variance
+above ``sparse_tol delta^2``; it is held at that capacity by padding, so the kernels
+compile once per run. New frames are folded into the QR factor (``update.update``)
+unless sparse points were added or ``refit_every`` labels passed since the last full
+refit (``update.refit``); both give the same model to rounding.
+
+Pool mode (``learn_pool``): ``n_seed`` random pool structures are labelled first. Each
+step scores every unlabelled structure by the DTC std of its energy per atom (eV/atom;
+``selection.energy_variance``), stops at the label ``budget``, when the largest score
+is at most ``target_std`` or when the pool is used up, and otherwise labels a diverse
+batch of the most uncertain (``selection.diverse_batch``).
+
+On-the-fly mode (``learn_otf``): the start structure is labelled first; a sampler
+(Langevin MD or FIRE relaxation, ``gapfit.samplers``) moves it with the GAP's forces,
+whose stds come from the same call. When the largest force-component std of a step
+exceeds ``std_threshold`` (eV/Å, absolute) that frame is labelled and added, and the
+sampler continues from it with the updated model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ase
+import ase.io
+import numpy as np
+from ase.calculators.calculator import BaseCalculator
+from tqdm.auto import tqdm
+
+from gapfit.calculator import GAPCalculator
+from gapfit.curve import curve_csv, format_curve, plot_curve, test_errors
+from gapfit.data import Frame, frames_from_atoms
+from gapfit.errors import GapfitError
+from gapfit.fit import GAP, _specs
+from gapfit.labeller import LabelFailure, label, make_labeller, parse_kwargs
+from gapfit.model import Model, atomic_write
+from gapfit.samplers import MDSampler, RelaxSampler, atoms_from_arrays, sampler_arrays
+from gapfit.selection import (
+    diverse_batch,
+    energy_prior,
+    energy_variance,
+    unit_mean_soap,
+    unit_soap,
+)
+from gapfit.sparse_set import (
+    PAD,
+    choose_sparse,
+    compact,
+    padded,
+    prior_model,
+    with_sparse,
+)
+from gapfit.update import refit, update
+from gapfit.workdir import Workdir, read_xyz_text, xyz_text
+
+GAP_KEYS = (
+    "soap",
+    "distance_2b",
+    "default_sigma",
+    "config_type_sigma",
+    "sigma_per_atom",
+    "e0",
+    "e0_method",
+    "sparse_jitter",
+    "rnd_seed",
+    "descriptor_backend",
+)
+Callback = Callable[[dict], None]
+
+
+def gap_settings(gap: GAP | None) -> dict:
+    """The JSON-able settings of a ``GAP`` (its ``__init__`` arguments that shape the
+    model); defaults for active learning: e0 from the average energy per atom."""
+    gap = gap if gap is not None else GAP(e0_method="average")
+    out = {k: getattr(gap, k) for k in GAP_KEYS if hasattr(gap, k)}
+    out["default_sigma"] = [float(x) for x in out["default_sigma"]]
+    out["config_type_sigma"] = {
+        k: [float(x) for x in v] for k, v in (out["config_type_sigma"] or {}).items()
+    }
+    if out["e0"] is not None:
+        out["e0"] = {str(_atomic_number(z)): float(v) for z, v in out["e0"].items()}
+    return out
+
+
+def _atomic_number(z: int | str) -> int:
+    return ase.data.atomic_numbers[z] if isinstance(z, str) else int(z)
+
+
+def _gap(settings: dict) -> GAP:
+    kwargs = dict(settings)
+    if kwargs.get("e0") is not None:
+        kwargs["e0"] = {int(z): v for z, v in kwargs["e0"].items()}
+    return GAP(**kwargs)
+
+
+def read_structures(source: str | os.PathLike | Sequence[ase.Atoms], what: str) -> list:
+    """Structures from a file (any ASE format) or a sequence of Atoms; ``what``
+    names them in error messages."""
+    if isinstance(source, str | os.PathLike):
+        if not Path(source).is_file():
+            raise GapfitError(f"{what} file {source} does not exist; check the path.")
+        try:
+            images = ase.io.read(source, index=":")
+        except Exception as err:  # ASE's readers raise many types on bad input
+            raise GapfitError(
+                f"{what} file {source} could not be read ({type(err).__name__}: "
+                f"{err}); give extxyz or another ASE-readable format."
+            ) from None
+        return list(images)
+    images = list(source)
+    if not images:
+        raise GapfitError(f"the {what} is empty; give at least one structure.")
+    return images
+
+
+class Learner:
+    """One active-learning run: labelled frames, model, log and learning curve,
+    checkpointed in a work directory (see the module docstring).
+
+    Attributes:
+        model: the current model (SOAP sparse set padded to capacity; ``compact`` it
+            to drop the padding, as in the saved ``model.npz``).
+        labelled: labelled structures (Atoms with the labels in a
+            SinglePointCalculator, ``info["source"]`` naming where they came from).
+        log: events (dicts with ``event``), curve: learning-curve rows
+            (``gapfit.curve``), state: the mode's JSON-able state.
+    """
+
+    def __init__(
+        self,
+        workdir: Workdir,
+        settings: dict,
+        labeller: BaseCalculator,
+        progress: bool = True,
+        callback: Callback | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.settings = settings
+        self.labeller = labeller
+        self.progress = progress
+        self.callback = callback
+        self.gap = _gap(settings["gap"])
+        soap, pair = self.gap._settings()
+        if soap is None:
+            raise GapfitError(
+                "active learning needs a SOAP term (its uncertainty drives the "
+                "choices); give --soap (the 2-body term may come with it)."
+            )
+        self.species = tuple(settings["species"])
+        self.specs = _specs(soap, pair, self.species)
+        self.capacity = int(soap["n_sparse"]) * len(self.species)
+        self.model: Model | None = None
+        self.labelled: list[ase.Atoms] = []
+        self.frames: list[Frame] = []
+        self.pending: dict[str, ase.Atoms] = {}
+        self.log: list[dict] = []
+        self.curve: list[dict] = []
+        self.state: dict = {}
+        self.shape = [0, 0, 0]  # padded batch shape floor: one compilation
+        self.since_refit = 0
+        test = read_xyz_text(workdir.read_text("test.xyz"))
+        self.test = (
+            frames_from_atoms(test, require=("energy", "forces"), source="test")
+            if test
+            else []
+        )
+
+    # ---- creation and resume ------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        workdir: str | os.PathLike,
+        settings: dict,
+        labeller: str | BaseCalculator,
+        inputs: dict[str, Sequence[ase.Atoms]],
+        progress: bool = True,
+        callback: Callback | None = None,
+    ) -> Learner:
+        """A new run in ``workdir`` (refused if it holds one); ``inputs`` are copied
+        there as extxyz (``{"pool.xyz": [...], "test.xyz": [...]}``)."""
+        calc = make_labeller(labeller, settings.get("labeller_kwargs"))
+        w = Workdir(workdir)
+        w.create()
+        for name, images in inputs.items():
+            w.write_text(name, xyz_text(images))
+        learner = cls(w, settings, calc, progress, callback)
+        learner._event("start", mode=settings["mode"])
+        return learner
+
+    @classmethod
+    def load(
+        cls,
+        workdir: str | os.PathLike,
+        labeller: str | BaseCalculator | None = None,
+        progress: bool = True,
+        callback: Callback | None = None,
+    ) -> tuple[Learner, dict[str, np.ndarray]]:
+        """The run of ``workdir`` as of its last checkpoint, and the sampler's
+        arrays. ``labeller`` defaults to the one named when the run started."""
+        w = Workdir(workdir)
+        state, labelled, log, model_bytes, sampler = w.load()
+        settings = state["settings"]
+        if labeller is None:
+            if settings.get("labeller") is None:
+                raise GapfitError(
+                    f"the run in {workdir} was labelled by a calculator object; pass "
+                    "it again (labeller=...) to resume."
+                )
+            labeller = settings["labeller"]
+        calc = make_labeller(labeller, settings.get("labeller_kwargs"))
+        learner = cls(w, settings, calc, progress, callback)
+        learner.labelled = read_xyz_text(labelled)
+        learner.frames = frames_from_atoms(
+            learner.labelled, require=("energy", "forces"), source="labelled.xyz"
+        )
+        if learner.labelled:
+            atomic_write(w.file("model.npz"), model_bytes)  # the committed model
+            learner.model = padded(Model.load(w.file("model.npz")), learner.capacity)
+        learner.log = log
+        learner.curve = state["curve"]
+        learner.state = state["mode_state"]
+        learner.shape = state["shape"]
+        learner.since_refit = state["since_refit"]
+        committed = {a.info.get("source") for a in learner.labelled}
+        learner.pending = {
+            a.info["source"]: a
+            for a in read_xyz_text(w.read_text("pending.xyz"))
+            if a.info.get("source") not in committed
+        }
+        learner._event("resumed", n_labels=len(learner.labelled))
+        return learner, sampler
+
+    # ---- labelling and learning ---------------------------------------------------
+    def label(
+        self, structures: Sequence[ase.Atoms], sources: Sequence[str]
+    ) -> list[tuple[int, ase.Atoms]]:
+        """Label the structures; returns ``(index, labelled copy)`` of those that
+        succeeded. Failures are logged with their reason. Labels from before a kill
+        (``pending.xyz``) are reused."""
+        out = []
+        for k, (atoms, source) in enumerate(zip(structures, sources, strict=True)):
+            if source in self.pending:
+                out.append((k, self.pending[source]))
+                continue
+            t0 = time.perf_counter()
+            result = label(self.labeller, atoms)
+            seconds = round(time.perf_counter() - t0, 4)
+            if isinstance(result, LabelFailure):
+                self._event("skipped", source=source, reason=result.reason)
+                continue
+            result.info["source"] = source
+            (result,) = read_xyz_text(xyz_text([result]))  # exactly what is saved
+            self.pending[source] = result
+            self.workdir.write_text(
+                "pending.xyz", xyz_text(list(self.pending.values()))
+            )
+            self._event("labelled", source=source, seconds=seconds)
+            out.append((k, result))
+        return out
+
+    def add(
+        self,
+        new: Sequence[ase.Atoms],
+        X_hat: np.ndarray | None = None,
+        s: np.ndarray | None = None,
+    ) -> None:
+        """Add labelled structures to the model: new sparse points from their
+        environments (unit SOAP ``X_hat (n, F)``, species index ``s (n,)``, computed
+        here if not given), then a refit or a rank update."""
+        if not new:
+            return
+        t0 = time.perf_counter()
+        frames = frames_from_atoms(new, require=("energy", "forces"), source="label")
+        if self.model is None:
+            self.model = prior_model(self.gap, self.species, frames, self.capacity)
+        if X_hat is None:
+            X_hat, s, _ = unit_soap(self.gap, self.species, frames)
+        settings = self.settings
+        pick = choose_sparse(
+            self.model,
+            X_hat,
+            s,
+            settings["sparse_per_label"] * len(new),
+            settings["sparse_tol"],
+        )
+        everything = self.frames + frames
+        # one frame per chunk: batches of one shape per frame size, one compilation
+        kw = {"chunk_atoms": 1, "shape": self.shape}
+        if len(pick):
+            model = with_sparse(self.model, X_hat[pick], s[pick])
+            self.model, how = refit(model, everything, **kw), "refit"
+        elif self.since_refit + len(new) >= settings["refit_every"]:
+            self.model, how = refit(self.model, everything, **kw), "refit"
+        else:
+            self.model, how = update(self.model, frames, **kw), "update"
+        self.since_refit = 0 if how == "refit" else self.since_refit + len(new)
+        self.frames = everything
+        self.labelled += list(new)
+        for atoms in new:
+            self.pending.pop(atoms.info["source"], None)
+        self._event(
+            how,
+            n_new=len(new),
+            n_labels=len(self.labelled),
+            new_sparse=len(pick),
+            n_sparse=self.n_sparse,
+            seconds=round(time.perf_counter() - t0, 4),
+        )
+
+    def isolated_atoms(self) -> list[ase.Atoms]:
+        """One isolated atom per element (for ``e0_method="isolated"``; else none)."""
+        if self.gap.e0_method != "isolated":
+            return []
+        given = {int(z) for z in (self.gap.e0 or {})}
+        return [
+            ase.Atoms(
+                numbers=[z],
+                positions=[[0.0, 0.0, 0.0]],
+                info={"config_type": "isolated_atom"},
+            )
+            for z in self.species
+            if z not in given
+        ]
+
+    @property
+    def n_sparse(self) -> int:
+        """Real (not padding) SOAP sparse points of the model."""
+        term = self.model.term("soap") if self.model is not None else None
+        return 0 if term is None else int(np.sum(term.sparse_species != PAD))
+
+    # ---- records and checkpoints --------------------------------------------------
+    def record(self, **values: Any) -> dict:
+        """Add a learning-curve row (with test errors when a test set is given)."""
+        row = {"n_labels": len(self.labelled), "n_sparse": self.n_sparse, **values}
+        if self.test and self.model is not None:
+            row.update(test_errors(self.model, self.test))
+        self.curve.append(row)
+        return row
+
+    def checkpoint(self, sampler: dict[str, np.ndarray] | None = None) -> None:
+        """Write the outputs and the checkpoint (``Workdir.save``)."""
+        w = self.workdir
+        if self.model is not None:
+            compact(self.model).save(w.file("model.npz"))
+        model_bytes = w.file("model.npz").read_bytes() if self.model else b""
+        if self.curve:
+            w.write_text("curve.csv", curve_csv(self.curve))
+        state = {
+            "settings": self.settings,
+            "mode_state": self.state,
+            "curve": self.curve,
+            "shape": self.shape,
+            "since_refit": self.since_refit,
+            "n_labels": len(self.labelled),
+        }
+        w.save(state, xyz_text(self.labelled), self.log, model_bytes, sampler)
+
+    def finish(self, reason: str, sampler: dict[str, np.ndarray] | None = None) -> None:
+        """Log why the run stopped and checkpoint."""
+        self.state["done"] = reason
+        self._event("stop", reason=reason, n_labels=len(self.labelled))
+        self.checkpoint(sampler)
+        if self.test and self.curve:  # once: a plot costs about a second
+            plot_curve(self.curve, self.workdir.file("curve.png"))
+
+    def summary(self) -> str:
+        """The learning curve as a table and the stop reason."""
+        lines = [format_curve(self.curve)] if self.curve else []
+        lines.append(
+            f"{len(self.labelled)} labelled frames, {self.n_sparse} SOAP sparse "
+            "points; "
+            f"stopped: {self.state.get('done', 'not finished')}; "
+            f"outputs in {self.workdir.path}"
+        )
+        return "\n".join(lines)
+
+    # ---- internals ----------------------------------------------------------------
+    def _event(self, event: str, **fields: Any) -> None:
+        self.log.append({"event": event, "time": round(time.time(), 3), **fields})
+
+
+def _source(isolated: ase.Atoms) -> str:
+    return f"isolated:{ase.data.chemical_symbols[int(isolated.numbers[0])]}"
+
+
+def _base_settings(
+    mode: str,
+    labeller: str | BaseCalculator,
+    labeller_kwargs: str | dict | None,
+    gap: GAP | None,
+    species: Sequence[int],
+    **extra: Any,
+) -> dict:
+    return {
+        "mode": mode,
+        "labeller": labeller if isinstance(labeller, str) else None,
+        "labeller_kwargs": parse_kwargs(labeller_kwargs),
+        "gap": gap_settings(gap),
+        "species": sorted({int(z) for z in species}),
+        **extra,
+    }
+
+
+# ---- pool mode ----------------------------------------------------------------------
+def learn_pool(
+    workdir: str | os.PathLike,
+    labeller: str | BaseCalculator | None,
+    pool: str | os.PathLike | Sequence[ase.Atoms] | None = None,
+    gap: GAP | None = None,
+    test: str | os.PathLike | Sequence[ase.Atoms] | None = None,
+    *,
+    n_seed: int = 4,
+    batch_size: int = 4,
+    budget: int = 40,
+    target_std: float | None = None,
+    n_candidates: int | None = None,
+    sparse_per_label: int = 20,
+    sparse_tol: float = 1e-6,
+    refit_every: int = 20,
+    seed: int = 1,
+    labeller_kwargs: str | dict | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> Learner:
+    """Pool-mode active learning (see the module docstring).
+
+    Args:
+        workdir: directory of the run's outputs and checkpoint.
+        labeller: ASE calculator, or ``emt``, ``lj``, ``module:Class``
+            (``gapfit.labeller``) with ``labeller_kwargs``; on resume None means the
+            one named at the start.
+        pool: unlabelled structures (file or Atoms); not needed on resume.
+        gap: model settings (a ``GAP``; its SOAP ``n_sparse`` is the most sparse
+            points per element); default ``GAP(e0_method="average")``.
+        test: labelled structures for the learning curve (optional).
+        n_seed: random pool structures labelled first.
+        batch_size: structures labelled per step. budget: labels in all.
+        target_std: stop when no unlabelled structure has an energy std above
+            this (eV/atom).
+        n_candidates: most uncertain structures the diverse batch is chosen from
+            (default ``max(10 batch_size, 20)``).
+        sparse_per_label, sparse_tol, refit_every: see the module docstring.
+        seed: seed of the first structures. resume: continue the run in ``workdir``.
+        progress: progress bar. callback: called with an event dict after each step;
+            an exception it raises stops the run (the checkpoint stays).
+
+    Returns:
+        The ``Learner`` (``learner.model``, ``learner.labelled``, ``learner.curve``).
+    """
+    if resume:
+        learner, _ = Learner.load(workdir, labeller, progress, callback)
+        images = read_xyz_text(learner.workdir.read_text("pool.xyz"))
+    else:
+        if pool is None:
+            raise GapfitError("learn_pool needs a pool of structures (pool=...).")
+        images = read_structures(pool, "pool")
+        species = {int(z) for a in images for z in a.numbers}
+        settings = _base_settings(
+            "pool",
+            labeller,
+            labeller_kwargs,
+            gap,
+            species,
+            n_seed=n_seed,
+            batch_size=batch_size,
+            budget=budget,
+            target_std=target_std,
+            n_candidates=n_candidates or max(10 * batch_size, 20),
+            sparse_per_label=sparse_per_label,
+            sparse_tol=sparse_tol,
+            refit_every=refit_every,
+            seed=seed,
+        )
+        inputs = {"pool.xyz": [_bare(a) for a in images]}
+        if test is not None:
+            inputs["test.xyz"] = read_structures(test, "test set")
+        learner = Learner.create(
+            workdir, settings, labeller, inputs, progress, callback
+        )
+        learner.state = {"labelled": [], "failed": [], "step": 0}
+    _PoolRun(learner, images).run()
+    return learner
+
+
+def _bare(atoms: ase.Atoms) -> ase.Atoms:
+    """Geometry, pbc and config_type only (pool structures carry no labels)."""
+    out = ase.Atoms(
+        numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc
+    )
+    if "config_type" in atoms.info:
+        out.info["config_type"] = atoms.info["config_type"]
+    return out
+
+
+class _PoolRun:
+    """The steps of pool mode over cached pool descriptors."""
+
+    def __init__(self, learner: Learner, images: list[ase.Atoms]) -> None:
+        self.learner = learner
+        self.images = images
+        frames = frames_from_atoms(images, require=(), source="pool")
+        self.X_hat, self.s, self.owner = unit_soap(learner.gap, learner.species, frames)
+        self.S_hat = unit_mean_soap(self.X_hat, self.owner, len(images))
+        kernel = learner.specs["soap"][1]
+        self.prior = energy_prior(kernel, self.X_hat, self.s, self.owner)
+        self.n_atoms = np.array([len(a) for a in images])
+
+    def run(self) -> None:
+        L, st, cfg = self.learner, self.learner.state, self.learner.settings
+        if "done" in st:
+            return
+        bar = tqdm(
+            total=cfg["budget"],
+            initial=len(L.labelled),
+            unit="label",
+            desc="learn (pool)",
+            disable=not L.progress,
+        )
+        if not L.labelled:
+            rng = np.random.default_rng(cfg["seed"])
+            n = min(cfg["n_seed"], len(self.images))
+            seeds = np.sort(rng.choice(len(self.images), n, replace=False))
+            self.step([int(i) for i in seeds], L.isolated_atoms(), None, bar)
+        while True:
+            if len(L.labelled) >= cfg["budget"]:
+                reason = f"label budget {cfg['budget']} reached"
+                break
+            u = self.uncertainty()
+            if not np.isfinite(u).any():
+                reason = "pool exhausted"
+                break
+            if cfg["target_std"] is not None and u.max() <= cfg["target_std"]:
+                reason = f"largest energy std {u.max():.3g} eV/atom <= target"
+                break
+            n_pick = min(cfg["batch_size"], cfg["budget"] - len(L.labelled))
+            kernel = L.specs["soap"][1]
+            batch = diverse_batch(
+                u, self.S_hat, kernel, n_pick, cfg["n_candidates"], st["labelled"]
+            )
+            self.step([int(i) for i in batch], [], float(u.max()), bar)
+        bar.close()
+        L.finish(reason)
+
+    def uncertainty(self) -> np.ndarray:
+        """Energy std per atom (eV/atom) of each pool structure; -inf for labelled
+        and failed ones."""
+        var = energy_variance(
+            self.learner.model, self.X_hat, self.s, self.owner, self.prior
+        )
+        u = np.sqrt(np.maximum(var, 0.0)) / self.n_atoms
+        st = self.learner.state
+        u[st["labelled"] + st["failed"]] = -np.inf
+        return u
+
+    def step(
+        self, picks: list[int], extra: list[ase.Atoms], max_std, bar: tqdm
+    ) -> None:
+        L, st = self.learner, self.learner.state
+        structures = [self.images[i] for i in picks] + extra
+        sources = [f"pool:{i}" for i in picks] + [_source(a) for a in extra]
+        done = L.label(structures, sources)
+        ok = [picks[k] for k, _ in done if k < len(picks)]
+        st["failed"] += sorted(set(picks) - set(ok))
+        st["labelled"] += ok
+        new = [a for _, a in done]
+        mask = np.isin(self.owner, ok)
+        # pool environments come from the cache; isolated atoms are no candidates
+        L.add(new, self.X_hat[mask], self.s[mask])
+        st["step"] += 1
+        row = L.record(step=st["step"], max_std=max_std)
+        L.checkpoint()
+        bar.update(len(new))
+        bar.set_postfix(
+            {k: f"{row[k]:.3g}" for k in ("max_std", "f_rmse") if row.get(k)}
+        )
+        if L.callback is not None:
+            L.callback({"event": "step", "mode": "pool", "picked": picks, "row": row})
+
+
+# ---- on-the-fly mode ----------------------------------------------------------------
+def _std_scale(state: dict) -> float:
+    """Scale ``a`` of the force stds: ``a^2 = mean (e / s)^2`` over the force
+    components of every labelled frame, errors ``e`` and DTC stds ``s`` predicted just
+    before it was labelled (held out): the maximum-likelihood amplitude of
+    ``e ~ N(0, a^2 s^2)``; 1 until the first such frame."""
+    n = state["z2_n"]
+    return float(np.sqrt(state["z2_sum"] / n)) if n else 1.0
+
+
+def _calibrate(state: dict, forces: np.ndarray, pred: dict) -> None:
+    """Add a labelled frame's held-out force errors to the std scale."""
+    z2 = ((forces - pred["forces"]) / np.maximum(pred["forces_std"], 1e-12)) ** 2
+    state["z2_sum"] += float(z2.sum())
+    state["z2_n"] += int(z2.size)
+
+
+def learn_otf(
+    workdir: str | os.PathLike,
+    labeller: str | BaseCalculator | None,
+    start: str | os.PathLike | ase.Atoms | None = None,
+    gap: GAP | None = None,
+    test: str | os.PathLike | Sequence[ase.Atoms] | None = None,
+    *,
+    sampler: str = "md",
+    steps: int = 1000,
+    temperature: float = 300.0,
+    timestep: float = 2.0,
+    friction: float = 0.01,
+    fmax: float = 0.05,
+    std_threshold: float = 0.1,
+    budget: int | None = None,
+    sparse_per_label: int = 20,
+    sparse_tol: float = 1e-6,
+    refit_every: int = 20,
+    checkpoint_every: int = 10,
+    seed: int = 1,
+    labeller_kwargs: str | dict | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> Learner:
+    """On-the-fly active learning along MD or a relaxation (module docstring).
+
+    Args:
+        workdir, labeller, gap, test, sparse_per_label, sparse_tol, refit_every,
+            labeller_kwargs, resume, progress: as for ``learn_pool``.
+        start: the starting structure (file: its last image, or Atoms).
+        sampler: "md" (Langevin) or "relax" (FIRE on the positions).
+        steps: sampler steps. temperature: K. timestep: fs. friction: 1/fs.
+        fmax: the relaxation stops below this largest force (eV/Å).
+        std_threshold: label a frame whose largest force-component std exceeds this
+            (eV/Å, absolute).
+        budget: at most this many labels (then the sampler goes on unlabelled).
+        checkpoint_every: checkpoint every this many steps (and after each label).
+        seed: seed of the velocities and the thermostat's random forces.
+        callback: called after every step with ``{"event": "step", "step", "atoms",
+            "max_std", "labelled"}``; an exception it raises stops the run.
+    """
+    if sampler not in ("md", "relax"):
+        raise GapfitError(f"sampler {sampler!r} is unknown; use 'md' or 'relax'.")
+    if resume:
+        learner, arrays = Learner.load(workdir, labeller, progress, callback)
+        atoms = atoms_from_arrays(arrays)
+    else:
+        if start is None:
+            raise GapfitError("learn_otf needs a start structure (start=...).")
+        atoms = _bare(
+            start
+            if isinstance(start, ase.Atoms)
+            else read_structures(start, "start")[-1]
+        )
+        settings = _base_settings(
+            "otf",
+            labeller,
+            labeller_kwargs,
+            gap,
+            atoms.numbers,
+            sampler=sampler,
+            steps=steps,
+            temperature=temperature,
+            timestep=timestep,
+            friction=friction,
+            fmax=fmax,
+            std_threshold=std_threshold,
+            budget=budget,
+            sparse_per_label=sparse_per_label,
+            sparse_tol=sparse_tol,
+            refit_every=refit_every,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+        )
+        inputs = {"start.xyz": [atoms]}
+        if test is not None:
+            inputs["test.xyz"] = read_structures(test, "test set")
+        learner = Learner.create(
+            workdir, settings, labeller, inputs, progress, callback
+        )
+        learner.state = {"step": 0, "rng": None, "z2_sum": 0.0, "z2_n": 0}
+    _OTFRun(learner, atoms, fresh=not resume).run()
+    return learner
+
+
+class _OTFRun:
+    """The steps of on-the-fly mode."""
+
+    def __init__(self, learner: Learner, atoms: ase.Atoms, fresh: bool) -> None:
+        self.learner = learner
+        self.atoms = atoms
+        self.fresh = fresh
+
+    def run(self) -> None:
+        L, st, cfg = self.learner, self.learner.state, self.learner.settings
+        if "done" in st:
+            return
+        atoms = self.atoms
+        if not L.labelled:
+            isolated = L.isolated_atoms()
+            new = L.label(
+                [atoms, *isolated], ["start", *(_source(a) for a in isolated)]
+            )
+            if len(new) < 1 + len(isolated):
+                reasons = [e["reason"] for e in L.log if e["event"] == "skipped"]
+                raise GapfitError(
+                    f"the labeller failed on the start structure or an isolated atom "
+                    f"({'; '.join(reasons)}); fix the labeller settings or the "
+                    "structure."
+                )
+            L.add([a for _, a in new])
+            L.record(step=0, max_std=None)
+        rng = np.random.default_rng(cfg["seed"])
+        if st["rng"] is not None:
+            rng.bit_generator.state = st["rng"]
+        calc = GAPCalculator(L.model, std=True)
+        atoms.calc = calc
+        if cfg["sampler"] == "md":
+            sampler = MDSampler(
+                atoms,
+                cfg["temperature"],
+                cfg["timestep"],
+                cfg["friction"],
+                rng,
+                self.fresh,
+            )
+        else:
+            sampler = RelaxSampler(atoms, cfg["fmax"])
+        bar = tqdm(
+            total=cfg["steps"],
+            initial=st["step"],
+            unit="step",
+            desc=f"learn ({cfg['sampler']})",
+            disable=not L.progress,
+        )
+        reason = f"{cfg['steps']} steps done"
+        while st["step"] < cfg["steps"]:
+            step = st["step"]
+            atoms.get_forces()  # mean and std in one call
+            pred = {k: calc.results[k].copy() for k in ("forces", "forces_std")}
+            scale = _std_scale(st)
+            max_std = scale * float(np.max(pred["forces_std"]))
+            labelled = False
+            budget = cfg["budget"]
+            if max_std > cfg["std_threshold"] and (
+                budget is None or len(L.labelled) < budget
+            ):
+                new = L.label([atoms], [f"{cfg['sampler']}:{step}"])
+                if new:
+                    _calibrate(st, new[0][1].get_forces(), pred)
+                    L.add([a for _, a in new])
+                    calc.model = L.model
+                    calc.reset()
+                    atoms.get_forces()  # the updated model's, for the next step
+                    labelled = True
+                    L.record(step=step, max_std=max_std, std_scale=scale)
+            if L.callback is not None:
+                L.callback(
+                    {
+                        "event": "step",
+                        "step": step,
+                        "atoms": atoms,
+                        "max_std": max_std,
+                        "std_scale": scale,
+                        "labelled": labelled,
+                        **pred,
+                    }
+                )
+            if sampler.converged():
+                reason = f"relaxed: largest force below {cfg['fmax']} eV/Å"
+                break
+            sampler.step()
+            st["step"] = step + 1
+            st["rng"] = rng.bit_generator.state
+            bar.update(1)
+            bar.set_postfix(labels=len(L.labelled), max_std=f"{max_std:.3g}")
+            if labelled or st["step"] % cfg["checkpoint_every"] == 0:
+                L.checkpoint(sampler_arrays(atoms))
+        bar.close()
+        L.finish(reason, sampler_arrays(atoms))

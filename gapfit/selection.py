@@ -1,0 +1,245 @@
+"""Uncertainty-driven choices: which structures to label next, which environments
+become sparse points.
+
+DTC variance (Quiñonero-Candela & Rasmussen, JMLR 6, 1939 (2005)) of the SOAP energy
+``E_S = sum_{i in S} eps(x_i)`` of a structure S, for environments with unit SOAP
+vectors ``x_hat`` and species ``s``::
+
+    k_m     = sum_{i in S} delta^2 (x_hat_i . z_hat_m)^zeta [s_i == s_m]      (M_soap,)
+    var E_S = sum_{i,j in S} k(x_i, x_j) - |L_mm^-1 k|^2 + |R^-T k|^2        eV^2
+
+(zero columns for the other terms' sparse points), from descriptors alone: no
+derivatives, so a whole pool costs a few matrix products per step. The energy, an
+observed quantity, is used rather than the local energies: those are not
+identifiable from energies and forces, so their std barely drops when their own
+structure is labelled.
+
+Greedy maximum determinant (``greedy_max_det``): for a PSD matrix ``K (n, n)``, pick
+``i_1 = argmax K_ii``, then repeatedly the item with the largest variance conditional
+on those picked, ``d_i = K_ii - K_iS K_SS^-1 K_Si`` (a pivoted partial Cholesky,
+O(n k) per pick). It maximises ``log det K_SS`` greedily, so a near-duplicate of a
+picked item (``d_i ~ 0``) is never picked. Two uses:
+
+- batches of pool structures: ``K_ij = u_i u_j S_ij`` with ``u_i`` the energy std
+  per atom of structure i and ``S_ij = (s_hat_i . s_hat_j)^zeta`` the normalised
+  kernel of the structures' mean unit SOAP vectors: a quality-diversity determinantal
+  point process (Kulesza & Taskar, Found. Trends Mach. Learn. 5, 123 (2012); greedy
+  MAP as in Chen, Zhang & Zhou, NeurIPS 2018);
+- new sparse points: ``K`` the Nyström residual ``K_cc - K_cm K_mm^-1 K_mc`` of the
+  candidate environments, the part of their prior the sparse set does not represent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import ase
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gapfit.assembly import padded_batches
+from gapfit.data import Frame, frames_from_atoms
+from gapfit.fit import GAP, _specs
+from gapfit.kernels import DotProductKernel, kernel_block, normalise
+from gapfit.model import Model, chunk_indices
+from gapfit.neighbours import bucket
+from gapfit.sparse_gp import VarianceFactors, dtc_variance
+
+CHUNK = 2048  # environments per jitted call
+
+
+def soap_columns(model: Model) -> slice:
+    """Columns of the SOAP term's sparse points among all the model's weights."""
+    start = 0
+    for term in model.terms:
+        if term.name == "soap":
+            return slice(start, start + term.n_sparse)
+        start += term.n_sparse
+    raise ValueError("the model has no SOAP term")
+
+
+@partial(jax.jit, static_argnums=0)
+def _kernel_rows(kernel, X_hat, s, Z_hat, Z_s) -> jax.Array:
+    return kernel_block(kernel, X_hat, s, Z_hat, Z_s)
+
+
+def energy_prior(
+    kernel: DotProductKernel, X_hat: np.ndarray, s: np.ndarray, owner: np.ndarray
+) -> np.ndarray:
+    """Prior variance ``sum_{i,j in S} k(x_i, x_j)`` ``(n,)`` eV^2 of the SOAP energy of
+    each structure S, from the unit SOAP rows of its environments (``owner``: the
+    structure of each row, sorted). It does not depend on the data: compute it once."""
+    bounds = np.searchsorted(owner, np.arange(owner[-1] + 2))
+    return np.array(
+        [
+            float(jnp.sum(kernel_block(kernel, *(2 * (X_hat[a:b], s[a:b])))))
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+    )
+
+
+def energy_variance(
+    model: Model,
+    X_hat: np.ndarray,
+    s: np.ndarray,
+    owner: np.ndarray,
+    prior: np.ndarray,
+) -> np.ndarray:
+    """DTC variance ``(n,)`` eV^2 of the SOAP energy of each structure (see the module
+    docstring), from the unit SOAP ``X_hat (n_env, F)``, species index ``s (n_env,)``
+    and structure ``owner (n_env,)`` (sorted) of its environments and the
+    ``energy_prior``."""
+    term = model.term("soap")
+    cols = soap_columns(model)
+    k_E = np.zeros((len(prior), term.n_sparse))  # sum_i k(x_i, z_m) per structure
+    for a in range(0, len(X_hat), CHUNK):
+        x, t, o = X_hat[a : a + CHUNK], s[a : a + CHUNK], owner[a : a + CHUNK]
+        pad = CHUNK - len(x)  # one compilation per model size
+        k = _kernel_rows(
+            term.kernel,
+            jnp.asarray(np.pad(x, ((0, pad), (0, 0)))),
+            jnp.asarray(np.pad(t, (0, pad), constant_values=-1)),
+            *term._z,
+        )
+        first = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])  # segment starts
+        k_E[o[first]] += np.add.reduceat(np.asarray(k)[: len(x)], first, axis=0)
+    f = model.factors
+    factors = VarianceFactors(f.L_inv[:, cols], f.R_inv_T[:, cols])  # (M, M_soap)
+    return np.asarray(dtc_variance(jnp.asarray(prior), jnp.asarray(k_E), factors))
+
+
+def nystrom_residual(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``K_cc - K_cm K_mm^-1 K_mc`` ``(n, n)`` eV^2 of the SOAP term for candidate
+    environments ``X_hat (n, F)`` (unit rows), species index ``s (n,)``."""
+    n = len(X_hat)
+    size = bucket(n)  # padded (zero rows, no species): few compilations
+    X = np.zeros((size, X_hat.shape[1]))
+    X[:n] = X_hat
+    t = np.full(size, -1, dtype=np.int64)
+    t[:n] = s
+    term = model.term("soap")
+    L_inv = model.factors.L_inv[:, soap_columns(model)]
+    K = _nystrom_residual(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z, L_inv)
+    return np.asarray(K)[:n, :n]
+
+
+@partial(jax.jit, static_argnums=0)
+def _nystrom_residual(kernel, X, t, Z_hat, Z_s, L_inv) -> jax.Array:
+    k = kernel_block(kernel, X, t, Z_hat, Z_s)  # (n, M_soap)
+    V = k @ L_inv.T  # L_mm^-1 k: (n, M)
+    return kernel_block(kernel, X, t, X, t) - V @ V.T
+
+
+def greedy_max_det(
+    K: np.ndarray,
+    n_pick: int,
+    tol: float = 0.0,
+    group: np.ndarray | None = None,
+    cap: np.ndarray | None = None,
+    given: int = 0,
+) -> np.ndarray:
+    """Greedy maximum-determinant subset of a PSD ``K (n, n)`` (pivoted partial
+    Cholesky; see the module docstring).
+
+    Args:
+        n_pick: at most this many items.
+        tol: stop when the largest conditional variance is <= tol (units of K).
+        group, cap: optional group index ``(n,)`` of each item and the most items
+            ``cap[g]`` to take from group g.
+        given: items ``0 .. given-1`` count as picked already: the picks are
+            conditioned on them (they are never returned).
+
+    Returns:
+        Indices ``(k,)``, k <= n_pick, in the order picked; deterministic (the first
+        of equal maxima).
+    """
+    n = K.shape[0]
+    d = np.diag(K).astype(float).copy()  # conditional variances
+    rows = np.zeros((min(n_pick + given, n), n))  # the partial Cholesky factor
+    left = None if cap is None else np.array(cap, dtype=int).copy()
+    picks: list[int] = []
+    t = 0
+    for i in range(given):  # condition on the given items (skip dependent ones)
+        if d[i] > 1e-12 * max(K[i, i], 1e-300):
+            rows[t] = (K[i] - rows[:t, i] @ rows[:t]) / np.sqrt(d[i])
+            d -= rows[t] ** 2
+            t += 1
+    d[:given] = -np.inf
+    while len(picks) < n_pick and t < len(rows):
+        if left is not None:
+            d = np.where(left[group] > 0, d, -np.inf)
+        i = int(np.argmax(d))
+        if not d[i] > tol:
+            break
+        picks.append(i)
+        rows[t] = (K[i] - rows[:t, i] @ rows[:t]) / np.sqrt(d[i])
+        d = d - rows[t] ** 2
+        d[i] = -np.inf
+        d[picks] = -np.inf
+        t += 1
+        if left is not None:
+            left[group[i]] -= 1
+    return np.array(picks, dtype=np.int64)
+
+
+def unit_soap(
+    gap: GAP, species: Sequence[int], frames: Sequence[Frame | ase.Atoms]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit SOAP vectors ``(n_env, F)`` (settings of ``gap``), species index
+    ``(n_env,)`` and frame index ``(n_env,)`` of every environment of ``frames``."""
+    if not all(isinstance(f, Frame) for f in frames):
+        frames = frames_from_atoms(frames, require=(), source="structures")
+    soap, pair = gap._settings()
+    specs = {"soap": _specs(soap, pair, tuple(species))["soap"]}
+    X, s, _, _ = descriptors(gap, specs, frames)
+    X_hat = np.asarray(normalise(jnp.asarray(X))[0]) if len(X) else X
+    owner = np.repeat(np.arange(len(frames)), [len(f.numbers) for f in frames])
+    return X_hat, s, owner
+
+
+def descriptors(gap: GAP, specs: dict, frames: Sequence[Frame]) -> tuple:
+    """``GAP._descriptors`` of ``frames`` in chunks of 512 atoms padded to one
+    shape: SOAP ``(n_env, F)``, species index, 2-body distances and pair types."""
+    chunks = chunk_indices([len(f.numbers) for f in frames], 512)
+    cutoff = max(spec.neighbour_cutoff for spec, _ in specs.values())
+    species = next(iter(specs.values()))[0].species
+    batches = padded_batches(frames, chunks, species, cutoff)
+    return gap._descriptors(specs, frames, chunks, batches)
+
+
+def unit_mean_soap(X_hat: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Unit mean SOAP vector ``(n, F)`` of each structure, from the unit SOAP rows
+    ``X_hat (n_env, F)`` of environments belonging to structure ``owner (n_env,)``."""
+    total = np.zeros((n, X_hat.shape[1]))
+    np.add.at(total, owner, X_hat)
+    return np.asarray(normalise(jnp.asarray(total))[0])
+
+
+def diverse_batch(
+    u: np.ndarray,
+    S_hat: np.ndarray,
+    kernel: DotProductKernel,
+    n_pick: int,
+    n_candidates: int,
+    labelled: Sequence[int] = (),
+    tol: float = 1e-6,
+) -> np.ndarray:
+    """The next batch: greedy max-determinant of ``u_i u_j (s_hat_i . s_hat_j)^zeta``
+    among the ``n_candidates`` structures of largest uncertainty ``u (n,)`` (eV/atom;
+    -inf marks structures not to pick), with unit mean SOAP ``S_hat (n, F)``,
+    conditioned on the ``labelled`` structures (as if picked first, with ``u = 1``:
+    conditioning does not depend on their scale). Items whose conditional variance
+    drops below ``tol max(u)^2`` (near-duplicates of labelled or picked ones) are not
+    taken, so the batch may be smaller than ``n_pick``."""
+    order = np.argsort(-u, kind="stable")
+    cand = order[np.isfinite(u[order])][:n_candidates]
+    if len(cand) == 0:
+        return cand
+    items = np.concatenate([np.asarray(labelled, dtype=np.int64), cand])
+    q = np.concatenate([np.ones(len(items) - len(cand)), u[cand]])
+    S = (S_hat[items] @ S_hat[items].T) ** kernel.zeta  # (l + c, l + c)
+    K = q[:, None] * q[None, :] * S
+    tol = tol * float(u[cand].max()) ** 2
+    return items[greedy_max_det(K, n_pick, tol, given=len(items) - len(cand))]

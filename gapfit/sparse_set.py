@@ -1,0 +1,176 @@
+"""The growing SOAP sparse set of active learning, held at a fixed capacity.
+
+A sparse point with the zero vector and species index ``PAD`` (-1) has zero
+covariance with every environment and every other sparse point, so ``K_mm`` gains a
+decoupled ``jitter I`` block, its weights are 0 and every prediction and variance is
+unchanged (the QR factor is block diagonal in it, exactly: the padding columns share no
+non-zero row with the others). Active learning keeps the SOAP term at ``capacity``
+points this way and fills padding slots as environments are added, so the jitted
+kernels compile once for the whole run instead of once per sparse-set size. Models
+are saved without padding (``compact``) and padded again on loading (``padded``);
+both are exact array operations on the posterior, no refit.
+
+New sparse points are the candidate environments of largest Nyström residual
+``K_cc - K_cm K_mm^-1 K_mc``, picked by greedy maximum determinant
+(``selection.greedy_max_det``): the environments the current sparse set represents
+worst, never two near-duplicates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import ase
+import jax.numpy as jnp
+import numpy as np
+
+from gapfit.data import Frame, fit_e0
+from gapfit.distance_2b import pair_sparse_points
+from gapfit.fit import GAP, _specs
+from gapfit.model import Model
+from gapfit.selection import (
+    descriptors,
+    greedy_max_det,
+    nystrom_residual,
+    soap_columns,
+)
+from gapfit.sparse_gp import Posterior
+from gapfit.terms import PairTerm, SoapTerm
+from gapfit.update import as_frames, refit
+
+PAD = -1  # species index of padding sparse points
+
+
+def _is_pad(model: Model) -> np.ndarray:
+    """``(M,)`` True for the padding columns among all terms' sparse points."""
+    return np.concatenate(
+        [
+            (t.sparse_species == PAD)
+            if isinstance(t, SoapTerm)
+            else np.zeros(t.n_sparse, bool)
+            for t in model.terms
+        ]
+    )
+
+
+def compact(model: Model) -> Model:
+    """The model without padding sparse points (for saving)."""
+    keep = np.flatnonzero(~_is_pad(model))
+    term = model.term("soap")
+    real = term.sparse_species != PAD
+    terms = tuple(
+        dataclasses.replace(
+            t, sparse_X=t.sparse_X[real], sparse_species=t.sparse_species[real]
+        )
+        if t is term
+        else t
+        for t in model.terms
+    )
+    w, L, R = (np.asarray(x) for x in model.posterior)  # numpy: no compilations
+    post = Posterior(
+        jnp.asarray(w[keep]),
+        jnp.asarray(L[np.ix_(keep, keep)]),
+        jnp.asarray(R[np.ix_(keep, keep)]),
+    )
+    info = {**model.info, "n_sparse": {t.name: t.sparse_counts() for t in terms}}
+    return dataclasses.replace(model, terms=terms, posterior=post, info=info)
+
+
+def padded(model: Model, capacity: int) -> Model:
+    """The model with its SOAP term padded to ``capacity`` sparse points (see the
+    module docstring); padding columns go after the term's real points."""
+    term = model.term("soap")
+    n_pad = capacity - term.n_sparse
+    if n_pad < 0:
+        raise ValueError(f"{term.n_sparse} SOAP sparse points exceed {capacity}")
+    F = term.sparse_X.shape[1]
+    new = dataclasses.replace(
+        term,
+        sparse_X=np.concatenate([term.sparse_X, np.zeros((n_pad, F))]),
+        sparse_species=np.concatenate(
+            [term.sparse_species, np.full(n_pad, PAD)]
+        ).astype(np.int64),
+    )
+    terms = tuple(new if t is term else t for t in model.terms)
+    M = sum(t.n_sparse for t in terms)
+    at = soap_columns(model).stop  # insert the padding here
+    keep = np.concatenate([np.arange(at), np.arange(at + n_pad, M)])
+    jitter = float(model.info["settings"]["sparse_jitter"])
+    w, L, R = np.zeros(M), np.sqrt(jitter) * np.eye(M), np.sqrt(jitter) * np.eye(M)
+    w[keep] = model.posterior.weights  # padding: w = 0, jitter blocks in L_mm and R
+    L[np.ix_(keep, keep)] = model.posterior.L_mm
+    R[np.ix_(keep, keep)] = model.posterior.R
+    post = Posterior(jnp.asarray(w), jnp.asarray(L), jnp.asarray(R))
+    return dataclasses.replace(model, terms=terms, posterior=post)
+
+
+def free_slots(model: Model) -> np.ndarray:
+    """Padding slots left per species ``(n_species,)`` given ``capacity`` shared
+    evenly: each species may hold ``capacity / n_species`` points."""
+    term = model.term("soap")
+    per_species = term.n_sparse // len(model.species)
+    used = np.bincount(
+        term.sparse_species[term.sparse_species != PAD], minlength=len(model.species)
+    )
+    return per_species - used
+
+
+def choose_sparse(
+    model: Model, X_hat: np.ndarray, s: np.ndarray, n_max: int, tol: float
+) -> np.ndarray:
+    """Indices of candidate environments (unit SOAP ``X_hat (n, F)``, species index
+    ``s (n,)``) to add as sparse points: greedy max-determinant of their Nyström
+    residual, at most ``n_max``, within each species' free slots, each with a
+    residual variance above ``tol delta^2``."""
+    if len(X_hat) == 0 or n_max <= 0:
+        return np.zeros(0, np.int64)
+    K = nystrom_residual(model, X_hat, s)
+    delta2 = model.term("soap").kernel.delta ** 2
+    return greedy_max_det(K, n_max, tol * delta2, s, np.maximum(free_slots(model), 0))
+
+
+def with_sparse(model: Model, X_hat: np.ndarray, s: np.ndarray) -> Model:
+    """The model with environments ``X_hat (k, F)`` (unit rows), species ``s (k,)``
+    in its first padding slots of the SOAP term. Its posterior is then stale:
+    ``update.refit`` it."""
+    term = model.term("soap")
+    slots = np.flatnonzero(term.sparse_species == PAD)[: len(s)]
+    if len(slots) < len(s):
+        raise ValueError(f"{len(s)} new sparse points but {len(slots)} free slots")
+    X = term.sparse_X.copy()
+    species = term.sparse_species.copy()
+    X[slots], species[slots] = X_hat, s
+    new = dataclasses.replace(term, sparse_X=X, sparse_species=species)
+    return dataclasses.replace(
+        model, terms=tuple(new if t is term else t for t in model.terms)
+    )
+
+
+def prior_model(
+    gap: GAP,
+    species: Sequence[int],
+    frames: Sequence[Frame | ase.Atoms],
+    capacity: int,
+) -> Model:
+    """A model with the settings of ``gap`` and no data (``w = 0``, ``R = L_mm^T``):
+    e0 and the 2-body sparse points (as in ``GAP.fit``) from ``frames``, and a SOAP
+    term of ``capacity`` padding points, to be filled by ``with_sparse``."""
+    frames = as_frames(frames)
+    soap, pair = gap._settings()
+    species = tuple(sorted(int(z) for z in species))
+    specs = _specs(soap, pair, species)
+    explicit = None if gap.e0 is None else {int(z): v for z, v in gap.e0.items()}
+    e0 = fit_e0(frames, gap.e0_method, species, explicit)
+    terms: list = []
+    if pair is not None:
+        spec, kernel = specs["distance_2b"]
+        _, _, r, t = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)
+        terms.append(
+            PairTerm(spec, kernel, *pair_sparse_points(spec, r, t, pair["n_sparse"]))
+        )
+    spec, kernel = specs["soap"]
+    X = np.zeros((capacity, spec.n_features))
+    terms.append(SoapTerm(spec, kernel, X, np.full(capacity, PAD, dtype=np.int64)))
+    model = Model(tuple(terms), species, None, e0, gap._info(soap, pair))
+    return refit(model, [])

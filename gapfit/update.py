@@ -1,0 +1,143 @@
+"""Cheap updates of a fitted GAP: fold new labelled frames into its QR factor.
+
+The fit solves the regularised least squares of ``sparse_gp.py`` through the upper
+factor ``R_aug (M+1, M+1)`` of ``[[L_mm^T, 0], [Lambda^-1/2 K_nm, Lambda^-1/2 y]]``.
+Its first M rows are ``[R | Q^T b]`` with ``Q^T b = R w``, and its last entry, the
+residual norm, changes neither ``R`` nor ``w`` of a later fold. So a model's posterior
+alone rebuilds a factor that is equivalent for all further folds::
+
+    R_aug = [[R, R w], [0, 0]]                                          (M+1, M+1)
+
+and new frames' scaled rows (``assembly.scaled_chunks``, with the sigmas, jitter and
+e0 the model was fitted with) are folded into it: O((M + rows) M^2) per chunk instead
+of a pass over all data. With the same data and sparse set the result equals a full
+refit (``refit``) to rounding. New sparse points change ``K_mm`` and every kernel row,
+so they need ``refit``. Bartók & Csányi, IJQC 115, 1051 (2015) (the least squares);
+Golub & Van Loan, Matrix Computations, sec. 6.5 (updating a QR factorisation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import ase
+import jax
+import jax.numpy as jnp
+
+from gapfit.assembly import batch_shape, padded_batches, scaled_chunks
+from gapfit.data import Frame, Sigmas, frames_from_atoms
+from gapfit.errors import GapfitError
+from gapfit.fit import GAP, _data_summary
+from gapfit.model import Model, chunk_indices
+from gapfit.sparse_gp import finish, fold, start
+
+# info entries that describe one fit and are stale after an update
+STALE = ("training_errors", "timings_s", "peak_rss_gib", "calibration")
+
+
+def model_sigmas(model: Model) -> tuple[Sigmas, float]:
+    """The noise levels and the sparse jitter (eV^2) the model was fitted with, from
+    ``model.info["settings"]`` (written by ``GAP.fit``)."""
+    settings = model.info.get("settings")
+    if not settings:
+        raise GapfitError(
+            "the model has no stored settings (sigmas, jitter), so new data cannot be "
+            "folded in consistently; refit it with GAP.fit / gapfit fit."
+        )
+    gap = GAP(
+        default_sigma=settings["default_sigma"],
+        config_type_sigma=settings.get("config_type_sigma") or None,
+        sigma_per_atom=settings["sigma_per_atom"],
+    )
+    return gap._sigmas(), float(settings["sparse_jitter"])
+
+
+def sparse_K_mm(model: Model) -> jax.Array:
+    """``K_mm (M, M)`` eV^2 of all terms' sparse points (block diagonal, term order)."""
+    return jax.scipy.linalg.block_diag(*(term.K_mm() for term in model.terms))
+
+
+def refit(
+    model: Model,
+    frames: Sequence[Frame | ase.Atoms],
+    chunk_atoms: int = 512,
+    shape: list[int] | None = None,
+) -> Model:
+    """The model's posterior solved from scratch on ``frames`` (``Frame`` objects or
+    labelled Atoms; same terms, sparse points, e0, sigmas and jitter).
+
+    Args:
+        chunk_atoms: atoms per streamed chunk (memory only).
+        shape: ``[atoms, pairs, configs]``: every chunk's batch is padded to the
+            largest of it and all batches of this call, and it is raised to that
+            size in place, so that calls sharing one list compile the kernel rows
+            once (jit compiles per shape).
+    """
+    frames = as_frames(frames)
+    sigmas, jitter = model_sigmas(model)
+    K_mm = sparse_K_mm(model)
+    R_aug = start(K_mm, jitter)
+    for A, b in _rows(model, frames, sigmas, chunk_atoms, shape):
+        R_aug = fold(R_aug, A, b)
+    info = {k: v for k, v in model.info.items() if k not in STALE}
+    info["data"] = _data_summary(frames) if frames else {}
+    return dataclasses.replace(model, posterior=finish(R_aug, K_mm, jitter), info=info)
+
+
+def update(
+    model: Model,
+    frames: Sequence[Frame | ase.Atoms],
+    chunk_atoms: int = 512,
+    shape: list[int] | None = None,
+) -> Model:
+    """The model with ``frames`` added to its training data, by folding their rows
+    into ``R_aug = [[R, R w], [0, 0]]`` (see the module docstring); equal to ``refit``
+    on the old and new frames together. Arguments as for ``refit``."""
+    frames = as_frames(frames)
+    if not frames:
+        return model
+    sigmas, jitter = model_sigmas(model)
+    R, w = model.posterior.R, model.posterior.weights
+    M = w.shape[0]
+    R_aug = jnp.zeros((M + 1, M + 1)).at[:M, :M].set(R).at[:M, M].set(R @ w)
+    for A, b in _rows(model, frames, sigmas, chunk_atoms, shape):
+        R_aug = fold(R_aug, A, b)
+    info = {k: v for k, v in model.info.items() if k not in STALE}
+    info["data"] = _merged(info.get("data", {}), _data_summary(frames))
+    return dataclasses.replace(
+        model, posterior=finish(R_aug, sparse_K_mm(model), jitter), info=info
+    )
+
+
+def as_frames(
+    frames: Sequence[Frame | ase.Atoms], require: tuple[str, ...] = ("energy", "forces")
+) -> list[Frame]:
+    """Frames as given, or validated from Atoms with the ``require``d labels."""
+    frames = list(frames)
+    if all(isinstance(f, Frame) for f in frames):
+        return frames
+    return frames_from_atoms(frames, require=require, source="frames")
+
+
+def _rows(model, frames, sigmas, chunk_atoms, shape):
+    """Scaled rows of ``frames`` chunk by chunk (batches padded to ``shape``)."""
+    if not frames:
+        return []
+    chunks = chunk_indices([len(f.numbers) for f in frames], chunk_atoms)
+    batches = padded_batches(
+        frames, chunks, model.species, model.neighbour_cutoff, shape or (0, 0, 0)
+    )
+    if shape is not None:
+        shape[:] = batch_shape(batches[0])  # all batches have this shape
+    return scaled_chunks(model, frames, chunks, batches, sigmas)
+
+
+def _merged(old: dict, new: dict) -> dict:
+    """Data summary of old + new frames (counts add; no hash of the union)."""
+    out = {k: old.get(k, 0) + v for k, v in new.items() if isinstance(v, int)}
+    types = dict(old.get("config_types", {}))
+    for k, v in new["config_types"].items():
+        types[k] = types.get(k, 0) + v
+    out["config_types"] = types
+    return out

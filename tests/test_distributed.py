@@ -1,0 +1,236 @@
+"""A fit and predictions on a 2-worker dask cluster equal the serial ones
+(gapfit.distributed, gapfit.cluster); the TSQR reduction equals a one-shot QR
+(gapfit.tsqr)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import ase.io
+import dask
+import jax
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from click.testing import CliRunner, Result
+
+from gapfit import GAP, Model
+from gapfit.cli import main
+from gapfit.cluster import dask_client, predict_file
+from gapfit.data import read_frames
+from gapfit.errors import GapfitError
+from gapfit.sparse_gp import fold
+from gapfit.tsqr import stack_qr, tree_reduce
+
+# n_sparse 15 per species < the distinct environments of each (so CUR scores and
+# draws are used); 4 two-body points per pair type keep K_mm well conditioned.
+SOAP = "cutoff=4.0 n_max=2 l_max=2 n_sparse=15 sparse_method=cur_points"
+PAIR = "cutoff=4.0 n_sparse=4"
+SETTINGS = {"soap": SOAP, "distance_2b": PAIR, "chunk_atoms": 64, "rnd_seed": 3}
+
+
+def labelled(atoms: Atoms, config_type: str) -> Atoms:
+    atoms.calc = EMT()
+    atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    atoms.info["config_type"] = config_type
+    return atoms
+
+
+def cu_au_cell(rng: np.random.Generator) -> Atoms:
+    """A rattled 32-atom fcc cell, 40 % of the sites Au."""
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat(2)
+    atoms.numbers[rng.random(len(atoms)) < 0.4] = 79
+    atoms.positions += rng.normal(0.0, 0.1, atoms.positions.shape)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def train(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    isolated = [
+        labelled(Atoms(s, [[5.0] * 3], cell=[10.0] * 3, pbc=True), "isolated_atom")
+        for s in ("Cu", "Au")
+    ]
+    path = tmp_path_factory.mktemp("distributed") / "train.xyz"
+    cells = [labelled(cu_au_cell(rng), "bulk") for _ in range(10)]
+    ase.io.write(path, isolated + cells)
+    return path
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A JAX compilation cache shared by this process and the workers, which load
+    the kernels compiled for the serial fit instead of compiling them again: this
+    keeps the module within its time budget and changes no number."""
+    names = {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    old = {k: os.environ.get(k) for k in names}
+    os.environ.update(names)  # inherited by the workers, which start after this
+    jax.config.update("jax_compilation_cache_dir", names["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def client(compile_cache):
+    with dask_client(n_workers=2) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def fits(train: Path, compile_cache, client) -> tuple[GAP, GAP]:
+    return GAP(**SETTINGS).fit(train), GAP(**SETTINGS).fit(train, client=client)
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_same_predictions(ref: list[dict], got: list[dict], tol: float) -> None:
+    for key in ("energy", "forces", "virial"):
+        worst = max(
+            np.abs(np.asarray(a[key]) - b[key]).max()
+            for a, b in zip(ref, got, strict=True)
+        )
+        assert worst <= tol, (key, worst)
+
+
+def test_tsqr_equals_one_shot_qr() -> None:
+    # reference: numpy's QR of all rows at once; R is unique up to row signs
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(300, 12)) @ np.diag(np.logspace(0, -6, 12))
+    ref = np.linalg.qr(A, mode="r")
+    for cuts in ([], [37, 100, 180, 250], [10, 20, 30, 40, 290]):  # 1, 5, 6 blocks
+        blocks = np.split(A, cuts)
+        R = tree_reduce(
+            [np.asarray(fold(np.zeros((12, 12)), B[:, :-1], B[:, -1])) for B in blocks],
+            stack_qr,
+        )
+        signs = np.sign(np.diag(R)) * np.sign(np.diag(ref))
+        np.testing.assert_allclose(R * signs[:, None], ref, rtol=0, atol=1e-12)
+
+
+def test_fit_equals_serial(fits: tuple[GAP, GAP], train: Path) -> None:
+    serial, dist = fits
+    s, d = serial.model_, dist.model_
+    assert s.term("soap").sparse_counts() == {"Cu": 15, "Au": 15}
+    # same sparse set: same environments (same rows) and same 2-body distances
+    np.testing.assert_array_equal(
+        d.term("soap").sparse_species, s.term("soap").sparse_species
+    )
+    np.testing.assert_allclose(
+        d.term("soap").sparse_X, s.term("soap").sparse_X, rtol=0, atol=1e-12
+    )
+    np.testing.assert_array_equal(
+        d.term("distance_2b").sparse_r, s.term("distance_2b").sparse_r
+    )
+    assert d.e0 == s.e0
+    w_s, w_d = np.asarray(s.posterior.weights), np.asarray(d.posterior.weights)
+    assert np.abs(w_d - w_s).max() <= 1e-8 * np.abs(w_s).max()
+    frames = read_frames(train)
+    assert_same_predictions(s.predict(frames), d.predict(frames), 1e-8)
+    assert d.info["data"] == s.info["data"]
+    all_s, all_d = serial.training_errors_["all"], dist.training_errors_["all"]
+    for q in ("energy", "forces", "virial"):
+        assert all_d[q]["rmse"] == pytest.approx(all_s[q]["rmse"], rel=1e-6)
+    workers = d.info["distributed"]["worker_peak_rss_gib"]
+    assert len(workers) == 2 and all(0.05 < v < 8.0 for v in workers.values())
+    assert dist.worker_memory_gib_ == workers
+
+
+def test_predict_equals_serial(fits: tuple[GAP, GAP], train: Path, client) -> None:
+    model = fits[0].model_
+    frames, preds = predict_file(model, train, client, batch_atoms=64)
+    ref_frames = read_frames(train, require=())
+    assert [f.where for f in frames] == [f.where for f in ref_frames]
+    assert_same_predictions(model.predict(ref_frames, batch_atoms=64), preds, 1e-10)
+
+
+def test_fps_is_refused_on_a_cluster(train: Path, client) -> None:
+    gap = GAP(soap=SOAP.replace("cur_points", "fps"))
+    with pytest.raises(GapfitError, match="fps"):
+        gap.fit(train, client=client)
+
+
+def test_cli_fit_and_predict_on_dask(fits, train: Path, client, tmp_path: Path) -> None:
+    model = tmp_path / "model.npz"
+    fit = invoke(
+        *("fit", "--at-file", train, "--gp-file", model, "--soap", SOAP),
+        *("--distance-2b", PAIR, "--chunk-atoms", 64, "--rnd-seed", 3, "--quiet"),
+        *("--dask-workers", 2),
+    )
+    assert fit.exit_code == 0, (fit.output, fit.exception)
+    assert "dask: 2 workers" in fit.output and "worker peak RSS" in fit.output
+    w = np.asarray(Model.load(model).posterior.weights)
+    w_serial = np.asarray(fits[0].model_.posterior.weights)
+    assert np.abs(w - w_serial).max() <= 1e-8 * np.abs(w_serial).max()
+
+    out = tmp_path / "pred.xyz"
+    address = client.scheduler.address
+    args = ("predict", "--gp-file", model, train, "-o", out, "--no-std")
+    pred = invoke(*args, "--dask-scheduler", address)
+    assert pred.exit_code == 0, (pred.output, pred.exception)
+    written = ase.io.read(out, ":")
+    ref = Model.load(model).predict(read_frames(train, require=()))
+    energies = [a.get_potential_energy() for a in written]
+    np.testing.assert_allclose(energies, [r["energy"] for r in ref], rtol=0, atol=1e-8)
+
+
+def test_fit_survives_a_killed_worker(fits, train: Path, client) -> None:
+    # last of the tests on the module's cluster: it leaves one worker (the nanny
+    # restarts the other in the background)
+    victim = sorted(client.scheduler_info()["workers"])[0]
+    pid = client.run(os.getpid, workers=[victim])[victim]
+    killed, done = threading.Event(), threading.Event()
+
+    def kill_during_solve() -> None:
+        while not done.is_set():
+            busy = client.processing(workers=[victim]).get(victim, ())
+            if any(str(key).startswith("_solve") for key in busy):
+                os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of a task
+                killed.set()
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=kill_during_solve)
+    watcher.start()
+    try:
+        again = GAP(**SETTINGS).fit(train, client=client)
+    finally:
+        done.set()
+        watcher.join()
+    assert killed.is_set()
+    w, w_again = (np.asarray(g.model_.posterior.weights) for g in (fits[1], again))
+    assert np.abs(w_again - w).max() <= 1e-8 * np.abs(w).max()
+    np.testing.assert_array_equal(
+        again.model_.term("soap").sparse_X, fits[1].model_.term("soap").sparse_X
+    )
+
+
+def test_unreachable_scheduler_is_a_clear_error(train: Path, tmp_path: Path) -> None:
+    with pytest.raises(GapfitError, match="could not reach the dask scheduler"):
+        with dask_client("tcp://127.0.0.1:9", timeout=1):
+            pass
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = invoke(
+            *("fit", "--at-file", train, "--gp-file", tmp_path / "m.npz"),
+            *("--dask-scheduler", "tcp://127.0.0.1:9"),
+        )
+    assert result.exit_code == 2
+    assert "Error: could not reach the dask scheduler at tcp://127.0.0.1:9" in (
+        result.output
+    )
+    assert not (tmp_path / "m.npz").exists()

@@ -1,0 +1,355 @@
+"""Active learning (gapfit.learn, gapfit.labeller): pool mode, on-the-fly MD, labeller
+failures, resume after a kill, the CLI and the example, on small seeded EMT Cu data.
+
+The tests share one SOAP setting and one cell size (``emt_cells``), so that the jitted
+kernels compile once for the whole file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.calculator import all_changes
+from ase.calculators.emt import EMT
+from ase.calculators.lj import LennardJones
+from click.testing import CliRunner
+from emt_cells import SOAP, cu_cells
+
+from gapfit import GAP, GapfitError
+from gapfit.cli import main
+from gapfit.labeller import LabelFailure, label, make_labeller
+from gapfit.learn import learn_otf, learn_pool
+from gapfit.update import refit
+from gapfit.workdir import read_xyz_text
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "learn_emt.py"
+POOL = {"n_seed": 2, "batch_size": 3, "budget": 8, "seed": 5, "progress": False}
+
+
+def gap() -> GAP:
+    return GAP(soap=SOAP, e0_method="average")
+
+
+class TestEMT(EMT):
+    """EMT that counts the structures it labels, fails on structures whose
+    config_type says so (raise, nan, unconverged), and raises KeyboardInterrupt (a
+    kill) on its ``kill_at``-th structure."""
+
+    __test__ = False
+
+    def __init__(self, kill_at: int | None = None) -> None:
+        super().__init__()
+        self.structures = 0
+        self.kill_at = kill_at
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if "positions" in system_changes:  # a new structure, not its stress
+            self.structures += 1
+            if self.structures == self.kill_at:
+                raise KeyboardInterrupt
+        how = atoms.info.get("config_type")
+        if how == "raise":
+            raise RuntimeError("SCF exploded")
+        super().calculate(atoms, properties, system_changes)
+        if how == "nan":
+            self.results["forces"][3, 1] = np.nan
+        if how == "unconverged":
+            warnings.warn("SCF did not converge in 100 iterations", stacklevel=1)
+
+
+def pool_structures() -> list:
+    """10 distinct cells, each three times: pool[i], pool[i + 10] and pool[i + 20]
+    are the same structure."""
+    return cu_cells(10, seed=11, labelled=False, rattle=0.12) * 3
+
+
+def _picks(events: list) -> list:
+    return [e["picked"] for e in events]
+
+
+@pytest.fixture(scope="module")
+def pool_run(tmp_path_factory):
+    events: list = []
+    workdir = tmp_path_factory.mktemp("pool") / "run"
+    learner = learn_pool(
+        workdir, "emt", pool_structures(), gap(), callback=events.append, **POOL
+    )
+    return learner, events
+
+
+def test_labeller_names_and_failures():
+    assert type(make_labeller("emt")) is EMT
+    assert type(make_labeller("ase.calculators.emt:EMT")) is EMT
+    lj = make_labeller("lj", '{"sigma": 2.3, "epsilon": 0.4}')
+    assert isinstance(lj, LennardJones) and lj.parameters.sigma == 2.3
+    own = TestEMT()
+    assert make_labeller(own) is own
+    for spec, kwargs, match in [
+        ("nope", None, "emt, lj or module:Class"),
+        ("no_such_module_xyz:Calc", None, "cannot import"),
+        ("ase.calculators.emt:Nope", None, "has no 'Nope'"),
+        ("emt", "{bad", "not JSON"),
+        ("emt", "[1, 2]", "JSON object"),
+        ("ase.atoms:Atoms", None, "not an ASE calculator"),
+    ]:
+        with pytest.raises(GapfitError, match=match):
+            make_labeller(spec, kwargs)
+
+    (cell,) = cu_cells(1, seed=2, labelled=False)
+    done = label(TestEMT(), cell)
+    reference = cell.copy()
+    reference.calc = EMT()
+    assert np.allclose(done.get_forces(), reference.get_forces())
+    assert np.allclose(done.get_stress(), reference.get_stress())
+    assert done.calc is not None and cell.calc is None  # the input is untouched
+    for how, reason in [
+        ("raise", "RuntimeError: SCF exploded"),
+        ("nan", "non-finite forces"),
+        ("unconverged", "not converged"),
+    ]:
+        bad = cell.copy()
+        bad.info["config_type"] = how
+        result = label(TestEMT(), bad)
+        assert isinstance(result, LabelFailure) and reason in result.reason
+    squashed = cell.copy()
+    squashed.positions[1] = squashed.positions[0] + 0.1  # rejected by gapfit.data
+    assert "rejected" in label(EMT(), squashed).reason
+
+
+def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
+    learner, events = pool_run
+    picks = _picks(events)
+    assert [len(p) for p in picks] == [2, 3, 3]  # seeds, then batches
+    for batch in picks:  # no structure twice in a batch (copies are i mod 10)
+        assert len({i % 10 for i in batch}) == len(batch)
+    labelled = learner.state["labelled"]
+    assert len({i % 10 for i in labelled}) == len(labelled) == 8
+    assert learner.state["done"] == "label budget 8 reached"
+    assert [a.info["source"] for a in learner.labelled] == [
+        f"pool:{i}" for i in labelled
+    ]
+
+    again: list = []
+    twin = learn_pool(
+        tmp_path / "twin",
+        "emt",
+        pool_structures(),
+        gap(),
+        callback=again.append,
+        **POOL,
+    )
+    assert _picks(again) == picks
+    w = np.asarray(learner.model.posterior.weights)
+    assert np.array_equal(np.asarray(twin.model.posterior.weights), w)
+
+    # the loop's model (rank updates, refits) equals one full refit on its data
+    events = [e["event"] for e in learner.log]
+    assert "update" in events and "refit" in events
+    full = refit(learner.model, learner.frames, chunk_atoms=1)
+    assert (
+        np.abs(np.asarray(full.posterior.weights) - w).max() <= 1e-8 * np.abs(w).max()
+    )
+
+    files = learner.workdir.path
+    on_disk = read_xyz_text((files / "labelled.xyz").read_text())
+    assert len(on_disk) == 8
+    reference = on_disk[5].copy()
+    reference.calc = EMT()
+    assert np.allclose(on_disk[5].get_forces(), reference.get_forces(), atol=1e-7)
+    log = [json.loads(x) for x in (files / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "stop"
+    assert (files / "model.npz").is_file() and (files / "curve.csv").is_file()
+
+
+def test_failing_labeller_is_skipped(tmp_path):
+    pool = cu_cells(6, seed=21, labelled=False)
+    for i, how in ((1, "raise"), (3, "nan"), (4, "unconverged")):
+        pool[i].info["config_type"] = how
+    learner = learn_pool(
+        tmp_path / "run",
+        TestEMT(),
+        pool,
+        gap(),
+        n_seed=2,
+        batch_size=2,
+        budget=10,
+        seed=3,
+        progress=False,
+    )
+    assert learner.state["done"] == "pool exhausted"
+    assert sorted(learner.state["failed"]) == [1, 3, 4]
+    assert sorted(learner.state["labelled"]) == [0, 2, 5]
+    skipped = {e["source"]: e["reason"] for e in learner.log if e["event"] == "skipped"}
+    assert len(skipped) == 3  # each tried once, never again
+    assert "RuntimeError: SCF exploded" in skipped["pool:1"]
+    assert "non-finite forces" in skipped["pool:3"]
+    assert "not converged" in skipped["pool:4"]
+    on_disk = read_xyz_text(learner.workdir.read_text("labelled.xyz"))
+    assert sorted(a.info["source"] for a in on_disk) == ["pool:0", "pool:2", "pool:5"]
+    assert learner.model.info["data"]["n_configs"] == 3
+
+
+def test_pool_resume_after_kill(pool_run, tmp_path):
+    reference, _ = pool_run
+    workdir = tmp_path / "run"
+    # structures 1-2 are the seeds; the kill hits the 2nd of the next batch of 3
+    with pytest.raises(KeyboardInterrupt):
+        learn_pool(workdir, TestEMT(kill_at=4), pool_structures(), gap(), **POOL)
+    pending = read_xyz_text((workdir / "pending.xyz").read_text())
+    assert len(pending) == 1  # labelled before the kill, not yet in the model
+    with pytest.raises(GapfitError, match="already holds"):
+        learn_pool(workdir, "emt", pool_structures(), gap(), **POOL)
+
+    calc = TestEMT()
+    resumed = learn_pool(workdir, calc, resume=True, progress=False)
+    assert calc.structures == 8 - 3  # 2 seeds and the pending label were kept
+    assert resumed.state["labelled"] == reference.state["labelled"]
+    assert resumed.state["done"] == reference.state["done"]
+    w = np.asarray(reference.model.posterior.weights)
+    assert np.abs(np.asarray(resumed.model.posterior.weights) - w).max() <= (
+        1e-10 * np.abs(w).max()
+    )
+    assert [e["event"] for e in resumed.log].count("resumed") == 1
+
+
+def _otf(workdir, **kw):
+    records: list = []
+    test = cu_cells(2, seed=8)
+    start = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    settings = {"steps": 12, "temperature": 1200.0, "std_threshold": 0.1, "seed": 2}
+    learner = learn_otf(
+        workdir,
+        "emt",
+        start,
+        gap(),
+        test,
+        sampler="md",
+        checkpoint_every=4,
+        progress=False,
+        callback=records.append,
+        **{**settings, **kw},
+    )
+    return learner, records
+
+
+def test_otf_md_labels_above_threshold(tmp_path):
+    learner, records = _otf(tmp_path / "md")
+    assert [r["step"] for r in records] == list(range(12))
+    labelled = [r["step"] for r in records if r["labelled"]]
+    assert len(labelled) >= 2
+    for r in records:  # labelled exactly when the (scaled) std passed 0.1 eV/Å
+        assert r["labelled"] == (r["max_std"] > 0.1)
+        scaled = r["std_scale"] * np.max(r["forces_std"])
+        assert r["max_std"] == pytest.approx(scaled)
+    sources = [a.info["source"] for a in learner.labelled]
+    assert sources == ["start"] + [f"md:{k}" for k in labelled]
+    assert len(learner.curve) == 1 + len(labelled)
+    assert learner.curve[-1]["f_rmse"] < learner.curve[0]["f_rmse"]
+    assert (learner.workdir.path / "curve.png").stat().st_size > 1000
+
+    # killed at step 7 by the callback, resumed: the same trajectory and labels
+    def kill(event):
+        if event["step"] == 7:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        learn_otf(
+            tmp_path / "md2",
+            "emt",
+            bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2),
+            gap(),
+            sampler="md",
+            steps=12,
+            temperature=1200.0,
+            std_threshold=0.1,
+            seed=2,
+            checkpoint_every=4,
+            progress=False,
+            callback=kill,
+        )
+    resumed = learn_otf(tmp_path / "md2", None, resume=True, progress=False)
+    assert [a.info["source"] for a in resumed.labelled] == sources
+    assert np.allclose(
+        resumed.labelled[-1].positions, learner.labelled[-1].positions, atol=1e-12
+    )
+    final = [
+        np.load(r.workdir.path / "checkpoint.npz")["sampler.positions"]
+        for r in (learner, resumed)
+    ]
+    assert np.array_equal(final[0], final[1])
+
+
+def test_cli_learn(tmp_path):
+    import ase.io
+
+    ase.io.write(tmp_path / "pool.xyz", cu_cells(6, seed=31, labelled=False))
+    ase.io.write(
+        tmp_path / "start.xyz", bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    )
+    workdir = str(tmp_path / "run")
+    args = ["learn", "--labeller", "emt", "--soap", SOAP, "--quiet"]
+    pool = [*args, "--pool", str(tmp_path / "pool.xyz"), "--workdir", workdir]
+    runner = CliRunner()
+    result = runner.invoke(
+        main, [*pool, "--n-seed", "2", "--batch-size", "2", "--budget", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 labelled frames" in result.output and "label budget 4" in result.output
+    for name in ("model.npz", "labelled.xyz", "log.jsonl", "curve.csv", "state.json"):
+        assert (tmp_path / "run" / name).is_file()
+    again = runner.invoke(main, pool)
+    assert again.exit_code == 2 and "already holds" in again.output
+    resumed = runner.invoke(
+        main, ["learn", "--workdir", workdir, "--resume", "--quiet"]
+    )
+    assert resumed.exit_code == 0 and "label budget 4" in resumed.output
+
+    md = [
+        *args,
+        "--md",
+        str(tmp_path / "start.xyz"),
+        "--workdir",
+        str(tmp_path / "md"),
+        "--steps",
+        "3",
+        "--temperature",
+        "1200",
+    ]
+    result = runner.invoke(main, md)
+    assert result.exit_code == 0, result.output
+    assert "3 steps done" in result.output
+
+    both = runner.invoke(main, [*pool, "--md", str(tmp_path / "start.xyz")])
+    assert both.exit_code == 2 and "exactly one of" in both.output
+    bad = runner.invoke(
+        main,
+        [
+            "learn",
+            "--workdir",
+            str(tmp_path / "x"),
+            "--pool",
+            str(tmp_path / "pool.xyz"),
+            "--labeller",
+            "emt",
+            "--labeller-kwargs",
+            "{oops",
+        ],
+    )
+    assert bad.exit_code == 2 and "not JSON" in bad.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_example_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("learn_emt", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    pool, md = example.main(tmp_path, n_pool=16, budget=6, md_steps=8, progress=False)
+    assert len(pool.labelled) == 6 and pool.curve[-1]["f_rmse"] is not None
+    assert len(md.labelled) >= 1 and md.state["done"] == "8 steps done"
+    assert (tmp_path / "pool" / "curve.png").is_file()

@@ -1,0 +1,167 @@
+"""Cheap updates (gapfit.update) against full refits, the padded sparse set
+(gapfit.sparse_set) and the greedy selections (gapfit.selection).
+
+Reference: ``update.refit``, the fit's own streamed QR over all frames with the same
+sparse set; with the fit's CUR sparse set it reproduces ``GAP.fit`` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from emt_cells import CAPACITY, SOAP, cu_cells
+
+from gapfit import GAP, GapfitError
+from gapfit.selection import greedy_max_det, unit_soap
+from gapfit.sparse_set import (
+    PAD,
+    choose_sparse,
+    compact,
+    padded,
+    prior_model,
+    with_sparse,
+)
+from gapfit.update import refit, update
+
+KEYS = ("energy", "forces", "virial", "energy_std", "forces_std", "virial_std")
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return cu_cells(7, seed=3)
+
+
+@pytest.fixture(scope="module")
+def fitted(cells):
+    gap = GAP(soap=SOAP, e0_method="average", chunk_atoms=1)
+    return gap.fit(cells[:3]).model_
+
+
+def _weights(model) -> np.ndarray:
+    return np.asarray(model.posterior.weights)
+
+
+def _prediction_gap(a, b, structures) -> float:
+    """Largest difference of any predicted mean or std (eV, eV/Å)."""
+    pa, pb = a.predict(structures, std=True), b.predict(structures, std=True)
+    return max(
+        float(np.max(np.abs(np.asarray(x[k]) - np.asarray(y[k]))))
+        for x, y in zip(pa, pb, strict=True)
+        for k in KEYS
+    )
+
+
+def test_update_equals_refit(fitted, cells):
+    assert fitted.term("soap").n_sparse == CAPACITY
+    again = refit(fitted, cells[:3], chunk_atoms=1)  # the fit's own solve
+    w0 = _weights(fitted)
+    assert np.abs(_weights(again) - w0).max() <= 1e-8 * np.abs(w0).max()
+
+    one_by_one = update(update(fitted, cells[3:4], chunk_atoms=1), cells[4:5])
+    both = update(fitted, cells[3:5], chunk_atoms=1)
+    full = refit(fitted, cells[:5], chunk_atoms=1)
+    w = _weights(full)
+    assert np.abs(w - w0).max() > 1e-3 * np.abs(w).max()  # the data mattered
+    for model in (one_by_one, both):
+        assert np.abs(_weights(model) - w).max() <= 1e-8 * np.abs(w).max()
+        assert _prediction_gap(model, full, cells[5:7]) <= 1e-8
+    assert both.info["data"]["n_configs"] == 5
+    assert "training_errors" not in both.info  # stale after an update
+
+
+def test_padded_model_update_equals_refit(cells):
+    gap = GAP(soap=SOAP, e0_method="average")
+    prior = prior_model(gap, (29,), cells[:3], CAPACITY)
+    assert np.all(prior.term("soap").sparse_species == PAD)
+    X_hat, s, _ = unit_soap(gap, (29,), cells[:3])
+    pick = choose_sparse(prior, X_hat, s, 16, 1e-6)
+    assert 0 < len(pick) <= 16
+    model = refit(with_sparse(prior, X_hat[pick], s[pick]), cells[:3], chunk_atoms=1)
+    pad = model.term("soap").sparse_species == PAD
+    assert pad.sum() == CAPACITY - len(pick)
+
+    new = update(model, cells[3:5], chunk_atoms=1)
+    full = refit(model, cells[:5], chunk_atoms=1)
+    w = _weights(full)
+    assert np.abs(_weights(new) - w).max() <= 1e-8 * np.abs(w).max()
+    assert _prediction_gap(new, full, cells[5:7]) <= 1e-8
+
+    # padding is inert: zero weights, decoupled jitter blocks, exact round trip
+    assert np.all(_weights(new)[pad] == 0.0)
+    for M in (new.posterior.R, new.posterior.L_mm):
+        M = np.asarray(M)
+        assert np.all(M[np.ix_(pad, ~pad)] == 0) and np.all(M[np.ix_(~pad, pad)] == 0)
+        assert np.allclose(np.abs(np.diag(M)[pad]), 1e-4)  # sqrt(jitter 1e-8)
+    small = compact(new)
+    assert small.term("soap").n_sparse == len(pick)
+    assert small.info["n_sparse"] == {"soap": {"Cu": len(pick)}}
+    back = padded(small, CAPACITY)
+    real = ~pad
+    for name in ("weights", "L_mm"):
+        a, b = (
+            np.asarray(getattr(back.posterior, name)),
+            np.asarray(getattr(new.posterior, name)),
+        )
+        assert np.array_equal(
+            a[..., real] if a.ndim == 1 else a[np.ix_(real, real)],
+            b[..., real] if b.ndim == 1 else b[np.ix_(real, real)],
+        )
+    assert np.array_equal(
+        back.term("soap").sparse_X[: len(pick)], new.term("soap").sparse_X[real]
+    )
+
+
+def test_choose_sparse_skips_represented_environments(cells):
+    gap = GAP(soap=SOAP, e0_method="average")
+    prior = prior_model(gap, (29,), cells[:1], CAPACITY)
+    X_hat, s, _ = unit_soap(gap, (29,), cells[:1])
+    pick = choose_sparse(prior, X_hat, s, 8, 1e-6)
+    model = with_sparse(prior, X_hat[pick], s[pick])
+    model = refit(model, cells[:1], chunk_atoms=1)
+    # the picked environments, duplicated, are represented: none is picked again
+    again = choose_sparse(
+        model, np.repeat(X_hat[pick], 2, axis=0), np.repeat(s[pick], 2), 8, 1e-6
+    )
+    assert len(again) == 0
+    # free slots bound the picks
+    full = dataclasses.replace(
+        model,
+        terms=(
+            dataclasses.replace(
+                model.term("soap"),
+                sparse_species=np.zeros(CAPACITY, dtype=np.int64),
+            ),
+        ),
+    )
+    assert len(choose_sparse(full, X_hat, s, 8, 0.0)) == 0
+
+
+def test_greedy_max_det():
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(6, 3))
+    X = np.concatenate([B, B[:2]])  # items 6, 7 duplicate items 0, 1
+    K = X @ X.T
+    picks = greedy_max_det(K, 8, tol=1e-9)
+    assert picks[0] == np.argmax(np.diag(K))
+    assert len(picks) == 3  # rank 3: a fourth item has zero conditional variance
+    chosen = X[picks]
+    assert np.linalg.matrix_rank(chosen) == 3
+    # the greedy picks agree with brute-force conditional variances
+    for t in range(1, 3):
+        S = picks[:t]
+        cond = np.diag(K) - np.einsum(
+            "ij,jk,ik->i", K[:, S], np.linalg.inv(K[np.ix_(S, S)]), K[:, S]
+        )
+        cond[S] = -np.inf
+        assert picks[t] == np.argmax(cond)
+    group = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    capped = greedy_max_det(K, 8, 1e-9, group, np.array([1, 5]))
+    assert np.sum(group[capped] == 0) == 1
+
+
+def test_update_needs_settings(fitted, cells):
+    bare = dataclasses.replace(fitted, info={})
+    with pytest.raises(GapfitError, match="no stored settings"):
+        update(bare, cells[3:4])
