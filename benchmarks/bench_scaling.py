@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_fit import recipe  # noqa: E402
 
 from gapfit.cluster import dask_client  # noqa: E402
-from gapfit.data import config_sizes  # noqa: E402
+from gapfit.data import config_sizes, read_frames  # noqa: E402
 from gapfit.fit import peak_rss_gib  # noqa: E402
+from gapfit.model import Model  # noqa: E402
 
 
 def labelled(atoms: Atoms, config_type: str) -> Atoms:
@@ -81,14 +82,37 @@ def fit_row(train: Path, args: argparse.Namespace) -> None:
         serial.progress = False
         serial.fit(train)
         wall = time.perf_counter() - t0
-        w, w_d = serial.model_.posterior.weights, gap.model_.posterior.weights
         print(
             f"{n_atoms:>8} {'serial':>7} {wall:>9.1f} {'-':>16} "
-            f"{peak_rss_gib():>10.2f}  {serial.timings_}  "
-            f"max|w - w_dask| / max|w| = "
-            f"{float(np.abs(w - w_d).max() / np.abs(w).max()):.1e}",
+            f"{peak_rss_gib():>10.2f}  {serial.timings_}",
             flush=True,
         )
+        print(compare(serial.model_, gap.model_, train), flush=True)
+
+
+def compare(serial: Model, dist: Model, train: Path) -> str:
+    """Sparse sets, weights and predictions (first 50 configurations) of two fits."""
+    same = all(
+        np.array_equal(a, b)
+        for s, d in zip(serial.terms, dist.terms, strict=True)
+        for a, b in zip(s.arrays().values(), d.arrays().values(), strict=True)
+    )
+    w, w_d = (np.asarray(m.posterior.weights) for m in (serial, dist))
+    frames = read_frames(train, index=":50", require=())
+    p, p_d = serial.predict(frames), dist.predict(frames)
+    dE = max(
+        abs(a["energy"] - b["energy"]) / len(a["forces"])
+        for a, b in zip(p, p_d, strict=True)
+    )
+    dF = max(
+        np.abs(a["forces"] - b["forces"]).max() for a, b in zip(p, p_d, strict=True)
+    )
+    return (
+        f"sparse sets identical: {same}; max|w - w_dask| / max|w| "
+        f"{np.abs(w - w_d).max() / np.abs(w).max():.1e} (cond R "
+        f"{np.linalg.cond(np.asarray(serial.posterior.R)):.1e}); predictions of 50 "
+        f"configs: max|dE| {dE:.1e} eV/atom, max|dF| {dF:.1e} eV/Å"
+    )
 
 
 def main() -> None:

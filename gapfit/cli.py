@@ -128,7 +128,7 @@ def dask_options(func: Callable) -> Callable:
         default=None,
         metavar="ADDRESS",
         help="Run on the workers of the dask scheduler at ADDRESS (tcp://host:8786); "
-        "they read FILE at the same path. [gapfit only]",
+        "they read the extxyz input at the same path. [gapfit only]",
     )(wrapper)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,8 +22,9 @@ from dask.distributed import Client, LocalCluster
 from gapfit.data import Frame, LabelKeys, check_species, config_sizes, read_frames
 from gapfit.errors import GapfitError
 from gapfit.model import Model, chunk_indices
+from gapfit.soap import SoapSpec
 
-RETRIES = 2  # reruns of a task that raised; tasks of a lost worker are rerun anyway
+RETRIES = 2  # reruns of a task that raised (a lost worker's tasks are rerun anyway)
 SHARES_PER_WORKER = 2  # smaller shares: better balance and cheaper reruns, more reads
 
 
@@ -81,7 +82,21 @@ def dask_client(
         cluster.close()
 
 
+def host_constants(specs: Iterable[object]) -> None:
+    """Compute the SOAP specs' constants in this process, before the specs travel.
+
+    They come from LAPACK (``scipy.linalg.sqrtm``), whose last bits depend on the BLAS
+    thread count (dask's nanny sets OMP/OPENBLAS_NUM_THREADS=1): computed here and
+    pickled with the specs, they give the workers the descriptors of a serial run to
+    the bit, and so the same rounded keys and leverage scores.
+    """
+    for spec in specs:
+        if isinstance(spec, SoapSpec):
+            spec.constants  # noqa: B018  (a cached property: computed once, here)
+
+
 def n_workers(client: Client) -> int:
+    """Workers of the cluster, waiting up to 30 s for a first one to join."""
     if not client.scheduler_info()["workers"]:
         try:
             client.wait_for_workers(1, timeout=30)
@@ -149,7 +164,9 @@ def _predict(
     frames = read_frames(path, keys, require, index=f"{share.start}:{share.stop}")
     check_species(frames, model.species)
     wheres = [f.where for f in frames]
-    return frames, model.predict(frames, std, wheres, batch_atoms)
+    return frames, model.predict(
+        frames, std=std, wheres=wheres, batch_atoms=batch_atoms
+    )
 
 
 def predict_file(
@@ -168,6 +185,7 @@ def predict_file(
     shares = plan_shares(
         config_sizes(path), batch_atoms, SHARES_PER_WORKER * n_workers(client)
     )
+    host_constants(t.spec for t in model.terms)
     shared = client.scatter(model, broadcast=True, hash=False)
     parts = client.gather(
         [

@@ -33,13 +33,13 @@ kernels, and its shares' frames (about 0.1 kB per atom).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import operator
 import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,7 @@ from gapfit.cluster import (
     RETRIES,
     SHARES_PER_WORKER,
     Share,
+    host_constants,
     n_workers,
     plan_shares,
 )
@@ -90,11 +91,8 @@ class _Job:
 
     gap: GAP  # the settings (progress off)
     species: tuple[int, ...]
+    specs: dict  # {term: (descriptor spec, kernel)}, constants computed by the client
     shape: tuple[int, int, int]  # padded (atoms, pairs, configs) of every chunk
-
-    @cached_property
-    def specs(self) -> dict:
-        return _specs(*self.gap._settings(), self.species)
 
     def chunks(
         self, frames: Sequence[Frame], share: Share
@@ -279,9 +277,9 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     check_backend(gap.descriptor_backend, soap and soap["weighting"])
     gap._sigmas()  # validate before any work
     if soap is not None:
-        method = check_selection(soap["n_sparse"], soap["sparse_method"], gap.rnd_seed)[
-            0
-        ]
+        method, _, _ = check_selection(
+            soap["n_sparse"], soap["sparse_method"], gap.rnd_seed
+        )
         if method == "fps":
             raise GapfitError(
                 "sparse_method=fps needs every candidate descriptor in one process, "
@@ -309,7 +307,9 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     t0 = time.perf_counter()
     settings = copy.copy(gap)
     settings.progress = False
-    job = _Job(settings, species, (0, 0, 0))
+    specs = _specs(soap, pair, species)
+    host_constants(spec for spec, _ in specs.values())
+    job = _Job(settings, species, specs, (0, 0, 0))
 
     def per_share(task, *args) -> list:
         """Futures of ``task(job, frames, share, *args)`` for every share."""
@@ -318,7 +318,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
         ]
 
     shapes = client.gather(per_share(_shape))
-    job = _Job(settings, species, tuple(int(n) for n in np.max(shapes, axis=0)))
+    job = dataclasses.replace(job, shape=tuple(int(n) for n in np.max(shapes, 0)))
     keys = client.gather(per_share(_keys))
     timings["descriptors"] = time.perf_counter() - t0
     memory["descriptors"] = peak_rss_gib()

@@ -35,9 +35,11 @@ equal ``Q_g R_g diag(a^2, 1) / s_g`` with ``Q_g`` orthonormal, so ``R`` is the Q
 through the QR and the Cholesky of ``K_mm``. The same ``R`` gives the weights at the
 chosen hyperparameters (``sparse_gp.finish``), so no second pass over the data is
 needed. The factors ``R_g`` are kept rather than ``G_g = K_g^T W_g K_g``,
-``b_g``, ``c_g`` (their products): a Cholesky of ``K_mm + sum_g G_g / s_g^2`` squares
-the condition number, which for sigma_E ~ 1 meV and sparse_jitter 1e-8 exceeds 1e16,
-and ``rho^2`` would be a difference of two nearly equal numbers.
+``b_g``, ``c_g`` (their products): forming ``K_mm + sum_g G_g / s_g^2`` squares the
+condition number (for examples/cu_emt_small.xyz with a small 2-body + SOAP model,
+M = 70, default_sigma 0.001 0.05 0.05 and sparse_jitter 1e-8 the formed matrix is
+numerically indefinite and its Cholesky fails), and ``rho^2`` would be a difference
+of two nearly equal numbers.
 
 Why DTC and not Titsias' bound (AISTATS 2009): the bound subtracts
 ``sum_i (K_ii - Q_ii) / (2 Lambda_ii)``, which needs the exact prior variance of every

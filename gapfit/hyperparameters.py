@@ -42,6 +42,10 @@ MODES = {True: "quantity", "quantity": "quantity", "per_config_type": "per_confi
 BOUND = float(np.log(1e4))  # |log(value / initial value)| <= BOUND
 JITTER_FLOOR = 1e-12  # sparse_jitter / delta^2 stays above this (see _delta_bounds)
 MAX_ITERATIONS = 200
+# Each group's factor starts at FOLD_START * I, not 0: JAX's CPU QR of a zero block
+# stacked on a few rows (rank-deficient, columns of rounding noise) returned NaN for
+# si_zuo2020's energies; 1e-100 keeps it finite and adds 1e-200 to G_g.
+FOLD_START = 1e-100
 FTOL, GTOL = 1e-10, 1e-5  # L-BFGS-B stops on these changes of -log p(y) / n
 
 
@@ -131,7 +135,7 @@ def statistics(
             without jitter.
     """
     M = K_mm.shape[0]
-    R = [jnp.zeros((M + 1, M + 1)) for _ in groups.names]
+    R = [FOLD_START * jnp.eye(M + 1) for _ in groups.names]
     n = np.zeros(len(groups.names), np.int64)
     log_var = 0.0
     for (A_rows, b), chunk, batch in zip(

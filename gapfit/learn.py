@@ -25,9 +25,15 @@ batch of the most uncertain (``selection.diverse_batch``).
 
 On-the-fly mode (``learn_otf``): the start structure is labelled first; a sampler
 (Langevin MD or FIRE relaxation, ``gapfit.samplers``) moves it with the GAP's forces,
-whose stds come from the same call. When the largest force-component std of a step
-exceeds ``std_threshold`` (eV/Å, absolute) that frame is labelled and added, and the
-sampler continues from it with the updated model.
+whose stds come from the same call. When the largest force-component std of a step,
+times a scale ``a``, exceeds ``std_threshold`` (eV/Å, absolute), that frame is
+labelled and added, and the sampler continues from it with the updated model. The
+DTC std has no noise and an amplitude set by the hand-chosen ``delta``; ``a`` puts
+it in the units of the errors: ``a^2 = mean (e / s)^2`` over the force components of
+all frames labelled so far, with the errors ``e`` and stds ``s`` predicted just
+before each was labelled (held out; the maximum-likelihood scale of
+``e ~ N(0, a^2 s^2)``, as in std scaling, Laves et al., MIDL 2020), 1 before the
+first such frame.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import ase
+import ase.data
 import ase.io
 import numpy as np
 from ase.calculators.calculator import BaseCalculator
@@ -431,6 +438,7 @@ def learn_pool(
     budget: int = 40,
     target_std: float | None = None,
     n_candidates: int | None = None,
+    strategy: str = "uncertainty",
     sparse_per_label: int = 20,
     sparse_tol: float = 1e-6,
     refit_every: int = 20,
@@ -457,6 +465,8 @@ def learn_pool(
             this (eV/atom).
         n_candidates: most uncertain structures the diverse batch is chosen from
             (default ``max(10 batch_size, 20)``).
+        strategy: "uncertainty" (the module docstring) or "random": random batches
+            with the same model, seeds and stops (the baseline of learning curves).
         sparse_per_label, sparse_tol, refit_every: see the module docstring.
         seed: seed of the first structures. resume: continue the run in ``workdir``.
         progress: progress bar. callback: called with an event dict after each step;
@@ -465,9 +475,10 @@ def learn_pool(
     Returns:
         The ``Learner`` (``learner.model``, ``learner.labelled``, ``learner.curve``).
     """
+    if strategy not in ("uncertainty", "random"):
+        raise GapfitError(f"strategy {strategy!r}: use 'uncertainty' or 'random'.")
     if resume:
         learner, _ = Learner.load(workdir, labeller, progress, callback)
-        images = read_xyz_text(learner.workdir.read_text("pool.xyz"))
     else:
         if pool is None:
             raise GapfitError("learn_pool needs a pool of structures (pool=...).")
@@ -484,6 +495,7 @@ def learn_pool(
             budget=budget,
             target_std=target_std,
             n_candidates=n_candidates or max(10 * batch_size, 20),
+            strategy=strategy,
             sparse_per_label=sparse_per_label,
             sparse_tol=sparse_tol,
             refit_every=refit_every,
@@ -496,6 +508,8 @@ def learn_pool(
             workdir, settings, labeller, inputs, progress, callback
         )
         learner.state = {"labelled": [], "failed": [], "step": 0}
+    # the saved copy (positions to 1e-8 Å), as on resume: the same labels either way
+    images = read_xyz_text(learner.workdir.read_text("pool.xyz"))
     _PoolRun(learner, images).run()
     return learner
 
@@ -551,10 +565,18 @@ class _PoolRun:
                 reason = f"largest energy std {u.max():.3g} eV/atom <= target"
                 break
             n_pick = min(cfg["batch_size"], cfg["budget"] - len(L.labelled))
-            kernel = L.specs["soap"][1]
-            batch = diverse_batch(
-                u, self.S_hat, kernel, n_pick, cfg["n_candidates"], st["labelled"]
-            )
+            if cfg["strategy"] == "random":  # the baseline: same model, random picks
+                rng = np.random.default_rng([cfg["seed"], st["step"]])
+                left = np.flatnonzero(np.isfinite(u))
+                batch = rng.choice(left, min(n_pick, len(left)), replace=False)
+            else:
+                kernel = L.specs["soap"][1]
+                batch = diverse_batch(
+                    u, self.S_hat, kernel, n_pick, cfg["n_candidates"], st["labelled"]
+                )
+            if len(batch) == 0:
+                reason = "no candidate differs from the labelled structures"
+                break
             self.step([int(i) for i in batch], [], float(u.max()), bar)
         bar.close()
         L.finish(reason)
@@ -694,6 +716,7 @@ def learn_otf(
             workdir, settings, labeller, inputs, progress, callback
         )
         learner.state = {"step": 0, "rng": None, "z2_sum": 0.0, "z2_n": 0}
+        (atoms,) = read_xyz_text(learner.workdir.read_text("start.xyz"))  # as saved
     _OTFRun(learner, atoms, fresh=not resume).run()
     return learner
 

@@ -23,8 +23,15 @@ import ase
 import numpy as np
 from ase import units
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary
 from ase.optimize import FIRE
+
+try:  # ASE >= 3.29 (MaxwellBoltzmannDistribution is deprecated there)
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:  # pragma: no cover - older ASE
+    from ase.md.velocitydistribution import (
+        MaxwellBoltzmannDistribution as thermalize_momenta,
+    )
 
 
 class MDSampler:
@@ -41,7 +48,7 @@ class MDSampler:
     ) -> None:
         self.atoms = atoms
         if fresh:
-            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+            thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
             Stationary(atoms)
         self.dyn = Langevin(
             atoms,

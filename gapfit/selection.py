@@ -138,7 +138,6 @@ def greedy_max_det(
     tol: float = 0.0,
     group: np.ndarray | None = None,
     cap: np.ndarray | None = None,
-    given: int = 0,
 ) -> np.ndarray:
     """Greedy maximum-determinant subset of a PSD ``K (n, n)`` (pivoted partial
     Cholesky; see the module docstring).
@@ -148,8 +147,6 @@ def greedy_max_det(
         tol: stop when the largest conditional variance is <= tol (units of K).
         group, cap: optional group index ``(n,)`` of each item and the most items
             ``cap[g]`` to take from group g.
-        given: items ``0 .. given-1`` count as picked already: the picks are
-            conditioned on them (they are never returned).
 
     Returns:
         Indices ``(k,)``, k <= n_pick, in the order picked; deterministic (the first
@@ -157,17 +154,10 @@ def greedy_max_det(
     """
     n = K.shape[0]
     d = np.diag(K).astype(float).copy()  # conditional variances
-    rows = np.zeros((min(n_pick + given, n), n))  # the partial Cholesky factor
+    rows = np.zeros((min(n_pick, n), n))  # rows of the partial Cholesky factor
     left = None if cap is None else np.array(cap, dtype=int).copy()
     picks: list[int] = []
-    t = 0
-    for i in range(given):  # condition on the given items (skip dependent ones)
-        if d[i] > 1e-12 * max(K[i, i], 1e-300):
-            rows[t] = (K[i] - rows[:t, i] @ rows[:t]) / np.sqrt(d[i])
-            d -= rows[t] ** 2
-            t += 1
-    d[:given] = -np.inf
-    while len(picks) < n_pick and t < len(rows):
+    for t in range(min(n_pick, n)):
         if left is not None:
             d = np.where(left[group] > 0, d, -np.inf)
         i = int(np.argmax(d))
@@ -176,9 +166,7 @@ def greedy_max_det(
         picks.append(i)
         rows[t] = (K[i] - rows[:t, i] @ rows[:t]) / np.sqrt(d[i])
         d = d - rows[t] ** 2
-        d[i] = -np.inf
         d[picks] = -np.inf
-        t += 1
         if left is not None:
             left[group[i]] -= 1
     return np.array(picks, dtype=np.int64)
@@ -226,20 +214,20 @@ def diverse_batch(
     labelled: Sequence[int] = (),
     tol: float = 1e-6,
 ) -> np.ndarray:
-    """The next batch: greedy max-determinant of ``u_i u_j (s_hat_i . s_hat_j)^zeta``
-    among the ``n_candidates`` structures of largest uncertainty ``u (n,)`` (eV/atom;
-    -inf marks structures not to pick), with unit mean SOAP ``S_hat (n, F)``,
-    conditioned on the ``labelled`` structures (as if picked first, with ``u = 1``:
-    conditioning does not depend on their scale). Items whose conditional variance
-    drops below ``tol max(u)^2`` (near-duplicates of labelled or picked ones) are not
-    taken, so the batch may be smaller than ``n_pick``."""
+    """The next batch: greedy max-determinant of ``u_i u_j S_ij``,
+    ``S_ij = (s_hat_i . s_hat_j)^zeta``, among the ``n_candidates`` structures of
+    largest uncertainty ``u (n,)`` (eV/atom; -inf marks structures not to pick), with
+    unit mean SOAP ``S_hat (n, F)``. Near-duplicates (``1 - S_ij^2 < tol``) of
+    ``labelled`` structures are no candidates, and no item whose conditional variance
+    is below ``tol max(u)^2`` (a near-duplicate of a picked one) is taken, so the
+    batch may be smaller than ``n_pick``."""
     order = np.argsort(-u, kind="stable")
     cand = order[np.isfinite(u[order])][:n_candidates]
+    if len(cand) and len(labelled):
+        S = (S_hat[cand] @ S_hat[np.asarray(labelled)].T) ** kernel.zeta
+        cand = cand[1.0 - S.max(axis=1) ** 2 >= tol]
     if len(cand) == 0:
         return cand
-    items = np.concatenate([np.asarray(labelled, dtype=np.int64), cand])
-    q = np.concatenate([np.ones(len(items) - len(cand)), u[cand]])
-    S = (S_hat[items] @ S_hat[items].T) ** kernel.zeta  # (l + c, l + c)
-    K = q[:, None] * q[None, :] * S
-    tol = tol * float(u[cand].max()) ** 2
-    return items[greedy_max_det(K, n_pick, tol, given=len(items) - len(cand))]
+    S = (S_hat[cand] @ S_hat[cand].T) ** kernel.zeta  # (c, c)
+    K = u[cand, None] * u[None, cand] * S
+    return cand[greedy_max_det(K, n_pick, tol * float(u[cand].max()) ** 2)]

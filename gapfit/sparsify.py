@@ -97,7 +97,7 @@ def row_keys(X_hat: np.ndarray) -> np.ndarray:
 
     key_i = Σ_j bits(round(x̂_ij)) c_j mod 2^64 for two fixed sets of odd c_j
     (multilinear hashing), so distinct rows share a key with negligible probability.
-    The keys of a few rows are what a distributed fit moves instead of the rows.
+    A distributed fit moves these 16 bytes per row instead of the rows.
 
     Args:
         X_hat: (n, d) row-normalised descriptors.

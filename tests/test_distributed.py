@@ -26,6 +26,15 @@ from gapfit.cluster import dask_client, predict_file
 from gapfit.data import read_frames
 from gapfit.errors import GapfitError
 from gapfit.sparse_gp import fold
+from gapfit.sparsify import (
+    choose_sparse,
+    cur_basis,
+    distinct_rows,
+    leverage_scores,
+    normalise_rows,
+    row_keys,
+    select_sparse,
+)
 from gapfit.tsqr import stack_qr, tree_reduce
 
 # n_sparse 15 per species < the distinct environments of each (so CUR scores and
@@ -121,6 +130,34 @@ def test_tsqr_equals_one_shot_qr() -> None:
         )
         signs = np.sign(np.diag(R)) * np.sign(np.diag(ref))
         np.testing.assert_allclose(R * signs[:, None], ref, rtol=0, atol=1e-12)
+
+
+def test_selection_from_parts_equals_select_sparse() -> None:
+    # the distributed fit's steps on three parts of the rows (keys, candidates, TSQR
+    # factor, basis, scores per part, one seeded choice) against select_sparse on all
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(400, 9)) @ np.diag(np.logspace(0, -8, 9))
+    X[350:] = X[:50] * 3.0  # duplicates (same x̂) across parts
+    Z = rng.integers(0, 2, 400)
+    Z[350:] = Z[:50]
+    parts = np.split(np.arange(400), [120, 260])
+    X_hat = normalise_rows(X)
+    keys = np.concatenate([row_keys(X_hat[i]) for i in parts])
+    candidates = distinct_rows(Z, keys)
+    scores = {}
+    for z, rows in candidates.items():
+        blocks = [X_hat[np.intersect1d(rows, i)] for i in parts]
+        R = tree_reduce(
+            [np.asarray(fold(np.zeros((10, 10)), B, np.zeros(len(B)))) for B in blocks],
+            stack_qr,
+        )
+        basis = cur_basis(R[:9, :9], rows.size, 20)
+        scores[z] = np.concatenate([leverage_scores(B, basis) for B in blocks])
+    for seed in range(5):
+        np.testing.assert_array_equal(
+            choose_sparse(candidates, 20, "cur_points", seed, scores),
+            select_sparse(X, Z, 20, "cur_points", seed),
+        )
 
 
 def test_fit_equals_serial(fits: tuple[GAP, GAP], train: Path) -> None:

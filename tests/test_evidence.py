@@ -42,11 +42,11 @@ from gapfit.data import Sigmas, frames_from_atoms
 from gapfit.distance_2b import cutoff_function, pair_type
 from gapfit.errors import GapfitError
 from gapfit.evidence import evidence_and_gradient, log_evidence
-from gapfit.hyperparameters import NoiseGroups, maximise, statistics
+from gapfit.hyperparameters import FOLD_START, NoiseGroups, maximise, statistics
 from gapfit.kernels import normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import make_batch
-from gapfit.sparse_gp import Posterior
+from gapfit.sparse_gp import Posterior, fold
 from gapfit.terms import PairTerm, SoapTerm
 
 SIGMAS = Sigmas(0.01, 0.08, 0.03, {}, per_atom=True)
@@ -252,6 +252,19 @@ def test_coincident_sparse_points_stay_finite(data):
     assert np.all(np.isfinite(opt.log_a)) and np.all(np.isfinite(opt.log_s))
     with pytest.raises(GapfitError, match="sparse-jitter"):
         maximise(stats, 0.0)
+
+
+def test_group_factor_of_few_similar_rows_is_finite():
+    """A group's first rows: 8 similar energy-like rows against 1000 sparse points
+    (rank 8). Folded into the FOLD_START start they give a finite factor with
+    ``R^T R = [A | b]^T [A | b]`` (from a zero start, JAX's CPU QR gave NaN here)."""
+    rng = np.random.default_rng(0)
+    A = rng.uniform(690, 760, 1000) + rng.normal(0, 10, (8, 1000))
+    b = rng.normal(0, 1, 8)
+    R = np.asarray(fold(FOLD_START * jnp.eye(1001), jnp.asarray(A), jnp.asarray(b)))
+    assert np.all(np.isfinite(R))
+    Ab = np.concatenate([A, b[:, None]], axis=1)
+    assert np.abs(R.T @ R - Ab.T @ Ab).max() < 1e-10 * np.abs(Ab.T @ Ab).max()
 
 
 # --- recovery of known hyperparameters, estimator and command line -----------------

@@ -29,7 +29,15 @@ from gapfit.update import refit
 from gapfit.workdir import read_xyz_text
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "learn_emt.py"
-POOL = {"n_seed": 2, "batch_size": 3, "budget": 8, "seed": 5, "progress": False}
+POOL = {
+    "n_seed": 2,
+    "batch_size": 3,
+    "budget": 8,
+    "seed": 5,
+    "sparse_per_label": 12,  # the 24 sparse slots fill in two steps, so the last
+    "sparse_tol": 1e-8,  # step is a rank update
+    "progress": False,
+}
 
 
 def gap() -> GAP:
@@ -38,8 +46,8 @@ def gap() -> GAP:
 
 class TestEMT(EMT):
     """EMT that counts the structures it labels, fails on structures whose
-    config_type says so (raise, nan, unconverged), and raises KeyboardInterrupt (a
-    kill) on its ``kill_at``-th structure."""
+    config_type says so (bad_raise, bad_nan, bad_unconverged), and raises
+    KeyboardInterrupt (a kill) on its ``kill_at``-th structure."""
 
     __test__ = False
 
@@ -54,12 +62,12 @@ class TestEMT(EMT):
             if self.structures == self.kill_at:
                 raise KeyboardInterrupt
         how = atoms.info.get("config_type")
-        if how == "raise":
+        if how == "bad_raise":
             raise RuntimeError("SCF exploded")
         super().calculate(atoms, properties, system_changes)
-        if how == "nan":
+        if how == "bad_nan":
             self.results["forces"][3, 1] = np.nan
-        if how == "unconverged":
+        if how == "bad_unconverged":
             warnings.warn("SCF did not converge in 100 iterations", stacklevel=1)
 
 
@@ -109,9 +117,9 @@ def test_labeller_names_and_failures():
     assert np.allclose(done.get_stress(), reference.get_stress())
     assert done.calc is not None and cell.calc is None  # the input is untouched
     for how, reason in [
-        ("raise", "RuntimeError: SCF exploded"),
-        ("nan", "non-finite forces"),
-        ("unconverged", "not converged"),
+        ("bad_raise", "RuntimeError: SCF exploded"),
+        ("bad_nan", "non-finite forces"),
+        ("bad_unconverged", "not converged"),
     ]:
         bad = cell.copy()
         bad.info["config_type"] = how
@@ -148,6 +156,13 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
     w = np.asarray(learner.model.posterior.weights)
     assert np.array_equal(np.asarray(twin.model.posterior.weights), w)
 
+    # the baseline: random batches, same seeds and model
+    rand = learn_pool(
+        tmp_path / "random", "emt", pool_structures(), gap(), strategy="random", **POOL
+    )
+    assert rand.state["labelled"][:2] == labelled[:2]
+    assert len(set(rand.state["labelled"])) == 8 and rand.state["labelled"] != labelled
+
     # the loop's model (rank updates, refits) equals one full refit on its data
     events = [e["event"] for e in learner.log]
     assert "update" in events and "refit" in events
@@ -169,7 +184,7 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
 
 def test_failing_labeller_is_skipped(tmp_path):
     pool = cu_cells(6, seed=21, labelled=False)
-    for i, how in ((1, "raise"), (3, "nan"), (4, "unconverged")):
+    for i, how in ((1, "bad_raise"), (3, "bad_nan"), (4, "bad_unconverged")):
         pool[i].info["config_type"] = how
     learner = learn_pool(
         tmp_path / "run",
@@ -193,6 +208,24 @@ def test_failing_labeller_is_skipped(tmp_path):
     on_disk = read_xyz_text(learner.workdir.read_text("labelled.xyz"))
     assert sorted(a.info["source"] for a in on_disk) == ["pool:0", "pool:2", "pool:5"]
     assert learner.model.info["data"]["n_configs"] == 3
+
+
+def test_isolated_atom_e0(tmp_path):
+    learner = learn_pool(
+        tmp_path / "run",
+        "emt",
+        cu_cells(4, seed=41, labelled=False),
+        GAP(soap=SOAP, e0_method="isolated"),
+        n_seed=2,
+        budget=3,
+        progress=False,
+    )
+    sources = [a.info["source"] for a in learner.labelled]
+    assert sources[2] == "isolated:Cu" and len(sources) == 3
+    atom = learner.labelled[2].copy()
+    atom.calc = EMT()
+    assert learner.model.e0[29] == pytest.approx(atom.get_potential_energy())
+    assert learner.model.info["settings"]["e0_method"] == "isolated"
 
 
 def test_pool_resume_after_kill(pool_run, tmp_path):
@@ -324,6 +357,42 @@ def test_cli_learn(tmp_path):
     result = runner.invoke(main, md)
     assert result.exit_code == 0, result.output
     assert "3 steps done" in result.output
+
+    rattled = runner.invoke(
+        main,
+        [
+            *args,
+            "--rattle",
+            str(tmp_path / "start.xyz"),
+            "--n-rattle",
+            "5",
+            "--workdir",
+            str(tmp_path / "rattle"),
+            "--n-seed",
+            "2",
+            "--budget",
+            "3",
+        ],
+    )
+    assert rattled.exit_code == 0, rattled.output
+    pool_file = tmp_path / "rattle" / "pool.xyz"
+    assert len(read_xyz_text(pool_file.read_text())) == 5
+
+    relax = runner.invoke(
+        main,
+        [
+            *args,
+            "--relax",
+            str(tmp_path / "pool.xyz"),
+            "--steps",
+            "4",
+            "--workdir",
+            str(tmp_path / "relax"),
+        ],
+    )
+    assert relax.exit_code == 0, relax.output
+    log = (tmp_path / "relax" / "log.jsonl").read_text()
+    assert '"source": "start"' in log and '"event": "stop"' in log
 
     both = runner.invoke(main, [*pool, "--md", str(tmp_path / "start.xyz")])
     assert both.exit_code == 2 and "exactly one of" in both.output

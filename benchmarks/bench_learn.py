@@ -1,0 +1,239 @@
+"""Active learning against random selection on a generated EMT Cu pool, and the cost
+of a cheap update against a full refit.
+
+Learning curves: for each seed, ``gapfit.learn.learn_pool`` with the uncertainty
+strategy and with ``strategy="random"`` (same model, seeds, batch size and sparse-set
+growth; only the choice of structures differs) on one pool, with the test force RMSE
+after every step. Printed: both curves per seed, their mean, and the fewest labels with
+which active learning reaches the test force RMSE that random selection has at the full
+budget (the ratio to the budget; the floor asks for <= 1/3).
+
+Pool and test set (independent draws): 32-atom fcc cells, strained (2 %) and rattled
+(0.02-0.15 Å); the same with one or two vacancies; 16-atom (100) and (111) slabs with
+6 Å of vacuum, rattled; snapshots of EMT Langevin MD of a 32-atom cell at
+800-1600 K. Labels from ASE's EMT.
+
+Update timing (``--timing-frames N``): a model fitted to N rattled 108-atom cells with
+``--timing-sparse`` SOAP sparse points (CUR), then ``update.update`` with one more
+108-atom frame against ``update.refit`` on all N + 1 frames, each timed after a
+compiling warm-up call (median of 3).
+
+    python benchmarks/bench_learn.py --pool-size 300 --budget 48 --seeds 1 2
+    python benchmarks/bench_learn.py --skip-curves --timing-frames 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+from ase.build import bulk, fcc100, fcc111
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary
+
+from gapfit import GAP
+from gapfit.learn import learn_pool
+from gapfit.samplers import thermalize_momenta
+from gapfit.update import refit, update
+
+SOAP = "cutoff=4.5 cutoff_transition_width=1.0 n_max=5 l_max=4 n_sparse=150"
+
+
+def _rattled(atoms: Atoms, rng: np.random.Generator, lo: float, hi: float) -> Atoms:
+    atoms = atoms.copy()
+    atoms.positions += rng.normal(0.0, rng.uniform(lo, hi), atoms.positions.shape)
+    return atoms
+
+
+def _strained(atoms: Atoms, rng: np.random.Generator, std: float) -> Atoms:
+    eps = rng.normal(0.0, std, (3, 3))
+    atoms = atoms.copy()
+    atoms.set_cell(
+        atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True
+    )
+    return atoms
+
+
+def _hot(n: int, rng: np.random.Generator) -> list[Atoms]:
+    """``n`` snapshots of EMT Langevin MD of a 32-atom cell at 800-1600 K."""
+    out = []
+    while len(out) < n:
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+        atoms.calc = EMT()
+        temperature = rng.uniform(800.0, 1600.0)
+        thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+        Stationary(atoms)
+        dyn = Langevin(
+            atoms,
+            2 * units.fs,
+            temperature_K=temperature,
+            friction=0.02,
+            fixcm=False,
+            rng=rng,
+        )
+        dyn.run(100)  # equilibrate
+        for _ in range(min(10, n - len(out))):
+            dyn.run(20)
+            snap = atoms.copy()
+            snap.calc = None
+            out.append(snap)
+    return out
+
+
+def cu_structures(n: int, seed: int) -> list[Atoms]:
+    """``n`` varied Cu structures (see the module docstring), in random order."""
+    rng = np.random.default_rng(seed)
+    cell = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    k = n // 5
+    out = [_rattled(_strained(cell, rng, 0.02), rng, 0.02, 0.15) for _ in range(k)]
+    for _ in range(k):
+        atoms = _strained(cell, rng, 0.01)
+        del atoms[list(rng.choice(len(atoms), rng.integers(1, 3), replace=False))]
+        out.append(_rattled(atoms, rng, 0.02, 0.1))
+    for make in (fcc100, fcc111):
+        slab = make("Cu", (2, 2, 4), a=3.61, vacuum=6.0, periodic=True)
+        out += [_rattled(slab, rng, 0.02, 0.1) for _ in range(k)]
+    out += _hot(n - len(out), rng)
+    for atoms in out:
+        atoms.info = {}  # no slab metadata (adsorbate_info) in the extxyz copies
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def labelled(structures: list[Atoms]) -> list[Atoms]:
+    out = []
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.calc = EMT()
+        results = {
+            "energy": atoms.get_potential_energy(),
+            "forces": atoms.get_forces(),
+            "stress": atoms.get_stress(),
+        }
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        out.append(atoms)
+    return out
+
+
+def curves(args: argparse.Namespace) -> None:
+    pool = cu_structures(args.pool_size, seed=100)
+    test = labelled(cu_structures(args.n_test, seed=200))
+    gap = GAP(soap=args.soap, e0_method="average")
+    rows: dict[str, dict[int, list]] = {"uncertainty": {}, "random": {}}
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_learn_"))
+    for seed in args.seeds:
+        for strategy in rows:
+            t0 = time.perf_counter()
+            learner = learn_pool(
+                root / f"{strategy}_{seed}",
+                "emt",
+                pool,
+                gap,
+                test,
+                n_seed=args.n_seed,
+                batch_size=args.batch_size,
+                budget=args.budget,
+                seed=seed,
+                strategy=strategy,
+                progress=False,
+            )
+            seconds = time.perf_counter() - t0
+            for r in learner.curve:
+                rows[strategy].setdefault(r["n_labels"], []).append(r["f_rmse"])
+            print(
+                f"seed {seed} {strategy:>11}: {len(learner.labelled)} labels, "
+                f"{learner.n_sparse} sparse points, {seconds:.0f} s; test F RMSE "
+                + " ".join(f"{r['f_rmse']:.1f}" for r in learner.curve)
+            )
+    print(f"\nmean test force RMSE (meV/Å) over seeds {args.seeds}")
+    print(f"{'labels':>7} {'uncertainty':>12} {'random':>9}")
+    labels = sorted(set(rows["uncertainty"]) & set(rows["random"]))
+    mean = {s: {n: statistics.mean(rows[s][n]) for n in labels} for s in rows}
+    for n in labels:
+        print(f"{n:>7} {mean['uncertainty'][n]:>12.2f} {mean['random'][n]:>9.2f}")
+    N = labels[-1]
+    reached = [n for n in labels if mean["uncertainty"][n] <= mean["random"][N]]
+    if reached:
+        print(
+            f"active learning reaches random's RMSE at {N} labels "
+            f"({mean['random'][N]:.2f} meV/Å) with {reached[0]} labels: "
+            f"ratio {reached[0] / N:.2f}"
+        )
+    else:
+        print(f"active learning does not reach random's RMSE at {N} labels")
+    if args.plot:
+        from gapfit.plots import _figure, _save
+
+        fig, (ax,) = _figure(1)
+        for s in rows:
+            ax.plot(labels, [mean[s][n] for n in labels], "o-", label=s)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("labelled structures")
+        ax.set_ylabel("test force RMSE (meV/Å)")
+        ax.legend()
+        _save(fig, Path(args.plot))
+        print(f"wrote {args.plot}")
+    print(f"runs in {root}")
+
+
+def _timed(fn) -> float:
+    fn()  # compile
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def timing(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(7)
+    cell = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)  # 108 atoms
+    frames = labelled(
+        [_rattled(cell, rng, 0.05, 0.15) for _ in range(args.timing_frames + 1)]
+    )
+    soap = f"cutoff=5.0 n_max=6 l_max=4 n_sparse={args.timing_sparse}"
+    t0 = time.perf_counter()
+    model = GAP(soap=soap, e0_method="average").fit(frames[:-1]).model_
+    print(
+        f"fit: {args.timing_frames} x 108 atoms, M = "
+        f"{model.term('soap').n_sparse}: {time.perf_counter() - t0:.1f} s"
+    )
+    one = _timed(lambda: update(model, frames[-1:], chunk_atoms=108))
+    full = _timed(lambda: refit(model, frames, chunk_atoms=108))
+    print(
+        f"update with one 108-atom frame: {one * 1e3:.0f} ms; full refit on "
+        f"{len(frames)} frames: {full * 1e3:.0f} ms; ratio {full / one:.1f}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pool-size", type=int, default=1000)
+    p.add_argument("--n-test", type=int, default=50)
+    p.add_argument("--budget", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--n-seed", type=int, default=4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--soap", default=SOAP)
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--plot", default=None, metavar="PNG")
+    p.add_argument("--skip-curves", action="store_true")
+    p.add_argument("--timing-frames", type=int, default=0)
+    p.add_argument("--timing-sparse", type=int, default=500)
+    args = p.parse_args()
+    if not args.skip_curves:
+        curves(args)
+    if args.timing_frames:
+        timing(args)
+
+
+if __name__ == "__main__":
+    main()
