@@ -127,6 +127,7 @@ def curves(args: argparse.Namespace) -> None:
     gap = GAP(soap=args.soap, e0_method="average")
     rows: dict[str, dict[int, list]] = {"uncertainty": {}, "random": {}}
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_learn_"))
+    per_seed: dict[int, dict] = {}
     for seed in args.seeds:
         for strategy in rows:
             t0 = time.perf_counter()
@@ -146,11 +147,27 @@ def curves(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - t0
             for r in learner.curve:
                 rows[strategy].setdefault(r["n_labels"], []).append(r["f_rmse"])
+            per_seed.setdefault(seed, {})[strategy] = learner.curve
             print(
                 f"seed {seed} {strategy:>11}: {len(learner.labelled)} labels, "
                 f"{learner.n_sparse} sparse points, {seconds:.0f} s; test F RMSE "
                 + " ".join(f"{r['f_rmse']:.1f}" for r in learner.curve)
             )
+    for seed, runs in per_seed.items():
+        target = runs["random"][-1]
+        first = next(
+            (r for r in runs["uncertainty"] if r["f_rmse"] <= target["f_rmse"]), None
+        )
+        print(
+            f"seed {seed}: random {target['f_rmse']:.1f} meV/Å at "
+            f"{target['n_labels']} labels; active learning "
+            + (
+                f"{first['f_rmse']:.1f} at {first['n_labels']} labels: ratio "
+                f"{first['n_labels'] / target['n_labels']:.2f}"
+                if first
+                else "never as low"
+            )
+        )
     print(f"\nmean test force RMSE (meV/Å) over seeds {args.seeds}")
     print(f"{'labels':>7} {'uncertainty':>12} {'random':>9}")
     labels = sorted(set(rows["uncertainty"]) & set(rows["random"]))

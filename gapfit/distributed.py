@@ -22,12 +22,17 @@ kernel, as in the serial fit). Passes, and what comes back to the client:
    stacked on the prior rows ``[L_mm^T | 0]``; ``sparse_gp.finish`` solves.
 6. training errors: per share ``report.error_sums``.
 
-Selection runs ``sparsify``'s own steps, so the sparse set is the serial one:
-identical candidates and seeded draws, leverage scores equal to rounding (a draw could
-differ only if a uniform variate fell within ~1e-12 of a cumulative-score boundary).
-fps needs all candidate rows in one process and is refused. A worker holds one chunk's
-descriptors and kernel rows, the (M+1)^2 and per-species (F+1)^2 factors, compiled
-kernels, and its shares' frames (about 0.1 kB per atom).
+The workers' descriptors equal the serial ones to the bit (same padded shapes, SOAP
+constants computed by the client: ``cluster.host_constants``), and the selection runs
+``sparsify``'s own steps, so the sparse set is the serial one: identical candidates
+and seeded draws; the leverage scores differ only by the rounding of the R factor
+(~1e-8 relative on cu_emt, where directions down to s_j / s_0 ~ 5e-12 count), so a
+draw could differ only if a uniform variate fell that close to a boundary of the
+cumulative scores. Predictions then equal the serial ones to rounding, and so do the
+weights up to the condition number of R. fps needs all candidate rows in one process
+and is refused. A worker holds one chunk's descriptors and kernel rows, the (M+1)^2
+and per-species (F+1)^2 factors, compiled kernels, and its shares' frames (about
+0.1 kB per atom).
 """
 
 from __future__ import annotations
@@ -82,10 +87,10 @@ from gapfit.sparsify import (
     row_keys,
 )
 from gapfit.terms import PairTerm, SoapTerm, Term
-from gapfit.tsqr import stack_qr, tree_reduce
+from gapfit.tsqr import RowFactor, stack_qr, tree_reduce
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Job:
     """What every task of a fit needs besides its share's frames."""
 
@@ -163,41 +168,12 @@ def _merged_ranges(ranges: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([stacked[:, :, 0].min(axis=0), stacked[:, :, 1].max(axis=0)], 1)
 
 
-class _RowFolder:
-    """R factor ``(d+1, d+1)`` of ``[rows | 0]`` added block by block, folded ``cap``
-    rows at a time by ``sparse_gp.fold`` (one jit shape)."""
-
-    def __init__(self, d: int, cap: int) -> None:
-        self.R = jnp.zeros((d + 1, d + 1))
-        self.buf = np.zeros((cap, d))
-        self.n = 0
-
-    def add(self, rows: np.ndarray) -> None:
-        k = 0
-        while k < len(rows):
-            take = min(len(self.buf) - self.n, len(rows) - k)
-            self.buf[self.n : self.n + take] = rows[k : k + take]
-            self.n, k = self.n + take, k + take
-            if self.n == len(self.buf):
-                self._fold()
-
-    def _fold(self) -> None:
-        self.buf[self.n :] = 0.0  # zero rows leave R unchanged
-        self.R = fold(self.R, jnp.asarray(self.buf), jnp.zeros(len(self.buf)))
-        self.n = 0
-
-    def factor(self) -> np.ndarray:
-        if self.n:
-            self._fold()
-        return np.asarray(self.R)
-
-
 def _factor(
     job: _Job, frames: list[Frame], share: Share, candidates: dict[int, np.ndarray]
 ) -> dict[int, np.ndarray]:
     """Per species, the R factor of ``[x̂ | 0]`` over the share's ``candidates``."""
     d = job.specs["soap"][0].n_features
-    folders = {z: _RowFolder(d, 2 * (d + 1)) for z in candidates}
+    folders = {z: RowFactor(d, 2 * (d + 1)) for z in candidates}
     for offset, n, c in job.chunks(frames, share):
         local = {z: share.within(rows, offset, n) for z, rows in candidates.items()}
         if any(v.size for v in local.values()):

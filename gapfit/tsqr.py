@@ -44,3 +44,37 @@ def tree_reduce(items: Sequence[T], pair: Callable[[T, T], T]) -> T:
             pair(a, b) for a, b in zip(level[::2], level[1::2], strict=False)
         ] + odd
     return level[0]
+
+
+class RowFactor:
+    """R factor ``(d+1, d+1)`` of ``[rows | 0]`` for rows added block by block,
+    folded ``cap`` rows at a time by ``sparse_gp.fold`` (one jit shape)."""
+
+    def __init__(self, d: int, cap: int) -> None:
+        self.R = jnp.zeros((d + 1, d + 1))
+        self.d, self.cap = d, cap
+        self.pending: list[np.ndarray] = []
+        self.n = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        """Add ``rows (n, d)``."""
+        self.pending.append(rows)
+        self.n += len(rows)
+        while self.n >= self.cap:
+            rows = np.concatenate(self.pending)
+            self._fold(rows[: self.cap])
+            self.pending, self.n = [rows[self.cap :]], len(rows) - self.cap
+
+    def _fold(self, rows: np.ndarray) -> None:
+        # a new array for every fold, never written again: fold runs asynchronously
+        # and may read a host array in place
+        block = np.zeros((self.cap, self.d))
+        block[: len(rows)] = rows  # zero rows leave R unchanged
+        self.R = fold(self.R, block, np.zeros(self.cap))
+
+    def factor(self) -> np.ndarray:
+        """The R factor of all rows added (as ``[rows | 0]``)."""
+        if self.n:
+            self._fold(np.concatenate(self.pending))
+            self.pending, self.n = [], 0
+        return np.asarray(self.R)
