@@ -82,15 +82,22 @@ def compile_cache(tmp_path_factory):
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     old = {k: os.environ.get(k) for k in names}
+    options = {
+        "jax_compilation_cache_dir": names["JAX_COMPILATION_CACHE_DIR"],
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+    }
+    old_options = {k: getattr(jax.config, k) for k in options}
     os.environ.update(names)  # inherited by the workers, which start after this
-    jax.config.update("jax_compilation_cache_dir", names["JAX_COMPILATION_CACHE_DIR"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    for k, v in options.items():
+        jax.config.update(k, v)
     yield
     for k, v in old.items():
         if v is None:
             os.environ.pop(k)
         else:
             os.environ[k] = v
+    for k, v in old_options.items():
+        jax.config.update(k, v)
 
 
 @pytest.fixture(scope="module")

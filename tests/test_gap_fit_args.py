@@ -189,7 +189,7 @@ class RecordingGAP:
     def __init__(self, **kwargs) -> None:
         self.kwargs = kwargs
 
-    def fit(self, at_file: str) -> None:
+    def fit(self, at_file: str, client: object = None) -> None:
         RecordingGAP.calls.append((self.kwargs, at_file))
         raise GapfitError("stopped by the test before reading data")
 
