@@ -52,7 +52,6 @@ from gapfit.gapstring import (
 )
 from gapfit.hyperparameters import format_report
 from gapfit.model import Model, atomic_write
-from gapfit.plots import plot_folder, write_plots
 from gapfit.report import error_table, format_error_table
 from gapfit.uncertainty import format_uncertainty_table, uncertainty_table
 
@@ -686,6 +685,8 @@ def eval_(
     if json_file:
         _check_writable(json_file, "--json")
     if plot_dir:
+        from gapfit.plots import plot_folder  # matplotlib only when plotting
+
         plot_folder(plot_dir)
     with_std = with_std or plot_dir is not None
     frames, preds = _frames_and_predictions(
@@ -701,6 +702,8 @@ def eval_(
             )
         )
     if plot_dir:
+        from gapfit.plots import write_plots
+
         paths = write_plots(plot_dir, samples)
         click.echo(f"wrote {', '.join(p.name for p in paths)} to {plot_dir}")
     if json_file:
