@@ -40,7 +40,7 @@ QUANTITIES = ("energy", "force", "virial")
 FIXED = "fixed"  # observations with their own per-configuration sigma
 MODES = {True: "quantity", "quantity": "quantity", "per_config_type": "per_config_type"}
 BOUND = float(np.log(1e4))  # |log(value / initial value)| <= BOUND
-JITTER_FLOOR = 1e-12  # sparse_jitter / delta^2 stays above this (see _delta_bounds)
+JITTER_FLOOR = 1e-12  # sparse_jitter / delta^2 stays above this (see delta_bounds)
 MAX_ITERATIONS = 200
 # Each group's factor starts at FOLD_START * I, not 0: JAX's CPU QR of a zero block
 # stacked on a few rows (rank-deficient, columns of rounding noise) returned NaN for
@@ -210,7 +210,7 @@ def maximise(stats: Statistics, jitter: float) -> Optimum:
 
     x0 = np.zeros(T + len(free))
     initial = -objective(x0)[0] * n_obs
-    bounds = [(-BOUND, b) for b in _delta_bounds(stats, jitter, T)]
+    bounds = [(-BOUND, b) for b in delta_bounds(stats, jitter, T)]
     bounds += [(-BOUND, BOUND)] * len(free)
     res = scipy.optimize.minimize(
         objective,
@@ -239,7 +239,7 @@ def maximise(stats: Statistics, jitter: float) -> Optimum:
     )
 
 
-def _delta_bounds(stats: Statistics, jitter: float, T: int) -> list[float]:
+def delta_bounds(stats: Statistics, jitter: float, T: int) -> list[float]:
     """Upper bounds of ``log(delta / delta0)`` per term: ``BOUND``, or lower where
     ``sparse_jitter`` (absolute, eV^2) would fall below ``JITTER_FLOOR`` times the
     term's largest prior variance, i.e. where ``K_mm + jitter I`` stops being

@@ -42,7 +42,14 @@ from gapfit.data import Sigmas, frames_from_atoms
 from gapfit.distance_2b import cutoff_function, pair_type
 from gapfit.errors import GapfitError
 from gapfit.evidence import evidence_and_gradient, log_evidence
-from gapfit.hyperparameters import FOLD_START, NoiseGroups, maximise, statistics
+from gapfit.hyperparameters import (
+    BOUND,
+    FOLD_START,
+    NoiseGroups,
+    delta_bounds,
+    maximise,
+    statistics,
+)
 from gapfit.kernels import normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import make_batch
@@ -239,19 +246,26 @@ def test_gradient_equals_finite_differences(data):
 
 
 def test_coincident_sparse_points_stay_finite(data):
-    """Half the SOAP sparse points twice: with jitter the evidence, its gradient and
-    the optimum are finite; without jitter a GapfitError says what to do (no NaN)."""
+    """Half the SOAP sparse points twice: with jitter the evidence and its gradient
+    are finite at the corners of the search box (delta up to its jitter bound);
+    without jitter the search stops with a GapfitError saying what to do (no NaN)."""
     _, frames, _, (pair_z, soap_z), _ = data
     half = len(soap_z[1]) // 2
     twice = tuple(np.concatenate([z[:half], z[:half]]) for z in soap_z)
     stats = _stats(frames, pair_z, twice)
-    value, (g_a, g_s) = evidence_and_gradient(LOG_A, LOG_S, stats, JITTER)
-    assert np.isfinite(value) and np.all(np.isfinite(g_a)) and np.all(np.isfinite(g_s))
-    opt = maximise(stats, JITTER)
-    assert np.isfinite(opt.final) and opt.final >= opt.initial
-    assert np.all(np.isfinite(opt.log_a)) and np.all(np.isfinite(opt.log_s))
     with pytest.raises(GapfitError, match="sparse-jitter"):
         maximise(stats, 0.0)
+    stats = stats._replace(R=stats.R[:-1], n=stats.n[:-1])  # as maximise evaluates
+    top = np.array(delta_bounds(stats, JITTER, 2))
+    assert np.all(top > 0)
+    for log_a, log_s in (
+        (top, np.full(3, BOUND)),
+        (top, np.full(3, -BOUND)),
+        (np.full(2, -BOUND), np.full(3, BOUND)),
+        (np.full(2, -BOUND), np.full(3, -BOUND)),
+    ):
+        value, grads = evidence_and_gradient(log_a, log_s, stats, JITTER)
+        assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
 
 
 def test_group_factor_of_few_similar_rows_is_finite():
