@@ -47,6 +47,11 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path("bench_calibration.npz"))
     ap.add_argument("--reuse", action="store_true", help="load --model, do not fit")
     ap.add_argument("--plot", type=Path, help="write the test-set plots here")
+    ap.add_argument(
+        "--optimise-hyperparameters",
+        action="store_true",
+        help="delta and sigmas by the evidence before calibrating",
+    )
     args = ap.parse_args()
 
     frames = read_frames(args.data / "train.xyz", require=("energy", "forces"))
@@ -62,7 +67,9 @@ def main() -> None:
         if model.info["data"]["sha256"] != _data_summary(train)["sha256"]:
             raise SystemExit(f"{args.model} was not fitted on this split; refit.")
     else:
-        model = recipe(args.n_sparse, args.no_2b).fit(train).model_
+        gap = recipe(args.n_sparse, args.no_2b)
+        gap.optimise_hyperparameters = args.optimise_hyperparameters
+        model = gap.fit(train).model_
         model.save(args.model)
     print(f"fit/load {time.perf_counter() - t0:.1f} s")
 

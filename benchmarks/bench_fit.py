@@ -1,6 +1,6 @@
 """Fit, accuracy and speed of gapfit on a shared benchmark set, against gap_fit.
 
-    python benchmarks/bench_fit.py --data ../shared/data/cu_emt [--n-sparse 500]
+    python benchmarks/bench_fit.py --data ../shared/data/cu_emt [--peer]
 
 Fits gap_fit's recipe from shared/bench/peers.md: distance_2b (cutoff 5 Å, 1 Å
 transition, delta 1, theta 1 Å, 20 uniform sparse points) + SOAP (n_max 8, l_max 6,
@@ -9,7 +9,8 @@ default_sigma 0.001 0.05 0.05, e0 from the isolated atom (``--no-2b``: SOAP only
 then prints one table: fit wall time, peak RSS after the fit, test RMSEs (E meV/atom,
 F meV/Å, virial meV/atom) and the ms per energy+forces+stress call on a rattled
 108-atom cell (median, min, max; with and without std), each with its ratio to
-gap_fit's figures in shared/bench/peers.md.
+gap_fit's figures in shared/bench/peers.md, or, with ``--peer``, of a gap_fit run
+(PyPI quippy-ase) on the same data and recipe in the same run.
 """
 
 from __future__ import annotations
@@ -111,6 +112,34 @@ def recipe(
     )
 
 
+def live_peer(
+    data: Path, workdir: Path, n_sparse: int, no_2b: bool, test: list, cell
+) -> dict:
+    """gap_fit's fit wall, peak RSS, test RMSEs and 108-atom ms, measured now."""
+    import peer_gap_fit
+
+    run = peer_gap_fit.fit(data / "train.xyz", workdir, n_sparse, no_2b)
+    calc = peer_gap_fit.calculator(run["gp_file"])
+    preds = []
+    for f in test:
+        at = f.to_atoms()
+        at.calc = calc
+        p = {"energy": at.get_potential_energy(), "forces": at.get_forces()}
+        if at.pbc.all():
+            s = at.get_stress(voigt=False)
+            p["virial"] = -s * at.get_volume()
+        preds.append(p)
+    al = error_table(test, preds)["all"]
+    return {
+        "fit_s": run["fit_s"],
+        "rss_gb": run["rss_gb"],
+        "e": al["energy"]["rmse"],
+        "f": al["forces"]["rmse"],
+        "v": al["virial"]["rmse"],
+        "ms": time_calls(calc, cell)["median"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -125,6 +154,15 @@ def main() -> None:
         "--optimise-hyperparameters",
         action="store_true",
         help="choose delta and the sigmas by the evidence, from the recipe's values",
+    )
+    ap.add_argument(
+        "--peer",
+        action="store_true",
+        help="also run gap_fit (pip install quippy-ase) live on the same data and "
+        "recipe, and take the ratios against that run (peer_gap_fit.py)",
+    )
+    ap.add_argument(
+        "--peer-dir", type=Path, default=Path("gap_fit_peer"), help="gap_fit's files"
     )
     ap.add_argument("--model", type=Path, default=Path("bench_model.npz"))
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -157,7 +195,12 @@ def main() -> None:
         "ms": ms["median"],
         "ms_std": ms_std["median"],
     }
-    peer = PEERS.get(name, {})
+    peer = (
+        live_peer(args.data, args.peer_dir, args.n_sparse, args.no_2b, test, cell)
+        if args.peer
+        else PEERS.get(name, {})
+    )
+    print(f"\ngap_fit figures: {'this run' if args.peer else 'shared/bench/peers.md'}")
     rows = [
         ("fit wall (s)", "fit_s"),
         ("fit peak RSS (GiB)", "rss_gb"),
@@ -171,7 +214,8 @@ def main() -> None:
     for label, key in rows:
         p = peer.get(key)
         ratio = f"{ours[key] / p:>9.3f}" if p else f"{'-':>9}"
-        print(f"{label:<30}{ours[key]:>12.3f}{p if p else '-':>12}{ratio}")
+        theirs = f"{p:>12.3f}" if p else f"{'-':>12}"
+        print(f"{label:<30}{ours[key]:>12.3f}{theirs}{ratio}")
     print(f"\n108-atom ms (median/min/max): {ms}; with std: {ms_std}")
     print(f"test prediction: {sum(len(f.numbers) for f in test) / pred_s:.0f} atoms/s")
     print("timings per stage (s):", {k: round(v, 2) for k, v in gap.timings_.items()})
