@@ -34,11 +34,11 @@ import numpy as np
 from ase import Atoms, units
 from ase.build import bulk, fcc100, fcc111
 from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 
 from gapfit import GAP
+from gapfit.labeller import label
 from gapfit.learn import learn_pool
 from gapfit.samplers import thermalize_momenta
 from gapfit.update import refit, update
@@ -106,24 +106,9 @@ def cu_structures(n: int, seed: int) -> list[Atoms]:
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def labelled(structures: list[Atoms]) -> list[Atoms]:
-    out = []
-    for atoms in structures:
-        atoms = atoms.copy()
-        atoms.calc = EMT()
-        results = {
-            "energy": atoms.get_potential_energy(),
-            "forces": atoms.get_forces(),
-            "stress": atoms.get_stress(),
-        }
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        out.append(atoms)
-    return out
-
-
 def curves(args: argparse.Namespace) -> None:
     pool = cu_structures(args.pool_size, seed=100)
-    test = labelled(cu_structures(args.n_test, seed=200))
+    test = [label(EMT(), s) for s in cu_structures(args.n_test, seed=200)]
     gap = GAP(soap=args.soap, e0_method="average")
     rows: dict[str, dict[int, list]] = {"uncertainty": {}, "random": {}}
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_learn_"))
@@ -213,9 +198,10 @@ def _timed(fn) -> float:
 def timing(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(7)
     cell = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)  # 108 atoms
-    frames = labelled(
-        [_rattled(cell, rng, 0.05, 0.15) for _ in range(args.timing_frames + 1)]
-    )
+    frames = [
+        label(EMT(), _rattled(cell, rng, 0.05, 0.15))
+        for _ in range(args.timing_frames + 1)
+    ]
     soap = f"cutoff=5.0 n_max=6 l_max=4 n_sparse={args.timing_sparse}"
     t0 = time.perf_counter()
     model = GAP(soap=soap, e0_method="average").fit(frames[:-1]).model_

@@ -26,9 +26,9 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from gapfit import GAP
+from gapfit.labeller import label
 from gapfit.learn import Learner, learn_otf, learn_pool
 
 SOAP = "cutoff=4.0 cutoff_transition_width=1.0 n_max=3 l_max=2 n_sparse=24"
@@ -49,22 +49,6 @@ def cu_cells(n: int, seed: int) -> list[Atoms]:
     return cells
 
 
-def labelled(cells: list[Atoms]) -> list[Atoms]:
-    """EMT energies, forces and stresses of copies of the cells."""
-    out = []
-    for atoms in cells:
-        atoms = atoms.copy()
-        atoms.calc = EMT()
-        results = {
-            "energy": atoms.get_potential_energy(),
-            "forces": atoms.get_forces(),
-            "stress": atoms.get_stress(),
-        }
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        out.append(atoms)
-    return out
-
-
 def main(
     workdir: str | Path | None = None,
     n_pool: int = 60,
@@ -75,7 +59,7 @@ def main(
     """Run both modes in ``workdir`` (a new temporary directory by default)."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="learn_emt_"))
     gap = GAP(soap=SOAP, e0_method="average")
-    test = labelled(cu_cells(8, seed=99))
+    test = [label(EMT(), cell) for cell in cu_cells(8, seed=99)]  # EMT labels
 
     pool = learn_pool(
         workdir / "pool",

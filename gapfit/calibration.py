@@ -46,7 +46,7 @@ import ase
 import numpy as np
 from scipy.optimize import minimize
 
-from gapfit.data import Frame, check_species, frames_from_atoms, read_frames
+from gapfit.data import Frame, as_frames, check_species, read_frames
 from gapfit.errors import GapfitError
 from gapfit.uncertainty import QUANTITIES, UNITS, Samples, collect
 
@@ -334,12 +334,7 @@ def held_out_frames(
     if isinstance(frames, str | os.PathLike):
         out = read_frames(frames, require=())
     else:
-        items = list(frames)
-        out = (
-            items
-            if all(isinstance(f, Frame) for f in items)
-            else frames_from_atoms(items, require=())
-        )
+        out = as_frames(frames, require=())
     check_species(out, species)
     if not any(
         f.energy is not None or f.forces is not None or f.virial is not None

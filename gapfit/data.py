@@ -355,6 +355,20 @@ def frames_from_atoms(
     ]
 
 
+def as_frames(
+    items: Sequence[ase.Atoms | Frame],
+    keys: LabelKeys = LabelKeys(),
+    require: tuple[str, ...] = ("energy",),
+    source: str = "frames",
+) -> list[Frame]:
+    """``items`` as given when all are ``Frame`` objects, else validated from ASE Atoms
+    (``frames_from_atoms``)."""
+    items = list(items)
+    if all(isinstance(f, Frame) for f in items):
+        return items
+    return frames_from_atoms(items, keys, require, source)
+
+
 def _scan_extxyz(name: str) -> tuple[list[int], list[int]]:
     """1-based header line and atom count of each config, checking the atom counts
     the way ASE's reader indexes the file, so that structural errors can be located."""

@@ -46,7 +46,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from dask.distributed import Client
@@ -86,7 +85,7 @@ from gapfit.sparsify import (
     normalise_rows,
     row_keys,
 )
-from gapfit.terms import PairTerm, SoapTerm, Term
+from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm
 from gapfit.tsqr import RowFactor, stack_qr, tree_reduce
 
 
@@ -316,7 +315,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
         rows = per_share(_rows, idx)
         X_hat, _ = normalise(jnp.asarray(np.concatenate(client.gather(rows))))
         terms.append(SoapTerm(spec, kernel, np.asarray(X_hat), Z[idx]))
-    K_mm = jax.scipy.linalg.block_diag(*(term.K_mm() for term in terms))
+    K_mm = block_K_mm(terms)
     timings["sparsify"] = time.perf_counter() - t0
     memory["sparsify"] = peak_rss_gib()
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from gapfit import __version__, gapstring
 from gapfit.assembly import padded_batches, scaled_chunks
 from gapfit.blocks import batch_arrays, descriptors_jit
-from gapfit.data import Frame, LabelKeys, Sigmas, fit_e0, frames_from_atoms, read_frames
+from gapfit.data import Frame, LabelKeys, Sigmas, as_frames, fit_e0, read_frames
 from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
 from gapfit.dscribe_backend import check_backend, soap_values
 from gapfit.errors import GapfitError
@@ -51,7 +51,7 @@ from gapfit.report import error_table
 from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import finish, fold, start
 from gapfit.sparsify import select_sparse
-from gapfit.terms import PairTerm, SoapTerm, Term
+from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm
 
 if TYPE_CHECKING:
     from dask.distributed import Client
@@ -171,7 +171,7 @@ class GAP:
             )
             X_hat, _ = normalise(jnp.asarray(X[idx]))
             terms.append(SoapTerm(spec, kernel, np.asarray(X_hat), Z[idx]))
-        K_mm = jax.scipy.linalg.block_diag(*(term.K_mm() for term in terms))
+        K_mm = block_K_mm(terms)
         timings["sparsify"] = time.perf_counter() - t0
         memory["sparsify"] = peak_rss_gib()
 
@@ -284,9 +284,7 @@ class GAP:
         frames = list(frames)
         if not frames:
             raise GapfitError("fit() got no frames; pass labelled structures.")
-        if all(isinstance(f, Frame) for f in frames):
-            return frames
-        return frames_from_atoms(frames, self.keys, require=("energy", "forces"))
+        return as_frames(frames, self.keys, require=("energy", "forces"))
 
     def _sigmas(self) -> Sigmas:
         ds = list(self.default_sigma)

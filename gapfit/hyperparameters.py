@@ -23,7 +23,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
@@ -35,6 +34,7 @@ from gapfit.evidence import Statistics, augmented_factor, evidence_and_gradient
 from gapfit.model import Model
 from gapfit.neighbours import Batch
 from gapfit.sparse_gp import finish, fold
+from gapfit.terms import block_K_mm
 
 QUANTITIES = ("energy", "force", "virial")
 FIXED = "fixed"  # observations with their own per-configuration sigma
@@ -268,7 +268,7 @@ def optimised_model(
         )
         for t, f in zip(model.terms, np.exp(opt.log_a), strict=True)
     )
-    K_mm = jax.scipy.linalg.block_diag(*(t.K_mm() for t in terms))
+    K_mm = block_K_mm(terms)
     R_aug = augmented_factor(
         jnp.asarray(opt.log_a), jnp.asarray(opt.log_s), stats, jitter
     )

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gapfit.assembly import padded_batches
-from gapfit.data import Frame, frames_from_atoms
+from gapfit.data import Frame, as_frames
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model, chunk_indices
@@ -177,8 +177,7 @@ def unit_soap(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit SOAP vectors ``(n_env, F)`` (settings of ``gap``), species index
     ``(n_env,)`` and frame index ``(n_env,)`` of every environment of ``frames``."""
-    if not all(isinstance(f, Frame) for f in frames):
-        frames = frames_from_atoms(frames, require=(), source="structures")
+    frames = as_frames(frames, require=(), source="structures")
     soap, pair = gap._settings()
     specs = {"soap": _specs(soap, pair, tuple(species))["soap"]}
     X, s, _, _ = descriptors(gap, specs, frames)

@@ -25,7 +25,7 @@ import ase
 import jax.numpy as jnp
 import numpy as np
 
-from gapfit.data import Frame, fit_e0
+from gapfit.data import Frame, as_frames, fit_e0
 from gapfit.distance_2b import pair_sparse_points
 from gapfit.fit import GAP, _specs
 from gapfit.model import Model
@@ -37,7 +37,7 @@ from gapfit.selection import (
 )
 from gapfit.sparse_gp import Posterior
 from gapfit.terms import PairTerm, SoapTerm
-from gapfit.update import as_frames, refit
+from gapfit.update import LABELS, refit
 
 PAD = -1  # species index of padding sparse points
 
@@ -156,7 +156,7 @@ def prior_model(
     """A model with the settings of ``gap`` and no data (``w = 0``, ``R = L_mm^T``):
     e0 and the 2-body sparse points (as in ``GAP.fit``) from ``frames``, and a SOAP
     term of ``capacity`` padding points, to be filled by ``with_sparse``."""
-    frames = as_frames(frames)
+    frames = as_frames(frames, require=LABELS)
     soap, pair = gap._settings()
     species = tuple(sorted(int(z) for z in species))
     specs = _specs(soap, pair, species)

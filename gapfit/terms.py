@@ -172,6 +172,12 @@ Term = SoapTerm | PairTerm
 TERM_TYPES: dict[str, type] = {"soap": SoapTerm, "distance_2b": PairTerm}
 
 
+def block_K_mm(terms: tuple[Term, ...] | list[Term]) -> jax.Array:
+    """``K_mm (M, M)`` eV^2 of all terms' sparse points: block diagonal, term order
+    (the terms are independent GPs)."""
+    return jax.scipy.linalg.block_diag(*(term.K_mm() for term in terms))
+
+
 def _check(ok: bool, what: str) -> None:
     if not ok:
         from gapfit.errors import GapfitError

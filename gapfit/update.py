@@ -22,16 +22,17 @@ import dataclasses
 from collections.abc import Sequence
 
 import ase
-import jax
 import jax.numpy as jnp
 
 from gapfit.assembly import batch_shape, padded_batches, scaled_chunks
-from gapfit.data import Frame, Sigmas, frames_from_atoms
+from gapfit.data import Frame, Sigmas, as_frames
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP, _data_summary
 from gapfit.model import Model, chunk_indices
 from gapfit.sparse_gp import finish, fold, start
+from gapfit.terms import block_K_mm
 
+LABELS = ("energy", "forces")  # labels every added frame must have
 # info entries that describe one fit and are stale after an update
 STALE = ("training_errors", "timings_s", "peak_rss_gib", "calibration")
 
@@ -53,11 +54,6 @@ def model_sigmas(model: Model) -> tuple[Sigmas, float]:
     return gap._sigmas(), float(settings["sparse_jitter"])
 
 
-def sparse_K_mm(model: Model) -> jax.Array:
-    """``K_mm (M, M)`` eV^2 of all terms' sparse points (block diagonal, term order)."""
-    return jax.scipy.linalg.block_diag(*(term.K_mm() for term in model.terms))
-
-
 def refit(
     model: Model,
     frames: Sequence[Frame | ase.Atoms],
@@ -74,9 +70,9 @@ def refit(
             size in place, so that calls sharing one list compile the kernel rows
             once (jit compiles per shape).
     """
-    frames = as_frames(frames)
+    frames = as_frames(frames, require=LABELS)
     sigmas, jitter = model_sigmas(model)
-    K_mm = sparse_K_mm(model)
+    K_mm = block_K_mm(model.terms)
     R_aug = start(K_mm, jitter)
     for A, b in _rows(model, frames, sigmas, chunk_atoms, shape):
         R_aug = fold(R_aug, A, b)
@@ -94,7 +90,7 @@ def update(
     """The model with ``frames`` added to its training data, by folding their rows
     into ``R_aug = [[R, R w], [0, 0]]`` (see the module docstring); equal to ``refit``
     on the old and new frames together. Arguments as for ``refit``."""
-    frames = as_frames(frames)
+    frames = as_frames(frames, require=LABELS)
     if not frames:
         return model
     sigmas, jitter = model_sigmas(model)
@@ -106,18 +102,8 @@ def update(
     info = {k: v for k, v in model.info.items() if k not in STALE}
     info["data"] = _merged(info.get("data", {}), _data_summary(frames))
     return dataclasses.replace(
-        model, posterior=finish(R_aug, sparse_K_mm(model), jitter), info=info
+        model, posterior=finish(R_aug, block_K_mm(model.terms), jitter), info=info
     )
-
-
-def as_frames(
-    frames: Sequence[Frame | ase.Atoms], require: tuple[str, ...] = ("energy", "forces")
-) -> list[Frame]:
-    """Frames as given, or validated from Atoms with the ``require``d labels."""
-    frames = list(frames)
-    if all(isinstance(f, Frame) for f in frames):
-        return frames
-    return frames_from_atoms(frames, require=require, source="frames")
 
 
 def _rows(model, frames, sigmas, chunk_atoms, shape):
