@@ -559,6 +559,15 @@ def parse_e0(text: str) -> dict[int, float]:
     return out
 
 
+def _atomic_number(key: int | str) -> int:
+    """Atomic number of an e0 key: a number (29, "29") or a symbol ("Cu")."""
+    if str(key).isdigit():
+        return int(key)
+    if key in ase.data.atomic_numbers:
+        return ase.data.atomic_numbers[key]
+    raise GapfitError(f"e0 key {key!r} is neither an atomic number nor an element.")
+
+
 def _names(zs: Sequence[int]) -> str:
     return ", ".join(ase.data.chemical_symbols[int(z)] for z in zs)
 
@@ -659,7 +668,8 @@ def e0_from_counts(
             for k in reversed(labelled)
             if config_types[k] == "isolated_atom" and counts[k].sum() == 1
         }
-    e0.update({int(z): v for z, v in (explicit or {}).items() if int(z) in species})
+    given = {_atomic_number(z): v for z, v in (explicit or {}).items()}
+    e0.update({z: v for z, v in given.items() if z in species})
     missing = [z for z in species if z not in e0]
     if missing and method == "isolated":
         raise GapfitError(

@@ -18,8 +18,8 @@ kernel, as in the serial fit). Passes, and what comes back to the client:
    client; then the leverage score of every candidate (8 bytes each).
 4. the seeded choice on the client (``sparsify.choose_sparse``); the M chosen rows.
 5. per share the R factor (M+1, M+1) of ``[Lambda^-1/2 K_nm | Lambda^-1/2 y]``
-   (``assembly.scaled_chunks`` folded by ``sparse_gp.fold``), reduced by TSQR and
-   stacked on the prior rows ``[L_mm^T | 0]``; ``sparse_gp.finish`` solves.
+   (``assembly.scaled_chunks`` whitened and folded by ``sparse_gp.fold_whitened``),
+   reduced by TSQR; ``sparse_gp.finish`` adds the prior rows and solves.
 6. training errors: per share ``report.error_sums``.
 
 The workers' descriptors equal the serial ones to the bit (same padded shapes, SOAP
@@ -75,7 +75,7 @@ from gapfit.kernels import normalise
 from gapfit.model import Model
 from gapfit.neighbours import Batch
 from gapfit.report import error_sums, merge_error_sums, table_from_sums
-from gapfit.sparse_gp import finish, fold, start
+from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.sparsify import (
     check_selection,
     choose_sparse,
@@ -213,14 +213,16 @@ def _rows(
 
 
 def _solve(job: _Job, frames: list[Frame], share: Share, model: Model) -> np.ndarray:
-    """R factor ``(M+1, M+1)`` of the share's scaled kernel rows ``[A | b]``."""
+    """R factor ``(M+1, M+1)`` of the share's whitened scaled kernel rows
+    ``[A L_mm^-T | b]`` (each worker factors ``K_mm`` itself: O(M^3), no transfer)."""
     sigmas = job.gap._sigmas()
-    M = sum(t.n_sparse for t in model.terms)
-    R = jnp.zeros((M + 1, M + 1))
+    K_mm = block_K_mm(model.terms)
+    L = prior_factor(K_mm, job.gap.sparse_jitter)
+    R = empty_factor(len(K_mm))
     for _, _, c in job.chunks(frames, share):
         batch = job.batch(frames, c)
         for A, b in scaled_chunks(model, frames, [c], [batch], sigmas):
-            R = fold(R, A, b)
+            R = fold_whitened(R, A, b, L)
     return np.asarray(R)
 
 
@@ -321,12 +323,11 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
 
     t0 = time.perf_counter()
     model = Model(tuple(terms), species, None, e0)
-    prior = np.asarray(start(K_mm, gap.sparse_jitter))  # [L_mm^T | 0]
+    L = prior_factor(K_mm, gap.sparse_jitter)  # a bad sparse set fails before the pass
     shared = client.scatter(model, broadcast=True, hash=False)
     parts = per_share(_solve, shared)
     R_data = tree_reduce(parts, functools.partial(submit, stack_qr)).result()
-    R_aug = jnp.asarray(stack_qr(prior, R_data))
-    model.posterior = finish(R_aug, K_mm, gap.sparse_jitter)
+    model.posterior = finish(jnp.asarray(R_data), L)
     timings["solve"] = time.perf_counter() - t0
     memory["solve"] = peak_rss_gib()
 

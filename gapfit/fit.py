@@ -49,7 +49,7 @@ from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import Batch
 from gapfit.report import error_table
 from gapfit.soap import SoapSpec
-from gapfit.sparse_gp import finish, fold, start
+from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.sparsify import select_sparse
 from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm
 
@@ -178,12 +178,13 @@ class GAP:
         t0 = time.perf_counter()
         model = Model(tuple(terms), species, None, e0)
         if mode is None:
-            R_aug = start(K_mm, self.sparse_jitter)
+            L = prior_factor(K_mm, self.sparse_jitter)  # fails before the pass
+            R_aug = empty_factor(len(K_mm))
             for A, b in scaled_chunks(
                 model, frames, chunks, batches, sigmas, self.progress
             ):
-                R_aug = fold(R_aug, A, b)
-            model.posterior = finish(R_aug, K_mm, self.sparse_jitter)
+                R_aug = fold_whitened(R_aug, A, b, L)
+            model.posterior = finish(R_aug, L)
         else:  # rows folded per noise group; weights once delta and sigmas are chosen
             groups = NoiseGroups.of(frames, mode == "per_config_type")
             stats = statistics(

@@ -7,7 +7,9 @@ as ``<term>.<array>`` (``soap.sparse_X (M, F)``, ``soap.sparse_species``,
 ``distance_2b.sparse_r``, ``distance_2b.sparse_type``), and the posterior:
 ``weights (M,)``, ``L_mm (M, M)``, ``R (M, M)`` over all terms' sparse points in
 term order. Loading validates keys, shapes, dtypes, finiteness and the
-format version.
+format version. Format 2 stores the whitened factor ``R`` of ``sparse_gp.py``; a
+format 1 file held the unwhitened ``R_1`` (``R_1^T R_1 = R^T R`` in weight space),
+read as ``R = R_1 L_mm^-T`` (upper triangular: the same posterior).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -31,12 +34,12 @@ from gapfit.blocks import Mean, Rows, batch_arrays, rows_mean
 from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
 from gapfit.neighbours import Batch, Structure, incoming, make_batch, pad_batch
-from gapfit.sparse_gp import Posterior, VarianceFactors, variance_factors
+from gapfit.sparse_gp import Posterior, VarianceFactors, variance_factors, whiten_rows
 from gapfit.terms import TERM_TYPES, Term
 from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 POSTERIOR = ("weights", "L_mm", "R")
 
 
@@ -209,7 +212,8 @@ class Model:
         arrays = {f"{t.name}.{k}": v for t in self.terms for k, v in t.arrays().items()}
         arrays.update({k: np.asarray(getattr(self.posterior, k)) for k in POSTERIOR})
         buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta, indent=1)), **arrays)
+        # compressed: the zero triangles of L_mm and R take no space
+        np.savez_compressed(buf, meta=np.array(json.dumps(meta, indent=1)), **arrays)
         atomic_write(path, buf.getvalue())
 
     @classmethod
@@ -223,7 +227,7 @@ class Model:
         try:
             with np.load(path, allow_pickle=False) as z:
                 members = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as err:
             raise GapfitError(
                 f"{path} is not a readable gapfit model (not a complete .npz "
                 "archive of plain arrays); it may be truncated or another program's "
@@ -286,8 +290,9 @@ class Model:
         info = {k: v for k, v in meta.items() if k not in skip}
         if "calibration" in info:
             Calibration.from_meta(info["calibration"], str(path))
-        post = Posterior(jnp.asarray(w), jnp.asarray(L), jnp.asarray(R))
-        return cls(tuple(terms), species, post, e0, info)
+        L = jnp.asarray(L)
+        R = jnp.asarray(R) if version >= 2 else whiten_rows(jnp.asarray(R), L)
+        return cls(tuple(terms), species, Posterior(jnp.asarray(w), L, R), e0, info)
 
 
 @partial(jax.jit, static_argnums=0)

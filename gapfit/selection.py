@@ -6,7 +6,7 @@ DTC variance (Quiñonero-Candela & Rasmussen, JMLR 6, 1939 (2005)) of the SOAP e
 vectors ``x_hat`` and species ``s``::
 
     k_m     = sum_{i in S} delta^2 (x_hat_i . z_hat_m)^zeta [s_i == s_m]      (M_soap,)
-    var E_S = sum_{i,j in S} k(x_i, x_j) - |L_mm^-1 k|^2 + |R^-T k|^2        eV^2
+    var E_S = sum_{i,j in S} k(x_i, x_j) - |L_mm^-1 k|^2 + |R^-T L_mm^-1 k|^2  eV^2
 
 (zero columns for the other terms' sparse points), from descriptors alone: no
 derivatives, so a whole pool costs a few matrix products per step. The energy, an
@@ -106,7 +106,7 @@ def energy_variance(
         first = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])  # segment starts
         k_E[o[first]] += np.add.reduceat(np.asarray(k)[: len(x)], first, axis=0)
     f = model.factors
-    factors = VarianceFactors(f.L_inv[:, cols], f.R_inv_T[:, cols])  # (M, M_soap)
+    factors = VarianceFactors(f.L_inv[:, cols], f.posterior[:, cols])  # (M, M_soap)
     return np.asarray(dtc_variance(jnp.asarray(prior), jnp.asarray(k_E), factors))
 
 

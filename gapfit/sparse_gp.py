@@ -5,20 +5,36 @@ diagonal noise variance) of local energies ``eps`` with a GP prior, ``M`` sparse
 ``z``. The DTC/SoR mean (Quiñonero-Candela & Rasmussen, JMLR 6, 1939 (2005);
 gap_fit: Bartók et al. 2015) has weights::
 
-    w     = (K_mm + K_mn Lambda^-1 K_nm)^-1 K_mn Lambda^-1 y
-          = R^-1 Q^T b,  QR = [Lambda^-1/2 K_nm ; L_mm^T],  b = [Lambda^-1/2 y ; 0]
+    w = (K_mm + K_mn Lambda^-1 K_nm)^-1 K_mn Lambda^-1 y
 
-with ``K_mm + jitter I = L_mm L_mm^T``: never the normal equations. The QR is folded one
-chunk of rows at a time: the upper-triangular ``R_aug`` of ``[A | b]`` absorbs each new
-block, so memory is O(M^2 + chunk). The posterior over weights is ``Sigma = R^-1 R^-T``.
+solved in whitened coordinates ``v = L_mm^T w`` (``K_mm + jitter I = L_mm L_mm^T``), in
+which the prior is ``N(0, I)``: with ``B = Lambda^-1/2 K_nm L_mm^-T``::
+
+    v = R^-1 Q^T c,   QR = [B ; I],   c = [Lambda^-1/2 y ; 0],   w = L_mm^-T v
+
+never the normal equations. Each chunk of data rows is whitened and folded into the
+upper-triangular ``R_data (M+1, M+1)`` of ``[B | c]`` (``fold_whitened``; memory
+O(M^2 + chunk)); the prior rows ``[I | 0]`` join at the end (``finish``). Why whiten:
+with a large ``delta`` (e.g. a 2-body term carrying the cohesive energy) ``K_mm`` has
+condition numbers of 10^7 and more, and a factor of the unwhitened system
+``[L_mm^T ; Lambda^-1/2 K_nm]`` holds the prior rows only to rounding relative to the
+data rows: its posterior covariance ``(R^T R)^-1`` is then wrong by orders of magnitude
+in the prior-dominated directions (posterior stds of training forces 100x their
+noise). ``[B ; I]`` has singular values >= 1, so its factor is well conditioned. The
+rows are whitened before the QR, not the data factor after it: the QR's rounding,
+relative to the rows it sees, is then not amplified by ``L_mm^-1`` (a small SOAP model
+with ``cond(L_mm)`` 5e4: weights within 2e-14 of a dense least-squares solve this way,
+1e-7 the other way). The posterior over whitened weights is ``(R^T R)^-1``; the model
+stores ``R`` and ``L_mm``.
 
 Predictive variance of a target ``f* = k*^T``-row (DTC, Quiñonero-Candela & Rasmussen
-eq. 20b): ``var = k** - |L_mm^-1 k*|^2 + |R^-T k*|^2``: the prior variance not captured
-by the sparse set (the Nyström residual) plus the posterior uncertainty of the weights.
-DTC is chosen over SoR because SoR's variance collapses to 0 far from the sparse points
-(overconfident exactly where a user needs a warning), and over FITC because FITC's
-training-point heteroscedastic correction does not extend to derivative observations.
-With every training environment a sparse point DTC equals the exact GP (tested).
+eq. 20b): ``var = k** - |L_mm^-1 k*|^2 + |R^-T L_mm^-1 k*|^2``: the prior variance not
+captured by the sparse set (the Nyström residual) plus the posterior uncertainty of the
+weights. DTC is chosen over SoR because SoR's variance collapses to 0 far from the
+sparse points (overconfident exactly where a user needs a warning), and over FITC
+because FITC's training-point heteroscedastic correction does not extend to derivative
+observations. With every training environment a sparse point DTC equals the exact GP
+(tested).
 """
 
 from __future__ import annotations
@@ -31,26 +47,36 @@ import jax.scipy.linalg as jsl
 
 from gapfit.errors import GapfitError
 
+# Factors start at FOLD_START * I, not 0: JAX's CPU QR of a zero block stacked on a few
+# rows (rank-deficient, columns of rounding noise) returned NaN for si_zuo2020's
+# energies; 1e-100 keeps it finite and adds 1e-200 to the Gram matrix.
+FOLD_START = 1e-100
+
 
 class Posterior(NamedTuple):
     """Weights and factors of a fitted sparse GP (all (M,) or (M, M))."""
 
     weights: jax.Array  # (M,) so that eps(p) = sum_m w_m k(p, z_m)
     L_mm: jax.Array  # (M, M) lower Cholesky factor of K_mm + jitter I
-    R: jax.Array  # (M, M) upper factor: Sigma = (R^T R)^-1
+    R: jax.Array  # (M, M) upper factor of [B ; I]: Cov(L_mm^T w) = (R^T R)^-1
 
 
-def start(K_mm: jax.Array, jitter: float) -> jax.Array:
-    """``R_aug (M+1, M+1)`` holding the prior rows ``[L_mm^T | 0]``."""
-    M = K_mm.shape[0]
-    L = jnp.linalg.cholesky(K_mm + jitter * jnp.eye(M))
+def prior_factor(K_mm: jax.Array, jitter: float) -> jax.Array:
+    """``L_mm``, lower Cholesky factor of ``K_mm + jitter I``; GapfitError when it is
+    not positive definite."""
+    L = jnp.linalg.cholesky(K_mm + jitter * jnp.eye(K_mm.shape[0]))
     if not bool(jnp.all(jnp.isfinite(L))):
         raise GapfitError(
             "the sparse covariance K_mm is not positive definite (duplicate or nearly "
             "identical sparse points); raise --sparse-jitter (e.g. 1e-6) or lower "
             "n_sparse."
         )
-    return jnp.zeros((M + 1, M + 1)).at[:M, :M].set(L.T)
+    return L
+
+
+def empty_factor(M: int) -> jax.Array:
+    """Factor ``(M+1, M+1)`` of no rows, to fold rows into: ``FOLD_START I``."""
+    return FOLD_START * jnp.eye(M + 1)
 
 
 @jax.jit
@@ -60,38 +86,75 @@ def fold(R_aug: jax.Array, A: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.linalg.qr(stacked, mode="r")[: R_aug.shape[0]]
 
 
-def finish(R_aug: jax.Array, K_mm: jax.Array, jitter: float) -> Posterior:
-    """Weights ``w = R^-1 Q^T b`` from the accumulated factor."""
-    M = K_mm.shape[0]
-    R, Qtb = R_aug[:M, :M], R_aug[:M, M]
+@jax.jit
+def whiten_rows(A: jax.Array, L: jax.Array) -> jax.Array:
+    """``A L^-T`` for rows ``A (r, M)`` and the lower factor ``L (M, M)``."""
+    return jsl.solve_triangular(L, A.T, lower=True).T
+
+
+@jax.jit
+def fold_whitened(
+    R_aug: jax.Array, A: jax.Array, b: jax.Array, L: jax.Array
+) -> jax.Array:
+    """``fold`` of the whitened rows ``[A L^-T | b]``: the fit's streamed step."""
+    return fold(R_aug, whiten_rows(A, L), b)
+
+
+@jax.jit
+def with_prior(R_data: jax.Array) -> jax.Array:
+    """Upper factor ``(M+1, M+1)`` of ``[[I, 0], [R_data]]``: the whitened prior
+    rows added to a factor of whitened data rows."""
+    M = R_data.shape[0] - 1
+    return jnp.linalg.qr(jnp.concatenate([jnp.eye(M, M + 1), R_data]), mode="r")
+
+
+@jax.jit
+def whitened(R_raw: jax.Array, L: jax.Array) -> jax.Array:
+    """``with_prior`` of a factor ``R_raw`` of unwhitened rows ``[K | y]`` (the
+    evidence's statistics), whitened as a whole: less accurate than whitening each
+    chunk (module doc), used where the prior changes after the pass."""
+    M = L.shape[0]
+    return with_prior(jnp.concatenate([whiten_rows(R_raw[:, :M], L), R_raw[:, M:]], 1))
+
+
+def solve(R_aug: jax.Array, L: jax.Array) -> Posterior:
+    """Posterior from the whitened augmented factor ``R_aug (M+1, M+1)`` (prior rows
+    included): ``v = R^-1 Q^T c``, ``w = L^-T v``."""
+    M = L.shape[0]
+    R, Qtc = R_aug[:M, :M], R_aug[:M, M]
     if bool(jnp.any(jnp.abs(jnp.diag(R)) < 1e-300)):
         raise GapfitError(
             "the least-squares system is singular; raise --sparse-jitter."
         )
-    w = jsl.solve_triangular(R, Qtb, lower=False)
-    L = jnp.linalg.cholesky(K_mm + jitter * jnp.eye(M))
+    v = jsl.solve_triangular(R, Qtc, lower=False)
+    w = jsl.solve_triangular(L, v, lower=True, trans="T")
     return Posterior(w, L, R)
 
 
+def finish(R_data: jax.Array, L: jax.Array) -> Posterior:
+    """Weights and factors from the factor ``R_data (M+1, M+1)`` of the whitened data
+    rows (``fold_whitened``) and ``L = L_mm``."""
+    return solve(with_prior(R_data), L)
+
+
 class VarianceFactors(NamedTuple):
-    """``L_mm^-1`` and ``R^-T`` (both (M, M)) for fast predictive variances."""
+    """``L_mm^-1`` and ``R^-T L_mm^-1`` (both (M, M)) for fast predictive variances."""
 
     L_inv: jax.Array
-    R_inv_T: jax.Array
+    posterior: jax.Array
 
 
 def variance_factors(post: Posterior) -> VarianceFactors:
     M = post.R.shape[0]
-    eye = jnp.eye(M)
+    L_inv = jsl.solve_triangular(post.L_mm, jnp.eye(M), lower=True)
     return VarianceFactors(
-        jsl.solve_triangular(post.L_mm, eye, lower=True),
-        jsl.solve_triangular(post.R, eye, lower=False, trans="T"),
+        L_inv, jsl.solve_triangular(post.R, L_inv, lower=False, trans="T")
     )
 
 
 def dtc_variance(prior: jax.Array, k: jax.Array, f: VarianceFactors) -> jax.Array:
     """DTC variance of targets with prior variance ``prior (...)`` and kernel rows
-    ``k (..., M)``: ``max(prior - |L^-1 k|^2, 0) + |R^-T k|^2`` (units of prior)."""
+    ``k (..., M)``: ``max(prior - |L^-1 k|^2, 0) + |R^-T L^-1 k|^2`` (prior's units)."""
     nystrom = jnp.sum((k @ f.L_inv.T) ** 2, axis=-1)
-    posterior = jnp.sum((k @ f.R_inv_T.T) ** 2, axis=-1)
+    posterior = jnp.sum((k @ f.posterior.T) ** 2, axis=-1)
     return jnp.maximum(prior - nystrom, 0.0) + posterior

@@ -97,8 +97,8 @@ def padded(model: Model, capacity: int) -> Model:
     at = soap_columns(model).stop  # insert the padding here
     keep = np.concatenate([np.arange(at), np.arange(at + n_pad, M)])
     jitter = float(model.info["settings"]["sparse_jitter"])
-    w, L, R = np.zeros(M), np.sqrt(jitter) * np.eye(M), np.sqrt(jitter) * np.eye(M)
-    w[keep] = model.posterior.weights  # padding: w = 0, jitter blocks in L_mm and R
+    w, L, R = np.zeros(M), np.sqrt(jitter) * np.eye(M), np.eye(M)
+    w[keep] = model.posterior.weights  # padding: w = 0, jitter block in L_mm, I in R
     L[np.ix_(keep, keep)] = model.posterior.L_mm
     R[np.ix_(keep, keep)] = model.posterior.R
     post = Posterior(jnp.asarray(w), jnp.asarray(L), jnp.asarray(R))
@@ -153,7 +153,7 @@ def prior_model(
     frames: Sequence[Frame | ase.Atoms],
     capacity: int,
 ) -> Model:
-    """A model with the settings of ``gap`` and no data (``w = 0``, ``R = L_mm^T``):
+    """A model with the settings of ``gap`` and no data (``w = 0``, ``R = I``):
     e0 and the 2-body sparse points (as in ``GAP.fit``) from ``frames``, and a SOAP
     term of ``capacity`` padding points, to be filled by ``with_sparse``."""
     frames = as_frames(frames, require=LABELS)

@@ -1,19 +1,21 @@
 """Cheap updates of a fitted GAP: fold new labelled frames into its QR factor.
 
-The fit solves the regularised least squares of ``sparse_gp.py`` through the upper
-factor ``R_aug (M+1, M+1)`` of ``[[L_mm^T, 0], [Lambda^-1/2 K_nm, Lambda^-1/2 y]]``.
-Its first M rows are ``[R | Q^T b]`` with ``Q^T b = R w``, and its last entry, the
-residual norm, changes neither ``R`` nor ``w`` of a later fold. So a model's posterior
-alone rebuilds a factor that is equivalent for all further folds::
+The fit solves the regularised least squares of ``sparse_gp.py`` in whitened
+coordinates ``v = L_mm^T w`` through the upper factor ``R_aug (M+1, M+1)`` of
+``[[I, 0], [Lambda^-1/2 K_nm L_mm^-T, Lambda^-1/2 y]]``. Its first M rows are
+``[R | Q^T c]`` with ``Q^T c = R v``, and its last entry, the residual norm, changes
+neither ``R`` nor ``v`` of a later fold. So a model's posterior alone rebuilds a factor
+that is equivalent for all further folds::
 
-    R_aug = [[R, R w], [0, 0]]                                          (M+1, M+1)
+    R_aug = [[R, R L_mm^T w], [0, 0]]                                    (M+1, M+1)
 
 and new frames' scaled rows (``assembly.scaled_chunks``, with the sigmas, jitter and
-e0 the model was fitted with) are folded into it: O((M + rows) M^2) per chunk instead
-of a pass over all data. With the same data and sparse set the result equals a full
-refit (``refit``) to rounding. New sparse points change ``K_mm`` and every kernel row,
-so they need ``refit``. Bartók & Csányi, IJQC 115, 1051 (2015) (the least squares);
-Golub & Van Loan, Matrix Computations, sec. 6.5 (updating a QR factorisation).
+e0 the model was fitted with), whitened by ``L_mm``, are folded into it:
+O((M + rows) M^2) per chunk instead of a pass over all data. With the same data and
+sparse set the result equals a full refit (``refit``) to rounding. New sparse points
+change ``K_mm`` and every kernel row, so they need ``refit``. Bartók & Csányi, IJQC
+115, 1051 (2015) (the least squares); Golub & Van Loan, Matrix Computations,
+sec. 6.5 (updating a QR factorisation).
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from gapfit.data import Frame, Sigmas, as_frames
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP, _data_summary
 from gapfit.model import Model, chunk_indices
-from gapfit.sparse_gp import finish, fold, start
+from gapfit.sparse_gp import (
+    empty_factor,
+    finish,
+    fold_whitened,
+    prior_factor,
+    solve,
+)
 from gapfit.terms import block_K_mm
 
 LABELS = ("energy", "forces")  # labels every added frame must have
@@ -73,12 +81,13 @@ def refit(
     frames = as_frames(frames, require=LABELS)
     sigmas, jitter = model_sigmas(model)
     K_mm = block_K_mm(model.terms)
-    R_aug = start(K_mm, jitter)
+    L = prior_factor(K_mm, jitter)
+    R_aug = empty_factor(len(K_mm))
     for A, b in _rows(model, frames, sigmas, chunk_atoms, shape):
-        R_aug = fold(R_aug, A, b)
+        R_aug = fold_whitened(R_aug, A, b, L)
     info = {k: v for k, v in model.info.items() if k not in STALE}
     info["data"] = _data_summary(frames) if frames else {}
-    return dataclasses.replace(model, posterior=finish(R_aug, K_mm, jitter), info=info)
+    return dataclasses.replace(model, posterior=finish(R_aug, L), info=info)
 
 
 def update(
@@ -88,22 +97,20 @@ def update(
     shape: list[int] | None = None,
 ) -> Model:
     """The model with ``frames`` added to its training data, by folding their rows
-    into ``R_aug = [[R, R w], [0, 0]]`` (see the module docstring); equal to ``refit``
-    on the old and new frames together. Arguments as for ``refit``."""
+    into ``R_aug = [[R, R L_mm^T w], [0, 0]]`` (see the module docstring); equal to
+    ``refit`` on the old and new frames together. Arguments as for ``refit``."""
     frames = as_frames(frames, require=LABELS)
     if not frames:
         return model
-    sigmas, jitter = model_sigmas(model)
-    R, w = model.posterior.R, model.posterior.weights
+    sigmas, _ = model_sigmas(model)
+    R, L, w = model.posterior.R, model.posterior.L_mm, model.posterior.weights
     M = w.shape[0]
-    R_aug = jnp.zeros((M + 1, M + 1)).at[:M, :M].set(R).at[:M, M].set(R @ w)
+    R_aug = jnp.zeros((M + 1, M + 1)).at[:M, :M].set(R).at[:M, M].set(R @ (L.T @ w))
     for A, b in _rows(model, frames, sigmas, chunk_atoms, shape):
-        R_aug = fold(R_aug, A, b)
+        R_aug = fold_whitened(R_aug, A, b, L)
     info = {k: v for k, v in model.info.items() if k not in STALE}
     info["data"] = _merged(info.get("data", {}), _data_summary(frames))
-    return dataclasses.replace(
-        model, posterior=finish(R_aug, block_K_mm(model.terms), jitter), info=info
-    )
+    return dataclasses.replace(model, posterior=solve(R_aug, L), info=info)
 
 
 def _rows(model, frames, sigmas, chunk_atoms, shape):

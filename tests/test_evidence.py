@@ -44,7 +44,6 @@ from gapfit.errors import GapfitError
 from gapfit.evidence import evidence_and_gradient, log_evidence
 from gapfit.hyperparameters import (
     BOUND,
-    FOLD_START,
     NoiseGroups,
     delta_bounds,
     maximise,
@@ -53,7 +52,7 @@ from gapfit.hyperparameters import (
 from gapfit.kernels import normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import make_batch
-from gapfit.sparse_gp import Posterior, fold
+from gapfit.sparse_gp import FOLD_START, Posterior, fold
 from gapfit.terms import PairTerm, SoapTerm
 
 SIGMAS = Sigmas(0.01, 0.08, 0.03, {}, per_atom=True)

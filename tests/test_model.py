@@ -73,6 +73,24 @@ def test_newer_format_version_is_rejected(fitted, tmp_path):
         Model.load(tmp_path / "new.npz")
 
 
+def test_format_1_file_reads_as_the_same_model(fitted, tmp_path):
+    """Format 1 stored the unwhitened factor ``R_1 = R L_mm^T``; it loads as R."""
+    gap, frames, path = fitted
+
+    def older(m):
+        meta = json.loads(str(m["meta"]))
+        meta["format_version"] = 1
+        m["meta"] = np.array(json.dumps(meta))
+        m["R"] = m["R"] @ m["L_mm"].T
+
+    _rewrite(path, tmp_path / "v1.npz", older)
+    want = gap.model_.predict(frames[:2], std=True)
+    got = Model.load(tmp_path / "v1.npz").predict(frames[:2], std=True)
+    for a, b in zip(want, got, strict=True):
+        for key in ("energy", "forces", "energy_std", "forces_std", "stress_std"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-7, err_msg=key)
+
+
 def test_corrupt_and_foreign_files_are_rejected(fitted, tmp_path):
     _, _, path = fitted
     (tmp_path / "junk.npz").write_bytes(b"\x00not a zip" * 10)

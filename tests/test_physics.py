@@ -245,9 +245,11 @@ def test_cluster_is_finite_has_no_stress_and_is_invariant(
     ):
         assert np.isfinite(res[key]).all(), f"cluster {key} is not finite"
     assert res["energy_std"] > 0 and (res["forces_std"] > 0).all()
-    # net force on an isolated cluster vanishes (translation invariance of E)
+    # net force on an isolated cluster vanishes (translation invariance of E), to
+    # rounding: the sum cancels terms of size |w| |k|, and the weights of an
+    # ill-conditioned K_mm are large
     net = np.abs(res["forces"].sum(axis=0)).max()
-    assert net <= 1e-10 * np.abs(res["forces"]).max(), f"net force {net:.2e}"
+    assert net <= 1e-9 * np.abs(res["forces"]).max(), f"net force {net:.2e}"
     rng = np.random.default_rng(3)
     worst = assert_rotation_invariant(
         fn, cluster, random_rotation(rng), RTOL, rtol_std=RTOL_STD

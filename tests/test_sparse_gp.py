@@ -22,7 +22,7 @@ from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model
 from gapfit.neighbours import make_batch
 from gapfit.soap import SoapSpec, soap
-from gapfit.sparse_gp import finish, fold, start
+from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.terms import PairTerm, SoapTerm
 
 SPEC = SoapSpec(
@@ -131,10 +131,10 @@ def _fit_energies(term, train, y):
     yp = np.zeros(len(batch.config_mask))
     yp[: len(y)] = y
     K_mm = term.K_mm()
+    L = prior_factor(K_mm, JITTER)
+    R = empty_factor(len(K_mm))
     post = finish(
-        fold(start(K_mm, JITTER), rows.energy / SIGMA_E, jnp.asarray(yp) / SIGMA_E),
-        K_mm,
-        JITTER,
+        fold_whitened(R, rows.energy / SIGMA_E, jnp.asarray(yp) / SIGMA_E, L), L
     )
     return Model((term,), SPEC.species, post, {29: 0.0, 79: 0.0})
 
@@ -234,11 +234,12 @@ def test_fold_is_independent_of_chunking(setup):
     K_mm = kernel_block(KERNEL, Z_hat, Z_s, Z_hat, Z_s)
     A = jnp.asarray(rng.normal(size=(30, K_mm.shape[0])))
     bvec = jnp.asarray(rng.normal(size=30))
-    w_all = finish(fold(start(K_mm, 1e-8), A, bvec), K_mm, 1e-8).weights
-    R = start(K_mm, 1e-8)
+    L = prior_factor(K_mm, 1e-8)
+    w_all = finish(fold_whitened(empty_factor(len(K_mm)), A, bvec, L), L).weights
+    R = empty_factor(len(K_mm))
     for k in range(30):
-        R = fold(R, A[k : k + 1], bvec[k : k + 1])
-    w_one = finish(R, K_mm, 1e-8).weights
+        R = fold_whitened(R, A[k : k + 1], bvec[k : k + 1], L)
+    w_one = finish(R, L).weights
     # reference from the normal equations, for this small well-conditioned case only
     L = K_mm + 1e-8 * jnp.eye(K_mm.shape[0])
     w_ref = jnp.linalg.solve(L + A.T @ A, A.T @ bvec)

@@ -12,8 +12,11 @@ import dataclasses
 import numpy as np
 import pytest
 from emt_cells import CAPACITY, SOAP, cu_cells
+from scipy.linalg import solve_triangular
 
 from gapfit import GAP, GapfitError
+from gapfit.assembly import padded_batches, scaled_chunks
+from gapfit.data import as_frames
 from gapfit.selection import greedy_max_det, unit_soap
 from gapfit.sparse_set import (
     PAD,
@@ -23,7 +26,8 @@ from gapfit.sparse_set import (
     prior_model,
     with_sparse,
 )
-from gapfit.update import refit, update
+from gapfit.terms import block_K_mm
+from gapfit.update import LABELS, model_sigmas, refit, update
 
 KEYS = ("energy", "forces", "virial", "energy_std", "forces_std", "virial_std")
 
@@ -71,6 +75,40 @@ def test_update_equals_refit(fitted, cells):
     assert "training_errors" not in both.info  # stale after an update
 
 
+def test_posterior_is_consistent_at_large_delta(cells):
+    """A 2-body term with delta 100 eV (where the evidence puts it when it carries the
+    cohesive energy) makes ``cond(K_mm)`` huge. The whitened factor keeps the
+    posterior right: the weight-space std of each training observation (energy,
+    force and virial component) is at most its noise sigma (it is observed
+    directly), and the weights equal a dense least-squares solve of the whitened
+    system."""
+    frames = as_frames(cells[:4], require=LABELS)
+    gap = GAP(
+        soap=SOAP,
+        distance_2b="cutoff=4.0 delta=100 theta_uniform=1.0 n_sparse=12",
+        default_sigma=(0.0003, 0.002, 0.006, 0.0),
+        e0={"Cu": 0.0},
+        e0_method="explicit",
+    )
+    model = gap.fit(frames).model_
+    sigmas, jitter = model_sigmas(model)
+    K_mm = block_K_mm(model.terms)
+    assert np.linalg.cond(np.asarray(K_mm + jitter * np.eye(len(K_mm)))) > 1e10
+    chunks = [list(range(len(frames)))]
+    batches = padded_batches(frames, chunks, model.species, model.neighbour_cutoff)
+    ((A, b),) = list(scaled_chunks(model, frames, chunks, batches, sigmas))
+    A, b = np.asarray(A), np.asarray(b)
+    P = np.asarray(model.factors.posterior)  # rows A are kernel rows / their sigma
+    assert np.sum((A @ P.T) ** 2, axis=1).max() <= 1.0 + 1e-6  # var <= sigma^2
+    L = np.asarray(model.posterior.L_mm)
+    B = solve_triangular(L, A.T, lower=True).T
+    v = np.linalg.lstsq(
+        np.vstack([B, np.eye(len(L))]), np.r_[b, np.zeros(len(L))], rcond=None
+    )[0]
+    v_fit = L.T @ np.asarray(model.posterior.weights)
+    assert np.abs(v_fit - v).max() <= 1e-9 * np.abs(v).max()
+
+
 def test_padded_model_update_equals_refit(cells):
     gap = GAP(soap=SOAP, e0_method="average")
     prior = prior_model(gap, (29,), cells[:3], CAPACITY)
@@ -88,12 +126,12 @@ def test_padded_model_update_equals_refit(cells):
     assert np.abs(_weights(new) - w).max() <= 1e-8 * np.abs(w).max()
     assert _prediction_gap(new, full, cells[5:7]) <= 1e-8
 
-    # padding is inert: zero weights, decoupled jitter blocks, exact round trip
+    # padding is inert: zero weights, decoupled blocks, exact round trip
     assert np.all(_weights(new)[pad] == 0.0)
-    for M in (new.posterior.R, new.posterior.L_mm):
-        M = np.asarray(M)
+    for M, diag in ((new.posterior.R, 1.0), (new.posterior.L_mm, 1e-4)):
+        M = np.asarray(M)  # whitened prior I in R, sqrt(jitter 1e-8) in L_mm
         assert np.all(M[np.ix_(pad, ~pad)] == 0) and np.all(M[np.ix_(~pad, pad)] == 0)
-        assert np.allclose(np.abs(np.diag(M)[pad]), 1e-4)  # sqrt(jitter 1e-8)
+        assert np.allclose(np.abs(np.diag(M)[pad]), diag)
     small = compact(new)
     assert small.term("soap").n_sparse == len(pick)
     assert small.info["n_sparse"] == {"soap": {"Cu": len(pick)}}
