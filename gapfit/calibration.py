@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from gapfit.model import Model
 
 MIN_VALUES = 10  # fewest held-out values that one map is fitted on
+MIN_CONFIGS = 3  # fewest held-out configurations of a config_type with its own maps
 RELATIVE = ("forces", "virial")  # quantities with a relative term c
 METHOD = "scale_floor_relative"
 VERSION = 1
@@ -232,7 +233,10 @@ def fit_calibration(
     data: Mapping[str, Any] | None = None,
 ) -> Calibration:
     """Fit one map per quantity with >= ``MIN_VALUES`` values (the others keep the
-    DTC std), and with ``per_config_type`` also one per config_type that has as many.
+    DTC std), and with ``per_config_type`` also one per config_type that has as many
+    and ``MIN_CONFIGS`` held-out configurations (counted in ``data["config_types"]``,
+    the ``summary`` of the held-out frames): a map from one configuration describes
+    that configuration, not its kind.
 
     Raises:
         GapfitError: no quantity has ``MIN_VALUES`` held-out values.
@@ -248,11 +252,12 @@ def fit_calibration(
             "give more labelled configurations the model was not fitted on."
         )
     per_type: dict[str, dict[str, StdMap]] = {}
+    configs = dict((data or {}).get("config_types", {}))
     if per_config_type:
         for q, s in samples.items():
             for ct in np.unique(s.config_type):
                 sel = s.config_type == ct
-                if sel.sum() >= MIN_VALUES:
+                if sel.sum() >= MIN_VALUES and configs.get(str(ct), 0) >= MIN_CONFIGS:
                     part = Samples(*(x[sel] for x in s))
                     per_type.setdefault(str(ct), {})[q] = _fit(q, part)
     return Calibration(quantities, per_type, dict(data or {}))

@@ -27,7 +27,7 @@ import numpy as np
 from click.core import ParameterSource
 
 from gapfit import __version__
-from gapfit.calibration import MIN_VALUES, describe, std_samples
+from gapfit.calibration import MIN_CONFIGS, MIN_VALUES, describe, std_samples
 from gapfit.calibration import calibrate as calibrate_model
 from gapfit.data import LabelKeys, check_species, read_frames
 from gapfit.errors import GapfitError
@@ -499,7 +499,8 @@ def fit(
         workers = info["distributed"]["worker_peak_rss_gib"]
         click.echo(
             f"dask: {len(workers)} workers, {info['distributed']['n_shares']} shares; "
-            "worker peak RSS: " + ", ".join(f"{v:.2f}" for v in workers.values())
+            "worker peak RSS: "
+            + ", ".join(f"{v:.2f}" for v in workers.values())
             + " GiB"
         )
     click.echo(format_error_table(gap.training_errors_, "training errors"))
@@ -668,6 +669,15 @@ def predict(
     "atom) and calibration plots (observed vs expected coverage, error vs std) "
     "into DIR (created if needed); implies --std.",
 )
+@click.option(
+    "--std-json",
+    "std_json_file",
+    default=None,
+    metavar="FILE",
+    help="Also write the metrics of the predicted stds as JSON: per quantity and "
+    "std (DTC, calibrated) n, RMSE, MAE (meV/atom, meV/Å), coverage_68, "
+    "coverage_95 (fractions), nll, spearman; implies --std.",
+)
 @label_key_options
 @dask_options
 @_user_errors
@@ -677,18 +687,20 @@ def eval_(
     json_file: str | None,
     with_std: bool,
     plot_dir: str | None,
+    std_json_file: str | None,
     keys: LabelKeys,
     dask: tuple[str | None, int | None],
 ) -> None:
     """Error table (RMSE, MAE per config_type) of the model on labelled FILE."""
     model = Model.load(gp_file)
-    if json_file:
-        _check_writable(json_file, "--json")
+    for path, option in ((json_file, "--json"), (std_json_file, "--std-json")):
+        if path:
+            _check_writable(path, option)
     if plot_dir:
         from gapfit.plots import plot_folder  # matplotlib only when plotting
 
         plot_folder(plot_dir)
-    with_std = with_std or plot_dir is not None
+    with_std = with_std or plot_dir is not None or std_json_file is not None
     frames, preds = _frames_and_predictions(
         model, xyz, keys, ("energy",), with_std, dask
     )
@@ -696,10 +708,9 @@ def eval_(
     click.echo(format_error_table(table, f"errors of {gp_file} on {xyz}"))
     if with_std:
         samples = std_samples(model, frames, preds)
+        stds = uncertainty_table(samples)
         click.echo(
-            format_uncertainty_table(
-                uncertainty_table(samples), f"predicted stds of {gp_file} on {xyz}"
-            )
+            format_uncertainty_table(stds, f"predicted stds of {gp_file} on {xyz}")
         )
     if plot_dir:
         from gapfit.plots import write_plots
@@ -709,6 +720,9 @@ def eval_(
     if json_file:
         atomic_write(json_file, (json.dumps(table, indent=1) + "\n").encode())
         click.echo(f"wrote {json_file}")
+    if std_json_file:
+        atomic_write(std_json_file, (json.dumps(stds, indent=1) + "\n").encode())
+        click.echo(f"wrote {std_json_file}")
 
 
 # ------------------------------------------------------------------------------------
@@ -732,7 +746,8 @@ def eval_(
     "--per-config-type",
     is_flag=True,
     help=f"Also fit one calibration per config_type that has >= {MIN_VALUES} values "
-    "of a quantity; other config_types use the global one.",
+    f"of a quantity in >= {MIN_CONFIGS} configurations; other config_types use the "
+    "global one.",
 )
 @label_key_options
 @_user_errors
@@ -979,6 +994,12 @@ def info(gp_file: str) -> None:
     show_default=True,
     help="Full refit after this many labels (else rank updates).",
 )
+@click.option(
+    "--optimise-hyperparameters",
+    is_flag=True,
+    help="At each refit after --refit-every labels, choose each term's delta and "
+    "the sigmas again by the DTC evidence on all labelled frames.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --workdir.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
@@ -1032,7 +1053,8 @@ def learn(**options: Any) -> None:
             sparse_jitter=o["sparse_jitter"],
             rnd_seed=o["rnd_seed"],
             keys=LabelKeys(),
-        )
+        ),
+        optimise_hyperparameters=o["optimise_hyperparameters"],
     )
     common = {
         "labeller_kwargs": o["labeller_kwargs"],

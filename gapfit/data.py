@@ -559,7 +559,7 @@ def parse_e0(text: str) -> dict[int, float]:
     return out
 
 
-def _atomic_number(key: int | str) -> int:
+def atomic_number(key: int | str) -> int:
     """Atomic number of an e0 key: a number (29, "29") or a symbol ("Cu")."""
     if str(key).isdigit():
         return int(key)
@@ -668,7 +668,7 @@ def e0_from_counts(
             for k in reversed(labelled)
             if config_types[k] == "isolated_atom" and counts[k].sum() == 1
         }
-    given = {_atomic_number(z): v for z, v in (explicit or {}).items()}
+    given = {atomic_number(z): v for z, v in (explicit or {}).items()}
     e0.update({z: v for z, v in given.items() if z in species})
     missing = [z for z in species if z not in e0]
     if missing and method == "isolated":

@@ -35,15 +35,7 @@ from gapfit.data import Frame, LabelKeys, Sigmas, as_frames, fit_e0, read_frames
 from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
 from gapfit.dscribe_backend import check_backend, soap_values
 from gapfit.errors import GapfitError
-from gapfit.hyperparameters import (
-    NoiseGroups,
-    maximise,
-    optimise_mode,
-    optimised_model,
-    report,
-    settings_at,
-    statistics,
-)
+from gapfit.hyperparameters import optimise, optimise_mode
 from gapfit.kernels import DotProductKernel, normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import Batch
@@ -185,24 +177,26 @@ class GAP:
             ):
                 R_aug = fold_whitened(R_aug, A, b, L)
             model.posterior = finish(R_aug, L)
+            timings["solve"] = time.perf_counter() - t0
+            memory["solve"] = peak_rss_gib()
         else:  # rows folded per noise group; weights once delta and sigmas are chosen
-            groups = NoiseGroups.of(frames, mode == "per_config_type")
-            stats = statistics(
-                model, frames, chunks, batches, sigmas, groups, K_mm, self.progress
+            given = (self.default_sigma, self.config_type_sigma)
+            best = optimise(
+                model,
+                frames,
+                chunks,
+                batches,
+                sigmas,
+                given,
+                mode,
+                self.sparse_jitter,
+                self.progress,
             )
-        timings["solve"] = time.perf_counter() - t0
-        memory["solve"] = peak_rss_gib()
-        if mode is not None:
-            t0 = time.perf_counter()
-            opt = maximise(stats, self.sparse_jitter)
-            sigma = (self.default_sigma, self.config_type_sigma)
-            initial = settings_at(model, groups, None, *sigma)
-            model = optimised_model(model, stats, opt, self.sparse_jitter)
-            final = settings_at(model, groups, opt.log_s, *sigma)
+            model, final = best.model, best.final
             soap = soap and {**soap, "delta": final["delta"]["soap"]}
             pair = pair and {**pair, "delta": final["delta"]["distance_2b"]}
-            timings["hyperparameters"] = time.perf_counter() - t0
-            memory["hyperparameters"] = peak_rss_gib()
+            timings.update(best.seconds)
+            memory["solve"] = memory["hyperparameters"] = peak_rss_gib()
 
         model.info = {
             **self._info(soap, pair),
@@ -214,7 +208,7 @@ class GAP:
                 default_sigma=final["default_sigma"],
                 config_type_sigma=final["config_type_sigma"],
             )
-            model.info["hyperparameters"] = report(opt, groups, stats, initial, final)
+            model.info["hyperparameters"] = best.record
         self.model_ = model
         t0 = time.perf_counter()
         preds = model.predict(

@@ -15,7 +15,10 @@ per labelled frame and the SOAP ``n_sparse`` per element, each with a residual v
 above ``sparse_tol delta^2``; it is held at that capacity by padding, so the kernels
 compile once per run. New frames are folded into the QR factor (``update.update``)
 unless sparse points were added or ``refit_every`` labels passed since the last full
-refit (``update.refit``); both give the same model to rounding.
+refit (``update.refit``); both give the same model to rounding. With the ``GAP``'s
+``optimise_hyperparameters``, each refit after ``refit_every`` labels also re-chooses
+every term's delta and the sigmas by the evidence on all labelled frames
+(``update.reoptimised``, starting from the current values).
 
 Pool mode (``learn_pool``): ``n_seed`` random pool structures are labelled first. Each
 step scores every unlabelled structure by the DTC std of its energy per atom (eV/atom;
@@ -53,9 +56,10 @@ from tqdm.auto import tqdm
 
 from gapfit.calculator import GAPCalculator
 from gapfit.curve import curve_csv, format_curve, plot_curve, test_errors
-from gapfit.data import Frame, frames_from_atoms
+from gapfit.data import Frame, atomic_number, frames_from_atoms
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP, _specs
+from gapfit.hyperparameters import optimise_mode
 from gapfit.labeller import LabelFailure, label, make_labeller, parse_kwargs
 from gapfit.model import Model, atomic_write
 from gapfit.samplers import MDSampler, RelaxSampler, atoms_from_arrays, sampler_arrays
@@ -74,7 +78,7 @@ from gapfit.sparse_set import (
     prior_model,
     with_sparse,
 )
-from gapfit.update import refit, update
+from gapfit.update import refit, reoptimised, update
 from gapfit.workdir import Workdir, read_xyz_text, xyz_text
 
 GAP_KEYS = (
@@ -88,6 +92,7 @@ GAP_KEYS = (
     "sparse_jitter",
     "rnd_seed",
     "descriptor_backend",
+    "optimise_hyperparameters",
 )
 Callback = Callable[[dict], None]
 
@@ -102,12 +107,8 @@ def gap_settings(gap: GAP | None) -> dict:
         k: [float(x) for x in v] for k, v in (out["config_type_sigma"] or {}).items()
     }
     if out["e0"] is not None:
-        out["e0"] = {str(_atomic_number(z)): float(v) for z, v in out["e0"].items()}
+        out["e0"] = {str(atomic_number(z)): float(v) for z, v in out["e0"].items()}
     return out
-
-
-def _atomic_number(z: int | str) -> int:
-    return ase.data.atomic_numbers[z] if isinstance(z, str) else int(z)
 
 
 def _gap(settings: dict) -> GAP:
@@ -310,11 +311,14 @@ class Learner:
         everything = self.frames + frames
         # one frame per chunk: batches of one shape per frame size, one compilation
         kw = {"chunk_atoms": 1, "shape": self.shape}
-        if len(pick):
-            model = with_sparse(self.model, X_hat[pick], s[pick])
-            self.model, how = refit(model, everything, **kw), "refit"
-        elif self.since_refit + len(new) >= settings["refit_every"]:
-            self.model, how = refit(self.model, everything, **kw), "refit"
+        model = with_sparse(self.model, X_hat[pick], s[pick]) if len(pick) else None
+        mode = optimise_mode(self.gap.optimise_hyperparameters)
+        due = self.since_refit + len(new) >= settings["refit_every"]
+        if due and mode:  # the scheduled refit re-chooses delta and sigmas
+            model = model or self.model
+            self.model, how = reoptimised(model, everything, mode, **kw), "refit"
+        elif model is not None or due:
+            self.model, how = refit(model or self.model, everything, **kw), "refit"
         else:
             self.model, how = update(self.model, frames, **kw), "update"
         self.since_refit = 0 if how == "refit" else self.since_refit + len(new)

@@ -103,7 +103,8 @@ def collect(
     Args:
         frames: labelled frames. preds: ``Model.predict(frames, std=True)``.
         suffix: which std to take: ``"_std"`` or ``"_std_raw"`` (DTC, calibrated
-            models only).
+            models only; a quantity that the calibration does not cover has no
+            ``_std_raw``: its ``_std`` is the DTC one and is taken).
 
     Returns:
         {quantity: Samples} for the quantities with at least one label.
@@ -121,12 +122,13 @@ def collect(
         if f.config_type == "isolated_atom":
             continue
         n = len(f.numbers)
+        std = {q: p.get(q + suffix, p[q + "_std"]) for q in QUANTITIES}
         if f.energy is not None:
-            add("energy", f, f.energy, p["energy"], p["energy" + suffix], n)
+            add("energy", f, f.energy, p["energy"], std["energy"], n)
         if f.forces is not None:
-            add("forces", f, f.forces, p["forces"], p["forces" + suffix], 1)
+            add("forces", f, f.forces, p["forces"], std["forces"], 1)
         if f.virial is not None:
-            v = p["virial" + suffix]
+            v = std["virial"]
             add("virial", f, f.virial[voigt], p["virial"][voigt], v[voigt], n)
     out = {}
     for q, rows in parts.items():

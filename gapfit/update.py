@@ -30,6 +30,7 @@ from gapfit.assembly import batch_shape, padded_batches, scaled_chunks
 from gapfit.data import Frame, Sigmas, as_frames
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP, _data_summary
+from gapfit.hyperparameters import optimise
 from gapfit.model import Model, chunk_indices
 from gapfit.sparse_gp import (
     empty_factor,
@@ -113,16 +114,58 @@ def update(
     return dataclasses.replace(model, posterior=solve(R_aug, L), info=info)
 
 
-def _rows(model, frames, sigmas, chunk_atoms, shape):
-    """Scaled rows of ``frames`` chunk by chunk (batches padded to ``shape``)."""
+def reoptimised(
+    model: Model,
+    frames: Sequence[Frame | ase.Atoms],
+    mode: str = "quantity",
+    chunk_atoms: int = 512,
+    shape: list[int] | None = None,
+) -> Model:
+    """``refit`` with each term's delta and the sigmas chosen again by the evidence
+    on ``frames`` (``hyperparameters.optimise``; same sparse set), starting from the
+    model's own, then solved by ``refit`` (a second pass); the chosen values replace
+    its stored settings, so later ``update`` calls use them. ``mode``: "quantity"
+    or "per_config_type"; other arguments as for ``refit``."""
+    frames = as_frames(frames, require=LABELS)
     if not frames:
-        return []
+        raise GapfitError("re-optimising the hyperparameters needs labelled frames.")
+    sigmas, jitter = model_sigmas(model)
+    settings = model.info["settings"]
+    given = (settings["default_sigma"], settings.get("config_type_sigma") or None)
+    chunks, batches = _batches(model, frames, chunk_atoms, shape)
+    best = optimise(model, frames, chunks, batches, sigmas, given, mode, jitter)
+    info = {k: v for k, v in model.info.items() if k not in STALE}
+    info["settings"] = {
+        **settings,
+        **{
+            name: {**settings[name], "delta": delta}
+            for name, delta in best.final["delta"].items()
+        },
+        "default_sigma": best.final["default_sigma"],
+        "config_type_sigma": best.final["config_type_sigma"],
+    }
+    info["hyperparameters"] = best.record
+    # solved again by the fit's own pass (rows whitened per chunk): the optimum's
+    # factor, whitened as a whole, is accurate to ~1e-7 only (sparse_gp.whitened)
+    return refit(dataclasses.replace(best.model, info=info), frames, chunk_atoms, shape)
+
+
+def _batches(model, frames, chunk_atoms, shape):
+    """Chunks of ``frames`` and their batches (padded to ``shape``, raised in place)."""
     chunks = chunk_indices([len(f.numbers) for f in frames], chunk_atoms)
     batches = padded_batches(
         frames, chunks, model.species, model.neighbour_cutoff, shape or (0, 0, 0)
     )
     if shape is not None:
         shape[:] = batch_shape(batches[0])  # all batches have this shape
+    return chunks, batches
+
+
+def _rows(model, frames, sigmas, chunk_atoms, shape):
+    """Scaled rows of ``frames`` chunk by chunk (batches padded to ``shape``)."""
+    if not frames:
+        return []
+    chunks, batches = _batches(model, frames, chunk_atoms, shape)
     return scaled_chunks(model, frames, chunks, batches, sigmas)
 
 

@@ -17,14 +17,23 @@ from test_cli import SOAP, cu_cell, emt_labelled, fails_cleanly, invoke
 
 from gapfit import GAPCalculator, GapfitError, Model
 from gapfit.calibration import (
+    MIN_CONFIGS,
     Calibration,
     StdMap,
     calibrate,
     calibrated_std,
+    fit_calibration,
     fit_std_map,
 )
 from gapfit.data import read_frames
-from gapfit.uncertainty import coverage, metrics, nll, spearman, uncertainty_table
+from gapfit.uncertainty import (
+    Samples,
+    coverage,
+    metrics,
+    nll,
+    spearman,
+    uncertainty_table,
+)
 
 N_HELD = 12  # held-out configs: >= MIN_VALUES energies, so every quantity is fitted
 
@@ -95,6 +104,22 @@ def test_fit_without_noise_gives_no_floor() -> None:
 def test_fit_refuses_zero_errors() -> None:
     with pytest.raises(GapfitError, match="all zero"):
         fit_std_map(np.zeros(20), np.ones(20), np.ones(20))
+
+
+def test_config_type_maps_need_several_configurations() -> None:
+    """A config_type with enough values but one held-out configuration keeps the
+    global map; one with MIN_CONFIGS configurations gets its own."""
+    rng = np.random.default_rng(4)
+    n = 600
+    ct = np.array(["few"] * 300 + ["many"] * 300)
+    std = rng.uniform(0.5, 2.0, n)
+    error = std * rng.normal(size=n) * np.where(ct == "few", 3.0, 1.0)
+    samples = {"forces": Samples(np.zeros(n), error, std, np.ones(n), ct)}
+    data = {"config_types": {"few": 1, "many": MIN_CONFIGS}}
+    cal = fit_calibration(samples, per_config_type=True, data=data)
+    assert set(cal.per_config_type) == {"many"}
+    assert cal.get("forces", "few") == cal.quantities["forces"]
+    assert cal.get("forces", "many") != cal.quantities["forces"]
 
 
 def test_coverage_analytic() -> None:
@@ -367,3 +392,38 @@ def test_eval_plot_writes_pngs(data, calibrated, tmp_path: Path) -> None:
     assert "predicted stds of" in out and "cov95" in out
     rows = [line.split()[:2] for line in out.splitlines() if line.startswith("forces")]
     assert rows == [["forces", "DTC"], ["forces", "calibrated"]]
+
+
+def test_eval_std_json_with_a_partial_calibration(data, tmp_path: Path) -> None:
+    """Calibrated on 4 held-out configs, forces (384 values) and virials (24) get a
+    map while the energies (4 < MIN_VALUES) keep their DTC std; ``eval --std-json``
+    reports both stds of every quantity."""
+    held = tmp_path / "held4.xyz"
+    ase.io.write(held, ase.io.read(data / "held.xyz", ":4"))
+    model = tmp_path / "partial.npz"
+    result = invoke(
+        "calibrate", "--gp-file", data / "model.npz", held, "--output", model
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "note: energy not calibrated" in result.stdout
+    js = tmp_path / "stds.json"
+    result = invoke("eval", "--gp-file", model, data / "test.xyz", "--std-json", js)
+    assert result.exit_code == 0, (result.output, result.exception)
+    table = json.loads(js.read_text())
+    assert {q: set(rows) for q, rows in table.items()} == {
+        q: {"DTC", "calibrated"} for q in ("energy", "forces", "virial")
+    }
+    assert table["energy"]["DTC"] == table["energy"]["calibrated"]
+    assert table["forces"]["DTC"]["nll"] != table["forces"]["calibrated"]["nll"]
+    # the stored coverage is that of the calibrated force stds of a direct prediction
+    frames = read_frames(data / "test.xyz")
+    preds = Model.load(model).predict(frames, std=True)
+    ratio = np.concatenate(
+        [
+            np.ravel(np.abs(p["forces"] - f.forces) / p["forces_std"])
+            for f, p in zip(frames, preds, strict=True)
+        ]
+    )
+    want = np.mean(ratio <= ndtri(0.975))
+    assert table["forces"]["calibrated"]["coverage_95"] == pytest.approx(want)
+    assert table["forces"]["calibrated"]["n"] == ratio.size

@@ -27,7 +27,7 @@ from gapfit.sparse_set import (
     with_sparse,
 )
 from gapfit.terms import block_K_mm
-from gapfit.update import LABELS, model_sigmas, refit, update
+from gapfit.update import LABELS, model_sigmas, refit, reoptimised, update
 
 KEYS = ("energy", "forces", "virial", "energy_std", "forces_std", "virial_std")
 
@@ -107,6 +107,40 @@ def test_posterior_is_consistent_at_large_delta(cells):
     )[0]
     v_fit = L.T @ np.asarray(model.posterior.weights)
     assert np.abs(v_fit - v).max() <= 1e-9 * np.abs(v).max()
+
+
+def test_reoptimised_equals_an_optimising_fit(fitted, cells):
+    """Re-choosing delta and sigmas on a fitted model's data and sparse set gives
+    the model that ``GAP(optimise_hyperparameters=True).fit`` gives on that data,
+    and stores the chosen sigmas, so that later updates use them."""
+    gap = GAP(soap=SOAP, e0_method="average", optimise_hyperparameters=True)
+    want = gap.fit(cells[:3]).model_
+    got = reoptimised(fitted, cells[:3], chunk_atoms=1)
+    final, ref = got.info["hyperparameters"]["final"], want.info["hyperparameters"]
+    assert final["delta"]["soap"] != 1.0  # it moved from the default
+    np.testing.assert_allclose(
+        final["delta"]["soap"], ref["final"]["delta"]["soap"], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        final["default_sigma"], ref["final"]["default_sigma"], rtol=1e-4
+    )
+    assert got.info["settings"]["soap"]["delta"] == final["delta"]["soap"]
+    assert got.info["settings"]["default_sigma"] == final["default_sigma"]
+    for a, b in zip(got.predict(cells[5:7]), want.predict(cells[5:7]), strict=True):
+        np.testing.assert_allclose(a["forces"], b["forces"], rtol=0, atol=1e-5)
+    # later updates fold with the chosen sigmas: equal to a refit with them
+    new, full = (
+        update(got, cells[3:4], chunk_atoms=1),
+        refit(got, cells[:4], chunk_atoms=1),
+    )
+    assert _prediction_gap(new, full, cells[5:7]) <= 1e-6  # smaller sigmas than above
+    stale = dataclasses.replace(
+        got, info={**got.info, "settings": fitted.info["settings"]}
+    )
+    assert (
+        _prediction_gap(update(stale, cells[3:4], chunk_atoms=1), full, cells[5:7])
+        > 1e-4
+    )
 
 
 def test_padded_model_update_equals_refit(cells):
