@@ -228,6 +228,29 @@ def test_isolated_atom_e0(tmp_path):
     assert learner.model.info["settings"]["e0_method"] == "isolated"
 
 
+def test_scheduled_refit_reoptimises_hyperparameters(tmp_path):
+    """With ``optimise_hyperparameters`` the refit after ``refit_every`` labels
+    re-chooses delta and sigmas: stored in the model and in its settings."""
+    settings = GAP(soap=SOAP, e0_method="average", optimise_hyperparameters=True)
+    learner = learn_pool(
+        tmp_path / "run",
+        "emt",
+        cu_cells(8, seed=51, labelled=False),
+        settings,
+        n_seed=2,
+        batch_size=2,
+        budget=6,
+        refit_every=2,
+        progress=False,
+    )
+    record = learner.model.info["hyperparameters"]
+    assert record["observations"]["energy"] == len(learner.labelled) == 6
+    final = record["final"]
+    assert final["delta"]["soap"] != 1.0
+    assert learner.model.info["settings"]["soap"]["delta"] == final["delta"]["soap"]
+    assert learner.model.info["settings"]["default_sigma"] == final["default_sigma"]
+
+
 def test_pool_resume_after_kill(pool_run, tmp_path):
     reference, _ = pool_run
     workdir = tmp_path / "run"
