@@ -162,6 +162,7 @@ class Model:
         return out
 
     def _unpack(self, sel, batch, mean, sd) -> list[dict]:
+        mean, sd = jax.device_get((mean, sd))  # numpy: no dispatch per slice
         e0 = np.array([self.e0[z] for z in self.species])
         res, a0 = [], 0
         for c, s in enumerate(sel):
