@@ -369,7 +369,7 @@ def as_frames(
     return frames_from_atoms(items, keys, require, source)
 
 
-def _scan_extxyz(name: str) -> tuple[list[int], list[int]]:
+def scan_extxyz(name: str) -> tuple[list[int], list[int]]:
     """1-based header line and atom count of each config, checking the atom counts
     the way ASE's reader indexes the file, so that structural errors can be located."""
     with open(name) as fh:
@@ -437,7 +437,7 @@ def config_sizes(path: str | os.PathLike) -> list[int]:
             f"{name}: only extxyz files (.xyz, .extxyz) can be split by index for "
             "workers; convert it with ase.io.write(..., format='extxyz')."
         )
-    return _scan_extxyz(name)[1]
+    return scan_extxyz(name)[1]
 
 
 def read_frames(
@@ -469,7 +469,7 @@ def read_frames(
     sel = slice(sel, (sel + 1) or None) if isinstance(sel, int) else sel
     pairs: list[tuple[str, ase.Atoms]] = []
     if os.path.splitext(name)[1].lower() in (".xyz", ".extxyz"):
-        headers, _ = _scan_extxyz(name)
+        headers, _ = scan_extxyz(name)
         reader = ase.io.iread(name, sel, "extxyz", do_not_split_by_at_sign=True)
         for k in range(len(headers))[sel]:
             where = f"{name}, config {k} (line {headers[k]})"

@@ -47,7 +47,7 @@ from ase.data import chemical_symbols
 
 from gapfit import GAP, Model
 from gapfit.calibration import MIN_CONFIGS, MIN_VALUES
-from gapfit.data import LabelKeys, _scan_extxyz, read_frames
+from gapfit.data import LabelKeys, read_frames, scan_extxyz
 from gapfit.model import atomic_write
 from gapfit.report import error_table
 
@@ -212,7 +212,7 @@ def label_options(keys: LabelKeys) -> list[str]:
 # ---- files --------------------------------------------------------------------------
 def config_blocks(path: Path) -> list[str]:
     """The verbatim extxyz text of each configuration of ``path``."""
-    headers, _ = _scan_extxyz(str(path))
+    headers, _ = scan_extxyz(str(path))
     lines = path.read_text().splitlines(keepends=True)
     bounds = [h - 1 for h in headers] + [len(lines)]
     return ["".join(lines[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

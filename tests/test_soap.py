@@ -2,7 +2,7 @@
 
 References (independent computations):
 * ``dscribe.descriptors.SOAP`` (C++), called with ``SoapSpec.dscribe_kwargs()``;
-* the fixed values R1-R4 of /work/shared/notes/soap-dscribe.md section 9 (dscribe
+* the fixed values R1-R4 of the project notes on dscribe SOAP, section 9 (dscribe
   2.1.2, scipy 1.17.1, explicit structures);
 * the addition theorem of spherical harmonics for ``solid_harmonics``.
 Tolerance for dscribe: ``max|p - d| / max|d| <= 1e-8`` over the whole output.
