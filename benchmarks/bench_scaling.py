@@ -31,7 +31,7 @@ from bench_fit import recipe  # noqa: E402
 
 from gapfit.cluster import dask_client  # noqa: E402
 from gapfit.data import config_sizes, read_frames  # noqa: E402
-from gapfit.fit import peak_rss_gib  # noqa: E402
+from gapfit.memory import peak_rss_gib  # noqa: E402
 from gapfit.model import Model  # noqa: E402
 
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, Sigmas
+from gapfit.memory import release_freed
 from gapfit.model import Model
 from gapfit.neighbours import Batch, make_batch, pad_batch
 
@@ -109,3 +110,5 @@ def scaled_chunks(
         rows = model.rows(batch_arrays(batch))
         sel = [frames[k] for k in chunk]
         yield scaled_rows(rows, batch, sel, sigmas, model.e0, model.species)
+        del rows
+        release_freed()  # the chunk's XLA buffers, or RSS grows chunk by chunk

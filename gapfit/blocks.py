@@ -24,8 +24,10 @@ import jax.numpy as jnp
 from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
 from gapfit.neighbours import Batch
 from gapfit.soap import (
+    PAIR_BLOCK,
     SoapSpec,
     coefficients,
+    pair_blocks,
     pair_contraction,
     pair_derivatives,
     power_spectrum,
@@ -100,8 +102,8 @@ def design_rows(
 ) -> Rows:
     """Kernel rows of every energy, force and virial of a batch (see module doc).
 
-    Pairs are processed in blocks of ``PAIR_BLOCK`` (a ``lax.scan`` accumulating the
-    force and virial rows), so memory is O(A M + block x (F + M)), not O(P M).
+    Pairs are processed in blocks of ``soap.PAIR_BLOCK`` (a ``lax.scan`` accumulating
+    the force and virial rows), so memory is O(A M + block x (F + M)), not O(P M).
 
     Args:
         Z_hat: (M, F) unit SOAP vectors of the sparse points.
@@ -114,16 +116,8 @@ def design_rows(
     p_hat, norm = normalise(power_spectrum(spec, c))
     q, a, local, energy = _atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
     A, C, M = p_hat.shape[0], b["config_mask"].shape[0], Z_hat.shape[0]
-    P = b["D"].shape[0]
-    n_blocks = -(-P // PAIR_BLOCK)
-    pad = n_blocks * PAIR_BLOCK - P
     keys = ("D", "centre", "neighbour", "neighbour_species", "pair_mask", "pair_config")
-    blocks = {  # padded pairs are masked; D = (1, 1, 1) keeps them away from r = 0
-        k: jnp.pad(
-            b[k], [(0, pad)] + [(0, 0)] * (b[k].ndim - 1), constant_values=k == "D"
-        ).reshape(n_blocks, PAIR_BLOCK, *b[k].shape[1:])
-        for k in keys
-    }
+    blocks = pair_blocks({k: b[k] for k in keys})  # padded pairs are masked
 
     def body(carry, blk):
         dP = pair_derivatives(
@@ -136,9 +130,6 @@ def design_rows(
     zeros = (jnp.zeros((A, 3, M)), jnp.zeros((C, 6, M)))
     (forces, virial), _ = jax.lax.scan(body, zeros, blocks)
     return Rows(energy, forces, virial, local)
-
-
-PAIR_BLOCK = 2048  # pairs per block of the force/virial rows (memory knob)
 
 
 def _atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b):
@@ -199,9 +190,19 @@ def predict_mean(
         return jnp.sum(local), local
 
     dE_dc, local = jax.grad(energy, has_aux=True)(c)  # (A, S, N, LM)
-    u = dE_dc[b["centre"], b["neighbour_species"]] * b["pair_mask"][:, None, None]
 
-    grad = jax.grad(lambda D: jnp.sum(pair_contraction(spec, D, u)))(b["D"])  # (P, 3)
+    def pair_grad(blk: dict) -> jax.Array:  # dE/dD (pairs, 3) of a block of pairs
+        u = dE_dc[blk["centre"], blk["neighbour_species"]]
+        u = u * blk["pair_mask"][:, None, None]
+        return jax.grad(lambda D: jnp.sum(pair_contraction(spec, D, u)))(blk["D"])
+
+    keys = ("D", "centre", "neighbour_species", "pair_mask")
+    P = b["D"].shape[0]
+    if P <= PAIR_BLOCK:
+        grad = pair_grad({k: b[k] for k in keys})
+    else:  # blocks of pairs: memory O(block N LM), not O(P N LM)
+        grad = jax.lax.map(pair_grad, pair_blocks({k: b[k] for k in keys}))
+        grad = grad.reshape(-1, 3)[:P]
     forces, virial = forces_and_virials(grad, b)
     energy_c = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
     return Mean(local, energy_c, forces, virial)

@@ -70,8 +70,9 @@ from gapfit.data import (
 from gapfit.distance_2b import pair_points_in_ranges, pair_ranges
 from gapfit.dscribe_backend import check_backend
 from gapfit.errors import GapfitError
-from gapfit.fit import GAP, _specs, data_part, merge_data_parts, peak_rss_gib
+from gapfit.fit import GAP, _specs, data_part, merge_data_parts
 from gapfit.kernels import normalise
+from gapfit.memory import peak_rss_gib
 from gapfit.model import Model
 from gapfit.neighbours import Batch
 from gapfit.report import error_sums, merge_error_sums, table_from_sums

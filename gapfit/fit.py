@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import resource
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,6 +35,7 @@ from gapfit.dscribe_backend import check_backend, soap_values
 from gapfit.errors import GapfitError
 from gapfit.hyperparameters import optimise, optimise_mode
 from gapfit.kernels import DotProductKernel, normalise
+from gapfit.memory import peak_rss_gib, release_freed
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import Batch
 from gapfit.report import error_table
@@ -346,6 +345,7 @@ class GAP:
                         len(species),
                     )
                 )
+            release_freed()
 
         def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
             return np.concatenate(parts) if parts else empty
@@ -356,14 +356,6 @@ class GAP:
             joined(r, np.zeros(0)),
             joined(t, np.zeros(0, np.int64)),
         )
-
-
-def peak_rss_gib() -> float:
-    """Peak resident set size of this process so far, GiB (``ru_maxrss`` is KiB on
-    Linux, bytes on macOS). It never decreases: after a stage it is the peak of the
-    process up to the end of that stage, earlier work in the same process included."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
 def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> dict:

@@ -33,6 +33,7 @@ import numpy as np
 from gapfit.blocks import Mean, Rows, batch_arrays, rows_mean
 from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
+from gapfit.memory import release_freed
 from gapfit.neighbours import Batch, Structure, incoming, make_batch, pad_batch
 from gapfit.sparse_gp import Posterior, VarianceFactors, variance_factors, whiten_rows
 from gapfit.terms import TERM_TYPES, Term
@@ -159,6 +160,8 @@ class Model:
             mean, sd = self.mean_and_std(batch, b, k) if std else (self.mean(b), None)
             sel = [structures[k] for k in g]
             out.extend(self._unpack(sel, batch, mean, sd))
+            if len(batches) > 1:
+                release_freed()  # the batch's XLA buffers (see gapfit.memory)
         return out
 
     def _unpack(self, sel, batch, mean, sd) -> list[dict]:

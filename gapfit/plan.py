@@ -63,13 +63,13 @@ from typing import TYPE_CHECKING
 import ase
 import numpy as np
 
-from gapfit.blocks import PAIR_BLOCK
 from gapfit.data import Frame, fit_e0
 from gapfit.distance_2b import pair_type
 from gapfit.errors import GapfitError
 from gapfit.fit import _specs
 from gapfit.model import chunk_indices
 from gapfit.neighbours import _canonical, bucket, pairs
+from gapfit.soap import PAIR_BLOCK
 from gapfit.sparsify import select_sparse
 
 if TYPE_CHECKING:
