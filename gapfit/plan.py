@@ -5,8 +5,8 @@ builds their neighbour lists (vesin), but computes no descriptor or kernel and c
 nothing. Sizes follow ``GAP.fit``: chunks of configurations (``chunk_indices``), each
 padded (``neighbours.bucket``) to ``A`` atoms, ``P`` pairs and ``C`` configurations;
 ``F`` SOAP features, ``N = n_max``, ``LM = (l_max + 1)^2``, ``S`` species, ``M`` sparse
-points of all terms (``M_2b`` of the 2-body term), ``B = PAIR_BLOCK`` pairs per block of
-``design_rows``, ``rows = 3A + 7C`` observations per chunk, ``n`` distinct padded
+points of all terms (``M_2b`` of the 2-body term), ``B = soap.PAIR_BLOCK`` pairs per
+block of the per-pair work, ``rows = 3A + 7C`` observations per chunk, ``n`` distinct padded
 chunk shapes (jit compiles every kernel once per shape).
 
 Peak resident set size (ru_maxrss; bytes, float64 = 8 B): the largest over the stages
@@ -23,7 +23,7 @@ of ``base + runtime + code + data + transient``, where
     transient  of the largest padded chunk (XLA temp + outputs: the coefficients are
                the fits of ``compiled.memory_analysis()`` over a grid of shapes, i.e.
                how many copies of each array XLA keeps alive):
-      descriptors      1.38 (P, N, LM) pair expansions summed into the coefficients,
+      descriptors      1.38 (B, N, LM) pair expansions summed into the coefficients,
                        + X once more (chunk list and concatenated matrix)
       sparsify         k_s (n_species_env, F): select_sparse's normalised, rounded,
                        sorted copies and the SVD of X_hat (k_s fitted)
@@ -33,8 +33,9 @@ of ``base + runtime + code + data + transient``, where
                        LM) coefficients + outputs (4A + 7C, M); pair_rows 8.04 (P, M_2b)
                        + 2.1 (A, 3, M_2b) + 6 (C, 9, M_2b); scaled rows (rows, M) x2;
                        QR input 1.63 (M + 1 + rows, M + 1)
-      training_errors  predict_mean 3.34 (P, N, LM) + 0.55 (P, L+1, N) + 85 P
-                       (reverse pass over every pair's expansion) + pair_mean 2.0
+      training_errors  predict_mean 3.34 (B, N, LM) + 0.55 (B, L+1, N) + 85 B
+                       (reverse pass over a block of pairs' expansions) + 2.1 (A, M)
+                       + 37 P (pair gradients, forces, virials) + pair_mean 2.0
                        (P, M_2b) + 35 P at the elementwise-largest padded shape
                        (``Model.predict`` pads all batches to one shape, one compile)
                        + the arrays of all batches (80 B per pair, 32 B per atom)
@@ -374,7 +375,7 @@ def _transients(shape: _Shape, A: int, P: int, C: int) -> dict[str, float]:
     M, Ms, M2 = shape.M, shape.M_soap, shape.M_2b
     B = min(PAIR_BLOCK, P)
     rows = 3 * A + 7 * C
-    out = {"descriptors": 1.38 * P * N * LM + A * F}
+    out = {"descriptors": 1.38 * B * N * LM + A * F}
     soap_rows = (
         3.77 * B * 3 * Ms
         + 0.96 * A * 3 * Ms
@@ -388,7 +389,11 @@ def _transients(shape: _Shape, A: int, P: int, C: int) -> dict[str, float]:
     pair_rows = 8.04 * P * M2 + 2.1 * A * 3 * M2 + 6.0 * C * 9 * M2
     qr = 2 * rows * (M + 1) + 1.63 * (M + 1 + rows) * (M + 1)
     out["solve"] = soap_rows + pair_rows + qr
-    predict = 3.34 * P * N * LM + 0.55 * P * L1 * N + 85 * P if F else 0.0
+    predict = (
+        3.34 * B * N * LM + 0.55 * B * L1 * N + 85 * B + 2.1 * A * Ms + 37 * P
+        if F
+        else 0.0
+    )
     out["training_errors"] = predict + (2.0 * P * M2 + 35 * P if M2 else 0.0)
     return {k: 8.0 * v for k, v in out.items()}
 
