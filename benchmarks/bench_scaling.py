@@ -6,11 +6,13 @@
 ``--sizes``: generates Cu–Au data of about that many atoms (seeded): fcc cells of 108
 atoms with a random Au fraction, the lattice constant by Vegard's law (3.61 -> 4.08 Å),
 strained by up to 1 % and rattled by 0.1 Å, labelled by ASE's EMT (energy, forces,
-stress), plus the two isolated atoms; ``--data DIR``: DIR/train.xyz instead. Each
+stress), plus the two isolated atoms, and ``--n-test`` more cells (another seed) as
+a test set; ``--data DIR``: DIR/train.xyz and DIR/test.xyz instead. Each
 data set is fitted with bench_fit.py's recipe (2-body + SOAP n_max 8, l_max 6, M CUR
 points per species) on a fresh LocalCluster of ``--workers`` processes (one thread
 each), and with ``--serial`` also in this process. Prints atoms, fit wall time, and
-the peak RSS of each worker process and of this process (GiB).
+the peak RSS of each worker process and of this process (GiB), then the distributed
+model's test errors.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gapfit.cluster import dask_client  # noqa: E402
 from gapfit.data import config_sizes, read_frames  # noqa: E402
 from gapfit.memory import peak_rss_gib  # noqa: E402
 from gapfit.model import Model  # noqa: E402
+from gapfit.report import error_table, format_error_table  # noqa: E402
 
 
 def labelled(atoms: Atoms, config_type: str) -> Atoms:
@@ -42,12 +45,16 @@ def labelled(atoms: Atoms, config_type: str) -> Atoms:
     return atoms
 
 
-def cu_au_data(n_atoms: int, path: Path, seed: int = 0) -> Path:
-    """About ``n_atoms`` atoms of labelled Cu–Au cells (see above), written to path."""
+def cu_au_data(n_atoms: int, path: Path, seed: int = 0, isolated: bool = True) -> Path:
+    """About ``n_atoms`` atoms of labelled Cu–Au cells (see above), written to path
+    (once: an existing file is reused), with the isolated atoms first if asked."""
+    if path.exists():
+        return path
     rng = np.random.default_rng(seed)
     frames = [
         labelled(Atoms(s, [[5.0] * 3], cell=[10.0] * 3, pbc=True), "isolated_atom")
         for s in ("Cu", "Au")
+        if isolated
     ]
     for _ in range(int(np.ceil(n_atoms / 108))):
         x_au = rng.uniform()
@@ -62,7 +69,7 @@ def cu_au_data(n_atoms: int, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def fit_row(train: Path, args: argparse.Namespace) -> None:
+def fit_row(train: Path, test: Path, args: argparse.Namespace) -> None:
     n_atoms = sum(config_sizes(train))
     with dask_client(n_workers=args.workers) as client:
         t0 = time.perf_counter()
@@ -76,6 +83,9 @@ def fit_row(train: Path, args: argparse.Namespace) -> None:
         f"{peak_rss_gib():>10.2f}  {gap.timings_}",
         flush=True,
     )
+    frames = read_frames(test, require=())
+    table = error_table(frames, gap.model_.predict(frames))
+    print(format_error_table(table, f"test errors ({n_atoms} training atoms)"))
     if args.serial:
         t0 = time.perf_counter()
         serial = recipe(args.n_sparse, chunk_atoms=args.chunk_atoms)
@@ -123,6 +133,7 @@ def main() -> None:
     ap.add_argument("--n-sparse", type=int, default=200, help="SOAP M per species")
     ap.add_argument("--chunk-atoms", type=int, default=512)
     ap.add_argument("--serial", action="store_true", help="also fit in this process")
+    ap.add_argument("--n-test", type=int, default=20, help="test cells (108 atoms)")
     ap.add_argument("--out", type=Path, default=Path("bench_scaling_data"))
     args = ap.parse_args()
     print(
@@ -130,11 +141,14 @@ def main() -> None:
         f"{'client GiB':>10}  stages (s)"
     )
     if args.data:
-        fit_row(args.data / "train.xyz", args)
+        fit_row(args.data / "train.xyz", args.data / "test.xyz", args)
         return
     args.out.mkdir(exist_ok=True)
+    test = cu_au_data(
+        108 * args.n_test, args.out / "cu_au_test.xyz", seed=1, isolated=False
+    )
     for n in args.sizes:
-        fit_row(cu_au_data(n, args.out / f"cu_au_{n}.xyz"), args)
+        fit_row(cu_au_data(n, args.out / f"cu_au_{n}.xyz"), test, args)
 
 
 if __name__ == "__main__":
