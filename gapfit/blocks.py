@@ -28,8 +28,8 @@ from gapfit.soap import (
     SoapSpec,
     coefficients,
     pair_blocks,
-    pair_contraction,
     pair_derivatives,
+    pair_gradient,
     power_spectrum,
     soap,
 )
@@ -175,8 +175,9 @@ def predict_mean(
     """Local energies, energies, forces and virials of a batch.
 
     ``dE/dD_p = (dE/dc_i) . (dphi_p/dD_p)``: reverse mode through the power spectrum
-    and kernel to the coefficients ``c``, then a reverse pass through each pair's
-    expansion contracted with that cotangent (no scatter, no (P, N, LM, 3) Jacobian).
+    and kernel to the coefficients ``c``, then each pair's expansion contracted with
+    that cotangent analytically (``soap.pair_gradient``; no (P, N, LM, 3) Jacobian),
+    in blocks of pairs.
     """
     c = coefficients(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
@@ -194,7 +195,7 @@ def predict_mean(
     def pair_grad(blk: dict) -> jax.Array:  # dE/dD (pairs, 3) of a block of pairs
         u = dE_dc[blk["centre"], blk["neighbour_species"]]
         u = u * blk["pair_mask"][:, None, None]
-        return jax.grad(lambda D: jnp.sum(pair_contraction(spec, D, u)))(blk["D"])
+        return pair_gradient(spec, blk["D"], u)
 
     keys = ("D", "centre", "neighbour_species", "pair_mask")
     P = b["D"].shape[0]

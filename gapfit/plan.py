@@ -6,8 +6,8 @@ nothing. Sizes follow ``GAP.fit``: chunks of configurations (``chunk_indices``),
 padded (``neighbours.bucket``) to ``A`` atoms, ``P`` pairs and ``C`` configurations;
 ``F`` SOAP features, ``N = n_max``, ``LM = (l_max + 1)^2``, ``S`` species, ``M`` sparse
 points of all terms (``M_2b`` of the 2-body term), ``B = soap.PAIR_BLOCK`` pairs per
-block of the per-pair work, ``rows = 3A + 7C`` observations per chunk, ``n`` distinct padded
-chunk shapes (jit compiles every kernel once per shape).
+block of the per-pair work, ``rows = 3A + 7C`` observations per chunk, ``n`` distinct
+padded chunk shapes (jit compiles every kernel once per shape).
 
 Peak resident set size (ru_maxrss; bytes, float64 = 8 B): the largest over the stages
 of ``base + runtime + code + data + transient``, where

@@ -293,16 +293,34 @@ def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
     return w[..., None, None] * jnp.concatenate(blocks, axis=-1)
 
 
-def pair_contraction(spec: SoapSpec, D: jax.Array, u: jax.Array) -> jax.Array:
-    """``sum_{n,lm} u[..., n, lm] phi(D)[..., n, lm]`` without forming ``phi``;
-    its gradient in ``D`` is the force contribution of each pair."""
-    w, radial, R = _radial_and_harmonics(spec, D)
-    total = 0.0
-    for l in range(spec.l_max + 1):
-        sl = slice(l * l, (l + 1) ** 2)
-        uR = jnp.sum(u[..., sl] * R[..., None, sl], axis=-1)  # (..., N)
-        total = total + jnp.sum(radial[..., l, :] * uR, axis=-1)
-    return w * total
+def pair_gradient(spec: SoapSpec, D: jax.Array, u: jax.Array) -> jax.Array:
+    """``d/dD_p sum_{n,lm} u[p, n, lm] phi(D_p)[n, lm]`` ``(P, 3)`` for a cotangent
+    ``u (P, N, (L+1)^2)`` of the pair expansions (the force contribution of each
+    pair). Analytic, with ``phi = [w g]_ln(r^2) R_lm(D)``::
+
+        dD = 2 D sum_ln [w g]'_ln (u R)_ln + sum_lm (sum_n [w g]_ln u_nlm) dR_lm/dD
+
+    ``[w g]'`` by forward mode in r^2 and ``dR/dD`` by forward mode: no reverse pass,
+    no per-pair Jacobian of phi.
+    """
+    L = spec.l_max
+    r2 = jnp.sum(D * D, axis=-1)
+    wg, dwg = jax.jvp(
+        lambda x: neighbour_weight(spec, x)[..., None, None] * _radial(spec, x),
+        (r2,),
+        (jnp.ones_like(r2),),
+    )  # (P, L+1, N) each
+    R = solid_harmonics(D, L)  # (P, LM)
+    dR = jax.vmap(jax.jacfwd(lambda d: solid_harmonics(d, L)))(D)  # (P, LM, 3)
+    # [w g]_l(lm),n as (P, N, LM) by a static gather; elementwise products and sums
+    # fuse, where per-l einsums become slow batched matmuls of tiny matrices on CPU
+    l_of = np.repeat(np.arange(L + 1), 2 * np.arange(L + 1) + 1)
+    W = jnp.swapaxes(wg, 1, 2)[:, :, l_of]  # (P, N, LM)
+    dW = jnp.swapaxes(dwg, 1, 2)[:, :, l_of]
+    radial = jnp.sum(dW * u * R[:, None, :], axis=(1, 2))  # (P,)
+    Wu = jnp.sum(W * u, axis=1)  # (P, LM)
+    angular = jnp.sum(Wu[:, :, None] * dR, axis=1)  # (P, 3)
+    return 2.0 * D * radial[:, None] + angular
 
 
 def coefficients(

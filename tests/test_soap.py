@@ -22,9 +22,17 @@ from dscribe.descriptors import SOAP
 from scipy.special import eval_legendre
 
 import gapfit  # noqa: F401  (switches float64 on)
+from gapfit import soap as soap_module
 from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.neighbours import make_batch
-from gapfit.soap import SoapSpec, soap_and_pair_derivatives, solid_harmonics
+from gapfit.soap import (
+    SoapSpec,
+    coefficients,
+    pair_expansion,
+    pair_gradient,
+    soap_and_pair_derivatives,
+    solid_harmonics,
+)
 
 Z_H, Z_C, Z_O, Z_CU, Z_AU = 1, 6, 8, 29, 79
 RTOL_DSCRIBE = 1e-8
@@ -351,3 +359,28 @@ def test_cosine_cutoff_is_continuous_and_smooth() -> None:
 
     edge, mid = max_dP(5.0 - 1e-6), max_dP(4.5)
     assert edge <= 1e-4 * mid, f"dp/dD at the cutoff {edge:.3e} vs mid {mid:.3e}"
+
+
+def test_pair_gradient_equals_autodiff_of_the_expansion() -> None:
+    """The analytic force contribution of each pair equals reverse mode through the
+    pair expansion contracted with a random cotangent."""
+    spec = SoapSpec(species=(29, 79), n_max=4, l_max=3, cutoff=4.5)
+    batch = make_batch([alloy_cell()], spec.species, spec.neighbour_cutoff, ["cell"])
+    D = jax.numpy.asarray(batch.D)
+    u = np.random.default_rng(0).normal(size=(len(D), spec.n_max, 16))
+    ref = jax.grad(lambda D: jax.numpy.sum(pair_expansion(spec, D) * u))(D)
+    np.testing.assert_allclose(pair_gradient(spec, D, u), ref, rtol=1e-12, atol=1e-13)
+
+
+def test_coefficients_in_blocks_equal_one_pass(monkeypatch) -> None:
+    """Summing pair expansions block by block (padded last block) changes nothing."""
+    spec = SoapSpec(species=(29, 79), n_max=4, l_max=3, cutoff=4.5)
+    b = batch_arrays(
+        make_batch([alloy_cell()], spec.species, spec.neighbour_cutoff, ["cell"])
+    )
+    args = [b[k] for k in ("D", "centre", "neighbour_species", "pair_mask", "species")]
+    whole = coefficients(spec, *args)
+    monkeypatch.setattr(soap_module, "PAIR_BLOCK", 97)  # not a divisor of the pairs
+    assert b["D"].shape[0] % 97
+    blocked = coefficients(spec, *args)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-14)
