@@ -293,6 +293,23 @@ def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
     return w[..., None, None] * jnp.concatenate(blocks, axis=-1)
 
 
+def _pair_basis_and_derivatives(
+    spec: SoapSpec, D: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``[w g]_ln`` and its r^2-derivative ``(P, L+1, N)`` (forward mode), and ``R_lm``
+    ``(P, LM)`` with its gradient ``dR/dD`` ``(P, LM, 3)`` (forward mode), of pair
+    vectors ``D (P, 3)`` Å."""
+    r2 = jnp.sum(D * D, axis=-1)
+    wg, dwg = jax.jvp(
+        lambda x: neighbour_weight(spec, x)[..., None, None] * _radial(spec, x),
+        (r2,),
+        (jnp.ones_like(r2),),
+    )
+    R = solid_harmonics(D, spec.l_max)
+    dR = jax.vmap(jax.jacfwd(lambda d: solid_harmonics(d, spec.l_max)))(D)
+    return wg, dwg, R, dR
+
+
 def pair_gradient(spec: SoapSpec, D: jax.Array, u: jax.Array) -> jax.Array:
     """``d/dD_p sum_{n,lm} u[p, n, lm] phi(D_p)[n, lm]`` ``(P, 3)`` for a cotangent
     ``u (P, N, (L+1)^2)`` of the pair expansions (the force contribution of each
@@ -304,16 +321,8 @@ def pair_gradient(spec: SoapSpec, D: jax.Array, u: jax.Array) -> jax.Array:
     no per-pair Jacobian of phi.
     """
     L = spec.l_max
-    r2 = jnp.sum(D * D, axis=-1)
-    wg, dwg = jax.jvp(
-        lambda x: neighbour_weight(spec, x)[..., None, None] * _radial(spec, x),
-        (r2,),
-        (jnp.ones_like(r2),),
-    )  # (P, L+1, N) each
-    R = solid_harmonics(D, L)  # (P, LM)
-    dR = jax.vmap(jax.jacfwd(lambda d: solid_harmonics(d, L)))(D)  # (P, LM, 3)
-    # [w g]_l(lm),n as (P, N, LM) by a static gather; elementwise products and sums
-    # fuse, where per-l einsums become slow batched matmuls of tiny matrices on CPU
+    wg, dwg, R, dR = _pair_basis_and_derivatives(spec, D)
+    # [w g]_l(lm),n as (P, N, LM) by a static gather, then elementwise products
     l_of = np.repeat(np.arange(L + 1), 2 * np.arange(L + 1) + 1)
     W = jnp.swapaxes(wg, 1, 2)[:, :, l_of]  # (P, N, LM)
     dW = jnp.swapaxes(dwg, 1, 2)[:, :, l_of]
@@ -427,14 +436,7 @@ def pair_derivatives(
     (N, N, 3, F) array is formed. Works on any subset (block) of the pairs.
     """
     S, L = len(spec.species), spec.l_max
-    r2 = jnp.sum(D * D, axis=-1)
-    wg, dwg = jax.jvp(
-        lambda x: neighbour_weight(spec, x)[..., None, None] * _radial(spec, x),
-        (r2,),
-        (jnp.ones_like(r2),),
-    )  # (P, L+1, N) each
-    R = solid_harmonics(D, L)  # (P, LM)
-    dR = jax.vmap(jax.jacfwd(lambda d: solid_harmonics(d, L)))(D)  # (P, LM, 3)
+    wg, dwg, R, dR = _pair_basis_and_derivatives(spec, D)
     c_i = c[centre]  # (P, S, N, LM)
     X = []
     for l in range(L + 1):
