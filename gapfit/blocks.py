@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
 from gapfit.neighbours import Batch
 from gapfit.soap import (
-    PAIR_BLOCK,
     SoapSpec,
     coefficients,
     pair_blocks,
@@ -198,12 +197,8 @@ def predict_mean(
         return pair_gradient(spec, blk["D"], u)
 
     keys = ("D", "centre", "neighbour_species", "pair_mask")
-    P = b["D"].shape[0]
-    if P <= PAIR_BLOCK:
-        grad = pair_grad({k: b[k] for k in keys})
-    else:  # blocks of pairs: memory O(block N LM), not O(P N LM)
-        grad = jax.lax.map(pair_grad, pair_blocks({k: b[k] for k in keys}))
-        grad = grad.reshape(-1, 3)[:P]
+    grad = jax.lax.map(pair_grad, pair_blocks({k: b[k] for k in keys}))
+    grad = grad.reshape(-1, 3)[: b["D"].shape[0]]  # blocks: memory O(block N LM)
     forces, virial = forces_and_virials(grad, b)
     energy_c = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
     return Mean(local, energy_c, forces, virial)

@@ -34,7 +34,7 @@ of ``base + runtime + code + data + transient``, where
                        + 2.1 (A, 3, M_2b) + 6 (C, 9, M_2b); scaled rows (rows, M) x2;
                        QR input 1.63 (M + 1 + rows, M + 1)
       training_errors  predict_mean 3.34 (B, N, LM) + 0.55 (B, L+1, N) + 85 B
-                       (reverse pass over a block of pairs' expansions) + 2.1 (A, M)
+                       (force pass over a block of pairs) + 2.1 (A, M)
                        + 37 P (pair gradients, forces, virials) + pair_mean 2.0
                        (P, M_2b) + 35 P at the elementwise-largest padded shape
                        (``Model.predict`` pads all batches to one shape, one compile)

@@ -351,19 +351,15 @@ def coefficients(
     """
     k = spec.constants
     n_atoms, S = centre_species.shape[0], len(spec.species)
+
+    def add_block(c, blk):  # blocks of pairs: memory O(block N LM), not O(P N LM)
+        phi = pair_expansion(spec, blk["D"]) * blk["mask"][:, None, None]
+        return c.at[blk["segment"]].add(phi), None
+
     segment = centre * S + neighbour_species
-    if D.shape[0] <= PAIR_BLOCK:
-        phi = pair_expansion(spec, D) * mask[:, None, None]
-        c = jax.ops.segment_sum(phi, segment, n_atoms * S)
-    else:  # blocks of pairs: memory O(block N LM), not O(P N LM)
-
-        def add_block(c, blk):
-            phi = pair_expansion(spec, blk["D"]) * blk["mask"][:, None, None]
-            return c.at[blk["segment"]].add(phi), None
-
-        blocks = pair_blocks({"D": D, "segment": segment, "mask": mask})
-        zeros = jnp.zeros((n_atoms * S, spec.n_max, (spec.l_max + 1) ** 2), D.dtype)
-        c, _ = jax.lax.scan(add_block, zeros, blocks)
+    blocks = pair_blocks({"D": D, "segment": segment, "mask": mask})
+    zeros = jnp.zeros((n_atoms * S, spec.n_max, (spec.l_max + 1) ** 2), D.dtype)
+    c, _ = jax.lax.scan(add_block, zeros, blocks)
     c = c.reshape(n_atoms, S, spec.n_max, -1)
     onehot = jax.nn.one_hot(centre_species, S, dtype=c.dtype)
     return c.at[:, :, :, 0].add(
@@ -375,16 +371,18 @@ PAIR_BLOCK = 512  # pairs per block of the per-pair work of a batch (memory knob
 
 
 def pair_blocks(pairs: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Per-pair arrays ``(P, ...)`` padded to whole blocks, ``(n_blocks, PAIR_BLOCK,
-    ...)``, for a ``lax.scan``. Padding is 0 (masks, indices) except ``D = (1, 1, 1)``
-    Å, which keeps padded pairs away from r = 0."""
+    """Per-pair arrays ``(P, ...)`` as ``(n_blocks, block, ...)`` for a ``lax.scan``:
+    blocks of ``PAIR_BLOCK`` pairs (one block of all pairs when there are fewer), the
+    last padded with 0 (masks, indices) except ``D = (1, 1, 1)`` Å, which keeps padded
+    pairs away from r = 0."""
     P = next(iter(pairs.values())).shape[0]
-    n_blocks = -(-P // PAIR_BLOCK)
-    pad = n_blocks * PAIR_BLOCK - P
+    block = max(1, min(PAIR_BLOCK, P))
+    n_blocks = -(-P // block)
+    pad = n_blocks * block - P
     return {
         k: jnp.pad(
             v, [(0, pad)] + [(0, 0)] * (v.ndim - 1), constant_values=k == "D"
-        ).reshape(n_blocks, PAIR_BLOCK, *v.shape[1:])
+        ).reshape(n_blocks, block, *v.shape[1:])
         for k, v in pairs.items()
     }
 

@@ -379,6 +379,7 @@ def test_coefficients_in_blocks_equal_one_pass(monkeypatch) -> None:
         make_batch([alloy_cell()], spec.species, spec.neighbour_cutoff, ["cell"])
     )
     args = [b[k] for k in ("D", "centre", "neighbour_species", "pair_mask", "species")]
+    monkeypatch.setattr(soap_module, "PAIR_BLOCK", 10**9)  # one block of all pairs
     whole = coefficients(spec, *args)
     monkeypatch.setattr(soap_module, "PAIR_BLOCK", 97)  # not a divisor of the pairs
     assert b["D"].shape[0] % 97
