@@ -6,6 +6,10 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from gapfit.jit_cache import use_compile_cache  # noqa: E402
+
+use_compile_cache()
+
 from gapfit.errors import GapfitError  # noqa: E402
 
 __version__ = "0.1.0"

@@ -1,11 +1,13 @@
 """A dask cluster for gapfit: the client, shares of an extxyz file, predictions.
 
 ``dask_client`` connects to a running scheduler or starts a local cluster of worker
-processes (one thread each). Work on a file is split into *shares*: consecutive
-configurations, read by a worker itself with ``read_frames(path, index="a:b")`` (the
-file must be readable at the same path on every worker), made of the serial fit's
-chunks (``model.chunk_indices``). ``predict_file`` predicts a file share by share and
-gathers the frames and predictions in file order. The fit is ``gapfit.distributed``.
+processes (one thread each; on Linux each is pinned to its own share of this
+process's cores, so that XLA's thread pools do not oversubscribe them). Work on a
+file is split into *shares*: consecutive configurations, read by a worker itself with
+``read_frames(path, index="a:b")`` (the file must be readable at the same path on
+every worker), made of the serial fit's chunks (``model.chunk_indices``).
+``predict_file`` predicts a file share by share and gathers the frames and
+predictions in file order. The fit is ``gapfit.distributed``.
 """
 
 from __future__ import annotations
@@ -76,10 +78,48 @@ def dask_client(
     )
     client = Client(cluster, set_as_default=False)
     try:
+        client.wait_for_workers(n_workers)
+        pin_workers(client)
         yield client
     finally:
         client.close()
         cluster.close()
+
+
+def pin_threads(cores: Sequence[int]) -> None:
+    """Restrict every thread of this process to ``cores`` (Linux; nothing elsewhere).
+
+    Threads started later inherit the mask, and XLA sizes its CPU thread pool by the
+    schedulable cores when it starts, so a worker pinned before its first JAX call
+    runs ``len(cores)`` compute threads instead of one per core of the machine.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+def pin_workers(client: Client) -> dict[str, list[int]]:
+    """Pin the workers of a local cluster to disjoint shares of this process's cores
+    (round robin; shared when there are more workers than cores); returns the cores
+    of each worker address ({} where affinity is not available).
+
+    A worker that dask restarts after a crash runs unpinned: slower where the cores
+    are oversubscribed, never wrong."""
+    if not hasattr(os, "sched_getaffinity"):
+        return {}
+    workers = sorted(client.scheduler_info()["workers"])
+    cores = sorted(os.sched_getaffinity(0))
+    shares = {
+        w: cores[k :: len(workers)] or [cores[k % len(cores)]]
+        for k, w in enumerate(workers)
+    }
+    for w, share in shares.items():
+        client.run(pin_threads, share, workers=[w])
+    return shares
 
 
 def host_constants(specs: Iterable[object]) -> None:

@@ -229,7 +229,9 @@ def _solve(job: _Job, frames: list[Frame], share: Share, model: Model) -> np.nda
 
 def _errors(job: _Job, frames: list[Frame], model: Model) -> dict:
     wheres = [f.where for f in frames]
-    preds = model.predict(frames, wheres=wheres, batch_atoms=job.gap.chunk_atoms)
+    preds = model.predict(  # the fit's shape: one compilation on each worker
+        frames, wheres=wheres, batch_atoms=job.gap.chunk_atoms, shape=job.shape
+    )
     return error_sums(frames, preds)
 
 

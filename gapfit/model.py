@@ -121,8 +121,11 @@ class Model:
         std: bool = False,
         wheres: Sequence[str] | None = None,
         batch_atoms: int = 2048,
+        shape: Sequence[int] = (0, 0, 0),
     ) -> list[dict]:
-        """Predict every structure.
+        """Predict every structure, in batches of about ``batch_atoms`` atoms padded
+        to one shape, at least ``shape`` (atoms, pairs, configurations): calls with
+        the same shape share one compilation.
 
         Returns one dict per structure with ``energy`` (eV), ``energies`` (n,) eV local
         energies incl. e0, ``forces`` (n, 3) eV/Å, ``virial`` (3, 3) eV (= -stress V),
@@ -148,12 +151,14 @@ class Model:
             )
             for g in groups
         ]
-        if len(batches) > 1:  # one padded shape for all batches: one compilation
-            shape = [
-                max(len(getattr(b, k)) for b in batches)
-                for k in ("atom_mask", "pair_mask", "config_mask")
+        if len(batches) > 1 or any(shape):  # one padded shape: one compilation
+            largest = [
+                max(n, *(len(getattr(b, k)) for b in batches))
+                for n, k in zip(
+                    shape, ("atom_mask", "pair_mask", "config_mask"), strict=True
+                )
             ]
-            batches = [pad_batch(b, *shape) for b in batches]
+            batches = [pad_batch(b, *largest) for b in batches]
         k = max(incoming(b).shape[1] for b in batches) if std else 0
         for g, batch in zip(groups, batches, strict=True):
             b = batch_arrays(batch)

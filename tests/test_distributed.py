@@ -213,6 +213,29 @@ def test_predict_equals_serial(fits: tuple[GAP, GAP], train: Path, client) -> No
     assert_same_predictions(model.predict(ref_frames, batch_atoms=64), preds, 1e-10)
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="CPU affinity needs Linux and at least 2 cores",
+)
+def test_local_workers_are_pinned_to_disjoint_cores(client) -> None:
+    # every thread of each worker, including those its JAX computations started
+    def affinity() -> list[set[int]]:
+        import jax.numpy as jnp
+
+        jnp.ones((200, 200)) @ jnp.ones((200, 200))
+        tasks = os.listdir("/proc/self/task")
+        return [os.sched_getaffinity(int(t)) for t in tasks]
+
+    per_worker = list(client.run(affinity).values())
+    assert len(per_worker) == 2
+    cores = []
+    for threads in per_worker:
+        assert all(t == threads[0] for t in threads)  # one mask for the process
+        cores.append(threads[0])
+    assert cores[0] and cores[1] and not cores[0] & cores[1]
+    assert cores[0] | cores[1] <= os.sched_getaffinity(0)
+
+
 def test_fps_is_refused_on_a_cluster(train: Path, client) -> None:
     gap = GAP(soap=SOAP.replace("cur_points", "fps"))
     with pytest.raises(GapfitError, match="fps"):
