@@ -29,12 +29,20 @@ The independent test set: EMT Langevin MD (friction 0.01/fs, 2 fs) of a separate
 equilibration, then ``--n-test`` frames 50 steps apart; the final model's force RMSE
 on them.
 
+What-if table: with the run's per-component errors and raw stds of every step
+(``components.npz``: ``error`` and ``std``, (steps, atoms, 3), float32), how a std
+factor ``K`` (stds ``K a s``) and a threshold ``T`` would have fared *on the recorded
+trajectory*: the steps whose ``K a max_i s_i`` exceeds ``T`` that the run did not
+label, and the misses ``|e_i| > 3 K a s_i`` among the steps labelled by neither (in
+the first 400 steps and after). Labels change the model and the trajectory, so this
+is an estimate without that feedback, not a rerun.
+
 Outputs in ``--workdir``: ``otf/`` (learn_otf's work directory), ``steps.npz`` (the
-per-step arrays, rewritten atomically every 100 steps and at the end), ``--json``
-(all figures). ``--resume`` continues a killed run from its last checkpoint
-(learn_otf ``resume=True``; the steps since it are repeated and recorded again; the
-test set is the run's copy); on a finished run it only reports again. Wall times are
-those of the invocation.
+per-step arrays) and ``components.npz``, both rewritten atomically every 100 steps
+and at the end, ``--json`` (all figures). ``--resume`` continues a killed run from
+its last checkpoint (learn_otf ``resume=True``; the steps since it are repeated and
+recorded again; the test set is the run's copy); on a finished run it only reports
+again. Wall times are those of the invocation.
 
     python benchmarks/bench_otf.py --steps 5000 --temperature 1200 --threshold 0.05 \\
         --budget 40 --n-test 20 --workdir otf_run --json otf.json
@@ -113,9 +121,15 @@ class StepChecker:
     """learn_otf callback: the true EMT forces of every step against the prediction
     that drove it (module docstring); ``rows`` maps step -> per-step values."""
 
-    def __init__(self, path: Path, rows: dict[int, dict] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        rows: dict[int, dict] | None = None,
+        components: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> None:
         self.path = path
         self.rows = rows or {}
+        self.components = components or {}  # step -> (error, raw std), float32
         self.emt = EMT()
         self.seconds = 0.0
 
@@ -133,6 +147,7 @@ class StepChecker:
         s = np.maximum(event["forces_std"], 1e-12)  # raw DTC std, eV/Å
         a = event["std_scale"]
         z = np.abs(e) / (a * s)
+        self.components[event["step"]] = (e.astype(np.float32), s.astype(np.float32))
         self.rows[event["step"]] = {
             # step 0 is the start structure, labelled before the MD starts
             "labelled": event["labelled"] or event["step"] == 0,
@@ -158,15 +173,30 @@ class StepChecker:
             out[name] = np.array([self.rows[k][name] for k in steps], dtype=dtype)
         return out
 
+    def component_arrays(self) -> dict[str, np.ndarray]:
+        """``step``, ``error`` and ``std`` (steps, atoms, 3) in step order."""
+        steps = sorted(self.components)
+        return {
+            "step": np.array(steps, dtype=int),
+            "error": np.array([self.components[k][0] for k in steps]),
+            "std": np.array([self.components[k][1] for k in steps]),
+        }
+
     def save(self) -> None:
-        """Write ``arrays()`` to ``path`` atomically."""
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, **self.arrays())
-        os.replace(tmp, self.path)
+        """Write ``arrays()`` to ``path`` and ``component_arrays()`` beside it
+        (``components.npz``), each atomically."""
+        for path, arrays in (
+            (self.path, self.arrays()),
+            (self.path.with_name("components.npz"), self.component_arrays()),
+        ):
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> StepChecker:
-        """A checker holding the rows saved at ``path`` (none if it is absent)."""
+        """A checker holding the rows saved at ``path`` and the components beside it
+        (none if absent)."""
         if not path.is_file():
             return cls(path)
         with np.load(path) as f:
@@ -174,7 +204,14 @@ class StepChecker:
                 int(k): {name: f[name][i].item() for name in FIELDS}
                 for i, k in enumerate(f["step"])
             }
-        return cls(path, rows)
+        components = {}
+        if path.with_name("components.npz").is_file():
+            with np.load(path.with_name("components.npz")) as f:
+                components = {
+                    int(k): (f["error"][i], f["std"][i])
+                    for i, k in enumerate(f["step"])
+                }
+        return cls(path, rows, components)
 
 
 def summary(arrays: dict[str, np.ndarray], n_components: int) -> dict:
@@ -213,6 +250,41 @@ def summary(arrays: dict[str, np.ndarray], n_components: int) -> dict:
         "mean_temperature": float(arrays["temperature"].mean()),
         "final_std_scale": float(arrays["std_scale"][-1]),
     }
+
+
+def what_if(
+    arrays: dict[str, np.ndarray],
+    components: dict[str, np.ndarray],
+    factors: tuple[float, ...] = (1.0, 1.5, 2.0),
+    thresholds: tuple[float, ...] = (0.05, 0.08, 0.1),
+) -> list[dict]:
+    """Std factor ``K`` and threshold ``T`` on the recorded trajectory (module
+    docstring): per (K, T), the steps the run did not label whose ``K a max s``
+    exceeds ``T`` (``extra_labels``) and the misses of the steps labelled by neither,
+    in steps < 400 and >= 400."""
+    n = len(components["step"])
+    e = np.abs(components["error"].reshape(n, -1)).astype(float)
+    s = np.maximum(components["std"].reshape(n, -1).astype(float), 1e-12)
+    a = arrays["std_scale"][:n]
+    z_max = (e / s).max(axis=1) / a  # max_i |e_i| / (a s_i)
+    s_max = a * s.max(axis=1)  # a max_i s_i
+    free = ~arrays["labelled"][:n]
+    early = components["step"] < 400
+    out = []
+    for K in factors:
+        for T in thresholds:
+            would = K * s_max > T
+            miss = free & ~would & (z_max > 3.0 * K)
+            out.append(
+                {
+                    "factor": K,
+                    "threshold": T,
+                    "extra_labels": int((free & would).sum()),
+                    "misses_before_400": int((miss & early).sum()),
+                    "misses_after_400": int((miss & ~early).sum()),
+                }
+            )
+    return out
 
 
 def main() -> None:
@@ -303,6 +375,7 @@ def main() -> None:
         "check_seconds": round(checker.seconds, 1),
         **summary(arrays, 3 * len(cu_cell())),
     }
+    figures["what_if"] = what_if(arrays, checker.component_arrays())
     figures["floor"] = {
         "labels_le_40": n_labels <= 40,
         "test_f_rmse_le_0.05": f_rmse <= 0.05,
@@ -364,6 +437,15 @@ def main() -> None:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     print(f"stopped: {figures['stop']}; outputs in {root}")
+    print(
+        "\nwhat if (on this trajectory, no feedback): stds K a s, label when "
+        "K a max s > T\n     K  T eV/Å  extra labels  misses <400  misses >=400"
+    )
+    for r in figures["what_if"]:
+        print(
+            f"{r['factor']:>6.2f} {r['threshold']:>6.3f} {r['extra_labels']:>13} "
+            f"{r['misses_before_400']:>12} {r['misses_after_400']:>13}"
+        )
     if args.json:
         tmp = Path(args.json).with_suffix(".tmp")
         tmp.write_text(json.dumps(figures, indent=1))

@@ -62,6 +62,27 @@ def test_checker_records_errors_against_emt(bench_otf, tmp_path):
     checker.save()
     again = bench_otf.StepChecker.load(tmp_path / "steps.npz")
     assert again.rows == checker.rows
+    comp = again.component_arrays()
+    assert comp["error"].shape == comp["std"].shape == (3, 4, 3)
+    assert np.abs(comp["error"][1]).max() == pytest.approx(0.35, abs=1e-6)
+    assert np.all(comp["std"] == np.float32(0.05))
+
+
+def test_what_if_counts_extra_labels_and_misses(bench_otf):
+    # 3 steps of 2 components, a = 2, raw stds 0.01 (a s = 0.02); step 0 labelled
+    arrays = {"std_scale": np.full(3, 2.0), "labelled": np.array([True, False, False])}
+    components = {
+        "step": np.array([0, 1, 500]),
+        "error": np.array([[0.5, 0.0], [0.07, 0.0], [0.09, 0.0]]),
+        "std": np.array([[0.01, 0.01], [0.01, 0.01], [0.01, 0.03]]),
+    }
+    rows = bench_otf.what_if(arrays, components, (1.0, 2.0), (0.05,))
+    one, two = rows
+    # K = 1: step 500's a max s = 0.06 > 0.05 is an extra label; step 1 (z 3.5) misses
+    assert (one["extra_labels"], one["misses_before_400"]) == (1, 1)
+    assert one["misses_after_400"] == 0
+    # K = 2: step 1 stays under the threshold (0.04) and its z 3.5 < 6 is no miss
+    assert (two["extra_labels"], two["misses_before_400"]) == (1, 0)
 
 
 def test_summary_counts_only_unlabelled_misses(bench_otf):
