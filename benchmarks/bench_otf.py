@@ -299,6 +299,9 @@ def main() -> None:
         "force errors reached 1 eV/Å)",
     )
     p.add_argument("--budget", type=int, default=40)
+    p.add_argument(
+        "--min-interval", type=int, default=1, help="steps from one label to the next"
+    )
     p.add_argument("--n-test", type=int, default=20)
     p.add_argument("--soap", default=SOAP)
     p.add_argument("--sparse-per-label", type=int, default=20)
@@ -342,6 +345,7 @@ def main() -> None:
             timestep=2.0,
             std_threshold=args.threshold,
             budget=args.budget,
+            min_interval=args.min_interval,
             sparse_per_label=args.sparse_per_label,
             seed=args.seed,
             progress=not args.quiet,

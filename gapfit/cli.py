@@ -979,6 +979,14 @@ def info(gp_file: str) -> None:
     help="On-the-fly: label a frame whose largest force-component std (scaled by "
     "the held-out errors of earlier labels) exceeds this, in eV/Å.",
 )
+@click.option(
+    "--min-interval",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="On-the-fly: at least this many steps from one label to the next "
+    "(consecutive MD frames are near-duplicates; FLARE's min_steps_with_model).",
+)
 @click.option("--sparse-per-label", type=int, default=20, show_default=True)
 @click.option(
     "--sparse-tol",
@@ -1103,6 +1111,7 @@ def learn(**options: Any) -> None:
             fmax=o["fmax"],
             std_threshold=o["std_threshold"],
             budget=o["budget"],
+            min_interval=o["min_interval"],
             **common,
         )
     click.echo(learner.summary())

@@ -30,7 +30,10 @@ On-the-fly mode (``learn_otf``): the start structure is labelled first; a sample
 (Langevin MD or FIRE relaxation, ``gapfit.samplers``) moves it with the GAP's forces,
 whose stds come from the same call. When the largest force-component std of a step,
 times a scale ``a``, exceeds ``std_threshold`` (eV/Å, absolute), that frame is
-labelled and added, and the sampler continues from it with the updated model. The
+labelled and added, and the sampler continues from it with the updated model, unless
+fewer than ``min_interval`` steps have passed since the last label (as FLARE's
+``min_steps_with_model``: consecutive MD frames are near-duplicates, so labelling
+each of them spends the budget on one configuration). The
 DTC std has no noise and an amplitude set by the hand-chosen ``delta``; ``a`` puts
 it in the units of the errors: ``a^2 = mean (e / s)^2`` over the force components of
 all frames labelled so far, with the errors ``e`` and stds ``s`` predicted just
@@ -653,6 +656,7 @@ def learn_otf(
     fmax: float = 0.05,
     std_threshold: float = 0.1,
     budget: int | None = None,
+    min_interval: int = 1,
     sparse_per_label: int = 20,
     sparse_tol: float = 1e-6,
     refit_every: int = 20,
@@ -675,6 +679,8 @@ def learn_otf(
         std_threshold: label a frame whose largest force-component std exceeds this
             (eV/Å, absolute).
         budget: at most this many labels (then the sampler goes on unlabelled).
+        min_interval: at least this many steps from one label to the next (1: any
+            step may be labelled).
         checkpoint_every: checkpoint every this many steps (and after each label).
         seed: seed of the velocities and the thermostat's random forces.
         callback: called after every step with ``{"event": "step", "step", "atoms",
@@ -682,6 +688,10 @@ def learn_otf(
     """
     if sampler not in ("md", "relax"):
         raise GapfitError(f"sampler {sampler!r} is unknown; use 'md' or 'relax'.")
+    if min_interval < 1:
+        raise GapfitError(
+            f"min_interval {min_interval}: give at least 1 (step) between labels."
+        )
     if resume:
         learner, arrays = Learner.load(workdir, labeller, progress, callback)
         atoms = atoms_from_arrays(arrays)
@@ -707,6 +717,7 @@ def learn_otf(
             fmax=fmax,
             std_threshold=std_threshold,
             budget=budget,
+            min_interval=min_interval,
             sparse_per_label=sparse_per_label,
             sparse_tol=sparse_tol,
             refit_every=refit_every,
@@ -719,7 +730,13 @@ def learn_otf(
         learner = Learner.create(
             workdir, settings, labeller, inputs, progress, callback
         )
-        learner.state = {"step": 0, "rng": None, "z2_sum": 0.0, "z2_n": 0}
+        learner.state = {
+            "step": 0,
+            "rng": None,
+            "z2_sum": 0.0,
+            "z2_n": 0,
+            "last_label": 0,  # the start structure
+        }
         (atoms,) = read_xyz_text(learner.workdir.read_text("start.xyz"))  # as saved
     _OTFRun(learner, atoms, fresh=not resume).run()
     return learner
@@ -784,12 +801,15 @@ class _OTFRun:
             max_std = scale * float(np.max(pred["forces_std"]))
             labelled = False
             budget = cfg["budget"]
-            if max_std > cfg["std_threshold"] and (
-                budget is None or len(L.labelled) < budget
+            if (
+                max_std > cfg["std_threshold"]
+                and (budget is None or len(L.labelled) < budget)
+                and step - st.get("last_label", 0) >= cfg.get("min_interval", 1)
             ):
                 new = L.label([atoms], [f"{cfg['sampler']}:{step}"])
                 if new:
                     _calibrate(st, new[0][1].get_forces(), pred)
+                    st["last_label"] = step
                     L.add([a for _, a in new])
                     calc.model = L.model
                     calc.reset()

@@ -341,6 +341,17 @@ def test_otf_md_labels_above_threshold(tmp_path):
     assert np.array_equal(final[0], final[1])
 
 
+def test_otf_min_interval_spaces_the_labels(tmp_path):
+    # a threshold of 0 would label every step; min_interval 4 allows steps 4 and 8
+    learner, records = _otf(tmp_path / "md", std_threshold=0.0, min_interval=4)
+    labelled = [r["step"] for r in records if r["labelled"]]
+    assert labelled == [4, 8]
+    assert all(r["max_std"] > 0.0 for r in records[1:])  # all were above it
+    assert [a.info["source"] for a in learner.labelled] == ["start", "md:4", "md:8"]
+    with pytest.raises(GapfitError, match="min_interval 0"):
+        _otf(tmp_path / "bad", min_interval=0)
+
+
 def test_cli_learn(tmp_path):
     import ase.io
 
