@@ -102,15 +102,15 @@ def pin_threads(cores: Sequence[int]) -> None:
             pass
 
 
-def pin_workers(client: Client) -> dict[str, list[int]]:
+def pin_workers(client: Client) -> None:
     """Pin the workers of a local cluster to disjoint shares of this process's cores
-    (round robin; shared when there are more workers than cores); returns the cores
-    of each worker address ({} where affinity is not available).
+    (round robin; shared when there are more workers than cores; nothing where
+    affinity is not available).
 
     A worker that dask restarts after a crash runs unpinned: slower where the cores
     are oversubscribed, never wrong."""
     if not hasattr(os, "sched_getaffinity"):
-        return {}
+        return
     workers = sorted(client.scheduler_info()["workers"])
     cores = sorted(os.sched_getaffinity(0))
     shares = {
@@ -119,7 +119,6 @@ def pin_workers(client: Client) -> dict[str, list[int]]:
     }
     for w, share in shares.items():
         client.run(pin_threads, share, workers=[w])
-    return shares
 
 
 def host_constants(specs: Iterable[object]) -> None:

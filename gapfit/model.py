@@ -151,14 +151,12 @@ class Model:
             )
             for g in groups
         ]
-        if len(batches) > 1 or any(shape):  # one padded shape: one compilation
-            largest = [
-                max(n, *(len(getattr(b, k)) for b in batches))
-                for n, k in zip(
-                    shape, ("atom_mask", "pair_mask", "config_mask"), strict=True
-                )
-            ]
-            batches = [pad_batch(b, *largest) for b in batches]
+        keys = ("atom_mask", "pair_mask", "config_mask")
+        largest = [  # one padded shape for all batches: one compilation
+            max(n, *(len(getattr(b, k)) for b in batches))
+            for n, k in zip(shape, keys, strict=True)
+        ]
+        batches = [pad_batch(b, *largest) for b in batches]
         k = max(incoming(b).shape[1] for b in batches) if std else 0
         for g, batch in zip(groups, batches, strict=True):
             b = batch_arrays(batch)
