@@ -53,6 +53,7 @@ from gapfit.gapstring import (
 from gapfit.hyperparameters import format_report
 from gapfit.model import Model, atomic_write
 from gapfit.report import error_table, format_error_table
+from gapfit.selection import SCORES
 from gapfit.uncertainty import format_uncertainty_table, uncertainty_table
 
 
@@ -954,8 +955,17 @@ def info(gp_file: str) -> None:
     type=float,
     default=None,
     metavar="EV/ATOM",
-    help="Pool: stop when no unlabelled structure has an energy std above this "
-    "(eV/atom).",
+    help="Pool: stop when no unlabelled structure's score per atom is above this "
+    "(eV/atom): its RMS local-energy std, or with --score energy its energy std per "
+    "atom.",
+)
+@click.option(
+    "--score",
+    type=click.Choice(SCORES),
+    default="environments",
+    show_default=True,
+    help="Pool: rank structures by their summed local-energy variances "
+    "(environments) or by their energy variance (energy).",
 )
 @click.option("--n-rattle", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
@@ -1094,6 +1104,7 @@ def learn(**options: Any) -> None:
             batch_size=o["batch_size"],
             budget=o["budget"] or 40,
             target_std=o["target_std"],
+            score=o["score"],
             **common,
         )
     else:

@@ -21,10 +21,13 @@ every term's delta and the sigmas by the evidence on all labelled frames
 (``update.reoptimised``, starting from the current values).
 
 Pool mode (``learn_pool``): ``n_seed`` random pool structures are labelled first. Each
-step scores every unlabelled structure by the DTC std of its energy per atom (eV/atom;
-``selection.energy_variance``), stops at the label ``budget``, when the largest score
-is at most ``target_std`` or when the pool is used up, and otherwise labels a diverse
-batch of the most uncertain (``selection.diverse_batch``).
+step scores every unlabelled structure (``score``, ``gapfit.selection``): by default
+``environments``, the root of its summed local-energy DTC variances
+(``selection.local_energy_variance``), or ``energy``, the DTC std of its energy
+(``selection.energy_variance``). It stops at the label ``budget``, when no structure's
+score per atom (the RMS local-energy std, or the energy std per atom; eV/atom) is
+above ``target_std`` or when the pool is used up, and otherwise labels a diverse batch
+of the most uncertain (``selection.diverse_batch``).
 
 On-the-fly mode (``learn_otf``): the start structure is labelled first; a sampler
 (Langevin MD or FIRE relaxation, ``gapfit.samplers``) moves it with the GAP's forces,
@@ -67,9 +70,11 @@ from gapfit.labeller import LabelFailure, label, make_labeller, parse_kwargs
 from gapfit.model import Model, atomic_write
 from gapfit.samplers import MDSampler, RelaxSampler, atoms_from_arrays, sampler_arrays
 from gapfit.selection import (
+    SCORES,
     diverse_batch,
     energy_prior,
     energy_variance,
+    local_energy_variance,
     unit_mean_soap,
     unit_soap,
 )
@@ -446,6 +451,7 @@ def learn_pool(
     target_std: float | None = None,
     n_candidates: int | None = None,
     strategy: str = "uncertainty",
+    score: str = "environments",
     sparse_per_label: int = 20,
     sparse_tol: float = 1e-6,
     refit_every: int = 20,
@@ -468,12 +474,13 @@ def learn_pool(
         test: labelled structures for the learning curve (optional).
         n_seed: random pool structures labelled first.
         batch_size: structures labelled per step. budget: labels in all.
-        target_std: stop when no unlabelled structure has an energy std above
-            this (eV/atom).
+        target_std: stop when no unlabelled structure's score per atom is above
+            this (eV/atom; see the module docstring).
         n_candidates: most uncertain structures the diverse batch is chosen from
             (default ``max(10 batch_size, 20)``).
         strategy: "uncertainty" (the module docstring) or "random": random batches
             with the same model, seeds and stops (the baseline of learning curves).
+        score: "environments" or "energy" (the module docstring).
         sparse_per_label, sparse_tol, refit_every: see the module docstring.
         seed: seed of the first structures. resume: continue the run in ``workdir``.
         progress: progress bar. callback: called with an event dict after each step;
@@ -484,6 +491,8 @@ def learn_pool(
     """
     if strategy not in ("uncertainty", "random"):
         raise GapfitError(f"strategy {strategy!r}: use 'uncertainty' or 'random'.")
+    if score not in SCORES:
+        raise GapfitError(f"score {score!r}: use one of {', '.join(SCORES)}.")
     if resume:
         learner, _ = Learner.load(workdir, labeller, progress, callback)
     else:
@@ -503,6 +512,7 @@ def learn_pool(
             target_std=target_std,
             n_candidates=n_candidates or max(10 * batch_size, 20),
             strategy=strategy,
+            score=score,
             sparse_per_label=sparse_per_label,
             sparse_tol=sparse_tol,
             refit_every=refit_every,
@@ -540,9 +550,12 @@ class _PoolRun:
         frames = frames_from_atoms(images, require=(), source="pool")
         self.X_hat, self.s, self.owner = unit_soap(learner.gap, learner.species, frames)
         self.S_hat = unit_mean_soap(self.X_hat, self.owner, len(images))
-        kernel = learner.specs["soap"][1]
-        self.prior = energy_prior(kernel, self.X_hat, self.s, self.owner)
         self.n_atoms = np.array([len(a) for a in images])
+        # runs from before the score was a setting used the energy score
+        self.score = learner.settings.get("score", "energy")
+        if self.score == "energy":
+            kernel = learner.specs["soap"][1]
+            self.prior = energy_prior(kernel, self.X_hat, self.s, self.owner)
 
     def run(self) -> None:
         L, st, cfg = self.learner, self.learner.state, self.learner.settings
@@ -564,12 +577,13 @@ class _PoolRun:
             if len(L.labelled) >= cfg["budget"]:
                 reason = f"label budget {cfg['budget']} reached"
                 break
-            u = self.uncertainty()
+            u, per_atom = self.uncertainty()
             if not np.isfinite(u).any():
                 reason = "pool exhausted"
                 break
-            if cfg["target_std"] is not None and u.max() <= cfg["target_std"]:
-                reason = f"largest energy std {u.max():.3g} eV/atom <= target"
+            largest = float(per_atom.max())
+            if cfg["target_std"] is not None and largest <= cfg["target_std"]:
+                reason = f"largest {self.score} std {largest:.3g} eV/atom <= target"
                 break
             n_pick = min(cfg["batch_size"], cfg["budget"] - len(L.labelled))
             if cfg["strategy"] == "random":  # the baseline: same model, random picks
@@ -584,20 +598,26 @@ class _PoolRun:
             if len(batch) == 0:
                 reason = "no candidate differs from the labelled structures"
                 break
-            self.step([int(i) for i in batch], [], float(u.max()), bar)
+            self.step([int(i) for i in batch], [], largest, bar)
         bar.close()
         L.finish(reason)
 
-    def uncertainty(self) -> np.ndarray:
-        """Energy std per atom (eV/atom) of each pool structure; -inf for labelled
-        and failed ones."""
-        var = energy_variance(
-            self.learner.model, self.X_hat, self.s, self.owner, self.prior
-        )
-        u = np.sqrt(np.maximum(var, 0.0)) / self.n_atoms
+    def uncertainty(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each pool structure's score (eV) and score per atom (eV/atom; the module
+        docstring); -inf for labelled and failed ones."""
+        model, n = self.learner.model, len(self.images)
+        if self.score == "environments":
+            var = local_energy_variance(model, self.X_hat, self.s)
+            u = np.sqrt(np.bincount(self.owner, np.maximum(var, 0.0), n))
+            per_atom = u / np.sqrt(self.n_atoms)  # RMS local-energy std
+        else:
+            var = energy_variance(model, self.X_hat, self.s, self.owner, self.prior)
+            u = np.sqrt(np.maximum(var, 0.0))
+            per_atom = u / self.n_atoms
         st = self.learner.state
         u[st["labelled"] + st["failed"]] = -np.inf
-        return u
+        per_atom[st["labelled"] + st["failed"]] = -np.inf
+        return u, per_atom
 
     def step(
         self, picks: list[int], extra: list[ase.Atoms], max_std, bar: tqdm

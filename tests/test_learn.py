@@ -182,6 +182,34 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
     assert (files / "model.npz").is_file() and (files / "curve.csv").is_file()
 
 
+def test_pool_scores_and_target_std(tmp_path):
+    """Both scores run and stop at a target std in their unit (eV/atom); the energy
+    score picks differently; an unknown score is an error that names the valid ones."""
+    picks, reasons = {}, {}
+    for score in ("environments", "energy"):
+        run = learn_pool(
+            tmp_path / score, "emt", pool_structures(), gap(), score=score, **POOL
+        )
+        picks[score] = run.state["labelled"]
+        stop = learn_pool(
+            tmp_path / f"{score}_target",
+            "emt",
+            pool_structures(),
+            gap(),
+            score=score,
+            target_std=10.0,
+            **POOL,
+        )
+        assert len(stop.state["labelled"]) == POOL["n_seed"]  # the seeds only
+        reasons[score] = stop.state["done"]
+    assert picks["environments"][:2] == picks["energy"][:2]  # same seeds
+    assert picks["environments"] != picks["energy"]
+    assert reasons["environments"].startswith("largest environments std")
+    assert reasons["energy"].startswith("largest energy std")
+    with pytest.raises(GapfitError, match="environments, energy"):
+        learn_pool(tmp_path / "bad", "emt", pool_structures(), gap(), score="nope")
+
+
 def test_failing_labeller_is_skipped(tmp_path):
     pool = cu_cells(6, seed=21, labelled=False)
     for i, how in ((1, "bad_raise"), (3, "bad_nan"), (4, "bad_unconverged")):

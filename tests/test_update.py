@@ -17,7 +17,7 @@ from scipy.linalg import solve_triangular
 from gapfit import GAP, GapfitError
 from gapfit.assembly import padded_batches, scaled_chunks
 from gapfit.data import as_frames
-from gapfit.selection import greedy_max_det, unit_soap
+from gapfit.selection import greedy_max_det, local_energy_variance, unit_soap
 from gapfit.sparse_set import (
     PAD,
     choose_sparse,
@@ -231,6 +231,18 @@ def test_greedy_max_det():
     group = np.array([0, 0, 0, 1, 1, 1, 0, 1])
     capped = greedy_max_det(K, 8, 1e-9, group, np.array([1, 5]))
     assert np.sum(group[capped] == 0) == 1
+
+
+def test_local_energy_variance_is_the_predicted_local_std(fitted, cells):
+    """The pool score's per-environment variance, from descriptors alone, equals the
+    square of the local-energy std that the full prediction gives (SOAP-only model)."""
+    gap = GAP(soap=SOAP, e0_method="average")
+    X_hat, s, _ = unit_soap(gap, (29,), cells[2:5])
+    var = local_energy_variance(fitted, X_hat, s)
+    predicted = fitted.predict(cells[2:5], std=True)
+    std = np.concatenate([p["energies_std"] for p in predicted])
+    assert np.allclose(var, std**2, rtol=1e-8, atol=1e-12)
+    assert var.min() > 0.0
 
 
 def test_update_needs_settings(fitted, cells):
