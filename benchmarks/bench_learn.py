@@ -222,9 +222,9 @@ def timing(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pool-size", type=int, default=1000)
-    p.add_argument("--n-test", type=int, default=50)
-    p.add_argument("--budget", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--n-test", type=int, default=40)
+    p.add_argument("--budget", type=int, default=80)
+    p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--n-seed", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--score", default="environments", choices=SCORES)
