@@ -302,6 +302,14 @@ def main() -> None:
     p.add_argument(
         "--min-interval", type=int, default=1, help="steps from one label to the next"
     )
+    p.add_argument(
+        "--optimise-hyperparameters",
+        action="store_true",
+        help="re-choose delta and the sigmas by the evidence at each scheduled refit",
+    )
+    p.add_argument(
+        "--refit-every", type=int, default=20, help="labels between full refits"
+    )
     p.add_argument("--n-test", type=int, default=20)
     p.add_argument("--soap", default=SOAP)
     p.add_argument("--sparse-per-label", type=int, default=20)
@@ -337,7 +345,11 @@ def main() -> None:
             root / "otf",
             "emt",
             cu_cell(),
-            GAP(soap=args.soap, e0_method="average"),
+            GAP(
+                soap=args.soap,
+                e0_method="average",
+                optimise_hyperparameters=args.optimise_hyperparameters,
+            ),
             test,
             sampler="md",
             steps=args.steps,
@@ -347,6 +359,7 @@ def main() -> None:
             budget=args.budget,
             min_interval=args.min_interval,
             sparse_per_label=args.sparse_per_label,
+            refit_every=args.refit_every,
             seed=args.seed,
             progress=not args.quiet,
             callback=checker,
@@ -361,7 +374,9 @@ def main() -> None:
     cfg = learner.settings  # the run's own (on resume too)
     n_labels = len(learner.labelled)
     fit_seconds = sum(
-        e.get("seconds", 0.0) for e in learner.log if e["event"] in ("refit", "update")
+        e.get("seconds", 0.0)
+        for e in learner.log
+        if e["event"] in ("refit", "update", "reoptimised")
     )
     figures = {
         "settings": {k: v for k, v in vars(args).items() if k != "json"},

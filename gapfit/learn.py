@@ -14,9 +14,10 @@ largest Nyström residual (``sparse_set.choose_sparse``): at most ``sparse_per_l
 per labelled frame and the SOAP ``n_sparse`` per element, each with a residual variance
 above ``sparse_tol delta^2``; it is held at that capacity by padding, so the kernels
 compile once per run. New frames are folded into the QR factor (``update.update``)
-unless sparse points were added or ``refit_every`` labels passed since the last full
-refit (``update.refit``); both give the same model to rounding. With the ``GAP``'s
-``optimise_hyperparameters``, each refit after ``refit_every`` labels also re-chooses
+unless sparse points were added, or every ``refit_every`` labels (counted whatever
+refits new sparse points forced), by a full refit (``update.refit``); both give the
+same model to rounding. With the ``GAP``'s ``optimise_hyperparameters``, each of those
+scheduled refits also re-chooses
 every term's delta and the sigmas by the evidence on all labelled frames
 (``update.reoptimised``, starting from the current values).
 
@@ -42,7 +43,10 @@ it in the units of the errors: ``a^2 = mean (e / s)^2`` over the force component
 all frames labelled so far, with the errors ``e`` and stds ``s`` predicted just
 before each was labelled (held out; the maximum-likelihood scale of
 ``e ~ N(0, a^2 s^2)``, as in std scaling, Laves et al., MIDL 2020), 1 before the
-first such frame.
+first such frame. A scheduled re-optimisation of delta and the sigmas changes the
+stds' amplitude: the sum of ``(e / s)^2`` is then divided by the squared ratio of
+the new to the old RMS force std on the previous labelled frame (one both models
+were fitted to), so that ``a`` stays in the units of the current stds.
 """
 
 from __future__ import annotations
@@ -296,12 +300,13 @@ class Learner:
         new: Sequence[ase.Atoms],
         X_hat: np.ndarray | None = None,
         s: np.ndarray | None = None,
-    ) -> None:
+    ) -> str:
         """Add labelled structures to the model: new sparse points from their
         environments (unit SOAP ``X_hat (n, F)``, species index ``s (n,)``, computed
-        here if not given), then a refit or a rank update."""
+        here if not given), then a refit or a rank update. Returns how: "update",
+        "refit" or "reoptimised" (a refit with delta and the sigmas chosen again)."""
         if not new:
-            return
+            return "none"
         t0 = time.perf_counter()
         frames = frames_from_atoms(new, require=("energy", "forces"), source="label")
         if self.model is None:
@@ -324,12 +329,14 @@ class Learner:
         due = self.since_refit + len(new) >= settings["refit_every"]
         if due and mode:  # the scheduled refit re-chooses delta and sigmas
             model = model or self.model
-            self.model, how = reoptimised(model, everything, mode, **kw), "refit"
+            self.model = reoptimised(model, everything, mode, **kw)
+            how = "reoptimised"
         elif model is not None or due:
             self.model, how = refit(model or self.model, everything, **kw), "refit"
         else:
             self.model, how = update(self.model, frames, **kw), "update"
-        self.since_refit = 0 if how == "refit" else self.since_refit + len(new)
+        # scheduled every refit_every labels, whatever refits new sparse points forced
+        self.since_refit = 0 if due else self.since_refit + len(new)
         self.frames = everything
         self.labelled += list(new)
         for atoms in new:
@@ -342,6 +349,7 @@ class Learner:
             n_sparse=self.n_sparse,
             seconds=round(time.perf_counter() - t0, 4),
         )
+        return how
 
     def isolated_atoms(self) -> list[ase.Atoms]:
         """One isolated atom per element (for ``e0_method="isolated"``; else none)."""
@@ -654,6 +662,14 @@ def _std_scale(state: dict) -> float:
     return float(np.sqrt(state["z2_sum"] / n)) if n else 1.0
 
 
+def _std_ratio(old: Model, new: Model, frame: Frame) -> float:
+    """RMS force std of ``new`` over that of ``old`` on ``frame`` (a frame both were
+    fitted to): how much a re-optimisation of delta and the sigmas changed the stds."""
+    (a,), (b,) = (m.predict([frame], std=True) for m in (old, new))
+    raw = "forces_std_raw" if "forces_std_raw" in a else "forces_std"
+    return float(np.sqrt(np.mean(b[raw] ** 2) / np.mean(a[raw] ** 2)))
+
+
 def _calibrate(state: dict, forces: np.ndarray, pred: dict) -> None:
     """Add a labelled frame's held-out force errors to the std scale."""
     z2 = ((forces - pred["forces"]) / np.maximum(pred["forces_std"], 1e-12)) ** 2
@@ -830,7 +846,12 @@ class _OTFRun:
                 if new:
                     _calibrate(st, new[0][1].get_forces(), pred)
                     st["last_label"] = step
-                    L.add([a for _, a in new])
+                    before = L.model
+                    if L.add([a for _, a in new]) == "reoptimised":
+                        # the held-out (e / s)^2 so far were of the old stds
+                        ratio = _std_ratio(before, L.model, L.frames[-2])
+                        st["z2_sum"] /= ratio**2
+                        L._event("std_rescaled", ratio=ratio)
                     calc.model = L.model
                     calc.reset()
                     atoms.get_forces()  # the updated model's, for the next step

@@ -23,8 +23,9 @@ from emt_cells import SOAP, cu_cells
 
 from gapfit import GAP, GapfitError
 from gapfit.cli import main
+from gapfit.data import as_frames
 from gapfit.labeller import LabelFailure, label, make_labeller
-from gapfit.learn import learn_otf, learn_pool
+from gapfit.learn import _std_ratio, learn_otf, learn_pool
 from gapfit.update import refit
 from gapfit.workdir import read_xyz_text
 
@@ -302,7 +303,7 @@ def test_pool_resume_after_kill(pool_run, tmp_path):
     assert [e["event"] for e in resumed.log].count("resumed") == 1
 
 
-def _otf(workdir, **kw):
+def _otf(workdir, settings_gap=None, **kw):
     records: list = []
     test = cu_cells(2, seed=8)
     start = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
@@ -311,7 +312,7 @@ def _otf(workdir, **kw):
         workdir,
         "emt",
         start,
-        gap(),
+        settings_gap or gap(),
         test,
         sampler="md",
         checkpoint_every=4,
@@ -378,6 +379,41 @@ def test_otf_min_interval_spaces_the_labels(tmp_path):
     assert [a.info["source"] for a in learner.labelled] == ["start", "md:4", "md:8"]
     with pytest.raises(GapfitError, match="min_interval 0"):
         _otf(tmp_path / "bad", min_interval=0)
+
+
+def test_std_ratio_follows_delta_and_sigmas():
+    """Doubling delta and every sigma (the jitter, a variance, times 4) doubles every
+    posterior std exactly: the ratio with which on-the-fly mode rescales its
+    held-out (e / s)^2."""
+    cells = cu_cells(3, seed=9)
+    kw = {"e0_method": "average"}
+    base = GAP(soap=SOAP, default_sigma=(0.002, 0.05, 0.05), sparse_jitter=1e-8, **kw)
+    double = GAP(
+        soap=SOAP + " delta=2.0",
+        default_sigma=(0.004, 0.1, 0.1),
+        sparse_jitter=4e-8,
+        **kw,
+    )
+    one, two = (g.fit(cells[:2]).model_ for g in (base, double))
+    frame = as_frames(cells[2:])[0]
+    assert _std_ratio(one, two, frame) == pytest.approx(2.0, rel=1e-6)
+    assert _std_ratio(one, one, frame) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_otf_rescales_the_std_history_after_reoptimising(tmp_path):
+    optimising = GAP(soap=SOAP, e0_method="average", optimise_hyperparameters=True)
+    learner, records = _otf(
+        tmp_path / "md",
+        std_threshold=0.0,
+        steps=5,
+        refit_every=2,
+        settings_gap=optimising,
+    )
+    events = [e["event"] for e in learner.log]
+    assert "reoptimised" in events
+    rescaled = [e for e in learner.log if e["event"] == "std_rescaled"]
+    assert rescaled and all(e["ratio"] > 0.0 for e in rescaled)
+    assert learner.model.info["settings"]["soap"]["delta"] != 1.0
 
 
 def test_cli_learn(tmp_path):
