@@ -113,7 +113,11 @@ def cu_structures(n: int, seed: int) -> list[Atoms]:
 def curves(args: argparse.Namespace) -> None:
     pool = cu_structures(args.pool_size, seed=100)
     test = [label(EMT(), s) for s in cu_structures(args.n_test, seed=200)]
-    gap = GAP(soap=args.soap, e0_method="average")
+    gap = GAP(
+        soap=args.soap,
+        e0_method="average",
+        optimise_hyperparameters=args.optimise_hyperparameters,
+    )
     rows: dict[str, dict[int, list]] = {"uncertainty": {}, "random": {}}
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_learn_"))
     per_seed: dict[int, dict] = {}
@@ -132,6 +136,7 @@ def curves(args: argparse.Namespace) -> None:
                 seed=seed,
                 strategy=strategy,
                 score=args.score,
+                refit_every=args.refit_every,
                 progress=False,
             )
             seconds = time.perf_counter() - t0
@@ -229,6 +234,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--score", default="environments", choices=SCORES)
     p.add_argument("--soap", default=SOAP)
+    p.add_argument(
+        "--optimise-hyperparameters",
+        action="store_true",
+        help="re-choose delta and the sigmas by the evidence at each scheduled refit",
+    )
+    p.add_argument("--refit-every", type=int, default=20, help="labels per refit")
     p.add_argument("--workdir", default=None)
     p.add_argument("--plot", default=None, metavar="PNG")
     p.add_argument("--skip-curves", action="store_true")
