@@ -91,7 +91,7 @@ def forces_and_virials(t: jax.Array, b: dict) -> tuple[jax.Array, jax.Array]:
     return forces, W
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jax.jit, static_argnums=0)
 def design_rows(
     spec: SoapSpec,
     kernel: DotProductKernel,
@@ -162,7 +162,7 @@ def rows_mean(rows: Rows, weights: jax.Array) -> Mean:
     )
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jax.jit, static_argnums=0)
 def predict_mean(
     spec: SoapSpec,
     kernel: DotProductKernel,

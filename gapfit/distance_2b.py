@@ -25,6 +25,7 @@ import numpy as np
 
 from gapfit.blocks import VOIGT, Mean, Rows, forces_and_virials
 from gapfit.errors import GapfitError
+from gapfit.kernels import delta_leaf_pytree
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class PairSpec:
         return d
 
 
+@partial(delta_leaf_pytree, static=("theta",))
 @dataclass(frozen=True)
 class SEKernel:
     """Squared-exponential kernel: ``delta`` in eV, length scale ``theta`` in Å."""
@@ -112,7 +114,7 @@ def _features(spec, kernel, Z_r, Z_t, r, types) -> jax.Array:
     return cutoff_function(spec, r)[:, None] * k * (types[:, None] == Z_t[None, :])
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jax.jit, static_argnums=0)
 def pair_rows(
     spec: PairSpec, kernel: SEKernel, Z_r: jax.Array, Z_t: jax.Array, b: dict
 ) -> Rows:
@@ -134,7 +136,7 @@ def pair_rows(
     return Rows(energy, forces, virial, local * b["atom_mask"][:, None])
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jax.jit, static_argnums=0)
 def pair_mean(
     spec: PairSpec,
     kernel: SEKernel,
@@ -172,7 +174,7 @@ def _d2_covariance(spec, kernel):
     return jnp.vectorize(f)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jax.jit, static_argnums=0)
 def pair_priors(
     spec: PairSpec, kernel: SEKernel, b: dict, incoming: jax.Array
 ) -> tuple[jax.Array, ...]:

@@ -12,6 +12,7 @@ Csányi, PRL 104, 136403 (2010); Bartók, Kondor, Csányi, PRB 87, 184115 (2013)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,27 @@ import jax.numpy as jnp
 from gapfit.errors import GapfitError
 
 
+def delta_leaf_pytree(cls: type, static: tuple[str, ...]) -> type:
+    """Register the frozen dataclass ``cls`` as a JAX pytree whose ``delta`` is a leaf
+    and whose fields ``static`` are static: jitted functions take the kernel as an
+    ordinary argument, so a new delta (a re-optimisation) reuses their compiled
+    programs instead of compiling (and keeping) new ones."""
+
+    def flatten(k):
+        return (k.delta,), tuple(getattr(k, f) for f in static)
+
+    def unflatten(aux, children):  # no __post_init__: delta may be a tracer
+        k = object.__new__(cls)
+        object.__setattr__(k, "delta", children[0])
+        for f, v in zip(static, aux, strict=True):
+            object.__setattr__(k, f, v)
+        return k
+
+    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+    return cls
+
+
+@partial(delta_leaf_pytree, static=("zeta",))
 @dataclass(frozen=True)
 class DotProductKernel:
     """``delta`` in eV; integer ``zeta`` >= 1."""

@@ -93,8 +93,10 @@ class Model:
 
     def mean(self, b: dict) -> Mean:
         """Sum of the terms' predicted means (without e0), one jitted call."""
-        statics = tuple((type(t), t.spec, t.kernel) for t in self.terms)
-        return _summed_mean(statics, tuple(t._z for t in self.terms), self._weights, b)
+        statics = tuple((type(t), t.spec) for t in self.terms)
+        kernels = tuple(t.kernel for t in self.terms)
+        z = tuple(t._z for t in self.terms)
+        return _summed_mean(statics, kernels, z, self._weights, b)
 
     def mean_and_std(self, batch: Batch, b: dict, min_k: int = 0) -> tuple[Mean, Std]:
         """Means and DTC standard deviations (all terms) of a one-configuration
@@ -303,10 +305,14 @@ class Model:
 
 
 @partial(jax.jit, static_argnums=0)
-def _summed_mean(statics: tuple, sparse: tuple, weights: tuple, b: dict) -> Mean:
+def _summed_mean(
+    statics: tuple, kernels: tuple, sparse: tuple, weights: tuple, b: dict
+) -> Mean:
     parts = [
         cls.mean_fn(spec, kernel, *z, w, b)
-        for (cls, spec, kernel), z, w in zip(statics, sparse, weights, strict=True)
+        for (cls, spec), kernel, z, w in zip(
+            statics, kernels, sparse, weights, strict=True
+        )
     ]
     return Mean(*(sum(x[1:], x[0]) for x in zip(*parts, strict=True)))
 

@@ -37,7 +37,6 @@ picked item (``d_i ~ 0``) is never picked. Two uses:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import ase
 import jax
@@ -66,7 +65,7 @@ def soap_columns(model: Model) -> slice:
     raise ValueError("the model has no SOAP term")
 
 
-@partial(jax.jit, static_argnums=0)
+@jax.jit
 def _kernel_rows(kernel, X_hat, s, Z_hat, Z_s) -> jax.Array:
     return kernel_block(kernel, X_hat, s, Z_hat, Z_s)
 
@@ -157,7 +156,7 @@ def nystrom_residual(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.ndarr
     return np.asarray(K)[:n, :n]
 
 
-@partial(jax.jit, static_argnums=0)
+@jax.jit
 def _nystrom_residual(kernel, X, t, Z_hat, Z_s, L_inv) -> jax.Array:
     k = kernel_block(kernel, X, t, Z_hat, Z_s)  # (n, M_soap)
     V = k @ L_inv.T  # L_mm^-1 k: (n, M)

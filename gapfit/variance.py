@@ -115,7 +115,7 @@ def prior_energy_variance(
     )
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jax.jit, static_argnums=0)
 def soap_rows_and_priors(
     spec: SoapSpec,
     kernel: DotProductKernel,

@@ -1,5 +1,6 @@
 """Model file round trip and validation; gap_fit-style SOAP strings."""
 
+import dataclasses
 import json
 import zipfile
 
@@ -11,7 +12,8 @@ from ase.calculators.emt import EMT
 from gapfit import GapfitError
 from gapfit.fit import GAP
 from gapfit.gapstring import parse_soap
-from gapfit.model import FORMAT_VERSION, Model
+from gapfit.model import FORMAT_VERSION, Model, _summed_mean
+from gapfit.variance import soap_rows_and_priors
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +148,27 @@ def test_batched_prediction_equals_one_by_one(fitted):
         np.testing.assert_allclose(alone["energy"], ref["energy"], rtol=1e-12)
         np.testing.assert_allclose(alone["forces"], ref["forces"], atol=1e-12)
         np.testing.assert_allclose(alone["stress"], ref["stress"], atol=1e-14)
+
+
+def test_a_new_delta_reuses_the_compiled_programs(fitted):
+    """delta is traced, not static: a model with another delta (a re-optimisation)
+    runs the programs already compiled, with its kernel values scaled by delta^2."""
+    gap, frames, _ = fitted
+    model = gap.model_
+    soap = model.term("soap")
+    scaled = dataclasses.replace(
+        model,
+        terms=(
+            dataclasses.replace(
+                soap,
+                kernel=dataclasses.replace(soap.kernel, delta=2.0 * soap.kernel.delta),
+            ),
+        ),
+    )
+    base = model.predict(frames[:1], std=True)[0]
+    sizes = (_summed_mean._cache_size(), soap_rows_and_priors._cache_size())
+    other = scaled.predict(frames[:1], std=True)[0]
+    assert (_summed_mean._cache_size(), soap_rows_and_priors._cache_size()) == sizes
+    e0 = sum(model.e0[int(z)] for z in frames[0].numbers)
+    assert other["energy"] - e0 == pytest.approx(4.0 * (base["energy"] - e0), rel=1e-10)
+    np.testing.assert_allclose(other["forces"], 4.0 * base["forces"], atol=1e-10)
