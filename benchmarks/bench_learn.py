@@ -21,7 +21,7 @@ Update timing (``--timing-frames N``): a model fitted to N rattled 108-atom cell
 compiling warm-up call (median of 3).
 
     python benchmarks/bench_learn.py --pool-size 1000 --n-test 40 --budget 80 \
-        --batch-size 2 --seeds 1 2 3
+        --batch-size 2 --seeds 1 2 3 --optimise-hyperparameters --refit-every 10
     python benchmarks/bench_learn.py --skip-curves --timing-frames 20
 """
 
