@@ -44,9 +44,11 @@ all frames labelled so far, with the errors ``e`` and stds ``s`` predicted just
 before each was labelled (held out; the maximum-likelihood scale of
 ``e ~ N(0, a^2 s^2)``, as in std scaling, Laves et al., MIDL 2020), 1 before the
 first such frame. A scheduled re-optimisation of delta and the sigmas changes the
-stds' amplitude: the sum of ``(e / s)^2`` is then divided by the squared ratio of
+stds' amplitude: the mean of ``(e / s)^2`` is then divided by the squared ratio of
 the new to the old RMS force std on the previous labelled frame (one both models
-were fitted to), so that ``a`` stays in the units of the current stds.
+were fitted to), so that ``a`` stays in the units of the current stds, and it keeps
+the weight of one frame only (it describes the old model's errors), so that the next
+held-out frames set ``a`` for the new model.
 """
 
 from __future__ import annotations
@@ -850,7 +852,10 @@ class _OTFRun:
                     if L.add([a for _, a in new]) == "reoptimised":
                         # the held-out (e / s)^2 so far were of the old stds
                         ratio = _std_ratio(before, L.model, L.frames[-2])
-                        st["z2_sum"] /= ratio**2
+                        # of another model: kept as the weight of one frame
+                        weight = pred["forces"].size / st["z2_n"]
+                        st["z2_sum"] *= weight / ratio**2
+                        st["z2_n"] = pred["forces"].size
                         L._event("std_rescaled", ratio=ratio)
                     calc.model = L.model
                     calc.reset()

@@ -414,6 +414,10 @@ def test_otf_rescales_the_std_history_after_reoptimising(tmp_path):
     rescaled = [e for e in learner.log if e["event"] == "std_rescaled"]
     assert rescaled and all(e["ratio"] > 0.0 for e in rescaled)
     assert learner.model.info["settings"]["soap"]["delta"] != 1.0
+    # the history before the last re-optimisation weighs as one frame: 32 atoms x 3
+    last = max(k for k, e in enumerate(learner.log) if e["event"] == "std_rescaled")
+    after = sum(e["event"] == "labelled" for e in learner.log[last:])
+    assert learner.state["z2_n"] == 96 * (1 + after)
 
 
 def test_cli_learn(tmp_path):
