@@ -853,9 +853,9 @@ class _OTFRun:
                         # the held-out (e / s)^2 so far were of the old stds
                         ratio = _std_ratio(before, L.model, L.frames[-2])
                         # of another model: kept as the weight of one frame
-                        weight = pred["forces"].size / st["z2_n"]
-                        st["z2_sum"] *= weight / ratio**2
-                        st["z2_n"] = pred["forces"].size
+                        n = pred["forces"].size
+                        st["z2_sum"] = n * (_std_scale(st) / ratio) ** 2
+                        st["z2_n"] = n
                         L._event("std_rescaled", ratio=ratio)
                     calc.model = L.model
                     calc.reset()

@@ -151,7 +151,7 @@ def nystrom_residual(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.ndarr
     t = np.full(size, -1, dtype=np.int64)
     t[:n] = s
     term = model.term("soap")
-    L_inv = model.factors.L_inv[:, soap_columns(model)]
+    L_inv = _soap_factors(model).L_inv
     K = _nystrom_residual(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z, L_inv)
     return np.asarray(K)[:n, :n]
 
