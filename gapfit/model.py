@@ -34,7 +34,14 @@ from gapfit.blocks import Mean, Rows, batch_arrays, rows_mean
 from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
 from gapfit.memory import release_freed
-from gapfit.neighbours import Batch, Structure, incoming, make_batch, pad_batch
+from gapfit.neighbours import (
+    Batch,
+    PairTables,
+    Structure,
+    make_batch,
+    pad_batch,
+    pair_tables,
+)
 from gapfit.sparse_gp import Posterior, VarianceFactors, variance_factors, whiten_rows
 from gapfit.terms import TERM_TYPES, Term
 from gapfit.variance import Std, combine_std
@@ -101,9 +108,9 @@ class Model:
     def mean_and_std(self, batch: Batch, b: dict, min_k: int = 0) -> tuple[Mean, Std]:
         """Means and DTC standard deviations (all terms) of a one-configuration
         batch; the means are the kernel rows times the weights (the rows are needed
-        for the stds anyway). ``min_k``: least width of the incoming-pair table."""
-        inc = jnp.asarray(incoming(batch, min_k))
-        parts = [t.rows_and_priors(b, inc) for t in self.terms]
+        for the stds anyway). ``min_k``: least width of the per-atom pair tables."""
+        tables = PairTables(*(jnp.asarray(x) for x in pair_tables(batch, min_k)))
+        parts = [t.rows_and_priors(b, tables) for t in self.terms]
         rows = Rows(
             *(
                 jnp.concatenate(x, axis=-1)
@@ -159,7 +166,7 @@ class Model:
             for n, k in zip(shape, keys, strict=True)
         ]
         batches = [pad_batch(b, *largest) for b in batches]
-        k = max(incoming(b).shape[1] for b in batches) if std else 0
+        k = max(pair_tables(b).incoming.shape[1] for b in batches) if std else 0
         for g, batch in zip(groups, batches, strict=True):
             b = batch_arrays(batch)
             mean, sd = self.mean_and_std(batch, b, k) if std else (self.mean(b), None)

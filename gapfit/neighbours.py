@@ -217,17 +217,39 @@ def pad_batch(batch: Batch, A: int, P: int, C: int) -> Batch:
     return batch._replace(**new)
 
 
-def incoming(batch: Batch, min_k: int = 0) -> np.ndarray:
-    """``(A, K)`` indices of the pairs whose neighbour j is each atom (padded with an
-    index of a masked pair, ``K >= min_k``), for per-atom force covariances."""
-    real = np.flatnonzero(batch.pair_mask > 0)
-    pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
-    j = batch.neighbour[real]
-    order = real[np.argsort(j, kind="stable")]
-    counts = np.bincount(j, minlength=len(batch.species))
-    K = max(bucket(int(counts.max(initial=0)), 4), min_k)  # few jit shapes
-    out = np.full((len(batch.species), K), pad_pair, dtype=np.int64)
+class PairTables(NamedTuple):
+    """The pairs of a batch laid out per atom, for per-atom covariances (the std)."""
+
+    incoming: np.ndarray  # (A, K) pairs into each atom j (pad: a masked pair)
+    outgoing: np.ndarray  # (A, K) their slots in incoming.ravel() by centre (pad: A K)
+
+
+def _per_atom(atom: np.ndarray, values: np.ndarray, n_atoms: int, K: int, fill: int):
+    """``(n_atoms, K)`` table of ``values`` grouped by ``atom`` (stable), ``fill``
+    where an atom has fewer than K."""
+    order = np.argsort(atom, kind="stable")
+    counts = np.bincount(atom, minlength=n_atoms)
+    out = np.full((n_atoms, K), fill, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(len(order)) - np.repeat(starts, counts)
-    out[np.repeat(np.arange(len(counts)), counts), rank] = order
+    out[np.repeat(np.arange(n_atoms), counts), rank] = values[order]
     return out
+
+
+def pair_tables(batch: Batch, min_k: int = 0) -> PairTables:
+    """Per-atom tables of the real pairs, ``K >= min_k`` wide (bucketed: few jit
+    shapes)."""
+    real = np.flatnonzero(batch.pair_mask > 0)
+    pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
+    A = len(batch.species)
+    most = max(
+        np.bincount(batch.neighbour[real], minlength=A).max(initial=0),
+        np.bincount(batch.centre[real], minlength=A).max(initial=0),
+    )
+    K = max(bucket(int(most), 4), min_k)
+    inc = _per_atom(batch.neighbour[real], real, A, K, pad_pair)
+    position = np.full(len(batch.pair_mask), A * K, dtype=np.int64)
+    slots = np.flatnonzero(batch.pair_mask[inc.ravel()] > 0)
+    position[inc.ravel()[slots]] = slots
+    out = _per_atom(batch.centre[real], position[real], A, K, A * K)
+    return PairTables(inc, out)

@@ -28,6 +28,7 @@ from gapfit.distance_2b import (
     pair_rows,
 )
 from gapfit.kernels import DotProductKernel, kernel_block
+from gapfit.neighbours import PairTables
 from gapfit.soap import SoapSpec
 from gapfit.variance import Std, soap_rows_and_priors
 
@@ -65,8 +66,8 @@ class SoapTerm:
     def rows(self, b: dict) -> Rows:
         return design_rows(self.spec, self.kernel, *self._z, b)
 
-    def rows_and_priors(self, b: dict, incoming: jax.Array) -> tuple[Rows, Std]:
-        return soap_rows_and_priors(self.spec, self.kernel, *self._z, b, incoming)
+    def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
+        return soap_rows_and_priors(self.spec, self.kernel, *self._z, b, tables)
 
     def meta(self) -> dict:
         return {
@@ -131,9 +132,9 @@ class PairTerm:
     def rows(self, b: dict) -> Rows:
         return pair_rows(self.spec, self.kernel, *self._z, b)
 
-    def rows_and_priors(self, b: dict, incoming: jax.Array) -> tuple[Rows, Std]:
+    def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
         rows = self.rows(b)
-        return rows, Std(*pair_priors(self.spec, self.kernel, b, incoming))
+        return rows, Std(*pair_priors(self.spec, self.kernel, b, tables.incoming))
 
     def meta(self) -> dict:
         return {

@@ -23,8 +23,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gapfit.blocks import VOIGT, Rows
+from gapfit.blocks import VOIGT, Rows, voigt
 from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
+from gapfit.neighbours import PairTables
 from gapfit.soap import SoapSpec, coefficients, pair_derivatives, power_spectrum
 from gapfit.sparse_gp import VarianceFactors, dtc_variance
 
@@ -45,19 +46,35 @@ def _gram_variance(
     norm: jax.Array,
     s: jax.Array,
 ) -> jax.Array:
-    """``sum_{e'} U_e^T H U_e'`` ``(E, K)`` for entries ``U (E, K, F)`` at unit SOAP
-    ``p_hat (E, F)`` with norms ``(E,)``; ``s (E, E)`` masks species and padding.
-    Summed over e it is the prior variance of each of the K components."""
-    Ut = U - jnp.einsum("ekf,ef->ek", U, p_hat)[..., None] * p_hat[:, None, :]
-    Ut = Ut / norm[:, None, None]  # U~ (E, K, F)
-    q = p_hat @ p_hat.T  # (E, E)
-    G = jnp.einsum("ekf,gkf->egk", Ut, Ut)  # U~_e . U~_e'
-    var = jnp.einsum("eg,egk->ek", s * q ** (kernel.zeta - 1), G)
+    """``sum_{e'} U_e^T H U_e'`` ``(..., E, K)`` for entries ``U (..., E, K, F)`` at
+    unit SOAP ``p_hat (..., E, F)`` with norms ``(..., E)``; ``s (..., E, E)`` masks
+    species and padding; ``...`` are independent groups. Summed over e it is the
+    prior variance of each of the K components.
+
+    Two matrix products carry the cost, ``(w U)_e = sum_e' w_ee' U_e'`` and
+    ``C_ee' = U_e . p_hat_e'``; with ``a_e = C_ee`` the projections of the module
+    docstring follow without forming U~ (E, K, F)::
+
+        U~_e . U~_e'    = (U_e . U_e' - a_e' C_ee' - a_e C_e'e + a_e a_e' q_ee') / n n'
+        U~_e . p_hat_e' = (C_ee' - a_e q_ee') / |p_e|
+    """
+    inv = 1.0 / norm
+    q = jnp.einsum("...ef,...gf->...eg", p_hat, p_hat)
+    w = s * q ** (kernel.zeta - 1) * inv[..., :, None] * inv[..., None, :]
+    wU = jnp.einsum("...eg,...gkf->...ekf", w, U)  # (..., E, K, F)
+    C = jnp.einsum("...ekf,...gf->...ekg", U, p_hat)  # (..., E, K, E)
+    # elementwise products and sums from here: as dots they would be (E K) tiny ones
+    a = jnp.sum(U * p_hat[..., None, :], axis=-1)  # C_ee (..., E, K)
+    a_g = jnp.swapaxes(a, -1, -2)[..., None, :, :]  # a_e' at [e, k, e']
+    Ct = jnp.einsum("...ekg->...gke", C)  # C_e'e at [e, k, e']
+    q_ = q[..., :, None, :]
+    cross = a_g * (a[..., None] * q_ - C) - a[..., None] * Ct
+    var = jnp.sum(U * wU, axis=-1) + jnp.sum(w[..., :, None, :] * cross, axis=-1)
     if kernel.zeta > 1:
-        B = jnp.einsum("ekf,gf->ekg", Ut, p_hat)  # U~_e . p_hat_e'
-        var += (kernel.zeta - 1) * jnp.einsum(
-            "eg,ekg,gke->ek", s * q ** (kernel.zeta - 2), B, B
-        )
+        B = (C - a[..., None] * q_) * inv[..., None, None]  # U~_e . p_hat_e'
+        w2 = (s * q ** (kernel.zeta - 2))[..., :, None, :]
+        Bt = jnp.einsum("...ekg->...gke", B)
+        var += (kernel.zeta - 1) * jnp.sum(w2 * B * Bt, axis=-1)
     return kernel.delta**2 * kernel.zeta * var
 
 
@@ -79,12 +96,9 @@ def prior_force_variance(
     env = jnp.concatenate([jnp.arange(A)[:, None], centre_in], axis=1)
     real = jnp.concatenate([b["atom_mask"][:, None], mask_in], axis=1)
     spec_e = b["species"][env]
-
-    def one(U_a, env_a, real_a, spec_a):
-        s = same_species(spec_a, spec_a) * real_a[:, None] * real_a[None, :]
-        return _gram_variance(kernel, U_a, p_hat[env_a], norm[env_a], s).sum(axis=0)
-
-    return jax.vmap(one)(U, env, real, spec_e) * b["atom_mask"][:, None]
+    s = (spec_e[:, :, None] == spec_e[:, None, :]) * real[:, :, None] * real[:, None, :]
+    var = _gram_variance(kernel, U, p_hat[env], norm[env], s).sum(axis=1)
+    return var * b["atom_mask"][:, None]
 
 
 def prior_virial_variance(
@@ -122,22 +136,26 @@ def soap_rows_and_priors(
     Z_hat: jax.Array,
     Z_species: jax.Array,
     b: dict,
-    incoming: jax.Array,
+    tables: PairTables,
 ) -> tuple[Rows, Std]:
     """Kernel rows and prior variances (``Std`` fields hold variances here) of the
     SOAP term for one batch.
 
-    Pairs are laid out by the atom they point into (``incoming (A, K)``), so each
-    force row is a dense sum over K (no scatter of (P, 3, M) arrays) and the same
-    ``dP`` serves the rows and the prior variances. With ``S_a = sum_{p: i_p = a}
-    dP_p`` and ``t_p`` of ``blocks`` (``t_p = a_i (z - q_i p_hat_i) . dP_p``)::
+    ``dP`` is computed once with the pairs laid out by the atom they point into
+    (``tables.incoming (A, K)``), so each force row is a dense sum over K (no scatter
+    of (P, 3, M) arrays) and the same ``dP`` serves the rows and the prior
+    variances; a gather regroups it by centre (``tables.outgoing``) for the dense
+    sums ``S_a = sum_{p: i_p = a} dP_p`` and ``V_a = sum_{p: i_p = a} dP_p (x) D_p``.
+    With ``t_p`` of ``blocks`` (``t_p = a_i (z - q_i p_hat_i) . dP_p``)::
 
         F_a = a_a (Z S_a - q_a (p_hat_a . S_a)) - sum_{p into a} t_p       (A, 3, M)
         W   = -sum_p t_p (x) D_p                                           (C, 6, M)
     """
-    A, K = incoming.shape
+    A, K = tables.incoming.shape
     C = b["config_mask"].shape[0]
-    pair = {k: b[k][incoming].reshape(A * K, *b[k].shape[1:]) for k in _PAIR_KEYS}
+    pair = {
+        k: b[k][tables.incoming].reshape(A * K, *b[k].shape[1:]) for k in _PAIR_KEYS
+    }
     c = coefficients(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
     )
@@ -146,10 +164,12 @@ def soap_rows_and_priors(
         spec, c, pair["D"], pair["centre"], pair["neighbour_species"], pair["pair_mask"]
     )  # (A K, 3, F), masked
     i = pair["centre"]
-    S = jax.ops.segment_sum(dP, i, A)  # (A, 3, F)
-    outer = jnp.einsum("pkf,pl->pklf", dP, pair["D"])
-    V = jax.ops.segment_sum(outer, i, A)  # (A, 3, 3, F)
-    V = jnp.stack([0.5 * (V[:, x, y] + V[:, y, x]) for x, y in VOIGT], axis=1)
+    # by centre: slot A K of the extended arrays is an empty pair
+    dP_out = jnp.concatenate([dP, jnp.zeros_like(dP[:1])])[tables.outgoing]
+    D_out = jnp.concatenate([pair["D"], jnp.zeros_like(pair["D"][:1])])[tables.outgoing]
+    S = dP_out.sum(axis=1)  # (A, 3, F)
+    V = voigt(jnp.einsum("akxf,aky->afxy", dP_out, D_out))  # (A, F, 6)
+    V = jnp.swapaxes(V, 1, 2)  # (A, 6, F)
 
     q = cosine(p_hat, Z_hat)  # (A, M)
     s = same_species(b["species"], Z_species) * b["atom_mask"][:, None]

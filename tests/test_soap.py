@@ -30,6 +30,7 @@ from gapfit.soap import (
     coefficients,
     pair_expansion,
     pair_gradient,
+    soap,
     soap_and_pair_derivatives,
     solid_harmonics,
 )
@@ -370,6 +371,24 @@ def test_pair_gradient_equals_autodiff_of_the_expansion() -> None:
     u = np.random.default_rng(0).normal(size=(len(D), spec.n_max, 16))
     ref = jax.grad(lambda D: jax.numpy.sum(pair_expansion(spec, D) * u))(D)
     np.testing.assert_allclose(pair_gradient(spec, D, u), ref, rtol=1e-12, atol=1e-13)
+
+
+def test_pair_derivatives_equal_the_jacobian_of_soap() -> None:
+    """``dP_p = dp_centre / dD_p`` of every pair, in dscribe's layout (two species:
+    same- and cross-species blocks), equals forward-mode autodiff of the SOAP."""
+    spec = SoapSpec(species=(29, 79), n_max=3, l_max=2, cutoff=4.0)
+    atoms = alloy_cell()[:12]
+    atoms.pbc = False
+    batch = make_batch([atoms], spec.species, spec.neighbour_cutoff, ["cluster"])
+    b = batch_arrays(batch)
+    args = (b["centre"], b["neighbour_species"], b["pair_mask"], b["species"])
+    _, dP = soap_and_pair_derivatives(spec, b["D"], *args)
+    J = jax.jacfwd(lambda D: soap(spec, D, *args))(b["D"])  # (A, F, P, 3)
+    P = np.arange(len(batch.D))
+    ref = np.swapaxes(np.asarray(J)[batch.centre, :, P, :], 1, 2)  # (P, 3, F)
+    real = batch.pair_mask > 0
+    assert real.sum() > 20
+    np.testing.assert_allclose(np.asarray(dP)[real], ref[real], rtol=0, atol=1e-12)
 
 
 def test_coefficients_in_blocks_equal_one_pass(monkeypatch) -> None:
