@@ -91,12 +91,32 @@ def cutoff_function(spec: PairSpec, r: jax.Array) -> jax.Array:
     return 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(x, 0.0, 1.0)))
 
 
-def _covariance(
-    spec: PairSpec, kernel: SEKernel, r: jax.Array, r2: jax.Array
-) -> jax.Array:
-    """Prior covariance of the pair energies ``u(r)``, ``u(r2)`` of one pair type."""
-    k = kernel.delta**2 * jnp.exp(-((r - r2) ** 2) / (2 * kernel.theta**2))
-    return cutoff_function(spec, r) * cutoff_function(spec, r2) * k
+def _cutoff_and_slope(spec: PairSpec, r: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Cutoff function ``f(r)`` and its slope ``f'(r)`` (1/Å), elementwise."""
+    return jax.jvp(lambda x: cutoff_function(spec, x), (r,), (jnp.ones_like(r),))
+
+
+def _covariances(
+    kernel: SEKernel, r: jax.Array, r2: jax.Array, fc: tuple, fc2: tuple
+) -> tuple[jax.Array, jax.Array]:
+    """Prior covariance of the pair energies ``u(r)``, ``u(r2)`` of one pair type and
+    its mixed derivative ``d^2 / dr dr2`` (eV^2/Å^2), broadcasting ``r`` against
+    ``r2``; ``fc``, ``fc2``: their ``_cutoff_and_slope`` (evaluated once per distance,
+    not per element). With ``g = delta^2 exp(-x^2 / 2)``, ``x = (r - r2) / theta``::
+
+        cov = f f2 g
+        d2  = g [f' f2' + (f' f2 - f f2') x / theta + f f2 (1 - x^2) / theta^2]
+    """
+    (f, df), (f2, df2) = fc, fc2
+    x = (r - r2) / kernel.theta
+    g = kernel.delta**2 * jnp.exp(-0.5 * x**2)
+    cov = f * f2 * g
+    d2 = g * (
+        df * df2
+        + (df * f2 - f * df2) * x / kernel.theta
+        + f * f2 * (1.0 - x**2) / kernel.theta**2
+    )
+    return cov, d2
 
 
 def _geometry(b: dict, n_species: int) -> tuple[jax.Array, ...]:
@@ -168,12 +188,6 @@ def pair_mean(
     )
 
 
-def _d2_covariance(spec, kernel):
-    """``d^2 cov(u(r), u(r')) / dr dr'`` elementwise."""
-    f = jax.grad(jax.grad(lambda r, r2: _covariance(spec, kernel, r, r2), 0), 1)
-    return jnp.vectorize(f)
-
-
 @partial(jax.jit, static_argnums=0)
 def pair_priors(
     spec: PairSpec, kernel: SEKernel, b: dict, incoming: jax.Array
@@ -182,43 +196,51 @@ def pair_priors(
     and virials ``(C, 6)`` of the 2-body term (eV^2, eV^2/Å^2)."""
     r, D_hat, types = _geometry(b, len(spec.species))
     C = b["config_mask"].shape[0]
-    d2 = _d2_covariance(spec, kernel)
+    fc = _cutoff_and_slope(spec, r)  # per pair: (f, f')
     # forces: F_a = -sum_{q into a} u'(r_q) D_hat_q over the pairs pointing into a
     rq, Dq, tq = r[incoming], D_hat[incoming], types[incoming]  # (A, K), (A, K, 3)
+    fq = tuple(x[incoming] for x in fc)
     mq = b["pair_mask"][incoming]
     same = (tq[:, :, None] == tq[:, None, :]) * mq[:, :, None] * mq[:, None, :]
-    H = d2(rq[:, :, None], rq[:, None, :]) * same  # (A, K, K)
+    cov, H = _covariances(
+        kernel,
+        rq[:, :, None],
+        rq[:, None, :],
+        tuple(x[:, :, None] for x in fq),
+        tuple(x[:, None, :] for x in fq),
+    )
+    H = H * same  # (A, K, K)
     forces = jnp.einsum("akx,akl,alx->ax", Dq, H, Dq) * b["atom_mask"][:, None]
     # local energy of a: half of each pair energy into a
-    cov = _covariance(spec, kernel, rq[:, :, None], rq[:, None, :]) * same
-    local = 0.25 * jnp.sum(cov, axis=(1, 2)) * b["atom_mask"]
+    local = 0.25 * jnp.sum(cov * same, axis=(1, 2)) * b["atom_mask"]
     # energies and virials: double sums over the canonical pairs of each configuration
     idx = b["canonical_index"]
-    r, D_hat, types = r[idx], D_hat[idx], types[idx]
+    r, D_hat, types, f, df = r[idx], D_hat[idx], types[idx], fc[0][idx], fc[1][idx]
     config = b["pair_config"][idx]
     w = b["canonical"][idx] * b["pair_mask"][idx]
     a_v = jnp.stack([D_hat[:, i] * D_hat[:, j] * r for i, j in VOIGT], axis=1)  # (Q, 6)
     a_v = a_v * w[:, None]
+    fc_q = (f[None, :], df[None, :])
     P, block = r.shape[0], 256
     pad = (-P) % block
 
     def padded(x):
         return jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
 
-    rows = (
-        padded(r).reshape(-1, block),
-        padded(types).reshape(-1, block),
-        padded(w).reshape(-1, block),
-        padded(config).reshape(-1, block),
-        padded(a_v).reshape(-1, block, 6),
+    rows = tuple(
+        padded(x).reshape(-1, block, *x.shape[1:])
+        for x in (r, f, df, types, w, config, a_v)
     )
 
     def one_block(args):
-        rb, tb, wb, cb, ab = args
+        rb, fb, dfb, tb, wb, cb, ab = args
         mask = (tb[:, None] == types[None, :]) * (cb[:, None] == config[None, :])
         mask = mask * wb[:, None] * w[None, :]
-        e = jnp.sum(_covariance(spec, kernel, rb[:, None], r[None, :]) * mask, axis=1)
-        v = ab * ((d2(rb[:, None], r[None, :]) * mask) @ a_v)  # (block, 6)
+        cov, d2 = _covariances(
+            kernel, rb[:, None], r[None, :], (fb[:, None], dfb[:, None]), fc_q
+        )
+        e = jnp.sum(cov * mask, axis=1)
+        v = ab * ((d2 * mask) @ a_v)  # (block, 6)
         return e, v
 
     e, v = jax.lax.map(one_block, rows)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gapfit.blocks import VOIGT, Rows, voigt
+from gapfit.blocks import Rows, voigt
 from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
 from gapfit.neighbours import PairTables
 from gapfit.soap import SoapSpec, coefficients, pair_derivatives, power_spectrum
@@ -146,10 +146,11 @@ def soap_rows_and_priors(
     of (P, 3, M) arrays) and the same ``dP`` serves the rows and the prior
     variances; a gather regroups it by centre (``tables.outgoing``) for the dense
     sums ``S_a = sum_{p: i_p = a} dP_p`` and ``V_a = sum_{p: i_p = a} dP_p (x) D_p``.
-    With ``t_p`` of ``blocks`` (``t_p = a_i (z - q_i p_hat_i) . dP_p``)::
+    With ``t_p`` of ``blocks`` (``t_p = a_i (z - q_i p_hat_i) . dP_p``), linear in
+    ``dP_p``::
 
         F_a = a_a (Z S_a - q_a (p_hat_a . S_a)) - sum_{p into a} t_p       (A, 3, M)
-        W   = -sum_p t_p (x) D_p                                           (C, 6, M)
+        W   = -sum_p t_p (x) D_p = -sum_i a_i (Z V_i - q_i (p_hat_i . V_i)) (C, 6, M)
     """
     A, K = tables.incoming.shape
     C = b["config_mask"].shape[0]
@@ -178,16 +179,20 @@ def soap_rows_and_priors(
     energy = jax.ops.segment_sum(local, b["atom_config"], C)
     a = d2 * zeta * q ** (zeta - 1) * s / norm[:, None]  # (A, M)
 
-    def projected(U, at):  # a (z - q p_hat) . U for U (..., 3 or 6, F) at atoms `at`
-        ZU = jnp.einsum("...kf,mf->...km", U, Z_hat)
-        pU = jnp.einsum("...kf,...f->...k", U, p_hat[at])
-        return a[at][..., None, :] * (ZU - q[at][..., None, :] * pU[..., None])
+    def projected(U):  # a_i (z - q_i p_hat_i) . U_i for U (A, 3 or 6, F) per atom
+        ZU = jnp.einsum("akf,mf->akm", U, Z_hat)
+        pU = jnp.einsum("akf,af->ak", U, p_hat)
+        return a[:, None, :] * (ZU - q[:, None, :] * pU[..., None])
 
-    t = projected(dP, i).reshape(A, K, 3, -1)  # (A, K, 3, M)
-    forces = projected(S, jnp.arange(A)) - t.sum(axis=1)
-    config = jax.nn.one_hot(b["atom_config"], C, dtype=t.dtype)  # (A, C)
-    W = -jnp.einsum("akxm,akl,ac->cxlm", t, pair["D"].reshape(A, K, 3), config)
-    virial = jnp.stack([0.5 * (W[:, x, y] + W[:, y, x]) for x, y in VOIGT], axis=1)
+    # sum over the pairs into a of t_p, with a_i and a_i q_i of each pair's centre
+    ZdP = jnp.einsum("pkf,mf->pkm", dP, Z_hat).reshape(A, K, 3, -1)  # the main GEMM
+    pdP = jnp.einsum("pkf,pf->pk", dP, p_hat[i]).reshape(A, K, 3)
+    t_in = jnp.sum(a[i].reshape(A, K, 1, -1) * ZdP, axis=1) - jnp.einsum(
+        "akx,akm->axm", pdP, (a * q)[i].reshape(A, K, -1)
+    )
+    forces = projected(S) - t_in  # (A, 3, M)
+    # W = -sum_p t_p (x) D_p = -sum_i (the projection of V_i): no pass over t_p
+    virial = -jax.ops.segment_sum(projected(V), b["atom_config"], C)  # (C, 6, M)
     rows = Rows(energy, forces, virial, local)
 
     priors = Std(
