@@ -431,15 +431,12 @@ def pair_derivatives(
 
     and ``dp^{ab} = [a = s_j] X[b] + [b = s_j] X[a]^T``. ``[w g]'`` (forward mode in
     r^2) and ``dR/dD`` (forward mode) come from JAX; no per-pair ``dphi`` or
-    (N, N, 3, F) array is formed, and dscribe's layout is assembled from slices (the
-    upper triangle of a same-species block is row n's entries n..N-1), not a gather.
-    Works on any subset (block) of the pairs.
+    (N, N, 3, F) array is formed. Works on any subset (block) of the pairs.
     """
-    S, L, N = len(spec.species), spec.l_max, spec.n_max
+    S, L = len(spec.species), spec.l_max
     wg, dwg, R, dR = _pair_basis_and_derivatives(spec, D)
     c_i = c[centre]  # (P, S, N, LM)
-    own = jax.nn.one_hot(neighbour_species, S, dtype=c.dtype)[:, None, :, None, None]
-    X = []  # per l: (P, 3, S, N, N'), n the neighbour's radial index
+    X = []
     for l in range(L + 1):
         sl = slice(l * l, (l + 1) ** 2)
         cR = jnp.einsum("pbjm,pm->pbj", c_i[..., sl], R[:, sl])  # (P, S, N)
@@ -450,22 +447,16 @@ def pair_derivatives(
             * dwg[:, None, None, l, :, None]
             * cR[:, None, :, None, :]
             + wg[:, None, None, l, :, None] * cdR[:, :, :, None, :]
-        )
-        X.append(
-            np.pi * math.sqrt(8.0 / (2 * l + 1)) * Xl * mask[:, None, None, None, None]
-        )
-    parts = []  # dscribe order: species a <= b, l, n, n' (n' >= n if a == b)
-    for a in range(S):
-        for b in range(a, S):
-            for Xl in X:
-                blk = own[:, :, a] * Xl[:, :, b] + own[:, :, b] * jnp.swapaxes(
-                    Xl[:, :, a], -1, -2
-                )  # (P, 3, N, N')
-                if a == b:
-                    parts.extend(blk[:, :, n, n:] for n in range(N))
-                else:
-                    parts.append(blk.reshape(*blk.shape[:2], N * N))
-    return jnp.concatenate(parts, axis=-1)
+        )  # (P,3,S,N,N)
+        X.append(np.pi * math.sqrt(8.0 / (2 * l + 1)) * Xl)
+    X = jnp.stack(X, axis=3) * mask[:, None, None, None, None, None]  # (P,3,S,L+1,N,N)
+    own = jax.nn.one_hot(neighbour_species, S, dtype=c.dtype)  # (P, S)
+    full = (
+        own[:, None, :, None, None, None, None] * X[:, :, None]
+        + own[:, None, None, :, None, None, None]
+        * jnp.swapaxes(X, -1, -2)[:, :, :, None]
+    )  # (P, 3, S, S, L+1, N, N)
+    return full.reshape(*full.shape[:2], -1)[..., spec.constants.layout]
 
 
 def soap_and_pair_derivatives(
