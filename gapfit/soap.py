@@ -419,6 +419,7 @@ def pair_derivatives(
     centre: jax.Array,
     neighbour_species: jax.Array,
     mask: jax.Array,
+    slices: bool = False,
 ) -> jax.Array:
     """``dP (n_pairs, 3, F) = d p_centre(p) / d D_p`` given the coefficients ``c``.
 
@@ -432,11 +433,16 @@ def pair_derivatives(
     and ``dp^{ab} = [a = s_j] X[b] + [b = s_j] X[a]^T``. ``[w g]'`` (forward mode in
     r^2) and ``dR/dD`` (forward mode) come from JAX; no per-pair ``dphi`` or
     (N, N, 3, F) array is formed. Works on any subset (block) of the pairs.
+
+    dscribe's layout is one gather from all blocks, or with ``slices`` a concatenation
+    of slices (row n of each l's upper triangle, n' >= n): a third faster on all pairs
+    of a cell at once (the std), but a larger program to compile (the fit's scan over
+    blocks of pairs keeps the gather).
     """
-    S, L = len(spec.species), spec.l_max
+    S, L, N = len(spec.species), spec.l_max, spec.n_max
     wg, dwg, R, dR = _pair_basis_and_derivatives(spec, D)
     c_i = c[centre]  # (P, S, N, LM)
-    X = []
+    X = []  # per l: (P, 3, S, N, N'), n the neighbour's radial index
     for l in range(L + 1):
         sl = slice(l * l, (l + 1) ** 2)
         cR = jnp.einsum("pbjm,pm->pbj", c_i[..., sl], R[:, sl])  # (P, S, N)
@@ -447,16 +453,31 @@ def pair_derivatives(
             * dwg[:, None, None, l, :, None]
             * cR[:, None, :, None, :]
             + wg[:, None, None, l, :, None] * cdR[:, :, :, None, :]
-        )  # (P,3,S,N,N)
-        X.append(np.pi * math.sqrt(8.0 / (2 * l + 1)) * Xl)
-    X = jnp.stack(X, axis=3) * mask[:, None, None, None, None, None]  # (P,3,S,L+1,N,N)
+        )
+        pref = np.pi * math.sqrt(8.0 / (2 * l + 1))
+        X.append(pref * Xl * mask[:, None, None, None, None])
     own = jax.nn.one_hot(neighbour_species, S, dtype=c.dtype)  # (P, S)
-    full = (
-        own[:, None, :, None, None, None, None] * X[:, :, None]
-        + own[:, None, None, :, None, None, None]
-        * jnp.swapaxes(X, -1, -2)[:, :, :, None]
-    )  # (P, 3, S, S, L+1, N, N)
-    return full.reshape(*full.shape[:2], -1)[..., spec.constants.layout]
+    if not slices:
+        X = jnp.stack(X, axis=3)  # (P, 3, S, L+1, N, N)
+        full = (
+            own[:, None, :, None, None, None, None] * X[:, :, None]
+            + own[:, None, None, :, None, None, None]
+            * jnp.swapaxes(X, -1, -2)[:, :, :, None]
+        )  # (P, 3, S, S, L+1, N, N)
+        return full.reshape(*full.shape[:2], -1)[..., spec.constants.layout]
+    own = own[:, None, :, None, None]
+    parts = []  # dscribe order: species a <= b, l, n, n' (n' >= n if a == b)
+    for a in range(S):
+        for b in range(a, S):
+            for Xl in X:
+                blk = own[:, :, a] * Xl[:, :, b] + own[:, :, b] * jnp.swapaxes(
+                    Xl[:, :, a], -1, -2
+                )  # (P, 3, N, N')
+                if a == b:
+                    parts.extend(blk[:, :, n, n:] for n in range(N))
+                else:
+                    parts.append(blk.reshape(*blk.shape[:2], N * N))
+    return jnp.concatenate(parts, axis=-1)
 
 
 def soap_and_pair_derivatives(

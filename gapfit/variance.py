@@ -162,7 +162,13 @@ def soap_rows_and_priors(
     )
     p_hat, norm = normalise(power_spectrum(spec, c))
     dP = pair_derivatives(
-        spec, c, pair["D"], pair["centre"], pair["neighbour_species"], pair["pair_mask"]
+        spec,
+        c,
+        pair["D"],
+        pair["centre"],
+        pair["neighbour_species"],
+        pair["pair_mask"],
+        slices=True,
     )  # (A K, 3, F), masked
     i = pair["centre"]
     # by centre: slot A K of the extended arrays is an empty pair

@@ -28,6 +28,7 @@ from gapfit.neighbours import make_batch
 from gapfit.soap import (
     SoapSpec,
     coefficients,
+    pair_derivatives,
     pair_expansion,
     pair_gradient,
     soap,
@@ -373,16 +374,19 @@ def test_pair_gradient_equals_autodiff_of_the_expansion() -> None:
     np.testing.assert_allclose(pair_gradient(spec, D, u), ref, rtol=1e-12, atol=1e-13)
 
 
-def test_pair_derivatives_equal_the_jacobian_of_soap() -> None:
+@pytest.mark.parametrize("slices", [False, True])
+def test_pair_derivatives_equal_the_jacobian_of_soap(slices: bool) -> None:
     """``dP_p = dp_centre / dD_p`` of every pair, in dscribe's layout (two species:
-    same- and cross-species blocks), equals forward-mode autodiff of the SOAP."""
+    same- and cross-species blocks; by one gather or by slices), equals forward-mode
+    autodiff of the SOAP."""
     spec = SoapSpec(species=(29, 79), n_max=3, l_max=2, cutoff=4.0)
     atoms = alloy_cell()[:12]
     atoms.pbc = False
     batch = make_batch([atoms], spec.species, spec.neighbour_cutoff, ["cluster"])
     b = batch_arrays(batch)
     args = (b["centre"], b["neighbour_species"], b["pair_mask"], b["species"])
-    _, dP = soap_and_pair_derivatives(spec, b["D"], *args)
+    c = coefficients(spec, b["D"], *args)
+    dP = pair_derivatives(spec, c, b["D"], *args[:3], slices=slices)
     J = jax.jacfwd(lambda D: soap(spec, D, *args))(b["D"])  # (A, F, P, 3)
     P = np.arange(len(batch.D))
     ref = np.swapaxes(np.asarray(J)[batch.centre, :, P, :], 1, 2)  # (P, 3, F)
