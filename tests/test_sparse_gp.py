@@ -20,7 +20,7 @@ from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.distance_2b import PairSpec, SEKernel, cutoff_function, pair_type
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model
-from gapfit.neighbours import make_batch
+from gapfit.neighbours import make_batch, pad_batch, pair_tables
 from gapfit.soap import SoapSpec, soap
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.terms import PairTerm, SoapTerm
@@ -245,3 +245,28 @@ def test_fold_is_independent_of_chunking(setup):
     w_ref = jnp.linalg.solve(L + A.T @ A, A.T @ bvec)
     assert np.abs(w_all - w_one).max() < 1e-10 * np.abs(w_all).max()
     assert np.abs(w_all - w_ref).max() < 1e-6 * np.abs(w_ref).max()
+
+
+def test_pair_tables_list_every_pair_into_and_out_of_each_atom():
+    """Two configurations, padded: each real pair appears once in its neighbour's row
+    of ``incoming`` and once, as its slot there, in its centre's row of ``outgoing``;
+    the pads point at a masked pair and at the extra slot A K."""
+    rng = np.random.default_rng(4)
+    cells = [bulk("Cu", "fcc", a=3.6, cubic=True), bulk("Cu", "fcc", a=3.6) * (2, 2, 1)]
+    for c in cells:
+        c.rattle(0.05, rng=rng)
+    batch = pad_batch(make_batch(cells, (29,), 3.0), 40, 1200, 3)
+    tables = pair_tables(batch)
+    A, K = tables.incoming.shape
+    real = np.flatnonzero(batch.pair_mask > 0)
+    inc = tables.incoming.ravel()
+    slot_real = batch.pair_mask[inc] > 0
+    assert sorted(inc[slot_real]) == sorted(real)  # each real pair once
+    rows = np.repeat(np.arange(A), K)
+    assert np.all(batch.neighbour[inc[slot_real]] == rows[slot_real])
+    out = tables.outgoing.ravel()
+    used = out < A * K
+    assert used.sum() == len(real) and len(set(out[used])) == len(real)
+    pairs_out = inc[out[used]]  # the pairs behind the slots
+    assert np.all(batch.centre[pairs_out] == np.repeat(np.arange(A), K)[used])
+    assert tables.outgoing.shape[1] == K
