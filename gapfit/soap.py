@@ -318,17 +318,18 @@ def pair_gradient(spec: SoapSpec, D: jax.Array, u: jax.Array) -> jax.Array:
         dD = 2 D sum_ln [w g]'_ln (u R)_ln + sum_lm (sum_n [w g]_ln u_nlm) dR_lm/dD
 
     ``[w g]'`` by forward mode in r^2 and ``dR/dD`` by forward mode: no reverse pass,
-    no per-pair Jacobian of phi.
+    no per-pair Jacobian of phi; the sums over m within each l are slices (no
+    (P, N, LM) copies of ``[w g]``).
     """
-    L = spec.l_max
     wg, dwg, R, dR = _pair_basis_and_derivatives(spec, D)
-    # [w g]_l(lm),n as (P, N, LM) by a static gather, then elementwise products
-    l_of = np.repeat(np.arange(L + 1), 2 * np.arange(L + 1) + 1)
-    W = jnp.swapaxes(wg, 1, 2)[:, :, l_of]  # (P, N, LM)
-    dW = jnp.swapaxes(dwg, 1, 2)[:, :, l_of]
-    radial = jnp.sum(dW * u * R[:, None, :], axis=(1, 2))  # (P,)
-    Wu = jnp.sum(W * u, axis=1)  # (P, LM)
-    angular = jnp.sum(Wu[:, :, None] * dR, axis=1)  # (P, 3)
+    radial, Wu = 0.0, []
+    for l in range(spec.l_max + 1):
+        sl = slice(l * l, (l + 1) ** 2)
+        u_l = u[:, :, sl]  # (P, N, 2l+1)
+        uR = jnp.sum(u_l * R[:, None, sl], axis=2)  # (P, N)
+        radial = radial + jnp.sum(dwg[:, l] * uR, axis=1)  # (P,)
+        Wu.append(jnp.sum(wg[:, l, :, None] * u_l, axis=1))  # (P, 2l+1)
+    angular = jnp.sum(jnp.concatenate(Wu, axis=1)[:, :, None] * dR, axis=1)  # (P, 3)
     return 2.0 * D * radial[:, None] + angular
 
 
