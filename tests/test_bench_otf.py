@@ -113,3 +113,19 @@ def test_summary_counts_only_unlabelled_misses(bench_otf):
     assert s["calibrated_gaussian_miss_fraction"] == pytest.approx(
         1 - (1 - 0.0026998) ** 10, rel=1e-4
     )
+
+
+def test_atom_misses_compare_error_and_std_vector_lengths(bench_otf):
+    # 3 steps of 2 atoms, a = 2; step 0 labelled
+    arrays = {"std_scale": np.full(3, 2.0), "labelled": np.array([True, False, False])}
+    s = np.full((3, 2, 3), 0.01)  # |s_a| = 0.01 sqrt(3), a |s_a| = 0.0346
+    e = np.zeros((3, 2, 3))
+    e[0, 0] = [1.0, 0.0, 0.0]  # labelled: no miss
+    e[1, 1] = [0.07, 0.07, 0.07]  # |e| = 0.121: 3.5 std vectors, a miss
+    e[2, 0] = [0.1, 0.0, 0.0]  # |e| = 0.1: 2.89 std vectors (each component 5), none
+    got = bench_otf.atom_misses(
+        arrays, {"step": np.array([0, 1, 500]), "error": e, "std": s}
+    )
+    assert got["atom_misses"] == 1 and got["atom_misses_before_400"] == 1
+    assert got["atom_misses_after_400"] == 0
+    assert got["atom_max_z_unlabelled"] == pytest.approx(3.5)
