@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from gapfit.blocks import batch_arrays
+from gapfit.blocks import batch_arrays, rows_mean
 from gapfit.data import Frame, Sigmas
 from gapfit.memory import release_freed
 from gapfit.model import Model
@@ -112,3 +112,26 @@ def scaled_chunks(
         yield scaled_rows(rows, batch, sel, sigmas, model.e0, model.species)
         del rows
         release_freed()  # the chunk's XLA buffers, or RSS grows chunk by chunk
+
+
+def fitted_predictions(
+    model: Model,
+    frames: Sequence[Frame],
+    chunks: Sequence[Sequence[int]],
+    batches: Sequence[Batch],
+) -> list[dict]:
+    """``Model.predict``'s results (without stds) for the frames covered by
+    ``chunks`` (indices into ``frames``, with their ``batches``), in frame order:
+    their kernel rows times the weights, so the row programs a fit's solve compiled
+    serve again and no prediction program is compiled at its end (that compile would
+    set the fit's peak memory)."""
+    out: list[dict] = [{} for _ in frames]
+    for chunk, batch in zip(chunks, batches, strict=True):
+        rows = model.rows(batch_arrays(batch))
+        mean = rows_mean(rows, model.posterior.weights)
+        results = model.unpack([frames[k] for k in chunk], batch, mean, None)
+        for k, result in zip(chunk, results, strict=True):
+            out[k] = result
+        del rows, mean
+        release_freed()
+    return out

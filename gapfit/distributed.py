@@ -50,7 +50,12 @@ import jax.numpy as jnp
 import numpy as np
 from dask.distributed import Client
 
-from gapfit.assembly import batch_shape, padded_batches, scaled_chunks
+from gapfit.assembly import (
+    batch_shape,
+    fitted_predictions,
+    padded_batches,
+    scaled_chunks,
+)
 from gapfit.cluster import (
     RETRIES,
     SHARES_PER_WORKER,
@@ -227,12 +232,12 @@ def _solve(job: _Job, frames: list[Frame], share: Share, model: Model) -> np.nda
     return np.asarray(R)
 
 
-def _errors(job: _Job, frames: list[Frame], model: Model) -> dict:
-    wheres = [f.where for f in frames]
-    preds = model.predict(  # the fit's shape: one compilation on each worker
-        frames, wheres=wheres, batch_atoms=job.gap.chunk_atoms, shape=job.shape
-    )
-    return error_sums(frames, preds)
+def _errors(job: _Job, frames: list[Frame], share: Share, model: Model) -> dict:
+    """Error sums of the share's frames, predicted from their kernel rows (the row
+    programs ``_solve`` compiled on this worker; ``GAP.fit`` does the same)."""
+    chunks = [c for _, _, c in job.chunks(frames, share)]
+    batches = [job.batch(frames, c) for c in chunks]
+    return error_sums(frames, fitted_predictions(model, frames, chunks, batches))
 
 
 # ---- the client's side -------------------------------------------------------------
@@ -336,7 +341,12 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
 
     t0 = time.perf_counter()
     shared = client.scatter(model, broadcast=True, hash=False)
-    sums = client.gather([submit(_errors, job, f, shared) for f in frames])
+    sums = client.gather(
+        [
+            submit(_errors, job, f, s, shared)
+            for f, s in zip(frames, shares, strict=True)
+        ]
+    )
     errors = table_from_sums(merge_error_sums(sums))
     timings["training_errors"] = time.perf_counter() - t0
     memory["training_errors"] = peak_rss_gib()

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gapfit import __version__, gapstring
-from gapfit.assembly import padded_batches, scaled_chunks
+from gapfit.assembly import fitted_predictions, padded_batches, scaled_chunks
 from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.data import Frame, LabelKeys, Sigmas, as_frames, fit_e0, read_frames
 from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
@@ -210,9 +210,7 @@ class GAP:
             model.info["hyperparameters"] = best.record
         self.model_ = model
         t0 = time.perf_counter()
-        preds = model.predict(
-            frames, wheres=[f.where for f in frames], batch_atoms=self.chunk_atoms
-        )
+        preds = fitted_predictions(model, frames, chunks, batches)
         self.training_errors_ = error_table(frames, preds)
         timings["training_errors"] = time.perf_counter() - t0
         memory["training_errors"] = peak_rss_gib()

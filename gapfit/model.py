@@ -171,12 +171,16 @@ class Model:
             b = batch_arrays(batch)
             mean, sd = self.mean_and_std(batch, b, k) if std else (self.mean(b), None)
             sel = [structures[k] for k in g]
-            out.extend(self._unpack(sel, batch, mean, sd))
+            out.extend(self.unpack(sel, batch, mean, sd))
             if len(batches) > 1:
                 release_freed()  # the batch's XLA buffers (see gapfit.memory)
         return out
 
-    def _unpack(self, sel, batch, mean, sd) -> list[dict]:
+    def unpack(
+        self, sel: Sequence[Structure], batch: Batch, mean: Mean, sd: Std | None
+    ) -> list[dict]:
+        """Per-structure results (as ``predict``'s) of the structures ``sel`` of a
+        batch from its means and stds (or None)."""
         mean, sd = jax.device_get((mean, sd))  # numpy: no dispatch per slice
         e0 = np.array([self.e0[z] for z in self.species])
         res, a0 = [], 0

@@ -33,11 +33,9 @@ of ``base + runtime + code + data + transient``, where
                        LM) coefficients + outputs (4A + 7C, M); pair_rows 8.04 (P, M_2b)
                        + 2.1 (A, 3, M_2b) + 6 (C, 9, M_2b); scaled rows (rows, M) x2;
                        QR input 1.63 (M + 1 + rows, M + 1)
-      training_errors  predict_mean 3.34 (B, N, LM) + 0.55 (B, L+1, N) + 85 B
-                       (force pass over a block of pairs) + 2.1 (A, M)
-                       + 37 P (pair gradients, forces, virials) + pair_mean 2.0
-                       (P, M_2b) + 35 P at the elementwise-largest padded shape
-                       (``Model.predict`` pads all batches to one shape, one compile)
+      training_errors  the solve's kernel rows without the QR: the predictions of
+                       the training frames are their rows times the weights
+                       (``assembly.fitted_predictions``; no program compiled)
                        + the arrays of all batches (80 B per pair, 32 B per atom)
 
 Wall time: the plan's own read time, its neighbour-list time once per stage that
@@ -46,8 +44,9 @@ and padded shape (``COMPILE_S``), fixed allowances (eager ops, per chunk), SOAP 
 work ``P N LM`` (expansions, coefficients) at ``PAIR_WORK_S``, and flops at one
 calibrated rate: per chunk ``2 (3 P F M)`` for ``Z_hat . dP``, ``18 P C M`` for the
 virial contraction, ``12 P S^2 N^2 LM`` for the power-spectrum tangents, ``2 rows
-(M+1)^2`` for the QR fold and ``30 P M_2b`` for the 2-body rows; ``6 A F M + 3 P N LM``
-per batch of the prediction pass; ``4 n_env F^2 + 2 M^2 F`` for sparsify (SVD, K_mm).
+(M+1)^2`` for the QR fold and ``30 P M_2b`` for the 2-body rows (the training errors:
+the rows once more, without the QR); ``4 n_env F^2 + 2 M^2 F`` for sparsify (SVD,
+K_mm).
 
 All constants come from CPU JAX on a 2-core x86 reference machine (``benchmarks``):
 another machine scales the time, and the compile terms of the memory somewhat.
@@ -87,13 +86,8 @@ RUNTIME_BYTES = 0.056 * GIB
 CODE_MIB = {
     "descriptors": (1.0, 2.2),
     "design_rows": (34.0, 6.0),
-    "predict_mean": (94.0, 2.25),
-    "pair_mean": (65.0, 0.0),  # both 2-body kernels (pair_rows' compile fits in misc)
 }
-# predict_mean compiles last (the training errors): the whole of its first compile
-# shows in the peak (kappa 1: cu_emt and si_xtb, all data and subsets of 30 and 60
-# configurations at M 100 and 200, -6 % to +5 %; 0.29 had them at -20 % to -10 %)
-CODE_KAPPA = {"descriptors": 0.42, "design_rows": 0.42, "predict_mean": 1.0}
+CODE_KAPPA = {"descriptors": 0.42, "design_rows": 0.42}
 CODE_PER_SHAPE = 0.44  # r: each further padded shape adds this fraction
 MISC_MIB = {"sparsify": 36.0, "solve": 124.0}  # small eager ops (K_mm, QR fold, ...)
 SPARSIFY_COPIES = 4.4  # k_s
@@ -107,7 +101,6 @@ PAIR_WORK_S = 5.8e-9
 COMPILE_S = {
     "descriptors": 0.0238,
     "design_rows": 0.0968,
-    "predict_mean": 0.149,
     "pair": 0.88,
 }
 FIXED_S = {"sparsify": 1.16, "solve": 1.32, "chunk": 0.048}
@@ -130,8 +123,6 @@ class FitPlan:
         chunk_shapes: distinct padded ``(A, P, C)`` of the chunks (one jit compile
             of each kernel per shape).
         largest_chunk: padded ``(A, P, C)`` of the chunk with the most pairs.
-        predict_shape: the one padded ``(A, P, C)`` of the training-error pass
-            (``Model.predict`` pads every batch to the elementwise largest).
         peak_bytes: predicted peak resident set size of the fit, bytes.
         peak_stage: the stage where it is reached.
         breakdown: the terms of ``peak_bytes``, bytes (they add up to it).
@@ -151,7 +142,6 @@ class FitPlan:
     n_chunks: int
     chunk_shapes: tuple[tuple[int, int, int], ...]
     largest_chunk: tuple[int, int, int]
-    predict_shape: tuple[int, int, int]
     peak_bytes: int
     peak_stage: str
     breakdown: dict[str, int] = field(default_factory=dict)
@@ -269,7 +259,6 @@ def plan_fit(
         n_chunks=len(chunks),
         chunk_shapes=tuple(shapes),
         largest_chunk=max(shapes, key=lambda s: (s[1], s[0], s[2])),
-        predict_shape=_largest(shapes),
         peak_bytes=int(memory[stage][0]),
         peak_stage=stage,
         breakdown={k: int(v) for k, v in memory[stage][1].items()},
@@ -361,13 +350,12 @@ class _Shape:
 
 
 def _code_bytes(shape: _Shape, n_shapes: int, kernels: Sequence[str]) -> float:
-    """Retained RSS of compiling ``kernels`` (those of the fit's chunk loops for
-    ``n_shapes`` padded shapes; the prediction pass pads every batch to one shape)."""
+    """Retained RSS of compiling ``kernels`` (those of the fit's chunk loops) for
+    ``n_shapes`` padded shapes."""
     total = 0.0
     for k in kernels:
         a, b = CODE_MIB[k]
-        once = k in ("predict_mean", "pair_mean")
-        shapes = 1 + CODE_PER_SHAPE * ((1 if once else n_shapes) - 1)
+        shapes = 1 + CODE_PER_SHAPE * (n_shapes - 1)
         total += CODE_KAPPA.get(k, 1.0) * (a + b * shape.LM) * MIB * shapes
     return total
 
@@ -392,17 +380,12 @@ def _transients(shape: _Shape, A: int, P: int, C: int) -> dict[str, float]:
     pair_rows = 8.04 * P * M2 + 2.1 * A * 3 * M2 + 6.0 * C * 9 * M2
     qr = 2 * rows * (M + 1) + 1.63 * (M + 1 + rows) * (M + 1)
     out["solve"] = soap_rows + pair_rows + qr
-    predict = (
-        3.34 * B * N * LM + 0.55 * B * L1 * N + 85 * B + 2.1 * A * Ms + 37 * P
-        if F
-        else 0.0
-    )
-    out["training_errors"] = predict + (2.0 * P * M2 + 35 * P if M2 else 0.0)
+    out["training_errors"] = soap_rows + pair_rows  # the same rows, no QR
     return {k: 8.0 * v for k, v in out.items()}
 
 
 def _largest(shapes: Iterable[tuple[int, int, int]]) -> tuple[int, int, int]:
-    """Elementwise largest ``(A, P, C)`` (``Model.predict``'s one padded shape)."""
+    """Elementwise largest ``(A, P, C)``."""
     A, P, C = zip(*shapes, strict=True)
     return max(A), max(P), max(C)
 
@@ -421,17 +404,11 @@ def _memory(
     for A, P, C in padded:
         for stage, b in _transients(shape, A, P, C).items():
             worst[stage] = max(worst.get(stage, 0.0), b)
-    # Model.predict pads every batch to the elementwise largest (A, P, C) and builds
-    # all of them first (80 B per padded pair, 32 B per padded atom)
-    worst["training_errors"] = _transients(shape, *_largest(padded))[
-        "training_errors"
-    ] + sum(80.0 * c.padded[1] + 32.0 * c.padded[0] for c in chunks)
     soap, two_body = shape.F > 0, shape.M_2b > 0
     X = 8.0 * n_atoms * shape.F  # (n_env, F) SOAP matrix
     kernels = {
         "descriptors": ["descriptors"] * soap,
         "solve": ["design_rows"] * soap,
-        "training_errors": ["predict_mean"] * soap + ["pair_mean"] * two_body,
     }
     transient = {
         "read": 0.0,
@@ -471,15 +448,14 @@ def _seconds(
     S, N, LM, F = shape.S, shape.N, shape.LM, shape.F
     M, Ms, M2 = shape.M, shape.M_soap, shape.M_2b
     soap, two_body = F > 0, M2 > 0
-    A_max, P_max, _ = _largest(c.padded for c in chunks)
-    work = rows = pred = 0.0  # SOAP pair work, flops of the solve and of predictions
+    work = rows = qr = 0.0  # SOAP pair work, flops of the kernel rows and of the QR
     for c in chunks:
         A, P, C = c.padded
         if soap:
             work += P * N * LM
             rows += 2 * 3 * P * F * Ms + 18 * P * C * Ms + 12 * P * S * S * N * N * LM
-            pred += 6 * A_max * F * Ms + 3 * P_max * N * LM
-        rows += 2 * (3 * A + 7 * C) * (M + 1) ** 2 + 30 * P * M2
+        rows += 30 * P * M2
+        qr += 2 * (3 * A + 7 * C) * (M + 1) ** 2
     n_env = sum(c.atoms for c in chunks)
     n_shapes = len({c.padded for c in chunks})
     per_chunk = FIXED_S["chunk"] * len(chunks)
@@ -492,12 +468,10 @@ def _seconds(
         + (4 * n_env * F * F + 2 * Ms * Ms * F) / FLOP_RATE,
         "solve": t_nl
         + FIXED_S["solve"]
-        + rows / FLOP_RATE
+        + (rows + qr) / FLOP_RATE
         + n_shapes * (COMPILE_S["design_rows"] * LM + pair_compile)
         + per_chunk,
-        "training_errors": t_nl  # one padded shape: one compile
-        + pred / FLOP_RATE
-        + COMPILE_S["predict_mean"] * LM
-        + pair_compile
+        "training_errors": t_nl  # the same rows again, compiled already
+        + rows / FLOP_RATE
         + per_chunk,
     }

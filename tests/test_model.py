@@ -172,3 +172,37 @@ def test_a_new_delta_reuses_the_compiled_programs(fitted):
     e0 = sum(model.e0[int(z)] for z in frames[0].numbers)
     assert other["energy"] - e0 == pytest.approx(4.0 * (base["energy"] - e0), rel=1e-10)
     np.testing.assert_allclose(other["forces"], 4.0 * base["forces"], atol=1e-10)
+
+
+def test_training_errors_come_from_the_rows_and_equal_predict(fitted):
+    """A fit's training errors are its frames' kernel rows times the weights (no
+    prediction program compiled): equal to ``Model.predict``'s, per frame, for a
+    2-body + SOAP model fitted in several chunks."""
+    from gapfit.assembly import fitted_predictions, padded_batches
+    from gapfit.data import frames_from_atoms
+    from gapfit.model import chunk_indices
+    from gapfit.report import error_table
+
+    _, atoms, _ = fitted
+    gap = GAP(
+        soap="cutoff=3.8 n_max=3 l_max=2 n_sparse=20",
+        distance_2b="cutoff=3.8 n_sparse=8",
+        e0_method="average",
+        chunk_atoms=64,
+    ).fit(atoms)
+    model = gap.model_
+    frames = frames_from_atoms(atoms)
+    chunks = chunk_indices([len(f.numbers) for f in frames], 64)
+    assert len(chunks) == 3
+    batches = padded_batches(frames, chunks, model.species, model.neighbour_cutoff)
+    got = fitted_predictions(model, frames, chunks, batches)
+    want = model.predict(frames)
+    for g, w in zip(got, want, strict=True):
+        assert g["energy"] == pytest.approx(w["energy"], rel=1e-12, abs=1e-9)
+        np.testing.assert_allclose(g["forces"], w["forces"], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(g["virial"], w["virial"], rtol=0, atol=1e-9)
+    table = error_table(frames, want)["all"]
+    for q in ("energy", "forces", "virial"):
+        assert gap.training_errors_["all"][q]["rmse"] == pytest.approx(
+            table[q]["rmse"], rel=1e-6
+        )
