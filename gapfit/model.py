@@ -40,6 +40,7 @@ from gapfit.neighbours import (
     Structure,
     make_batch,
     pad_batch,
+    pair_table_width,
     pair_tables,
 )
 from gapfit.sparse_gp import Posterior, VarianceFactors, variance_factors, whiten_rows
@@ -166,7 +167,7 @@ class Model:
             for n, k in zip(shape, keys, strict=True)
         ]
         batches = [pad_batch(b, *largest) for b in batches]
-        k = max(pair_tables(b).incoming.shape[1] for b in batches) if std else 0
+        k = max(pair_table_width(b) for b in batches) if std else 0
         for g, batch in zip(groups, batches, strict=True):
             b = batch_arrays(batch)
             mean, sd = self.mean_and_std(batch, b, k) if std else (self.mean(b), None)

@@ -236,17 +236,24 @@ def _per_atom(atom: np.ndarray, values: np.ndarray, n_atoms: int, K: int, fill: 
     return out
 
 
-def pair_tables(batch: Batch, min_k: int = 0) -> PairTables:
-    """Per-atom tables of the real pairs, ``K >= min_k`` wide (bucketed: few jit
-    shapes)."""
-    real = np.flatnonzero(batch.pair_mask > 0)
-    pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
+def pair_table_width(batch: Batch) -> int:
+    """Width K of ``pair_tables``: the most real pairs into or out of one atom,
+    bucketed (few jit shapes)."""
+    real = batch.pair_mask > 0
     A = len(batch.species)
     most = max(
         np.bincount(batch.neighbour[real], minlength=A).max(initial=0),
         np.bincount(batch.centre[real], minlength=A).max(initial=0),
     )
-    K = max(bucket(int(most), 4), min_k)
+    return bucket(int(most), 4)
+
+
+def pair_tables(batch: Batch, min_k: int = 0) -> PairTables:
+    """Per-atom tables of the real pairs, ``max(pair_table_width, min_k)`` wide."""
+    real = np.flatnonzero(batch.pair_mask > 0)
+    pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
+    A = len(batch.species)
+    K = max(pair_table_width(batch), min_k)
     inc = _per_atom(batch.neighbour[real], real, A, K, pad_pair)
     position = np.full(len(batch.pair_mask), A * K, dtype=np.int64)
     slots = np.flatnonzero(batch.pair_mask[inc.ravel()] > 0)

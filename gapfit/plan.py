@@ -36,7 +36,6 @@ of ``base + runtime + code + data + transient``, where
       training_errors  the solve's kernel rows without the QR: the predictions of
                        the training frames are their rows times the weights
                        (``assembly.fitted_predictions``; no program compiled)
-                       + the arrays of all batches (80 B per pair, 32 B per atom)
 
 Wall time: the plan's own read time, its neighbour-list time once per stage that
 builds batches (descriptors, solve, training errors), a compile allowance per kernel
