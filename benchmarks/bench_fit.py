@@ -137,6 +137,9 @@ def live_peer(
         "f": al["forces"]["rmse"],
         "v": al["virial"]["rmse"],
         "ms": time_calls(calc, cell)["median"],
+        "ms_std": time_calls(
+            peer_gap_fit.calculator(run["gp_file"], variance=True), cell
+        )["median"],
     }
 
 

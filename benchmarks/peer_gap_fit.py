@@ -56,6 +56,7 @@ def fit(
     children's rusage)."""
     if shutil.which("gap_fit") is None:
         raise SystemExit("--peer needs gap_fit: pip install quippy-ase")
+    workdir = workdir.resolve()  # gap_fit and GNU time run inside it
     workdir.mkdir(parents=True, exist_ok=True)
     gp_file = workdir / "gap.xml"
     cmd = gap_fit_command(train.resolve(), gp_file.resolve(), n_sparse, no_2b)
@@ -79,8 +80,10 @@ def fit(
     return {"gp_file": str(gp_file), "fit_s": fit_s, "rss_gb": kib / 1024**2}
 
 
-def calculator(gp_file: str):
-    """quippy's ASE calculator of a gap_fit model."""
+def calculator(gp_file: str, variance: bool = False):
+    """quippy's ASE calculator of a gap_fit model; with ``variance`` it also computes
+    gap_fit's only uncertainty, the per-atom ``local_gap_variance`` (eV^2)."""
     from quippy.potential import Potential
 
-    return Potential(param_filename=gp_file)
+    args = {"calc_args": "local_gap_variance"} if variance else {}
+    return Potential(param_filename=gp_file, **args)
