@@ -22,11 +22,12 @@ import jax
 import jax.numpy as jnp
 
 from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
-from gapfit.neighbours import Batch
+from gapfit.neighbours import Batch, PairTables
 from gapfit.soap import (
+    PAIR_BLOCK,
     SoapSpec,
+    blocked,
     coefficients,
-    pair_blocks,
     pair_derivatives,
     pair_gradient,
     power_spectrum,
@@ -116,7 +117,7 @@ def design_rows(
     q, a, local, energy = _atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
     A, C, M = p_hat.shape[0], b["config_mask"].shape[0], Z_hat.shape[0]
     keys = ("D", "centre", "neighbour", "neighbour_species", "pair_mask", "pair_config")
-    blocks = pair_blocks({k: b[k] for k in keys})  # padded pairs are masked
+    blocks = blocked({k: b[k] for k in keys})  # padded pairs are masked
 
     def body(carry, blk):
         dP = pair_derivatives(
@@ -170,13 +171,15 @@ def predict_mean(
     Z_species: jax.Array,
     weights: jax.Array,
     b: dict,
+    tables: PairTables,
 ) -> Mean:
     """Local energies, energies, forces and virials of a batch.
 
     ``dE/dD_p = (dE/dc_i) . (dphi_p/dD_p)``: reverse mode through the power spectrum
-    and kernel to the coefficients ``c``, then each pair's expansion contracted with
-    that cotangent analytically (``soap.pair_gradient``; no (P, N, LM, 3) Jacobian),
-    in blocks of pairs.
+    and kernel to the coefficients ``c``, then the pairs of each centre contracted
+    with its cotangent analytically (``soap.pair_gradient`` on ``tables.by_centre``;
+    no (P, N, LM, 3) Jacobian, no per-pair copy of the cotangent), in blocks of
+    centres of about ``soap.PAIR_BLOCK`` pairs.
     """
     c = coefficients(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
@@ -190,15 +193,21 @@ def predict_mean(
         return jnp.sum(local), local
 
     dE_dc, local = jax.grad(energy, has_aux=True)(c)  # (A, S, N, LM)
+    pairs = jnp.asarray(tables.by_centre)  # (A, K)
+    A, K = pairs.shape
+    per_centre = {
+        "D": b["D"][pairs],
+        "species": b["neighbour_species"][pairs],
+        "mask": b["pair_mask"][pairs],
+        "u": dE_dc,
+    }
 
-    def pair_grad(blk: dict) -> jax.Array:  # dE/dD (pairs, 3) of a block of pairs
-        u = dE_dc[blk["centre"], blk["neighbour_species"]]
-        u = u * blk["pair_mask"][:, None, None]
-        return pair_gradient(spec, blk["D"], u)
+    def centre_grad(blk: dict) -> jax.Array:  # dE/dD (centres, K, 3) of a block
+        return pair_gradient(spec, blk["D"], blk["species"], blk["mask"], blk["u"])
 
-    keys = ("D", "centre", "neighbour_species", "pair_mask")
-    grad = jax.lax.map(pair_grad, pair_blocks({k: b[k] for k in keys}))
-    grad = grad.reshape(-1, 3)[: b["D"].shape[0]]  # blocks: memory O(block N LM)
+    g = jax.lax.map(centre_grad, blocked(per_centre, PAIR_BLOCK // K))
+    # back in pair order; the padding slots add 0 to a masked pair
+    grad = jnp.zeros_like(b["D"]).at[pairs].add(g.reshape(-1, K, 3)[:A])
     forces, virial = forces_and_virials(grad, b)
     energy_c = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
     return Mean(local, energy_c, forces, virial)

@@ -26,6 +26,7 @@ import numpy as np
 from gapfit.blocks import VOIGT, Mean, Rows, forces_and_virials
 from gapfit.errors import GapfitError
 from gapfit.kernels import delta_leaf_pytree
+from gapfit.neighbours import PairTables
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,10 @@ def pair_mean(
     Z_t: jax.Array,
     weights: jax.Array,
     b: dict,
+    tables: PairTables,
 ) -> Mean:
-    """Local energies, energies, forces and virials of the 2-body term."""
+    """Local energies, energies, forces and virials of the 2-body term (a sum over
+    the pairs: the per-atom ``tables`` of the SOAP mean are not needed)."""
     r, D_hat, types = _geometry(b, len(spec.species))
     weight = b["canonical"] * b["pair_mask"]
     u, du = jax.jvp(

@@ -99,18 +99,18 @@ class Model:
         parts = [t.rows(b) for t in self.terms]
         return Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*parts, strict=True)))
 
-    def mean(self, b: dict) -> Mean:
-        """Sum of the terms' predicted means (without e0), one jitted call."""
+    def mean(self, b: dict, tables: PairTables) -> Mean:
+        """Sum of the terms' predicted means (without e0) of a batch with its
+        per-atom pair ``tables``, one jitted call."""
         statics = tuple((type(t), t.spec) for t in self.terms)
         kernels = tuple(t.kernel for t in self.terms)
         z = tuple(t._z for t in self.terms)
-        return _summed_mean(statics, kernels, z, self._weights, b)
+        return _summed_mean(statics, kernels, z, self._weights, b, tables)
 
-    def mean_and_std(self, batch: Batch, b: dict, min_k: int = 0) -> tuple[Mean, Std]:
+    def mean_and_std(self, b: dict, tables: PairTables) -> tuple[Mean, Std]:
         """Means and DTC standard deviations (all terms) of a one-configuration
-        batch; the means are the kernel rows times the weights (the rows are needed
-        for the stds anyway). ``min_k``: least width of the per-atom pair tables."""
-        tables = PairTables(*(jnp.asarray(x) for x in pair_tables(batch, min_k)))
+        batch with its per-atom pair ``tables``; the means are the kernel rows times
+        the weights (the rows are needed for the stds anyway)."""
         parts = [t.rows_and_priors(b, tables) for t in self.terms]
         rows = Rows(
             *(
@@ -167,10 +167,13 @@ class Model:
             for n, k in zip(shape, keys, strict=True)
         ]
         batches = [pad_batch(b, *largest) for b in batches]
-        k = max(pair_table_width(b) for b in batches) if std else 0
+        k = max(pair_table_width(b) for b in batches)  # one table width: one shape
         for g, batch in zip(groups, batches, strict=True):
             b = batch_arrays(batch)
-            mean, sd = self.mean_and_std(batch, b, k) if std else (self.mean(b), None)
+            tables = PairTables(*(jnp.asarray(x) for x in pair_tables(batch, k)))
+            mean, sd = (
+                self.mean_and_std(b, tables) if std else (self.mean(b, tables), None)
+            )
             sel = [structures[k] for k in g]
             out.extend(self.unpack(sel, batch, mean, sd))
             if len(batches) > 1:
@@ -318,10 +321,15 @@ class Model:
 
 @partial(jax.jit, static_argnums=0)
 def _summed_mean(
-    statics: tuple, kernels: tuple, sparse: tuple, weights: tuple, b: dict
+    statics: tuple,
+    kernels: tuple,
+    sparse: tuple,
+    weights: tuple,
+    b: dict,
+    tables: PairTables,
 ) -> Mean:
     parts = [
-        cls.mean_fn(spec, kernel, *z, w, b)
+        cls.mean_fn(spec, kernel, *z, w, b, tables)
         for (cls, spec), kernel, z, w in zip(
             statics, kernels, sparse, weights, strict=True
         )

@@ -218,10 +218,12 @@ def pad_batch(batch: Batch, A: int, P: int, C: int) -> Batch:
 
 
 class PairTables(NamedTuple):
-    """The pairs of a batch laid out per atom, for per-atom covariances (the std)."""
+    """The pairs of a batch laid out per atom: per-centre sums of the mean's pair
+    gradients, per-atom covariances of the std."""
 
     incoming: np.ndarray  # (A, K) pairs into each atom j (pad: a masked pair)
     outgoing: np.ndarray  # (A, K) their slots in incoming.ravel() by centre (pad: A K)
+    by_centre: np.ndarray  # (A, K) pairs out of each centre i (pad: a masked pair)
 
 
 def _per_atom(atom: np.ndarray, values: np.ndarray, n_atoms: int, K: int, fill: int):
@@ -259,4 +261,4 @@ def pair_tables(batch: Batch, min_k: int = 0) -> PairTables:
     slots = np.flatnonzero(batch.pair_mask[inc.ravel()] > 0)
     position[inc.ravel()[slots]] = slots
     out = _per_atom(batch.centre[real], position[real], A, K, A * K)
-    return PairTables(inc, out)
+    return PairTables(inc, out, _per_atom(batch.centre[real], real, A, K, pad_pair))

@@ -310,27 +310,36 @@ def _pair_basis_and_derivatives(
     return wg, dwg, R, dR
 
 
-def pair_gradient(spec: SoapSpec, D: jax.Array, u: jax.Array) -> jax.Array:
-    """``d/dD_p sum_{n,lm} u[p, n, lm] phi(D_p)[n, lm]`` ``(P, 3)`` for a cotangent
-    ``u (P, N, (L+1)^2)`` of the pair expansions (the force contribution of each
-    pair). Analytic, with ``phi = [w g]_ln(r^2) R_lm(D)``::
+def pair_gradient(
+    spec: SoapSpec, D: jax.Array, species: jax.Array, mask: jax.Array, u: jax.Array
+) -> jax.Array:
+    """Force contributions ``d/dD_p sum_{s,n,lm} u[i, s, n, lm] phi_s(D_p)[n, lm]``
+    ``(C, K, 3)`` of the pairs of C centres i, K pairs each: ``D (C, K, 3)`` Å pair
+    vectors, ``species (C, K)`` the neighbours' species indices, ``mask (C, K)`` (0: a
+    padding slot, no contribution) and ``u (C, S, N, (L+1)^2)`` the cotangent of each
+    centre's density coefficients. Analytic, with ``phi = [w g]_ln(r^2) R_lm(D)``::
 
         dD = 2 D sum_ln [w g]'_ln (u R)_ln + sum_lm (sum_n [w g]_ln u_nlm) dR_lm/dD
 
-    ``[w g]'`` by forward mode in r^2 and ``dR/dD`` by forward mode: no reverse pass,
-    no per-pair Jacobian of phi; the sums over m within each l are slices (no
-    (P, N, LM) copies of ``[w g]``).
+    ``[w g]'`` and ``dR/dD`` by forward mode: no reverse pass, no per-pair Jacobian of
+    phi. The sums over n are, per l, one product of each centre's pairs with that
+    centre's own ``u`` (no per-pair copies of ``u``).
     """
-    wg, dwg, R, dR = _pair_basis_and_derivatives(spec, D)
+    C, K = mask.shape
+    S, N, L1 = len(spec.species), spec.n_max, spec.l_max + 1
+    wg, dwg, R, dR = _pair_basis_and_derivatives(spec, D.reshape(C * K, 3))
+    pick = jax.nn.one_hot(species, S, dtype=D.dtype) * mask[..., None]  # (C, K, S)
+    W = jnp.stack([wg, dwg], axis=1).reshape(C, K, 2, 1, L1, N)
+    W = W * pick[:, :, None, :, None, None]  # (C, K, 2, S, L+1, N)
+    R, dR = R.reshape(C, K, -1), dR.reshape(C, K, -1, 3)
     radial, Wu = 0.0, []
-    for l in range(spec.l_max + 1):
+    for l in range(L1):
         sl = slice(l * l, (l + 1) ** 2)
-        u_l = u[:, :, sl]  # (P, N, 2l+1)
-        uR = jnp.sum(u_l * R[:, None, sl], axis=2)  # (P, N)
-        radial = radial + jnp.sum(dwg[:, l] * uR, axis=1)  # (P,)
-        Wu.append(jnp.sum(wg[:, l, :, None] * u_l, axis=1))  # (P, 2l+1)
-    angular = jnp.sum(jnp.concatenate(Wu, axis=1)[:, :, None] * dR, axis=1)  # (P, 3)
-    return 2.0 * D * radial[:, None] + angular
+        Y = jnp.einsum("ckxsn,csnm->ckxm", W[..., l, :], u[..., sl])  # (C,K,2,2l+1)
+        Wu.append(Y[:, :, 0])
+        radial = radial + jnp.sum(Y[:, :, 1] * R[..., sl], axis=-1)  # (C, K)
+    angular = jnp.einsum("ckm,ckmx->ckx", jnp.concatenate(Wu, axis=-1), dR)
+    return 2.0 * D * radial[..., None] + angular
 
 
 def coefficients(
@@ -358,7 +367,7 @@ def coefficients(
         return c.at[blk["segment"]].add(phi), None
 
     segment = centre * S + neighbour_species
-    blocks = pair_blocks({"D": D, "segment": segment, "mask": mask})
+    blocks = blocked({"D": D, "segment": segment, "mask": mask})
     zeros = jnp.zeros((n_atoms * S, spec.n_max, (spec.l_max + 1) ** 2), D.dtype)
     c, _ = jax.lax.scan(add_block, zeros, blocks)
     c = c.reshape(n_atoms, S, spec.n_max, -1)
@@ -371,20 +380,22 @@ def coefficients(
 PAIR_BLOCK = 512  # pairs per block of the per-pair work of a batch (memory knob)
 
 
-def pair_blocks(pairs: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Per-pair arrays ``(P, ...)`` as ``(n_blocks, block, ...)`` for a ``lax.scan``:
-    blocks of ``PAIR_BLOCK`` pairs (one block of all pairs when there are fewer), the
-    last padded with 0 (masks, indices) except ``D = (1, 1, 1)`` Å, which keeps padded
-    pairs away from r = 0."""
-    P = next(iter(pairs.values())).shape[0]
-    block = max(1, min(PAIR_BLOCK, P))
-    n_blocks = -(-P // block)
-    pad = n_blocks * block - P
+def blocked(
+    arrays: dict[str, jax.Array], size: int = PAIR_BLOCK
+) -> dict[str, jax.Array]:
+    """Arrays ``(n, ...)`` (per pair, or per centre) as ``(n_blocks, size, ...)`` for a
+    ``lax.scan`` or ``lax.map`` (one block of all when there are fewer), the last
+    padded with 0 (masks, indices, cotangents) except ``D = (1, 1, 1)`` Å, which
+    keeps padded pairs away from r = 0."""
+    n = next(iter(arrays.values())).shape[0]
+    size = max(1, min(size, n))
+    n_blocks = -(-n // size)
+    pad = n_blocks * size - n
     return {
         k: jnp.pad(
             v, [(0, pad)] + [(0, 0)] * (v.ndim - 1), constant_values=k == "D"
-        ).reshape(n_blocks, block, *v.shape[1:])
-        for k, v in pairs.items()
+        ).reshape(n_blocks, size, *v.shape[1:])
+        for k, v in arrays.items()
     }
 
 

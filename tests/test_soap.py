@@ -24,7 +24,7 @@ from scipy.special import eval_legendre
 import gapfit  # noqa: F401  (switches float64 on)
 from gapfit import soap as soap_module
 from gapfit.blocks import batch_arrays, descriptors_jit
-from gapfit.neighbours import make_batch
+from gapfit.neighbours import make_batch, pair_tables
 from gapfit.soap import (
     SoapSpec,
     coefficients,
@@ -364,14 +364,34 @@ def test_cosine_cutoff_is_continuous_and_smooth() -> None:
 
 
 def test_pair_gradient_equals_autodiff_of_the_expansion() -> None:
-    """The analytic force contribution of each pair equals reverse mode through the
-    pair expansion contracted with a random cotangent."""
+    """The analytic force contribution of each pair, grouped by centre (two species,
+    padded slots), equals reverse mode through the pair expansions contracted with a
+    random cotangent of each centre's coefficients; padding slots contribute 0."""
     spec = SoapSpec(species=(29, 79), n_max=4, l_max=3, cutoff=4.5)
     batch = make_batch([alloy_cell()], spec.species, spec.neighbour_cutoff, ["cell"])
+    tables = pair_tables(batch)
+    A, K = tables.by_centre.shape
+    pairs = tables.by_centre
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(A, len(spec.species), spec.n_max, 16))
     D = jax.numpy.asarray(batch.D)
-    u = np.random.default_rng(0).normal(size=(len(D), spec.n_max, 16))
-    ref = jax.grad(lambda D: jax.numpy.sum(pair_expansion(spec, D) * u))(D)
-    np.testing.assert_allclose(pair_gradient(spec, D, u), ref, rtol=1e-12, atol=1e-13)
+    # reverse mode: each pair's expansion against its centre's cotangent, own species
+    u_pair = u[batch.centre, batch.neighbour_species] * batch.pair_mask[:, None, None]
+    ref = np.asarray(
+        jax.grad(lambda D: jax.numpy.sum(pair_expansion(spec, D) * u_pair))(D)
+    )[pairs]
+    got = pair_gradient(
+        spec,
+        batch.D[pairs],
+        batch.neighbour_species[pairs],
+        batch.pair_mask[pairs],
+        u,
+    )
+    np.testing.assert_allclose(
+        got, ref * batch.pair_mask[pairs][..., None], rtol=1e-12, atol=1e-13
+    )
+    padding = batch.pair_mask[pairs] == 0
+    assert padding.any() and np.all(np.asarray(got)[padding] == 0)
 
 
 @pytest.mark.parametrize("slices", [False, True])

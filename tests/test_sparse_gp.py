@@ -20,7 +20,7 @@ from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.distance_2b import PairSpec, SEKernel, cutoff_function, pair_type
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model
-from gapfit.neighbours import make_batch, pad_batch, pair_tables
+from gapfit.neighbours import PairTables, make_batch, pad_batch, pair_tables
 from gapfit.soap import SoapSpec, soap
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.terms import PairTerm, SoapTerm
@@ -213,8 +213,11 @@ def test_sparse_equals_dense_exact_gp(setup, kind):
     model = models[kind]
     batch = make_batch([test], SPEC.species, SPEC.neighbour_cutoff)
     b = batch_arrays(batch)
-    mean, sd = model.mean_and_std(batch, b)
-    np.testing.assert_allclose(mean.forces, model.mean(b).forces, rtol=0, atol=1e-10)
+    tables = PairTables(*(jnp.asarray(x) for x in pair_tables(batch)))
+    mean, sd = model.mean_and_std(b, tables)
+    np.testing.assert_allclose(
+        mean.forces, model.mean(b, tables).forces, rtol=0, atol=1e-10
+    )
     sparse = {
         "E": (mean.energy[0], sd.energy[0] ** 2),
         "F": (mean.forces[:n], sd.forces[:n] ** 2),
@@ -249,8 +252,9 @@ def test_fold_is_independent_of_chunking(setup):
 
 def test_pair_tables_list_every_pair_into_and_out_of_each_atom():
     """Two configurations, padded: each real pair appears once in its neighbour's row
-    of ``incoming`` and once, as its slot there, in its centre's row of ``outgoing``;
-    the pads point at a masked pair and at the extra slot A K."""
+    of ``incoming``, once, as its slot there, in its centre's row of ``outgoing`` and
+    once in its centre's row of ``by_centre`` (in the same order); the pads point at a
+    masked pair and at the extra slot A K."""
     rng = np.random.default_rng(4)
     cells = [bulk("Cu", "fcc", a=3.6, cubic=True), bulk("Cu", "fcc", a=3.6) * (2, 2, 1)]
     for c in cells:
@@ -270,3 +274,8 @@ def test_pair_tables_list_every_pair_into_and_out_of_each_atom():
     pairs_out = inc[out[used]]  # the pairs behind the slots
     assert np.all(batch.centre[pairs_out] == np.repeat(np.arange(A), K)[used])
     assert tables.outgoing.shape[1] == K
+    by = tables.by_centre.ravel()  # the same pairs by centre, padded with a masked one
+    real_slot = batch.pair_mask[by] > 0
+    assert sorted(by[real_slot]) == sorted(real)
+    assert np.all(batch.centre[by[real_slot]] == rows[real_slot])
+    assert np.all(by[used] == pairs_out)  # outgoing's slots hold the same pairs
