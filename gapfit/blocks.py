@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
 from gapfit.neighbours import Batch, PairTables
 from gapfit.soap import (
-    PAIR_BLOCK,
     SoapSpec,
     blocked,
     coefficients,
@@ -163,6 +162,9 @@ def rows_mean(rows: Rows, weights: jax.Array) -> Mean:
     )
 
 
+MEAN_BLOCK = 2048  # pairs per block of centres of the mean (smaller: 2nd core idles)
+
+
 @partial(jax.jit, static_argnums=0)
 def predict_mean(
     spec: SoapSpec,
@@ -179,7 +181,7 @@ def predict_mean(
     and kernel to the coefficients ``c``, then the pairs of each centre contracted
     with its cotangent analytically (``soap.pair_gradient`` on ``tables.by_centre``;
     no (P, N, LM, 3) Jacobian, no per-pair copy of the cotangent), in blocks of
-    centres of about ``soap.PAIR_BLOCK`` pairs.
+    centres of about ``MEAN_BLOCK`` pairs.
     """
     c = coefficients(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
@@ -205,7 +207,7 @@ def predict_mean(
     def centre_grad(blk: dict) -> jax.Array:  # dE/dD (centres, K, 3) of a block
         return pair_gradient(spec, blk["D"], blk["species"], blk["mask"], blk["u"])
 
-    g = jax.lax.map(centre_grad, blocked(per_centre, PAIR_BLOCK // K))
+    g = jax.lax.map(centre_grad, blocked(per_centre, MEAN_BLOCK // K))
     # back in pair order; the padding slots add 0 to a masked pair
     grad = jnp.zeros_like(b["D"]).at[pairs].add(g.reshape(-1, K, 3)[:A])
     forces, virial = forces_and_virials(grad, b)
