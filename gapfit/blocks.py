@@ -195,7 +195,7 @@ def predict_mean(
         return jnp.sum(local), local
 
     dE_dc, local = jax.grad(energy, has_aux=True)(c)  # (A, S, N, LM)
-    pairs = jnp.asarray(tables.by_centre)  # (A, K)
+    pairs = tables.by_centre  # (A, K)
     A, K = pairs.shape
     per_centre = {
         "D": b["D"][pairs],
