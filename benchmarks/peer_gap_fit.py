@@ -58,8 +58,11 @@ def fit(
         raise SystemExit("--peer needs gap_fit: pip install quippy-ase")
     workdir = workdir.resolve()  # gap_fit and GNU time run inside it
     workdir.mkdir(parents=True, exist_ok=True)
+    # a copy: gap_fit writes an index (train.xyz.idx) beside the file it reads
+    local = workdir / "train.xyz"
+    shutil.copyfile(train, local)
     gp_file = workdir / "gap.xml"
-    cmd = gap_fit_command(train.resolve(), gp_file.resolve(), n_sparse, no_2b)
+    cmd = gap_fit_command(local, gp_file, n_sparse, no_2b)
     time_file = workdir / "gap_fit.time"
     gnu_time = Path("/usr/bin/time")
     if gnu_time.exists():
