@@ -22,6 +22,7 @@ import resource
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from ase.build import bulk
 
@@ -207,6 +208,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
     name = args.data.name
+    device = jax.devices()[0]
+    print(f"JAX device: {device.platform} ({device.device_kind})")
     t0 = time.perf_counter()
     gap = recipe(
         args.n_sparse, args.no_2b, args.chunk_atoms, args.optimise_hyperparameters
@@ -246,6 +249,10 @@ def main() -> None:
         print(f"\nace-jax figures: shared/bench/peers.md ({goals})")
         print(ratio_table(ours, ACE_JAX[name], "ace-jax"))
     print(f"\n108-atom ms (median/min/max): {ms}; with std: {ms_std}")
+    if device.platform != "cpu":  # arrays live in the device's memory, not in RSS
+        stats = device.memory_stats() or {}
+        ours["device_peak_gib"] = stats.get("peak_bytes_in_use", float("nan")) / 2**30
+        print(f"device peak memory: {ours['device_peak_gib']:.2f} GiB")
     print(f"test prediction: {sum(len(f.numbers) for f in test) / pred_s:.0f} atoms/s")
     print("timings per stage (s):", {k: round(v, 2) for k, v in gap.timings_.items()})
     if "hyperparameters" in gap.model_.info:
@@ -254,6 +261,7 @@ def main() -> None:
         args.json.write_text(
             json.dumps(
                 {
+                    "device": f"{device.platform} ({device.device_kind})",
                     "ours": ours,
                     "gap_fit": peer,
                     "ms": ms,
