@@ -191,6 +191,9 @@ def pair_mean(
     )
 
 
+TILE = 256  # pairs per side of a tile of the energy and virial prior double sums
+
+
 @partial(jax.jit, static_argnums=0)
 def pair_priors(
     spec: PairSpec, kernel: SEKernel, b: dict, incoming: jax.Array
@@ -216,40 +219,53 @@ def pair_priors(
     forces = jnp.einsum("akx,akl,alx->ax", Dq, H, Dq) * b["atom_mask"][:, None]
     # local energy of a: half of each pair energy into a
     local = 0.25 * jnp.sum(cov * same, axis=(1, 2)) * b["atom_mask"]
-    # energies and virials: double sums over the canonical pairs of each configuration
+    # energies and virials: double sums over the canonical pairs of each configuration,
+    # symmetric in the two pairs: tiles (t, u >= t) of TILE x TILE pairs, off-diagonal
+    # tiles counted twice, each tile's sums booked to the configuration of its rows
     idx = b["canonical_index"]
     r, D_hat, types, f, df = r[idx], D_hat[idx], types[idx], fc[0][idx], fc[1][idx]
-    config = b["pair_config"][idx]
     w = b["canonical"][idx] * b["pair_mask"][idx]
     a_v = jnp.stack([D_hat[:, i] * D_hat[:, j] * r for i, j in VOIGT], axis=1)  # (Q, 6)
-    a_v = a_v * w[:, None]
-    fc_q = (f[None, :], df[None, :])
-    P, block = r.shape[0], 256
-    pad = (-P) % block
+    pairs = {
+        "r": r,
+        "f": f,
+        "df": df,
+        "type": types,
+        "w": w,
+        "config": b["pair_config"][idx],
+        "a": a_v * w[:, None],
+    }
+    n_tiles = -(-r.shape[0] // TILE)
+    tiles = {  # padding: weight 0
+        k: jnp.pad(
+            x, [(0, n_tiles * TILE - r.shape[0])] + [(0, 0)] * (x.ndim - 1)
+        ).reshape(n_tiles, TILE, *x.shape[1:])
+        for k, x in pairs.items()
+    }
+    rows, cols = np.triu_indices(n_tiles)
 
-    def padded(x):
-        return jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-
-    rows = tuple(
-        padded(x).reshape(-1, block, *x.shape[1:])
-        for x in (r, f, df, types, w, config, a_v)
-    )
-
-    def one_block(args):
-        rb, fb, dfb, tb, wb, cb, ab = args
-        mask = (tb[:, None] == types[None, :]) * (cb[:, None] == config[None, :])
-        mask = mask * wb[:, None] * w[None, :]
-        cov, d2 = _covariances(
-            kernel, rb[:, None], r[None, :], (fb[:, None], dfb[:, None]), fc_q
+    def tile(tu):
+        x, y = ({k: v[t] for k, v in tiles.items()} for t in tu)
+        mask = (x["type"][:, None] == y["type"][None, :]) * (
+            x["config"][:, None] == y["config"][None, :]
         )
-        e = jnp.sum(cov * mask, axis=1)
-        v = ab * ((d2 * mask) @ a_v)  # (block, 6)
+        mask = mask * x["w"][:, None] * y["w"][None, :]
+        cov, d2 = _covariances(
+            kernel,
+            x["r"][:, None],
+            y["r"][None, :],
+            (x["f"][:, None], x["df"][:, None]),
+            (y["f"][None, :], y["df"][None, :]),
+        )
+        twice = jnp.where(tu[0] == tu[1], 1.0, 2.0)
+        e = twice * jnp.sum(cov * mask, axis=1)  # (TILE,)
+        v = twice * x["a"] * ((d2 * mask) @ y["a"])  # (TILE, 6)
         return e, v
 
-    e, v = jax.lax.map(one_block, rows)
-    cfg = padded(config)
-    energy = jax.ops.segment_sum(e.reshape(-1), cfg, C)
-    virial = jax.ops.segment_sum(v.reshape(-1, 6), cfg, C)
+    e, v = jax.lax.map(tile, (jnp.asarray(rows), jnp.asarray(cols)))
+    rows_config = tiles["config"][rows].reshape(-1)
+    energy = jax.ops.segment_sum(e.reshape(-1), rows_config, C)
+    virial = jax.ops.segment_sum(v.reshape(-1, 6), rows_config, C)
     return local, energy, forces, virial
 
 

@@ -17,7 +17,14 @@ from ase.calculators.emt import EMT
 
 import gapfit  # noqa: F401  (float64)
 from gapfit.blocks import batch_arrays, descriptors_jit
-from gapfit.distance_2b import PairSpec, SEKernel, cutoff_function, pair_type
+from gapfit.distance_2b import (
+    TILE,
+    PairSpec,
+    SEKernel,
+    cutoff_function,
+    pair_priors,
+    pair_type,
+)
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model
 from gapfit.neighbours import PairTables, make_batch, pad_batch, pair_tables
@@ -279,3 +286,32 @@ def test_pair_tables_list_every_pair_into_and_out_of_each_atom():
     assert sorted(by[real_slot]) == sorted(real)
     assert np.all(batch.centre[by[real_slot]] == rows[real_slot])
     assert np.all(by[used] == pairs_out)  # outgoing's slots hold the same pairs
+
+
+def test_pair_priors_of_energies_and_virials_equal_the_double_sums():
+    """The 2-body prior variances of total energies and virials, summed over tiles of
+    pairs (each off-diagonal tile once for both orders), equal the exact double sums
+    over all pairs of each configuration: two 108-atom configurations of 3 tiles of
+    canonical pairs each in one batch (off-diagonal tiles, no cross-configuration
+    terms)."""
+    rng = np.random.default_rng(7)
+    cells = []
+    for seed in (1, 2):
+        at = _cell(seed) * (3, 3, 3)
+        at.positions += rng.normal(0, 0.05, at.positions.shape)
+        cells.append(at)
+    batch = make_batch(cells, PAIR.species, PAIR.neighbour_cutoff)
+    assert np.sum(batch.canonical) > 2 * 2 * TILE  # > 2 tiles per configuration
+    tables = pair_tables(batch)
+    _, energy, _, virial = pair_priors(
+        PAIR, PAIR_KERNEL, batch_arrays(batch), jnp.asarray(tables.incoming)
+    )
+    for c, at in enumerate(cells):
+        f, pos, e0 = _pair_features(at), jnp.asarray(at.positions), jnp.zeros(6)
+
+        def k_ss(e, e2, f=f, pos=pos):  # prior cov of the energy at two strains
+            return _pair_k_total(*f(pos, _strain(e)), *f(pos, _strain(e2)))
+
+        np.testing.assert_allclose(energy[c], k_ss(e0, e0), rtol=1e-10)
+        hWW = jax.jacfwd(jax.grad(k_ss, 1), 0)(e0, e0)  # (6, 6)
+        np.testing.assert_allclose(virial[c], np.diagonal(hWW), rtol=1e-9)
