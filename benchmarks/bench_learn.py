@@ -177,13 +177,12 @@ def curves(args: argparse.Namespace) -> None:
             f"{N:>8} {mean['uncertainty'][N]:>12.2f} {mean['random'][N]:>9.2f} {need}"
         )
     if args.plot:
-        from gapfit.plots import _figure, _save
+        from gapfit.plots import _figure, _save, log_log
 
         fig, (ax,) = _figure(1)
         for s in rows:
             ax.plot(labels, [mean[s][n] for n in labels], "o-", label=s)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        log_log(ax)
         ax.set_xlabel("labelled structures")
         ax.set_ylabel("test force RMSE (meV/Å)")
         ax.legend()

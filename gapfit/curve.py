@@ -82,15 +82,14 @@ def curve_csv(rows: Sequence[dict]) -> str:
 def plot_curve(rows: Sequence[dict], path: str | Path) -> Path:
     """PNG of test RMSE and mean predicted std (energy, forces) against the number of
     labels, log-log, written atomically."""
-    from gapfit.plots import _figure, _save  # matplotlib only when plotting
+    from gapfit.plots import _figure, _save, log_log  # matplotlib only when plotting
 
     fig, axes = _figure(2)
     n = [r["n_labels"] for r in rows]
     for ax, q, unit in zip(axes, ("e", "f"), ("meV/atom", "meV/Å"), strict=True):
         ax.plot(n, [r.get(f"{q}_rmse") for r in rows], "o-", label="test RMSE")
         ax.plot(n, [r.get(f"{q}_std") for r in rows], "s--", label="mean predicted std")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        log_log(ax)
         ax.set_xlabel("labelled frames")
         ax.set_ylabel(f"{'energy per atom' if q == 'e' else 'force'} ({unit})")
         ax.legend()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from gapfit.errors import GapfitError
 from gapfit.model import atomic_write
@@ -41,6 +42,17 @@ def _figure(n_panels: int) -> tuple[Figure, list]:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     return fig, list(axes)
+
+
+def log_log(ax) -> None:
+    """Log-log axes ticked at 1, 2, 5 x 10^k with plain numbers (over less than two
+    decades matplotlib's default labels every minor tick as 10^k multiples)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig: Figure, path: Path) -> Path:
