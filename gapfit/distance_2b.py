@@ -27,6 +27,7 @@ from gapfit.blocks import VOIGT, Mean, Rows, forces_and_virials
 from gapfit.errors import GapfitError
 from gapfit.kernels import delta_leaf_pytree
 from gapfit.neighbours import PairTables
+from gapfit.soap import blocked
 
 
 @dataclass(frozen=True)
@@ -235,14 +236,8 @@ def pair_priors(
         "config": b["pair_config"][idx],
         "a": a_v * w[:, None],
     }
-    n_tiles = -(-r.shape[0] // TILE)
-    tiles = {  # padding: weight 0
-        k: jnp.pad(
-            x, [(0, n_tiles * TILE - r.shape[0])] + [(0, 0)] * (x.ndim - 1)
-        ).reshape(n_tiles, TILE, *x.shape[1:])
-        for k, x in pairs.items()
-    }
-    rows, cols = np.triu_indices(n_tiles)
+    tiles = blocked(pairs, TILE)  # padding: weight 0
+    rows, cols = np.triu_indices(len(tiles["r"]))
 
     def tile(tu):
         x, y = ({k: v[t] for k, v in tiles.items()} for t in tu)
