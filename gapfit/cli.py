@@ -1003,7 +1003,8 @@ def info(gp_file: str) -> None:
     type=float,
     default=1e-6,
     show_default=True,
-    help="New sparse points need a Nyström residual above this x delta².",
+    help="Pool mode and the start structure: new sparse points need a local-energy "
+    "Nyström residual above this x delta² (on the fly they are chosen for the forces).",
 )
 @click.option(
     "--refit-every",

@@ -9,10 +9,14 @@ The model is a sparse GAP with the settings of a ``GAP`` (SOAP, optional 2-body,
 sigmas, jitter). e0 comes from the first labelled frames (``e0_method`` average,
 least_squares, explicit ``e0``, or isolated: the labeller then labels one isolated
 atom per element first); 2-body sparse points are chosen from the first frames as in
-``GAP.fit``. The SOAP sparse set grows from the labelled frames' environments of
-largest Nyström residual (``sparse_set.choose_sparse``): at most ``sparse_per_label``
-per labelled frame and the SOAP ``n_sparse`` per element, each with a residual variance
-above ``sparse_tol delta^2``; it is held at that capacity by padding, so the kernels
+``GAP.fit``. The SOAP sparse set grows from the labelled frames' environments, at
+most ``sparse_per_label`` per labelled frame and the SOAP ``n_sparse`` per element: in
+pool mode (and for the start structure on the fly) those of largest local-energy
+Nyström residual (``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``; on
+the fly those that bring the labelled frame's force-component residual stds, times the
+scale ``a`` below, to ``SPARSE_STD_TARGET x std_threshold``
+(``sparse_set.force_sparse``: the force stds are nearly all residual there, which
+labels cannot lower). The set is held at that capacity by padding, so the kernels
 compile once per run. New frames are folded into the QR factor (``update.update``)
 unless sparse points were added, or every ``refit_every`` labels (counted whatever
 refits new sparse points forced), by a full refit (``update.refit``); both give the
@@ -88,6 +92,7 @@ from gapfit.sparse_set import (
     PAD,
     choose_sparse,
     compact,
+    force_sparse,
     padded,
     prior_model,
     with_sparse,
@@ -109,6 +114,7 @@ GAP_KEYS = (
     "optimise_hyperparameters",
 )
 Callback = Callable[[dict], None]
+SPARSE_STD_TARGET = 0.5  # on the fly: a labelled frame's residual std over threshold
 
 
 def gap_settings(gap: GAP | None) -> dict:
@@ -302,11 +308,17 @@ class Learner:
         new: Sequence[ase.Atoms],
         X_hat: np.ndarray | None = None,
         s: np.ndarray | None = None,
+        force_target: float | None = None,
     ) -> str:
         """Add labelled structures to the model: new sparse points from their
         environments (unit SOAP ``X_hat (n, F)``, species index ``s (n,)``, computed
         here if not given), then a refit or a rank update. Returns how: "update",
-        "refit" or "reoptimised" (a refit with delta and the sigmas chosen again)."""
+        "refit" or "reoptimised" (a refit with delta and the sigmas chosen again).
+
+        The sparse points: with ``force_target`` (eV^2/Å^2), those that bring every
+        force component's Nyström residual variance down to it
+        (``sparse_set.force_sparse``), else those of largest local-energy residual
+        (``sparse_set.choose_sparse``); at most ``sparse_per_label`` per structure."""
         if not new:
             return "none"
         t0 = time.perf_counter()
@@ -316,13 +328,13 @@ class Learner:
         if X_hat is None:
             X_hat, s, _ = unit_soap(self.gap, self.species, frames)
         settings = self.settings
-        pick = choose_sparse(
-            self.model,
-            X_hat,
-            s,
-            settings["sparse_per_label"] * len(new),
-            settings["sparse_tol"],
-        )
+        n_max = settings["sparse_per_label"] * len(new)
+        if force_target is None:
+            pick = choose_sparse(self.model, X_hat, s, n_max, settings["sparse_tol"])
+        else:
+            pick = force_sparse(
+                self.model, frames, X_hat, s, n_max, force_target, self.shape
+            )
         everything = self.frames + frames
         # one frame per chunk: batches of one shape per frame size, one compilation
         kw = {"chunk_atoms": 1, "shape": self.shape}
@@ -849,7 +861,12 @@ class _OTFRun:
                     _calibrate(st, new[0][1].get_forces(), pred)
                     st["last_label"] = step
                     before = L.model
-                    if L.add([a for _, a in new]) == "reoptimised":
+                    # sparse points until the frame's scaled residual std is at most
+                    # SPARSE_STD_TARGET x the threshold (labels cannot lower it)
+                    target = (SPARSE_STD_TARGET * cfg["std_threshold"]) ** 2
+                    a2 = _std_scale(st) ** 2  # with this frame
+                    how = L.add([a for _, a in new], force_target=target / a2)
+                    if how == "reoptimised":
                         # the held-out (e / s)^2 so far were of the old stds
                         ratio = _std_ratio(before, L.model, L.frames[-2])
                         # of another model: kept as the weight of one frame

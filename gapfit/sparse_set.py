@@ -25,10 +25,14 @@ import ase
 import jax.numpy as jnp
 import numpy as np
 
+from gapfit.assembly import batch_shape, padded_batches
+from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, as_frames, fit_e0
 from gapfit.distance_2b import pair_sparse_points
 from gapfit.fit import GAP, _specs
+from gapfit.kernels import kernel_block
 from gapfit.model import Model
+from gapfit.neighbours import PairTables, bucket, pair_table_width, pair_tables
 from gapfit.selection import (
     descriptors,
     greedy_max_det,
@@ -128,6 +132,99 @@ def choose_sparse(
     K = nystrom_residual(model, X_hat, s)
     delta2 = model.term("soap").kernel.delta ** 2
     return greedy_max_det(K, n_max, tol * delta2, s, np.maximum(free_slots(model), 0))
+
+
+def force_residuals(
+    model: Model,
+    frames: Sequence[Frame],
+    X_hat: np.ndarray,
+    s: np.ndarray,
+    shape: list[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nyström residuals of the SOAP term for the force components of ``frames`` and
+    the local energies of candidate environments (unit SOAP ``X_hat (n, F)``,
+    species index ``s (n,)``): ``r_F (n_F,)`` eV^2/Å^2, the residual variance of each
+    force component (real atoms, atom-major); ``R_Fc (n_F, n)`` eV^2/Å, their residual
+    covariances with the candidates' local energies; ``R_cc (n, n)`` eV^2, plus the
+    sparse jitter on its diagonal (a candidate's as a sparse point). Residual means
+    ``k_xy - k_xm K_mm^-1 k_my`` (what the sparse set leaves unexplained); a sparse
+    point at candidate j lowers ``r_F`` by ``R_Fc[:, j]^2 / R_cc[j, j]``.
+    ``shape``: floor of the padded batch shape (raised in place, as in ``update``)."""
+    term = model.term("soap")
+    size = bucket(len(X_hat))  # padded candidates (PAD: no covariance): few shapes
+    X = np.zeros((size, X_hat.shape[1]))
+    X[: len(X_hat)] = X_hat
+    t = np.full(size, PAD, dtype=np.int64)
+    t[: len(s)] = s
+    both = dataclasses.replace(
+        term,
+        sparse_X=np.concatenate([term.sparse_X, X]),
+        sparse_species=np.concatenate([term.sparse_species, t]),
+    )
+    M = term.n_sparse
+    L_inv = jnp.asarray(model.factors.L_inv[:, soap_columns(model)])
+    V_c = kernel_block(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z) @ L_inv.T
+    r_F, R_Fc = [], []
+    chunks = [[k] for k in range(len(frames))]
+    batches = padded_batches(
+        frames, chunks, model.species, model.neighbour_cutoff, shape or (0, 0, 0)
+    )
+    if shape is not None:
+        shape[:] = batch_shape(batches[0])
+    for batch in batches:
+        tables = PairTables(
+            *(jnp.asarray(x) for x in pair_tables(batch, pair_table_width(batch)))
+        )
+        rows, priors = both.rows_and_priors(batch_arrays(batch), tables)
+        real = np.flatnonzero(batch.atom_mask)
+        k_F = rows.forces[real].reshape(3 * len(real), -1)  # (n_F, M + size)
+        V_F = k_F[:, :M] @ L_inv.T
+        r_F.append(np.ravel(priors.forces[real]) - np.sum(V_F**2, axis=1))
+        R_Fc.append(k_F[:, M : M + len(X_hat)] - V_F @ V_c[: len(X_hat)].T)
+    jitter = float(model.info["settings"]["sparse_jitter"])  # K_mm's, as a point
+    R_cc = nystrom_residual(model, X_hat, s) + jitter * np.eye(len(X_hat))
+    return np.concatenate(r_F), np.asarray(jnp.concatenate(R_Fc)), R_cc
+
+
+def force_sparse(
+    model: Model,
+    frames: Sequence[Frame],
+    X_hat: np.ndarray,
+    s: np.ndarray,
+    n_max: int,
+    target: float,
+    shape: list[int] | None = None,
+) -> np.ndarray:
+    """Indices of candidate environments (unit SOAP ``X_hat (n, F)``, species index
+    ``s (n,)``; on the fly: those of the labelled ``frames``) to add as sparse points
+    for the frames' forces: greedily, each the candidate whose sparse point most lowers
+    the summed Nyström residual variance of the force components (``force_residuals``,
+    conditioned on the points picked before), at most ``n_max`` within each species'
+    free slots, until no component's residual variance is above ``target``
+    (eV^2/Å^2). The forces' DTC variance is this residual plus a posterior part that
+    labels shrink; the residual only falls with sparse points, and the local-energy
+    residual of ``choose_sparse`` can be tiny where the force residual is not
+    (environments close to sparse points, displaced along new directions)."""
+    if len(X_hat) == 0 or n_max <= 0:
+        return np.zeros(0, np.int64)
+    r_F, R, K = force_residuals(model, frames, X_hat, s, shape)
+    jitter = float(model.info["settings"]["sparse_jitter"])
+    floor = jitter + 1e-10 * model.term("soap").kernel.delta ** 2  # not round-off
+    left = np.maximum(free_slots(model), 0)
+    picks: list[int] = []
+    while len(picks) < n_max and r_F.max(initial=0.0) > target:
+        d = np.diag(K).copy()
+        ok = (d > floor) & (left[s] > 0)
+        ok[picks] = False
+        if not ok.any():
+            break
+        gain = np.where(ok, np.sum(R**2, axis=0) / np.where(ok, d, 1.0), -np.inf)
+        j = int(np.argmax(gain))
+        g, k = R[:, j] / np.sqrt(d[j]), K[:, j] / np.sqrt(d[j])
+        R, K, r_F = R - np.outer(g, k), K - np.outer(k, k), r_F - g**2
+        picks.append(j)
+        left[s[j]] -= 1
+    return np.array(sorted(picks), dtype=np.int64)
 
 
 def with_sparse(model: Model, X_hat: np.ndarray, s: np.ndarray) -> Model:

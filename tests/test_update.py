@@ -22,6 +22,8 @@ from gapfit.sparse_set import (
     PAD,
     choose_sparse,
     compact,
+    force_residuals,
+    force_sparse,
     padded,
     prior_model,
     with_sparse,
@@ -208,6 +210,38 @@ def test_choose_sparse_skips_represented_environments(cells):
         ),
     )
     assert len(choose_sparse(full, X_hat, s, 8, 0.0)) == 0
+
+
+def test_force_sparse_lowers_the_force_residuals(cells):
+    gap = GAP(soap=SOAP, e0_method="average")
+    prior = prior_model(gap, (29,), cells[:2], CAPACITY)
+    X_hat, s, _ = unit_soap(gap, (29,), cells[:2])
+    pick = choose_sparse(prior, X_hat, s, 4, 1e-6)
+    model = refit(with_sparse(prior, X_hat[pick], s[pick]), cells[:2], chunk_atoms=1)
+    frames = as_frames(cells[2:3])
+    X, t, _ = unit_soap(gap, (29,), frames)
+    r_F, R, K = force_residuals(model, frames, X, t)
+    assert r_F.shape == (3 * len(frames[0].numbers),) and r_F.min() > 0
+
+    def residuals_with(j):  # of the model refitted with sparse points X[j]
+        new = refit(with_sparse(model, X[j], t[j]), cells[:2], chunk_atoms=1)
+        return force_residuals(new, frames, X, t)[0]
+
+    # one point at candidate j lowers each residual by R_Fj^2 / R_jj, exactly
+    gain = np.sum(R**2, axis=0) / np.diag(K)
+    j = int(np.argmax(gain))
+    expected = r_F - R[:, j] ** 2 / K[j, j]
+    assert np.abs(residuals_with([j]) - expected).max() <= 1e-6 * r_F.max()
+
+    # greedy: the best candidate first; fewer residuals left than by local energy
+    picks = force_sparse(model, frames, X, t, 3, 0.0)
+    assert len(picks) == 3 and j in picks
+    by_energy = choose_sparse(model, X, t, 3, 0.0)
+    assert residuals_with(picks).sum() < residuals_with(by_energy).sum()
+    # a target every component meets picks nothing; free slots bound the picks
+    assert len(force_sparse(model, frames, X, t, 3, r_F.max())) == 0
+    slots = CAPACITY - len(pick)
+    assert len(force_sparse(model, frames, X, t, slots + 5, 0.0)) <= slots
 
 
 def test_greedy_max_det():
