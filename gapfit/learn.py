@@ -340,7 +340,7 @@ class Learner:
         kw = {"chunk_atoms": 1, "shape": self.shape}
         model = with_sparse(self.model, X_hat[pick], s[pick]) if len(pick) else None
         mode = optimise_mode(self.gap.optimise_hyperparameters)
-        due = self.since_refit + len(new) >= settings["refit_every"]
+        due = self.since_refit + len(new) >= self._refit_interval()
         if due and mode:  # the scheduled refit re-chooses delta and sigmas
             model = model or self.model
             self.model = reoptimised(model, everything, mode, **kw)
@@ -364,6 +364,16 @@ class Learner:
             seconds=round(time.perf_counter() - t0, 4),
         )
         return how
+
+    def _refit_interval(self) -> int:
+        """Labels from one scheduled refit to the next: ``refit_every``; on the fly
+        the first come sooner, after 4, 8, 16, ... labels (doubling, at most
+        ``refit_every`` apart): the hand-set delta and sigmas are furthest off
+        while the labels are few, and a re-optimisation is cheapest then."""
+        every = self.settings["refit_every"]
+        if self.settings["mode"] != "otf":
+            return every
+        return min(every, max(4, len(self.labelled) - self.since_refit))
 
     def isolated_atoms(self) -> list[ase.Atoms]:
         """One isolated atom per element (for ``e0_method="isolated"``; else none)."""

@@ -420,6 +420,20 @@ def test_otf_rescales_the_std_history_after_reoptimising(tmp_path):
     assert learner.state["z2_n"] == 96 * (1 + after)
 
 
+def test_otf_reoptimises_early_then_every_refit_every(tmp_path):
+    # every step but the symmetric start labelled (threshold 0): start, md:1, ...
+    optimising = GAP(soap=SOAP, e0_method="average", optimise_hyperparameters=True)
+    learner, _ = _otf(
+        tmp_path / "md",
+        settings_gap=optimising,
+        std_threshold=0.0,
+        steps=20,
+        refit_every=6,
+    )
+    at = [e["n_labels"] for e in learner.log if e["event"] == "reoptimised"]
+    assert at == [4, 8, 14, 20]  # doubling intervals 4, 4, then at most 6
+
+
 def test_cli_learn(tmp_path):
     import ase.io
 
