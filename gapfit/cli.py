@@ -1011,7 +1011,8 @@ def info(gp_file: str) -> None:
     type=int,
     default=20,
     show_default=True,
-    help="Full refit after this many labels (else rank updates).",
+    help="Full refit after this many labels (else rank updates); on the fly the "
+    "first come sooner, after 4, 8, 16, ... labels.",
 )
 @click.option(
     "--optimise-hyperparameters",

@@ -874,8 +874,9 @@ class _OTFRun:
                     # sparse points until the frame's scaled residual std is at most
                     # SPARSE_STD_TARGET x the threshold (labels cannot lower it)
                     target = (SPARSE_STD_TARGET * cfg["std_threshold"]) ** 2
-                    a2 = _std_scale(st) ** 2  # with this frame
-                    how = L.add([a for _, a in new], force_target=target / a2)
+                    a2 = _std_scale(st) ** 2  # with this frame (0: no errors)
+                    raw = target / a2 if a2 > 0 else np.inf
+                    how = L.add([a for _, a in new], force_target=raw)
                     if how == "reoptimised":
                         # the held-out (e / s)^2 so far were of the old stds
                         ratio = _std_ratio(before, L.model, L.frames[-2])
