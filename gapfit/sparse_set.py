@@ -100,13 +100,17 @@ def padded(model: Model, capacity: int) -> Model:
     M = sum(t.n_sparse for t in terms)
     at = soap_columns(model).stop  # insert the padding here
     keep = np.concatenate([np.arange(at), np.arange(at + n_pad, M)])
-    jitter = float(model.info["settings"]["sparse_jitter"])
-    w, L, R = np.zeros(M), np.sqrt(jitter) * np.eye(M), np.eye(M)
+    w, L, R = np.zeros(M), np.sqrt(_jitter(model)) * np.eye(M), np.eye(M)
     w[keep] = model.posterior.weights  # padding: w = 0, jitter block in L_mm, I in R
     L[np.ix_(keep, keep)] = model.posterior.L_mm
     R[np.ix_(keep, keep)] = model.posterior.R
     post = Posterior(jnp.asarray(w), jnp.asarray(L), jnp.asarray(R))
     return dataclasses.replace(model, terms=terms, posterior=post)
+
+
+def _jitter(model: Model) -> float:
+    """The model's ``sparse_jitter`` (eV^2), on the diagonal of ``K_mm``."""
+    return float(model.info["settings"]["sparse_jitter"])
 
 
 def free_slots(model: Model) -> np.ndarray:
@@ -181,8 +185,8 @@ def force_residuals(
         V_F = k_F[:, :M] @ L_inv.T
         r_F.append(np.ravel(priors.forces[real]) - np.sum(V_F**2, axis=1))
         R_Fc.append(k_F[:, M : M + len(X_hat)] - V_F @ V_c[: len(X_hat)].T)
-    jitter = float(model.info["settings"]["sparse_jitter"])  # K_mm's, as a point
-    R_cc = nystrom_residual(model, X_hat, s) + jitter * np.eye(len(X_hat))
+    # with K_mm's jitter: the candidate's variance as a sparse point
+    R_cc = nystrom_residual(model, X_hat, s) + _jitter(model) * np.eye(len(X_hat))
     return np.concatenate(r_F), np.asarray(jnp.concatenate(R_Fc)), R_cc
 
 
@@ -208,8 +212,7 @@ def force_sparse(
     if len(X_hat) == 0 or n_max <= 0:
         return np.zeros(0, np.int64)
     r_F, R, K = force_residuals(model, frames, X_hat, s, shape)
-    jitter = float(model.info["settings"]["sparse_jitter"])
-    floor = jitter + 1e-10 * model.term("soap").kernel.delta ** 2  # not round-off
+    floor = _jitter(model) + 1e-10 * model.term("soap").kernel.delta ** 2  # not 0
     left = np.maximum(free_slots(model), 0)
     picks: list[int] = []
     while len(picks) < n_max and r_F.max(initial=0.0) > target:
