@@ -434,10 +434,15 @@ class Learner:
     def summary(self) -> str:
         """The learning curve as a table and the stop reason."""
         lines = [format_curve(self.curve)] if self.curve else []
+        full = (
+            " (all slots: later labels could only update the weights; a larger SOAP "
+            "n_sparse lets them add sparse points)"
+            if self.n_sparse >= self.capacity
+            else ""
+        )
         lines.append(
             f"{len(self.labelled)} labelled frames, {self.n_sparse} SOAP sparse "
-            "points; "
-            f"stopped: {self.state.get('done', 'not finished')}; "
+            f"points{full}; stopped: {self.state.get('done', 'not finished')}; "
             f"outputs in {self.workdir.path}"
         )
         return "\n".join(lines)

@@ -140,6 +140,8 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
     labelled = learner.state["labelled"]
     assert len({i % 10 for i in labelled}) == len(labelled) == 8
     assert learner.state["done"] == "label budget 8 reached"
+    assert learner.n_sparse == learner.capacity  # the 24 slots filled: said so
+    assert "24 SOAP sparse points (all slots" in learner.summary()
     assert [a.info["source"] for a in learner.labelled] == [
         f"pool:{i}" for i in labelled
     ]
