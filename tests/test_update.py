@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from emt_cells import CAPACITY, SOAP, cu_cells
+from emt_cells import CAPACITY, SOAP, cu_cells, emt_labelled
 from scipy.linalg import solve_triangular
 
 from gapfit import GAP, GapfitError
@@ -24,6 +24,7 @@ from gapfit.sparse_set import (
     compact,
     force_residuals,
     force_sparse,
+    free_slots,
     padded,
     prior_model,
     with_sparse,
@@ -212,14 +213,20 @@ def test_choose_sparse_skips_represented_environments(cells):
     assert len(choose_sparse(full, X_hat, s, 8, 0.0)) == 0
 
 
-def test_force_sparse_lowers_the_force_residuals(cells):
+@pytest.mark.parametrize("species", [(29,), (29, 79)])
+def test_force_sparse_lowers_the_force_residuals(species):
+    cells = cu_cells(3, seed=11, labelled=False)
+    if len(species) > 1:  # a Cu-Au alloy: every third atom gold
+        for atoms in cells:
+            atoms.numbers[::3] = 79
+    cells = [emt_labelled(a) for a in cells]
     gap = GAP(soap=SOAP, e0_method="average")
-    prior = prior_model(gap, (29,), cells[:2], CAPACITY)
-    X_hat, s, _ = unit_soap(gap, (29,), cells[:2])
+    prior = prior_model(gap, species, cells[:2], CAPACITY)
+    X_hat, s, _ = unit_soap(gap, species, cells[:2])
     pick = choose_sparse(prior, X_hat, s, 4, 1e-6)
     model = refit(with_sparse(prior, X_hat[pick], s[pick]), cells[:2], chunk_atoms=1)
     frames = as_frames(cells[2:3])
-    X, t, _ = unit_soap(gap, (29,), frames)
+    X, t, _ = unit_soap(gap, species, frames)
     r_F, R, K = force_residuals(model, frames, X, t)
     assert r_F.shape == (3 * len(frames[0].numbers),) and r_F.min() > 0
 
@@ -227,21 +234,24 @@ def test_force_sparse_lowers_the_force_residuals(cells):
         new = refit(with_sparse(model, X[j], t[j]), cells[:2], chunk_atoms=1)
         return force_residuals(new, frames, X, t)[0]
 
-    # one point at candidate j lowers each residual by R_Fj^2 / R_jj, exactly
+    # one point at candidate j lowers each residual by R_Fj^2 / R_jj, exactly (the
+    # best candidate of each species)
     gain = np.sum(R**2, axis=0) / np.diag(K)
-    j = int(np.argmax(gain))
-    expected = r_F - R[:, j] ** 2 / K[j, j]
-    assert np.abs(residuals_with([j]) - expected).max() <= 1e-6 * r_F.max()
+    best = [int(np.argmax(np.where(t == k, gain, -1.0))) for k in range(len(species))]
+    for j in best:
+        expected = r_F - R[:, j] ** 2 / K[j, j]
+        assert np.abs(residuals_with([j]) - expected).max() <= 1e-6 * r_F.max()
 
     # greedy: the best candidate first; fewer residuals left than by local energy
     picks = force_sparse(model, frames, X, t, 3, 0.0)
-    assert len(picks) == 3 and j in picks
+    assert len(picks) == 3 and int(np.argmax(gain)) in picks
     by_energy = choose_sparse(model, X, t, 3, 0.0)
     assert residuals_with(picks).sum() < residuals_with(by_energy).sum()
     # a target every component meets picks nothing; free slots bound the picks
     assert len(force_sparse(model, frames, X, t, 3, r_F.max())) == 0
-    slots = CAPACITY - len(pick)
-    assert len(force_sparse(model, frames, X, t, slots + 5, 0.0)) <= slots
+    free = free_slots(model)
+    every = force_sparse(model, frames, X, t, CAPACITY, 0.0)
+    assert np.all(np.bincount(t[every], minlength=len(species)) <= free)
 
 
 def test_greedy_max_det():
