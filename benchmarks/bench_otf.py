@@ -337,6 +337,13 @@ def main() -> None:
     )
     p.add_argument("--n-test", type=int, default=20)
     p.add_argument("--soap", default=SOAP)
+    p.add_argument(
+        "--distance-2b",
+        default=None,
+        metavar="SETTINGS",
+        help='a 2-body term as well, e.g. "cutoff=4.5 delta=1.0 theta_uniform=1.0 '
+        'n_sparse=20"',
+    )
     p.add_argument("--sparse-per-label", type=int, default=20)
     p.add_argument("--seed", type=int, default=1, help="seed of the learning MD")
     p.add_argument("--test-seed", type=int, default=2, help="seed of the test MD")
@@ -372,6 +379,7 @@ def main() -> None:
             cu_cell(),
             GAP(
                 soap=args.soap,
+                distance_2b=args.distance_2b,
                 e0_method="average",
                 optimise_hyperparameters=args.optimise_hyperparameters,
             ),

@@ -9,20 +9,22 @@ The model is a sparse GAP with the settings of a ``GAP`` (SOAP, optional 2-body,
 sigmas, jitter). e0 comes from the first labelled frames (``e0_method`` average,
 least_squares, explicit ``e0``, or isolated: the labeller then labels one isolated
 atom per element first); 2-body sparse points are chosen from the first frames as in
-``GAP.fit``. The SOAP sparse set grows from the labelled frames' environments, at
-most ``sparse_per_label`` per labelled frame and the SOAP ``n_sparse`` per element: in
-pool mode (and for the start structure on the fly) those of largest local-energy
-Nyström residual (``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``; on
-the fly those that bring the labelled frame's force-component residual stds, times the
-scale ``a`` below, to ``SPARSE_STD_TARGET x std_threshold``
-(``sparse_set.force_sparse``: the force stds are nearly all residual there, which
-labels cannot lower). The set is held at that capacity by padding, so the kernels
-compile once per run. New frames are folded into the QR factor (``update.update``)
-unless sparse points were added, or every ``refit_every`` labels (counted whatever
-refits new sparse points forced), by a full refit (``update.refit``); both give the
-same model to rounding. With the ``GAP``'s ``optimise_hyperparameters``, each of those
-scheduled refits also re-chooses
-every term's delta and the sigmas by the evidence on all labelled frames
+``GAP.fit`` and spread again over all labelled distances whenever a label widens their
+range (``sparse_set.widened_pairs``; then a full refit). The SOAP sparse set grows
+from the labelled frames' environments, at most ``sparse_per_label`` per labelled
+frame and the SOAP ``n_sparse`` per element: in pool mode (and for the start structure
+on the fly) those of largest local-energy Nyström residual
+(``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``; on the fly those
+that bring the labelled frame's force-component residual stds, times the scale ``a``
+below, to ``SPARSE_STD_TARGET x std_threshold`` (``sparse_set.force_sparse``: the
+force stds are nearly all residual there, which labels cannot lower). The set is held
+at that capacity by padding, so the kernels compile once per run. New frames are
+folded into the QR factor (``update.update``) unless sparse points were added, or
+every ``refit_every`` labels (counted whatever refits new sparse points forced; on the
+fly the first after 4, 8, 16, ... labels, ``Learner._refit_interval``), by a full
+refit (``update.refit``); both give the same model to rounding. With the ``GAP``'s
+``optimise_hyperparameters``, each of those scheduled refits also re-chooses every
+term's delta and the sigmas by the evidence on all labelled frames
 (``update.reoptimised``, starting from the current values).
 
 Pool mode (``learn_pool``): ``n_seed`` random pool structures are labelled first. Each
@@ -95,6 +97,7 @@ from gapfit.sparse_set import (
     force_sparse,
     padded,
     prior_model,
+    widened_pairs,
     with_sparse,
 )
 from gapfit.update import refit, reoptimised, update
@@ -339,6 +342,7 @@ class Learner:
         # one frame per chunk: batches of one shape per frame size, one compilation
         kw = {"chunk_atoms": 1, "shape": self.shape}
         model = with_sparse(self.model, X_hat[pick], s[pick]) if len(pick) else None
+        model = widened_pairs(model or self.model, self.gap, frames) or model
         mode = optimise_mode(self.gap.optimise_hyperparameters)
         due = self.since_refit + len(new) >= self._refit_interval()
         if due and mode:  # the scheduled refit re-chooses delta and sigmas

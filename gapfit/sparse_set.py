@@ -28,7 +28,7 @@ import numpy as np
 from gapfit.assembly import batch_shape, padded_batches
 from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, as_frames, fit_e0
-from gapfit.distance_2b import pair_sparse_points
+from gapfit.distance_2b import pair_points_in_ranges, pair_ranges, pair_sparse_points
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import kernel_block
 from gapfit.model import Model
@@ -228,6 +228,33 @@ def force_sparse(
         picks.append(j)
         left[s[j]] -= 1
     return np.array(sorted(picks), dtype=np.int64)
+
+
+def widened_pairs(model: Model, gap: GAP, frames: Sequence[Frame]) -> Model | None:
+    """The model with its 2-body sparse points re-spread (uniform, ``n_sparse`` per
+    pair type, as ``prior_model``) over the union of their range and the distances
+    of ``frames`` within the cutoff; None when the frames add no distance outside it
+    (or there is no 2-body term). Its posterior is then stale: ``update.refit`` it.
+    Chosen from the first frames only, the points would leave the distances that the
+    sampler reaches later (shorter bonds in hot MD) with a 2-body std that no label
+    lowers."""
+    term = model.term("distance_2b")
+    if term is None or not frames:
+        return None
+    spec, kernel = term.spec, term.kernel
+    _, _, r, t = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)
+    have = pair_ranges(spec, term.sparse_r, term.sparse_type)
+    new = pair_ranges(spec, r, t)
+    both = np.stack(
+        [np.minimum(have[:, 0], new[:, 0]), np.maximum(have[:, 1], new[:, 1])], axis=1
+    )
+    if np.array_equal(both, have):
+        return None
+    Z_r, Z_t = pair_points_in_ranges(spec, both, gap._settings()[1]["n_sparse"])
+    wide = dataclasses.replace(term, sparse_r=Z_r, sparse_type=Z_t)
+    return dataclasses.replace(
+        model, terms=tuple(wide if t is term else t for t in model.terms)
+    )
 
 
 def with_sparse(model: Model, X_hat: np.ndarray, s: np.ndarray) -> Model:

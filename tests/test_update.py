@@ -27,6 +27,7 @@ from gapfit.sparse_set import (
     free_slots,
     padded,
     prior_model,
+    widened_pairs,
     with_sparse,
 )
 from gapfit.terms import block_K_mm
@@ -252,6 +253,28 @@ def test_force_sparse_lowers_the_force_residuals(species):
     free = free_slots(model)
     every = force_sparse(model, frames, X, t, CAPACITY, 0.0)
     assert np.all(np.bincount(t[every], minlength=len(species)) <= free)
+
+
+def test_widened_pairs_cover_the_new_distances(cells):
+    pair = "cutoff=4.0 cutoff_transition_width=1.0 delta=1.0 theta_uniform=1.0"
+    gap = GAP(soap=SOAP, distance_2b=pair + " n_sparse=8", e0_method="average")
+    model = prior_model(gap, (29,), cells[:1], CAPACITY)
+    before = model.term("distance_2b").sparse_r
+    assert widened_pairs(model, gap, as_frames(cells[:1])) is None  # nothing new
+    squeezed = cells[1].copy()
+    squeezed.set_cell(0.95 * squeezed.cell.array, scale_atoms=True)
+    frames = as_frames([emt_labelled(squeezed)])
+    d = squeezed.get_all_distances(mic=True)[np.triu_indices(len(squeezed), 1)]
+    assert d.min() < before.min()  # the new frame has shorter bonds
+    wide = widened_pairs(model, gap, frames)
+    after = wide.term("distance_2b").sparse_r
+    assert len(after) == len(before) == 8  # same count: same shapes
+    assert after.min() == pytest.approx(d.min(), abs=1e-12)
+    assert after.max() == pytest.approx(max(before.max(), d[d < 4.0].max()), abs=1e-12)
+    assert np.allclose(np.diff(after), np.diff(after)[0])  # uniform, as gap_fit
+    fitted = refit(wide, as_frames(cells[:1]) + frames, chunk_atoms=1)
+    (p,) = fitted.predict(frames, std=True)
+    assert np.all(np.isfinite(p["forces"])) and np.all(p["forces_std"] > 0)
 
 
 def test_greedy_max_det():
