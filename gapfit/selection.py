@@ -101,7 +101,7 @@ def _soap_rows(model: Model, X_hat: np.ndarray, s: np.ndarray):
         yield a, k[: len(x)]
 
 
-def _soap_factors(model: Model) -> VarianceFactors:
+def soap_factors(model: Model) -> VarianceFactors:
     """The variance factors' columns of the SOAP sparse points, (M, M_soap)."""
     cols, f = soap_columns(model), model.factors
     return VarianceFactors(f.L_inv[:, cols], f.posterior[:, cols])
@@ -124,7 +124,7 @@ def energy_variance(
         first = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])  # segment starts
         k_E[o[first]] += np.add.reduceat(np.asarray(k), first, axis=0)
     return np.asarray(
-        dtc_variance(jnp.asarray(prior), jnp.asarray(k_E), _soap_factors(model))
+        dtc_variance(jnp.asarray(prior), jnp.asarray(k_E), soap_factors(model))
     )
 
 
@@ -133,7 +133,7 @@ def local_energy_variance(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.
     (unit SOAP ``X_hat (n_env, F)``, species index ``s (n_env,)``): prior ``delta^2``
     less what the sparse set and the data explain (the ``energies_std`` of
     ``Model.predict`` for a SOAP-only model)."""
-    term, factors = model.term("soap"), _soap_factors(model)
+    term, factors = model.term("soap"), soap_factors(model)
     out = np.empty(len(X_hat))
     for a, k in _soap_rows(model, X_hat, s):
         prior = jnp.full(len(k), term.kernel.delta**2)
@@ -151,7 +151,7 @@ def nystrom_residual(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.ndarr
     t = np.full(size, -1, dtype=np.int64)
     t[:n] = s
     term = model.term("soap")
-    L_inv = _soap_factors(model).L_inv
+    L_inv = soap_factors(model).L_inv
     K = _nystrom_residual(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z, L_inv)
     return np.asarray(K)[:n, :n]
 

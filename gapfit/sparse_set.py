@@ -32,12 +32,13 @@ from gapfit.distance_2b import pair_points_in_ranges, pair_ranges, pair_sparse_p
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import kernel_block
 from gapfit.model import Model
-from gapfit.neighbours import PairTables, bucket, pair_table_width, pair_tables
+from gapfit.neighbours import PairTables, bucket, pair_tables
 from gapfit.selection import (
     descriptors,
     greedy_max_det,
     nystrom_residual,
     soap_columns,
+    soap_factors,
 )
 from gapfit.sparse_gp import Posterior
 from gapfit.terms import PairTerm, SoapTerm
@@ -166,7 +167,7 @@ def force_residuals(
         sparse_species=np.concatenate([term.sparse_species, t]),
     )
     M = term.n_sparse
-    L_inv = jnp.asarray(model.factors.L_inv[:, soap_columns(model)])
+    L_inv = soap_factors(model).L_inv
     V_c = kernel_block(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z) @ L_inv.T
     r_F, R_Fc = [], []
     chunks = [[k] for k in range(len(frames))]
@@ -176,9 +177,7 @@ def force_residuals(
     if shape is not None:
         shape[:] = batch_shape(batches[0])
     for batch in batches:
-        tables = PairTables(
-            *(jnp.asarray(x) for x in pair_tables(batch, pair_table_width(batch)))
-        )
+        tables = PairTables(*(jnp.asarray(x) for x in pair_tables(batch)))
         rows, priors = both.rows_and_priors(batch_arrays(batch), tables)
         real = np.flatnonzero(batch.atom_mask)
         k_F = rows.forces[real].reshape(3 * len(real), -1)  # (n_F, M + size)
