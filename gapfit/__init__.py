@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import jax
+from gapfit.backend import configure
 
-jax.config.update("jax_enable_x64", True)
+configure()
 
 from gapfit.jit_cache import use_compile_cache  # noqa: E402
 

@@ -75,6 +75,7 @@ def dask_client(
         processes=True,
         dashboard_address=":0",
         silence_logs=logging.ERROR,
+        env=worker_env(),
     )
     client = Client(cluster, set_as_default=False)
     try:
@@ -84,6 +85,17 @@ def dask_client(
     finally:
         client.close()
         cluster.close()
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of local worker processes: on a GPU, JAX would take 75 % of the
+    device's memory in each process (the second worker then runs out), so local
+    workers allocate as they go unless the user set ``XLA_PYTHON_CLIENT_PREALLOCATE``
+    or ``XLA_PYTHON_CLIENT_MEM_FRACTION`` themselves."""
+    keys = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION")
+    if any(k in os.environ for k in keys):
+        return {}
+    return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
 
 def pin_threads(cores: Sequence[int]) -> None:

@@ -111,17 +111,11 @@ class Model:
         """Means and DTC standard deviations (all terms) of a one-configuration
         batch with its per-atom pair ``tables``; the means are the kernel rows times
         the weights (the rows are needed for the stds anyway)."""
-        parts = [t.rows_and_priors(b, tables) for t in self.terms]
-        rows = Rows(
-            *(
-                jnp.concatenate(x, axis=-1)
-                for x in zip(*[p[0] for p in parts], strict=True)
-            )
+        rows, priors = zip(
+            *(t.rows_and_priors(b, tables) for t in self.terms), strict=True
         )
-        priors = Std(
-            *(sum(x[1:], x[0]) for x in zip(*[p[1] for p in parts], strict=True))
-        )
-        return rows_mean(rows, self.posterior.weights), combine_std(
+        joint = Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*rows, strict=True)))
+        return rows_mean(joint, self.posterior.weights), combine_std(
             rows, priors, self.factors
         )
 

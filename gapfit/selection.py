@@ -102,9 +102,10 @@ def _soap_rows(model: Model, X_hat: np.ndarray, s: np.ndarray):
 
 
 def soap_factors(model: Model) -> VarianceFactors:
-    """The variance factors' columns of the SOAP sparse points, (M, M_soap)."""
+    """The variance factors of the SOAP sparse points alone: ``L_mm^-1``'s SOAP
+    block (M_soap, M_soap) and the posterior factor's SOAP columns (M, M_soap)."""
     cols, f = soap_columns(model), model.factors
-    return VarianceFactors(f.L_inv[:, cols], f.posterior[:, cols])
+    return VarianceFactors(f.L_inv[cols][:, cols], f.posterior[:, cols])
 
 
 def energy_variance(
@@ -124,7 +125,7 @@ def energy_variance(
         first = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])  # segment starts
         k_E[o[first]] += np.add.reduceat(np.asarray(k), first, axis=0)
     return np.asarray(
-        dtc_variance(jnp.asarray(prior), jnp.asarray(k_E), soap_factors(model))
+        dtc_variance([jnp.asarray(prior)], [jnp.asarray(k_E)], soap_factors(model))
     )
 
 
@@ -137,7 +138,7 @@ def local_energy_variance(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.
     out = np.empty(len(X_hat))
     for a, k in _soap_rows(model, X_hat, s):
         prior = jnp.full(len(k), term.kernel.delta**2)
-        out[a : a + len(k)] = np.asarray(dtc_variance(prior, k, factors))
+        out[a : a + len(k)] = np.asarray(dtc_variance([prior], [k], factors))
     return out
 
 

@@ -39,6 +39,7 @@ observations. With every training environment a sparse point DTC equals the exac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -152,9 +153,29 @@ def variance_factors(post: Posterior) -> VarianceFactors:
     )
 
 
-def dtc_variance(prior: jax.Array, k: jax.Array, f: VarianceFactors) -> jax.Array:
-    """DTC variance of targets with prior variance ``prior (...)`` and kernel rows
-    ``k (..., M)``: ``max(prior - |L^-1 k|^2, 0) + |R^-T L^-1 k|^2`` (prior's units)."""
-    nystrom = jnp.sum((k @ f.L_inv.T) ** 2, axis=-1)
-    posterior = jnp.sum((k @ f.posterior.T) ** 2, axis=-1)
-    return jnp.maximum(prior - nystrom, 0.0) + posterior
+def dtc_variance(
+    priors: Sequence[jax.Array], rows: Sequence[jax.Array], f: VarianceFactors
+) -> jax.Array:
+    """DTC variance (the priors' units) of targets of a sum of independent terms,
+    term t with prior variances ``priors[t] (...)`` and kernel rows ``rows[t]
+    (..., M_t)`` (consecutive sparse points, in weight order)::
+
+        sum_t max(prior_t - |L_t^-1 k_t|^2, 0) + |R^-T L^-1 k|^2
+
+    ``L_mm`` is block diagonal over the terms, so each term's Nyström residual is
+    formed and clipped apart. Summed first, a term with a large prior buries the
+    others' residuals in its rounding: with a 2-body delta of 100 eV a 32-atom Cu
+    cell's 2-body virial prior is 5e9 eV^2 and its residual, computed in float64,
+    is off by up to 0.03 eV^2, more than the SOAP term's 0.02 eV^2 that it hid.
+    (That term's own residual stays at the float64 rounding of its prior: 80-bit
+    arithmetic gives up to 7e-3 eV^2 there against 4e-4.)
+    """
+    k = jnp.concatenate(rows, axis=-1)
+    y = k @ f.L_inv.T
+    var = jnp.sum((k @ f.posterior.T) ** 2, axis=-1)
+    start = 0
+    for prior, r in zip(priors, rows, strict=True):
+        end = start + r.shape[-1]
+        var += jnp.maximum(prior - jnp.sum(y[..., start:end] ** 2, axis=-1), 0.0)
+        start = end
+    return var

@@ -17,6 +17,7 @@ Energies use ``sum_{i,i'} k(p_i, p_i')``. Cost per atom is O(neighbours^2 x F).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -223,14 +224,26 @@ _PAIR_KEYS = ("D", "centre", "neighbour_species", "pair_mask")
 
 
 @jax.jit
-def combine_std(rows: Rows, priors: Std, factors: VarianceFactors) -> Std:
-    """DTC stds from the rows of all terms (concatenated along M, in weight order) and
-    the summed prior variances of the terms (independent GPs)."""
+def combine_std(
+    rows: Sequence[Rows], priors: Sequence[Std], factors: VarianceFactors
+) -> Std:
+    """DTC stds from the kernel rows and prior variances of each term (independent
+    GPs, in weight order); ``sparse_gp.dtc_variance`` forms each term's residual."""
+    fields = {  # Std's field: Rows' field
+        "local_energy": "local",
+        "energy": "energy",
+        "forces": "forces",
+        "virial": "virial",
+    }
     return Std(
-        *(
-            jnp.sqrt(dtc_variance(prior, k, factors))
-            for prior, k in zip(
-                priors, (rows.local, rows.energy, rows.forces, rows.virial), strict=True
+        **{
+            q: jnp.sqrt(
+                dtc_variance(
+                    [getattr(p, q) for p in priors],
+                    [getattr(r, k) for r in rows],
+                    factors,
+                )
             )
-        )
+            for q, k in fields.items()
+        }
     )

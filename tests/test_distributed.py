@@ -236,6 +236,15 @@ def test_local_workers_are_pinned_to_disjoint_cores(client) -> None:
     assert cores[0] | cores[1] <= os.sched_getaffinity(0)
 
 
+def test_local_workers_allocate_gpu_memory_as_they_go(client) -> None:
+    # JAX's default (75 % of a GPU's memory per process) lets only one worker run
+    def setting() -> str | None:
+        return os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+
+    expected = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    assert list(client.run(setting).values()) == [expected, expected]
+
+
 def test_fps_is_refused_on_a_cluster(train: Path, client) -> None:
     gap = GAP(soap=SOAP.replace("cur_points", "fps"))
     with pytest.raises(GapfitError, match="fps"):

@@ -29,7 +29,14 @@ from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model
 from gapfit.neighbours import PairTables, make_batch, pad_batch, pair_tables
 from gapfit.soap import SoapSpec, soap
-from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
+from gapfit.sparse_gp import (
+    VarianceFactors,
+    dtc_variance,
+    empty_factor,
+    finish,
+    fold_whitened,
+    prior_factor,
+)
 from gapfit.terms import PairTerm, SoapTerm
 
 SPEC = SoapSpec(
@@ -315,3 +322,31 @@ def test_pair_priors_of_energies_and_virials_equal_the_double_sums():
         np.testing.assert_allclose(energy[c], k_ss(e0, e0), rtol=1e-10)
         hWW = jax.jacfwd(jax.grad(k_ss, 1), 0)(e0, e0)  # (6, 6)
         np.testing.assert_allclose(virial[c], np.diagonal(hWW), rtol=1e-9)
+
+
+def test_dtc_variance_clips_each_terms_residual_apart() -> None:
+    """Two terms with block-diagonal L_mm: where no residual is negative the result is
+    the joint formula; a large term whose computed residual came out negative by
+    rounding (-0.05 of a 1e9 prior) no longer cancels the other term's +0.01."""
+    rng = np.random.default_rng(0)
+    L1, L2 = (np.tril(rng.normal(size=(m, m))) + 3 * np.eye(m) for m in (3, 4))
+    L_inv = np.zeros((7, 7))
+    L_inv[:3, :3], L_inv[3:, 3:] = np.linalg.inv(L1), np.linalg.inv(L2)
+    P = 0.1 * rng.normal(size=(7, 7))
+    f = VarianceFactors(jnp.asarray(L_inv), jnp.asarray(P))
+    k1, k2 = rng.normal(size=(5, 3)), rng.normal(size=(5, 4))
+    ny1 = np.sum((k1 @ L_inv[:3, :3].T) ** 2, axis=1)
+    ny2 = np.sum((k2 @ L_inv[3:, 3:].T) ** 2, axis=1)
+    post = np.sum((np.hstack([k1, k2]) @ P.T) ** 2, axis=1)
+    prior1, prior2 = ny1 + 0.3, ny2 + 0.2
+    got = dtc_variance([prior1, prior2], [k1, k2], f)
+    joint = prior1 + prior2 - ny1 - ny2 + post
+    np.testing.assert_allclose(got, joint, rtol=1e-12)
+
+    big = 1e9 / ny1  # term 1 scaled to a 1e9 prior, its residual -0.05 by rounding
+    k1_big = k1 * np.sqrt(big)[:, None]
+    P[:, :3] = 0.0  # no posterior part from term 1: what is left is term 2's
+    f = VarianceFactors(jnp.asarray(L_inv), jnp.asarray(P))
+    post = np.sum((k2 @ P[:, 3:].T) ** 2, axis=1)
+    got = dtc_variance([np.full(5, 1e9 - 0.05), ny2 + 0.01], [k1_big, k2], f)
+    np.testing.assert_allclose(got, 0.01 + post, rtol=1e-5)

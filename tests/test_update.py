@@ -84,8 +84,9 @@ def test_posterior_is_consistent_at_large_delta(cells):
     cohesive energy) makes ``cond(K_mm)`` huge. The whitened factor keeps the
     posterior right: the weight-space std of each training observation (energy,
     force and virial component) is at most its noise sigma (it is observed
-    directly), and the weights equal a dense least-squares solve of the whitened
-    system."""
+    directly), and the weights solve the whitened least-squares system as well as a
+    dense solve does (the same minimum; on a CPU the same weights to 1e-11, on an
+    H100 2e-5 apart along its flattest directions, cond 2.5e7)."""
     frames = as_frames(cells[:4], require=LABELS)
     gap = GAP(
         soap=SOAP,
@@ -106,11 +107,12 @@ def test_posterior_is_consistent_at_large_delta(cells):
     assert np.sum((A @ P.T) ** 2, axis=1).max() <= 1.0 + 1e-6  # var <= sigma^2
     L = np.asarray(model.posterior.L_mm)
     B = solve_triangular(L, A.T, lower=True).T
-    v = np.linalg.lstsq(
-        np.vstack([B, np.eye(len(L))]), np.r_[b, np.zeros(len(L))], rcond=None
-    )[0]
+    S, rhs = np.vstack([B, np.eye(len(L))]), np.r_[b, np.zeros(len(L))]
+    v = np.linalg.lstsq(S, rhs, rcond=None)[0]
     v_fit = L.T @ np.asarray(model.posterior.weights)
-    assert np.abs(v_fit - v).max() <= 1e-9 * np.abs(v).max()
+    misfit = np.sum((S @ v - rhs) ** 2)  # rounding of S @ v alone: ~1e-9 relative
+    assert np.sum((S @ v_fit - rhs) ** 2) <= misfit * (1 + 1e-8)
+    assert np.abs(v_fit - v).max() <= 1e-4 * np.abs(v).max()
 
 
 def test_reoptimised_equals_an_optimising_fit(fitted, cells):
