@@ -60,8 +60,10 @@ def voigt(W: jax.Array) -> jax.Array:
 
 
 def batch_arrays(batch: Batch) -> dict:
-    """The batch as device arrays (keyword arguments of the jitted functions)."""
-    return {k: jnp.asarray(v) for k, v in batch._asdict().items()}
+    """The batch as device arrays (keyword arguments of the jitted functions), sent
+    in one transfer (``jnp.asarray`` per array dispatches a program each: 0.3 ms
+    apiece on a GPU)."""
+    return jax.device_put(batch._asdict())
 
 
 def descriptors(spec: SoapSpec, b: dict) -> jax.Array:

@@ -111,13 +111,8 @@ class Model:
         """Means and DTC standard deviations (all terms) of a one-configuration
         batch with its per-atom pair ``tables``; the means are the kernel rows times
         the weights (the rows are needed for the stds anyway)."""
-        rows, priors = zip(
-            *(t.rows_and_priors(b, tables) for t in self.terms), strict=True
-        )
-        joint = Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*rows, strict=True)))
-        return rows_mean(joint, self.posterior.weights), combine_std(
-            rows, priors, self.factors
-        )
+        parts = tuple(t.rows_and_priors(b, tables) for t in self.terms)
+        return _mean_and_std(parts, self.posterior.weights, self.factors)
 
     def predict(
         self,
@@ -164,7 +159,7 @@ class Model:
         k = max(pair_table_width(b) for b in batches)  # one table width: one shape
         for g, batch in zip(groups, batches, strict=True):
             b = batch_arrays(batch)
-            tables = PairTables(*(jnp.asarray(x) for x in pair_tables(batch, k)))
+            tables = jax.device_put(pair_tables(batch, k))
             mean, sd = (
                 self.mean_and_std(b, tables) if std else (self.mean(b, tables), None)
             )
@@ -311,6 +306,16 @@ class Model:
         L = jnp.asarray(L)
         R = jnp.asarray(R) if version >= 2 else whiten_rows(jnp.asarray(R), L)
         return cls(tuple(terms), species, Posterior(jnp.asarray(w), L, R), e0, info)
+
+
+@jax.jit
+def _mean_and_std(
+    parts: tuple[tuple[Rows, Std], ...], weights: jax.Array, factors: VarianceFactors
+) -> tuple[Mean, Std]:
+    """Means and DTC stds from each term's (kernel rows, prior variances)."""
+    rows, priors = zip(*parts, strict=True)
+    joint = Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*rows, strict=True)))
+    return rows_mean(joint, weights), combine_std(rows, priors, factors)
 
 
 @partial(jax.jit, static_argnums=0)

@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import ase
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,7 +33,7 @@ from gapfit.distance_2b import pair_points_in_ranges, pair_ranges, pair_sparse_p
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import kernel_block
 from gapfit.model import Model
-from gapfit.neighbours import PairTables, bucket, pair_tables
+from gapfit.neighbours import bucket, pair_tables
 from gapfit.selection import (
     descriptors,
     greedy_max_det,
@@ -177,7 +178,7 @@ def force_residuals(
     if shape is not None:
         shape[:] = batch_shape(batches[0])
     for batch in batches:
-        tables = PairTables(*(jnp.asarray(x) for x in pair_tables(batch)))
+        tables = jax.device_put(pair_tables(batch))
         rows, priors = both.rows_and_priors(batch_arrays(batch), tables)
         real = np.flatnonzero(batch.atom_mask)
         k_F = rows.forces[real].reshape(3 * len(real), -1)  # (n_F, M + size)

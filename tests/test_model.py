@@ -141,12 +141,13 @@ def test_soap_string_parsing():
 
 def test_batched_prediction_equals_one_by_one(fitted):
     """Padding batches to one shape (one compilation) changes nothing but rounding
-    (on a GPU, products of other shapes sum in another order: 2e-12 relative)."""
+    (on an H100, products of other shapes sum in another order: energies 1.5e-11
+    relative)."""
     gap, frames, _ = fitted
     together = gap.model_.predict(frames, batch_atoms=70)  # groups of 2-3 configs
     for frame, ref in zip(frames, together, strict=True):
         (alone,) = gap.model_.predict([frame])
-        np.testing.assert_allclose(alone["energy"], ref["energy"], rtol=1e-11)
+        np.testing.assert_allclose(alone["energy"], ref["energy"], rtol=1e-10)
         np.testing.assert_allclose(alone["forces"], ref["forces"], atol=1e-11)
         np.testing.assert_allclose(alone["stress"], ref["stress"], atol=1e-13)
 
