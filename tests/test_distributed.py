@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 
 from gapfit import GAP, Model
 from gapfit.cli import main
-from gapfit.cluster import dask_client, predict_file
+from gapfit.cluster import dask_client, predict_file, worker_env
 from gapfit.data import read_frames
 from gapfit.errors import GapfitError
 from gapfit.sparse_gp import fold
@@ -243,6 +243,14 @@ def test_local_workers_allocate_gpu_memory_as_they_go(client) -> None:
 
     expected = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     assert list(client.run(setting).values()) == [expected, expected]
+
+
+def test_a_users_gpu_memory_setting_is_left_to_the_workers(monkeypatch) -> None:
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    assert worker_env() == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.3")
+    assert worker_env() == {}  # inherited as set
 
 
 def test_fps_is_refused_on_a_cluster(train: Path, client) -> None:
