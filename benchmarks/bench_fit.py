@@ -68,6 +68,8 @@ ACE_JAX = {
         "ms_std": 7.3 + 94,
     }
 }
+# gap_fit's recipe (shared/bench/peers.md): SOAP sparse points per data set
+RECIPE_N_SPARSE = {"cu_emt": 500, "si_xtb": 1000}
 ROWS = (
     ("fit wall (s)", "fit_s"),
     ("fit peak RSS (GiB)", "rss_gb"),
@@ -185,7 +187,13 @@ def main() -> None:
     ap.add_argument(
         "--data", required=True, type=Path, help="folder with train/test.xyz"
     )
-    ap.add_argument("--n-sparse", type=int, default=500)
+    ap.add_argument(
+        "--n-sparse",
+        type=int,
+        default=None,
+        help="SOAP sparse points (default: gap_fit's recipe for the data set, "
+        f"{RECIPE_N_SPARSE}, else 500)",
+    )
     ap.add_argument(
         "--no-2b", action="store_true", help="SOAP only (no distance_2b term)"
     )
@@ -208,6 +216,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
     name = args.data.name
+    if args.n_sparse is None:
+        args.n_sparse = RECIPE_N_SPARSE.get(name, 500)
+    print(f"SOAP sparse points: {args.n_sparse}")
     device = jax.devices()[0]
     print(f"JAX device: {device.platform} ({device.device_kind})")
     t0 = time.perf_counter()
