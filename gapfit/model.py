@@ -43,7 +43,7 @@ from gapfit.neighbours import (
     pair_table_width,
     pair_tables,
 )
-from gapfit.sparse_gp import Posterior, VarianceFactors, variance_factors, whiten_rows
+from gapfit.sparse_gp import Posterior, whiten_rows
 from gapfit.terms import TERM_TYPES, Term
 from gapfit.variance import Std, combine_std
 
@@ -61,10 +61,6 @@ class Model:
     posterior: Posterior
     e0: dict[int, float]  # eV per species
     info: dict = field(default_factory=dict)  # sigmas, settings, data summary
-
-    @cached_property
-    def factors(self) -> VarianceFactors:
-        return variance_factors(self.posterior)
 
     @cached_property
     def calibration(self) -> Calibration | None:
@@ -112,7 +108,7 @@ class Model:
         batch with its per-atom pair ``tables``; the means are the kernel rows times
         the weights (the rows are needed for the stds anyway)."""
         parts = tuple(t.rows_and_priors(b, tables) for t in self.terms)
-        return _mean_and_std(parts, self.posterior.weights, self.factors)
+        return _mean_and_std(parts, self.posterior)
 
     def predict(
         self,
@@ -310,12 +306,12 @@ class Model:
 
 @jax.jit
 def _mean_and_std(
-    parts: tuple[tuple[Rows, Std], ...], weights: jax.Array, factors: VarianceFactors
+    parts: tuple[tuple[Rows, Std], ...], post: Posterior
 ) -> tuple[Mean, Std]:
     """Means and DTC stds from each term's (kernel rows, prior variances)."""
     rows, priors = zip(*parts, strict=True)
     joint = Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*rows, strict=True)))
-    return rows_mean(joint, weights), combine_std(rows, priors, factors)
+    return rows_mean(joint, post.weights), combine_std(rows, priors, post)
 
 
 @partial(jax.jit, static_argnums=0)

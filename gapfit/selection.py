@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import ase
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg as jsl
 import numpy as np
 
 from gapfit.assembly import padded_batches
@@ -49,7 +50,7 @@ from gapfit.fit import GAP, _specs
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import bucket
-from gapfit.sparse_gp import VarianceFactors, dtc_variance
+from gapfit.sparse_gp import dtc_variance
 
 CHUNK = 2048  # environments per jitted call
 SCORES = ("environments", "energy")  # pool-mode scores (see the module docstring)
@@ -101,11 +102,22 @@ def _soap_rows(model: Model, X_hat: np.ndarray, s: np.ndarray):
         yield a, k[: len(x)]
 
 
-def soap_factors(model: Model) -> VarianceFactors:
-    """The variance factors of the SOAP sparse points alone: ``L_mm^-1``'s SOAP
-    block (M_soap, M_soap) and the posterior factor's SOAP columns (M, M_soap)."""
-    cols, f = soap_columns(model), model.factors
-    return VarianceFactors(f.L_inv[cols][:, cols], f.posterior[:, cols])
+def soap_cholesky(model: Model) -> jax.Array:
+    """The SOAP block of ``L_mm`` (M_soap, M_soap): the Cholesky factor of the SOAP
+    term's ``K_mm`` (with jitter), ``L_mm`` being block diagonal over the terms."""
+    cols = soap_columns(model)
+    return model.posterior.L_mm[cols][:, cols]
+
+
+def _soap_variance(model: Model, prior: jax.Array, k: jax.Array) -> np.ndarray:
+    """DTC variance of SOAP-only targets with prior variances ``prior (n,)`` and SOAP
+    kernel rows ``k (n, M_soap)`` (zero rows of the other terms' sparse points)."""
+    full = (
+        jnp.zeros((len(k), model.posterior.L_mm.shape[0]))
+        .at[:, soap_columns(model)]
+        .set(k)
+    )
+    return np.asarray(dtc_variance([prior], [full], model.posterior))
 
 
 def energy_variance(
@@ -124,9 +136,7 @@ def energy_variance(
         o = owner[a : a + len(k)]
         first = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])  # segment starts
         k_E[o[first]] += np.add.reduceat(np.asarray(k), first, axis=0)
-    return np.asarray(
-        dtc_variance([jnp.asarray(prior)], [jnp.asarray(k_E)], soap_factors(model))
-    )
+    return _soap_variance(model, jnp.asarray(prior), jnp.asarray(k_E))
 
 
 def local_energy_variance(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -134,11 +144,11 @@ def local_energy_variance(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.
     (unit SOAP ``X_hat (n_env, F)``, species index ``s (n_env,)``): prior ``delta^2``
     less what the sparse set and the data explain (the ``energies_std`` of
     ``Model.predict`` for a SOAP-only model)."""
-    term, factors = model.term("soap"), soap_factors(model)
+    term = model.term("soap")
     out = np.empty(len(X_hat))
     for a, k in _soap_rows(model, X_hat, s):
         prior = jnp.full(len(k), term.kernel.delta**2)
-        out[a : a + len(k)] = np.asarray(dtc_variance([prior], [k], factors))
+        out[a : a + len(k)] = _soap_variance(model, prior, k)
     return out
 
 
@@ -152,16 +162,16 @@ def nystrom_residual(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.ndarr
     t = np.full(size, -1, dtype=np.int64)
     t[:n] = s
     term = model.term("soap")
-    L_inv = soap_factors(model).L_inv
-    K = _nystrom_residual(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z, L_inv)
+    L = soap_cholesky(model)
+    K = _nystrom_residual(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z, L)
     return np.asarray(K)[:n, :n]
 
 
 @jax.jit
-def _nystrom_residual(kernel, X, t, Z_hat, Z_s, L_inv) -> jax.Array:
+def _nystrom_residual(kernel, X, t, Z_hat, Z_s, L) -> jax.Array:
     k = kernel_block(kernel, X, t, Z_hat, Z_s)  # (n, M_soap)
-    V = k @ L_inv.T  # L_mm^-1 k: (n, M)
-    return kernel_block(kernel, X, t, X, t) - V @ V.T
+    V = jsl.solve_triangular(L, k.T, lower=True)  # L^-1 k: (M_soap, n)
+    return kernel_block(kernel, X, t, X, t) - V.T @ V
 
 
 def greedy_max_det(

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import ase
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg as jsl
 import numpy as np
 
 from gapfit.assembly import batch_shape, padded_batches
@@ -38,8 +39,8 @@ from gapfit.selection import (
     descriptors,
     greedy_max_det,
     nystrom_residual,
+    soap_cholesky,
     soap_columns,
-    soap_factors,
 )
 from gapfit.sparse_gp import Posterior
 from gapfit.terms import PairTerm, SoapTerm
@@ -168,8 +169,9 @@ def force_residuals(
         sparse_species=np.concatenate([term.sparse_species, t]),
     )
     M = term.n_sparse
-    L_inv = soap_factors(model).L_inv
-    V_c = kernel_block(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z) @ L_inv.T
+    L = soap_cholesky(model)
+    k_c = kernel_block(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z)
+    V_c = jsl.solve_triangular(L, k_c.T, lower=True).T  # (L^-1 k_c)^T
     r_F, R_Fc = [], []
     chunks = [[k] for k in range(len(frames))]
     batches = padded_batches(
@@ -182,7 +184,7 @@ def force_residuals(
         rows, priors = both.rows_and_priors(batch_arrays(batch), tables)
         real = np.flatnonzero(batch.atom_mask)
         k_F = rows.forces[real].reshape(3 * len(real), -1)  # (n_F, M + size)
-        V_F = k_F[:, :M] @ L_inv.T
+        V_F = jsl.solve_triangular(L, k_F[:, :M].T, lower=True).T
         r_F.append(np.ravel(priors.forces[real]) - np.sum(V_F**2, axis=1))
         R_Fc.append(k_F[:, M : M + len(X_hat)] - V_F @ V_c[: len(X_hat)].T)
     # with K_mm's jitter: the candidate's variance as a sparse point

@@ -23,12 +23,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gapfit.blocks import Rows, voigt
 from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
 from gapfit.neighbours import PairTables
 from gapfit.soap import SoapSpec, coefficients, pair_derivatives, power_spectrum
-from gapfit.sparse_gp import VarianceFactors, dtc_variance
+from gapfit.sparse_gp import Posterior, dtc_variance
 
 
 class Std(NamedTuple):
@@ -224,26 +225,34 @@ _PAIR_KEYS = ("D", "centre", "neighbour_species", "pair_mask")
 
 
 @jax.jit
-def combine_std(
-    rows: Sequence[Rows], priors: Sequence[Std], factors: VarianceFactors
-) -> Std:
+def combine_std(rows: Sequence[Rows], priors: Sequence[Std], post: Posterior) -> Std:
     """DTC stds from the kernel rows and prior variances of each term (independent
-    GPs, in weight order); ``sparse_gp.dtc_variance`` forms each term's residual."""
+    GPs, in weight order); ``sparse_gp.dtc_variance`` forms each term's residual, for
+    every quantity in one pair of triangular solves."""
     fields = {  # Std's field: Rows' field
         "local_energy": "local",
         "energy": "energy",
         "forces": "forces",
         "virial": "virial",
     }
+    shapes = [getattr(priors[0], q).shape for q in fields]
+    stacked_rows = [
+        jnp.concatenate(
+            [
+                getattr(r, k).reshape(-1, getattr(r, k).shape[-1])
+                for k in fields.values()
+            ]
+        )
+        for r in rows
+    ]
+    stacked_priors = [
+        jnp.concatenate([jnp.ravel(getattr(p, q)) for q in fields]) for p in priors
+    ]
+    std = jnp.sqrt(dtc_variance(stacked_priors, stacked_rows, post))
+    ends = np.cumsum([int(np.prod(shape)) for shape in shapes])
     return Std(
-        **{
-            q: jnp.sqrt(
-                dtc_variance(
-                    [getattr(p, q) for p in priors],
-                    [getattr(r, k) for r in rows],
-                    factors,
-                )
-            )
-            for q, k in fields.items()
-        }
+        *(
+            part.reshape(shape)
+            for part, shape in zip(jnp.split(std, ends[:-1]), shapes, strict=True)
+        )
     )

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from scipy.linalg import solve_triangular
 
 import gapfit  # noqa: F401  (float64)
 from gapfit.blocks import batch_arrays, descriptors_jit
@@ -30,7 +31,7 @@ from gapfit.model import Model
 from gapfit.neighbours import PairTables, make_batch, pad_batch, pair_tables
 from gapfit.soap import SoapSpec, soap
 from gapfit.sparse_gp import (
-    VarianceFactors,
+    Posterior,
     dtc_variance,
     empty_factor,
     finish,
@@ -324,29 +325,61 @@ def test_pair_priors_of_energies_and_virials_equal_the_double_sums():
         np.testing.assert_allclose(virial[c], np.diagonal(hWW), rtol=1e-9)
 
 
+def _posterior(L: np.ndarray, R: np.ndarray) -> Posterior:
+    return Posterior(jnp.zeros(len(L)), jnp.asarray(L), jnp.asarray(R))
+
+
 def test_dtc_variance_clips_each_terms_residual_apart() -> None:
     """Two terms with block-diagonal L_mm: where no residual is negative the result is
     the joint formula; a large term whose computed residual came out negative by
     rounding (-0.05 of a 1e9 prior) no longer cancels the other term's +0.01."""
     rng = np.random.default_rng(0)
     L1, L2 = (np.tril(rng.normal(size=(m, m))) + 3 * np.eye(m) for m in (3, 4))
-    L_inv = np.zeros((7, 7))
-    L_inv[:3, :3], L_inv[3:, 3:] = np.linalg.inv(L1), np.linalg.inv(L2)
-    P = 0.1 * rng.normal(size=(7, 7))
-    f = VarianceFactors(jnp.asarray(L_inv), jnp.asarray(P))
+    L = np.zeros((7, 7))
+    L[:3, :3], L[3:, 3:] = L1, L2
+    R = np.triu(rng.normal(size=(7, 7))) + 4 * np.eye(7)
     k1, k2 = rng.normal(size=(5, 3)), rng.normal(size=(5, 4))
-    ny1 = np.sum((k1 @ L_inv[:3, :3].T) ** 2, axis=1)
-    ny2 = np.sum((k2 @ L_inv[3:, 3:].T) ** 2, axis=1)
-    post = np.sum((np.hstack([k1, k2]) @ P.T) ** 2, axis=1)
+    ny1 = np.sum(solve_triangular(L1, k1.T, lower=True) ** 2, axis=0)
+    ny2 = np.sum(solve_triangular(L2, k2.T, lower=True) ** 2, axis=0)
+
+    def post(k: np.ndarray) -> np.ndarray:  # |R^-T L^-1 k|^2
+        y = solve_triangular(L, k.T, lower=True)
+        return np.sum(solve_triangular(R, y, trans="T") ** 2, axis=0)
+
     prior1, prior2 = ny1 + 0.3, ny2 + 0.2
-    got = dtc_variance([prior1, prior2], [k1, k2], f)
-    joint = prior1 + prior2 - ny1 - ny2 + post
+    got = dtc_variance([prior1, prior2], [k1, k2], _posterior(L, R))
+    joint = prior1 + prior2 - ny1 - ny2 + post(np.hstack([k1, k2]))
     np.testing.assert_allclose(got, joint, rtol=1e-12)
 
     big = 1e9 / ny1  # term 1 scaled to a 1e9 prior, its residual -0.05 by rounding
     k1_big = k1 * np.sqrt(big)[:, None]
-    P[:, :3] = 0.0  # no posterior part from term 1: what is left is term 2's
-    f = VarianceFactors(jnp.asarray(L_inv), jnp.asarray(P))
-    post = np.sum((k2 @ P[:, 3:].T) ** 2, axis=1)
-    got = dtc_variance([np.full(5, 1e9 - 0.05), ny2 + 0.01], [k1_big, k2], f)
-    np.testing.assert_allclose(got, 0.01 + post, rtol=1e-5)
+    R = 1e8 * np.eye(7)  # a small posterior part: what is left is term 2's residual
+    got = dtc_variance(
+        [np.full(5, 1e9 - 0.05), ny2 + 0.01], [k1_big, k2], _posterior(L, R)
+    )
+    np.testing.assert_allclose(got, 0.01 + post(np.hstack([k1_big, k2])), rtol=1e-5)
+
+
+def test_dtc_variance_of_a_sum_of_pairs_matches_80_bit_arithmetic() -> None:
+    """A 2-body-like term (delta 100 eV, 20 sparse distances 0.26 Å apart, theta 1 Å)
+    and the energy of 700 pair distances: the residual (~4.5 eV^2 under a 3e9 eV^2
+    prior) agrees with an 80-bit computation; through the explicit ``L_mm^-1`` it was
+    1.5e-4 off."""
+    rng = np.random.default_rng(0)
+    z = np.linspace(0.0, 5.0, 20)
+
+    def k(a, b):
+        return 1e4 * np.exp(-0.5 * (a[:, None] - b[None, :]) ** 2)
+
+    L = np.linalg.cholesky(k(z, z) + 1e-4 * np.eye(20))
+    r = rng.uniform(2.0, 5.0, (3, 700))
+    rows = np.stack([k(x, z).sum(axis=0) for x in r])  # (3, 20)
+    prior = np.array([k(x, x).sum() for x in r])
+    got = dtc_variance([prior], [rows], _posterior(L, 1e8 * np.eye(20)))
+    L_ld, y = L.astype(np.longdouble), np.zeros((20, 3), np.longdouble)
+    for i in range(20):  # forward substitution in 80 bits
+        y[i] = (rows.T[i] - L_ld[i, :i] @ y[:i]) / L_ld[i, i]
+    r_ld = r.astype(np.longdouble)
+    exact = np.array([k(x, x).sum() for x in r_ld]) - np.sum(y**2, axis=0)
+    assert 4.0 < exact.min() and exact.max() < 5.0
+    np.testing.assert_allclose(got, exact.astype(float), rtol=1e-5)

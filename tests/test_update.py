@@ -103,9 +103,10 @@ def test_posterior_is_consistent_at_large_delta(cells):
     batches = padded_batches(frames, chunks, model.species, model.neighbour_cutoff)
     ((A, b),) = list(scaled_chunks(model, frames, chunks, batches, sigmas))
     A, b = np.asarray(A), np.asarray(b)
-    P = np.asarray(model.factors.posterior)  # rows A are kernel rows / their sigma
-    assert np.sum((A @ P.T) ** 2, axis=1).max() <= 1.0 + 1e-6  # var <= sigma^2
-    L = np.asarray(model.posterior.L_mm)
+    L, R = np.asarray(model.posterior.L_mm), np.asarray(model.posterior.R)
+    # rows A are kernel rows / their sigma: posterior var / sigma^2 = |R^-T L^-1 a|^2
+    Z = solve_triangular(R, solve_triangular(L, A.T, lower=True), trans="T")
+    assert np.sum(Z**2, axis=0).max() <= 1.0 + 1e-6  # var <= sigma^2
     B = solve_triangular(L, A.T, lower=True).T
     S, rhs = np.vstack([B, np.eye(len(L))]), np.r_[b, np.zeros(len(L))]
     v = np.linalg.lstsq(S, rhs, rcond=None)[0]
