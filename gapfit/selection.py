@@ -111,7 +111,8 @@ def soap_cholesky(model: Model) -> jax.Array:
 
 def _soap_variance(model: Model, prior: jax.Array, k: jax.Array) -> np.ndarray:
     """DTC variance of SOAP-only targets with prior variances ``prior (n,)`` and SOAP
-    kernel rows ``k (n, M_soap)`` (zero rows of the other terms' sparse points)."""
+    kernel rows ``k (n, M_soap)``, widened with zeros for the other terms' sparse
+    points."""
     full = (
         jnp.zeros((len(k), model.posterior.L_mm.shape[0]))
         .at[:, soap_columns(model)]
