@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from threadpoolctl import threadpool_info
 
 from gapfit import GapfitError
 from gapfit.fit import GAP
@@ -137,6 +138,18 @@ def test_soap_string_parsing():
         parse_soap("covariance_type=ard_se")
     with pytest.raises(GapfitError, match="no '='"):
         parse_soap("cutoff 5")
+
+
+def test_std_prediction_leaves_the_blas_threads_as_they_were(fitted):
+    # predict limits BLAS to one thread during its LAPACK solves, and only then
+    gap, frames, _ = fitted
+
+    def threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = threads()
+    gap.model_.predict(frames[:1], std=True)
+    assert threads() == before
 
 
 def test_batched_prediction_equals_one_by_one(fitted):
