@@ -142,8 +142,8 @@ def dtc_variance(
     priors: Sequence[jax.Array], rows: Sequence[jax.Array], post: Posterior
 ) -> jax.Array:
     """DTC variance (the priors' units) of targets of a sum of independent terms,
-    term t with prior variances ``priors[t] (...)`` and kernel rows ``rows[t]
-    (..., M_t)`` (consecutive sparse points, in weight order)::
+    term t with prior variances ``priors[t] (n,)`` and kernel rows ``rows[t]
+    (n, M_t)`` (consecutive sparse points, in weight order)::
 
         sum_t max(prior_t - |L_t^-1 k_t|^2, 0) + |R^-T L_mm^-1 k|^2
 
@@ -156,15 +156,14 @@ def dtc_variance(
     formed and clipped apart: summed first, a term with a large prior would carry its
     rounding into the others' residuals.
     """
-    k = jnp.concatenate(rows, axis=-1)
-    K = k.reshape(-1, k.shape[-1]).T  # (M, n)
-    y = jsl.solve_triangular(post.L_mm, K, lower=True)  # L_mm^-1 k
+    k = jnp.concatenate(rows, axis=1)
+    y = jsl.solve_triangular(post.L_mm, k.T, lower=True)  # L_mm^-1 k: (M, n)
     z = jsl.solve_triangular(post.R, y, lower=False, trans="T")  # R^-T L_mm^-1 k
     var = jnp.sum(z**2, axis=0)
     start = 0
     for prior, r in zip(priors, rows, strict=True):
         end = start + r.shape[-1]
-        residual = jnp.ravel(prior) - jnp.sum(y[start:end] ** 2, axis=0)
+        residual = prior - jnp.sum(y[start:end] ** 2, axis=0)
         var += jnp.maximum(residual, 0.0)
         start = end
-    return var.reshape(k.shape[:-1])
+    return var
