@@ -48,9 +48,11 @@ DTC std has no noise and an amplitude set by the hand-chosen ``delta``; ``a`` pu
 it in the units of the errors: ``a^2 = mean (e / s)^2`` over the force components of
 all frames labelled so far, with the errors ``e`` and stds ``s`` predicted just
 before each was labelled (held out; the maximum-likelihood scale of
-``e ~ N(0, a^2 s^2)``, as in std scaling, Laves et al., MIDL 2020), 1 before the
-first such frame. A scheduled re-optimisation of delta and the sigmas changes the
-stds' amplitude: the mean of ``(e / s)^2`` is then divided by the squared ratio of
+``e ~ N(0, a^2 s^2)``, as in std scaling, Laves et al., MIDL 2020), but at least 1
+until ``SCALE_MIN_FRAMES`` such frames are in (the first ones were predicted by
+models of one or two labels, whose error-to-std ratio says little of the next
+model's). A scheduled re-optimisation of delta and the sigmas changes the stds'
+amplitude: the mean of ``(e / s)^2`` is then divided by the squared ratio of
 the new to the old RMS force std on the previous labelled frame (one both models
 were fitted to), so that ``a`` stays in the units of the current stds, and it keeps
 the weight of one frame only (it describes the old model's errors), so that the next
@@ -118,6 +120,7 @@ GAP_KEYS = (
 )
 Callback = Callable[[dict], None]
 SPARSE_STD_TARGET = 0.5  # on the fly: a labelled frame's residual std over threshold
+SCALE_MIN_FRAMES = 3  # on the fly: held-out frames before the std scale may shrink
 
 
 def gap_settings(gap: GAP | None) -> dict:
@@ -686,13 +689,20 @@ class _PoolRun:
 
 
 # ---- on-the-fly mode ----------------------------------------------------------------
-def _std_scale(state: dict) -> float:
-    """Scale ``a`` of the force stds: ``a^2 = mean (e / s)^2`` over the force
-    components of every labelled frame, errors ``e`` and DTC stds ``s`` predicted just
-    before it was labelled (held out): the maximum-likelihood amplitude of
-    ``e ~ N(0, a^2 s^2)``; 1 until the first such frame."""
+def _scale_estimate(state: dict) -> float:
+    """``sqrt(mean (e / s)^2)`` over the force components of every labelled frame,
+    errors ``e`` and DTC stds ``s`` predicted just before it was labelled (held out):
+    the maximum-likelihood amplitude of ``e ~ N(0, a^2 s^2)``; 1 before the first."""
     n = state["z2_n"]
     return float(np.sqrt(state["z2_sum"] / n)) if n else 1.0
+
+
+def _std_scale(state: dict) -> float:
+    """Scale ``a`` of the force stds: ``_scale_estimate``, but at least 1 until it
+    rests on ``SCALE_MIN_FRAMES`` held-out frames (the first frames' stds come from
+    models of one or two labels, whose error-to-std ratio says little of the next)."""
+    a = _scale_estimate(state)
+    return a if state.get("z2_frames", 0) >= SCALE_MIN_FRAMES else max(a, 1.0)
 
 
 def _std_ratio(old: Model, new: Model, frame: Frame) -> float:
@@ -708,6 +718,7 @@ def _calibrate(state: dict, forces: np.ndarray, pred: dict) -> None:
     z2 = ((forces - pred["forces"]) / np.maximum(pred["forces_std"], 1e-12)) ** 2
     state["z2_sum"] += float(z2.sum())
     state["z2_n"] += int(z2.size)
+    state["z2_frames"] = state.get("z2_frames", 0) + 1
 
 
 def learn_otf(
@@ -804,6 +815,7 @@ def learn_otf(
             "rng": None,
             "z2_sum": 0.0,
             "z2_n": 0,
+            "z2_frames": 0,
             "last_label": 0,  # the start structure
         }
         (atoms,) = read_xyz_text(learner.workdir.read_text("start.xyz"))  # as saved
@@ -891,7 +903,7 @@ class _OTFRun:
                         ratio = _std_ratio(before, L.model, L.frames[-2])
                         # of another model: kept as the weight of one frame
                         n = pred["forces"].size
-                        st["z2_sum"] = n * (_std_scale(st) / ratio) ** 2
+                        st["z2_sum"] = n * (_scale_estimate(st) / ratio) ** 2
                         st["z2_n"] = n
                         L._event("std_rescaled", ratio=ratio)
                     calc.model = L.model

@@ -25,7 +25,14 @@ from gapfit import GAP, GapfitError
 from gapfit.cli import main
 from gapfit.data import as_frames
 from gapfit.labeller import LabelFailure, label, make_labeller
-from gapfit.learn import _std_ratio, learn_otf, learn_pool
+from gapfit.learn import (
+    SCALE_MIN_FRAMES,
+    _calibrate,
+    _std_ratio,
+    _std_scale,
+    learn_otf,
+    learn_pool,
+)
 from gapfit.update import refit
 from gapfit.workdir import read_xyz_text
 
@@ -400,6 +407,22 @@ def test_std_ratio_follows_delta_and_sigmas():
     frame = as_frames(cells[2:])[0]
     assert _std_ratio(one, two, frame) == pytest.approx(2.0, rel=1e-6)
     assert _std_ratio(one, one, frame) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_std_scale_may_shrink_the_stds_only_after_enough_frames():
+    """Held-out frames with errors a tenth of their stds: the scale stays 1 until
+    SCALE_MIN_FRAMES frames are in, then is their estimate 0.1; one frame with
+    errors twice the stds raises it at once."""
+    state = {"z2_sum": 0.0, "z2_n": 0, "z2_frames": 0}
+    std = np.full((4, 3), 0.02)
+    assert _std_scale(state) == 1.0
+    for _ in range(SCALE_MIN_FRAMES):
+        assert _std_scale(state) == 1.0
+        _calibrate(state, 0.1 * std, {"forces": np.zeros((4, 3)), "forces_std": std})
+    assert _std_scale(state) == pytest.approx(0.1, rel=1e-12)
+    loud = {"z2_sum": 0.0, "z2_n": 0, "z2_frames": 0}
+    _calibrate(loud, 2.0 * std, {"forces": np.zeros((4, 3)), "forces_std": std})
+    assert _std_scale(loud) == pytest.approx(2.0, rel=1e-12)
 
 
 def test_otf_rescales_the_std_history_after_reoptimising(tmp_path):
