@@ -26,12 +26,10 @@ import numpy as np
 from bench_fit import bench_cell
 from threadpoolctl import threadpool_limits
 
-from gapfit.blocks import batch_arrays
-from gapfit.kernels import normalise
+from gapfit.blocks import batch_arrays, descriptors
 from gapfit.model import Model, _mean_and_std
 from gapfit.neighbours import make_batch, pair_table_width, pair_tables
-from gapfit.soap import coefficients, pair_derivatives, power_spectrum
-from gapfit.variance import soap_rows_and_priors
+from gapfit.variance import incoming_derivatives, soap_rows_and_priors
 
 
 def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
@@ -76,36 +74,9 @@ def main() -> None:
     flops = ""
     if soap is not None:
         spec, kernel, z = soap.spec, soap.kernel, soap._z
-        pair = {
-            k: b[k][tables.incoming].reshape(A * K, *b[k].shape[1:])
-            for k in ("D", "centre", "neighbour_species", "pair_mask")
-        }
-
-        def descriptor(b, dP: bool):
-            c = coefficients(
-                spec,
-                b["D"],
-                b["centre"],
-                b["neighbour_species"],
-                b["pair_mask"],
-                b["species"],
-            )
-            p = normalise(power_spectrum(spec, c))[0]
-            if not dP:
-                return p
-            return p, pair_derivatives(
-                spec,
-                c,
-                pair["D"],
-                pair["centre"],
-                pair["neighbour_species"],
-                pair["pair_mask"],
-                slices=True,
-            )
-
         whole = jax.jit(lambda b, t: soap_rows_and_priors(spec, kernel, *z, b, t))
-        d0 = jax.jit(lambda b: descriptor(b, False))
-        d1 = jax.jit(lambda b: descriptor(b, True))
+        d0 = jax.jit(lambda b: descriptors(spec, b))
+        d1 = jax.jit(lambda b, t: incoming_derivatives(spec, b, t)[2])
         fr = jax.jit(lambda b, t: whole(b, t)[0].forces)
         fp = jax.jit(lambda b, t: whole(b, t)[1].forces)
         rng = np.random.default_rng(0)
@@ -115,7 +86,7 @@ def main() -> None:
         gemm = jax.jit(lambda dP, Z: jnp.einsum("pkf,mf->pkm", dP, Z))
         rows += [
             ("soap: descriptor", lambda: d0(b)),
-            ("soap: descriptor and dP", lambda: d1(b)),
+            ("soap: descriptor and dP", lambda: d1(b, tables)),
             ("soap: force rows", lambda: fr(b, tables)),
             ("soap: force prior variances", lambda: fp(b, tables)),
             ("soap: force rows' GEMM alone", lambda: gemm(dP, Z)),

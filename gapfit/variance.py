@@ -131,6 +131,32 @@ def prior_energy_variance(
     )
 
 
+def incoming_derivatives(
+    spec: SoapSpec, b: dict, tables: PairTables
+) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
+    """Unit SOAP ``p_hat (A, F)``, norms ``(A,)`` and ``dP (A K, 3, F)`` (masked) of a
+    batch, with the pairs laid out by the atom they point into (``tables.incoming``);
+    also those pairs' ``D``, ``centre``, ``neighbour_species`` and ``pair_mask``."""
+    A, K = tables.incoming.shape
+    pair = {
+        k: b[k][tables.incoming].reshape(A * K, *b[k].shape[1:]) for k in _PAIR_KEYS
+    }
+    c = coefficients(
+        spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
+    )
+    p_hat, norm = normalise(power_spectrum(spec, c))
+    dP = pair_derivatives(
+        spec,
+        c,
+        pair["D"],
+        pair["centre"],
+        pair["neighbour_species"],
+        pair["pair_mask"],
+        slices=True,
+    )
+    return p_hat, norm, dP, pair
+
+
 @partial(jax.jit, static_argnums=0)
 def soap_rows_and_priors(
     spec: SoapSpec,
@@ -156,22 +182,7 @@ def soap_rows_and_priors(
     """
     A, K = tables.incoming.shape
     C = b["config_mask"].shape[0]
-    pair = {
-        k: b[k][tables.incoming].reshape(A * K, *b[k].shape[1:]) for k in _PAIR_KEYS
-    }
-    c = coefficients(
-        spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
-    )
-    p_hat, norm = normalise(power_spectrum(spec, c))
-    dP = pair_derivatives(
-        spec,
-        c,
-        pair["D"],
-        pair["centre"],
-        pair["neighbour_species"],
-        pair["pair_mask"],
-        slices=True,
-    )  # (A K, 3, F), masked
+    p_hat, norm, dP, pair = incoming_derivatives(spec, b, tables)
     i = pair["centre"]
     # by centre: slot A K of the extended arrays is an empty pair
     dP_out = jnp.concatenate([dP, jnp.zeros_like(dP[:1])])[tables.outgoing]
