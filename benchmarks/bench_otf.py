@@ -217,9 +217,11 @@ class StepChecker:
         return cls(path, rows, components)
 
 
-def summary(arrays: dict[str, np.ndarray], n_components: int) -> dict:
-    """Figures of the per-step arrays (see the module docstring)."""
+def summary(arrays: dict[str, np.ndarray], n_components: int, threshold: float) -> dict:
+    """Figures of the per-step arrays (see the module docstring); ``threshold`` the
+    run's std threshold (eV/Å)."""
     free = ~arrays["labelled"]
+    over = free & (arrays["max_std"] > threshold)
     misses = free & (arrays["max_z"] > 3.0)
     coarse = free & (arrays["max_err"] > 3.0 * arrays["max_std"])
     n_free = int(free.sum())
@@ -227,6 +229,9 @@ def summary(arrays: dict[str, np.ndarray], n_components: int) -> dict:
     return {
         "steps_checked": int(len(free)),
         "labelled_steps": int((~free).sum()),
+        "last_labelled_step": int(arrays["step"][~free][-1]),
+        # held back by the budget, --min-interval or a std floor (learn._over)
+        "unlabelled_over_threshold": int(over.sum()),
         "misses": int(misses.sum()),
         "miss_fraction_of_unlabelled_steps": float(misses.sum() / max(n_free, 1)),
         "miss_components_fraction": float(
@@ -425,7 +430,7 @@ def main() -> None:
         "learn_otf_seconds": round(wall, 1),
         "fit_seconds": round(fit_seconds, 1),
         "check_seconds": round(checker.seconds, 1),
-        **summary(arrays, 3 * len(cu_cell())),
+        **summary(arrays, 3 * len(cu_cell()), cfg["std_threshold"]),
     }
     components = checker.component_arrays()
     figures.update(atom_misses(arrays, components))
@@ -438,6 +443,11 @@ def main() -> None:
     }
     rows = [
         ("labels used (incl. start)", f"{n_labels}"),
+        ("  last labelled step", f"{figures['last_labelled_step']}"),
+        (
+            "  unlabelled steps with a max std over the threshold",
+            f"{figures['unlabelled_over_threshold']}",
+        ),
         ("SOAP sparse points", f"{learner.n_sparse}"),
         ("steps checked", f"{figures['steps_checked']} of {cfg['steps']}"),
         ("misses: unlabelled steps, some |e| > 3 a s", f"{figures['misses']}"),

@@ -43,7 +43,14 @@ times a scale ``a``, exceeds ``std_threshold`` (eV/Å, absolute), that frame is
 labelled and added, and the sampler continues from it with the updated model, unless
 fewer than ``min_interval`` steps have passed since the last label (as FLARE's
 ``min_steps_with_model``: consecutive MD frames are near-duplicates, so labelling
-each of them spends the budget on one configuration). The
+each of them spends the budget on one configuration). Where
+the species of an atom has no sparse slot left, a label cannot lower its force stds
+(along MD they are nearly all Nyström residual, which only new sparse points lower);
+those the label left above the threshold (scaled) become a floor (``_std_floor``),
+and a later step is labelled for such a component only once its std is
+``FLOOR_RISE`` times that floor (``_over``): otherwise the next frames, whose errors
+that label has just made small, are labelled one after the other while their stds
+stay where they were. The
 DTC std has no noise and an amplitude set by the hand-chosen ``delta``; ``a`` puts
 it in the units of the errors: ``a^2 = mean (e / s)^2`` over the force components of
 all frames labelled so far, with the errors ``e`` and stds ``s`` predicted just
@@ -54,9 +61,11 @@ models of one or two labels, whose error-to-std ratio says little of the next
 model's). A scheduled re-optimisation of delta and the sigmas changes the stds'
 amplitude: the mean of ``(e / s)^2`` is then divided by the squared ratio of
 the new to the old RMS force std on the previous labelled frame (one both models
-were fitted to), so that ``a`` stays in the units of the current stds, and it keeps
-the weight of one frame only (it describes the old model's errors), so that the next
-held-out frames set ``a`` for the new model.
+were fitted to), so that ``a`` stays in the units of the current stds; every frame
+keeps its weight (when the rescaled history counted as one frame, a few held-out
+frames with errors far below their stds, labelled in one excursion right after a
+re-optimisation, took ``a`` from 0.15 to 0.06 and the stds stayed too narrow for the
+rest of the run).
 """
 
 from __future__ import annotations
@@ -82,6 +91,7 @@ from gapfit.fit import GAP, _specs
 from gapfit.hyperparameters import optimise_mode
 from gapfit.labeller import LabelFailure, label, make_labeller, parse_kwargs
 from gapfit.model import Model, atomic_write
+from gapfit.neighbours import species_index
 from gapfit.samplers import MDSampler, RelaxSampler, atoms_from_arrays, sampler_arrays
 from gapfit.selection import (
     SCORES,
@@ -97,6 +107,7 @@ from gapfit.sparse_set import (
     choose_sparse,
     compact,
     force_sparse,
+    free_slots,
     padded,
     prior_model,
     widened_pairs,
@@ -121,6 +132,7 @@ GAP_KEYS = (
 Callback = Callable[[dict], None]
 SPARSE_STD_TARGET = 0.5  # on the fly: a labelled frame's residual std over threshold
 SCALE_MIN_FRAMES = 3  # on the fly: held-out frames before the std scale may shrink
+FLOOR_RISE = 1.2  # on the fly: rise over a std its label could not lower, to label
 
 
 def gap_settings(gap: GAP | None) -> dict:
@@ -713,6 +725,31 @@ def _std_ratio(old: Model, new: Model, frame: Frame) -> float:
     return float(np.sqrt(np.mean(b[raw] ** 2) / np.mean(a[raw] ** 2)))
 
 
+def _std_floor(
+    std: np.ndarray, scale: float, threshold: float, full: np.ndarray
+) -> list | None:
+    """The DTC force stds ``(N, 3)`` (eV/Å, raw) of a frame just labelled, as
+    updated by its label, of the atoms whose species has no sparse slot left
+    (``full (N,)``) where they are still above ``threshold`` once scaled: further
+    labels cannot lower them (the Nyström residual, nearly all the DTC std along MD,
+    only new sparse points lower). None if there are none; a list for the JSON
+    state."""
+    floor = np.where(full[:, None] & (scale * std > threshold), std, 0.0)
+    return floor.ravel().tolist() if floor.any() else None
+
+
+def _over(std: np.ndarray, scale: float, threshold: float, state: dict) -> bool:
+    """Whether a step's force stds ``(N, 3)`` (eV/Å, raw) call for a label: some
+    component's scaled std is above ``threshold`` and, where the last label left that
+    component's std above it (``_std_floor``), at least ``FLOOR_RISE`` times that
+    std."""
+    over = scale * std.ravel() > threshold
+    floor = state.get("std_floor")
+    if floor is not None:
+        over &= std.ravel() > FLOOR_RISE * np.asarray(floor)
+    return bool(over.any())
+
+
 def _calibrate(state: dict, forces: np.ndarray, pred: dict) -> None:
     """Add a labelled frame's held-out force errors to the std scale."""
     z2 = ((forces - pred["forces"]) / np.maximum(pred["forces_std"], 1e-12)) ** 2
@@ -816,6 +853,7 @@ def learn_otf(
             "z2_sum": 0.0,
             "z2_n": 0,
             "z2_frames": 0,
+            "std_floor": None,
             "last_label": 0,  # the start structure
         }
         (atoms,) = read_xyz_text(learner.workdir.read_text("start.xyz"))  # as saved
@@ -883,7 +921,7 @@ class _OTFRun:
             labelled = False
             budget = cfg["budget"]
             if (
-                max_std > cfg["std_threshold"]
+                _over(pred["forces_std"], scale, cfg["std_threshold"], st)
                 and (budget is None or len(L.labelled) < budget)
                 and step - st.get("last_label", 0) >= cfg.get("min_interval", 1)
             ):
@@ -901,14 +939,18 @@ class _OTFRun:
                     if how == "reoptimised":
                         # the held-out (e / s)^2 so far were of the old stds
                         ratio = _std_ratio(before, L.model, L.frames[-2])
-                        # of another model: kept as the weight of one frame
-                        n = pred["forces"].size
-                        st["z2_sum"] = n * (_scale_estimate(st) / ratio) ** 2
-                        st["z2_n"] = n
+                        st["z2_sum"] /= ratio**2
                         L._event("std_rescaled", ratio=ratio)
                     calc.model = L.model
                     calc.reset()
                     atoms.get_forces()  # the updated model's, for the next step
+                    species = species_index(atoms.numbers, L.model.species)
+                    st["std_floor"] = _std_floor(
+                        calc.results["forces_std"],
+                        _std_scale(st),
+                        cfg["std_threshold"],
+                        free_slots(L.model)[species] <= 0,
+                    )
                     labelled = True
                     L.record(step=step, max_std=max_std, std_scale=scale)
             if L.callback is not None:

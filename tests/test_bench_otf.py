@@ -90,7 +90,7 @@ def test_summary_counts_only_unlabelled_misses(bench_otf):
     arrays = {
         "step": np.arange(n),
         "labelled": np.array([True, False, True, False, False, False]),
-        "max_std": np.full(n, 0.1),
+        "max_std": np.array([0.1, 0.1, 0.1, 0.1, 0.12, 0.1]),
         "max_err": np.array([0.0, 0.25, 0.9, 0.35, 0.05, 0.31]),
         "max_z": np.array([0.0, 2.5, 9.0, 3.5, 0.5, 4.0]),
         "n_over_3": np.array([0, 0, 5, 1, 0, 2]),
@@ -99,8 +99,10 @@ def test_summary_counts_only_unlabelled_misses(bench_otf):
         "std_scale": np.full(n, 2.0),
         "temperature": np.full(n, 1200.0),
     }
-    s = bench_otf.summary(arrays, n_components=10)
+    s = bench_otf.summary(arrays, n_components=10, threshold=0.11)
     assert s["misses"] == 2 and s["first_miss_step"] == 3  # steps 3 and 5
+    assert s["last_labelled_step"] == 2
+    assert s["unlabelled_over_threshold"] == 1  # step 4
     assert s["miss_fraction_of_unlabelled_steps"] == pytest.approx(2 / 4)
     assert s["miss_components_fraction"] == pytest.approx(3 / 40)
     assert s["step_level_misses"] == 2  # 0.35 and 0.31 > 3 x 0.1

@@ -19,15 +19,18 @@ from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 from click.testing import CliRunner
-from emt_cells import SOAP, cu_cells
+from emt_cells import CAPACITY, SOAP, cu_cells
 
 from gapfit import GAP, GapfitError
 from gapfit.cli import main
 from gapfit.data import as_frames
 from gapfit.labeller import LabelFailure, label, make_labeller
 from gapfit.learn import (
+    FLOOR_RISE,
     SCALE_MIN_FRAMES,
     _calibrate,
+    _over,
+    _std_floor,
     _std_ratio,
     _std_scale,
     learn_otf,
@@ -425,6 +428,36 @@ def test_std_scale_may_shrink_the_stds_only_after_enough_frames():
     assert _std_scale(loud) == pytest.approx(2.0, rel=1e-12)
 
 
+def test_std_floor_holds_back_only_stds_a_label_could_not_lower():
+    """After a label, the components still above the threshold (scaled) whose atom's
+    species has no sparse slot left set a floor; a later step is labelled only for a
+    component above the threshold and, where a floor is, FLOOR_RISE times above it."""
+    std = np.array([[0.2, 0.01, 0.01], [0.3, 0.01, 0.01]])
+    full = np.array([True, False])
+    floor = _std_floor(std, 0.5, 0.05, full)
+    assert floor == [0.2, 0.0, 0.0, 0.0, 0.0, 0.0]  # atom 1: a slot is left
+    assert _std_floor(std, 0.5, 0.05, np.zeros(2, bool)) is None
+    assert _std_floor(std, 0.1, 0.05, full) is None  # scaled, none is over
+    state = {"std_floor": floor}
+    later = np.array([[0.2, 0.01, 0.01], [0.05, 0.01, 0.01]])
+    assert not _over(later, 0.5, 0.05, state)  # atom 0 as labelled, atom 1 under
+    assert _over(later * [[FLOOR_RISE + 0.01], [1.0]], 0.5, 0.05, state)
+    assert _over(later + [[0.0, 0.0, 0.0], [0.0, 0.1, 0.0]], 0.5, 0.05, state)
+    assert _over(later, 0.5, 0.05, {"std_floor": None})
+    assert not _over(later, 0.1, 0.05, {})
+
+
+def test_otf_full_sparse_set_stops_labelling_unlowerable_stds(tmp_path):
+    # threshold 0: every step is over it; once every slot is taken, a step is
+    # labelled only where a std rose FLOOR_RISE times above what the last label left
+    learner, records = _otf(tmp_path / "md", std_threshold=0.0)
+    assert learner.n_sparse == CAPACITY
+    held = [r["step"] for r in records[1:] if not r["labelled"]]
+    assert held  # without the floor, all 11 steps would have been labelled
+    assert learner.state["std_floor"] is not None
+    assert len(learner.labelled) == 1 + 11 - len(held)
+
+
 def test_otf_rescales_the_std_history_after_reoptimising(tmp_path):
     optimising = GAP(soap=SOAP, e0_method="average", optimise_hyperparameters=True)
     learner, records = _otf(
@@ -439,10 +472,10 @@ def test_otf_rescales_the_std_history_after_reoptimising(tmp_path):
     rescaled = [e for e in learner.log if e["event"] == "std_rescaled"]
     assert rescaled and all(e["ratio"] > 0.0 for e in rescaled)
     assert learner.model.info["settings"]["soap"]["delta"] != 1.0
-    # the history before the last re-optimisation weighs as one frame: 32 atoms x 3
-    last = max(k for k, e in enumerate(learner.log) if e["event"] == "std_rescaled")
-    after = sum(e["event"] == "labelled" for e in learner.log[last:])
-    assert learner.state["z2_n"] == 96 * (1 + after)
+    # rescaled, every held-out frame keeps its weight: 32 atoms x 3 components each
+    held_out = sum(e["event"] == "labelled" for e in learner.log) - 1  # not start
+    assert learner.state["z2_frames"] == held_out
+    assert learner.state["z2_n"] == 96 * held_out
 
 
 def test_otf_reoptimises_early_then_every_refit_every(tmp_path):
@@ -454,6 +487,7 @@ def test_otf_reoptimises_early_then_every_refit_every(tmp_path):
         std_threshold=0.0,
         steps=20,
         refit_every=6,
+        sparse_per_label=1,  # slots left to the end: no std floor holds a step back
     )
     at = [e["n_labels"] for e in learner.log if e["event"] == "reoptimised"]
     assert at == [4, 8, 14, 20]  # doubling intervals 4, 4, then at most 6
