@@ -43,18 +43,18 @@ times a scale ``a``, exceeds ``std_threshold`` (eV/Å, absolute), that frame is
 labelled and added, and the sampler continues from it with the updated model, unless
 fewer than ``min_interval`` steps have passed since the last label (as FLARE's
 ``min_steps_with_model``: consecutive MD frames are near-duplicates, so labelling
-each of them spends the budget on one configuration). Where
-the species of an atom has no sparse slot left, a label cannot lower its force stds
-(along MD they are nearly all Nyström residual, which only new sparse points lower);
-those the label left above the threshold (scaled) become a floor (``_std_floor``),
-and a later step is labelled for such a component only once its std is
-``FLOOR_RISE`` times that floor (``_over``): otherwise the next frames, whose errors
-that label has just made small, are labelled one after the other while their stds
-stay where they were. The
-DTC std has no noise and an amplitude set by the hand-chosen ``delta``; ``a`` puts
-it in the units of the errors: ``a^2 = mean (e / s)^2`` over the force components of
-all frames labelled so far, with the errors ``e`` and stds ``s`` predicted just
-before each was labelled (held out; the maximum-likelihood scale of
+each of them spends the budget on one configuration). Where the species of an atom
+has no sparse slot left, a label cannot lower its force stds (along MD they are
+nearly all Nyström residual, which only new sparse points lower); those the label
+left above the threshold (scaled) become a floor (``_std_floor``), and a later step
+is labelled for such a component only once its std is ``FLOOR_RISE`` times that
+floor (``_over``): otherwise the next frames, whose errors that label has just made
+small, are labelled one after the other while their stds stay where they were.
+
+The DTC std has no noise and an amplitude set by the hand-chosen ``delta``; ``a``
+puts it in the units of the errors: ``a^2 = mean (e / s)^2`` over the force
+components of all frames labelled so far, with the errors ``e`` and stds ``s``
+predicted just before each was labelled (held out; the maximum-likelihood scale of
 ``e ~ N(0, a^2 s^2)``, as in std scaling, Laves et al., MIDL 2020), but at least 1
 until ``SCALE_MIN_FRAMES`` such frames are in (the first ones were predicted by
 models of one or two labels, whose error-to-std ratio says little of the next
@@ -62,10 +62,9 @@ model's). A scheduled re-optimisation of delta and the sigmas changes the stds'
 amplitude: the mean of ``(e / s)^2`` is then divided by the squared ratio of
 the new to the old RMS force std on the previous labelled frame (one both models
 were fitted to), so that ``a`` stays in the units of the current stds; every frame
-keeps its weight (when the rescaled history counted as one frame, a few held-out
-frames with errors far below their stds, labelled in one excursion right after a
-re-optimisation, took ``a`` from 0.15 to 0.06 and the stds stayed too narrow for the
-rest of the run).
+keeps its weight (when the rescaled history counted as one frame, the next few
+held-out frames set ``a`` alone: in one run it fell from 0.15 to 0.06 within three
+labels, about calibrated on average, and then far too narrow for the errors' tails).
 """
 
 from __future__ import annotations
