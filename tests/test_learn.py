@@ -457,6 +457,29 @@ def test_otf_full_sparse_set_stops_labelling_unlowerable_stds(tmp_path):
     assert learner.state["std_floor"] is not None
     assert len(learner.labelled) == 1 + 11 - len(held)
 
+    # killed after the floor is set, resumed: the same labels and the same floor
+    def kill(event):
+        if event["step"] == 9:
+            raise RuntimeError("killed")
+
+    run = {"steps": 12, "temperature": 1200.0, "std_threshold": 0.0, "seed": 2}
+    start = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    with pytest.raises(RuntimeError, match="killed"):
+        learn_otf(
+            tmp_path / "md2",
+            "emt",
+            start,
+            gap(),
+            checkpoint_every=4,
+            progress=False,
+            callback=kill,
+            **run,
+        )
+    resumed = learn_otf(tmp_path / "md2", None, resume=True, progress=False)
+    sources = [a.info["source"] for a in learner.labelled]
+    assert [a.info["source"] for a in resumed.labelled] == sources
+    assert resumed.state["std_floor"] == learner.state["std_floor"]
+
 
 def test_otf_rescales_the_std_history_after_reoptimising(tmp_path):
     optimising = GAP(soap=SOAP, e0_method="average", optimise_hyperparameters=True)
