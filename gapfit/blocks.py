@@ -115,7 +115,7 @@ def design_rows(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
     )
     p_hat, norm = normalise(power_spectrum(spec, c))
-    q, a, local, energy = _atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
+    q, a, local, energy = atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
     A, C, M = p_hat.shape[0], b["config_mask"].shape[0], Z_hat.shape[0]
     keys = ("D", "centre", "neighbour", "neighbour_species", "pair_mask", "pair_config")
     blocks = blocked({k: b[k] for k in keys})  # padded pairs are masked
@@ -133,7 +133,7 @@ def design_rows(
     return Rows(energy, forces, virial, local)
 
 
-def _atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b):
+def atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b):
     """Per-atom pieces: cosines ``q``, ``a = dk/dq / |p|``, local and energy rows."""
     q = cosine(p_hat, Z_hat)  # (A, M)
     s = same_species(b["species"], Z_species) * b["atom_mask"][:, None]

@@ -9,7 +9,8 @@ energies including e0, ``forces`` (n_atoms, 3) eV/Å and, for 3D-periodic cells 
 predictive standard deviations of the latent function (Quiñonero-Candela & Rasmussen,
 JMLR 6, 1939 (2005)), no observation noise added, or for a model calibrated with
 ``gapfit calibrate`` the calibrated stds, with the DTC ones as ``energy_std_raw``,
-``energies_std_raw``, ``forces_std_raw`` and ``stress_std_raw``. They are read from
+``energies_std_raw``, ``forces_std_raw`` and ``stress_std_raw``; with ``std="energy"``
+only the two energy stds, at about twice the mean's cost. They are read from
 ``calc.results`` after a calculation (ASE's ``get_property`` only serves
 ``implemented_properties``).
 """
@@ -23,7 +24,7 @@ from typing import Any
 import ase
 from ase.calculators.calculator import Calculator, all_changes
 
-from gapfit.model import Model
+from gapfit.model import Model, std_mode
 
 STD_RESULTS = ("energy_std", "energies_std", "forces_std", "stress_std")
 # DTC stds of a calibrated model (its *_std are then calibrated: gapfit.calibration)
@@ -35,7 +36,10 @@ class GAPCalculator(Calculator):
 
     Args:
         model: a ``Model`` or the path of a model file written by ``Model.save``.
-        std: also compute the ``*_std`` results (costs more than the mean).
+        std: also compute the ``*_std`` results: True (or "all") every one (costs
+            about 15 times the mean), "energy" ``energy_std`` and ``energies_std``
+            only (the local energies' stds, as gap_fit's ``local_gap_variance``;
+            about twice the mean), False none.
         **kwargs: passed to ``ase.calculators.calculator.Calculator``.
 
     Results (after ``atoms.get_potential_energy()`` etc.):
@@ -56,8 +60,9 @@ class GAPCalculator(Calculator):
     nolabel = True
 
     def __init__(
-        self, model: Model | str | os.PathLike, std: bool = True, **kwargs: Any
+        self, model: Model | str | os.PathLike, std: bool | str = True, **kwargs: Any
     ) -> None:
+        std_mode(std)  # a bad mode fails here, not at the first calculation
         super().__init__(std=std, **kwargs)
         self.model = model if isinstance(model, Model) else Model.load(model)
 
@@ -72,7 +77,7 @@ class GAPCalculator(Calculator):
         where = f"atoms {self.atoms.get_chemical_formula()}"
         # unknown species raise a GapfitError naming them (neighbours.species_index)
         (pred,) = self.model.predict(
-            [self.atoms], std=bool(self.parameters.std), wheres=[where]
+            [self.atoms], std=self.parameters.std, wheres=[where]
         )
         self.results["energy"] = pred["energy"]
         self.results["free_energy"] = pred["energy"]

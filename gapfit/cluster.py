@@ -209,7 +209,7 @@ def _predict(
     share: Share,
     keys: LabelKeys,
     require: tuple[str, ...],
-    std: bool,
+    std: bool | str,
     batch_atoms: int,
 ) -> tuple[list[Frame], list[dict]]:
     frames = read_frames(path, keys, require, index=f"{share.start}:{share.stop}")
@@ -226,7 +226,7 @@ def predict_file(
     client: Client,
     keys: LabelKeys = LabelKeys(),
     require: tuple[str, ...] = (),
-    std: bool = False,
+    std: bool | str = False,
     batch_atoms: int = 2048,
 ) -> tuple[list[Frame], list[dict]]:
     """``read_frames(path, keys, require)`` and ``model.predict(frames, std)`` of an

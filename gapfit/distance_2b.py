@@ -264,6 +264,23 @@ def pair_priors(
     return local, energy, forces, virial
 
 
+@partial(jax.jit, static_argnums=0)
+def pair_energy_rows_and_priors(
+    spec: PairSpec,
+    kernel: SEKernel,
+    Z_r: jax.Array,
+    Z_t: jax.Array,
+    b: dict,
+    incoming: jax.Array,
+) -> tuple[Rows, tuple[jax.Array, jax.Array]]:
+    """Kernel rows of local energies and energies (forces and virials None) and
+    their prior variances ``(A,)``, ``(C,)`` (eV^2): ``pair_rows`` and ``pair_priors``
+    in one program, whose force and virial parts XLA drops."""
+    rows = pair_rows(spec, kernel, Z_r, Z_t, b)
+    local, energy, _, _ = pair_priors(spec, kernel, b, incoming)
+    return rows._replace(forces=None, virial=None), (local, energy)
+
+
 def pair_sparse_points(
     spec: PairSpec, r: np.ndarray, types: np.ndarray, n_sparse: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -23,14 +23,14 @@ import zlib
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import cache, cached_property, partial
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from gapfit.blocks import Mean, Rows, batch_arrays, rows_mean
 from gapfit.calibration import Calibration, apply, calibrate, config_type_of
@@ -112,10 +112,18 @@ class Model:
         parts = tuple(t.rows_and_priors(b, tables) for t in self.terms)
         return _mean_and_std(parts, self.posterior)
 
+    def mean_and_energy_std(self, b: dict, tables: PairTables) -> tuple[Mean, Std]:
+        """Means and the DTC stds of the local and total energies only (forces and
+        virial None) of a one-configuration batch: the mean's fast path plus the
+        energy rows, without the pair derivatives the force and virial stds need."""
+        parts = (t.energy_rows_and_priors(b, tables) for t in self.terms)
+        rows, priors = zip(*parts, strict=True)
+        return self.mean(b, tables), combine_std(rows, priors, self.posterior)
+
     def predict(
         self,
         structures: Sequence[Structure],
-        std: bool = False,
+        std: bool | str = False,
         wheres: Sequence[str] | None = None,
         batch_atoms: int = 2048,
         shape: Sequence[int] = (0, 0, 0),
@@ -127,18 +135,22 @@ class Model:
         Returns one dict per structure with ``energy`` (eV), ``energies`` (n,) eV local
         energies incl. e0, ``forces`` (n, 3) eV/Å, ``virial`` (3, 3) eV (= -stress V),
         and, for 3D-periodic cells, ``stress`` (6,) eV/Å^3 Voigt (xx yy zz yz xz xy).
-        With ``std``: ``energy_std``, ``energies_std``, ``forces_std``, ``virial_std``,
-        ``stress_std``: posterior standard deviations (DTC; latent function, no noise),
-        or, for a calibrated model (``gapfit.calibration``), the calibrated ones, with
-        the DTC ones as ``energy_std_raw``, ``forces_std_raw``, ... .
+        With ``std`` (True or "all"): ``energy_std``, ``energies_std``,
+        ``forces_std``, ``virial_std``, ``stress_std``: posterior standard deviations
+        (DTC; latent function, no noise), or, for a calibrated model
+        (``gapfit.calibration``), the calibrated ones, with the DTC ones as
+        ``energy_std_raw``, ``forces_std_raw``, ... . With ``std="energy"`` only
+        ``energy_std`` and ``energies_std`` (the local energies', as gap_fit's
+        ``local_gap_variance``), at little more than the mean's cost.
         """
+        which = std_mode(std)
         wheres = (
             list(wheres) if wheres else [f"config {k}" for k in range(len(structures))]
         )
         out: list[dict] = []
         # std needs per-config Gram matrices, so one configuration per batch there
         sizes = [len(s.numbers) for s in structures]
-        groups = chunk_indices(sizes, 1 if std else batch_atoms)
+        groups = chunk_indices(sizes, 1 if which else batch_atoms)
         batches = [
             make_batch(
                 [structures[k] for k in g],
@@ -155,17 +167,18 @@ class Model:
         ]
         batches = [pad_batch(b, *largest) for b in batches]
         k = max(pair_table_width(b) for b in batches)  # one table width: one shape
+        run = {
+            None: lambda b, t: (self.mean(b, t), None),
+            "all": self.mean_and_std,
+            "energy": self.mean_and_energy_std,
+        }[which]
         # the stds' triangular solves are LAPACK calls, whose OpenBLAS threads would
         # contend with XLA's (108 atoms on 2 cores: 250 ms instead of 210 ms)
-        with threadpool_limits(1, user_api="blas") if std else nullcontext():
+        with _blas().limit(limits=1, user_api="blas") if which else nullcontext():
             for g, batch in zip(groups, batches, strict=True):
                 b = batch_arrays(batch)
                 tables = jax.device_put(pair_tables(batch, k))
-                mean, sd = (
-                    self.mean_and_std(b, tables)
-                    if std
-                    else (self.mean(b, tables), None)
-                )
+                mean, sd = run(b, tables)
                 sel = [structures[k] for k in g]
                 out.extend(self.unpack(sel, batch, mean, sd))  # waits for the device
                 if len(batches) > 1:
@@ -197,10 +210,11 @@ class Model:
             if sd is not None:
                 r["energy_std"] = float(sd.energy[c])
                 r["energies_std"] = np.asarray(sd.local_energy[at])
-                r["forces_std"] = np.asarray(sd.forces[at])
-                r["virial_std"] = _full(np.asarray(sd.virial[c]))
-                if volume:
-                    r["stress_std"] = np.asarray(sd.virial[c]) / volume
+                if sd.forces is not None:
+                    r["forces_std"] = np.asarray(sd.forces[at])
+                    r["virial_std"] = _full(np.asarray(sd.virial[c]))
+                    if volume:
+                        r["stress_std"] = np.asarray(sd.virial[c]) / volume
                 if self.calibration is not None:
                     r = apply(self.calibration, r, n, config_type_of(s), volume)
             res.append(r)
@@ -319,6 +333,26 @@ def _mean_and_std(
     rows, priors = zip(*parts, strict=True)
     joint = Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*rows, strict=True)))
     return rows_mean(joint, post.weights), combine_std(rows, priors, post)
+
+
+@cache
+def _blas() -> ThreadpoolController:
+    """The BLAS libraries of this process, found once (``threadpool_limits`` scans
+    the loaded libraries on every call: about 2.5 ms per 108-atom prediction)."""
+    return ThreadpoolController()
+
+
+def std_mode(std: bool | str) -> str | None:
+    """The ``std`` argument of ``Model.predict`` as None (no stds), "all" or
+    "energy" (local and total energy stds only)."""
+    if isinstance(std, (bool, np.bool_)):
+        return "all" if std else None
+    if isinstance(std, str) and std in ("all", "energy"):
+        return std
+    raise GapfitError(
+        f"std={std!r} is not a std mode; use False, True or 'all' (every std), or "
+        "'energy' (the local and total energy stds only)."
+    )
 
 
 @partial(jax.jit, static_argnums=0)

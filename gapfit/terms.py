@@ -4,7 +4,8 @@ The model energy is the sum of the terms' local energies; the terms are independ
 GPs, so their kernel rows are concatenated along the sparse axis, ``K_mm`` is block
 diagonal and prior variances add. Every term offers the same small interface:
 ``K_mm``, ``rows`` (fit), ``mean_fn`` (predict; a jitted pure function of the
-spec, kernel, sparse points ``_z``, weights and batch), ``rows_and_priors`` (std), and
+spec, kernel, sparse points ``_z``, weights and batch), ``rows_and_priors`` (stds),
+``energy_rows_and_priors`` (energy stds only: local-energy and energy parts), and
 ``meta`` / ``arrays`` / ``load`` for the model file.
 """
 
@@ -22,6 +23,7 @@ from gapfit.blocks import Rows, design_rows, predict_mean
 from gapfit.distance_2b import (
     PairSpec,
     SEKernel,
+    pair_energy_rows_and_priors,
     pair_kernel_block,
     pair_mean,
     pair_priors,
@@ -30,7 +32,7 @@ from gapfit.distance_2b import (
 from gapfit.kernels import DotProductKernel, kernel_block
 from gapfit.neighbours import PairTables
 from gapfit.soap import SoapSpec
-from gapfit.variance import Std, soap_rows_and_priors
+from gapfit.variance import Std, soap_energy_rows_and_priors, soap_rows_and_priors
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +70,9 @@ class SoapTerm:
 
     def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
         return soap_rows_and_priors(self.spec, self.kernel, *self._z, b, tables)
+
+    def energy_rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
+        return soap_energy_rows_and_priors(self.spec, self.kernel, *self._z, b)
 
     def meta(self) -> dict:
         return {
@@ -135,6 +140,12 @@ class PairTerm:
     def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
         rows = self.rows(b)
         return rows, Std(*pair_priors(self.spec, self.kernel, b, tables.incoming))
+
+    def energy_rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
+        rows, priors = pair_energy_rows_and_priors(
+            self.spec, self.kernel, *self._z, b, tables.incoming
+        )
+        return rows, Std(*priors, None, None)
 
     def meta(self) -> dict:
         return {

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gapfit.blocks import Rows, voigt
-from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
+from gapfit.blocks import Rows, atom_terms, descriptors, voigt
+from gapfit.kernels import DotProductKernel, normalise, same_species
 from gapfit.neighbours import PairTables
 from gapfit.soap import SoapSpec, coefficients, pair_derivatives, power_spectrum
 from gapfit.sparse_gp import Posterior, dtc_variance
@@ -191,12 +191,7 @@ def soap_rows_and_priors(
     V = voigt(jnp.einsum("akxf,aky->afxy", dP_out, D_out))  # (A, F, 6)
     V = jnp.swapaxes(V, 1, 2)  # (A, 6, F)
 
-    q = cosine(p_hat, Z_hat)  # (A, M)
-    s = same_species(b["species"], Z_species) * b["atom_mask"][:, None]
-    d2, zeta = kernel.delta**2, kernel.zeta
-    local = d2 * q**zeta * s
-    energy = jax.ops.segment_sum(local, b["atom_config"], C)
-    a = d2 * zeta * q ** (zeta - 1) * s / norm[:, None]  # (A, M)
+    q, a, local, energy = atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
 
     def projected(U):  # a_i (z - q_i p_hat_i) . U_i for U (A, 3 or 6, F) per atom
         ZU = jnp.einsum("akf,mf->akm", U, Z_hat)
@@ -232,6 +227,27 @@ def soap_rows_and_priors(
     return rows, priors
 
 
+@partial(jax.jit, static_argnums=0)
+def soap_energy_rows_and_priors(
+    spec: SoapSpec,
+    kernel: DotProductKernel,
+    Z_hat: jax.Array,
+    Z_species: jax.Array,
+    b: dict,
+) -> tuple[Rows, Std]:
+    """Local-energy and energy rows and prior variances of the SOAP term (forces and
+    virials None): all the energy stds need, without the pair derivatives."""
+    p_hat, norm = normalise(descriptors(spec, b))
+    _, _, local, energy = atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
+    priors = Std(
+        kernel.delta**2 * b["atom_mask"],
+        prior_energy_variance(kernel, p_hat, b),
+        None,
+        None,
+    )
+    return Rows(energy, None, None, local), priors
+
+
 _PAIR_KEYS = ("D", "centre", "neighbour_species", "pair_mask")
 
 
@@ -240,11 +256,15 @@ def combine_std(rows: Sequence[Rows], priors: Sequence[Std], post: Posterior) ->
     """DTC stds from the kernel rows and prior variances of each term (independent
     GPs, in weight order); ``sparse_gp.dtc_variance`` forms each term's residual, for
     every quantity in one pair of triangular solves."""
-    fields = {  # Std's field: Rows' field
-        "local_energy": "local",
-        "energy": "energy",
-        "forces": "forces",
-        "virial": "virial",
+    fields = {  # Std's field: Rows' field; those the priors hold (not None)
+        q: r
+        for q, r in (
+            ("local_energy", "local"),
+            ("energy", "energy"),
+            ("forces", "forces"),
+            ("virial", "virial"),
+        )
+        if getattr(priors[0], q) is not None
     }
     shapes = [getattr(priors[0], q).shape for q in fields]
     stacked_rows = [
@@ -261,9 +281,5 @@ def combine_std(rows: Sequence[Rows], priors: Sequence[Std], post: Posterior) ->
     ]
     std = jnp.sqrt(dtc_variance(stacked_priors, stacked_rows, post))
     ends = np.cumsum([int(np.prod(shape)) for shape in shapes])
-    return Std(
-        *(
-            part.reshape(shape)
-            for part, shape in zip(jnp.split(std, ends[:-1]), shapes, strict=True)
-        )
-    )
+    parts = zip(fields, jnp.split(std, ends[:-1]), shapes, strict=True)
+    return Std(**dict.fromkeys(Std._fields) | {q: x.reshape(n) for q, x, n in parts})

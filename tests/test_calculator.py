@@ -98,6 +98,19 @@ def test_results_equal_model_predict(model: Model, cell: Atoms) -> None:
         )
 
 
+def test_energy_stds_only(model: Model, cell: Atoms) -> None:
+    atoms = cell.copy()
+    atoms.calc = GAPCalculator(model, std="energy")
+    atoms.get_stress()
+    (ref,) = model.predict([cell], std=True)
+    res = atoms.calc.results
+    assert "forces_std" not in res and "stress_std" not in res
+    for key in ("energy_std", "energies_std"):
+        np.testing.assert_allclose(res[key], ref[key], rtol=1e-6, err_msg=key)
+    with pytest.raises(GapfitError, match="not a std mode"):
+        GAPCalculator(model, std="force")
+
+
 def test_loads_model_file(model: Model, cell: Atoms, tmp_path) -> None:
     path = tmp_path / "model.npz"
     model.save(path)

@@ -179,6 +179,29 @@ def test_predict_without_std(fitted, data: Path) -> None:
         lookup(atoms, "forces_std")
 
 
+def test_predict_energy_stds_only(fitted, data: Path) -> None:
+    model, _ = fitted
+    out = data / "pred_energy_std.xyz"
+    result = invoke(
+        "predict",
+        "--gp-file",
+        model,
+        data / "test.xyz",
+        "-o",
+        out,
+        "--std-of",
+        "energy",
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "std=energy" in result.stdout
+    atoms = ase.io.read(out, 0)
+    assert lookup(atoms, "energy_std") > 0
+    assert (lookup(atoms, "energies_std") > 0).all()
+    for key in ("forces_std", "virial_std", "stress_std"):
+        with pytest.raises(KeyError):
+            lookup(atoms, key)
+
+
 def test_info_describes_model(fitted) -> None:
     model, _ = fitted
     result = invoke("info", "--gp-file", model)

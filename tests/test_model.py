@@ -221,3 +221,32 @@ def test_training_errors_come_from_the_rows_and_equal_predict(fitted):
         assert gap.training_errors_["all"][q]["rmse"] == pytest.approx(
             table[q]["rmse"], rel=1e-6
         )
+
+
+def test_energy_stds_alone_equal_those_of_all_stds(fitted):
+    """``std="energy"`` (local and total energy stds only, without the pair
+    derivatives) gives the same energy stds as ``std=True`` and the same means, for
+    a 2-body + SOAP model (to the rounding of ``delta^2`` less what the data
+    explain: 2e-8 relative seen); an unknown mode is an error naming the valid ones."""
+    _, atoms, _ = fitted
+    model = (
+        GAP(
+            soap="cutoff=3.8 n_max=3 l_max=2 n_sparse=20",
+            distance_2b="cutoff=3.8 n_sparse=8",
+            e0_method="average",
+        )
+        .fit(atoms[:3])
+        .model_
+    )
+    every = model.predict(atoms[3:], std=True)
+    energy = model.predict(atoms[3:], std="energy")
+    for a, e in zip(every, energy, strict=True):
+        stds = {k for k in e if k.endswith("_std")}
+        assert stds == {"energy_std", "energies_std"}
+        assert e["energy_std"] > 0 and (e["energies_std"] > 0).all()
+        np.testing.assert_allclose(e["energy_std"], a["energy_std"], rtol=1e-6)
+        np.testing.assert_allclose(e["energies_std"], a["energies_std"], rtol=1e-6)
+        np.testing.assert_allclose(e["forces"], a["forces"], atol=1e-10)
+        np.testing.assert_allclose(e["energy"], a["energy"], rtol=1e-10)
+    with pytest.raises(GapfitError, match="'energy'"):
+        model.predict(atoms[:1], std="forces")
