@@ -88,12 +88,12 @@ ROWS = (
 
 def ratio_table(ours: dict, peer: dict, name: str) -> str:
     """Our figures, the peer's and their ratios (ours / peer), one row per quantity."""
-    lines = [f"{'quantity':<30}{'gapfit':>12}{name:>12}{'ratio':>9}"]
+    lines = [f"{'quantity':<34}{'gapfit':>12}{name:>12}{'ratio':>9}"]
     for label, key in ROWS:
         p = peer.get(key)
         ratio = f"{ours[key] / p:>9.3f}" if p else f"{'-':>9}"
         theirs = f"{p:>12.3f}" if p else f"{'-':>12}"
-        lines.append(f"{label:<30}{ours[key]:>12.3f}{theirs}{ratio}")
+        lines.append(f"{label:<34}{ours[key]:>12.3f}{theirs}{ratio}")
     return "\n".join(lines)
 
 
