@@ -4,7 +4,8 @@
 
 Times (median and min of ``--repeat`` calls, after a warm-up call) the host work of a
 call (neighbour list, pair tables, copy to the device), the jitted mean, the jitted
-mean and stds, each term's kernel rows and prior variances, and, for the SOAP term,
+mean and stds, the mean and energy stds alone, each term's kernel rows and prior
+variances (all, and those of the energies alone), and, for the SOAP term,
 programs that stop part-way: the descriptor, the descriptor and its per-pair
 gradients ``dP``, the force rows alone, the force prior variances alone, and the
 main matrix product of the force rows (``dP`` against the sparse points, timed alone
@@ -62,10 +63,13 @@ def main() -> None:
         ("host: neighbours, tables, copy", lambda: host()[1:]),
         ("mean (E, F, virial)", lambda: model.mean(b, tables)),
         ("mean and stds", lambda: model.mean_and_std(b, tables)),
+        ("mean and energy stds", lambda: model.mean_and_energy_std(b, tables)),
     ]
     for term in model.terms:
         f = jax.jit(lambda b, t, term=term: term.rows_and_priors(b, t))
         rows.append((f"{term.name}: rows and priors", lambda f=f: f(b, tables)))
+        e = jax.jit(lambda b, t, term=term: term.energy_rows_and_priors(b, t))
+        rows.append((f"{term.name}: energy rows, priors", lambda e=e: e(b, tables)))
     parts = tuple(t.rows_and_priors(b, tables) for t in model.terms)
     rows.append(
         ("stds from rows (solves)", lambda: _mean_and_std(parts, model.posterior))
