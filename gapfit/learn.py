@@ -55,10 +55,14 @@ The DTC std has no noise and an amplitude set by the hand-chosen ``delta``; ``a`
 puts it in the units of the errors: ``a^2 = mean (e / s)^2`` over the force
 components of all frames labelled so far, with the errors ``e`` and stds ``s``
 predicted just before each was labelled (held out; the maximum-likelihood scale of
-``e ~ N(0, a^2 s^2)``, as in std scaling, Laves et al., MIDL 2020), but at least 1
-until ``SCALE_MIN_FRAMES`` such frames are in (the first ones were predicted by
-models of one or two labels, whose error-to-std ratio says little of the next
-model's). A scheduled re-optimisation of delta and the sigmas changes the stds'
+``e ~ N(0, a^2 s^2)``, as in std scaling, Laves et al., MIDL 2020), widened for the
+few frames it rests on (``_few_frames_widening``: with the scale estimated from n
+frames an error is Student-t, not Gaussian, in units of ``a s``, so ``a`` is widened
+until an error beyond ``TAIL_Z`` = 3 scaled stds is as rare as for a Gaussian: 1.84
+times at 5 frames, 1.32 at 10, 1.07 at 40; without it, 2-body + SOAP runs of 6-8
+labels missed by 3.4 scaled stds), and at least 1 until ``SCALE_MIN_FRAMES`` such
+frames are in (the first ones were predicted by models of one or two labels, whose
+error-to-std ratio says little of the next model's). A scheduled re-optimisation of delta and the sigmas changes the stds'
 amplitude: the mean of ``(e / s)^2`` is then divided by the squared ratio of
 the new to the old RMS force std on the previous labelled frame (one both models
 were fitted to), so that ``a`` stays in the units of the current stds; every frame
@@ -79,6 +83,7 @@ import ase
 import ase.data
 import ase.io
 import numpy as np
+import scipy.stats
 from ase.calculators.calculator import BaseCalculator
 from tqdm.auto import tqdm
 
@@ -131,6 +136,7 @@ GAP_KEYS = (
 Callback = Callable[[dict], None]
 SPARSE_STD_TARGET = 0.5  # on the fly: a labelled frame's residual std over threshold
 SCALE_MIN_FRAMES = 3  # on the fly: held-out frames before the std scale may shrink
+TAIL_Z = 3.0  # on the fly: errors beyond TAIL_Z scaled stds as rare as for a Gaussian
 FLOOR_RISE = 1.2  # on the fly: rise over a std its label could not lower, to label
 
 
@@ -708,12 +714,27 @@ def _scale_estimate(state: dict) -> float:
     return float(np.sqrt(state["z2_sum"] / n)) if n else 1.0
 
 
+def _few_frames_widening(n: int) -> float:
+    """How much wider a scale estimated from ``n`` held-out frames must be for an
+    error beyond ``TAIL_Z`` scaled stds to be as rare as for a known Gaussian scale:
+    the quantile of Student's t with ``n`` degrees of freedom (one per frame: the
+    components of a frame share its configuration) at the two-sided tail of
+    ``TAIL_Z`` standard deviations, over ``TAIL_Z``. 5 frames: 1.84, 10: 1.32, 40:
+    1.07; 1 for none."""
+    if n < 1:
+        return 1.0
+    tail = scipy.stats.norm.sf(TAIL_Z)
+    return float(scipy.stats.t.isf(tail, n) / TAIL_Z)
+
+
 def _std_scale(state: dict) -> float:
-    """Scale ``a`` of the force stds: ``_scale_estimate``, but at least 1 until it
-    rests on ``SCALE_MIN_FRAMES`` held-out frames (the first frames' stds come from
-    models of one or two labels, whose error-to-std ratio says little of the next)."""
-    a = _scale_estimate(state)
-    return a if state.get("z2_frames", 0) >= SCALE_MIN_FRAMES else max(a, 1.0)
+    """Scale ``a`` of the force stds: ``_scale_estimate`` widened for the few
+    frames it rests on (``_few_frames_widening``), and at least 1 until it rests on
+    ``SCALE_MIN_FRAMES`` held-out frames (the first frames' stds come from models of
+    one or two labels, whose error-to-std ratio says little of the next)."""
+    n = state.get("z2_frames", 0)
+    a = _scale_estimate(state) * _few_frames_widening(n)
+    return a if n >= SCALE_MIN_FRAMES else max(a, 1.0)
 
 
 def _std_ratio(old: Model, new: Model, frame: Frame) -> float:

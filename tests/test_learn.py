@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 from ase.build import bulk
 from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
@@ -28,7 +29,9 @@ from gapfit.labeller import LabelFailure, label, make_labeller
 from gapfit.learn import (
     FLOOR_RISE,
     SCALE_MIN_FRAMES,
+    TAIL_Z,
     _calibrate,
+    _few_frames_widening,
     _over,
     _std_floor,
     _std_ratio,
@@ -413,19 +416,40 @@ def test_std_ratio_follows_delta_and_sigmas():
 
 
 def test_std_scale_may_shrink_the_stds_only_after_enough_frames():
-    """Held-out frames with errors a tenth of their stds: the scale stays 1 until
-    SCALE_MIN_FRAMES frames are in, then is their estimate 0.1; one frame with
-    errors twice the stds raises it at once."""
+    """Held-out frames with errors a tenth of their stds: the scale, their estimate
+    0.1 widened for so few frames, is at least 1 until SCALE_MIN_FRAMES frames are
+    in, then below; one frame with errors twice the stds raises it at once."""
     state = {"z2_sum": 0.0, "z2_n": 0, "z2_frames": 0}
     std = np.full((4, 3), 0.02)
     assert _std_scale(state) == 1.0
-    for _ in range(SCALE_MIN_FRAMES):
-        assert _std_scale(state) == 1.0
+    for n in range(SCALE_MIN_FRAMES):
+        want = max(1.0, 0.1 * _few_frames_widening(n))
+        assert _std_scale(state) == pytest.approx(want, rel=1e-12)
         _calibrate(state, 0.1 * std, {"forces": np.zeros((4, 3)), "forces_std": std})
-    assert _std_scale(state) == pytest.approx(0.1, rel=1e-12)
+    widen = _few_frames_widening(SCALE_MIN_FRAMES)
+    assert 0.1 * widen < 1.0
+    assert _std_scale(state) == pytest.approx(0.1 * widen, rel=1e-12)
     loud = {"z2_sum": 0.0, "z2_n": 0, "z2_frames": 0}
     _calibrate(loud, 2.0 * std, {"forces": np.zeros((4, 3)), "forces_std": std})
-    assert _std_scale(loud) == pytest.approx(2.0, rel=1e-12)
+    assert _std_scale(loud) == pytest.approx(2.0 * _few_frames_widening(1), rel=1e-12)
+
+
+def test_few_frames_widening_keeps_the_gaussian_tail_odds():
+    """A scale estimated from n held-out values, widened: a new error lies beyond
+    TAIL_Z scaled stds as often as beyond TAIL_Z stds of the true scale (Monte
+    Carlo); unwidened, 11 times as often at n = 5. The widening falls to 1."""
+    rng = np.random.default_rng(0)
+    n, trials = 5, 400_000
+    held = rng.normal(0.0, 0.3, (trials, n))
+    a = np.sqrt(np.mean(held**2, axis=1))
+    new = np.abs(rng.normal(0.0, 0.3, trials))
+    gaussian = 2 * scipy.stats.norm.sf(TAIL_Z)  # 0.0027
+    widened = np.mean(new > TAIL_Z * a * _few_frames_widening(n))
+    assert widened == pytest.approx(gaussian, rel=0.1)
+    assert np.mean(new > TAIL_Z * a) > 8 * gaussian
+    steps = [_few_frames_widening(k) for k in (1, 2, 5, 10, 40, 1000)]
+    assert steps == sorted(steps, reverse=True) and steps[-1] < 1.01
+    assert _few_frames_widening(0) == 1.0
 
 
 def test_std_floor_holds_back_only_stds_a_label_could_not_lower():
