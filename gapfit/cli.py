@@ -580,7 +580,7 @@ def _data_lines(data: dict) -> str:
     show_default=True,
     help="With --std: the stds of every quantity, or of the energies only "
     "(energy_std and the local energies' energies_std, as quip's "
-    "local_gap_variance; little more than the mean's cost, while the force and "
+    "local_gap_variance; about twice the mean's cost, while the force and "
     "stress stds cost about 15 times the mean).",
 )
 @click.option(

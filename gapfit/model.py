@@ -141,7 +141,7 @@ class Model:
         (``gapfit.calibration``), the calibrated ones, with the DTC ones as
         ``energy_std_raw``, ``forces_std_raw``, ... . With ``std="energy"`` only
         ``energy_std`` and ``energies_std`` (the local energies', as gap_fit's
-        ``local_gap_variance``), at little more than the mean's cost.
+        ``local_gap_variance``), at about twice the mean's cost.
         """
         which = std_mode(std)
         wheres = (
