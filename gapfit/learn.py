@@ -60,15 +60,16 @@ few frames it rests on (``_few_frames_widening``: with the scale estimated from 
 frames an error is Student-t, not Gaussian, in units of ``a s``, so ``a`` is widened
 until an error beyond ``TAIL_Z`` = 3 scaled stds is as rare as for a Gaussian: 1.84
 times at 5 frames, 1.32 at 10, 1.07 at 40; without it, 2-body + SOAP runs of 6-8
-labels missed by 3.4 scaled stds), and at least 1 until ``SCALE_MIN_FRAMES`` such
-frames are in (the first ones were predicted by models of one or two labels, whose
-error-to-std ratio says little of the next model's). A scheduled re-optimisation of delta and the sigmas changes the stds'
-amplitude: the mean of ``(e / s)^2`` is then divided by the squared ratio of
-the new to the old RMS force std on the previous labelled frame (one both models
-were fitted to), so that ``a`` stays in the units of the current stds; every frame
-keeps its weight (when the rescaled history counted as one frame, the next few
-held-out frames set ``a`` alone: in one run it fell from 0.15 to 0.06 within three
-labels, about calibrated on average, and then far too narrow for the errors' tails).
+labels missed by 3.4 scaled stds; the sparse points' target uses ``a`` unwidened),
+and at least 1 until ``SCALE_MIN_FRAMES`` such frames are in (the first ones were
+predicted by models of one or two labels, whose error-to-std ratio says little of the
+next model's). A scheduled re-optimisation of delta and the sigmas changes the stds'
+amplitude: the mean of ``(e / s)^2`` is then divided by the squared ratio of the new
+to the old RMS force std on the previous labelled frame (one both models were fitted
+to), so that ``a`` stays in the units of the current stds; every frame keeps its
+weight (when the rescaled history counted as one frame, the next few held-out frames
+set ``a`` alone: in one run it fell from 0.15 to 0.06 within three labels, about
+calibrated on average, and then far too narrow for the errors' tails).
 """
 
 from __future__ import annotations
@@ -727,13 +728,14 @@ def _few_frames_widening(n: int) -> float:
     return float(scipy.stats.t.isf(tail, n) / TAIL_Z)
 
 
-def _std_scale(state: dict) -> float:
-    """Scale ``a`` of the force stds: ``_scale_estimate`` widened for the few
-    frames it rests on (``_few_frames_widening``), and at least 1 until it rests on
-    ``SCALE_MIN_FRAMES`` held-out frames (the first frames' stds come from models of
-    one or two labels, whose error-to-std ratio says little of the next)."""
+def _std_scale(state: dict, widened: bool = True) -> float:
+    """Scale ``a`` of the force stds: ``_scale_estimate``, ``widened`` for the few
+    frames it rests on (``_few_frames_widening``; the labels' rule: no error past
+    ``TAIL_Z`` scaled stds), and at least 1 until it rests on ``SCALE_MIN_FRAMES``
+    held-out frames (the first frames' stds come from models of one or two labels,
+    whose error-to-std ratio says little of the next)."""
     n = state.get("z2_frames", 0)
-    a = _scale_estimate(state) * _few_frames_widening(n)
+    a = _scale_estimate(state) * (_few_frames_widening(n) if widened else 1.0)
     return a if n >= SCALE_MIN_FRAMES else max(a, 1.0)
 
 
@@ -953,7 +955,12 @@ class _OTFRun:
                     # sparse points until the frame's scaled residual std is at most
                     # SPARSE_STD_TARGET x the threshold (labels cannot lower it)
                     target = (SPARSE_STD_TARGET * cfg["std_threshold"]) ** 2
-                    a2 = _std_scale(st) ** 2  # with this frame (0: no errors)
+                    # (the errors' scale, not widened: the widening guards the
+                    # labels' rule; widened, the first labels' small targets took
+                    # the most points each, and in SOAP-only runs the set was full
+                    # by step 10, its points from frames near the start lattice:
+                    # the stds of later frames rose and took every label by step 42)
+                    a2 = _std_scale(st, widened=False) ** 2
                     raw = target / a2 if a2 > 0 else np.inf
                     how = L.add([a for _, a in new], force_target=raw)
                     if how == "reoptimised":

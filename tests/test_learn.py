@@ -429,6 +429,7 @@ def test_std_scale_may_shrink_the_stds_only_after_enough_frames():
     widen = _few_frames_widening(SCALE_MIN_FRAMES)
     assert 0.1 * widen < 1.0
     assert _std_scale(state) == pytest.approx(0.1 * widen, rel=1e-12)
+    assert _std_scale(state, widened=False) == pytest.approx(0.1, rel=1e-12)
     loud = {"z2_sum": 0.0, "z2_n": 0, "z2_frames": 0}
     _calibrate(loud, 2.0 * std, {"forces": np.zeros((4, 3)), "forces_std": std})
     assert _std_scale(loud) == pytest.approx(2.0 * _few_frames_widening(1), rel=1e-12)
