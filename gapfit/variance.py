@@ -33,7 +33,8 @@ from gapfit.sparse_gp import Posterior, dtc_variance
 
 
 class Std(NamedTuple):
-    """Predictive standard deviations (same units as the quantity)."""
+    """Predictive standard deviations (same units as the quantity); forces and
+    virial are None where only the energy stds were asked for."""
 
     local_energy: jax.Array  # (A,) eV
     energy: jax.Array  # (C,) eV
