@@ -68,7 +68,11 @@ def main() -> None:
     for term in model.terms:
         f = jax.jit(lambda b, t, term=term: term.rows_and_priors(b, t))
         rows.append((f"{term.name}: rows and priors", lambda f=f: f(b, tables)))
-        e = jax.jit(lambda b, t, term=term: term.energy_rows_and_priors(b, t))
+        e = jax.jit(
+            lambda b, t, term=term: term.energy_fn(
+                term.spec, term.kernel, *term._z, b, t
+            )
+        )
         rows.append((f"{term.name}: energy rows, priors", lambda e=e: e(b, tables)))
     parts = tuple(t.rows_and_priors(b, tables) for t in model.terms)
     rows.append(

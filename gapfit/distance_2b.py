@@ -28,6 +28,7 @@ from gapfit.errors import GapfitError
 from gapfit.kernels import delta_leaf_pytree
 from gapfit.neighbours import PairTables
 from gapfit.soap import blocked
+from gapfit.variance import Std
 
 
 @dataclass(frozen=True)
@@ -271,14 +272,14 @@ def pair_energy_rows_and_priors(
     Z_r: jax.Array,
     Z_t: jax.Array,
     b: dict,
-    incoming: jax.Array,
-) -> tuple[Rows, tuple[jax.Array, jax.Array]]:
-    """Kernel rows of local energies and energies (forces and virials None) and
-    their prior variances ``(A,)``, ``(C,)`` (eV^2): ``pair_rows`` and ``pair_priors``
-    in one program, whose force and virial parts XLA drops."""
+    tables: PairTables,
+) -> tuple[Rows, Std]:
+    """Kernel rows and prior variances (eV^2) of local energies and energies only
+    (forces and virials None): ``pair_rows`` and ``pair_priors`` in one program,
+    whose force and virial parts XLA drops."""
     rows = pair_rows(spec, kernel, Z_r, Z_t, b)
-    local, energy, _, _ = pair_priors(spec, kernel, b, incoming)
-    return rows._replace(forces=None, virial=None), (local, energy)
+    local, energy, _, _ = pair_priors(spec, kernel, b, tables.incoming)
+    return rows._replace(forces=None, virial=None), Std(local, energy, None, None)
 
 
 def pair_sparse_points(

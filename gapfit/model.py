@@ -97,13 +97,20 @@ class Model:
         parts = [t.rows(b) for t in self.terms]
         return Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*parts, strict=True)))
 
+    def _term_args(self) -> tuple[tuple, tuple, tuple]:
+        """Each term's (type, spec) (static), kernel and sparse points, for the
+        jitted programs over all terms."""
+        statics = tuple((type(t), t.spec) for t in self.terms)
+        return (
+            statics,
+            tuple(t.kernel for t in self.terms),
+            tuple(t._z for t in self.terms),
+        )
+
     def mean(self, b: dict, tables: PairTables) -> Mean:
         """Sum of the terms' predicted means (without e0) of a batch with its
         per-atom pair ``tables``, one jitted call."""
-        statics = tuple((type(t), t.spec) for t in self.terms)
-        kernels = tuple(t.kernel for t in self.terms)
-        z = tuple(t._z for t in self.terms)
-        return _summed_mean(statics, kernels, z, self._weights, b, tables)
+        return _summed_mean(*self._term_args(), self._weights, b, tables)
 
     def mean_and_std(self, b: dict, tables: PairTables) -> tuple[Mean, Std]:
         """Means and DTC standard deviations (all terms) of a one-configuration
@@ -115,10 +122,12 @@ class Model:
     def mean_and_energy_std(self, b: dict, tables: PairTables) -> tuple[Mean, Std]:
         """Means and the DTC stds of the local and total energies only (forces and
         virial None) of a one-configuration batch: the mean's fast path plus the
-        energy rows, without the pair derivatives the force and virial stds need."""
-        parts = (t.energy_rows_and_priors(b, tables) for t in self.terms)
-        rows, priors = zip(*parts, strict=True)
-        return self.mean(b, tables), combine_std(rows, priors, self.posterior)
+        energy rows, without the pair derivatives the force and virial stds need;
+        one jitted call."""
+        args = self._term_args()
+        return _summed_mean_and_energy_std(
+            *args, self._weights, self.posterior, b, tables
+        )
 
     def predict(
         self,
@@ -371,6 +380,27 @@ def _summed_mean(
         )
     ]
     return Mean(*(sum(x[1:], x[0]) for x in zip(*parts, strict=True)))
+
+
+@partial(jax.jit, static_argnums=0)
+def _summed_mean_and_energy_std(
+    statics: tuple,
+    kernels: tuple,
+    sparse: tuple,
+    weights: tuple,
+    post: Posterior,
+    b: dict,
+    tables: PairTables,
+) -> tuple[Mean, Std]:
+    """``_summed_mean`` and the DTC energy stds from the terms' ``energy_fn`` in one
+    program (apart, the calls cost 2-2.5 ms more per 108-atom cell)."""
+    mean = _summed_mean(statics, kernels, sparse, weights, b, tables)
+    parts = [
+        cls.energy_fn(spec, kernel, *z, b, tables)
+        for (cls, spec), kernel, z in zip(statics, kernels, sparse, strict=True)
+    ]
+    rows, priors = zip(*parts, strict=True)
+    return mean, combine_std(rows, priors, post)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

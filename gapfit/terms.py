@@ -4,8 +4,9 @@ The model energy is the sum of the terms' local energies; the terms are independ
 GPs, so their kernel rows are concatenated along the sparse axis, ``K_mm`` is block
 diagonal and prior variances add. Every term offers the same small interface:
 ``K_mm``, ``rows`` (fit), ``mean_fn`` (predict; a jitted pure function of the
-spec, kernel, sparse points ``_z``, weights and batch), ``rows_and_priors`` (stds),
-``energy_rows_and_priors`` (energy stds only: local-energy and energy parts), and
+spec, kernel, sparse points ``_z``, weights and batch), ``energy_fn`` (the energy stds
+alone: local-energy and energy rows and priors, a function of the same arguments less
+the weights), ``rows_and_priors`` (all stds), and
 ``meta`` / ``arrays`` / ``load`` for the model file.
 """
 
@@ -55,6 +56,7 @@ class SoapTerm:
         return self.spec.neighbour_cutoff
 
     mean_fn = staticmethod(predict_mean)
+    energy_fn = staticmethod(soap_energy_rows_and_priors)
 
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
@@ -70,9 +72,6 @@ class SoapTerm:
 
     def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
         return soap_rows_and_priors(self.spec, self.kernel, *self._z, b, tables)
-
-    def energy_rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
-        return soap_energy_rows_and_priors(self.spec, self.kernel, *self._z, b)
 
     def meta(self) -> dict:
         return {
@@ -124,6 +123,7 @@ class PairTerm:
         return self.spec.neighbour_cutoff
 
     mean_fn = staticmethod(pair_mean)
+    energy_fn = staticmethod(pair_energy_rows_and_priors)
 
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
@@ -140,12 +140,6 @@ class PairTerm:
     def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
         rows = self.rows(b)
         return rows, Std(*pair_priors(self.spec, self.kernel, b, tables.incoming))
-
-    def energy_rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
-        rows, priors = pair_energy_rows_and_priors(
-            self.spec, self.kernel, *self._z, b, tables.incoming
-        )
-        return rows, Std(*priors, None, None)
 
     def meta(self) -> dict:
         return {

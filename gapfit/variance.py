@@ -235,9 +235,11 @@ def soap_energy_rows_and_priors(
     Z_hat: jax.Array,
     Z_species: jax.Array,
     b: dict,
+    tables: PairTables,
 ) -> tuple[Rows, Std]:
     """Local-energy and energy rows and prior variances of the SOAP term (forces and
-    virials None): all the energy stds need, without the pair derivatives."""
+    virials None): all the energy stds need, without the pair derivatives (so the
+    pair ``tables`` are not needed)."""
     p_hat, norm = normalise(descriptors(spec, b))
     _, _, local, energy = atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
     priors = Std(
