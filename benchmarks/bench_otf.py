@@ -52,6 +52,7 @@ again. Wall times are those of the invocation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -72,7 +73,9 @@ from gapfit.curve import test_errors
 from gapfit.data import frames_from_atoms
 from gapfit.labeller import label
 from gapfit.learn import learn_otf
+from gapfit.model import Model
 from gapfit.samplers import thermalize_momenta
+from gapfit.uncertainty import collect, metrics
 
 SOAP = "cutoff=4.5 cutoff_transition_width=1.0 n_max=5 l_max=4 n_sparse=150"
 FIELDS = {  # per-step arrays of steps.npz: name -> dtype
@@ -317,6 +320,26 @@ def what_if(
     return out
 
 
+def test_set_stds(model_path: Path, frames: list, scale: float) -> dict:
+    """Force-component coverage of the saved model's stds on the test set: the
+    loop's (``a s``, DTC stds times the final scale ``a``) and, when ``model.npz``
+    carries learn_otf's held-out calibration, the calibrated ones (with the map)."""
+    model = Model.load(model_path)
+    preds = model.predict(frames, std=True)
+    raw = collect(frames, preds, "_std_raw" if model.calibration else "_std")["forces"]
+    kinds = {"loop_scaled": (raw.error, scale * raw.std)}
+    if model.calibration is not None:
+        cal = collect(frames, preds)["forces"]
+        kinds["calibrated"] = (cal.error, cal.std)
+    out = {
+        k: metrics("forces", e, sd) | {"rms_z": float(np.sqrt(np.mean((e / sd) ** 2)))}
+        for k, (e, sd) in kinds.items()
+    }
+    if model.calibration is not None:
+        out["map"] = dataclasses.asdict(model.calibration.quantities["forces"])
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=5000)
@@ -432,6 +455,9 @@ def main() -> None:
         "check_seconds": round(checker.seconds, 1),
         **summary(arrays, 3 * len(cu_cell()), cfg["std_threshold"]),
     }
+    figures["test_stds"] = test_set_stds(
+        root / "otf" / "model.npz", frames, figures["final_std_scale"]
+    )
     components = checker.component_arrays()
     figures.update(atom_misses(arrays, components))
     figures["what_if"] = what_if(arrays, components)
@@ -496,6 +522,14 @@ def main() -> None:
         ("final std scale a", f"{figures['final_std_scale']:.3f}"),
         ("mean MD temperature (K)", f"{figures['mean_temperature']:.0f}"),
         ("test F RMSE (eV/Å)", f"{f_rmse:.4f}"),
+        *(
+            (
+                f"test F stds, {name}: coverage 68 / 95 %, RMS z",
+                f"{m['coverage_68']:.2f} / {m['coverage_95']:.2f}, {m['rms_z']:.2f}",
+            )
+            for name, m in figures["test_stds"].items()
+            if name != "map"
+        ),
         ("wall: learn_otf (s)", f"{wall:.0f}"),
         ("  of which refits/updates (s)", f"{fit_seconds:.0f}"),
         ("  of which EMT checks (s)", f"{checker.seconds:.0f}"),

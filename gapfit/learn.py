@@ -88,7 +88,14 @@ import scipy.stats
 from ase.calculators.calculator import BaseCalculator
 from tqdm.auto import tqdm
 
+from gapfit import heldout
 from gapfit.calculator import GAPCalculator
+from gapfit.calibration import (
+    Calibration,
+    describe,
+    with_calibration,
+    without_calibration,
+)
 from gapfit.curve import curve_csv, format_curve, plot_curve, test_errors
 from gapfit.data import Frame, atomic_number, frames_from_atoms
 from gapfit.errors import GapfitError
@@ -226,6 +233,7 @@ class Learner:
         self.curve: list[dict] = []
         self.state: dict = {}
         self.shape = [0, 0, 0]  # padded batch shape floor: one compilation
+        self._calibration: tuple[tuple, Calibration | None] = ((), None)
         self.since_refit = 0
         test = read_xyz_text(workdir.read_text("test.xyz"))
         self.test = (
@@ -284,7 +292,9 @@ class Learner:
         )
         if learner.labelled:
             atomic_write(w.file("model.npz"), model_bytes)  # the committed model
-            learner.model = padded(Model.load(w.file("model.npz")), learner.capacity)
+            # the loop predicts with DTC stds; model.npz carries the calibration
+            model = without_calibration(Model.load(w.file("model.npz")))
+            learner.model = padded(model, learner.capacity)
         learner.log = log
         learner.curve = state["curve"]
         learner.state = state["mode_state"]
@@ -415,6 +425,19 @@ class Learner:
             if z not in given
         ]
 
+    def calibration(self) -> Calibration | None:
+        """The std calibration fitted to the held-out predictions of the labelled
+        frames (``gapfit.heldout``; on the fly), or None with too few; saved with
+        ``model.npz``, the loop itself predicts with the DTC stds."""
+        units = float(self.state.get("std_units", 1.0))
+        key = (len(self.labelled), units)
+        if self._calibration[0] != key:
+            cal = heldout.calibration(
+                self.labelled, self.frames, units, SCALE_MIN_FRAMES
+            )
+            self._calibration = (key, cal)
+        return self._calibration[1]
+
     @property
     def n_sparse(self) -> int:
         """Real (not padding) SOAP sparse points of the model."""
@@ -434,7 +457,8 @@ class Learner:
         """Write the outputs and the checkpoint (``Workdir.save``)."""
         w = self.workdir
         if self.model is not None:
-            compact(self.model).save(w.file("model.npz"))
+            model, cal = compact(self.model), self.calibration()
+            (with_calibration(model, cal) if cal else model).save(w.file("model.npz"))
         model_bytes = w.file("model.npz").read_bytes() if self.model else b""
         if self.curve:
             w.write_text("curve.csv", curve_csv(self.curve))
@@ -465,6 +489,9 @@ class Learner:
             if self.n_sparse >= self.capacity
             else ""
         )
+        cal = self.calibration()
+        if cal is not None:
+            lines.append(f"model.npz stds: {describe(cal)}")
         lines.append(
             f"{len(self.labelled)} labelled frames, {self.n_sparse} SOAP sparse "
             f"points{full}; stopped: {self.state.get('done', 'not finished')}; "
@@ -938,6 +965,7 @@ class _OTFRun:
             step = st["step"]
             atoms.get_forces()  # mean and std in one call
             pred = {k: calc.results[k].copy() for k in ("forces", "forces_std")}
+            results = {k: np.copy(v) for k, v in calc.results.items()}
             scale = _std_scale(st)
             max_std = scale * float(np.max(pred["forces_std"]))
             labelled = False
@@ -950,6 +978,8 @@ class _OTFRun:
                 new = L.label([atoms], [f"{cfg['sampler']}:{step}"])
                 if new:
                     _calibrate(st, new[0][1].get_forces(), pred)
+                    units = st.setdefault("std_units", 1.0)
+                    heldout.record(new[0][1], results, len(L.labelled), units)
                     st["last_label"] = step
                     before = L.model
                     # sparse points until the frame's scaled residual std is at most
@@ -967,6 +997,7 @@ class _OTFRun:
                         # the held-out (e / s)^2 so far were of the old stds
                         ratio = _std_ratio(before, L.model, L.frames[-2])
                         st["z2_sum"] /= ratio**2
+                        st["std_units"] *= ratio
                         L._event("std_rescaled", ratio=ratio)
                     calc.model = L.model
                     calc.reset()

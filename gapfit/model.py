@@ -210,7 +210,7 @@ class Model:
                 "energy": float(local.sum()),
                 "energies": local,
                 "forces": np.asarray(mean.forces[at]),
-                "virial": _full(np.asarray(mean.virial[c])),
+                "virial": full_tensor(np.asarray(mean.virial[c])),
             }
             r["free_energy"] = r["energy"]
             volume = _volume(s)
@@ -221,7 +221,7 @@ class Model:
                 r["energies_std"] = np.asarray(sd.local_energy[at])
                 if sd.forces is not None:
                     r["forces_std"] = np.asarray(sd.forces[at])
-                    r["virial_std"] = _full(np.asarray(sd.virial[c]))
+                    r["virial_std"] = full_tensor(np.asarray(sd.virial[c]))
                     if volume:
                         r["stress_std"] = np.asarray(sd.virial[c]) / volume
                 if self.calibration is not None:
@@ -442,6 +442,6 @@ def _volume(s: Structure) -> float | None:
     )
 
 
-def _full(v: np.ndarray) -> np.ndarray:
+def full_tensor(v: np.ndarray) -> np.ndarray:
     """3x3 tensor from Voigt ``(6,)`` (xx yy zz yz xz xy)."""
     return np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]])

@@ -22,7 +22,9 @@ from ase.calculators.lj import LennardJones
 from click.testing import CliRunner
 from emt_cells import CAPACITY, SOAP, cu_cells
 
-from gapfit import GAP, GapfitError
+from gapfit import GAP, GapfitError, heldout
+from gapfit.calculator import GAPCalculator
+from gapfit.calibration import fit_std_map, without_calibration
 from gapfit.cli import main
 from gapfit.data import as_frames
 from gapfit.labeller import LabelFailure, label, make_labeller
@@ -30,6 +32,7 @@ from gapfit.learn import (
     FLOOR_RISE,
     SCALE_MIN_FRAMES,
     TAIL_Z,
+    Learner,
     _calibrate,
     _few_frames_widening,
     _over,
@@ -39,6 +42,7 @@ from gapfit.learn import (
     learn_otf,
     learn_pool,
 )
+from gapfit.model import Model
 from gapfit.update import refit
 from gapfit.workdir import read_xyz_text
 
@@ -524,6 +528,70 @@ def test_otf_rescales_the_std_history_after_reoptimising(tmp_path):
     held_out = sum(e["event"] == "labelled" for e in learner.log) - 1  # not start
     assert learner.state["z2_frames"] == held_out
     assert learner.state["z2_n"] == 96 * held_out
+    # the stored held-out stds follow the same unit: the product of the ratios
+    units = float(np.prod([e["ratio"] for e in rescaled]))
+    assert learner.state["std_units"] == pytest.approx(units, rel=1e-12)
+    atoms = learner.labelled[1]  # predicted before any re-optimisation
+    assert atoms.info["gap_std_units"] == 1.0
+    scaled = heldout.prediction(atoms, units)["forces_std"]
+    assert np.allclose(scaled, units * atoms.arrays["gap_forces_std"], rtol=1e-12)
+
+
+def test_otf_model_carries_the_held_out_calibration(tmp_path):
+    # every step labelled (threshold 0): md:1 ... md:7 each held out before its label
+    learner, records = _otf(tmp_path / "md", std_threshold=0.0, steps=8)
+    by_step = {r["step"]: r for r in records}
+    errors, stds = [], []
+    for k, atoms in enumerate(learner.labelled[1:], start=1):
+        r = by_step[int(atoms.info["source"].split(":")[1])]
+        # stored: the prediction that drove the step, by the model of k labels
+        assert np.array_equal(atoms.arrays["gap_forces"], r["forces"])
+        assert np.array_equal(atoms.arrays["gap_forces_std"], r["forces_std"])
+        assert atoms.info["gap_n_labels"] == k
+        if k >= SCALE_MIN_FRAMES:
+            errors.append(r["forces"] - atoms.get_forces())
+            stds.append(r["forces_std"])
+    assert len(errors) == 5
+    saved = Model.load(tmp_path / "md" / "model.npz")
+    assert saved.calibration.data["n_configs"] == 5
+    expected = fit_std_map(
+        np.concatenate(errors).ravel(),
+        np.concatenate(stds).ravel(),
+        np.ones(np.size(errors)),
+        np.concatenate([r["forces"] for r in (by_step[k] for k in range(3, 8))]),
+    )
+    got = saved.calibration.quantities["forces"]
+    assert (got.scale, got.floor, got.relative) == pytest.approx(
+        (expected.scale, expected.floor, expected.relative), rel=1e-6, abs=1e-9
+    )
+    assert "virial" in saved.calibration.quantities  # from the held-out stresses
+    # the loop itself predicts with the DTC stds, before and after a resume
+    assert learner.model.calibration is None
+    assert Learner.load(tmp_path / "md")[0].model.calibration is None
+    calc = GAPCalculator(saved)
+    atoms = learner.labelled[-1].copy()
+    atoms.calc = calc
+    atoms.get_forces()
+    raw = learner.model.predict([atoms], std=True)[0]["forces_std"]
+    assert np.allclose(calc.results["forces_std_raw"], raw, rtol=1e-10)
+    assert not np.allclose(calc.results["forces_std"], raw)
+
+
+def test_held_out_prediction_is_model_predict():
+    # the loop's model is uncalibrated: its calculator's stds are the DTC ones
+    shipped = Model.load(Path(__file__).parents[1] / "potentials/cu_emt/model.npz")
+    model = without_calibration(shipped)
+    atoms = cu_cells(1, seed=3, labelled=False)[0]
+    calc = GAPCalculator(model)
+    atoms.calc = calc
+    atoms.get_forces()
+    stored = atoms.copy()
+    heldout.record(stored, calc.results, n_labels=4, units=0.5)
+    got = heldout.prediction(stored, units=1.0)
+    want = model.predict([atoms], std=True)[0]
+    for q in ("energy", "forces", "virial"):  # stds in units twice those stored
+        assert np.allclose(got[q], want[q], rtol=1e-10, atol=1e-12), q
+        assert np.allclose(got[q + "_std"], 2.0 * want[q + "_std"], rtol=1e-10), q
 
 
 def test_otf_reoptimises_early_then_every_refit_every(tmp_path):
