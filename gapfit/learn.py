@@ -377,9 +377,13 @@ class Learner:
         mode = optimise_mode(self.gap.optimise_hyperparameters)
         due = self.since_refit + len(new) >= self._refit_interval()
         if due and mode:  # the scheduled refit re-chooses delta and sigmas
-            model = model or self.model
-            self.model = reoptimised(model, everything, mode, **kw)
+            before = self.model
+            self.model = reoptimised(model or before, everything, mode, **kw)
             how = "reoptimised"
+            if self.frames:  # the stds' new unit, on a frame both were fitted to
+                ratio = _std_ratio(before, self.model, self.frames[-1])
+                self.state["std_units"] = self.std_units * ratio
+                self._event("std_rescaled", ratio=ratio)
         elif model is not None or due:
             self.model, how = refit(model or self.model, everything, **kw), "refit"
         else:
@@ -425,11 +429,17 @@ class Learner:
             if z not in given
         ]
 
+    @property
+    def std_units(self) -> float:
+        """The DTC stds' unit relative to the first model's: the product of the
+        ratios of new to old stds at each re-optimisation (``gapfit.heldout``)."""
+        return float(self.state.get("std_units", 1.0))
+
     def calibration(self) -> Calibration | None:
         """The std calibration fitted to the held-out predictions of the labelled
-        frames (``gapfit.heldout``; on the fly), or None with too few; saved with
-        ``model.npz``, the loop itself predicts with the DTC stds."""
-        units = float(self.state.get("std_units", 1.0))
+        frames (``gapfit.heldout``), or None with too few; saved with ``model.npz``,
+        the loop itself predicts with the DTC stds."""
+        units = self.std_units
         key = (len(self.labelled), units)
         if self._calibration[0] != key:
             cal = heldout.calibration(
@@ -719,6 +729,10 @@ class _PoolRun:
         st["failed"] += sorted(set(picks) - set(ok))
         st["labelled"] += ok
         new = [a for _, a in done]
+        if L.model is not None and new:  # held out: predicted before the labels
+            preds = L.model.predict(new, std=True)
+            for atoms, pred in zip(new, preds, strict=True):
+                heldout.record(atoms, pred, len(L.labelled), L.std_units)
         mask = np.isin(self.owner, ok)
         # pool environments come from the cache; isolated atoms are no candidates
         L.add(new, self.X_hat[mask], self.s[mask])
@@ -978,10 +992,9 @@ class _OTFRun:
                 new = L.label([atoms], [f"{cfg['sampler']}:{step}"])
                 if new:
                     _calibrate(st, new[0][1].get_forces(), pred)
-                    units = st.setdefault("std_units", 1.0)
+                    units = L.std_units
                     heldout.record(new[0][1], results, len(L.labelled), units)
                     st["last_label"] = step
-                    before = L.model
                     # sparse points until the frame's scaled residual std is at most
                     # SPARSE_STD_TARGET x the threshold (labels cannot lower it)
                     target = (SPARSE_STD_TARGET * cfg["std_threshold"]) ** 2
@@ -995,10 +1008,7 @@ class _OTFRun:
                     how = L.add([a for _, a in new], force_target=raw)
                     if how == "reoptimised":
                         # the held-out (e / s)^2 so far were of the old stds
-                        ratio = _std_ratio(before, L.model, L.frames[-2])
-                        st["z2_sum"] /= ratio**2
-                        st["std_units"] *= ratio
-                        L._event("std_rescaled", ratio=ratio)
+                        st["z2_sum"] /= (L.std_units / units) ** 2
                     calc.model = L.model
                     calc.reset()
                     atoms.get_forces()  # the updated model's, for the next step

@@ -200,6 +200,13 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
     log = [json.loads(x) for x in (files / "log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "stop"
     assert (files / "model.npz").is_file() and (files / "curve.csv").is_file()
+    # held out: each batch predicted before its labels (seeds: no model yet); the
+    # second batch's (a model of 5 labels) calibrate model.npz
+    assert [a.info.get("gap_n_labels") for a in on_disk] == [None] * 2 + [2] * 3 + [
+        5
+    ] * 3
+    assert np.all(on_disk[5].arrays["gap_forces_std"] > 0)
+    assert Model.load(files / "model.npz").calibration.data["n_configs"] == 3
 
 
 def test_pool_scores_and_target_std(tmp_path):
