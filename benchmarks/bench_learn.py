@@ -41,10 +41,14 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 
 from gapfit import GAP
+from gapfit.calibration import std_samples
+from gapfit.data import frames_from_atoms
 from gapfit.labeller import label
 from gapfit.learn import learn_pool
+from gapfit.model import Model
 from gapfit.samplers import thermalize_momenta
 from gapfit.selection import SCORES
+from gapfit.uncertainty import metrics
 from gapfit.update import refit, update
 
 SOAP = "cutoff=4.5 cutoff_transition_width=1.0 n_max=5 l_max=4 n_sparse=150"
@@ -110,9 +114,22 @@ def cu_structures(n: int, seed: int) -> list[Atoms]:
     return [out[i] for i in rng.permutation(len(out))]
 
 
+def force_std_coverage(model_path: Path, frames: list) -> str:
+    """The saved model's force-component std coverage on the test frames, DTC and
+    (when model.npz carries the run's held-out calibration) calibrated."""
+    model = Model.load(model_path)
+    samples = std_samples(model, frames, model.predict(frames, std=True))
+    parts = []
+    for kind, s in samples.items():
+        m = metrics("forces", s["forces"].error, s["forces"].std)
+        parts.append(f"{kind} {m['coverage_68']:.2f} / {m['coverage_95']:.2f}")
+    return "test F std coverage 68 / 95 %: " + ", ".join(parts)
+
+
 def curves(args: argparse.Namespace) -> None:
     pool = cu_structures(args.pool_size, seed=100)
     test = [label(EMT(), s) for s in cu_structures(args.n_test, seed=200)]
+    test_frames = frames_from_atoms(test, require=("forces",), source="test")
     gap = GAP(
         soap=args.soap,
         e0_method="average",
@@ -147,6 +164,8 @@ def curves(args: argparse.Namespace) -> None:
                 f"seed {seed} {strategy:>11}: {len(learner.labelled)} labels, "
                 f"{learner.n_sparse} sparse points, {seconds:.0f} s; test F RMSE "
                 + " ".join(f"{r['f_rmse']:.1f}" for r in learner.curve)
+                + "\n  "
+                + force_std_coverage(learner.workdir.file("model.npz"), test_frames)
             )
     for seed, runs in per_seed.items():
         target = runs["random"][-1]

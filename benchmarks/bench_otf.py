@@ -69,13 +69,14 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 
 from gapfit import GAP
+from gapfit.calibration import std_samples
 from gapfit.curve import test_errors
 from gapfit.data import frames_from_atoms
 from gapfit.labeller import label
 from gapfit.learn import learn_otf
 from gapfit.model import Model
 from gapfit.samplers import thermalize_momenta
-from gapfit.uncertainty import collect, metrics
+from gapfit.uncertainty import metrics
 
 SOAP = "cutoff=4.5 cutoff_transition_width=1.0 n_max=5 l_max=4 n_sparse=150"
 FIELDS = {  # per-step arrays of steps.npz: name -> dtype
@@ -325,11 +326,11 @@ def test_set_stds(model_path: Path, frames: list, scale: float) -> dict:
     loop's (``a s``, DTC stds times the final scale ``a``) and, when ``model.npz``
     carries learn_otf's held-out calibration, the calibrated ones (with the map)."""
     model = Model.load(model_path)
-    preds = model.predict(frames, std=True)
-    raw = collect(frames, preds, "_std_raw" if model.calibration else "_std")["forces"]
+    samples = std_samples(model, frames, model.predict(frames, std=True))
+    raw = samples["DTC"]["forces"]
     kinds = {"loop_scaled": (raw.error, scale * raw.std)}
-    if model.calibration is not None:
-        cal = collect(frames, preds)["forces"]
+    if "calibrated" in samples:
+        cal = samples["calibrated"]["forces"]
         kinds["calibrated"] = (cal.error, cal.std)
     out = {
         k: metrics("forces", e, sd) | {"rms_z": float(np.sqrt(np.mean((e / sd) ** 2)))}

@@ -2,8 +2,13 @@
 
 A ``Learner`` holds one run (labelled frames, the model, the log, the learning curve)
 and checkpoints it after every step in a work directory (``gapfit.workdir``), so that
-``resume`` continues after a kill. Labels come from any ASE calculator
-(``gapfit.labeller``); a structure it fails on is skipped with the reason in the log.
+``resume`` continues after a kill. Every frame is predicted (mean and DTC stds) just
+before it is labelled; that held-out prediction is kept with it (``gapfit.heldout``),
+and the saved ``model.npz`` carries the std calibration (``gapfit.calibration``)
+fitted to those of models of at least ``SCALE_MIN_FRAMES`` labels, so that the run's
+model predicts calibrated stds; the loop itself works with the DTC stds. Labels come
+from any ASE calculator (``gapfit.labeller``); a structure it fails on is skipped with
+the reason in the log.
 
 The model is a sparse GAP with the settings of a ``GAP`` (SOAP, optional 2-body,
 sigmas, jitter). e0 comes from the first labelled frames (``e0_method`` average,

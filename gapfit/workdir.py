@@ -2,9 +2,11 @@
 
 After every step the run writes, each file atomically (temporary file + rename):
 
-    model.npz       the current model (``Model.save``; no capacity padding)
+    model.npz       the current model (``Model.save``; no capacity padding), with
+                    the std calibration fitted to the held-out predictions
     labelled.xyz    labelled frames (extxyz: energy eV, forces eV/Å, stress eV/Å³,
-                    config_type, source)
+                    config_type, source, and the held-out prediction of each frame
+                    made just before its label: gap_* fields, ``gapfit.heldout``)
     log.jsonl       one JSON object per event: labelled, skipped (with the reason),
                     update, refit, resumed, stop
     curve.csv       the learning curve; curve.png its plot (with a test set; written
