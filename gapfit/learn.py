@@ -386,7 +386,7 @@ class Learner:
             self.model = reoptimised(model or before, everything, mode, **kw)
             how = "reoptimised"
             if self.frames:  # the stds' new unit, on a frame both were fitted to
-                ratio = _std_ratio(before, self.model, self.frames[-1])
+                ratio = _std_ratio(before, self.model, self.frames[-1], self.shape)
                 self.state["std_units"] = self.std_units * ratio
                 self._event("std_rescaled", ratio=ratio)
         elif model is not None or due:
@@ -735,7 +735,7 @@ class _PoolRun:
         st["labelled"] += ok
         new = [a for _, a in done]
         if L.model is not None and new:  # held out: predicted before the labels
-            preds = L.model.predict(new, std=True)
+            preds = L.model.predict(new, std=True, shape=L.shape)  # one compilation
             for atoms, pred in zip(new, preds, strict=True):
                 heldout.record(atoms, pred, len(L.labelled), L.std_units)
         mask = np.isin(self.owner, ok)
@@ -785,10 +785,13 @@ def _std_scale(state: dict, widened: bool = True) -> float:
     return a if n >= SCALE_MIN_FRAMES else max(a, 1.0)
 
 
-def _std_ratio(old: Model, new: Model, frame: Frame) -> float:
+def _std_ratio(
+    old: Model, new: Model, frame: Frame, shape: Sequence[int] = (0, 0, 0)
+) -> float:
     """RMS force std of ``new`` over that of ``old`` on ``frame`` (a frame both were
-    fitted to): how much a re-optimisation of delta and the sigmas changed the stds."""
-    (a,), (b,) = (m.predict([frame], std=True) for m in (old, new))
+    fitted to; its batch padded to at least ``shape``): how much a re-optimisation of
+    delta and the sigmas changed the stds."""
+    (a,), (b,) = (m.predict([frame], std=True, shape=shape) for m in (old, new))
     raw = "forces_std_raw" if "forces_std_raw" in a else "forces_std"
     return float(np.sqrt(np.mean(b[raw] ** 2) / np.mean(a[raw] ** 2)))
 
