@@ -36,6 +36,7 @@ from gapfit.sparse_gp import (
     empty_factor,
     finish,
     fold_whitened,
+    lower_solve,
     prior_factor,
 )
 from gapfit.terms import PairTerm, SoapTerm
@@ -383,3 +384,18 @@ def test_dtc_variance_of_a_sum_of_pairs_matches_80_bit_arithmetic() -> None:
     exact = np.array([k(x, x).sum() for x in r_ld]) - np.sum(y**2, axis=0)
     assert 4.0 < exact.min() and exact.max() < 5.0
     np.testing.assert_allclose(got, exact.astype(float), rtol=1e-5)
+
+
+@pytest.mark.parametrize("M", [5, 128, 129, 300])
+def test_lower_solve_equals_lapack_across_blocks(M: int) -> None:
+    # M below, at and past a multiple of SOLVE_BLOCK; both orientations
+    rng = np.random.default_rng(M)
+    A = rng.normal(size=(M, M))
+    L = np.linalg.cholesky(A @ A.T / M + np.eye(M))
+    R = np.linalg.qr(rng.normal(size=(2 * M, M)), mode="r")
+    B = rng.normal(size=(M, 7))
+    x = np.asarray(lower_solve(jnp.asarray(L), jnp.asarray(B)))
+    y = np.asarray(lower_solve(jnp.asarray(R), jnp.asarray(B), transposed=True))
+    assert np.allclose(x, solve_triangular(L, B, lower=True), rtol=1e-12, atol=1e-13)
+    want = solve_triangular(R, B, lower=False, trans="T")
+    assert np.allclose(y, want, rtol=1e-12, atol=1e-13)
