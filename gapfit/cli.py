@@ -1046,7 +1046,9 @@ def learn(**options: Any) -> None:
     gapfit learn --workdir md_run --resume
 
     Labeller failures skip the structure (the reason is in log.jsonl). Every step
-    is checkpointed in --workdir; --resume continues after a kill.
+    is checkpointed in --workdir; --resume continues after a kill. Each label's
+    held-out prediction is kept in labelled.xyz (gap_* fields), and model.npz
+    carries the std calibration fitted to them (printed at the end).
     """
     from gapfit.learn import (  # loads ASE dynamics only here
         learn_otf,
