@@ -8,7 +8,9 @@ after every step. Printed: both curves per seed, per seed the fewest labels with
 active learning reaches random's test force RMSE at the full budget, and the mean
 curves with, for every N, the fewest labels with which the mean active-learning curve
 reaches the mean random RMSE at N labels (the ratio to N; the floor asks for <= 1/3).
-``--score`` picks the pool score (``gapfit.selection``).
+``--score`` picks the pool score (``gapfit.selection``). After each run: the coverage
+of the test set's force components by the central 68 % and 95 % intervals of the
+saved model's DTC and calibrated stds (the run's held-out calibration).
 
 Pool and test set (independent draws): 32-atom fcc cells, strained (2 %) and rattled
 (0.02-0.15 Å); the same with one or two vacancies; 16-atom (100) and (111) slabs with

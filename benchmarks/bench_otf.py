@@ -28,7 +28,9 @@ per-atom one, some atom with ``|e_a| > 3 a |s_a|`` (error and std vectors' lengt
 The independent test set: EMT Langevin MD (friction 0.01/fs, 2 fs) of a separate
 108-atom cell at ``--temperature`` K, seeded with ``--test-seed``, 1 ps of
 equilibration, then ``--n-test`` frames 50 steps apart; the final model's force RMSE
-on them.
+on them, and the coverage of their force components by the central 68 % and 95 %
+intervals (and the RMS of error over std) of the loop's stds ``a s`` and of the saved
+``model.npz``'s calibrated stds (learn_otf's held-out calibration, ``gapfit.heldout``).
 
 What-if table: with the run's per-component errors and raw stds of every step
 (``components.npz``: ``error`` and ``std``, (steps, atoms, 3), float32), how a std
