@@ -790,10 +790,10 @@ def _std_ratio(
 ) -> float:
     """RMS force std of ``new`` over that of ``old`` on ``frame`` (a frame both were
     fitted to; its batch padded to at least ``shape``): how much a re-optimisation of
-    delta and the sigmas changed the stds."""
+    delta and the sigmas changed the stds (the loop's models are uncalibrated: DTC
+    stds)."""
     (a,), (b,) = (m.predict([frame], std=True, shape=shape) for m in (old, new))
-    raw = "forces_std_raw" if "forces_std_raw" in a else "forces_std"
-    return float(np.sqrt(np.mean(b[raw] ** 2) / np.mean(a[raw] ** 2)))
+    return float(np.sqrt(np.mean(b["forces_std"] ** 2) / np.mean(a["forces_std"] ** 2)))
 
 
 def _std_floor(
@@ -986,8 +986,8 @@ class _OTFRun:
         while st["step"] < cfg["steps"]:
             step = st["step"]
             atoms.get_forces()  # mean and std in one call
-            pred = {k: calc.results[k].copy() for k in ("forces", "forces_std")}
             results = {k: np.copy(v) for k, v in calc.results.items()}
+            pred = {k: results[k] for k in ("forces", "forces_std")}
             scale = _std_scale(st)
             max_std = scale * float(np.max(pred["forces_std"]))
             labelled = False
