@@ -11,32 +11,37 @@ exceeds ``--threshold`` (eV/Å), ``s_i`` the DTC std of force component ``i`` an
 The check: learn_otf's callback receives, after every step, the structure of that
 step and the prediction that drove it: the GAP forces ``f`` and raw DTC stds ``s``
 (its ``forces`` and ``forces_std``, copied from the calculator results *before* a
-label of that step updated the model) and the scale ``a`` then in force. The
-callback computes the true EMT forces ``F`` of a copy of the structure and records
-per step: the largest error component ``max_i |e_i|`` (``e = F - f``), the largest
-``z_i = |e_i| / (a s_i)``, the number of components with ``z_i > 3``, the largest
-``|e_i| / s_i`` (unscaled), whether the step was labelled, and the MD temperature.
+label of that step updated the model), the scale ``a`` then in force and the step's
+predicted stds ``u`` (``step_std``: ``u^2 = (a s)^2 + b^2 + (c f)^2``, with the floor
+``b`` and relative term ``c`` of learn_otf's held-out calibration so far; ``a s``
+before it exists). The callback computes the true EMT forces ``F`` of a copy of the
+structure and records per step: the largest error component ``max_i |e_i|`` (``e = F
+- f``), the largest ``z_i = |e_i| / u_i``, the number of components with ``z_i > 3``,
+the largest ``|e_i| / s_i`` (unscaled), whether the step was labelled, and the MD
+temperature.
 
 A *miss* is a step that was not labelled although some force component had
-``|e_i| > 3 a s_i`` (the issue's "true force error above 3x its predicted std");
+``|e_i| > 3 u_i`` (the issue's "true force error above 3x its predicted std");
 reported with the fraction of such components over all unlabelled steps. For
 reference, with exactly calibrated Gaussian errors a 108-atom step (324 components)
 has at least one component above 3 std with probability ``1 - 0.9973^324 = 0.58``.
-Also reported: the coarser step-level test ``max_i |e_i| > 3 a max_i s_i``, and the
-per-atom one, some atom with ``|e_a| > 3 a |s_a|`` (error and std vectors' lengths).
+Also reported: the coarser step-level test ``max_i |e_i| > 3 max_i u_i``, and the
+per-atom one, some atom with ``|e_a| > 3 |u_a|`` (error and std vectors' lengths).
 
 The independent test set: EMT Langevin MD (friction 0.01/fs, 2 fs) of a separate
 108-atom cell at ``--temperature`` K, seeded with ``--test-seed``, 1 ps of
 equilibration, then ``--n-test`` frames 50 steps apart; the final model's force RMSE
 on them, and the coverage of their force components by the central 68 % and 95 %
-intervals (and the RMS of error over std) of the loop's stds ``a s`` and of the saved
-``model.npz``'s calibrated stds (learn_otf's held-out calibration, ``gapfit.heldout``).
+intervals (and the RMS of error over std) of the loop's stds ``u`` (with the final
+``a`` and map) and of the saved ``model.npz``'s calibrated stds (learn_otf's held-out
+calibration, ``gapfit.heldout``).
 
-What-if table: with the run's per-component errors and raw stds of every step
-(``components.npz``: ``error`` and ``std``, (steps, atoms, 3), float32), how a std
-factor ``K`` (stds ``K a s``) and a threshold ``T`` would have fared *on the recorded
-trajectory*: the steps whose ``K a max_i s_i`` exceeds ``T`` that the run did not
-label, and the misses ``|e_i| > 3 K a s_i`` among the steps labelled by neither (in
+What-if table: with the run's per-component errors and predicted stds of every step
+(``components.npz``: ``error`` and ``std`` = ``u``, (steps, atoms, 3), float32), how a
+std factor ``K`` (stds ``K u``, labels where ``K a max_i s_i`` exceeds ``T``) and a
+threshold ``T`` would have fared *on the recorded trajectory*: the steps whose ``K a
+max_i s_i`` exceeds ``T`` that the run did not label, and the misses ``|e_i| > 3 K
+u_i`` among the steps labelled by neither (in
 the first 400 steps and after). Labels change the model and the trajectory, so this
 is an estimate without that feedback, not a rerun.
 
@@ -75,7 +80,7 @@ from gapfit.calibration import std_samples
 from gapfit.curve import test_errors
 from gapfit.data import frames_from_atoms
 from gapfit.labeller import label
-from gapfit.learn import learn_otf
+from gapfit.learn import learn_otf, step_force_std
 from gapfit.model import Model
 from gapfit.samplers import thermalize_momenta
 from gapfit.uncertainty import metrics
@@ -84,13 +89,14 @@ SOAP = "cutoff=4.5 cutoff_transition_width=1.0 n_max=5 l_max=4 n_sparse=150"
 FIELDS = {  # per-step arrays of steps.npz: name -> dtype
     "labelled": bool,
     "max_std": float,  # a max_i s_i, eV/Å (what learn_otf compares to the threshold)
+    "max_u": float,  # max_i u_i, eV/Å (the step's largest predicted std)
     "std_scale": float,  # a
     "max_err": float,  # max_i |e_i|, eV/Å
     "rms_err": float,  # sqrt(mean_i e_i^2), eV/Å
-    "rms_std": float,  # sqrt(mean_i (a s_i)^2), eV/Å
-    "max_z": float,  # max_i |e_i| / (a s_i)
+    "rms_std": float,  # sqrt(mean_i u_i^2), eV/Å
+    "max_z": float,  # max_i |e_i| / u_i
     "max_z_raw": float,  # max_i |e_i| / s_i
-    "n_over_3": int,  # components with |e_i| > 3 a s_i
+    "n_over_3": int,  # components with |e_i| > 3 u_i
     "temperature": float,  # K, from the momenta
 }
 
@@ -136,7 +142,7 @@ class StepChecker:
     ) -> None:
         self.path = path
         self.rows = rows or {}
-        self.components = components or {}  # step -> (error, raw std), float32
+        self.components = components or {}  # step -> (error, step std u), float32
         self.emt = EMT()
         self.seconds = 0.0
 
@@ -153,16 +159,18 @@ class StepChecker:
         e = copy.get_forces() - event["forces"]  # (n_atoms, 3) eV/Å
         s = np.maximum(event["forces_std"], 1e-12)  # raw DTC std, eV/Å
         a = event["std_scale"]
-        z = np.abs(e) / (a * s)
-        self.components[event["step"]] = (e.astype(np.float32), s.astype(np.float32))
+        u = np.maximum(event["step_std"], 1e-12)  # the step's predicted std, eV/Å
+        z = np.abs(e) / u
+        self.components[event["step"]] = (e.astype(np.float32), u.astype(np.float32))
         self.rows[event["step"]] = {
             # step 0 is the start structure, labelled before the MD starts
             "labelled": event["labelled"] or event["step"] == 0,
             "max_std": event["max_std"],
+            "max_u": float(u.max()),
             "std_scale": a,
             "max_err": float(np.abs(e).max()),
             "rms_err": float(np.sqrt(np.mean(e**2))),
-            "rms_std": float(a * np.sqrt(np.mean(s**2))),
+            "rms_std": float(np.sqrt(np.mean(u**2))),
             "max_z": float(z.max()),
             "max_z_raw": float((np.abs(e) / s).max()),
             "n_over_3": int((z > 3.0).sum()),
@@ -229,7 +237,7 @@ def summary(arrays: dict[str, np.ndarray], n_components: int, threshold: float) 
     free = ~arrays["labelled"]
     over = free & (arrays["max_std"] > threshold)
     misses = free & (arrays["max_z"] > 3.0)
-    coarse = free & (arrays["max_err"] > 3.0 * arrays["max_std"])
+    coarse = free & (arrays["max_err"] > 3.0 * arrays["max_u"])
     n_free = int(free.sum())
     p3 = math.erfc(3.0 / math.sqrt(2.0))  # P(|z| > 3), z ~ N(0, 1)
     return {
@@ -270,13 +278,13 @@ def atom_misses(
     arrays: dict[str, np.ndarray], components: dict[str, np.ndarray]
 ) -> dict:
     """The per-atom reading of a miss: an unlabelled step with some atom whose error
-    vector is longer than 3 times its std vector, ``|e_a| > 3 a |s_a|`` (``|s_a|``
-    the root of the sum of its components' variances); counts before step 400 and
-    after, and the largest ``|e_a| / (a |s_a|)`` of the unlabelled steps."""
+    vector is longer than 3 times its std vector, ``|e_a| > 3 |u_a|`` (``|u_a|`` the
+    root of the sum of its components' variances); counts before step 400 and after,
+    and the largest ``|e_a| / |u_a|`` of the unlabelled steps."""
     n = len(components["step"])
     e = np.linalg.norm(components["error"].astype(float), axis=2)  # (n, atoms)
-    s = np.linalg.norm(components["std"].astype(float), axis=2)
-    z = (e / np.maximum(s, 1e-12)).max(axis=1) / arrays["std_scale"][:n]
+    u = np.linalg.norm(components["std"].astype(float), axis=2)
+    z = (e / np.maximum(u, 1e-12)).max(axis=1)
     free = ~arrays["labelled"][:n]
     miss = free & (z > 3.0)
     early = components["step"] < 400
@@ -300,10 +308,9 @@ def what_if(
     in steps < 400 and >= 400."""
     n = len(components["step"])
     e = np.abs(components["error"].reshape(n, -1)).astype(float)
-    s = np.maximum(components["std"].reshape(n, -1).astype(float), 1e-12)
-    a = arrays["std_scale"][:n]
-    z_max = (e / s).max(axis=1) / a  # max_i |e_i| / (a s_i)
-    s_max = a * s.max(axis=1)  # a max_i s_i
+    u = np.maximum(components["std"].reshape(n, -1).astype(float), 1e-12)
+    z_max = (e / u).max(axis=1)  # max_i |e_i| / u_i
+    s_max = arrays["max_std"][:n]  # a max_i s_i
     free = ~arrays["labelled"][:n]
     early = components["step"] < 400
     out = []
@@ -325,12 +332,15 @@ def what_if(
 
 def test_set_stds(model_path: Path, frames: list, scale: float) -> dict:
     """Force-component coverage of the saved model's stds on the test set: the
-    loop's (``a s``, DTC stds times the final scale ``a``) and, when ``model.npz``
-    carries learn_otf's held-out calibration, the calibrated ones (with the map)."""
+    loop's (``u``: DTC stds times the final scale ``a``, with the floor and relative
+    term of the final map) and, when ``model.npz`` carries learn_otf's held-out
+    calibration, the calibrated ones (with the map)."""
     model = Model.load(model_path)
     samples = std_samples(model, frames, model.predict(frames, std=True))
     raw = samples["DTC"]["forces"]
-    kinds = {"loop_scaled": (raw.error, scale * raw.std)}
+    pred = {"forces": raw.reference + raw.error, "forces_std": raw.std}
+    u = step_force_std(pred, scale, model.calibration, "default")
+    kinds = {"loop": (raw.error, u)}
     if "calibrated" in samples:
         cal = samples["calibrated"]["forces"]
         kinds["calibrated"] = (cal.error, cal.std)
@@ -479,7 +489,7 @@ def main() -> None:
         ),
         ("SOAP sparse points", f"{learner.n_sparse}"),
         ("steps checked", f"{figures['steps_checked']} of {cfg['steps']}"),
-        ("misses: unlabelled steps, some |e| > 3 a s", f"{figures['misses']}"),
+        ("misses: unlabelled steps, some |e| > 3 u", f"{figures['misses']}"),
         (
             "  fraction of unlabelled steps",
             f"{figures['miss_fraction_of_unlabelled_steps']:.4f}",
@@ -494,24 +504,24 @@ def main() -> None:
             f"{figures['calibrated_gaussian_components_fraction']:.2e}",
         ),
         ("  first miss at step", f"{figures['first_miss_step']}"),
-        ("step-level misses: max|e| > 3 a max s", f"{figures['step_level_misses']}"),
+        ("step-level misses: max|e| > 3 max u", f"{figures['step_level_misses']}"),
         (
-            "atom-level misses: some |e_a| > 3 a |s_a| (<400, >=400)",
+            "atom-level misses: some |e_a| > 3 |u_a| (<400, >=400)",
             f"{figures['atom_misses']} ({figures['atom_misses_before_400']}, "
             f"{figures['atom_misses_after_400']})",
         ),
         (
-            "  max |e_a| / (a |s_a|) of unlabelled steps",
+            "  max |e_a| / |u_a| of unlabelled steps",
             f"{figures['atom_max_z_unlabelled']:.2f}",
         ),
         ("max |e| of unlabelled steps (eV/Å)", f"{figures['max_err_unlabelled']:.4f}"),
-        ("max |e| / (a s) of unlabelled steps", f"{figures['max_z_unlabelled']:.2f}"),
+        ("max |e| / u of unlabelled steps", f"{figures['max_z_unlabelled']:.2f}"),
         (
             "  std factor that would leave no miss",
             f"{figures['std_factor_for_no_miss']:.2f}",
         ),
         (
-            "median per step of max |e|/(a s)",
+            "median per step of max |e| / u",
             f"{figures['median_max_z_unlabelled']:.2f}",
         ),
         (
@@ -519,7 +529,7 @@ def main() -> None:
             f"{figures['mean_rms_err_unlabelled']:.4f}",
         ),
         (
-            "  mean per-step RMS a s, unlabelled (eV/Å)",
+            "  mean per-step RMS u, unlabelled (eV/Å)",
             f"{figures['mean_rms_std_unlabelled']:.4f}",
         ),
         ("final std scale a", f"{figures['final_std_scale']:.3f}"),
@@ -548,7 +558,7 @@ def main() -> None:
         print(f"{name:<{width}}  {value}")
     print(f"stopped: {figures['stop']}; outputs in {root}")
     print(
-        "\nwhat if (on this trajectory, no feedback): stds K a s, label when "
+        "\nwhat if (on this trajectory, no feedback): stds K u, label when "
         "K a max s > T\n     K  T eV/Å  extra labels  misses <400  misses >=400"
     )
     for r in figures["what_if"]:

@@ -571,6 +571,25 @@ def test_otf_model_carries_the_held_out_calibration(tmp_path):
     assert (got.scale, got.floor, got.relative) == pytest.approx(
         (expected.scale, expected.floor, expected.relative), rel=1e-6, abs=1e-9
     )
+    # each step's predicted stds: a s until three held-out frames (md:3-5) are in,
+    # then with the floor and relative term of the map of those so far added
+    for k in range(6):
+        r = by_step[k]
+        assert np.allclose(r["step_std"], r["std_scale"] * r["forces_std"], rtol=1e-12)
+    r = by_step[7]
+    so_far = fit_std_map(  # the held-out frames md:3-6
+        np.concatenate(errors[:4]).ravel(),
+        np.concatenate(stds[:4]).ravel(),
+        np.ones(np.size(errors[:4])),
+        np.concatenate([by_step[k]["forces"] for k in range(3, 7)]),
+    )
+    assert so_far.floor > 0
+    want = np.sqrt(
+        (r["std_scale"] * r["forces_std"]) ** 2
+        + so_far.floor**2
+        + (so_far.relative * r["forces"]) ** 2
+    )
+    assert np.allclose(r["step_std"], want, rtol=1e-6)
     assert "virial" in saved.calibration.quantities  # from the held-out stresses
     # the loop itself predicts with the DTC stds, before and after a resume
     assert learner.model.calibration is None
