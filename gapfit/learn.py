@@ -81,7 +81,7 @@ to ``a s`` the floor ``b`` and relative term ``c`` of the held-out calibration s
 are the errors the DTC std does not see (the model's misfit to the labeller where its
 environments are well covered), which no label lowers, so the labels' rule looks at
 ``a s`` alone; without them, in two of seven 2-body + SOAP runs, components of
-smallest std had errors of 3.1-3.3 ``a s`` on unlabelled steps.
+smallest std had errors of 3.0-3.3 ``a s`` on unlabelled steps.
 """
 
 from __future__ import annotations
