@@ -26,6 +26,8 @@ from gapfit.neighbours import Batch, PairTables
 from gapfit.soap import (
     SoapSpec,
     blocked,
+    centre_basis,
+    centre_coefficients,
     coefficients,
     pair_derivatives,
     pair_gradient,
@@ -164,7 +166,7 @@ def rows_mean(rows: Rows, weights: jax.Array) -> Mean:
     )
 
 
-MEAN_BLOCK = 2048  # pairs per block of centres of the mean (smaller: 2nd core idles)
+MEAN_BLOCK = 8192  # pairs per block of centres of the mean (memory knob)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -179,37 +181,40 @@ def predict_mean(
 ) -> Mean:
     """Local energies, energies, forces and virials of a batch.
 
-    ``dE/dD_p = (dE/dc_i) . (dphi_p/dD_p)``: reverse mode through the power spectrum
-    and kernel to the coefficients ``c``, then the pairs of each centre contracted
-    with its cotangent analytically (``soap.pair_gradient`` on ``tables.by_centre``;
-    no (P, N, LM, 3) Jacobian, no per-pair copy of the cotangent), in blocks of
-    centres of about ``MEAN_BLOCK`` pairs.
+    A local energy depends only on its centre's pairs, so the work runs per block of
+    centres (about ``MEAN_BLOCK`` pairs, ``tables.by_centre``): each pair's radial
+    functions and solid harmonics once (``soap.centre_basis``), the centres'
+    coefficients ``c`` as dense sums over their pairs, reverse mode through the power
+    spectrum and kernel to ``dE/dc``, and ``dE/dD_p = (dE/dc_i) . (dphi_p/dD_p)``
+    analytically (``soap.pair_gradient``: no (P, N, LM, 3) Jacobian, no per-pair
+    copy of the cotangent).
     """
-    c = coefficients(
-        spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
-    )
-    s = same_species(b["species"], Z_species)
-
-    def energy(c):
-        p_hat, _ = normalise(power_spectrum(spec, c))
-        local = kernel.delta**2 * (cosine(p_hat, Z_hat) ** kernel.zeta * s) @ weights
-        local = local * b["atom_mask"]
-        return jnp.sum(local), local
-
-    dE_dc, local = jax.grad(energy, has_aux=True)(c)  # (A, S, N, LM)
     pairs = tables.by_centre  # (A, K)
     A, K = pairs.shape
     per_centre = {
         "D": b["D"][pairs],
         "species": b["neighbour_species"][pairs],
         "mask": b["pair_mask"][pairs],
-        "u": dE_dc,
+        "centre_species": b["species"],
+        "atom_mask": b["atom_mask"],
     }
 
-    def centre_grad(blk: dict) -> jax.Array:  # dE/dD (centres, K, 3) of a block
-        return pair_gradient(spec, blk["D"], blk["species"], blk["mask"], blk["u"])
+    def centre_block(blk: dict) -> tuple[jax.Array, jax.Array]:
+        basis = centre_basis(spec, blk["D"], blk["species"], blk["mask"])
+        s = same_species(blk["centre_species"], Z_species)
 
-    g = jax.lax.map(centre_grad, blocked(per_centre, MEAN_BLOCK // K))
+        def energy(c):  # the block's local energies (eV), and their sum
+            p_hat, _ = normalise(power_spectrum(spec, c))
+            local = kernel.delta**2 * (cosine(p_hat, Z_hat) ** kernel.zeta * s)
+            local = (local @ weights) * blk["atom_mask"]
+            return jnp.sum(local), local
+
+        c = centre_coefficients(spec, basis, blk["centre_species"])
+        u, local = jax.grad(energy, has_aux=True)(c)  # u: (centres, S, N, LM)
+        return pair_gradient(spec, blk["D"], basis, u), local
+
+    g, local = jax.lax.map(centre_block, blocked(per_centre, max(1, MEAN_BLOCK // K)))
+    local = local.reshape(-1)[:A]
     # back in pair order; the padding slots add 0 to a masked pair
     grad = jnp.zeros_like(b["D"]).at[pairs].add(g.reshape(-1, K, 3)[:A])
     forces, virial = forces_and_virials(grad, b)

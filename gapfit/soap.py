@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -152,13 +153,16 @@ class SoapSpec:
 
 @dataclass(frozen=True)
 class SoapConstants:
-    """Host-side constants: ``B (L+1, N, K)``, ``alpha' (L+1, K)``, self term ``(N,)``
-    and the gather index of dscribe's layout."""
+    """Host-side constants: ``B (L+1, N, K)``, ``alpha' (L+1, K)``, self term ``(N,)``,
+    the gather index of dscribe's layout, and ``radial ((L+1) K, 2 (L+1) N)``: the
+    block-diagonal ``B`` and ``-alpha' B`` that map ``exp(-alpha' r^2)`` to the radial
+    functions and their r^2-derivatives in one matrix product."""
 
     B: np.ndarray
     alpha_p: np.ndarray
     self_c: np.ndarray
     layout: np.ndarray
+    radial: np.ndarray
 
 
 def _gto_betas(cutoff: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +211,12 @@ def soap_constants(spec: SoapSpec) -> SoapConstants:
     centre_w = spec.poly_c if spec.weighting == "poly" else 1.0
     self_c = centre_w * B[0].sum(axis=1) / (2.0 * np.sqrt(np.pi))  # R_00 = Y_00
     layout = _layout(len(spec.species), spec.n_max, spec.l_max)
-    return SoapConstants(B, alpha_p, self_c, layout)
+    L1, N, K = B.shape
+    radial = np.zeros((L1, K, 2, L1, N))
+    for l in range(L1):
+        radial[l, :, 0, l] = B[l].T
+        radial[l, :, 1, l] = -alpha_p[l][:, None] * B[l].T
+    return SoapConstants(B, alpha_p, self_c, layout, radial.reshape(L1 * K, -1))
 
 
 def solid_harmonics(D: jax.Array, l_max: int) -> jax.Array:
@@ -264,82 +273,104 @@ def neighbour_weight(spec: SoapSpec, r2: jax.Array) -> jax.Array:
     return jnp.where(inside, 0.5 * (1.0 + jnp.cos(jnp.pi * x)), 0.0)
 
 
-def _radial(spec: SoapSpec, r2: jax.Array) -> jax.Array:
-    """``sum_k B_lnk exp(-alpha'_lk r^2)`` ``(..., L+1, N)`` of ``r2 (...)`` in Å^2."""
+def radial(spec: SoapSpec, r2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``g_ln = sum_k B_lnk exp(-alpha'_lk r^2)`` and ``dg_ln / d(r^2)``, each
+    ``(..., L+1, N)``, of ``r2 (...)`` in Å^2: one product with the block-diagonal
+    ``constants.radial`` (a batched product per l is slower on the CPU)."""
     k = spec.constants
-    alpha = k.alpha_p.reshape((1,) * r2.ndim + k.alpha_p.shape)
-    E = jnp.exp(-alpha * r2[..., None, None])  # (..., L+1, K)
-    return jnp.einsum("lnk,...lk->...ln", k.B, E)
+    alpha = k.alpha_p.reshape((1,) * r2.ndim + (-1,))
+    E = jnp.exp(-alpha * r2[..., None])  # (..., (L+1) K)
+    g = (E @ k.radial).reshape(*r2.shape, 2, spec.l_max + 1, spec.n_max)
+    return g[..., 0, :, :], g[..., 1, :, :]
 
 
-def _radial_and_harmonics(
-    spec: SoapSpec, D: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Weight ``(...)``, radial ``(..., L+1, N)`` and ``R_lm (..., (L+1)^2)`` of
-    pair vectors ``D (..., 3)``."""
+def pair_basis(spec: SoapSpec, D: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Weighted radial functions ``[w g]_ln`` and their r^2-derivatives ``(..., L+1,
+    N)``, and the solid harmonics ``R_lm (..., (L+1)^2)``, of pair vectors ``D (...,
+    3)`` Å."""
     r2 = jnp.sum(D * D, axis=-1)
-    return neighbour_weight(spec, r2), _radial(spec, r2), solid_harmonics(D, spec.l_max)
+    w, dw = jax.jvp(lambda x: neighbour_weight(spec, x), (r2,), (jnp.ones_like(r2),))
+    g, dg = radial(spec, r2)
+    w, dw = w[..., None, None], dw[..., None, None]
+    return w * g, dw * g + w * dg, solid_harmonics(D, spec.l_max)
 
 
 def pair_expansion(spec: SoapSpec, D: jax.Array) -> jax.Array:
     """Density coefficients ``(..., N, (L+1)^2)`` of neighbours at ``D (..., 3)`` Å."""
-    w, radial, R = _radial_and_harmonics(spec, D)
+    wg, _, R = pair_basis(spec, D)
     # per-l outer products, concatenated: a gather of radial[l(lm)] would become a
     # slow scatter-add in reverse passes, and a one-hot matmul is 3x slower here
     blocks = [
-        radial[..., l, :, None] * R[..., None, l * l : (l + 1) ** 2]
+        wg[..., l, :, None] * R[..., None, l * l : (l + 1) ** 2]
         for l in range(spec.l_max + 1)
     ]
-    return w[..., None, None] * jnp.concatenate(blocks, axis=-1)
+    return jnp.concatenate(blocks, axis=-1)
 
 
-def _pair_basis_and_derivatives(
-    spec: SoapSpec, D: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """``[w g]_ln`` and its r^2-derivative ``(P, L+1, N)`` (forward mode), and ``R_lm``
-    ``(P, LM)`` with its gradient ``dR/dD`` ``(P, LM, 3)`` (forward mode), of pair
-    vectors ``D (P, 3)`` Å."""
-    r2 = jnp.sum(D * D, axis=-1)
-    wg, dwg = jax.jvp(
-        lambda x: neighbour_weight(spec, x)[..., None, None] * _radial(spec, x),
-        (r2,),
-        (jnp.ones_like(r2),),
+class CentreBasis(NamedTuple):
+    """The pairs of C centres, K slots each, as the mean's passes use them."""
+
+    W: jax.Array  # (C, K, 2, S, L+1, N) [w g] and its r^2-derivative, own species only
+    R: jax.Array  # (C, K, (L+1)^2) solid harmonics R_lm(D)
+
+
+def centre_basis(
+    spec: SoapSpec, D: jax.Array, species: jax.Array, mask: jax.Array
+) -> CentreBasis:
+    """``CentreBasis`` of pair vectors ``D (C, K, 3)`` Å, the neighbours' species
+    indices ``species (C, K)`` and ``mask (C, K)`` (0: a padding slot, no
+    contribution)."""
+    C, K = mask.shape
+    S, N, L1 = len(spec.species), spec.n_max, spec.l_max + 1
+    wg, dwg, R = pair_basis(spec, D.reshape(C * K, 3))
+    pick = jax.nn.one_hot(species, S, dtype=D.dtype) * mask[..., None]  # (C, K, S)
+    W = jnp.stack([wg, dwg], axis=1).reshape(C, K, 2, 1, L1, N)
+    return CentreBasis(W * pick[:, :, None, :, None, None], R.reshape(C, K, -1))
+
+
+def centre_coefficients(
+    spec: SoapSpec, basis: CentreBasis, centre_species: jax.Array
+) -> jax.Array:
+    """Density coefficients ``c (C, S, N, (L+1)^2)`` of C centres from all their
+    pairs' ``basis`` and their species indices ``(C,)`` (the self term): per l, one
+    product of each centre's pairs (``coefficients`` does the same for pairs in any
+    order, by scatter)."""
+    W, R = basis.W[:, :, 0], basis.R
+    c = jnp.concatenate(
+        [
+            jnp.einsum("cksn,ckm->csnm", W[..., l, :], R[..., l * l : (l + 1) ** 2])
+            for l in range(spec.l_max + 1)
+        ],
+        axis=-1,
     )
-    R = solid_harmonics(D, spec.l_max)
-    dR = jax.vmap(jax.jacfwd(lambda d: solid_harmonics(d, spec.l_max)))(D)
-    return wg, dwg, R, dR
+    return _add_self(spec, c, centre_species)
 
 
 def pair_gradient(
-    spec: SoapSpec, D: jax.Array, species: jax.Array, mask: jax.Array, u: jax.Array
+    spec: SoapSpec, D: jax.Array, basis: CentreBasis, u: jax.Array
 ) -> jax.Array:
     """Force contributions ``d/dD_p sum_{s,n,lm} u[i, s, n, lm] phi_s(D_p)[n, lm]``
     ``(C, K, 3)`` of the pairs of C centres i, K pairs each: ``D (C, K, 3)`` Å pair
-    vectors, ``species (C, K)`` the neighbours' species indices, ``mask (C, K)`` (0: a
-    padding slot, no contribution) and ``u (C, S, N, (L+1)^2)`` the cotangent of each
-    centre's density coefficients. Analytic, with ``phi = [w g]_ln(r^2) R_lm(D)``::
+    vectors, their ``basis`` (``centre_basis``; padding slots contribute 0) and
+    ``u (C, S, N, (L+1)^2)`` the cotangent of each centre's density coefficients.
+    Analytic, with ``phi = [w g]_ln(r^2) R_lm(D)``::
 
         dD = 2 D sum_ln [w g]'_ln (u R)_ln + sum_lm (sum_n [w g]_ln u_nlm) dR_lm/dD
 
-    ``[w g]'`` and ``dR/dD`` by forward mode: no reverse pass, no per-pair Jacobian of
-    phi. The sums over n are, per l, one product of each centre's pairs with that
-    centre's own ``u`` (no per-pair copies of ``u``).
+    The sums over n are, per l, one product of each centre's pairs with that
+    centre's own ``u`` (no per-pair copies of ``u``); the last sum is one reverse
+    pass through the solid harmonics (no (P, (L+1)^2, 3) Jacobian).
     """
-    C, K = mask.shape
-    S, N, L1 = len(spec.species), spec.n_max, spec.l_max + 1
-    wg, dwg, R, dR = _pair_basis_and_derivatives(spec, D.reshape(C * K, 3))
-    pick = jax.nn.one_hot(species, S, dtype=D.dtype) * mask[..., None]  # (C, K, S)
-    W = jnp.stack([wg, dwg], axis=1).reshape(C, K, 2, 1, L1, N)
-    W = W * pick[:, :, None, :, None, None]  # (C, K, 2, S, L+1, N)
-    R, dR = R.reshape(C, K, -1), dR.reshape(C, K, -1, 3)
-    radial, Wu = 0.0, []
-    for l in range(L1):
+    W, R = basis
+    radial_part, Wu = 0.0, []
+    for l in range(spec.l_max + 1):
         sl = slice(l * l, (l + 1) ** 2)
         Y = jnp.einsum("ckxsn,csnm->ckxm", W[..., l, :], u[..., sl])  # (C,K,2,2l+1)
         Wu.append(Y[:, :, 0])
-        radial = radial + jnp.sum(Y[:, :, 1] * R[..., sl], axis=-1)  # (C, K)
-    angular = jnp.einsum("ckm,ckmx->ckx", jnp.concatenate(Wu, axis=-1), dR)
-    return 2.0 * D * radial[..., None] + angular
+        radial_part = radial_part + jnp.sum(Y[:, :, 1] * R[..., sl], axis=-1)
+    _, back = jax.vjp(lambda d: solid_harmonics(d, spec.l_max), D)
+    (angular,) = back(jnp.concatenate(Wu, axis=-1))
+    return 2.0 * D * radial_part[..., None] + angular
 
 
 def coefficients(
@@ -359,7 +390,6 @@ def coefficients(
         mask: (n_pairs,) 1.0 for real pairs, 0.0 for padding.
         centre_species: (n_atoms,) int species index of each centre (self term).
     """
-    k = spec.constants
     n_atoms, S = centre_species.shape[0], len(spec.species)
 
     def add_block(c, blk):  # blocks of pairs: memory O(block N LM), not O(P N LM)
@@ -370,11 +400,15 @@ def coefficients(
     blocks = blocked({"D": D, "segment": segment, "mask": mask})
     zeros = jnp.zeros((n_atoms * S, spec.n_max, (spec.l_max + 1) ** 2), D.dtype)
     c, _ = jax.lax.scan(add_block, zeros, blocks)
-    c = c.reshape(n_atoms, S, spec.n_max, -1)
-    onehot = jax.nn.one_hot(centre_species, S, dtype=c.dtype)
-    return c.at[:, :, :, 0].add(
-        onehot[:, :, None] * jnp.asarray(k.self_c)[None, None, :]
-    )
+    return _add_self(spec, c.reshape(n_atoms, S, spec.n_max, -1), centre_species)
+
+
+def _add_self(spec: SoapSpec, c: jax.Array, centre_species: jax.Array) -> jax.Array:
+    """``c (A, S, N, LM)`` plus each centre's own density ``w(0) g_n0 R_00`` in its
+    species block."""
+    onehot = jax.nn.one_hot(centre_species, len(spec.species), dtype=c.dtype)
+    self_c = jnp.asarray(spec.constants.self_c)
+    return c.at[:, :, :, 0].add(onehot[:, :, None] * self_c[None, None, :])
 
 
 PAIR_BLOCK = 512  # pairs per block of the per-pair work of a batch (memory knob)
@@ -452,7 +486,8 @@ def pair_derivatives(
     blocks of pairs keeps the gather).
     """
     S, L, N = len(spec.species), spec.l_max, spec.n_max
-    wg, dwg, R, dR = _pair_basis_and_derivatives(spec, D)
+    wg, dwg, R = pair_basis(spec, D)
+    dR = jax.vmap(jax.jacfwd(lambda d: solid_harmonics(d, L)))(D)  # (P, LM, 3)
     c_i = c[centre]  # (P, S, N, LM)
     X = []  # per l: (P, 3, S, N, N'), n the neighbour's radial index
     for l in range(L + 1):

@@ -27,6 +27,8 @@ from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.neighbours import make_batch, pair_tables
 from gapfit.soap import (
     SoapSpec,
+    centre_basis,
+    centre_coefficients,
     coefficients,
     pair_derivatives,
     pair_expansion,
@@ -363,6 +365,29 @@ def test_cosine_cutoff_is_continuous_and_smooth() -> None:
     assert edge <= 1e-4 * mid, f"dp/dD at the cutoff {edge:.3e} vs mid {mid:.3e}"
 
 
+def test_centre_coefficients_equal_the_scattered_ones() -> None:
+    """The coefficients summed densely over each centre's row of ``by_centre`` (the
+    mean's layout; two species, padded slots) equal ``coefficients`` (pairs in any
+    order, scattered), self terms included."""
+    spec = SoapSpec(species=(29, 79), n_max=4, l_max=3, cutoff=4.5)
+    batch = make_batch([alloy_cell()], spec.species, spec.neighbour_cutoff, ["cell"])
+    pairs = pair_tables(batch).by_centre
+    assert (batch.pair_mask[pairs] == 0).any()
+    basis = centre_basis(
+        spec, batch.D[pairs], batch.neighbour_species[pairs], batch.pair_mask[pairs]
+    )
+    got = centre_coefficients(spec, basis, batch.species)
+    ref = coefficients(
+        spec,
+        batch.D,
+        batch.centre,
+        batch.neighbour_species,
+        batch.pair_mask,
+        batch.species,
+    )
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+
+
 def test_pair_gradient_equals_autodiff_of_the_expansion() -> None:
     """The analytic force contribution of each pair, grouped by centre (two species,
     padded slots), equals reverse mode through the pair expansions contracted with a
@@ -380,13 +405,10 @@ def test_pair_gradient_equals_autodiff_of_the_expansion() -> None:
     ref = np.asarray(
         jax.grad(lambda D: jax.numpy.sum(pair_expansion(spec, D) * u_pair))(D)
     )[pairs]
-    got = pair_gradient(
-        spec,
-        batch.D[pairs],
-        batch.neighbour_species[pairs],
-        batch.pair_mask[pairs],
-        u,
+    basis = centre_basis(
+        spec, batch.D[pairs], batch.neighbour_species[pairs], batch.pair_mask[pairs]
     )
+    got = pair_gradient(spec, batch.D[pairs], basis, u)
     np.testing.assert_allclose(
         got, ref * batch.pair_mask[pairs][..., None], rtol=1e-12, atol=1e-13
     )
