@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from gapfit.blocks import Mean, Rows, batch_arrays, rows_mean
+from gapfit.blocks import Mean, Rows, rows_mean
 from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
 from gapfit.memory import release_freed
@@ -185,9 +185,9 @@ class Model:
         # contend with XLA's (108 atoms on 2 cores: 250 ms instead of 210 ms)
         with _blas().limit(limits=1, user_api="blas") if which else nullcontext():
             for g, batch in zip(groups, batches, strict=True):
-                b = batch_arrays(batch)
-                tables = jax.device_put(pair_tables(batch, k))
-                mean, sd = run(b, tables)
+                # host arrays: the jitted call copies them in its own (C++) path,
+                # 0.5 ms faster per 108-atom call than jax.device_put beforehand
+                mean, sd = run(batch._asdict(), pair_tables(batch, k))
                 sel = [structures[k] for k in g]
                 out.extend(self.unpack(sel, batch, mean, sd))  # waits for the device
                 if len(batches) > 1:
