@@ -65,15 +65,16 @@ def main() -> None:
         ("mean and stds", lambda: model.mean_and_std(b, tables)),
         ("mean and energy stds", lambda: model.mean_and_energy_std(b, tables)),
     ]
-    for term in model.terms:
+    for term, w in zip(model.terms, model._weights, strict=True):
         f = jax.jit(lambda b, t, term=term: term.rows_and_priors(b, t))
         rows.append((f"{term.name}: rows and priors", lambda f=f: f(b, tables)))
         e = jax.jit(
-            lambda b, t, term=term: term.energy_fn(
-                term.spec, term.kernel, *term._z, b, t
+            lambda b, t, w, term=term: term.mean_and_energy_fn(
+                term.spec, term.kernel, *term._z, w, b, t
             )
         )
-        rows.append((f"{term.name}: energy rows, priors", lambda e=e: e(b, tables)))
+        label = f"{term.name}: mean, energy rows, priors"
+        rows.append((label, lambda e=e, w=w: e(b, tables, w)))
     parts = tuple(t.rows_and_priors(b, tables) for t in model.terms)
     rows.append(
         ("stds from rows (solves)", lambda: _mean_and_std(parts, model.posterior))

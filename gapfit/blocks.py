@@ -169,8 +169,7 @@ def rows_mean(rows: Rows, weights: jax.Array) -> Mean:
 MEAN_BLOCK = 8192  # pairs per block of centres of the mean (memory knob)
 
 
-@partial(jax.jit, static_argnums=0)
-def predict_mean(
+def mean_and_descriptors(
     spec: SoapSpec,
     kernel: DotProductKernel,
     Z_hat: jax.Array,
@@ -178,8 +177,9 @@ def predict_mean(
     weights: jax.Array,
     b: dict,
     tables: PairTables,
-) -> Mean:
-    """Local energies, energies, forces and virials of a batch.
+) -> tuple[Mean, jax.Array, jax.Array]:
+    """Local energies, energies, forces and virials of a batch, and the unit SOAP
+    vectors ``(A, F)`` and norms ``(A,)`` they came from.
 
     A local energy depends only on its centre's pairs, so the work runs per block of
     centres (about ``MEAN_BLOCK`` pairs, ``tables.by_centre``): each pair's radial
@@ -199,24 +199,40 @@ def predict_mean(
         "atom_mask": b["atom_mask"],
     }
 
-    def centre_block(blk: dict) -> tuple[jax.Array, jax.Array]:
+    def centre_block(blk: dict) -> tuple[jax.Array, ...]:
         basis = centre_basis(spec, blk["D"], blk["species"], blk["mask"])
         s = same_species(blk["centre_species"], Z_species)
 
-        def energy(c):  # the block's local energies (eV), and their sum
-            p_hat, _ = normalise(power_spectrum(spec, c))
+        def energy(c):  # the block's local energies (eV) and their sum
+            p_hat, norm = normalise(power_spectrum(spec, c))
             local = kernel.delta**2 * (cosine(p_hat, Z_hat) ** kernel.zeta * s)
             local = (local @ weights) * blk["atom_mask"]
-            return jnp.sum(local), local
+            return jnp.sum(local), (local, p_hat, norm)
 
         c = centre_coefficients(spec, basis, blk["centre_species"])
-        u, local = jax.grad(energy, has_aux=True)(c)  # u: (centres, S, N, LM)
-        return pair_gradient(spec, blk["D"], basis, u), local
+        u, aux = jax.grad(energy, has_aux=True)(c)  # u: (centres, S, N, LM)
+        return pair_gradient(spec, blk["D"], basis, u), *aux
 
-    g, local = jax.lax.map(centre_block, blocked(per_centre, max(1, MEAN_BLOCK // K)))
-    local = local.reshape(-1)[:A]
+    blocks = blocked(per_centre, max(1, MEAN_BLOCK // K))
+    g, local, p_hat, norm = jax.lax.map(centre_block, blocks)
+    local, norm = local.reshape(-1)[:A], norm.reshape(-1)[:A]
+    p_hat = p_hat.reshape(-1, p_hat.shape[-1])[:A]
     # back in pair order; the padding slots add 0 to a masked pair
     grad = jnp.zeros_like(b["D"]).at[pairs].add(g.reshape(-1, K, 3)[:A])
     forces, virial = forces_and_virials(grad, b)
     energy_c = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
-    return Mean(local, energy_c, forces, virial)
+    return Mean(local, energy_c, forces, virial), p_hat, norm
+
+
+@partial(jax.jit, static_argnums=0)
+def predict_mean(
+    spec: SoapSpec,
+    kernel: DotProductKernel,
+    Z_hat: jax.Array,
+    Z_species: jax.Array,
+    weights: jax.Array,
+    b: dict,
+    tables: PairTables,
+) -> Mean:
+    """The means of ``mean_and_descriptors``."""
+    return mean_and_descriptors(spec, kernel, Z_hat, Z_species, weights, b, tables)[0]

@@ -266,20 +266,22 @@ def pair_priors(
 
 
 @partial(jax.jit, static_argnums=0)
-def pair_energy_rows_and_priors(
+def pair_mean_and_energy_rows(
     spec: PairSpec,
     kernel: SEKernel,
     Z_r: jax.Array,
     Z_t: jax.Array,
+    weights: jax.Array,
     b: dict,
     tables: PairTables,
-) -> tuple[Rows, Std]:
-    """Kernel rows and prior variances (eV^2) of local energies and energies only
-    (forces and virials None): ``pair_rows`` and ``pair_priors`` in one program,
-    whose force and virial parts XLA drops."""
+) -> tuple[Mean, Rows, Std]:
+    """``pair_mean``, and the kernel rows and prior variances (eV^2) of local
+    energies and energies only (forces and virials None): ``pair_rows`` and
+    ``pair_priors`` in one program, whose force and virial parts XLA drops."""
+    mean = pair_mean(spec, kernel, Z_r, Z_t, weights, b, tables)
     rows = pair_rows(spec, kernel, Z_r, Z_t, b)
     local, energy, _, _ = pair_priors(spec, kernel, b, tables.incoming)
-    return rows._replace(forces=None, virial=None), Std(local, energy, None, None)
+    return mean, rows._replace(forces=None, virial=None), Std(local, energy, None, None)
 
 
 def pair_sparse_points(

@@ -4,9 +4,9 @@ The model energy is the sum of the terms' local energies; the terms are independ
 GPs, so their kernel rows are concatenated along the sparse axis, ``K_mm`` is block
 diagonal and prior variances add. Every term offers the same small interface:
 ``K_mm``, ``rows`` (fit), ``mean_fn`` (predict; a jitted pure function of the
-spec, kernel, sparse points ``_z``, weights and batch), ``energy_fn`` (the energy stds
-alone: local-energy and energy rows and priors, a function of the same arguments less
-the weights), ``rows_and_priors`` (all stds), and
+spec, kernel, sparse points ``_z``, weights and batch), ``mean_and_energy_fn`` (the
+mean and what the energy stds alone need: local-energy and energy rows and priors, a
+function of the same arguments), ``rows_and_priors`` (all stds), and
 ``meta`` / ``arrays`` / ``load`` for the model file.
 """
 
@@ -24,16 +24,16 @@ from gapfit.blocks import Rows, design_rows, predict_mean
 from gapfit.distance_2b import (
     PairSpec,
     SEKernel,
-    pair_energy_rows_and_priors,
     pair_kernel_block,
     pair_mean,
+    pair_mean_and_energy_rows,
     pair_priors,
     pair_rows,
 )
 from gapfit.kernels import DotProductKernel, kernel_block
 from gapfit.neighbours import PairTables
 from gapfit.soap import SoapSpec
-from gapfit.variance import Std, soap_energy_rows_and_priors, soap_rows_and_priors
+from gapfit.variance import Std, soap_mean_and_energy_rows, soap_rows_and_priors
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +56,7 @@ class SoapTerm:
         return self.spec.neighbour_cutoff
 
     mean_fn = staticmethod(predict_mean)
-    energy_fn = staticmethod(soap_energy_rows_and_priors)
+    mean_and_energy_fn = staticmethod(soap_mean_and_energy_rows)
 
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
@@ -123,7 +123,7 @@ class PairTerm:
         return self.spec.neighbour_cutoff
 
     mean_fn = staticmethod(pair_mean)
-    energy_fn = staticmethod(pair_energy_rows_and_priors)
+    mean_and_energy_fn = staticmethod(pair_mean_and_energy_rows)
 
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:

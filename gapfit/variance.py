@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gapfit.blocks import Rows, atom_terms, descriptors, voigt
+from gapfit.blocks import Mean, Rows, atom_terms, mean_and_descriptors, voigt
 from gapfit.kernels import DotProductKernel, normalise, same_species
 from gapfit.neighbours import PairTables
 from gapfit.soap import SoapSpec, coefficients, pair_derivatives, power_spectrum
@@ -229,18 +229,21 @@ def soap_rows_and_priors(
 
 
 @partial(jax.jit, static_argnums=0)
-def soap_energy_rows_and_priors(
+def soap_mean_and_energy_rows(
     spec: SoapSpec,
     kernel: DotProductKernel,
     Z_hat: jax.Array,
     Z_species: jax.Array,
+    weights: jax.Array,
     b: dict,
     tables: PairTables,
-) -> tuple[Rows, Std]:
-    """Local-energy and energy rows and prior variances of the SOAP term (forces and
-    virials None): all the energy stds need, without the pair derivatives (so the
-    pair ``tables`` are not needed)."""
-    p_hat, norm = normalise(descriptors(spec, b))
+) -> tuple[Mean, Rows, Std]:
+    """The SOAP term's means, and the local-energy and energy rows and prior
+    variances (forces and virials None): all the energy stds need, from the
+    descriptors the mean computed (no pair derivatives)."""
+    mean, p_hat, norm = mean_and_descriptors(
+        spec, kernel, Z_hat, Z_species, weights, b, tables
+    )
     _, _, local, energy = atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
     priors = Std(
         kernel.delta**2 * b["atom_mask"],
@@ -248,7 +251,7 @@ def soap_energy_rows_and_priors(
         None,
         None,
     )
-    return Rows(energy, None, None, local), priors
+    return mean, Rows(energy, None, None, local), priors
 
 
 _PAIR_KEYS = ("D", "centre", "neighbour_species", "pair_mask")
