@@ -16,11 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from gapfit.blocks import batch_arrays, rows_mean
+from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, Sigmas
 from gapfit.memory import release_freed
 from gapfit.model import Model
-from gapfit.neighbours import Batch, make_batch, pad_batch
+from gapfit.neighbours import (
+    Batch,
+    make_batch,
+    pad_batch,
+    pair_table_width,
+    pair_tables,
+)
 
 
 def padded_batches(
@@ -121,17 +127,15 @@ def fitted_predictions(
     batches: Sequence[Batch],
 ) -> list[dict]:
     """``Model.predict``'s results (without stds) for the frames covered by
-    ``chunks`` (indices into ``frames``, with their ``batches``), in frame order:
-    their kernel rows times the weights, so the row programs a fit's solve compiled
-    serve again and no prediction program is compiled at its end (that compile would
-    set the fit's peak memory)."""
+    ``chunks`` (indices into ``frames``, with their ``batches``), in frame order, by
+    the mean's program (one pair-table width for all batches: one compilation)."""
     out: list[dict] = [{} for _ in frames]
+    width = max(pair_table_width(batch) for batch in batches)
     for chunk, batch in zip(chunks, batches, strict=True):
-        rows = model.rows(batch_arrays(batch))
-        mean = rows_mean(rows, model.posterior.weights)
+        mean = model.mean(batch._asdict(), pair_tables(batch, width))
         results = model.unpack([frames[k] for k in chunk], batch, mean, None)
         for k, result in zip(chunk, results, strict=True):
             out[k] = result
-        del rows, mean
+        del mean
         release_freed()
     return out
