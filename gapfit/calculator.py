@@ -37,7 +37,7 @@ class GAPCalculator(Calculator):
     Args:
         model: a ``Model`` or the path of a model file written by ``Model.save``.
         std: also compute the ``*_std`` results: True (or "all") every one (costs
-            about 15 times the mean), "energy" ``energy_std`` and ``energies_std``
+            about 20–25 times the mean), "energy" ``energy_std`` and ``energies_std``
             only (the local energies' stds, as gap_fit's ``local_gap_variance``;
             about twice the mean), False none.
         **kwargs: passed to ``ase.calculators.calculator.Calculator``.

@@ -581,7 +581,7 @@ def _data_lines(data: dict) -> str:
     help="With --std: the stds of every quantity, or of the energies only "
     "(energy_std and the local energies' energies_std, as quip's "
     "local_gap_variance; about twice the mean's cost, while the force and "
-    "stress stds cost about 15 times the mean).",
+    "stress stds cost about 20–25 times the mean).",
 )
 @click.option(
     "--config-type-parameter-name",
