@@ -476,8 +476,8 @@ def pair_derivatives(
                          = pref_l (2 D_k [w g]'_ln (c_i R)_bln'
                                    + [w g]_ln (c_i dR_k)_bln')
 
-    and ``dp^{ab} = [a = s_j] X[b] + [b = s_j] X[a]^T``. ``[w g]'`` (forward mode in
-    r^2) and ``dR/dD`` (forward mode) come from JAX; no per-pair ``dphi`` or
+    and ``dp^{ab} = [a = s_j] X[b] + [b = s_j] X[a]^T``. ``[w g]'`` comes from
+    ``pair_basis`` and ``dR/dD`` from forward mode; no per-pair ``dphi`` or
     (N, N, 3, F) array is formed. Works on any subset (block) of the pairs.
 
     dscribe's layout is one gather from all blocks, or with ``slices`` a concatenation
