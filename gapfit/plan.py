@@ -34,8 +34,8 @@ of ``base + runtime + code + data + transient``, where
                        + 2.1 (A, 3, M_2b) + 6 (C, 9, M_2b); scaled rows (rows, M) x2;
                        QR input 1.63 (M + 1 + rows, M + 1)
       training_errors  the mean's program (``assembly.fitted_predictions``):
-                       206 float64 per padded pair of the chunk
-                       (``memory_analysis``: the same at LM 49 and 81)
+                       160 float64 per padded pair of the chunk
+                       (``memory_analysis``: 147 at LM 81)
 
 Wall time: the plan's own read time, its neighbour-list time once per stage that
 builds batches (descriptors, solve, training errors), a compile allowance per kernel
@@ -91,7 +91,7 @@ CODE_MIB = {
 # +13 %); mean (the training errors' program, which sets a whole fit's peak): 0.63
 # from cu_emt and si_xtb (gap_fit's recipe, chunks of 512 atoms: -2 %, +2 %)
 CODE_KAPPA = {"descriptors": 0.42, "design_rows": 0.70, "mean": 0.63}
-MEAN_TEMP = 206.0  # float64 per padded pair of the training errors' mean program
+MEAN_TEMP = 160.0  # float64 per padded pair of the training errors' mean program
 CODE_PER_SHAPE = 0.44  # r: each further padded shape adds this fraction
 MISC_MIB = {"sparsify": 36.0, "solve": 124.0}  # small eager ops (K_mm, QR fold, ...)
 SPARSIFY_COPIES = 4.4  # k_s
@@ -102,7 +102,7 @@ SPARSIFY_COPIES = 4.4  # k_s
 # chunk (batching, Python).
 FLOP_RATE = 67e9  # cu_emt and si_xtb solves (gap_fit recipe, 512-atom chunks)
 PAIR_WORK_S = 5.8e-9
-MEAN_WORK_S = 3.9e-9
+MEAN_WORK_S = 2.4e-9
 COMPILE_S = {
     "descriptors": 0.0238,
     "design_rows": 0.0968,
