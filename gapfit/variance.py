@@ -28,7 +28,13 @@ import numpy as np
 from gapfit.blocks import Mean, Rows, atom_terms, mean_and_descriptors, voigt
 from gapfit.kernels import DotProductKernel, normalise, same_species
 from gapfit.neighbours import PairTables
-from gapfit.soap import SoapSpec, coefficients, pair_derivatives, power_spectrum
+from gapfit.soap import (
+    SoapSpec,
+    blocked,
+    coefficients,
+    pair_derivatives,
+    power_spectrum,
+)
 from gapfit.sparse_gp import Posterior, dtc_variance
 
 
@@ -48,35 +54,45 @@ def _gram_variance(
     p_hat: jax.Array,
     norm: jax.Array,
     s: jax.Array,
+    right: tuple[jax.Array, jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
-    """``sum_{e'} U_e^T H U_e'`` ``(..., E, K)`` for entries ``U (..., E, K, F)`` at
-    unit SOAP ``p_hat (..., E, F)`` with norms ``(..., E)``; ``s (..., E, E)`` masks
-    species and padding; ``...`` are independent groups. Summed over e it is the
-    prior variance of each of the K components.
+    """``sum_{g} U_e^T H U_g`` ``(..., E, K)`` for entries ``U (..., E, K, F)`` at
+    unit SOAP ``p_hat (..., E, F)`` with norms ``(..., E)`` against the entries
+    ``right = (U', p_hat', norm')`` of a second set (``(..., G, ...)``; default: the
+    same set); ``s (..., E, G)`` masks species and padding; ``...`` are independent
+    groups. Summed over e it is the prior covariance of the two sets' sums of each
+    of the K components (over one set: its prior variance).
 
-    Two matrix products carry the cost, ``(w U)_e = sum_e' w_ee' U_e'`` and
-    ``C_ee' = U_e . p_hat_e'``; with ``a_e = C_ee`` the projections of the module
-    docstring follow without forming U~ (E, K, F)::
+    Two matrix products carry the cost, ``(w U')_e = sum_g w_eg U'_g`` and
+    ``C_eg = U_e . p_hat'_g`` (and, for a second set, ``C'_eg = U'_g . p_hat_e``; for
+    the same set the transpose of ``C``); with ``a_e = U_e . p_hat_e`` and ``a'_g``
+    alike the projections of the module docstring follow without forming U~::
 
-        U~_e . U~_e'    = (U_e . U_e' - a_e' C_ee' - a_e C_e'e + a_e a_e' q_ee') / n n'
-        U~_e . p_hat_e' = (C_ee' - a_e q_ee') / |p_e|
+        U~_e . U~'_g    = (U_e . U'_g - a'_g C_eg - a_e C'_eg + a_e a'_g q_eg) / n n'
+        U~_e . p_hat'_g = (C_eg - a_e q_eg) / |p_e|
     """
     inv = 1.0 / norm
-    q = jnp.einsum("...ef,...gf->...eg", p_hat, p_hat)
-    w = s * q ** (kernel.zeta - 1) * inv[..., :, None] * inv[..., None, :]
-    wU = jnp.einsum("...eg,...gkf->...ekf", w, U)  # (..., E, K, F)
-    C = jnp.einsum("...ekf,...gf->...ekg", U, p_hat)  # (..., E, K, E)
+    a = jnp.sum(U * p_hat[..., None, :], axis=-1)  # (..., E, K)
+    C = jnp.einsum("...ekf,...gf->...ekg", U, right[1] if right else p_hat)
+    if right is None:
+        U2, p2, inv2, a2 = U, p_hat, inv, a
+        Ct = jnp.einsum("...gke->...ekg", C)  # C'_eg = C_ge
+    else:
+        U2, p2, inv2 = right[0], right[1], 1.0 / right[2]
+        a2 = jnp.sum(U2 * p2[..., None, :], axis=-1)  # (..., G, K)
+        Ct = jnp.einsum("...gkf,...ef->...ekg", U2, p_hat)
+    q = jnp.einsum("...ef,...gf->...eg", p_hat, p2)
+    w = s * q ** (kernel.zeta - 1) * inv[..., :, None] * inv2[..., None, :]
+    wU = jnp.einsum("...eg,...gkf->...ekf", w, U2)  # (..., E, K, F)
     # elementwise products and sums from here: as dots they would be (E K) tiny ones
-    a = jnp.sum(U * p_hat[..., None, :], axis=-1)  # C_ee (..., E, K)
-    a_g = jnp.swapaxes(a, -1, -2)[..., None, :, :]  # a_e' at [e, k, e']
-    Ct = jnp.einsum("...ekg->...gke", C)  # C_e'e at [e, k, e']
+    a_g = jnp.swapaxes(a2, -1, -2)[..., None, :, :]  # a'_g at [e, k, g]
     q_ = q[..., :, None, :]
     cross = a_g * (a[..., None] * q_ - C) - a[..., None] * Ct
     var = jnp.sum(U * wU, axis=-1) + jnp.sum(w[..., :, None, :] * cross, axis=-1)
     if kernel.zeta > 1:
-        B = (C - a[..., None] * q_) * inv[..., None, None]  # U~_e . p_hat_e'
+        B = (C - a[..., None] * q_) * inv[..., None, None]  # U~_e . p_hat'_g
+        Bt = (Ct - a_g * q_) * inv2[..., None, None, :]  # U~'_g . p_hat_e
         w2 = (s * q ** (kernel.zeta - 2))[..., :, None, :]
-        Bt = jnp.einsum("...ekg->...gke", B)
         var += (kernel.zeta - 1) * jnp.sum(w2 * B * Bt, axis=-1)
     return kernel.delta**2 * kernel.zeta * var
 
@@ -104,32 +120,83 @@ def prior_force_variance(
     return var * b["atom_mask"][:, None]
 
 
+ATOM_TILE = 512  # atoms per side of a tile of the energy and virial prior double sums
+
+
+def _tile_sums(
+    pair_sum,
+    atoms: dict[str, jax.Array],
+    b: dict,
+    tile: int,
+) -> jax.Array:
+    """Per-configuration sums ``(C, ...)`` of a double sum over the atom pairs of each
+    configuration, symmetric in the two atoms: ``pair_sum(x, y, s)`` gives the row
+    sums ``(T, ...)`` of tile ``x`` against tile ``y`` (dicts of ``atoms``' arrays)
+    with ``s (T, T')`` the same-configuration, same-species and padding mask. One call
+    when the batch fits one tile; otherwise tiles (t, u >= t) of ``tile`` atoms, the
+    off-diagonal ones counted twice, each booked to the configurations of its rows:
+    memory O(tile^2), not O(A^2)."""
+    atoms = {**atoms, "species": b["species"], "config": b["atom_config"]}
+    atoms["mask"] = b["atom_mask"]
+    C = b["config_mask"].shape[0]
+
+    def mask(x, y):
+        return (
+            same_species(x["species"], y["species"])
+            * (x["config"][:, None] == y["config"][None, :])
+            * x["mask"][:, None]
+            * y["mask"][None, :]
+        )
+
+    if atoms["mask"].shape[0] <= tile:
+        return jax.ops.segment_sum(
+            pair_sum(atoms, None, mask(atoms, atoms)), atoms["config"], C
+        )
+    tiles = blocked(atoms, tile)  # padding: mask 0
+    rows, cols = np.triu_indices(len(tiles["mask"]))
+
+    def one(tu):
+        x, y = ({k: v[t] for k, v in tiles.items()} for t in tu)
+        return jnp.where(tu[0] == tu[1], 1.0, 2.0) * pair_sum(x, y, mask(x, y))
+
+    sums = jax.lax.map(one, (jnp.asarray(rows), jnp.asarray(cols)))
+    sums = sums.reshape(-1, *sums.shape[2:])
+    return jax.ops.segment_sum(sums, tiles["config"][rows].reshape(-1), C)
+
+
 def prior_virial_variance(
-    kernel: DotProductKernel, p_hat: jax.Array, norm: jax.Array, V: jax.Array, b: dict
+    kernel: DotProductKernel,
+    p_hat: jax.Array,
+    norm: jax.Array,
+    V: jax.Array,
+    b: dict,
+    tile: int = ATOM_TILE,
 ) -> jax.Array:
     """Prior variance ``(C, 6)`` of every Voigt virial component (eV^2), from each
-    atom's ``V_i = sum_{p: i_p = i} dP_p (x) D_p`` in Voigt order ``(A, 6, F)``."""
-    C = b["config_mask"].shape[0]
-    same = (b["atom_config"][:, None] == b["atom_config"][None, :]) * b["atom_mask"][
-        None, :
-    ]
-    s = same_species(b["species"], b["species"]) * same * b["atom_mask"][:, None]
-    return jax.ops.segment_sum(
-        _gram_variance(kernel, V, p_hat, norm, s), b["atom_config"], C
-    )
+    atom's ``V_i = sum_{p: i_p = i} dP_p (x) D_p`` in Voigt order ``(A, 6, F)``, over
+    tiles of ``tile`` atoms."""
+
+    def pair_sum(x, y, s):
+        def side(t):  # a tile's padding has norm 0: 1 instead (its mask is 0)
+            return t["V"], t["p_hat"], jnp.where(t["mask"] > 0, t["norm"], 1.0)
+
+        right = None if y is None else side(y)
+        return _gram_variance(kernel, *side(x), s, right)
+
+    return _tile_sums(pair_sum, {"V": V, "p_hat": p_hat, "norm": norm}, b, tile)
 
 
 def prior_energy_variance(
-    kernel: DotProductKernel, p_hat: jax.Array, b: dict
+    kernel: DotProductKernel, p_hat: jax.Array, b: dict, tile: int = ATOM_TILE
 ) -> jax.Array:
-    """Prior variance ``(C,)`` of every total energy (eV^2): sum_{i,i'} k(p_i, p_i')."""
-    same = b["atom_config"][:, None] == b["atom_config"][None, :]
-    s = same_species(b["species"], b["species"]) * same
-    s = s * b["atom_mask"][:, None] * b["atom_mask"][None, :]
-    K = kernel.delta**2 * (p_hat @ p_hat.T) ** kernel.zeta * s
-    return jax.ops.segment_sum(
-        K.sum(axis=1), b["atom_config"], b["config_mask"].shape[0]
-    )
+    """Prior variance ``(C,)`` of every total energy (eV^2): sum_{i,i'} k(p_i, p_i'),
+    over tiles of ``tile`` atoms."""
+
+    def pair_sum(x, y, s):
+        q = x["p_hat"] @ (x if y is None else y)["p_hat"].T
+        return kernel.delta**2 * jnp.sum(q**kernel.zeta * s, axis=1)
+
+    return _tile_sums(pair_sum, {"p_hat": p_hat}, b, tile)
 
 
 def incoming_derivatives(

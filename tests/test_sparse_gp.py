@@ -17,7 +17,7 @@ from ase.calculators.emt import EMT
 from scipy.linalg import solve_triangular
 
 import gapfit  # noqa: F401  (float64)
-from gapfit.blocks import batch_arrays, descriptors_jit
+from gapfit.blocks import VOIGT, batch_arrays, descriptors_jit
 from gapfit.distance_2b import (
     TILE,
     PairSpec,
@@ -29,7 +29,7 @@ from gapfit.distance_2b import (
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model
 from gapfit.neighbours import PairTables, make_batch, pad_batch, pair_tables
-from gapfit.soap import SoapSpec, soap
+from gapfit.soap import SoapSpec, soap, soap_and_pair_derivatives
 from gapfit.sparse_gp import (
     Posterior,
     dtc_variance,
@@ -40,6 +40,7 @@ from gapfit.sparse_gp import (
     prior_factor,
 )
 from gapfit.terms import PairTerm, SoapTerm
+from gapfit.variance import prior_energy_variance, prior_virial_variance
 
 SPEC = SoapSpec(
     species=(29, 79),
@@ -324,6 +325,40 @@ def test_pair_priors_of_energies_and_virials_equal_the_double_sums():
         np.testing.assert_allclose(energy[c], k_ss(e0, e0), rtol=1e-10)
         hWW = jax.jacfwd(jax.grad(k_ss, 1), 0)(e0, e0)  # (6, 6)
         np.testing.assert_allclose(virial[c], np.diagonal(hWW), rtol=1e-9)
+
+
+def test_soap_energy_and_virial_priors_over_tiles_equal_one_tile():
+    """The SOAP prior variances of total energies and virials, summed over tiles of
+    atoms (off-diagonal tiles once for both orders, tiles across two configurations,
+    a padded last tile), equal the sums in one tile; the energies also equal the
+    double sum of the kernel over each configuration's atoms."""
+    cells = [_cell(seed) * (2, 2, 2) for seed in (3, 4)]
+    batch = make_batch(cells, SPEC.species, SPEC.neighbour_cutoff)
+    b = batch_arrays(batch)
+    p, dP = soap_and_pair_derivatives(
+        SPEC, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
+    )
+    p_hat, norm = normalise(p)
+    VD = jnp.einsum("pxf,py->pfxy", dP, b["D"])  # each pair's dP (x) D
+    V = jnp.stack([VD[..., i, j] for i, j in VOIGT], axis=1)  # (P, 6, F), any entries
+    V = jax.ops.segment_sum(V, b["centre"], len(batch.species))
+    whole = len(batch.species)
+    for tile in (7, 16):
+        assert whole > 2 * tile
+        np.testing.assert_allclose(
+            prior_virial_variance(KERNEL, p_hat, norm, V, b, tile),
+            prior_virial_variance(KERNEL, p_hat, norm, V, b, whole),
+            rtol=1e-12,
+        )
+        np.testing.assert_allclose(
+            prior_energy_variance(KERNEL, p_hat, b, tile),
+            prior_energy_variance(KERNEL, p_hat, b, whole),
+            rtol=1e-12,
+        )
+    energy = prior_energy_variance(KERNEL, p_hat, b, 7)
+    for c, at in enumerate(cells):
+        pa, sa = _soap_features(at)(jnp.asarray(at.positions), jnp.zeros((3, 3)))
+        np.testing.assert_allclose(energy[c], _soap_k_total(pa, sa, pa, sa), rtol=1e-11)
 
 
 def _posterior(L: np.ndarray, R: np.ndarray) -> Posterior:
