@@ -97,27 +97,34 @@ def _gram_variance(
     return kernel.delta**2 * kernel.zeta * var
 
 
+def _rows_of(x: jax.Array, atom: jax.Array | None) -> jax.Array:
+    """``x``'s rows of the atoms ``atom``, or all of them for None (no gather: index
+    gathers of the whole batch cost the 108-atom std 20 ms)."""
+    return x if atom is None else x[atom]
+
+
 def prior_force_variance(
     kernel: DotProductKernel,
     p_hat: jax.Array,
     norm: jax.Array,
-    dP_in: jax.Array,
-    U_self: jax.Array,
-    centre_in: jax.Array,
-    mask_in: jax.Array,
+    rows: dict,
     b: dict,
 ) -> jax.Array:
-    """Prior variance ``(A, 3)`` of every force component (eV^2/Å^2), from the pairs
-    into each atom ``dP_in (A, K, 3, F)`` (centres ``centre_in``, mask ``mask_in``
-    (A, K)) and ``U_self = -sum_{p: i_p = a} dP_p`` ``(A, 3, F)``."""
-    A = p_hat.shape[0]
-    U = jnp.concatenate([U_self[:, None], dP_in], axis=1)  # (A, K+1, 3, F)
-    env = jnp.concatenate([jnp.arange(A)[:, None], centre_in], axis=1)
-    real = jnp.concatenate([b["atom_mask"][:, None], mask_in], axis=1)
+    """Prior variance ``(R, 3)`` of the force components of R atoms ``rows["atom"]``
+    (None: every atom of the batch, in order) (eV^2/Å^2), from the pairs into each
+    ``rows["dP"] (R, K, 3, F)`` (centres ``rows["centre"]``, mask ``rows["mask"]``
+    (R, K)) and ``rows["S"] = sum_{p: i_p = a} dP_p`` ``(R, 3, F)``; ``p_hat``,
+    ``norm``: all atoms'."""
+    atom = rows["atom"]
+    own = jnp.arange(p_hat.shape[0]) if atom is None else atom
+    mask = _rows_of(b["atom_mask"], atom)
+    U = jnp.concatenate([-rows["S"][:, None], rows["dP"]], axis=1)  # (R, K+1, 3, F)
+    env = jnp.concatenate([own[:, None], rows["centre"]], axis=1)
+    real = jnp.concatenate([mask[:, None], rows["mask"]], axis=1)
     spec_e = b["species"][env]
     s = (spec_e[:, :, None] == spec_e[:, None, :]) * real[:, :, None] * real[:, None, :]
     var = _gram_variance(kernel, U, p_hat[env], norm[env], s).sum(axis=1)
-    return var * b["atom_mask"][:, None]
+    return var * mask[:, None]
 
 
 ATOM_TILE = 512  # atoms per side of a tile of the energy and virial prior double sums
@@ -225,7 +232,10 @@ def incoming_derivatives(
     return p_hat, norm, dP, pair
 
 
-@partial(jax.jit, static_argnums=0)
+ROW_BLOCK = 256  # atoms per block of the force rows and their prior variances
+
+
+@partial(jax.jit, static_argnums=0, static_argnames="row_block")
 def soap_rows_and_priors(
     spec: SoapSpec,
     kernel: DotProductKernel,
@@ -233,6 +243,7 @@ def soap_rows_and_priors(
     Z_species: jax.Array,
     b: dict,
     tables: PairTables,
+    row_block: int = ROW_BLOCK,
 ) -> tuple[Rows, Std]:
     """Kernel rows and prior variances (``Std`` fields hold variances here) of the
     SOAP term for one batch.
@@ -247,6 +258,10 @@ def soap_rows_and_priors(
 
         F_a = a_a (Z S_a - q_a (p_hat_a . S_a)) - sum_{p into a} t_p       (A, 3, M)
         W   = -sum_p t_p (x) D_p = -sum_i a_i (Z V_i - q_i (p_hat_i . V_i)) (C, 6, M)
+
+    The force rows and their prior variances run over blocks of ``row_block`` atoms
+    (one block for a batch that small), so the (pairs, 3, M) products of a large cell
+    are never all held at once.
     """
     A, K = tables.incoming.shape
     C = b["config_mask"].shape[0]
@@ -261,35 +276,44 @@ def soap_rows_and_priors(
 
     q, a, local, energy = atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
 
-    def projected(U):  # a_i (z - q_i p_hat_i) . U_i for U (A, 3 or 6, F) per atom
-        ZU = jnp.einsum("akf,mf->akm", U, Z_hat)
-        pU = jnp.einsum("akf,af->ak", U, p_hat)
-        return a[:, None, :] * (ZU - q[:, None, :] * pU[..., None])
+    def projected(U, atom):  # a_i (z - q_i p_hat_i) . U_i for U (R, 3 or 6, F)
+        ZU = jnp.einsum("rkf,mf->rkm", U, Z_hat)
+        pU = jnp.einsum("rkf,rf->rk", U, _rows_of(p_hat, atom))
+        a_r, q_r = _rows_of(a, atom), _rows_of(q, atom)
+        return a_r[:, None, :] * (ZU - q_r[:, None, :] * pU[..., None])
 
-    # sum over the pairs into a of t_p, with a_i and a_i q_i of each pair's centre
-    ZdP = jnp.einsum("pkf,mf->pkm", dP, Z_hat).reshape(A, K, 3, -1)  # the main GEMM
-    pdP = jnp.einsum("pkf,pf->pk", dP, p_hat[i]).reshape(A, K, 3)
-    t_in = jnp.sum(a[i].reshape(A, K, 1, -1) * ZdP, axis=1) - jnp.einsum(
-        "akx,akm->axm", pdP, (a * q)[i].reshape(A, K, -1)
-    )
-    forces = projected(S) - t_in  # (A, 3, M)
+    def force_block(rows: dict) -> tuple[jax.Array, jax.Array]:
+        """Force rows (R, 3, M) and prior variances (R, 3) of the atoms ``rows``."""
+        dP_r, i_r = rows["dP"], rows["centre"]  # (R, K, 3, F), (R, K)
+        # sum over the pairs into a of t_p, with a_i and a_i q_i of each pair's centre
+        ZdP = jnp.einsum("rkxf,mf->rkxm", dP_r, Z_hat)  # the main GEMM
+        pdP = jnp.einsum("rkxf,rkf->rkx", dP_r, p_hat[i_r])
+        t_in = jnp.sum(a[i_r][:, :, None] * ZdP, axis=1) - jnp.einsum(
+            "rkx,rkm->rxm", pdP, (a * q)[i_r]
+        )
+        forces = projected(rows["S"], rows["atom"]) - t_in
+        return forces, prior_force_variance(kernel, p_hat, norm, rows, b)
+
+    per_atom = {
+        "atom": jnp.arange(A),
+        "dP": dP.reshape(A, K, 3, -1),
+        "centre": i.reshape(A, K),
+        "mask": pair["pair_mask"].reshape(A, K),
+        "S": S,
+    }
+    if A <= row_block:
+        forces, force_var = force_block({**per_atom, "atom": None})
+    else:  # padded rows (atom 0 again) are cut off
+        out = jax.lax.map(force_block, blocked(per_atom, row_block))
+        forces, force_var = (x.reshape(-1, *x.shape[2:])[:A] for x in out)
     # W = -sum_p t_p (x) D_p = -sum_i (the projection of V_i): no pass over t_p
-    virial = -jax.ops.segment_sum(projected(V), b["atom_config"], C)  # (C, 6, M)
+    virial = -jax.ops.segment_sum(projected(V, None), b["atom_config"], C)
     rows = Rows(energy, forces, virial, local)
 
     priors = Std(
         kernel.delta**2 * b["atom_mask"],
         prior_energy_variance(kernel, p_hat, b),
-        prior_force_variance(
-            kernel,
-            p_hat,
-            norm,
-            dP.reshape(A, K, 3, -1),
-            -S,
-            i.reshape(A, K),
-            pair["pair_mask"].reshape(A, K),
-            b,
-        ),
+        force_var,
         prior_virial_variance(kernel, p_hat, norm, V, b),
     )
     return rows, priors

@@ -40,7 +40,11 @@ from gapfit.sparse_gp import (
     prior_factor,
 )
 from gapfit.terms import PairTerm, SoapTerm
-from gapfit.variance import prior_energy_variance, prior_virial_variance
+from gapfit.variance import (
+    prior_energy_variance,
+    prior_virial_variance,
+    soap_rows_and_priors,
+)
 
 SPEC = SoapSpec(
     species=(29, 79),
@@ -359,6 +363,24 @@ def test_soap_energy_and_virial_priors_over_tiles_equal_one_tile():
     for c, at in enumerate(cells):
         pa, sa = _soap_features(at)(jnp.asarray(at.positions), jnp.zeros((3, 3)))
         np.testing.assert_allclose(energy[c], _soap_k_total(pa, sa, pa, sa), rtol=1e-11)
+
+
+def test_soap_force_rows_and_priors_over_blocks_of_atoms_equal_one_block():
+    """The SOAP force rows and force prior variances computed over blocks of atoms
+    (a padded last block) equal those of one block; so do the other rows and
+    priors."""
+    at = _cell(5) * (2, 2, 2)
+    batch = make_batch([at], SPEC.species, SPEC.neighbour_cutoff)
+    tables = pair_tables(batch)
+    rng = np.random.default_rng(0)
+    Z = normalise(jnp.asarray(rng.uniform(size=(12, SPEC.n_features))))[0]
+    Z_s = jnp.asarray(rng.integers(0, 2, 12))
+    args = (SPEC, KERNEL, Z, Z_s, batch_arrays(batch), tables)
+    assert len(batch.species) > 2 * 13
+    one = soap_rows_and_priors(*args)
+    blocks = soap_rows_and_priors(*args, row_block=13)
+    for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(blocks), strict=True):
+        np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-14)
 
 
 def _posterior(L: np.ndarray, R: np.ndarray) -> Posterior:
