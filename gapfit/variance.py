@@ -17,7 +17,7 @@ Energies use ``sum_{i,i'} k(p_i, p_i')``. Cost per atom is O(neighbours^2 x F).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -131,18 +131,19 @@ ATOM_TILE = 512  # atoms per side of a tile of the energy and virial prior doubl
 
 
 def _tile_sums(
-    pair_sum,
+    pair_sum: Callable[[dict, dict | None, jax.Array], jax.Array],
     atoms: dict[str, jax.Array],
     b: dict,
     tile: int,
 ) -> jax.Array:
     """Per-configuration sums ``(C, ...)`` of a double sum over the atom pairs of each
     configuration, symmetric in the two atoms: ``pair_sum(x, y, s)`` gives the row
-    sums ``(T, ...)`` of tile ``x`` against tile ``y`` (dicts of ``atoms``' arrays)
-    with ``s (T, T')`` the same-configuration, same-species and padding mask. One call
-    when the batch fits one tile; otherwise tiles (t, u >= t) of ``tile`` atoms, the
-    off-diagonal ones counted twice, each booked to the configurations of its rows:
-    memory O(tile^2), not O(A^2)."""
+    sums ``(T, ...)`` of tile ``x`` against tile ``y`` (dicts of the per-atom arrays
+    ``atoms`` plus ``species``, ``config`` and ``mask``; ``y`` None: ``x`` against
+    itself) with ``s (T, T')`` the same-configuration, same-species and padding mask.
+    One call when the batch fits one tile; otherwise tiles (t, u >= t) of ``tile``
+    atoms, the off-diagonal ones counted twice, each booked to the configurations of
+    its rows: memory O(tile^2), not O(A^2)."""
     atoms = {**atoms, "species": b["species"], "config": b["atom_config"]}
     atoms["mask"] = b["atom_mask"]
     C = b["config_mask"].shape[0]
