@@ -45,6 +45,7 @@ BOUND = float(np.log(1e4))  # |log(value / initial value)| <= BOUND
 JITTER_FLOOR = 1e-12  # sparse_jitter / delta^2 stays above this (see delta_bounds)
 MAX_ITERATIONS = 200
 FTOL, GTOL = 1e-10, 1e-5  # L-BFGS-B stops on these changes of -log p(y) / n
+STEP_TOL = 1e-3  # a quasi-Newton step below this in every log factor: converged
 
 
 def optimise_mode(value: bool | str | None) -> str | None:
@@ -169,9 +170,11 @@ class Optimum:
     final: float  # at the optimum, nats
     iterations: int
     evaluations: int
-    converged: bool
+    converged: bool  # L-BFGS-B's own test, or a remaining step below STEP_TOL
     message: str
     at_bound: tuple[int, ...]  # indices into (log_a, free log_s) at a search bound
+    gradient: float  # largest |d log p(y) / d log factor| inside the bounds, nats
+    step: float  # largest log factor change of L-BFGS-B's quasi-Newton step from there
 
 
 def maximise(stats: Statistics, jitter: float) -> Optimum:
@@ -220,6 +223,13 @@ def maximise(stats: Statistics, jitter: float) -> Optimum:
     )
     log_s = np.zeros(G)
     log_s[free] = res.x[T:]
+    lo, hi = np.array(bounds).T
+    at_lo, at_hi = res.x < lo + 1e-6, res.x > hi - 1e-6
+    # the objective's gradient, less what pushes against a bound, in nats
+    inward = np.where((at_lo & (res.jac > 0)) | (at_hi & (res.jac < 0)), 0.0, res.jac)
+    gradient = float(np.max(np.abs(inward), initial=0.0)) * n_obs
+    step = np.where(at_lo | at_hi, 0.0, res.hess_inv.matvec(inward))
+    step = float(np.max(np.abs(step), initial=0.0))
     return Optimum(
         np.asarray(res.x[:T]),
         log_s,
@@ -227,13 +237,11 @@ def maximise(stats: Statistics, jitter: float) -> Optimum:
         -float(res.fun) * n_obs,
         int(res.nit),
         int(res.nfev),
-        bool(res.success),
-        str(res.message),
-        tuple(
-            k
-            for k, (x, (lo, hi)) in enumerate(zip(res.x, bounds, strict=True))
-            if x < lo + 1e-6 or x > hi - 1e-6
-        ),
+        bool(res.success) or step < STEP_TOL,
+        str(res.message).rstrip(": "),
+        tuple(np.flatnonzero(at_lo | at_hi).tolist()),
+        gradient,
+        step,
     )
 
 
@@ -326,6 +334,8 @@ def report(
         "evaluations": opt.evaluations,
         "converged": opt.converged,
         "message": opt.message,
+        "gradient": opt.gradient,
+        "step": opt.step,
         "at_bound": [names[k] for k in opt.at_bound],
     }
 
@@ -375,6 +385,11 @@ def format_report(record: Mapping[str, Any]) -> str:
     """Lines for the fit summary and ``gapfit info`` from ``report``'s record."""
     ini, fin = record["initial"], record["final"]
     state = "converged" if record["converged"] else f"stopped: {record['message']}"
+    if "step" in record:  # models of earlier versions lack it
+        state += (
+            f"; gradient {record['gradient']:.2g} nats per log factor, "
+            f"remaining step {record['step']:.2g} in log factor"
+        )
     lines = [
         f"hyperparameters by evidence ({record['groups']} sigma factors; "
         f"{record['iterations']} iterations, {state}): log evidence "

@@ -44,6 +44,7 @@ from gapfit.errors import GapfitError
 from gapfit.evidence import evidence_and_gradient, log_evidence
 from gapfit.hyperparameters import (
     BOUND,
+    STEP_TOL,
     NoiseGroups,
     delta_bounds,
     maximise,
@@ -242,6 +243,23 @@ def test_gradient_equals_finite_differences(data):
             down = log_evidence(*args, stats, JITTER)
             fd = (up - down) / (2 * h)
             assert abs(g[k] - fd) < 1e-6 * (abs(fd) + 1), (which, k, g[k], fd)
+
+
+def test_reported_gradient_is_the_one_at_the_optimum(data):
+    """``maximise``'s ``gradient``: the largest |d log p / d log factor| at its
+    result (nats), leaving out components that push against a bound; its
+    quasi-Newton step is below ``STEP_TOL`` at a maximum inside the box."""
+    _, frames, _, elsewhere, _ = data
+    stats = _stats(frames, *elsewhere)
+    opt = maximise(stats, JITTER)
+    reduced = stats._replace(R=stats.R[:-1], n=stats.n[:-1])
+    _, (g_a, g_s) = evidence_and_gradient(
+        jnp.asarray(opt.log_a), jnp.asarray(opt.log_s[:-1]), reduced, JITTER
+    )
+    g = np.concatenate([g_a, g_s])
+    g[list(opt.at_bound)] = 0.0  # none expected; a bound's push is not counted
+    assert opt.converged and opt.step < STEP_TOL, opt
+    assert opt.gradient == pytest.approx(np.abs(g).max(), rel=1e-6, abs=1e-9)
 
 
 def test_coincident_sparse_points_stay_finite(data):
