@@ -7,7 +7,9 @@ training configurations (never the isolated atom, never the test set), fits
 bench_fit.py's recipe on the rest, calibrates the stds on the held-out part
 (``gapfit.calibration``) and prints, on the held-out and on the test set, the coverage
 of the 68 % and 95 % intervals, the NLL and the Spearman correlation of the DTC and the
-calibrated stds. ``--reuse`` loads ``--model`` instead of fitting (it must have been
+calibrated stds. ``--cv K`` calibrates on K-fold cross-validation of the fit part
+instead (``gapfit.crossval``; the held-out part is then only predicted, a second
+independent check). ``--reuse`` loads ``--model`` instead of fitting (it must have been
 fitted on the same split: the training-data sha256 is checked).
 """
 
@@ -21,6 +23,7 @@ import numpy as np
 from bench_fit import recipe
 
 from gapfit.calibration import calibrate, describe, std_samples
+from gapfit.crossval import calibrate_cv
 from gapfit.data import read_frames
 from gapfit.fit import _data_summary
 from gapfit.model import Model
@@ -44,6 +47,7 @@ def main() -> None:
     ap.add_argument("--n-sparse", type=int, default=500)
     ap.add_argument("--no-2b", action="store_true", help="SOAP only")
     ap.add_argument("--per-config-type", action="store_true")
+    ap.add_argument("--cv", type=int, help="calibrate by K-fold cross-validation")
     ap.add_argument("--model", type=Path, default=Path("bench_calibration.npz"))
     ap.add_argument("--reuse", action="store_true", help="load --model, do not fit")
     ap.add_argument("--plot", type=Path, help="write the test-set plots here")
@@ -74,13 +78,22 @@ def main() -> None:
     print(f"fit/load {time.perf_counter() - t0:.1f} s")
 
     t0 = time.perf_counter()
-    result = calibrate(model, held, args.per_config_type)
+    if args.cv:
+        result = calibrate_cv(model, train, args.cv, args.seed, args.per_config_type)
+    else:
+        result = calibrate(model, held, args.per_config_type)
     model = result.model
     model.save(args.model.with_name(args.model.stem + "_calibrated.npz"))
     print(f"calibration {time.perf_counter() - t0:.1f} s")
     print(describe(model.calibration))
     table = uncertainty_table(result.samples)
-    print(format_uncertainty_table(table, "held-out (calibration) set"))
+    what = (
+        f"{args.cv}-fold cross-validation" if args.cv else "held-out (calibration) set"
+    )
+    print(format_uncertainty_table(table, what))
+    if args.cv:
+        samples = std_samples(model, held, model.predict(held, std=True))
+        print(format_uncertainty_table(uncertainty_table(samples), "held-out set"))
 
     t0 = time.perf_counter()
     preds = model.predict(test, std=True)

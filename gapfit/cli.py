@@ -27,8 +27,15 @@ import numpy as np
 from click.core import ParameterSource
 
 from gapfit import __version__
-from gapfit.calibration import MIN_CONFIGS, MIN_VALUES, describe, std_samples
+from gapfit.calibration import (
+    MIN_CONFIGS,
+    MIN_VALUES,
+    describe,
+    std_samples,
+    summary,
+)
 from gapfit.calibration import calibrate as calibrate_model
+from gapfit.crossval import calibrate_cv
 from gapfit.data import LabelKeys, check_species, read_frames
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP
@@ -762,26 +769,77 @@ def eval_(
     f"of a quantity in >= {MIN_CONFIGS} configurations; other config_types use the "
     "global one.",
 )
+@click.option(
+    "--cv",
+    type=click.IntRange(min=2),
+    default=None,
+    metavar="K",
+    help="FILE is the model's own training data: calibrate on its K-fold "
+    "cross-validated predictions (each fold predicted by the model solved without "
+    "it; same sparse set and hyperparameters) instead of a held-out set. [gapfit "
+    "only]",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the random split into folds (with --cv).",
+)
+@click.option(
+    "--chunk-atoms",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Atoms per streamed chunk of the fold models' solves (with --cv; memory "
+    "only).",
+)
 @label_key_options
 @_user_errors
 def calibrate(
-    xyz: str, gp_file: str, output: str | None, per_config_type: bool, keys: LabelKeys
+    xyz: str,
+    gp_file: str,
+    output: str | None,
+    per_config_type: bool,
+    cv: int | None,
+    seed: int,
+    chunk_atoms: int,
+    keys: LabelKeys,
 ) -> None:
-    """Calibrate the predicted stds on labelled held-out FILE.
+    """Calibrate the predicted stds on labelled held-out FILE (or, with --cv K, on
+    K-fold cross-validation of the training data FILE).
 
     Fits std_cal^2 = (scale std)^2 + floor^2 w + (relative value)^2 per quantity
     (energy, forces, virial; no relative term for energies) by maximum Gaussian
     likelihood of the errors on FILE, stores it in the model, and prints the
     metrics of the DTC and the calibrated stds on FILE. FILE must be
-    configurations the model was not fitted on (and not the test set).
+    configurations the model was not fitted on (and not the test set), or with --cv
+    exactly the model's training data.
     """
     model = Model.load(gp_file)
     output = output or gp_file
     _check_writable(output, "--output")
     frames = read_frames(xyz, keys, require=())
     check_species(frames, model.species)
-    click.echo(f"predicting {len(frames)} configs of {xyz} with stds ...")
-    result = calibrate_model(model, frames, per_config_type)
+    if cv is None:
+        click.echo(f"predicting {len(frames)} configs of {xyz} with stds ...")
+        result = calibrate_model(model, frames, per_config_type)
+    else:
+        fitted_on = model.info.get("data", {}).get("sha256")
+        if fitted_on is not None and fitted_on != summary(frames)["sha256"]:
+            raise GapfitError(
+                f"--cv: {xyz} is not the training data of {gp_file} (its sha256 "
+                "differs from the one stored at the fit); give the file the model "
+                "was fitted on (with the same label keys), or calibrate on held-out "
+                "data without --cv."
+            )
+        click.echo(
+            f"{cv}-fold cross-validation on {len(frames)} configs of {xyz}: "
+            "fold models, then their held-out predictions with stds ..."
+        )
+        result = calibrate_cv(
+            model, frames, cv, seed, per_config_type, chunk_atoms, progress=True
+        )
     cal = result.model.calibration
     for q, s in result.samples["DTC"].items():
         if q not in cal.quantities:

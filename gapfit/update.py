@@ -84,7 +84,7 @@ def refit(
     K_mm = block_K_mm(model.terms)
     L = prior_factor(K_mm, jitter)
     R_aug = empty_factor(len(K_mm))
-    for A, b in _rows(model, frames, sigmas, chunk_atoms, shape):
+    for A, b in frame_rows(model, frames, sigmas, chunk_atoms, shape):
         R_aug = fold_whitened(R_aug, A, b, L)
     info = {k: v for k, v in model.info.items() if k not in STALE}
     info["data"] = _data_summary(frames) if frames else {}
@@ -107,7 +107,7 @@ def update(
     R, L, w = model.posterior.R, model.posterior.L_mm, model.posterior.weights
     M = w.shape[0]
     R_aug = jnp.zeros((M + 1, M + 1)).at[:M, :M].set(R).at[:M, M].set(R @ (L.T @ w))
-    for A, b in _rows(model, frames, sigmas, chunk_atoms, shape):
+    for A, b in frame_rows(model, frames, sigmas, chunk_atoms, shape):
         R_aug = fold_whitened(R_aug, A, b, L)
     info = {k: v for k, v in model.info.items() if k not in STALE}
     info["data"] = _merged(info.get("data", {}), _data_summary(frames))
@@ -161,7 +161,7 @@ def _batches(model, frames, chunk_atoms, shape):
     return chunks, batches
 
 
-def _rows(model, frames, sigmas, chunk_atoms, shape):
+def frame_rows(model, frames, sigmas, chunk_atoms, shape):
     """Scaled rows of ``frames`` chunk by chunk (batches padded to ``shape``)."""
     if not frames:
         return []
