@@ -44,6 +44,7 @@ from ase.md.velocitydistribution import Stationary
 
 from gapfit import GAP
 from gapfit.calibration import std_samples
+from gapfit.crossval import calibrate_cv
 from gapfit.data import frames_from_atoms
 from gapfit.labeller import label
 from gapfit.learn import learn_pool
@@ -116,16 +117,15 @@ def cu_structures(n: int, seed: int) -> list[Atoms]:
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def force_std_coverage(model_path: Path, frames: list) -> str:
-    """The saved model's force-component std coverage on the test frames, DTC and
-    (when model.npz carries the run's held-out calibration) calibrated."""
-    model = Model.load(model_path)
+def force_std_coverage(model: Model, frames: list) -> dict[str, str]:
+    """A model's force-component std coverage of the 68 and 95 % intervals on the
+    test frames: DTC and (for a calibrated model) calibrated."""
     samples = std_samples(model, frames, model.predict(frames, std=True))
-    parts = []
+    out = {}
     for kind, s in samples.items():
         m = metrics("forces", s["forces"].error, s["forces"].std)
-        parts.append(f"{kind} {m['coverage_68']:.2f} / {m['coverage_95']:.2f}")
-    return "test F std coverage 68 / 95 %: " + ", ".join(parts)
+        out[kind] = f"{m['coverage_68']:.2f} / {m['coverage_95']:.2f}"
+    return out
 
 
 def curves(args: argparse.Namespace) -> None:
@@ -159,6 +159,13 @@ def curves(args: argparse.Namespace) -> None:
                 progress=False,
             )
             seconds = time.perf_counter() - t0
+            model = Model.load(learner.workdir.file("model.npz"))
+            coverage = force_std_coverage(model, test_frames)
+            if args.cv:  # the run's model calibrated on its labels, K-fold
+                cv = calibrate_cv(model, learner.labelled, args.cv).model
+                coverage["calibrated by CV"] = force_std_coverage(cv, test_frames)[
+                    "calibrated"
+                ]
             for r in learner.curve:
                 rows[strategy].setdefault(r["n_labels"], []).append(r["f_rmse"])
             per_seed.setdefault(seed, {})[strategy] = learner.curve
@@ -166,8 +173,8 @@ def curves(args: argparse.Namespace) -> None:
                 f"seed {seed} {strategy:>11}: {len(learner.labelled)} labels, "
                 f"{learner.n_sparse} sparse points, {seconds:.0f} s; test F RMSE "
                 + " ".join(f"{r['f_rmse']:.1f}" for r in learner.curve)
-                + "\n  "
-                + force_std_coverage(learner.workdir.file("model.npz"), test_frames)
+                + "\n  test F std coverage 68 / 95 %: "
+                + ", ".join(f"{k} {v}" for k, v in coverage.items())
             )
     for seed, runs in per_seed.items():
         target = runs["random"][-1]
@@ -260,6 +267,14 @@ def main() -> None:
         help="re-choose delta and the sigmas by the evidence at each scheduled refit",
     )
     p.add_argument("--refit-every", type=int, default=20, help="labels per refit")
+    p.add_argument(
+        "--cv",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also calibrate each run's model by K-fold cross-validation on its "
+        "labels and print that coverage",
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--plot", default=None, metavar="PNG")
     p.add_argument("--skip-curves", action="store_true")
