@@ -1081,8 +1081,8 @@ def info(gp_file: str) -> None:
     type=int,
     default=20,
     show_default=True,
-    help="Full refit after this many labels (else rank updates); on the fly the "
-    "first come sooner, after 4, 8, 16, ... labels.",
+    help="Full refit after this many labels (else rank updates); the first come "
+    "sooner, after 4, 8, 16, ... labels.",
 )
 @click.option(
     "--optimise-hyperparameters",

@@ -25,8 +25,8 @@ below, to ``SPARSE_STD_TARGET x std_threshold`` (``sparse_set.force_sparse``: th
 force stds are nearly all residual there, which labels cannot lower). The set is held
 at that capacity by padding, so the kernels compile once per run. New frames are
 folded into the QR factor (``update.update``) unless sparse points were added, or
-every ``refit_every`` labels (counted whatever refits new sparse points forced; on the
-fly the first after 4, 8, 16, ... labels, ``Learner._refit_interval``), by a full
+every ``refit_every`` labels (counted whatever refits new sparse points forced; the
+first after 4, 8, 16, ... labels, ``Learner._refit_interval``), by a full
 refit (``update.refit``); both give the same model to rounding. With the ``GAP``'s
 ``optimise_hyperparameters``, each of those scheduled refits also re-chooses every
 term's delta and the sigmas by the evidence on all labelled frames
@@ -420,13 +420,11 @@ class Learner:
         return how
 
     def _refit_interval(self) -> int:
-        """Labels from one scheduled refit to the next: ``refit_every``; on the fly
-        the first come sooner, after 4, 8, 16, ... labels (doubling, at most
-        ``refit_every`` apart): the hand-set delta and sigmas are furthest off
-        while the labels are few, and a re-optimisation is cheapest then."""
+        """Labels from one scheduled refit to the next: ``refit_every``, the first
+        ones sooner, after 4, 8, 16, ... labels (doubling, at most ``refit_every``
+        apart): the hand-set delta and sigmas are furthest off while the labels are
+        few, and a re-optimisation is cheapest then."""
         every = self.settings["refit_every"]
-        if self.settings["mode"] != "otf":
-            return every
         return min(every, max(4, len(self.labelled) - self.since_refit))
 
     def isolated_atoms(self) -> list[ase.Atoms]:

@@ -306,6 +306,23 @@ def test_scheduled_refit_reoptimises_hyperparameters(tmp_path):
     assert learner.model.info["settings"]["default_sigma"] == final["default_sigma"]
 
 
+def test_pool_reoptimises_early_then_every_refit_every(tmp_path):
+    settings = GAP(soap=SOAP, e0_method="average", optimise_hyperparameters=True)
+    learner = learn_pool(
+        tmp_path / "run",
+        "emt",
+        cu_cells(18, seed=52, labelled=False),
+        settings,
+        n_seed=4,
+        batch_size=2,
+        budget=16,
+        refit_every=6,
+        progress=False,
+    )
+    at = [e["n_labels"] for e in learner.log if e["event"] == "reoptimised"]
+    assert at == [4, 8, 14]  # doubling intervals 4, 4, then at most 6
+
+
 def test_pool_resume_after_kill(pool_run, tmp_path):
     reference, _ = pool_run
     workdir = tmp_path / "run"
