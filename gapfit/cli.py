@@ -850,7 +850,8 @@ def calibrate(
     click.echo(describe(cal))
     click.echo(
         format_uncertainty_table(
-            uncertainty_table(result.samples), f"before/after on {xyz}"
+            uncertainty_table(result.samples),
+            f"before/after on {xyz}" + (f", {cv}-fold cross-validated" if cv else ""),
         )
     )
     result.model.save(output)

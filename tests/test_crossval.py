@@ -127,6 +127,7 @@ def test_cli_calibrate_cv(tmp_path):
     result = invoke(*args, "--cv", K, tmp_path / "train.xyz")
     assert result.exit_code == 0, (result.output, result.exception)
     assert f"{K}-fold cross-validation" in result.output
+    assert f"train.xyz, {K}-fold cross-validated" in result.output  # the table's title
     assert "forces scale " in result.output
     assert "cross-validation" in Model.load(out).calibration.data["held_out"]
     # other data than the model's training set: an error saying what to do
