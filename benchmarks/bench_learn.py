@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from ase import Atoms, units
 from ase.build import bulk, fcc100, fcc111
@@ -166,6 +167,11 @@ def curves(args: argparse.Namespace) -> None:
                 coverage["calibrated by CV"] = force_std_coverage(cv, test_frames)[
                     "calibrated"
                 ]
+            # every run compiles its own programs (shapes of its frames); each
+            # executable holds memory maps, and a dozen runs in one process passed
+            # Linux's 65,530 (vm.max_map_count: LLVM "Unable to allocate section
+            # memory"); the runs share nothing, so drop them
+            jax.clear_caches()
             for r in learner.curve:
                 rows[strategy].setdefault(r["n_labels"], []).append(r["f_rmse"])
             per_seed.setdefault(seed, {})[strategy] = learner.curve
