@@ -21,9 +21,10 @@ sec. 6.5 (updating a QR factorisation).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import ase
+import jax
 import jax.numpy as jnp
 
 from gapfit.assembly import batch_shape, padded_batches, scaled_chunks
@@ -161,8 +162,16 @@ def _batches(model, frames, chunk_atoms, shape):
     return chunks, batches
 
 
-def frame_rows(model, frames, sigmas, chunk_atoms, shape):
-    """Scaled rows of ``frames`` chunk by chunk (batches padded to ``shape``)."""
+def frame_rows(
+    model: Model,
+    frames: Sequence[Frame],
+    sigmas: Sigmas,
+    chunk_atoms: int,
+    shape: list[int] | None,
+) -> Iterable[tuple[jax.Array, jax.Array]]:
+    """Scaled rows ``(A (r, M), b (r,))`` of ``frames`` chunk by chunk, ``[K | y]``
+    divided by the noise std (``assembly.scaled_chunks``; batches padded to ``shape``,
+    raised in place)."""
     if not frames:
         return []
     chunks, batches = _batches(model, frames, chunk_atoms, shape)
