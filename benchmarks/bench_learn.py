@@ -10,7 +10,7 @@ curves with, for every N, the fewest labels with which the mean active-learning 
 reaches the mean random RMSE at N labels (the ratio to N; the floor asks for <= 1/3).
 ``--score`` picks the pool score (``gapfit.selection``). After each run: the coverage
 of the test set's force components by the central 68 % and 95 % intervals of the
-saved model's DTC and calibrated stds (the run's held-out calibration).
+saved model's DTC and calibrated stds (5-fold cross-validation of the run's labels).
 
 Pool and test set (independent draws): 32-atom fcc cells, strained (2 %) and rattled
 (0.02-0.15 Å); the same with one or two vacancies; 16-atom (100) and (111) slabs with
@@ -45,7 +45,6 @@ from ase.md.velocitydistribution import Stationary
 
 from gapfit import GAP
 from gapfit.calibration import std_samples
-from gapfit.crossval import calibrate_cv
 from gapfit.data import frames_from_atoms
 from gapfit.labeller import label
 from gapfit.learn import learn_pool
@@ -162,13 +161,8 @@ def curves(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - t0
             model = Model.load(learner.workdir.file("model.npz"))
             coverage = force_std_coverage(model, test_frames)
-            if args.cv:  # the run's model calibrated on its labels, K-fold
-                cv = calibrate_cv(model, learner.labelled, args.cv).model
-                coverage["calibrated by CV"] = force_std_coverage(cv, test_frames)[
-                    "calibrated"
-                ]
             # every run compiles its own programs (shapes of its frames); each
-            # executable holds memory maps, and a dozen runs in one process passed
+            # executable holds memory maps, and a dozen runs in one process can pass
             # Linux's 65,530 (vm.max_map_count: LLVM "Unable to allocate section
             # memory"); the runs share nothing, so drop them
             jax.clear_caches()
@@ -273,14 +267,6 @@ def main() -> None:
         help="re-choose delta and the sigmas by the evidence at each scheduled refit",
     )
     p.add_argument("--refit-every", type=int, default=20, help="labels per refit")
-    p.add_argument(
-        "--cv",
-        type=int,
-        default=0,
-        metavar="K",
-        help="also calibrate each run's model by K-fold cross-validation on its "
-        "labels and print that coverage",
-    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--plot", default=None, metavar="PNG")
     p.add_argument("--skip-curves", action="store_true")

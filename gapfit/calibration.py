@@ -412,9 +412,10 @@ def describe(cal: Calibration) -> str:
         )
 
     n = cal.data.get("n_configs", "?")
+    how = f"; {cal.data['held_out']}" if "held_out" in cal.data else ""
     lines = [
         "calibration (std_cal^2 = (scale std)^2 + floor^2 w + (relative value)^2, "
-        f"{n} held-out configs): {one(cal.quantities)}"
+        f"{n} held-out configs{how}): {one(cal.quantities)}"
     ]
     lines += [f"  config_type {ct}: {one(m)}" for ct, m in cal.per_config_type.items()]
     return "\n".join(lines)

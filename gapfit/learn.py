@@ -104,6 +104,7 @@ from tqdm.auto import tqdm
 from gapfit import heldout
 from gapfit.calculator import GAPCalculator
 from gapfit.calibration import (
+    MIN_CONFIGS,
     Calibration,
     calibrated_std,
     config_type_of,
@@ -111,6 +112,7 @@ from gapfit.calibration import (
     with_calibration,
     without_calibration,
 )
+from gapfit.crossval import ISOLATED, calibrate_cv
 from gapfit.curve import curve_csv, format_curve, plot_curve, test_errors
 from gapfit.data import Frame, atomic_number, frames_from_atoms
 from gapfit.errors import GapfitError
@@ -161,6 +163,7 @@ SPARSE_STD_TARGET = 0.5  # on the fly: a labelled frame's residual std over thre
 SCALE_MIN_FRAMES = 3  # on the fly: held-out frames before the std scale may shrink
 TAIL_Z = 3.0  # on the fly: errors beyond TAIL_Z scaled stds as rare as for a Gaussian
 FLOOR_RISE = 1.2  # on the fly: rise over a std its label could not lower, to label
+CV_FOLDS = 5  # pool mode: folds of the final model's cross-validated calibration
 
 
 def gap_settings(gap: GAP | None) -> dict:
@@ -449,17 +452,34 @@ class Learner:
         return float(self.state.get("std_units", 1.0))
 
     def calibration(self) -> Calibration | None:
-        """The std calibration fitted to the held-out predictions of the labelled
-        frames (``gapfit.heldout``), or None with too few; saved with ``model.npz``,
-        the loop itself predicts with the DTC stds."""
+        """The std calibration saved with ``model.npz`` (the loop itself predicts
+        with the DTC stds), or None with too few frames: fitted to the held-out
+        predictions of the labelled frames (``gapfit.heldout``); at the end of a
+        pool run, to their ``CV_FOLDS``-fold cross-validated predictions by the
+        final model (``crossval``) instead."""
         units = self.std_units
-        key = (len(self.labelled), units)
+        final = self.settings["mode"] == "pool" and "done" in self.state
+        key = (len(self.labelled), units, final)
         if self._calibration[0] != key:
-            cal = heldout.calibration(
-                self.labelled, self.frames, units, SCALE_MIN_FRAMES
-            )
+            cal = self._cross_validated() if final else None
+            if cal is None:
+                cal = heldout.calibration(
+                    self.labelled, self.frames, units, SCALE_MIN_FRAMES
+                )
             self._calibration = (key, cal)
         return self._calibration[1]
+
+    def _cross_validated(self) -> Calibration | None:
+        """The calibration by ``CV_FOLDS``-fold cross-validation of the labelled
+        frames (fewer folds with fewer frames), or None with too few values."""
+        n = sum(f.config_type != ISOLATED for f in self.frames)
+        if n < MIN_CONFIGS:
+            return None
+        try:
+            result = calibrate_cv(self.model, self.frames, min(CV_FOLDS, n))
+        except GapfitError:  # too few values of every quantity
+            return None
+        return result.model.calibration
 
     @property
     def n_sparse(self) -> int:

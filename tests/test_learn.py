@@ -26,6 +26,7 @@ from gapfit import GAP, GapfitError, heldout
 from gapfit.calculator import GAPCalculator
 from gapfit.calibration import fit_std_map, without_calibration
 from gapfit.cli import main
+from gapfit.crossval import calibrate_cv
 from gapfit.data import as_frames
 from gapfit.labeller import LabelFailure, label, make_labeller
 from gapfit.learn import (
@@ -201,12 +202,19 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
     assert log[-1]["event"] == "stop"
     assert (files / "model.npz").is_file() and (files / "curve.csv").is_file()
     # held out: each batch predicted before its labels (seeds: no model yet); the
-    # second batch's (a model of 5 labels) calibrate model.npz
+    # second batch's (a model of 5 labels) calibrate model.npz during the run
     assert [a.info.get("gap_n_labels") for a in on_disk] == [None] * 2 + [2] * 3 + [
         5
     ] * 3
     assert np.all(on_disk[5].arrays["gap_forces_std"] > 0)
-    assert Model.load(files / "model.npz").calibration.data["n_configs"] == 3
+    during = heldout.calibration(on_disk, learner.frames, learner.std_units, 3)
+    assert during.data["n_configs"] == 3
+    # at the end: 5-fold cross-validation of all 8 labels by the final model
+    final = Model.load(files / "model.npz").calibration
+    assert final.data["n_configs"] == 8
+    assert final.data["held_out"].startswith("5-fold cross-validation")
+    want = calibrate_cv(learner.model, learner.frames, 5).model.calibration
+    assert final.quantities["forces"] == want.quantities["forces"]
 
 
 def test_pool_scores_and_target_std(tmp_path):
