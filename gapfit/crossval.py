@@ -71,7 +71,7 @@ def fold_models(
     sigmas, jitter = model_sigmas(model)
     L = prior_factor(block_K_mm(model.terms), jitter)
     M = L.shape[0]
-    shape: list[int] = [0, 0, 0]  # one padded shape: the kernel rows compile once
+    shape: list[int] = [0, 0, 0]  # raised in place: the folds share padded shapes
 
     def factor(idx: Sequence[int]) -> np.ndarray:
         R = empty_factor(M)
