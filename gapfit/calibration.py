@@ -372,8 +372,21 @@ def calibrate(
     frames = held_out_frames(frames, model.species)
     raw = without_calibration(model)
     preds = raw.predict(frames, std=True, wheres=[f.where for f in frames])
+    return calibrated_on(model, frames, preds, per_config_type, summary(frames))
+
+
+def calibrated_on(
+    model: Model,
+    frames: Sequence[Frame],
+    preds: Sequence[dict],
+    per_config_type: bool,
+    data: Mapping[str, Any],
+) -> Calibrated:
+    """``model`` calibrated on held-out ``frames`` and their DTC predictions
+    ``preds`` (``Model.predict(..., std=True)``), ``data`` describing them; with the
+    values and their DTC and calibrated stds."""
     samples = collect(frames, preds)
-    cal = fit_calibration(samples, per_config_type, summary(frames))
+    cal = fit_calibration(samples, per_config_type, data)
     return Calibrated(
         with_calibration(model, cal),
         {"DTC": samples, "calibrated": calibrate_samples(cal, samples)},

@@ -28,10 +28,8 @@ from tqdm.auto import tqdm
 
 from gapfit.calibration import (
     Calibrated,
-    calibrate_samples,
-    fit_calibration,
+    calibrated_on,
     summary,
-    with_calibration,
     without_calibration,
 )
 from gapfit.data import Frame, as_frames
@@ -40,7 +38,6 @@ from gapfit.model import Model
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.terms import block_K_mm
 from gapfit.tsqr import stack_qr, tree_reduce
-from gapfit.uncertainty import collect
 from gapfit.update import LABELS, frame_rows, model_sigmas
 
 ISOLATED = "isolated_atom"
@@ -138,12 +135,7 @@ def calibrate_cv(
     set. Returns the calibrated model and the values with their DTC and calibrated
     stds."""
     held, preds = cross_validated(model, frames, k, seed, chunk_atoms, progress)
-    samples = collect(held, preds)
     data = summary(held) | {
         "held_out": f"{k}-fold cross-validation on the training data (seed {seed})"
     }
-    cal = fit_calibration(samples, per_config_type, data)
-    return Calibrated(
-        with_calibration(model, cal),
-        {"DTC": samples, "calibrated": calibrate_samples(cal, samples)},
-    )
+    return calibrated_on(model, held, preds, per_config_type, data)
