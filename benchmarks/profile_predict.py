@@ -29,7 +29,7 @@ from bench_fit import bench_cell
 from threadpoolctl import threadpool_limits
 
 from gapfit.blocks import descriptors
-from gapfit.model import Model, _mean_and_std
+from gapfit.model import Model, _stds
 from gapfit.neighbours import make_batch, pair_table_width, pair_tables
 from gapfit.variance import incoming_derivatives, soap_rows_and_priors
 
@@ -77,9 +77,7 @@ def main() -> None:
         label = f"{term.name}: mean, energy rows, priors"
         rows.append((label, lambda e=e, w=w: e(b, tables, w)))
     parts = tuple(t.rows_and_priors(b, tables) for t in model.terms)
-    rows.append(
-        ("stds from rows (solves)", lambda: _mean_and_std(parts, model.posterior))
-    )
+    rows.append(("stds from rows (solves)", lambda: _stds(parts, model.posterior)))
     soap = model.term("soap")
     flops = ""
     if soap is not None:

@@ -155,17 +155,6 @@ def _pair_rows(dP, p_hat, q, a, Z_hat, b) -> jax.Array:
     return t * b["pair_mask"][:, None, None]
 
 
-@jax.jit
-def rows_mean(rows: Rows, weights: jax.Array) -> Mean:
-    """Means from kernel rows ``(..., M)`` and weights ``(M,)``."""
-    return Mean(
-        rows.local @ weights,
-        rows.energy @ weights,
-        rows.forces @ weights,
-        rows.virial @ weights,
-    )
-
-
 # pairs per block of centres of the mean, the centres split evenly over the blocks (2
 # cores: a 108-atom cell in one block of 5,376 pairs 3.5 ms, at most 4,096 a block 4.1
 # ms; a 512-atom chunk of 24,576 in five 17.5 ms, in blocks of 8,192 27.7 ms)

@@ -223,6 +223,29 @@ def test_training_errors_come_from_the_rows_and_equal_predict(fitted):
         )
 
 
+def test_means_do_not_depend_on_the_std_mode(fitted):
+    """Asking for stds does not change the means: with a stiff 2-body term
+    (delta 100: weights up to 1.5e3, summed to a few eV) the means of ``std=True``
+    and ``std="energy"`` equal those without stds to 3e-9 (per-pair sums; the
+    energy rows times the weights, as before, were 2.5e-8 eV off in energy and
+    2.2e-7 eV in virial)."""
+    _, atoms, _ = fitted
+    model = (
+        GAP(
+            soap="cutoff=3.8 n_max=3 l_max=2 n_sparse=20",
+            distance_2b="cutoff=3.8 delta=100 n_sparse=20",
+            e0_method="average",
+        )
+        .fit(atoms[:3])
+        .model_
+    )
+    plain = model.predict(atoms[3:])
+    for std in (True, "energy"):
+        for a, b in zip(plain, model.predict(atoms[3:], std=std), strict=True):
+            for q in ("energy", "forces", "virial"):
+                np.testing.assert_allclose(b[q], a[q], rtol=0, atol=1e-8)
+
+
 def test_energy_stds_alone_equal_those_of_all_stds(fitted):
     """``std="energy"`` (local and total energy stds only, without the pair
     derivatives) gives the same energy stds as ``std=True`` and the same means, for
