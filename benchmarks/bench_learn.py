@@ -10,7 +10,8 @@ curves with, for every N, the fewest labels with which the mean active-learning 
 reaches the mean random RMSE at N labels (the ratio to N; the floor asks for <= 1/3).
 ``--score`` picks the pool score (``gapfit.selection``). After each run: the coverage
 of the test set's force components by the central 68 % and 95 % intervals of the
-saved model's DTC and calibrated stds (5-fold cross-validation of the run's labels).
+saved model's DTC and calibrated stds (5-fold cross-validation of the run's labels),
+and the saved model's test force RMSE over each kind of structure.
 
 Pool and test set (independent draws): 32-atom fcc cells, strained (2 %) and rattled
 (0.02-0.15 Å); the same with one or two vacancies; 16-atom (100) and (111) slabs with
@@ -98,8 +99,12 @@ def _hot(n: int, rng: np.random.Generator) -> list[Atoms]:
     return out
 
 
-def cu_structures(n: int, seed: int) -> list[Atoms]:
-    """``n`` varied Cu structures (see the module docstring), in random order."""
+KINDS = ("bulk", "vacancy", "slab100", "slab111", "hot MD")  # cu_structures' kinds
+
+
+def cu_structures(n: int, seed: int) -> tuple[list[Atoms], list[str]]:
+    """``n`` varied Cu structures (see the module docstring), in random order, and
+    the kind (``KINDS``) of each."""
     rng = np.random.default_rng(seed)
     cell = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     k = n // 5
@@ -112,9 +117,25 @@ def cu_structures(n: int, seed: int) -> list[Atoms]:
         slab = make("Cu", (2, 2, 4), a=3.61, vacuum=6.0, periodic=True)
         out += [_rattled(slab, rng, 0.02, 0.1) for _ in range(k)]
     out += _hot(n - len(out), rng)
+    kinds = [KINDS[min(i // k, 4)] if k else KINDS[4] for i in range(len(out))]
     for atoms in out:
         atoms.info = {}  # no slab metadata (adsorbate_info) in the extxyz copies
-    return [out[i] for i in rng.permutation(len(out))]
+    order = rng.permutation(len(out))
+    return [out[i] for i in order], [kinds[i] for i in order]
+
+
+def force_rmse_by_kind(
+    model: Model, test: list[Atoms], kinds: list[str]
+) -> dict[str, float]:
+    """A model's test force RMSE (meV/Å) over the structures of each kind."""
+    errors: dict[str, list] = {}
+    for atoms, kind, pred in zip(test, kinds, model.predict(test), strict=True):
+        errors.setdefault(kind, []).append(pred["forces"] - atoms.get_forces())
+    return {
+        k: 1e3 * float(np.sqrt(np.mean(np.concatenate(errors[k]) ** 2)))
+        for k in KINDS
+        if k in errors
+    }
 
 
 def force_std_coverage(model: Model, frames: list) -> dict[str, str]:
@@ -129,8 +150,9 @@ def force_std_coverage(model: Model, frames: list) -> dict[str, str]:
 
 
 def curves(args: argparse.Namespace) -> None:
-    pool = cu_structures(args.pool_size, seed=100)
-    test = [label(EMT(), s) for s in cu_structures(args.n_test, seed=200)]
+    pool, _ = cu_structures(args.pool_size, seed=100)
+    test, test_kinds = cu_structures(args.n_test, seed=200)
+    test = [label(EMT(), s) for s in test]
     test_frames = frames_from_atoms(test, require=("forces",), source="test")
     gap = GAP(
         soap=args.soap,
@@ -161,6 +183,7 @@ def curves(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - t0
             model = Model.load(learner.workdir.file("model.npz"))
             coverage = force_std_coverage(model, test_frames)
+            by_kind = force_rmse_by_kind(model, test, test_kinds)
             # every run compiles its own programs (shapes of its frames); each
             # executable holds memory maps, and a dozen runs in one process can pass
             # Linux's 65,530 (vm.max_map_count: LLVM "Unable to allocate section
@@ -175,6 +198,8 @@ def curves(args: argparse.Namespace) -> None:
                 + " ".join(f"{r['f_rmse']:.1f}" for r in learner.curve)
                 + "\n  test F std coverage 68 / 95 %: "
                 + ", ".join(f"{k} {v}" for k, v in coverage.items())
+                + "\n  test F RMSE by kind (meV/Å): "
+                + ", ".join(f"{k} {v:.1f}" for k, v in by_kind.items())
             )
     for seed, runs in per_seed.items():
         target = runs["random"][-1]
