@@ -113,9 +113,11 @@ def cross_validated(
         desc="held-out predictions",
         disable=not progress,
     )
+    shape, width = raw.padded_shape(frames, std=True)  # every fold: one compilation
     for part, fold_model in bar:
         held = [frames[i] for i in part]
-        got = fold_model.predict(held, std=True, wheres=[f.where for f in held])
+        wheres = [f.where for f in held]
+        got = fold_model.predict(held, True, wheres, shape=shape, width=width)
         preds.update(zip(part.tolist(), got, strict=True))
     order = sorted(preds)
     return [frames[i] for i in order], [preds[i] for i in order]

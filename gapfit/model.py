@@ -52,6 +52,7 @@ from gapfit.variance import Std, combine_std
 FORMAT = "gapfit-model"
 FORMAT_VERSION = 2
 POSTERIOR = ("weights", "L_mm", "R")
+_SHAPE_KEYS = ("atom_mask", "pair_mask", "config_mask")  # a batch's padded shape
 
 
 @dataclass
@@ -133,6 +134,44 @@ class Model:
             *args, self._weights, self.posterior, b, tables
         )
 
+    def _batches(
+        self,
+        structures: Sequence[Structure],
+        which: str | None,
+        wheres: Sequence[str],
+        batch_atoms: int,
+    ) -> tuple[list, list[Batch]]:
+        """``predict``'s groups of structure indices and their unpadded batches:
+        about ``batch_atoms`` atoms each, or one configuration each with stds (they
+        need per-configuration Gram matrices)."""
+        sizes = [len(s.numbers) for s in structures]
+        groups = chunk_indices(sizes, 1 if which else batch_atoms)
+        batches = [
+            make_batch(
+                [structures[k] for k in g],
+                self.species,
+                self.neighbour_cutoff,
+                [wheres[k] for k in g],
+            )
+            for g in groups
+        ]
+        return groups, batches
+
+    def padded_shape(
+        self,
+        structures: Sequence[Structure],
+        std: bool | str = False,
+        batch_atoms: int = 2048,
+    ) -> tuple[list[int], int]:
+        """The padded (atoms, pairs, configurations) shape and the pair-table width
+        of ``predict``'s batches of ``structures``: passed as ``shape`` and
+        ``width`` to ``predict`` calls on parts of them (cross-validation folds), one
+        compilation serves them all."""
+        wheres = [f"config {k}" for k in range(len(structures))]
+        _, batches = self._batches(structures, std_mode(std), wheres, batch_atoms)
+        shape = [max(len(getattr(b, k)) for b in batches) for k in _SHAPE_KEYS]
+        return shape, max(pair_table_width(b) for b in batches)
+
     def predict(
         self,
         structures: Sequence[Structure],
@@ -140,10 +179,12 @@ class Model:
         wheres: Sequence[str] | None = None,
         batch_atoms: int = 2048,
         shape: Sequence[int] = (0, 0, 0),
+        width: int = 0,
     ) -> list[dict]:
         """Predict every structure, in batches of about ``batch_atoms`` atoms padded
-        to one shape, at least ``shape`` (atoms, pairs, configurations): calls with
-        the same shape share one compilation.
+        to one shape, at least ``shape`` (atoms, pairs, configurations) with pair
+        tables at least ``width`` wide: calls with the same shape and width share one
+        compilation (``padded_shape`` gives those of a whole set).
 
         Returns one dict per structure with ``energy`` (eV), ``energies`` (n,) eV local
         energies incl. e0, ``forces`` (n, 3) eV/Å, ``virial`` (3, 3) eV (= -stress V),
@@ -161,25 +202,14 @@ class Model:
             list(wheres) if wheres else [f"config {k}" for k in range(len(structures))]
         )
         out: list[dict] = []
-        # std needs per-config Gram matrices, so one configuration per batch there
-        sizes = [len(s.numbers) for s in structures]
-        groups = chunk_indices(sizes, 1 if which else batch_atoms)
-        batches = [
-            make_batch(
-                [structures[k] for k in g],
-                self.species,
-                self.neighbour_cutoff,
-                [wheres[k] for k in g],
-            )
-            for g in groups
-        ]
-        keys = ("atom_mask", "pair_mask", "config_mask")
+        groups, batches = self._batches(structures, which, wheres, batch_atoms)
         largest = [  # one padded shape for all batches: one compilation
             max(n, *(len(getattr(b, k)) for b in batches))
-            for n, k in zip(shape, keys, strict=True)
+            for n, k in zip(shape, _SHAPE_KEYS, strict=True)
         ]
         batches = [pad_batch(b, *largest) for b in batches]
-        k = max(pair_table_width(b) for b in batches)  # one table width: one shape
+        # one table width: one shape
+        k = max(width, *(pair_table_width(b) for b in batches))
         run = {
             None: lambda b, t: (self.mean(b, t), None),
             "all": self.mean_and_std,

@@ -176,10 +176,21 @@ def make_batch(
         a0, p0 = a0 + na, p0 + npair
     b.config_mask[: len(parts)] = 1.0
     b.n_atoms[: len(parts)] = n_atoms
-    index = np.flatnonzero(b.canonical)
-    Q = bucket(len(index) + 1) if pad else len(index)
-    padding = np.full(Q - len(index), P - 1 if pad else 0)  # a masked pair when padded
-    return b._replace(canonical_index=np.concatenate([index, padding]).astype(np.int64))
+    index = np.flatnonzero(b.canonical).astype(np.int64)
+    b = b._replace(canonical_index=index)
+    return _pad_canonical(b) if pad else b
+
+
+def _pad_canonical(batch: Batch) -> Batch:
+    """``canonical_index`` padded with the last pair slot (masked) to at least
+    ``P // 2 + 1`` entries: a function of the padded pair count P alone, so that
+    batches padded to the same P have one shape (each i-j pair is listed both ways,
+    one of them canonical, so at most ``(P - 1) / 2`` are real)."""
+    P, index = len(batch.pair_mask), batch.canonical_index
+    if batch.pair_mask[P - 1] != 0:  # no masked slot to point at: leave as is
+        return batch
+    padding = np.full(max(P // 2 + 1 - len(index), 0), P - 1, dtype=np.int64)
+    return batch._replace(canonical_index=np.concatenate([index, padding]))
 
 
 def _canonical(i: np.ndarray, j: np.ndarray, D: np.ndarray) -> np.ndarray:
@@ -214,7 +225,7 @@ def pad_batch(batch: Batch, A: int, P: int, C: int) -> Batch:
     new = {k: grow(getattr(batch, k), A, v) for k, v in atoms.items()}
     new.update({k: grow(getattr(batch, k), P, v) for k, v in pairs.items()})
     new.update({k: grow(getattr(batch, k), C, v) for k, v in configs.items()})
-    return batch._replace(**new)
+    return _pad_canonical(batch._replace(**new))
 
 
 class PairTables(NamedTuple):

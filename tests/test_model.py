@@ -189,6 +189,29 @@ def test_a_new_delta_reuses_the_compiled_programs(fitted):
     np.testing.assert_allclose(other["forces"], 4.0 * base["forces"], atol=1e-10)
 
 
+def test_padded_shape_serves_every_part_with_one_compilation(fitted):
+    """Parts of a set predicted with the set's ``padded_shape`` (as the folds of a
+    cross-validation) share one compiled std program, and predict what each part
+    alone does."""
+    gap, frames, _ = fitted
+    model = gap.model_
+    small = frames[4][:-5]  # 27 atoms: a smaller padded batch than the 32-atom cells
+    small.calc = frames[4].calc
+    parts = [[frames[3]], [small]]
+    own = [model.padded_shape(part, std=True) for part in parts]
+    assert own[0] != own[1]  # alone, the parts would be two programs
+    shape, width = model.padded_shape([a for part in parts for a in part], std=True)
+    before = soap_rows_and_priors._cache_size()
+    shared = [
+        model.predict(part, std=True, shape=shape, width=width)[0] for part in parts
+    ]
+    assert soap_rows_and_priors._cache_size() <= before + 1
+    alone = [model.predict(part, std=True)[0] for part in parts]
+    for a, b in zip(alone, shared, strict=True):
+        for q in ("energy", "forces", "energy_std", "forces_std", "virial_std"):
+            np.testing.assert_allclose(b[q], a[q], rtol=1e-9, atol=1e-12)
+
+
 def test_training_errors_come_from_the_rows_and_equal_predict(fitted):
     """A fit's training errors are its frames' kernel rows times the weights (no
     prediction program compiled): equal to ``Model.predict``'s, per frame, for a
