@@ -22,6 +22,7 @@ from gapfit.memory import release_freed
 from gapfit.model import Model
 from gapfit.neighbours import (
     Batch,
+    batch_shape,
     make_batch,
     pad_batch,
     pair_table_width,
@@ -51,11 +52,6 @@ def padded_batches(
     ]
     largest = [max(n) for n in zip(shape, *map(batch_shape, batches), strict=True)]
     return [pad_batch(b, *largest) for b in batches]
-
-
-def batch_shape(batch: Batch) -> tuple[int, int, int]:
-    """``(atoms, pairs, configurations)`` of a (padded) batch."""
-    return len(batch.atom_mask), len(batch.pair_mask), len(batch.config_mask)
 
 
 def scaled_rows(

@@ -51,7 +51,6 @@ import numpy as np
 from dask.distributed import Client
 
 from gapfit.assembly import (
-    batch_shape,
     fitted_predictions,
     padded_batches,
     scaled_chunks,
@@ -79,7 +78,7 @@ from gapfit.fit import GAP, _specs, data_part, merge_data_parts
 from gapfit.kernels import normalise
 from gapfit.memory import peak_rss_gib
 from gapfit.model import Model
-from gapfit.neighbours import Batch
+from gapfit.neighbours import Batch, batch_shape
 from gapfit.report import error_sums, merge_error_sums, table_from_sums
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.sparsify import (

@@ -40,6 +40,7 @@ from gapfit.neighbours import (
     Batch,
     PairTables,
     Structure,
+    batch_shape,
     make_batch,
     pad_batch,
     pair_table_width,
@@ -52,7 +53,6 @@ from gapfit.variance import Std, combine_std
 FORMAT = "gapfit-model"
 FORMAT_VERSION = 2
 POSTERIOR = ("weights", "L_mm", "R")
-_SHAPE_KEYS = ("atom_mask", "pair_mask", "config_mask")  # a batch's padded shape
 
 
 @dataclass
@@ -169,7 +169,7 @@ class Model:
         compilation serves them all."""
         wheres = [f"config {k}" for k in range(len(structures))]
         _, batches = self._batches(structures, std_mode(std), wheres, batch_atoms)
-        shape = [max(len(getattr(b, k)) for b in batches) for k in _SHAPE_KEYS]
+        shape = [max(n) for n in zip(*map(batch_shape, batches), strict=True)]
         return shape, max(pair_table_width(b) for b in batches)
 
     def predict(
@@ -203,10 +203,8 @@ class Model:
         )
         out: list[dict] = []
         groups, batches = self._batches(structures, which, wheres, batch_atoms)
-        largest = [  # one padded shape for all batches: one compilation
-            max(n, *(len(getattr(b, k)) for b in batches))
-            for n, k in zip(shape, _SHAPE_KEYS, strict=True)
-        ]
+        # one padded shape for all batches: one compilation
+        largest = [max(n) for n in zip(shape, *map(batch_shape, batches), strict=True)]
         batches = [pad_batch(b, *largest) for b in batches]
         # one table width: one shape
         k = max(width, *(pair_table_width(b) for b in batches))

@@ -200,6 +200,11 @@ def _canonical(i: np.ndarray, j: np.ndarray, D: np.ndarray) -> np.ndarray:
     return ((i < j) | ((i == j) & (first[:, 0] > 0))).astype(float)
 
 
+def batch_shape(batch: Batch) -> tuple[int, int, int]:
+    """``(atoms, pairs, configurations)`` of a (padded) batch."""
+    return len(batch.atom_mask), len(batch.pair_mask), len(batch.config_mask)
+
+
 def pad_batch(batch: Batch, A: int, P: int, C: int) -> Batch:
     """``batch`` padded to at least ``A`` atoms, ``P`` pairs and ``C`` configurations
     (one jit shape for many batches); the padding is masked like ``make_batch``'s."""

@@ -27,14 +27,14 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from gapfit.assembly import batch_shape, padded_batches
+from gapfit.assembly import padded_batches
 from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, as_frames, fit_e0
 from gapfit.distance_2b import pair_points_in_ranges, pair_ranges, pair_sparse_points
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import kernel_block
 from gapfit.model import Model
-from gapfit.neighbours import bucket, pair_tables
+from gapfit.neighbours import batch_shape, bucket, pair_tables
 from gapfit.selection import (
     descriptors,
     greedy_max_det,

@@ -27,12 +27,13 @@ import ase
 import jax
 import jax.numpy as jnp
 
-from gapfit.assembly import batch_shape, padded_batches, scaled_chunks
+from gapfit.assembly import padded_batches, scaled_chunks
 from gapfit.data import Frame, Sigmas, as_frames
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP, _data_summary
 from gapfit.hyperparameters import optimise
 from gapfit.model import Model, chunk_indices
+from gapfit.neighbours import batch_shape
 from gapfit.sparse_gp import (
     empty_factor,
     finish,
