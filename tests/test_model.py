@@ -196,10 +196,11 @@ def test_padded_shape_serves_every_part_with_one_compilation(fitted):
     gap, frames, _ = fitted
     model = gap.model_
     small = frames[4][:-5]  # 27 atoms: a smaller padded batch than the 32-atom cells
-    small.calc = frames[4].calc
-    parts = [[frames[3]], [small]]
+    dense = frames[5].copy()  # compressed: more pairs and a wider pair table
+    dense.set_cell(0.85 * dense.cell, scale_atoms=True)
+    parts = [[frames[3]], [small], [dense]]
     own = [model.padded_shape(part, std=True) for part in parts]
-    assert own[0] != own[1]  # alone, the parts would be two programs
+    assert own[0][0] != own[1][0] and own[0][1] != own[2][1]  # alone: three programs
     shape, width = model.padded_shape([a for part in parts for a in part], std=True)
     before = soap_rows_and_priors._cache_size()
     shared = [
