@@ -119,7 +119,7 @@ class Model:
         kernel rows times the weights: a stiff 2-body term (delta 100 on cu_emt)
         has weights ~3e4 against summed energy rows ~4e6, and that product, which
         cancels to tens of eV, was 1.4e-4 eV off ``mean``'s energy (per-pair sums,
-        whose terms are 100 times smaller) on a 32-atom cell, 3.6e-4 eV off its
+        whose terms are ~300 times smaller) on a 32-atom cell, 3.6e-4 eV off its
         virial: asking for stds changed the means. It costs the mean's 3 ms."""
         parts = tuple(t.rows_and_priors(b, tables) for t in self.terms)
         return self.mean(b, tables), _stds(parts, self.posterior)
