@@ -282,7 +282,9 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=40)
     p.add_argument("--budget", type=int, default=80)
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--n-seed", type=int, default=4)
+    p.add_argument(
+        "--n-seed", type=int, default=2, help="random structures labelled first"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--score", default="environments", choices=SCORES)
     p.add_argument("--soap", default=SOAP)

@@ -1007,11 +1007,17 @@ def info(gp_file: str) -> None:
     show_default=True,
     help="Seed of the first pool structures, rattling and MD.",
 )
-@click.option("--n-seed", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--n-seed",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Pool: random structures labelled first, before uncertainty picks the rest.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=4,
+    default=2,
     show_default=True,
     help="Structures labelled per pool step.",
 )
