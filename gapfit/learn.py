@@ -605,8 +605,8 @@ def learn_pool(
             points per element); default ``GAP(e0_method="average")``.
         test: labelled structures for the learning curve (optional).
         n_seed: random pool structures labelled first (on the EMT Cu pool of
-            ``benchmarks/bench_learn.py`` 2 gave lower test errors at every label
-            count than 1 or 4: uncertainty picks the rest better than chance).
+            ``benchmarks/bench_learn.py`` 2 gave lower test errors than 1 or 4 at
+            every label count from 8 to 80: uncertainty picks better than chance).
         batch_size: structures labelled per step. budget: labels in all.
         target_std: stop when no unlabelled structure's score per atom is above
             this (eV/atom; see the module docstring).
