@@ -138,12 +138,14 @@ class Model:
         self,
         structures: Sequence[Structure],
         which: str | None,
-        wheres: Sequence[str],
+        wheres: Sequence[str] | None,
         batch_atoms: int,
     ) -> tuple[list, list[Batch]]:
         """``predict``'s groups of structure indices and their unpadded batches:
         about ``batch_atoms`` atoms each, or one configuration each with stds (they
-        need per-configuration Gram matrices)."""
+        need per-configuration Gram matrices); ``wheres`` name the structures in
+        errors (default ``config k``)."""
+        wheres = wheres or [f"config {k}" for k in range(len(structures))]
         sizes = [len(s.numbers) for s in structures]
         groups = chunk_indices(sizes, 1 if which else batch_atoms)
         batches = [
@@ -167,10 +169,8 @@ class Model:
         of ``predict``'s batches of ``structures``: passed as ``shape`` and
         ``width`` to ``predict`` calls on parts of them (cross-validation folds), one
         compilation serves them all."""
-        wheres = [f"config {k}" for k in range(len(structures))]
-        _, batches = self._batches(structures, std_mode(std), wheres, batch_atoms)
-        shape = [max(n) for n in zip(*map(batch_shape, batches), strict=True)]
-        return shape, max(pair_table_width(b) for b in batches)
+        _, batches = self._batches(structures, std_mode(std), None, batch_atoms)
+        return _padded_shape(batches)
 
     def predict(
         self,
@@ -198,16 +198,11 @@ class Model:
         ``local_gap_variance``), at about twice the mean's cost.
         """
         which = std_mode(std)
-        wheres = (
-            list(wheres) if wheres else [f"config {k}" for k in range(len(structures))]
-        )
         out: list[dict] = []
         groups, batches = self._batches(structures, which, wheres, batch_atoms)
-        # one padded shape for all batches: one compilation
-        largest = [max(n) for n in zip(shape, *map(batch_shape, batches), strict=True)]
+        # one padded shape and pair-table width for all batches: one compilation
+        largest, k = _padded_shape(batches, shape, width)
         batches = [pad_batch(b, *largest) for b in batches]
-        # one table width: one shape
-        k = max(width, *(pair_table_width(b) for b in batches))
         run = {
             None: lambda b, t: (self.mean(b, t), None),
             "all": self.mean_and_std,
@@ -364,6 +359,15 @@ class Model:
         L = jnp.asarray(L)
         R = jnp.asarray(R) if version >= 2 else whiten_rows(jnp.asarray(R), L)
         return cls(tuple(terms), species, Posterior(jnp.asarray(w), L, R), e0, info)
+
+
+def _padded_shape(
+    batches: Sequence[Batch], shape: Sequence[int] = (0, 0, 0), width: int = 0
+) -> tuple[list[int], int]:
+    """The smallest (atoms, pairs, configurations) padding of ``batches``, at least
+    ``shape``, and their widest pair table, at least ``width``."""
+    largest = [max(n) for n in zip(shape, *map(batch_shape, batches), strict=True)]
+    return largest, max(width, *(pair_table_width(b) for b in batches))
 
 
 @jax.jit
