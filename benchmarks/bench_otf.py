@@ -6,7 +6,7 @@ cubic fcc Cu cell (108 atoms, a = 3.61 Å) at ``--temperature`` K, labeller ASE'
 from an empty model (only the frames ``learn_otf`` labels itself; the start structure
 is the first), at most ``--budget`` labels. A frame is labelled when ``a max_i s_i``
 exceeds ``--threshold`` (eV/Å), ``s_i`` the DTC std of force component ``i`` and
-``a`` learn_otf's held-out std scale (``gapfit.learn._std_scale``).
+``a`` learn_otf's held-out std scale (``gapfit.otf_mode._std_scale``).
 
 The check: learn_otf's callback receives, after every step, the structure of that
 step and the prediction that drove it: the GAP forces ``f`` and raw DTC stds ``s``
@@ -80,8 +80,9 @@ from gapfit.calibration import std_samples
 from gapfit.curve import test_errors
 from gapfit.data import frames_from_atoms
 from gapfit.labeller import label
-from gapfit.learn import learn_otf, step_force_std
+from gapfit.learn import learn_otf
 from gapfit.model import Model
+from gapfit.otf_mode import step_force_std
 from gapfit.samplers import thermalize_momenta
 from gapfit.uncertainty import metrics
 
@@ -244,7 +245,7 @@ def summary(arrays: dict[str, np.ndarray], n_components: int, threshold: float) 
         "steps_checked": int(len(free)),
         "labelled_steps": int((~free).sum()),
         "last_labelled_step": int(arrays["step"][~free][-1]),
-        # held back by the budget, --min-interval or a std floor (learn._over)
+        # held back by the budget, --min-interval or a std floor (otf_mode._over)
         "unlabelled_over_threshold": int(over.sum()),
         "misses": int(misses.sum()),
         "miss_fraction_of_unlabelled_steps": float(misses.sum() / max(n_free, 1)),

@@ -1,5 +1,6 @@
-"""Active learning (gapfit.learn, gapfit.labeller): pool mode, on-the-fly MD, labeller
-failures, resume after a kill, the CLI and the example, on small seeded EMT Cu data.
+"""Active learning (gapfit.learn: gapfit.learner, gapfit.pool_mode, gapfit.otf_mode;
+gapfit.labeller): pool mode, on-the-fly MD, labeller failures, resume after a kill,
+the CLI and the example, on small seeded EMT Cu data.
 
 The tests share one SOAP setting and one cell size (``emt_cells``), so that the jitted
 kernels compile once for the whole file.
@@ -29,21 +30,18 @@ from gapfit.cli import main
 from gapfit.crossval import calibrate_cv
 from gapfit.data import as_frames
 from gapfit.labeller import LabelFailure, label, make_labeller
-from gapfit.learn import (
+from gapfit.learn import Learner, learn_otf, learn_pool
+from gapfit.learner import SCALE_MIN_FRAMES, _std_ratio
+from gapfit.model import Model
+from gapfit.otf_mode import (
     FLOOR_RISE,
-    SCALE_MIN_FRAMES,
     TAIL_Z,
-    Learner,
     _calibrate,
     _few_frames_widening,
     _over,
     _std_floor,
-    _std_ratio,
     _std_scale,
-    learn_otf,
-    learn_pool,
 )
-from gapfit.model import Model
 from gapfit.update import refit
 from gapfit.workdir import read_xyz_text
 

@@ -1,0 +1,528 @@
+"""One active-learning run, shared by pool mode (``gapfit.pool_mode``) and on-the-fly
+mode (``gapfit.otf_mode``).
+
+A ``Learner`` holds one run (labelled frames, the model, the log, the learning curve)
+and checkpoints it after every step in a work directory (``gapfit.workdir``), so that
+``resume`` continues after a kill. Every frame is predicted (mean and DTC stds) just
+before it is labelled; that held-out prediction is kept with it (``gapfit.heldout``),
+and the saved ``model.npz`` carries the std calibration (``gapfit.calibration``)
+fitted to those of models of at least ``SCALE_MIN_FRAMES`` labels, so that the run's
+model predicts calibrated stds; the loop itself works with the DTC stds. Labels come
+from any ASE calculator (``gapfit.labeller``); a structure it fails on is skipped with
+the reason in the log.
+
+The model is a sparse GAP with the settings of a ``GAP`` (SOAP, optional 2-body,
+sigmas, jitter). e0 comes from the first labelled frames (``e0_method`` average,
+least_squares, explicit ``e0``, or isolated: the labeller then labels one isolated
+atom per element first); 2-body sparse points are chosen from the first frames as in
+``GAP.fit`` and spread again over all labelled distances whenever a label widens their
+range (``sparse_set.widened_pairs``; then a full refit). The SOAP sparse set grows
+from the labelled frames' environments, at most ``sparse_per_label`` per labelled
+frame and the SOAP ``n_sparse`` per element: in pool mode (and for the start structure
+on the fly) those of largest local-energy Nyström residual
+(``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``; on the fly those
+that bring the labelled frame's force-component residual stds, times the std scale
+``a`` of ``gapfit.otf_mode``, to ``SPARSE_STD_TARGET x std_threshold``
+(``sparse_set.force_sparse``: the force stds are nearly all residual there, which
+labels cannot lower). The set is held
+at that capacity by padding, so the kernels compile once per run. New frames are
+folded into the QR factor (``update.update``) unless sparse points were added, or
+every ``refit_every`` labels (counted whatever refits new sparse points forced; the
+first after 4, 8, 16, ... labels, ``Learner._refit_interval``), by a full
+refit (``update.refit``); both give the same model to rounding. With the ``GAP``'s
+``optimise_hyperparameters``, each of those scheduled refits also re-chooses every
+term's delta and the sigmas by the evidence on all labelled frames
+(``update.reoptimised``, starting from the current values).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ase
+import ase.data
+import ase.io
+import numpy as np
+from ase.calculators.calculator import BaseCalculator
+
+from gapfit import heldout
+from gapfit.calibration import (
+    MIN_CONFIGS,
+    Calibration,
+    describe,
+    with_calibration,
+    without_calibration,
+)
+from gapfit.crossval import ISOLATED, calibrate_cv
+from gapfit.curve import curve_csv, format_curve, plot_curve, test_errors
+from gapfit.data import Frame, atomic_number, frames_from_atoms
+from gapfit.errors import GapfitError
+from gapfit.fit import GAP, _specs
+from gapfit.hyperparameters import optimise_mode
+from gapfit.labeller import LabelFailure, label, make_labeller, parse_kwargs
+from gapfit.model import Model, atomic_write
+from gapfit.selection import (
+    unit_soap,
+)
+from gapfit.sparse_set import (
+    PAD,
+    choose_sparse,
+    compact,
+    force_sparse,
+    padded,
+    prior_model,
+    widened_pairs,
+    with_sparse,
+)
+from gapfit.update import refit, reoptimised, update
+from gapfit.workdir import Workdir, read_xyz_text, xyz_text
+
+GAP_KEYS = (
+    "soap",
+    "distance_2b",
+    "default_sigma",
+    "config_type_sigma",
+    "sigma_per_atom",
+    "e0",
+    "e0_method",
+    "sparse_jitter",
+    "rnd_seed",
+    "descriptor_backend",
+    "optimise_hyperparameters",
+)
+Callback = Callable[[dict], None]
+SCALE_MIN_FRAMES = 3  # held-out frames before the std scale may shrink
+CV_FOLDS = 5  # folds of the final model's cross-validated calibration
+
+
+def gap_settings(gap: GAP | None) -> dict:
+    """The JSON-able settings of a ``GAP`` (its ``__init__`` arguments that shape the
+    model); defaults for active learning: e0 from the average energy per atom."""
+    gap = gap if gap is not None else GAP(e0_method="average")
+    out = {k: getattr(gap, k) for k in GAP_KEYS if hasattr(gap, k)}
+    out["default_sigma"] = [float(x) for x in out["default_sigma"]]
+    out["config_type_sigma"] = {
+        k: [float(x) for x in v] for k, v in (out["config_type_sigma"] or {}).items()
+    }
+    if out["e0"] is not None:
+        out["e0"] = {str(atomic_number(z)): float(v) for z, v in out["e0"].items()}
+    return out
+
+
+def _gap(settings: dict) -> GAP:
+    kwargs = dict(settings)
+    if kwargs.get("e0") is not None:
+        kwargs["e0"] = {int(z): v for z, v in kwargs["e0"].items()}
+    return GAP(**kwargs)
+
+
+def read_structures(source: str | os.PathLike | Sequence[ase.Atoms], what: str) -> list:
+    """Structures from a file (any ASE format) or a sequence of Atoms; ``what``
+    names them in error messages."""
+    if isinstance(source, str | os.PathLike):
+        if not Path(source).is_file():
+            raise GapfitError(f"{what} file {source} does not exist; check the path.")
+        try:
+            images = ase.io.read(source, index=":")
+        except Exception as err:  # ASE's readers raise many types on bad input
+            raise GapfitError(
+                f"{what} file {source} could not be read ({type(err).__name__}: "
+                f"{err}); give extxyz or another ASE-readable format."
+            ) from None
+        return list(images)
+    images = list(source)
+    if not images:
+        raise GapfitError(f"the {what} is empty; give at least one structure.")
+    return images
+
+
+class Learner:
+    """One active-learning run: labelled frames, model, log and learning curve,
+    checkpointed in a work directory (see the module docstring).
+
+    Attributes:
+        model: the current model (SOAP sparse set padded to capacity; ``compact`` it
+            to drop the padding, as in the saved ``model.npz``).
+        labelled: labelled structures (Atoms with the labels in a
+            SinglePointCalculator, ``info["source"]`` naming where they came from).
+        log: events (dicts with ``event``), curve: learning-curve rows
+            (``gapfit.curve``), state: the mode's JSON-able state.
+    """
+
+    def __init__(
+        self,
+        workdir: Workdir,
+        settings: dict,
+        labeller: BaseCalculator,
+        progress: bool = True,
+        callback: Callback | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.settings = settings
+        self.labeller = labeller
+        self.progress = progress
+        self.callback = callback
+        self.gap = _gap(settings["gap"])
+        soap, pair = self.gap._settings()
+        if soap is None:
+            raise GapfitError(
+                "active learning needs a SOAP term (its uncertainty drives the "
+                "choices); give --soap (the 2-body term may come with it)."
+            )
+        self.species = tuple(settings["species"])
+        self.specs = _specs(soap, pair, self.species)
+        self.capacity = int(soap["n_sparse"]) * len(self.species)
+        self.model: Model | None = None
+        self.labelled: list[ase.Atoms] = []
+        self.frames: list[Frame] = []
+        self.pending: dict[str, ase.Atoms] = {}
+        self.log: list[dict] = []
+        self.curve: list[dict] = []
+        self.state: dict = {}
+        self.shape = [0, 0, 0]  # padded batch shape floor: one compilation
+        self._calibration: tuple[tuple, Calibration | None] = ((), None)
+        self.since_refit = 0
+        test = read_xyz_text(workdir.read_text("test.xyz"))
+        self.test = (
+            frames_from_atoms(test, require=("energy", "forces"), source="test")
+            if test
+            else []
+        )
+
+    # ---- creation and resume ------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        workdir: str | os.PathLike,
+        settings: dict,
+        labeller: str | BaseCalculator,
+        inputs: dict[str, Sequence[ase.Atoms]],
+        progress: bool = True,
+        callback: Callback | None = None,
+    ) -> Learner:
+        """A new run in ``workdir`` (refused if it holds one); ``inputs`` are copied
+        there as extxyz (``{"pool.xyz": [...], "test.xyz": [...]}``)."""
+        calc = make_labeller(labeller, settings.get("labeller_kwargs"))
+        w = Workdir(workdir)
+        w.create()
+        for name, images in inputs.items():
+            w.write_text(name, xyz_text(images))
+        learner = cls(w, settings, calc, progress, callback)
+        learner._event("start", mode=settings["mode"])
+        return learner
+
+    @classmethod
+    def load(
+        cls,
+        workdir: str | os.PathLike,
+        labeller: str | BaseCalculator | None = None,
+        progress: bool = True,
+        callback: Callback | None = None,
+    ) -> tuple[Learner, dict[str, np.ndarray]]:
+        """The run of ``workdir`` as of its last checkpoint, and the sampler's
+        arrays. ``labeller`` defaults to the one named when the run started."""
+        w = Workdir(workdir)
+        state, labelled, log, model_bytes, sampler = w.load()
+        settings = state["settings"]
+        if labeller is None:
+            if settings.get("labeller") is None:
+                raise GapfitError(
+                    f"the run in {workdir} was labelled by a calculator object; pass "
+                    "it again (labeller=...) to resume."
+                )
+            labeller = settings["labeller"]
+        calc = make_labeller(labeller, settings.get("labeller_kwargs"))
+        learner = cls(w, settings, calc, progress, callback)
+        learner.labelled = read_xyz_text(labelled)
+        learner.frames = frames_from_atoms(
+            learner.labelled, require=("energy", "forces"), source="labelled.xyz"
+        )
+        if learner.labelled:
+            atomic_write(w.file("model.npz"), model_bytes)  # the committed model
+            # the loop predicts with DTC stds; model.npz carries the calibration
+            model = without_calibration(Model.load(w.file("model.npz")))
+            learner.model = padded(model, learner.capacity)
+        learner.log = log
+        learner.curve = state["curve"]
+        learner.state = state["mode_state"]
+        learner.shape = state["shape"]
+        learner.since_refit = state["since_refit"]
+        committed = {a.info.get("source") for a in learner.labelled}
+        learner.pending = {
+            a.info["source"]: a
+            for a in read_xyz_text(w.read_text("pending.xyz"))
+            if a.info.get("source") not in committed
+        }
+        learner._event("resumed", n_labels=len(learner.labelled))
+        return learner, sampler
+
+    # ---- labelling and learning ---------------------------------------------------
+    def label(
+        self, structures: Sequence[ase.Atoms], sources: Sequence[str]
+    ) -> list[tuple[int, ase.Atoms]]:
+        """Label the structures; returns ``(index, labelled copy)`` of those that
+        succeeded. Failures are logged with their reason. Labels from before a kill
+        (``pending.xyz``) are reused."""
+        out = []
+        for k, (atoms, source) in enumerate(zip(structures, sources, strict=True)):
+            if source in self.pending:
+                out.append((k, self.pending[source]))
+                continue
+            t0 = time.perf_counter()
+            result = label(self.labeller, atoms)
+            seconds = round(time.perf_counter() - t0, 4)
+            if isinstance(result, LabelFailure):
+                self._event("skipped", source=source, reason=result.reason)
+                continue
+            result.info["source"] = source
+            (result,) = read_xyz_text(xyz_text([result]))  # exactly what is saved
+            self.pending[source] = result
+            self.workdir.write_text(
+                "pending.xyz", xyz_text(list(self.pending.values()))
+            )
+            self._event("labelled", source=source, seconds=seconds)
+            out.append((k, result))
+        return out
+
+    def add(
+        self,
+        new: Sequence[ase.Atoms],
+        X_hat: np.ndarray | None = None,
+        s: np.ndarray | None = None,
+        force_target: float | None = None,
+    ) -> str:
+        """Add labelled structures to the model: new sparse points from their
+        environments (unit SOAP ``X_hat (n, F)``, species index ``s (n,)``, computed
+        here if not given), then a refit or a rank update. Returns how: "update",
+        "refit" or "reoptimised" (a refit with delta and the sigmas chosen again).
+
+        The sparse points: with ``force_target`` (eV^2/Å^2), those that bring every
+        force component's Nyström residual variance down to it
+        (``sparse_set.force_sparse``), else those of largest local-energy residual
+        (``sparse_set.choose_sparse``); at most ``sparse_per_label`` per structure."""
+        if not new:
+            return "none"
+        t0 = time.perf_counter()
+        frames = frames_from_atoms(new, require=("energy", "forces"), source="label")
+        if self.model is None:
+            self.model = prior_model(self.gap, self.species, frames, self.capacity)
+        if X_hat is None:
+            X_hat, s, _ = unit_soap(self.gap, self.species, frames)
+        settings = self.settings
+        n_max = settings["sparse_per_label"] * len(new)
+        if force_target is None:
+            pick = choose_sparse(self.model, X_hat, s, n_max, settings["sparse_tol"])
+        else:
+            pick = force_sparse(
+                self.model, frames, X_hat, s, n_max, force_target, self.shape
+            )
+        everything = self.frames + frames
+        # one frame per chunk: batches of one shape per frame size, one compilation
+        kw = {"chunk_atoms": 1, "shape": self.shape}
+        model = with_sparse(self.model, X_hat[pick], s[pick]) if len(pick) else None
+        model = widened_pairs(model or self.model, self.gap, frames) or model
+        mode = optimise_mode(self.gap.optimise_hyperparameters)
+        due = self.since_refit + len(new) >= self._refit_interval()
+        if due and mode:  # the scheduled refit re-chooses delta and sigmas
+            before = self.model
+            self.model = reoptimised(model or before, everything, mode, **kw)
+            how = "reoptimised"
+            if self.frames:  # the stds' new unit, on a frame both were fitted to
+                ratio = _std_ratio(before, self.model, self.frames[-1], self.shape)
+                self.state["std_units"] = self.std_units * ratio
+                self._event("std_rescaled", ratio=ratio)
+        elif model is not None or due:
+            self.model, how = refit(model or self.model, everything, **kw), "refit"
+        else:
+            self.model, how = update(self.model, frames, **kw), "update"
+        # scheduled every refit_every labels, whatever refits new sparse points forced
+        self.since_refit = 0 if due else self.since_refit + len(new)
+        self.frames = everything
+        self.labelled += list(new)
+        for atoms in new:
+            self.pending.pop(atoms.info["source"], None)
+        self._event(
+            how,
+            n_new=len(new),
+            n_labels=len(self.labelled),
+            new_sparse=len(pick),
+            n_sparse=self.n_sparse,
+            seconds=round(time.perf_counter() - t0, 4),
+        )
+        return how
+
+    def _refit_interval(self) -> int:
+        """Labels from one scheduled refit to the next: ``refit_every``, the first
+        ones sooner, after 4, 8, 16, ... labels (doubling, at most ``refit_every``
+        apart): the hand-set delta and sigmas are furthest off while the labels are
+        few, and a re-optimisation is cheapest then."""
+        every = self.settings["refit_every"]
+        return min(every, max(4, len(self.labelled) - self.since_refit))
+
+    def isolated_atoms(self) -> list[ase.Atoms]:
+        """One isolated atom per element (for ``e0_method="isolated"``; else none)."""
+        if self.gap.e0_method != "isolated":
+            return []
+        given = {int(z) for z in (self.gap.e0 or {})}
+        return [
+            ase.Atoms(
+                numbers=[z],
+                positions=[[0.0, 0.0, 0.0]],
+                info={"config_type": "isolated_atom"},
+            )
+            for z in self.species
+            if z not in given
+        ]
+
+    @property
+    def std_units(self) -> float:
+        """The DTC stds' unit relative to the first model's: the product of the
+        ratios of new to old stds at each re-optimisation (``gapfit.heldout``)."""
+        return float(self.state.get("std_units", 1.0))
+
+    def calibration(self) -> Calibration | None:
+        """The std calibration saved with ``model.npz`` (the loop itself predicts
+        with the DTC stds), or None with too few frames: fitted to the held-out
+        predictions of the labelled frames (``gapfit.heldout``); at the end of a
+        pool run, to their ``CV_FOLDS``-fold cross-validated predictions by the
+        final model (``crossval``) instead."""
+        units = self.std_units
+        final = self.settings["mode"] == "pool" and "done" in self.state
+        key = (len(self.labelled), units, final)
+        if self._calibration[0] != key:
+            cal = self._cross_validated() if final else None
+            if cal is None:
+                cal = heldout.calibration(
+                    self.labelled, self.frames, units, SCALE_MIN_FRAMES
+                )
+            self._calibration = (key, cal)
+        return self._calibration[1]
+
+    def _cross_validated(self) -> Calibration | None:
+        """The calibration by ``CV_FOLDS``-fold cross-validation of the labelled
+        frames (fewer folds with fewer frames), or None with too few values."""
+        n = sum(f.config_type != ISOLATED for f in self.frames)
+        if n < MIN_CONFIGS:
+            return None
+        try:
+            result = calibrate_cv(self.model, self.frames, min(CV_FOLDS, n))
+        except GapfitError:  # too few values of every quantity
+            return None
+        return result.model.calibration
+
+    @property
+    def n_sparse(self) -> int:
+        """Real (not padding) SOAP sparse points of the model."""
+        term = self.model.term("soap") if self.model is not None else None
+        return 0 if term is None else int(np.sum(term.sparse_species != PAD))
+
+    # ---- records and checkpoints --------------------------------------------------
+    def record(self, **values: Any) -> dict:
+        """Add a learning-curve row (with test errors when a test set is given)."""
+        row = {"n_labels": len(self.labelled), "n_sparse": self.n_sparse, **values}
+        if self.test and self.model is not None:
+            row.update(test_errors(self.model, self.test))
+        self.curve.append(row)
+        return row
+
+    def checkpoint(self, sampler: dict[str, np.ndarray] | None = None) -> None:
+        """Write the outputs and the checkpoint (``Workdir.save``)."""
+        w = self.workdir
+        if self.model is not None:
+            model, cal = compact(self.model), self.calibration()
+            (with_calibration(model, cal) if cal else model).save(w.file("model.npz"))
+        model_bytes = w.file("model.npz").read_bytes() if self.model else b""
+        if self.curve:
+            w.write_text("curve.csv", curve_csv(self.curve))
+        state = {
+            "settings": self.settings,
+            "mode_state": self.state,
+            "curve": self.curve,
+            "shape": self.shape,
+            "since_refit": self.since_refit,
+            "n_labels": len(self.labelled),
+        }
+        w.save(state, xyz_text(self.labelled), self.log, model_bytes, sampler)
+
+    def finish(self, reason: str, sampler: dict[str, np.ndarray] | None = None) -> None:
+        """Log why the run stopped and checkpoint."""
+        self.state["done"] = reason
+        self._event("stop", reason=reason, n_labels=len(self.labelled))
+        self.checkpoint(sampler)
+        if self.test and self.curve:  # once: a plot costs about a second
+            plot_curve(self.curve, self.workdir.file("curve.png"))
+
+    def summary(self) -> str:
+        """The learning curve as a table and the stop reason."""
+        lines = [format_curve(self.curve)] if self.curve else []
+        full = (
+            " (all slots: later labels could only update the weights; a larger SOAP "
+            "n_sparse lets them add sparse points)"
+            if self.n_sparse >= self.capacity
+            else ""
+        )
+        cal = self.calibration()
+        if cal is not None:
+            lines.append(f"model.npz stds: {describe(cal)}")
+        lines.append(
+            f"{len(self.labelled)} labelled frames, {self.n_sparse} SOAP sparse "
+            f"points{full}; stopped: {self.state.get('done', 'not finished')}; "
+            f"outputs in {self.workdir.path}"
+        )
+        return "\n".join(lines)
+
+    # ---- internals ----------------------------------------------------------------
+    def _event(self, event: str, **fields: Any) -> None:
+        self.log.append({"event": event, "time": round(time.time(), 3), **fields})
+
+
+def isolated_source(isolated: ase.Atoms) -> str:
+    """The ``source`` of an isolated atom's label: ``isolated:<symbol>``."""
+    return f"isolated:{ase.data.chemical_symbols[int(isolated.numbers[0])]}"
+
+
+def base_settings(
+    mode: str,
+    labeller: str | BaseCalculator,
+    labeller_kwargs: str | dict | None,
+    gap: GAP | None,
+    species: Sequence[int],
+    **extra: Any,
+) -> dict:
+    """A run's JSON-able settings: the mode, the labeller (by name; None for an
+    object), its keyword arguments, the ``GAP``'s settings, the species and the
+    mode's ``extra`` settings."""
+    return {
+        "mode": mode,
+        "labeller": labeller if isinstance(labeller, str) else None,
+        "labeller_kwargs": parse_kwargs(labeller_kwargs),
+        "gap": gap_settings(gap),
+        "species": sorted({int(z) for z in species}),
+        **extra,
+    }
+
+
+def bare_structure(atoms: ase.Atoms) -> ase.Atoms:
+    """Geometry, pbc and config_type only (pool and start structures carry no
+    labels)."""
+    out = ase.Atoms(
+        numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc
+    )
+    if "config_type" in atoms.info:
+        out.info["config_type"] = atoms.info["config_type"]
+    return out
+
+
+def _std_ratio(
+    old: Model, new: Model, frame: Frame, shape: Sequence[int] = (0, 0, 0)
+) -> float:
+    """RMS force std of ``new`` over that of ``old`` on ``frame`` (a frame both were
+    fitted to; its batch padded to at least ``shape``): how much a re-optimisation of
+    delta and the sigmas changed the stds (the loop's models are uncalibrated: DTC
+    stds)."""
+    (a,), (b,) = (m.predict([frame], std=True, shape=shape) for m in (old, new))
+    return float(np.sqrt(np.mean(b["forces_std"] ** 2) / np.mean(a["forces_std"] ** 2)))

@@ -1,0 +1,249 @@
+"""Pool-mode active learning: label the most uncertain structures of a pool, in
+diverse batches, until a label budget or a target std.
+
+``learn_pool``: ``n_seed`` random pool structures are labelled first. Each
+step scores every unlabelled structure (``score``, ``gapfit.selection``): by default
+``environments``, the root of its summed local-energy DTC variances
+(``selection.local_energy_variance``), or ``energy``, the DTC std of its energy
+(``selection.energy_variance``). It stops at the label ``budget``, when no structure's
+score per atom (the RMS local-energy std, or the energy std per atom; eV/atom) is
+above ``target_std`` or when the pool is used up, and otherwise labels a diverse batch
+of the most uncertain (``selection.diverse_batch``).
+
+The run's labels, model updates and checkpoints: ``gapfit.learner``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import ase
+import numpy as np
+from ase.calculators.calculator import BaseCalculator
+from tqdm.auto import tqdm
+
+from gapfit import heldout
+from gapfit.data import frames_from_atoms
+from gapfit.errors import GapfitError
+from gapfit.fit import GAP
+from gapfit.learner import (
+    Callback,
+    Learner,
+    bare_structure,
+    base_settings,
+    isolated_source,
+    read_structures,
+)
+from gapfit.selection import (
+    SCORES,
+    diverse_batch,
+    energy_prior,
+    energy_variance,
+    local_energy_variance,
+    unit_mean_soap,
+    unit_soap,
+)
+from gapfit.workdir import read_xyz_text
+
+
+def learn_pool(
+    workdir: str | os.PathLike,
+    labeller: str | BaseCalculator | None,
+    pool: str | os.PathLike | Sequence[ase.Atoms] | None = None,
+    gap: GAP | None = None,
+    test: str | os.PathLike | Sequence[ase.Atoms] | None = None,
+    *,
+    n_seed: int = 2,
+    batch_size: int = 2,
+    budget: int = 40,
+    target_std: float | None = None,
+    n_candidates: int | None = None,
+    strategy: str = "uncertainty",
+    score: str = "environments",
+    sparse_per_label: int = 20,
+    sparse_tol: float = 1e-6,
+    refit_every: int = 20,
+    seed: int = 1,
+    labeller_kwargs: str | dict | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> Learner:
+    """Pool-mode active learning (see the module docstring).
+
+    Args:
+        workdir: directory of the run's outputs and checkpoint.
+        labeller: ASE calculator, or ``emt``, ``lj``, ``module:Class``
+            (``gapfit.labeller``) with ``labeller_kwargs``; on resume None means the
+            one named at the start.
+        pool: unlabelled structures (file or Atoms); not needed on resume.
+        gap: model settings (a ``GAP``; its SOAP ``n_sparse`` is the most sparse
+            points per element); default ``GAP(e0_method="average")``.
+        test: labelled structures for the learning curve (optional).
+        n_seed: random pool structures labelled first (on the EMT Cu pool of
+            ``benchmarks/bench_learn.py`` 2 gave lower test errors than 1 or 4 at
+            every label count from 8 to 80: uncertainty picks better than chance).
+        batch_size: structures labelled per step. budget: labels in all.
+        target_std: stop when no unlabelled structure's score per atom is above
+            this (eV/atom; see the module docstring).
+        n_candidates: most uncertain structures the diverse batch is chosen from
+            (default ``max(10 batch_size, 20)``).
+        strategy: "uncertainty" (the module docstring) or "random": random batches
+            with the same model, seeds and stops (the baseline of learning curves).
+        score: "environments" or "energy" (the module docstring).
+        sparse_per_label, sparse_tol, refit_every: see the module docstring.
+        seed: seed of the first structures. resume: continue the run in ``workdir``.
+        progress: progress bar. callback: called with an event dict after each step;
+            an exception it raises stops the run (the checkpoint stays).
+
+    Returns:
+        The ``Learner`` (``learner.model``, ``learner.labelled``, ``learner.curve``).
+    """
+    if strategy not in ("uncertainty", "random"):
+        raise GapfitError(f"strategy {strategy!r}: use 'uncertainty' or 'random'.")
+    if score not in SCORES:
+        raise GapfitError(f"score {score!r}: use one of {', '.join(SCORES)}.")
+    if resume:
+        learner, _ = Learner.load(workdir, labeller, progress, callback)
+    else:
+        if pool is None:
+            raise GapfitError("learn_pool needs a pool of structures (pool=...).")
+        images = read_structures(pool, "pool")
+        species = {int(z) for a in images for z in a.numbers}
+        settings = base_settings(
+            "pool",
+            labeller,
+            labeller_kwargs,
+            gap,
+            species,
+            n_seed=n_seed,
+            batch_size=batch_size,
+            budget=budget,
+            target_std=target_std,
+            n_candidates=n_candidates or max(10 * batch_size, 20),
+            strategy=strategy,
+            score=score,
+            sparse_per_label=sparse_per_label,
+            sparse_tol=sparse_tol,
+            refit_every=refit_every,
+            seed=seed,
+        )
+        inputs = {"pool.xyz": [bare_structure(a) for a in images]}
+        if test is not None:
+            inputs["test.xyz"] = read_structures(test, "test set")
+        learner = Learner.create(
+            workdir, settings, labeller, inputs, progress, callback
+        )
+        learner.state = {"labelled": [], "failed": [], "step": 0}
+    # the saved copy (positions to 1e-8 Å), as on resume: the same labels either way
+    images = read_xyz_text(learner.workdir.read_text("pool.xyz"))
+    _PoolRun(learner, images).run()
+    return learner
+
+
+class _PoolRun:
+    """The steps of pool mode over cached pool descriptors."""
+
+    def __init__(self, learner: Learner, images: list[ase.Atoms]) -> None:
+        self.learner = learner
+        self.images = images
+        frames = frames_from_atoms(images, require=(), source="pool")
+        self.X_hat, self.s, self.owner = unit_soap(learner.gap, learner.species, frames)
+        self.S_hat = unit_mean_soap(self.X_hat, self.owner, len(images))
+        self.n_atoms = np.array([len(a) for a in images])
+        # runs from before the score was a setting used the energy score
+        self.score = learner.settings.get("score", "energy")
+        if self.score == "energy":
+            kernel = learner.specs["soap"][1]
+            self.prior = energy_prior(kernel, self.X_hat, self.s, self.owner)
+
+    def run(self) -> None:
+        L, st, cfg = self.learner, self.learner.state, self.learner.settings
+        if "done" in st:
+            return
+        bar = tqdm(
+            total=cfg["budget"],
+            initial=len(L.labelled),
+            unit="label",
+            desc="learn (pool)",
+            disable=not L.progress,
+        )
+        if not L.labelled:
+            rng = np.random.default_rng(cfg["seed"])
+            n = min(cfg["n_seed"], len(self.images))
+            seeds = np.sort(rng.choice(len(self.images), n, replace=False))
+            self.step([int(i) for i in seeds], L.isolated_atoms(), None, bar)
+        while True:
+            if len(L.labelled) >= cfg["budget"]:
+                reason = f"label budget {cfg['budget']} reached"
+                break
+            u, per_atom = self.uncertainty()
+            if not np.isfinite(u).any():
+                reason = "pool exhausted"
+                break
+            largest = float(per_atom.max())
+            if cfg["target_std"] is not None and largest <= cfg["target_std"]:
+                reason = f"largest {self.score} std {largest:.3g} eV/atom <= target"
+                break
+            n_pick = min(cfg["batch_size"], cfg["budget"] - len(L.labelled))
+            if cfg["strategy"] == "random":  # the baseline: same model, random picks
+                rng = np.random.default_rng([cfg["seed"], st["step"]])
+                left = np.flatnonzero(np.isfinite(u))
+                batch = rng.choice(left, min(n_pick, len(left)), replace=False)
+            else:
+                kernel = L.specs["soap"][1]
+                batch = diverse_batch(
+                    u, self.S_hat, kernel, n_pick, cfg["n_candidates"], st["labelled"]
+                )
+            if len(batch) == 0:
+                reason = "no candidate differs from the labelled structures"
+                break
+            self.step([int(i) for i in batch], [], largest, bar)
+        bar.close()
+        L.finish(reason)
+
+    def uncertainty(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each pool structure's score (eV) and score per atom (eV/atom; the module
+        docstring); -inf for labelled and failed ones."""
+        model, n = self.learner.model, len(self.images)
+        if self.score == "environments":
+            var = local_energy_variance(model, self.X_hat, self.s)
+            u = np.sqrt(np.bincount(self.owner, np.maximum(var, 0.0), n))
+            per_atom = u / np.sqrt(self.n_atoms)  # RMS local-energy std
+        else:
+            var = energy_variance(model, self.X_hat, self.s, self.owner, self.prior)
+            u = np.sqrt(np.maximum(var, 0.0))
+            per_atom = u / self.n_atoms
+        st = self.learner.state
+        u[st["labelled"] + st["failed"]] = -np.inf
+        per_atom[st["labelled"] + st["failed"]] = -np.inf
+        return u, per_atom
+
+    def step(
+        self, picks: list[int], extra: list[ase.Atoms], max_std, bar: tqdm
+    ) -> None:
+        L, st = self.learner, self.learner.state
+        structures = [self.images[i] for i in picks] + extra
+        sources = [f"pool:{i}" for i in picks] + [isolated_source(a) for a in extra]
+        done = L.label(structures, sources)
+        ok = [picks[k] for k, _ in done if k < len(picks)]
+        st["failed"] += sorted(set(picks) - set(ok))
+        st["labelled"] += ok
+        new = [a for _, a in done]
+        if L.model is not None and new:  # held out: predicted before the labels
+            preds = L.model.predict(new, std=True, shape=L.shape)  # one compilation
+            for atoms, pred in zip(new, preds, strict=True):
+                heldout.record(atoms, pred, len(L.labelled), L.std_units)
+        mask = np.isin(self.owner, ok)
+        # pool environments come from the cache; isolated atoms are no candidates
+        L.add(new, self.X_hat[mask], self.s[mask])
+        st["step"] += 1
+        row = L.record(step=st["step"], max_std=max_std)
+        L.checkpoint()
+        bar.update(len(new))
+        bar.set_postfix(
+            {k: f"{row[k]:.3g}" for k in ("max_std", "f_rmse") if row.get(k)}
+        )
+        if L.callback is not None:
+            L.callback({"event": "step", "mode": "pool", "picked": picks, "row": row})
