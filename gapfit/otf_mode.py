@@ -1,9 +1,9 @@
 """On-the-fly active learning: label the frames of MD or a relaxation driven by the
 model where its force stds pass a threshold.
 
-``learn_otf``: the start structure is labelled first; a sampler
-(Langevin MD or FIRE relaxation, ``gapfit.samplers``) moves it with the GAP's forces,
-whose stds come from the same call. When the largest force-component std of a step,
+``learn_otf``: the start structure is labelled first; a sampler (Langevin MD or FIRE
+relaxation, ``gapfit.samplers``) moves it with the GAP's forces, whose stds come from
+the same call. When the largest force-component std of a step,
 times a scale ``a``, exceeds ``std_threshold`` (eV/Å, absolute), that frame is
 labelled and added, and the sampler continues from it with the updated model, unless
 fewer than ``min_interval`` steps have passed since the last label (as FLARE's

@@ -92,7 +92,7 @@ def learn_pool(
         strategy: "uncertainty" (the module docstring) or "random": random batches
             with the same model, seeds and stops (the baseline of learning curves).
         score: "environments" or "energy" (the module docstring).
-        sparse_per_label, sparse_tol, refit_every: see the module docstring.
+        sparse_per_label, sparse_tol, refit_every: see ``gapfit.learner``.
         seed: seed of the first structures. resume: continue the run in ``workdir``.
         progress: progress bar. callback: called with an event dict after each step;
             an exception it raises stops the run (the checkpoint stays).
