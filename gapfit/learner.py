@@ -201,12 +201,16 @@ class Learner:
         settings: dict,
         labeller: str | BaseCalculator,
         inputs: dict[str, Sequence[ase.Atoms]],
+        test: str | os.PathLike | Sequence[ase.Atoms] | None = None,
         progress: bool = True,
         callback: Callback | None = None,
     ) -> Learner:
         """A new run in ``workdir`` (refused if it holds one); ``inputs`` are copied
-        there as extxyz (``{"pool.xyz": [...], "test.xyz": [...]}``)."""
+        there as extxyz (``{"pool.xyz": [...]}``), and the labelled structures
+        ``test`` (file or Atoms; optional) as ``test.xyz`` for the learning curve."""
         calc = make_labeller(labeller, settings.get("labeller_kwargs"))
+        if test is not None:
+            inputs = {**inputs, "test.xyz": read_structures(test, "test set")}
         w = Workdir(workdir)
         w.create()
         for name, images in inputs.items():

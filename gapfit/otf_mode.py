@@ -248,10 +248,8 @@ def learn_otf(
             seed=seed,
         )
         inputs = {"start.xyz": [atoms]}
-        if test is not None:
-            inputs["test.xyz"] = read_structures(test, "test set")
         learner = Learner.create(
-            workdir, settings, labeller, inputs, progress, callback
+            workdir, settings, labeller, inputs, test, progress, callback
         )
         learner.state = {
             "step": 0,

@@ -132,10 +132,8 @@ def learn_pool(
             seed=seed,
         )
         inputs = {"pool.xyz": [bare_structure(a) for a in images]}
-        if test is not None:
-            inputs["test.xyz"] = read_structures(test, "test set")
         learner = Learner.create(
-            workdir, settings, labeller, inputs, progress, callback
+            workdir, settings, labeller, inputs, test, progress, callback
         )
         learner.state = {"labelled": [], "failed": [], "step": 0}
     # the saved copy (positions to 1e-8 Å), as on resume: the same labels either way
