@@ -335,8 +335,11 @@ class Learner:
             before = self.model
             self.model = reoptimised(model or before, everything, mode, **kw)
             how = "reoptimised"
-            if self.frames:  # the stds' new unit, on a frame both were fitted to
-                ratio = _std_ratio(before, self.model, self.frames[-1], self.shape)
+            # the stds' new unit, on the last frame both were fitted to that has
+            # force stds (not an isolated atom, labelled after the first structures)
+            frame = next((f for f in reversed(self.frames) if len(f.numbers) > 1), None)
+            if frame is not None:
+                ratio = _std_ratio(before, self.model, frame, self.shape)
                 self.state["std_units"] = self.std_units * ratio
                 self._event("std_rescaled", ratio=ratio)
         elif model is not None or due:

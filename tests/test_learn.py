@@ -289,6 +289,27 @@ def test_isolated_atom_e0(tmp_path):
     assert learner.model.info["settings"]["e0_method"] == "isolated"
 
 
+def test_reoptimising_after_the_isolated_atom(tmp_path):
+    """The std rescaling of a re-optimisation is measured on a frame with force stds:
+    the isolated atom labelled last has none (its 0/0 once made every later held-out
+    std NaN and the run's calibration fail)."""
+    learner = learn_pool(
+        tmp_path / "run",
+        "emt",
+        cu_cells(6, seed=42, labelled=False),
+        GAP(soap=SOAP, e0_method="isolated", optimise_hyperparameters=True),
+        n_seed=2,
+        batch_size=2,
+        budget=5,
+        progress=False,
+    )
+    assert [e["n_labels"] for e in learner.log if e["event"] == "reoptimised"] == [5]
+    assert learner.labelled[2].info["source"] == "isolated:Cu"
+    assert np.isfinite(learner.std_units) and learner.std_units > 0
+    assert learner.std_units != 1.0  # the new delta and sigmas did change the stds
+    assert learner.calibration() is not None
+
+
 def test_scheduled_refit_reoptimises_hyperparameters(tmp_path):
     """With ``optimise_hyperparameters`` the refit after ``refit_every`` labels
     re-chooses delta and sigmas: stored in the model and in its settings."""
