@@ -156,7 +156,7 @@ def curves(args: argparse.Namespace) -> None:
     test_frames = frames_from_atoms(test, require=("forces",), source="test")
     gap = GAP(
         soap=args.soap,
-        e0_method="average",
+        e0_method=args.e0_method,
         optimise_hyperparameters=args.optimise_hyperparameters,
     )
     rows: dict[str, dict[int, list]] = {"uncertainty": {}, "random": {}}
@@ -286,6 +286,13 @@ def main() -> None:
         "--n-seed", type=int, default=2, help="random structures labelled first"
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument(
+        "--e0-method",
+        default="average",
+        choices=("average", "isolated"),
+        help="isolated: EMT labels one isolated atom after the first structures "
+        "(one label of the budget)",
+    )
     p.add_argument("--score", default="environments", choices=SCORES)
     p.add_argument("--soap", default=SOAP)
     p.add_argument(

@@ -14,11 +14,12 @@ the reason in the log.
 The model is a sparse GAP with the settings of a ``GAP`` (SOAP, optional 2-body,
 sigmas, jitter). e0 comes from the first labelled frames (``e0_method`` average,
 least_squares, explicit ``e0``, or isolated: the labeller then labels one isolated
-atom per element first); 2-body sparse points are chosen from the first frames as in
-``GAP.fit`` and spread again over all labelled distances whenever a label widens their
-range (``sparse_set.widened_pairs``; then a full refit). The SOAP sparse set grows
-from the labelled frames' environments, at most ``sparse_per_label`` per labelled
-frame and the SOAP ``n_sparse`` per element: in pool mode (and for the start structure
+atom per element first, and if it fails on one, e0 is by average, logged); 2-body
+sparse points are chosen from the first frames as in ``GAP.fit`` and spread again
+over all labelled distances whenever a label widens their range
+(``sparse_set.widened_pairs``; then a full refit). The SOAP sparse set grows from the
+labelled frames' environments, at most ``sparse_per_label`` per labelled frame and
+the SOAP ``n_sparse`` per element: in pool mode (and for the start structure
 on the fly) those of largest local-energy Nyström residual
 (``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``; on the fly those
 that bring the labelled frame's force-component residual stds, times the std scale
@@ -313,6 +314,7 @@ class Learner:
         t0 = time.perf_counter()
         frames = frames_from_atoms(new, require=("energy", "forces"), source="label")
         if self.model is None:
+            self._e0_fallback(frames)
             self.model = prior_model(self.gap, self.species, frames, self.capacity)
         if X_hat is None:
             X_hat, s, _ = unit_soap(self.gap, self.species, frames)
@@ -361,6 +363,29 @@ class Learner:
             seconds=round(time.perf_counter() - t0, 4),
         )
         return how
+
+    def _e0_fallback(self, frames: Sequence[Frame]) -> None:
+        """With ``e0_method`` isolated and no isolated-atom label for some element in
+        the first ``frames`` (the labeller failed on it; logged as skipped): e0 by
+        "average" instead, logged and kept in the settings (a resumed run agrees),
+        so that the run goes on."""
+        have = {
+            int(f.numbers[0])
+            for f in frames
+            if len(f.numbers) == 1 and f.config_type == "isolated_atom"
+        }
+        needed = [int(a.numbers[0]) for a in self.isolated_atoms()]
+        missing = [z for z in needed if z not in have]
+        if not missing:
+            return
+        self.settings["gap"]["e0_method"] = "average"
+        self.gap = _gap(self.settings["gap"])
+        names = ", ".join(ase.data.chemical_symbols[z] for z in missing)
+        self._event(
+            "e0_method",
+            method="average",
+            reason=f"no isolated-atom label for {names} (the labeller failed on it)",
+        )
 
     def _refit_interval(self) -> int:
         """Labels from one scheduled refit to the next: ``refit_every``, the first

@@ -283,14 +283,17 @@ class _OTFRun:
             new = L.label(
                 [atoms, *isolated], ["start", *(isolated_source(a) for a in isolated)]
             )
-            if len(new) < 1 + len(isolated):
-                reasons = [e["reason"] for e in L.log if e["event"] == "skipped"]
-                raise GapfitError(
-                    f"the labeller failed on the start structure or an isolated atom "
-                    f"({'; '.join(reasons)}); fix the labeller settings or the "
-                    "structure."
+            if not new or new[0][0] != 0:
+                reason = next(
+                    e["reason"]
+                    for e in reversed(L.log)
+                    if e["event"] == "skipped" and e["source"] == "start"
                 )
-            L.add([a for _, a in new])
+                raise GapfitError(
+                    f"the labeller failed on the start structure ({reason}); fix the "
+                    "labeller settings or the structure."
+                )
+            L.add([a for _, a in new])  # without an isolated atom: e0 by average
             L.record(step=0, max_std=None)
         rng = np.random.default_rng(cfg["seed"])
         if st["rng"] is not None:

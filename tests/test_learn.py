@@ -289,6 +289,55 @@ def test_isolated_atom_e0(tmp_path):
     assert learner.model.info["settings"]["e0_method"] == "isolated"
 
 
+class NoIsolatedEMT(EMT):
+    """EMT that fails on a lone atom (as a periodic DFT code given no cell may)."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if len(atoms) == 1:
+            raise RuntimeError("no cell for a lone atom")
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_isolated_atom_failure_falls_back_to_average_e0(tmp_path):
+    """A labeller that fails on the isolated atom does not stop the run: e0 comes
+    from the average energy per atom instead, logged, and kept on resume."""
+    pool = cu_cells(5, seed=43, labelled=False)
+    learner = learn_pool(
+        tmp_path / "run",
+        NoIsolatedEMT(),
+        pool,
+        GAP(soap=SOAP, e0_method="isolated"),
+        n_seed=2,
+        budget=3,
+        progress=False,
+    )
+    assert learner.state["done"] == "label budget 3 reached"
+    skipped = [e for e in learner.log if e["event"] == "skipped"]
+    assert [e["source"] for e in skipped] == ["isolated:Cu"]
+    assert "no cell for a lone atom" in skipped[0]["reason"]
+    (fallback,) = [e for e in learner.log if e["event"] == "e0_method"]
+    assert fallback["method"] == "average" and "Cu" in fallback["reason"]
+    seeds = learner.labelled[:2]
+    average = np.mean([a.get_potential_energy() / len(a) for a in seeds])
+    assert learner.model.e0[29] == pytest.approx(average, rel=1e-12)
+    assert learner.model.info["settings"]["e0_method"] == "average"
+    resumed, _ = Learner.load(tmp_path / "run", NoIsolatedEMT())
+    assert resumed.gap.e0_method == "average"
+
+
+def test_otf_start_failure_is_an_error_an_isolated_atom_failure_is_not(tmp_path):
+    start = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    kw = {"sampler": "md", "steps": 2, "temperature": 300.0, "progress": False}
+    gap_isolated = GAP(soap=SOAP, e0_method="isolated")
+    bad = start.copy()
+    bad.info["config_type"] = "bad_raise"
+    with pytest.raises(GapfitError, match=r"start structure \(RuntimeError: SCF"):
+        learn_otf(tmp_path / "bad", TestEMT(), bad, gap_isolated, **kw)
+    learner = learn_otf(tmp_path / "ok", NoIsolatedEMT(), start, gap_isolated, **kw)
+    assert [a.info["source"] for a in learner.labelled][0] == "start"
+    assert learner.model.info["settings"]["e0_method"] == "average"
+
+
 def test_reoptimising_after_the_isolated_atom(tmp_path):
     """The std rescaling of a re-optimisation is measured on a frame with force stds:
     the isolated atom labelled last has none (its 0/0 once made every later held-out
