@@ -1084,6 +1084,14 @@ def info(gp_file: str) -> None:
     "Nyström residual above this x delta² (on the fly they are chosen for the forces).",
 )
 @click.option(
+    "--sparse-force-std",
+    type=click.FloatRange(min=0.0),
+    default=0.002,
+    show_default=True,
+    help="Pool mode: new sparse points lower the labelled structures' force "
+    "residual stds to this (eV/Å); 0: by local-energy residual (--sparse-tol).",
+)
+@click.option(
     "--refit-every",
     type=int,
     default=20,
@@ -1186,6 +1194,7 @@ def learn(**options: Any) -> None:
             budget=o["budget"] or 40,
             target_std=o["target_std"],
             score=o["score"],
+            sparse_force_std=o["sparse_force_std"] or None,
             **common,
         )
     else:

@@ -19,9 +19,12 @@ sparse points are chosen from the first frames as in ``GAP.fit`` and spread agai
 over all labelled distances whenever a label widens their range
 (``sparse_set.widened_pairs``; then a full refit). The SOAP sparse set grows from the
 labelled frames' environments, at most ``sparse_per_label`` per labelled frame and
-the SOAP ``n_sparse`` per element: in pool mode (and for the start structure
-on the fly) those of largest local-energy Nyström residual
-(``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``; on the fly those
+the SOAP ``n_sparse`` per element: in pool mode those that most lower the labelled
+structures' force-component residual variances, until none is above
+``sparse_force_std^2`` (``sparse_set.force_sparse``; ``gapfit.pool_mode``), or with
+it None, and for the start structure on the fly, those of largest local-energy
+Nyström residual (``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``;
+on the fly those
 that bring the labelled frame's force-component residual stds, times the std scale
 ``a`` of ``gapfit.otf_mode``, to ``SPARSE_STD_TARGET x std_threshold``
 (``sparse_set.force_sparse``: the force stds are nearly all residual there, which

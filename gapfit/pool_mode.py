@@ -8,7 +8,8 @@ step scores every unlabelled structure (``score``, ``gapfit.selection``): by def
 (``selection.energy_variance``). It stops at the label ``budget``, when no structure's
 score per atom (the RMS local-energy std, or the energy std per atom; eV/atom) is
 above ``target_std`` or when the pool is used up, and otherwise labels a diverse batch
-of the most uncertain (``selection.diverse_batch``).
+of the most uncertain (``selection.diverse_batch``). The labelled structures' new
+sparse points are chosen for their forces (``sparse_force_std``).
 
 The run's labels, model updates and checkpoints: ``gapfit.learner``.
 """
@@ -63,6 +64,7 @@ def learn_pool(
     score: str = "environments",
     sparse_per_label: int = 20,
     sparse_tol: float = 1e-6,
+    sparse_force_std: float | None = 0.002,
     refit_every: int = 20,
     seed: int = 1,
     labeller_kwargs: str | dict | None = None,
@@ -94,6 +96,14 @@ def learn_pool(
         strategy: "uncertainty" (the module docstring) or "random": random batches
             with the same model, seeds and stops (the baseline of learning curves).
         score: "environments" or "energy" (the module docstring).
+        sparse_force_std: new sparse points are chosen for the labelled structures'
+            forces (``sparse_set.force_sparse``): each the environment whose point
+            most lowers their summed force-residual variance, while some force
+            component's residual std is above this (eV/Å), at most
+            ``sparse_per_label`` per structure; None: those of largest local-energy
+            residual above ``sparse_tol delta^2`` (``sparse_set.choose_sparse``; on
+            the EMT Cu pool of ``benchmarks/bench_learn.py`` the forces' choice gave
+            far lower test errors with few labels, for random batches as well).
         sparse_per_label, sparse_tol, refit_every: see ``gapfit.learner``.
         seed: seed of the first structures. resume: continue the run in ``workdir``.
         progress: progress bar. callback: called with an event dict after each step;
@@ -128,6 +138,7 @@ def learn_pool(
             score=score,
             sparse_per_label=sparse_per_label,
             sparse_tol=sparse_tol,
+            sparse_force_std=sparse_force_std,
             refit_every=refit_every,
             seed=seed,
         )
@@ -237,7 +248,9 @@ class _PoolRun:
                 heldout.record(atoms, pred, len(L.labelled), L.std_units)
         mask = np.isin(self.owner, ok)
         # pool environments come from the cache; isolated atoms are no candidates
-        L.add(new, self.X_hat[mask], self.s[mask])
+        std = L.settings.get("sparse_force_std")  # runs from before it: None
+        target = None if std is None else std**2
+        L.add(new, self.X_hat[mask], self.s[mask], force_target=target)
         st["step"] += 1
         row = L.record(step=st["step"], max_std=max_std)
         L.checkpoint()

@@ -42,6 +42,8 @@ from gapfit.otf_mode import (
     _std_floor,
     _std_scale,
 )
+from gapfit.selection import unit_soap
+from gapfit.sparse_set import force_residuals
 from gapfit.update import refit
 from gapfit.workdir import read_xyz_text
 
@@ -357,6 +359,27 @@ def test_reoptimising_after_the_isolated_atom(tmp_path):
     assert np.isfinite(learner.std_units) and learner.std_units > 0
     assert learner.std_units != 1.0  # the new delta and sigmas did change the stds
     assert learner.calibration() is not None
+
+
+def test_pool_sparse_points_bring_the_force_residuals_to_the_target(tmp_path):
+    """Pool mode adds sparse points for the labelled structures' forces until no
+    force component's Nyström residual std is above ``sparse_force_std``; with None,
+    by local-energy residual (another set)."""
+    pool = cu_cells(6, seed=44, labelled=False)
+    kw = {"n_seed": 2, "batch_size": 2, "budget": 4, "progress": False}
+    target = 0.2  # eV/Å: reached before the 24 slots are full
+    learner = learn_pool(
+        tmp_path / "forces", "emt", pool, gap(), sparse_force_std=target, **kw
+    )
+    model, frames = learner.model, learner.frames
+    assert 0 < learner.n_sparse < CAPACITY
+    X_hat, s, _ = unit_soap(learner.gap, learner.species, frames[:1])
+    r_F = force_residuals(model, frames, X_hat[:1], s[:1])[0]
+    assert r_F.max() <= target**2
+    other = learn_pool(
+        tmp_path / "energies", "emt", pool, gap(), sparse_force_std=None, **kw
+    )
+    assert other.n_sparse != learner.n_sparse
 
 
 def test_scheduled_refit_reoptimises_hyperparameters(tmp_path):
