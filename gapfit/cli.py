@@ -1044,6 +1044,14 @@ def info(gp_file: str) -> None:
     help="Pool: rank structures by their summed local-energy variances "
     "(environments) or by their energy variance (energy).",
 )
+@click.option(
+    "--strategy",
+    type=click.Choice(["uncertainty", "random"]),
+    default="uncertainty",
+    show_default=True,
+    help="Pool: pick by the score, or random batches with the same model and stops "
+    "(the baseline of a learning curve).",
+)
 @click.option("--n-rattle", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
     "--rattle-std", type=float, default=0.1, show_default=True, help="Å per component."
@@ -1194,6 +1202,7 @@ def learn(**options: Any) -> None:
             budget=o["budget"] or 40,
             target_std=o["target_std"],
             score=o["score"],
+            strategy=o["strategy"],
             sparse_force_std=o["sparse_force_std"] or None,
             **common,
         )

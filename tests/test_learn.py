@@ -805,11 +805,17 @@ def test_cli_learn(tmp_path):
             "2",
             "--budget",
             "3",
+            "--strategy",
+            "random",
+            "--sparse-force-std",
+            "0",
         ],
     )
     assert rattled.exit_code == 0, rattled.output
     pool_file = tmp_path / "rattle" / "pool.xyz"
     assert len(read_xyz_text(pool_file.read_text())) == 5
+    settings = json.loads((tmp_path / "rattle" / "state.json").read_text())["settings"]
+    assert settings["strategy"] == "random" and settings["sparse_force_std"] is None
 
     relax = runner.invoke(
         main,
