@@ -84,15 +84,17 @@ def learn_pool(
             points per element); default ``GAP(e0_method="average")``.
         test: labelled structures for the learning curve (optional).
         n_seed: random pool structures labelled first (on the EMT Cu pool of
-            ``benchmarks/bench_learn.py`` 2 gave lower test errors than 1 or 4 at
-            every label count from 8 to 80: uncertainty picks better than chance).
+            ``benchmarks/bench_learn.py``, with sparse points by local-energy
+            residual, 2 gave lower test errors than 1 or 4 at every label count from
+            8 to 80).
         batch_size: structures labelled per step. budget: labels in all.
         target_std: stop when no unlabelled structure's score per atom is above
             this (eV/atom; see the module docstring).
         n_candidates: most uncertain structures the diverse batch is chosen from
             (default ``max(10 batch_size, 20)``; with batches of two on the EMT Cu
-            pool of ``benchmarks/bench_learn.py``, 10 candidates gave higher mean
-            test errors than 20 from 26 labels on, and 60 up to 44 labels).
+            pool of ``benchmarks/bench_learn.py`` and sparse points by local-energy
+            residual, 10 candidates gave higher mean test errors than 20 from 26
+            labels on, and 60 up to 44 labels).
         strategy: "uncertainty" (the module docstring) or "random": random batches
             with the same model, seeds and stops (the baseline of learning curves).
         score: "environments" or "energy" (the module docstring).
