@@ -1088,8 +1088,8 @@ def info(gp_file: str) -> None:
     type=float,
     default=1e-6,
     show_default=True,
-    help="Pool mode and the start structure: new sparse points need a local-energy "
-    "Nyström residual above this x delta² (on the fly they are chosen for the forces).",
+    help="With --sparse-force-std 0 and for the start structure on the fly: new "
+    "sparse points need a local-energy Nyström residual above this x delta².",
 )
 @click.option(
     "--sparse-force-std",

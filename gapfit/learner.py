@@ -24,12 +24,11 @@ structures' force-component residual variances, until none is above
 ``sparse_force_std^2`` (``sparse_set.force_sparse``; ``gapfit.pool_mode``), or with
 it None, and for the start structure on the fly, those of largest local-energy
 Nyström residual (``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``;
-on the fly those
-that bring the labelled frame's force-component residual stds, times the std scale
-``a`` of ``gapfit.otf_mode``, to ``SPARSE_STD_TARGET x std_threshold``
+on the fly those that bring the labelled frame's force-component residual stds, times
+the std scale ``a`` of ``gapfit.otf_mode``, to ``SPARSE_STD_TARGET x std_threshold``
 (``sparse_set.force_sparse``: the force stds are nearly all residual there, which
-labels cannot lower). The set is held
-at that capacity by padding, so the kernels compile once per run. New frames are
+labels cannot lower). The set is held at that capacity by padding, so the kernels
+compile once per run. New frames are
 folded into the QR factor (``update.update``) unless sparse points were added, or
 every ``refit_every`` labels (counted whatever refits new sparse points forced; the
 first after 4, 8, 16, ... labels, ``Learner._refit_interval``), by a full
