@@ -1,10 +1,11 @@
 """Active learning against random selection on a generated EMT Cu pool, and the cost
 of a cheap update against a full refit.
 
-Learning curves: for each seed, ``gapfit.learn.learn_pool`` with the uncertainty
-strategy and with ``strategy="random"`` (same model, seeds, batch size and sparse-set
-growth; only the choice of structures differs) on one pool, with the test force RMSE
-after every step. Printed: both curves per seed, per seed the fewest labels with which
+Learning curves: for each seed, ``gapfit.learn.learn_pool`` with ``--strategy``
+(``mixed``, the default of ``learn_pool``, or ``uncertainty``) and with
+``strategy="random"`` (same model, seeds, batch size and sparse-set growth; only the
+choice of structures differs) on one pool, with the test force RMSE after every step.
+Printed: both curves per seed, per seed the fewest labels with which
 active learning reaches random's test force RMSE at the full budget, and the mean
 curves with, for every N, the fewest labels with which the mean active-learning curve
 reaches the mean random RMSE at N labels (the ratio to N; the floor asks for <= 1/3).
@@ -51,7 +52,7 @@ from gapfit.labeller import label
 from gapfit.learn import learn_pool
 from gapfit.model import Model
 from gapfit.samplers import thermalize_momenta
-from gapfit.selection import SCORES
+from gapfit.selection import SCORES, STRATEGIES
 from gapfit.uncertainty import metrics
 from gapfit.update import refit, update
 
@@ -159,7 +160,8 @@ def curves(args: argparse.Namespace) -> None:
         e0_method=args.e0_method,
         optimise_hyperparameters=args.optimise_hyperparameters,
     )
-    rows: dict[str, dict[int, list]] = {"uncertainty": {}, "random": {}}
+    al = args.strategy  # the active-learning arm
+    rows: dict[str, dict[int, list]] = {al: {}, "random": {}}
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_learn_"))
     per_seed: dict[int, dict] = {}
     for seed in args.seeds:
@@ -203,9 +205,7 @@ def curves(args: argparse.Namespace) -> None:
             )
     for seed, runs in per_seed.items():
         target = runs["random"][-1]
-        first = next(
-            (r for r in runs["uncertainty"] if r["f_rmse"] <= target["f_rmse"]), None
-        )
+        first = next((r for r in runs[al] if r["f_rmse"] <= target["f_rmse"]), None)
         print(
             f"seed {seed}: random {target['f_rmse']:.1f} meV/Å at "
             f"{target['n_labels']} labels; active learning "
@@ -218,17 +218,15 @@ def curves(args: argparse.Namespace) -> None:
         )
     print(f"\nmean test force RMSE (meV/Å) over seeds {args.seeds}")
     print(
-        f"{'labels N':>8} {'uncertainty':>12} {'random':>9}"
+        f"{'labels N':>8} {al:>12} {'random':>9}"
         f" {'AL labels to reach random at N':>31} {'ratio':>6}"
     )
-    labels = sorted(set(rows["uncertainty"]) & set(rows["random"]))
+    labels = sorted(set(rows[al]) & set(rows["random"]))
     mean = {s: {n: statistics.mean(rows[s][n]) for n in labels} for s in rows}
     for N in labels:
-        reached = [n for n in labels if mean["uncertainty"][n] <= mean["random"][N]]
+        reached = [n for n in labels if mean[al][n] <= mean["random"][N]]
         need = f"{reached[0]:>31} {reached[0] / N:>6.2f}" if reached else f"{'-':>31}"
-        print(
-            f"{N:>8} {mean['uncertainty'][N]:>12.2f} {mean['random'][N]:>9.2f} {need}"
-        )
+        print(f"{N:>8} {mean[al][N]:>12.2f} {mean['random'][N]:>9.2f} {need}")
     if args.plot:
         from gapfit.plots import _figure, _save, log_log
 
@@ -294,6 +292,12 @@ def main() -> None:
         "(one label of the budget)",
     )
     p.add_argument("--score", default="environments", choices=SCORES)
+    p.add_argument(
+        "--strategy",
+        default="mixed",
+        choices=[s for s in STRATEGIES if s != "random"],
+        help="the active-learning arm, against random batches",
+    )
     p.add_argument("--soap", default=SOAP)
     p.add_argument(
         "--optimise-hyperparameters",

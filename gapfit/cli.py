@@ -60,7 +60,7 @@ from gapfit.gapstring import (
 from gapfit.hyperparameters import format_report
 from gapfit.model import Model, atomic_write
 from gapfit.report import error_table, format_error_table
-from gapfit.selection import SCORES
+from gapfit.selection import SCORES, STRATEGIES
 from gapfit.uncertainty import format_uncertainty_table, uncertainty_table
 
 
@@ -1046,11 +1046,12 @@ def info(gp_file: str) -> None:
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["uncertainty", "random"]),
-    default="uncertainty",
+    type=click.Choice(STRATEGIES),
+    default="mixed",
     show_default=True,
-    help="Pool: pick by the score, or random batches with the same model and stops "
-    "(the baseline of a learning curve).",
+    help="Pool: half of each batch by the score and half at random (mixed), all by "
+    "the score (uncertainty), or random batches with the same model and stops "
+    "(random: the baseline of a learning curve).",
 )
 @click.option("--n-rattle", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(

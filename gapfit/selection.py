@@ -54,6 +54,7 @@ from gapfit.sparse_gp import dtc_variance
 
 CHUNK = 2048  # environments per jitted call
 SCORES = ("environments", "energy")  # pool-mode scores (see the module docstring)
+STRATEGIES = ("mixed", "uncertainty", "random")  # pool-mode batches (gapfit.pool_mode)
 
 
 def soap_columns(model: Model) -> slice:

@@ -53,6 +53,7 @@ POOL = {
     "batch_size": 3,
     "budget": 8,
     "seed": 5,
+    "strategy": "uncertainty",
     "sparse_per_label": 12,  # the 24 sparse slots fill in two steps, so the last
     "sparse_tol": 1e-8,  # step is a rank update
     "progress": False,
@@ -179,7 +180,11 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
 
     # the baseline: random batches, same seeds and model
     rand = learn_pool(
-        tmp_path / "random", "emt", pool_structures(), gap(), strategy="random", **POOL
+        tmp_path / "random",
+        "emt",
+        pool_structures(),
+        gap(),
+        **{**POOL, "strategy": "random"},
     )
     assert rand.state["labelled"][:2] == labelled[:2]
     assert len(set(rand.state["labelled"])) == 8 and rand.state["labelled"] != labelled
@@ -215,6 +220,35 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
     assert final.data["held_out"].startswith("5-fold cross-validation")
     want = calibrate_cv(learner.model, learner.frames, 5).model.calibration
     assert final.quantities["forces"] == want.quantities["forces"]
+
+
+def test_pool_mixed_strategy_halves_each_batch(pool_run, tmp_path):
+    """``strategy="mixed"``: each batch is the most uncertain structures and random
+    ones, half each (batches of 3: 1 + 2, then 2 + 1); the random ones drawn as the
+    random strategy draws, from the rest of the pool."""
+    uncertain = _picks(pool_run[1])
+    events: list = []
+    run = learn_pool(
+        tmp_path / "mixed",
+        "emt",
+        pool_structures(),
+        gap(),
+        callback=events.append,
+        **{**POOL, "strategy": "mixed"},
+    )
+    seeds, first, second = _picks(events)
+    assert seeds == uncertain[0] and len(first) == len(second) == 3
+    assert first[0] == uncertain[1][0]  # the same model: the same most uncertain
+    rest = np.setdiff1d(np.setdiff1d(np.arange(30), seeds), first[:1])
+    drawn = np.random.default_rng([POOL["seed"], 1]).choice(rest, 2, replace=False)
+    assert first[1:] == [int(i) for i in drawn]
+    rest = np.setdiff1d(np.setdiff1d(np.arange(30), seeds + first), second[:2])
+    drawn = np.random.default_rng([POOL["seed"], 2]).choice(rest, 1, replace=False)
+    assert second[2:] == [int(i) for i in drawn]
+    assert len({i % 10 for i in second[:2]}) == 2  # the uncertain half is diverse
+    assert run.settings["strategy"] == "mixed"
+    with pytest.raises(GapfitError, match="mixed, uncertainty, random"):
+        learn_pool(tmp_path / "bad", "emt", pool_structures(), strategy="best")
 
 
 def test_pool_scores_and_target_std(tmp_path):
