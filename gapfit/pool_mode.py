@@ -107,7 +107,8 @@ def learn_pool(
             of ``benchmarks/bench_learn.py`` with 500 SOAP sparse points (six
             seeds), mixed batches gave the lowest mean test force RMSE from 28 labels
             on (2.33 meV/Å at 80 against 2.53 by uncertainty, 2.43 random) and the
-            smallest spread over seeds; by uncertainty alone was lower at 8-26.
+            smallest spread over seeds; uncertainty alone was lower at 8-14 and
+            20-26 labels.
         score: "environments" or "energy" (the module docstring).
         sparse_force_std: new sparse points are chosen for the labelled structures'
             forces (``sparse_set.force_sparse``): each the environment whose point
