@@ -108,7 +108,8 @@ def learn_pool(
             seeds), mixed batches gave the lowest mean test force RMSE from 28 labels
             on (2.33 meV/Å at 80 against 2.53 by uncertainty, 2.43 random) and the
             smallest spread over seeds; uncertainty alone was lower at 8-14 and
-            20-26 labels.
+            20-26 labels. With 150 sparse points (three seeds) neither beat
+            random batches.
         score: "environments" or "energy" (the module docstring).
         sparse_force_std: new sparse points are chosen for the labelled structures'
             forces (``sparse_set.force_sparse``): each the environment whose point
