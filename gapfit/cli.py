@@ -1012,7 +1012,7 @@ def info(gp_file: str) -> None:
     type=click.IntRange(min=1),
     default=2,
     show_default=True,
-    help="Pool: random structures labelled first, before uncertainty picks the rest.",
+    help="Pool: random structures labelled first, before --strategy picks the rest.",
 )
 @click.option(
     "--batch-size",
