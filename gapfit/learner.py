@@ -374,7 +374,7 @@ class Learner:
         have = {
             int(f.numbers[0])
             for f in frames
-            if len(f.numbers) == 1 and f.config_type == "isolated_atom"
+            if len(f.numbers) == 1 and f.config_type == ISOLATED
         }
         needed = [int(a.numbers[0]) for a in self.isolated_atoms()]
         missing = [z for z in needed if z not in have]
@@ -406,7 +406,7 @@ class Learner:
             ase.Atoms(
                 numbers=[z],
                 positions=[[0.0, 0.0, 0.0]],
-                info={"config_type": "isolated_atom"},
+                info={"config_type": ISOLATED},
             )
             for z in self.species
             if z not in given
