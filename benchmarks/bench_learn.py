@@ -19,6 +19,13 @@ Pool and test set (independent draws): 32-atom fcc cells, strained (2 %) and rat
 6 Å of vacuum, rattled; snapshots of EMT Langevin MD of a 32-atom cell at
 800-1600 K. Labels from ASE's EMT.
 
+``--oracle K`` replaces the active-learning arm by a test-set oracle, a bound on what
+any rule choosing from the pool could do here, not a strategy a user can run: each
+batch is the ``--batch-size`` best of K unlabelled structures drawn at random, ranked
+by the true test force RMSE of the current model updated with each one alone (EMT
+labels, ``update.update``, no new sparse points); the loop then adds them as pool mode
+does (labels, sparse points, refits).
+
 Update timing (``--timing-frames N``): a model fitted to N rattled 108-atom cells with
 ``--timing-sparse`` SOAP sparse points (CUR), then ``update.update`` with one more
 108-atom frame against ``update.refit`` on all N + 1 frames, each timed after a
@@ -26,16 +33,19 @@ compiling warm-up call (median of 3).
 
     python benchmarks/bench_learn.py --pool-size 1000 --n-test 40 --budget 80 \
         --batch-size 2 --seeds 1 2 3 --optimise-hyperparameters --refit-every 10
+    python benchmarks/bench_learn.py ... --oracle 10
     python benchmarks/bench_learn.py --skip-curves --timing-frames 20
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
@@ -51,6 +61,7 @@ from gapfit.data import frames_from_atoms
 from gapfit.labeller import label
 from gapfit.learn import learn_pool
 from gapfit.model import Model
+from gapfit.pool_mode import _PoolRun
 from gapfit.samplers import thermalize_momenta
 from gapfit.selection import SCORES, STRATEGIES
 from gapfit.uncertainty import metrics
@@ -150,6 +161,28 @@ def force_std_coverage(model: Model, frames: list) -> dict[str, str]:
     return out
 
 
+def oracle_batch(test: list[Atoms], k: int):
+    """Pool mode's batch rule replaced by the test-set oracle (module docstring), for
+    the labelled ``test`` structures and ``k`` candidates per step."""
+    forces = np.concatenate([a.get_forces() for a in test])
+
+    def batch(run: _PoolRun, u: np.ndarray, n_pick: int) -> np.ndarray:
+        L, st = run.learner, run.learner.state
+        rng = np.random.default_rng([L.settings["seed"], st["step"], 7])
+        left = np.flatnonzero(np.isfinite(u))
+        candidates = rng.choice(left, min(k, len(left)), replace=False)
+        rmse = []
+        for i in candidates:
+            model = update(
+                L.model, [label(EMT(), run.images[i])], chunk_atoms=1, shape=L.shape
+            )
+            pred = np.concatenate([p["forces"] for p in model.predict(test)])
+            rmse.append(np.sqrt(np.mean((pred - forces) ** 2)))
+        return candidates[np.argsort(rmse)[:n_pick]].astype(np.int64)
+
+    return batch
+
+
 def curves(args: argparse.Namespace) -> None:
     pool, _ = cu_structures(args.pool_size, seed=100)
     test, test_kinds = cu_structures(args.n_test, seed=200)
@@ -160,28 +193,34 @@ def curves(args: argparse.Namespace) -> None:
         e0_method=args.e0_method,
         optimise_hyperparameters=args.optimise_hyperparameters,
     )
-    al = args.strategy  # the active-learning arm
+    al = "oracle" if args.oracle else args.strategy  # the active-learning arm
     rows: dict[str, dict[int, list]] = {al: {}, "random": {}}
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_learn_"))
     per_seed: dict[int, dict] = {}
     for seed in args.seeds:
         for strategy in rows:
             t0 = time.perf_counter()
-            learner = learn_pool(
-                root / f"{strategy}_{seed}",
-                "emt",
-                pool,
-                gap,
-                test,
-                n_seed=args.n_seed,
-                batch_size=args.batch_size,
-                budget=args.budget,
-                seed=seed,
-                strategy=strategy,
-                score=args.score,
-                refit_every=args.refit_every,
-                progress=False,
-            )
+            oracle = strategy == "oracle"
+            with (
+                mock.patch.object(_PoolRun, "batch", oracle_batch(test, args.oracle))
+                if oracle
+                else contextlib.nullcontext()
+            ):
+                learner = learn_pool(
+                    root / f"{strategy}_{seed}",
+                    "emt",
+                    pool,
+                    gap,
+                    test,
+                    n_seed=args.n_seed,
+                    batch_size=args.batch_size,
+                    budget=args.budget,
+                    seed=seed,
+                    strategy="uncertainty" if oracle else strategy,
+                    score=args.score,
+                    refit_every=args.refit_every,
+                    progress=False,
+                )
             seconds = time.perf_counter() - t0
             model = Model.load(learner.workdir.file("model.npz"))
             coverage = force_std_coverage(model, test_frames)
@@ -297,6 +336,13 @@ def main() -> None:
         default="mixed",
         choices=[s for s in STRATEGIES if s != "random"],
         help="the active-learning arm, against random batches",
+    )
+    p.add_argument(
+        "--oracle",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the active-learning arm is the test-set oracle with K candidates",
     )
     p.add_argument("--soap", default=SOAP)
     p.add_argument(
