@@ -217,6 +217,7 @@ def curves(args: argparse.Namespace) -> None:
                     budget=args.budget,
                     seed=seed,
                     strategy="uncertainty" if oracle else strategy,
+                    tournament_size=args.tournament_size,
                     score=args.score,
                     refit_every=args.refit_every,
                     progress=False,
@@ -336,6 +337,12 @@ def main() -> None:
         default="mixed",
         choices=[s for s in STRATEGIES if s != "random"],
         help="the active-learning arm, against random batches",
+    )
+    p.add_argument(
+        "--tournament-size",
+        type=int,
+        default=4,
+        help="structures drawn per pick by --strategy tournament",
     )
     p.add_argument(
         "--oracle",

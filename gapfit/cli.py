@@ -1049,9 +1049,17 @@ def info(gp_file: str) -> None:
     type=click.Choice(STRATEGIES),
     default="mixed",
     show_default=True,
-    help="Pool: half of each batch by the score and half at random (mixed), all by "
-    "the score (uncertainty), or random batches with the same model and stops "
-    "(random: the baseline of a learning curve).",
+    help="Pool: half of each batch by the score and half at random (mixed), each "
+    "pick the most uncertain of --tournament-size random structures (tournament), "
+    "all by the score (uncertainty), or random batches with the same model and "
+    "stops (random: the baseline of a learning curve).",
+)
+@click.option(
+    "--tournament-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Pool, --strategy tournament: random structures drawn per pick.",
 )
 @click.option("--n-rattle", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
@@ -1204,6 +1212,7 @@ def learn(**options: Any) -> None:
             target_std=o["target_std"],
             score=o["score"],
             strategy=o["strategy"],
+            tournament_size=o["tournament_size"],
             sparse_force_std=o["sparse_force_std"] or None,
             **common,
         )

@@ -14,7 +14,11 @@ above ``target_std`` or when the pool is used up, and otherwise labels a batch b
 curve); ``mixed`` (the default), half of each batch each way (with odd batch sizes
 the random half is rounded down and up on alternate steps): the uncertain half finds
 what the model lacks, the random half keeps the labels representative of the pool,
-which uncertainty alone skews towards its most distorted structures. The labelled
+which uncertainty alone skews towards its most distorted structures; ``tournament``,
+each structure of the batch the most uncertain of ``tournament_size`` drawn at random
+from the unlabelled pool (tournament selection): the draws follow the pool, the
+score tilts each towards what the model lacks, and a larger tournament tilts harder
+(1: random batches; the whole pool: the most uncertain, without diversity). The labelled
 structures' new sparse points are chosen for their forces (``sparse_force_std``).
 
 The run's labels, model updates and checkpoints: ``gapfit.learner``.
@@ -68,6 +72,7 @@ def learn_pool(
     target_std: float | None = None,
     n_candidates: int | None = None,
     strategy: str = "mixed",
+    tournament_size: int = 4,
     score: str = "environments",
     sparse_per_label: int = 20,
     sparse_tol: float = 1e-6,
@@ -102,7 +107,8 @@ def learn_pool(
             pool of ``benchmarks/bench_learn.py`` and sparse points by local-energy
             residual, 10 candidates gave higher mean test errors than 20 from 26
             labels on, and 60 up to 44 labels).
-        strategy: "mixed", "uncertainty" or "random" (the module docstring): the
+        strategy: "mixed", "tournament", "uncertainty" or "random" (the module
+            docstring): the
             same model, seeds and stops, only the picks differ. On the EMT Cu pool
             of ``benchmarks/bench_learn.py`` with 500 SOAP sparse points (six
             seeds), mixed batches gave the lowest mean test force RMSE from 28 labels
@@ -110,6 +116,8 @@ def learn_pool(
             smallest spread over seeds; uncertainty alone was lower at 8-14 and
             20-26 labels. With 150 sparse points (three seeds) neither beat
             random batches.
+        tournament_size: structures drawn per pick by the ``tournament`` strategy
+            (the module docstring; at least 1).
         score: "environments" or "energy" (the module docstring).
         sparse_force_std: new sparse points are chosen for the labelled structures'
             forces (``sparse_set.force_sparse``): each the environment whose point
@@ -129,6 +137,10 @@ def learn_pool(
     """
     if strategy not in STRATEGIES:
         raise GapfitError(f"strategy {strategy!r}: use one of {', '.join(STRATEGIES)}.")
+    if tournament_size < 1:
+        raise GapfitError(
+            f"tournament_size {tournament_size}: draw at least 1 structure per pick."
+        )
     if score not in SCORES:
         raise GapfitError(f"score {score!r}: use one of {', '.join(SCORES)}.")
     if resume:
@@ -150,6 +162,7 @@ def learn_pool(
             target_std=target_std,
             n_candidates=n_candidates or max(10 * batch_size, 20),
             strategy=strategy,
+            tournament_size=tournament_size,
             score=score,
             sparse_per_label=sparse_per_label,
             sparse_tol=sparse_tol,
@@ -225,6 +238,13 @@ class _PoolRun:
         """The next batch of at most ``n_pick`` pool indices for the scores ``u``
         (-inf: not to pick), by the run's strategy (the module docstring)."""
         cfg, st = self.learner.settings, self.learner.state
+        rng = np.random.default_rng([cfg["seed"], st["step"]])
+        if cfg["strategy"] == "tournament":
+            left = np.flatnonzero(np.isfinite(u))
+            size = cfg["tournament_size"]
+            drawn = rng.choice(left, min(size * n_pick, len(left)), replace=False)
+            groups = [g for g in np.array_split(drawn, n_pick) if len(g)]
+            return np.array([g[np.argmax(u[g])] for g in groups], dtype=np.int64)
         n_random = {"uncertainty": 0, "random": n_pick}.get(
             cfg["strategy"],
             (n_pick + st["step"] % 2) // 2,  # mixed: half, alternating
@@ -241,7 +261,6 @@ class _PoolRun:
                 st["labelled"],
             )
         if n_random:
-            rng = np.random.default_rng([cfg["seed"], st["step"]])
             left = np.setdiff1d(np.flatnonzero(np.isfinite(u)), picks)
             drawn = rng.choice(left, min(n_random, len(left)), replace=False)
             picks = np.concatenate([picks, drawn]).astype(np.int64)

@@ -54,7 +54,8 @@ from gapfit.sparse_gp import dtc_variance
 
 CHUNK = 2048  # environments per jitted call
 SCORES = ("environments", "energy")  # pool-mode scores (see the module docstring)
-STRATEGIES = ("mixed", "uncertainty", "random")  # pool-mode batches (gapfit.pool_mode)
+# pool-mode batches (gapfit.pool_mode)
+STRATEGIES = ("mixed", "tournament", "uncertainty", "random")
 
 
 def soap_columns(model: Model) -> slice:
