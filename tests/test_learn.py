@@ -42,6 +42,7 @@ from gapfit.otf_mode import (
     _std_floor,
     _std_scale,
 )
+from gapfit.pool_mode import _PoolRun
 from gapfit.selection import unit_soap
 from gapfit.sparse_set import force_residuals
 from gapfit.update import refit
@@ -249,6 +250,57 @@ def test_pool_mixed_strategy_halves_each_batch(pool_run, tmp_path):
     assert run.settings["strategy"] == "mixed"
     with pytest.raises(GapfitError, match="mixed, uncertainty, random"):
         learn_pool(tmp_path / "bad", "emt", pool_structures(), strategy="best")
+
+
+def test_pool_tournament_strategy_picks_the_most_uncertain_of_each_draw(tmp_path):
+    """``strategy="tournament"``: each pick is the most uncertain of
+    ``tournament_size`` structures drawn at random (the random strategy's generator)
+    from the unlabelled pool; a tournament of one is the random strategy."""
+    pool = pool_structures()
+    first = {**POOL, "budget": 5}  # the seeds and one batch of 3
+    events: list = []
+    run = learn_pool(
+        tmp_path / "t4",
+        "emt",
+        pool,
+        gap(),
+        callback=events.append,
+        **{**first, "strategy": "tournament"},
+        tournament_size=4,
+    )
+    seeds, batch = _picks(events)
+    assert run.settings["tournament_size"] == 4
+    # the scores the batch was drawn by: those of the model of the seeds alone
+    after_seeds = learn_pool(
+        tmp_path / "seeds", "emt", pool, gap(), **{**POOL, "budget": 2}
+    )
+    assert after_seeds.state["labelled"] == seeds
+    saved = read_xyz_text(after_seeds.workdir.read_text("pool.xyz"))
+    u, _ = _PoolRun(after_seeds, saved).uncertainty()
+    left = np.flatnonzero(np.isfinite(u))
+    drawn = np.random.default_rng([POOL["seed"], 1]).choice(left, 12, replace=False)
+    groups = drawn.reshape(3, 4)
+    assert batch == [int(g[np.argmax(u[g])]) for g in groups]
+    assert batch != [int(g[0]) for g in groups]  # the score chose, not the draw
+
+    picks = {}
+    for name, extra in [("random", {}), ("tournament", {"tournament_size": 1})]:
+        got: list = []
+        learn_pool(
+            tmp_path / name,
+            "emt",
+            pool,
+            gap(),
+            callback=got.append,
+            **{**first, "strategy": name},
+            **extra,
+        )
+        picks[name] = _picks(got)
+    assert picks["tournament"] == picks["random"]
+    with pytest.raises(GapfitError, match="at least 1"):
+        learn_pool(
+            tmp_path / "bad", "emt", pool, strategy="tournament", tournament_size=0
+        )
 
 
 def test_pool_scores_and_target_std(tmp_path):
@@ -840,7 +892,9 @@ def test_cli_learn(tmp_path):
             "--budget",
             "3",
             "--strategy",
-            "random",
+            "tournament",
+            "--tournament-size",
+            "3",
             "--sparse-force-std",
             "0",
         ],
@@ -849,7 +903,8 @@ def test_cli_learn(tmp_path):
     pool_file = tmp_path / "rattle" / "pool.xyz"
     assert len(read_xyz_text(pool_file.read_text())) == 5
     settings = json.loads((tmp_path / "rattle" / "state.json").read_text())["settings"]
-    assert settings["strategy"] == "random" and settings["sparse_force_std"] is None
+    assert settings["strategy"] == "tournament" and settings["tournament_size"] == 3
+    assert settings["sparse_force_std"] is None
 
     relax = runner.invoke(
         main,
