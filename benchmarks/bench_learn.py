@@ -2,7 +2,8 @@
 of a cheap update against a full refit.
 
 Learning curves: for each seed, ``gapfit.learn.learn_pool`` with ``--strategy``
-(``mixed``, the default of ``learn_pool``, or ``uncertainty``) and with
+(``mixed``, the default of ``learn_pool``, ``tournament`` with ``--tournament-size``,
+or ``uncertainty``) and with
 ``strategy="random"`` (same model, seeds, batch size and sparse-set growth; only the
 choice of structures differs) on one pool, with the test force RMSE after every step.
 Printed: both curves per seed, per seed the fewest labels with which
