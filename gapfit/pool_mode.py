@@ -108,16 +108,15 @@ def learn_pool(
             residual, 10 candidates gave higher mean test errors than 20 from 26
             labels on, and 60 up to 44 labels).
         strategy: "mixed", "tournament", "uncertainty" or "random" (the module
-            docstring): the
-            same model, seeds and stops, only the picks differ. On the EMT Cu pool
-            of ``benchmarks/bench_learn.py`` with 500 SOAP sparse points (six
-            seeds), mixed batches gave the lowest mean test force RMSE from 28 labels
-            on (2.33 meV/Å at 80 against 2.53 by uncertainty, 2.43 random) and the
-            smallest spread over seeds; uncertainty alone was lower at 8-14 and
-            20-26 labels. Tournament batches of 4 (six seeds) were lower than
-            mixed ones from 8 to 48 labels (13.0 against 15.5 meV/Å at 8, 2.51
-            against 2.6 at 48) and 2 % higher from 64. With 150 sparse points
-            (three seeds) neither mixed nor uncertainty beat random batches.
+            docstring): the same model, seeds and stops, only the picks differ. On
+            the EMT Cu pool of ``benchmarks/bench_learn.py`` with 500 SOAP sparse
+            points (mean test force RMSE, six seeds): tournament batches of 4 were
+            the lowest from 8 to 48 labels (13.0 meV/Å at 8 against mixed 15.5,
+            uncertainty 14.0, random 17.2; 2.51 at 48 against 2.6, 2.7, 3.1),
+            mixed batches from 64 (2.33 at 80 against tournament 2.38, uncertainty
+            2.53, random 2.43) with the smallest spread over seeds. With 150
+            sparse points (three seeds) neither mixed nor uncertainty beat random
+            batches.
         tournament_size: structures drawn per pick by the ``tournament`` strategy
             (the module docstring; at least 1).
         score: "environments" or "energy" (the module docstring).

@@ -248,7 +248,7 @@ def test_pool_mixed_strategy_halves_each_batch(pool_run, tmp_path):
     assert second[2:] == [int(i) for i in drawn]
     assert len({i % 10 for i in second[:2]}) == 2  # the uncertain half is diverse
     assert run.settings["strategy"] == "mixed"
-    with pytest.raises(GapfitError, match="mixed, uncertainty, random"):
+    with pytest.raises(GapfitError, match="mixed, tournament, uncertainty, random"):
         learn_pool(tmp_path / "bad", "emt", pool_structures(), strategy="best")
 
 
