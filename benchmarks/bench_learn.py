@@ -18,7 +18,10 @@ and the saved model's test force RMSE over each kind of structure.
 Pool and test set (independent draws): 32-atom fcc cells, strained (2 %) and rattled
 (0.02-0.15 Å); the same with one or two vacancies; 16-atom (100) and (111) slabs with
 6 Å of vacuum, rattled; snapshots of EMT Langevin MD of a 32-atom cell at
-800-1600 K. Labels from ASE's EMT.
+800-1600 K (ten per trajectory, 40 fs apart). Labels from ASE's EMT. By default a
+fifth of each kind; ``--md-fraction`` (pool) and ``--test-md-fraction`` (test set) give
+the fraction of MD snapshots instead, the rest shared equally by the other kinds: a
+pool made mostly of MD, as pools cheaply made are, with a test set of every kind.
 
 ``--oracle K`` replaces the active-learning arm by a test-set oracle, a bound on what
 any rule choosing from the pool could do here, not a strategy a user can run: each
@@ -115,12 +118,15 @@ def _hot(n: int, rng: np.random.Generator) -> list[Atoms]:
 KINDS = ("bulk", "vacancy", "slab100", "slab111", "hot MD")  # cu_structures' kinds
 
 
-def cu_structures(n: int, seed: int) -> tuple[list[Atoms], list[str]]:
+def cu_structures(
+    n: int, seed: int, md_fraction: float = 0.2
+) -> tuple[list[Atoms], list[str]]:
     """``n`` varied Cu structures (see the module docstring), in random order, and
-    the kind (``KINDS``) of each."""
+    the kind (``KINDS``) of each: a fraction ``md_fraction`` of hot MD snapshots and
+    the rest shared equally by the other four kinds (0.2: a fifth of each kind)."""
     rng = np.random.default_rng(seed)
     cell = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
-    k = n // 5
+    k = round(n * (1.0 - md_fraction) / 4)
     out = [_rattled(_strained(cell, rng, 0.02), rng, 0.02, 0.15) for _ in range(k)]
     for _ in range(k):
         atoms = _strained(cell, rng, 0.01)
@@ -185,8 +191,8 @@ def oracle_batch(test: list[Atoms], k: int):
 
 
 def curves(args: argparse.Namespace) -> None:
-    pool, _ = cu_structures(args.pool_size, seed=100)
-    test, test_kinds = cu_structures(args.n_test, seed=200)
+    pool, _ = cu_structures(args.pool_size, 100, args.md_fraction)
+    test, test_kinds = cu_structures(args.n_test, 200, args.test_md_fraction)
     test = [label(EMT(), s) for s in test]
     test_frames = frames_from_atoms(test, require=("forces",), source="test")
     gap = GAP(
@@ -318,6 +324,19 @@ def timing(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pool-size", type=int, default=1000)
+    p.add_argument(
+        "--md-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of hot MD snapshots in the pool, the rest shared equally by "
+        "the other kinds",
+    )
+    p.add_argument(
+        "--test-md-fraction",
+        type=float,
+        default=0.2,
+        help="the same for the test set",
+    )
     p.add_argument("--n-test", type=int, default=40)
     p.add_argument("--budget", type=int, default=80)
     p.add_argument("--batch-size", type=int, default=2)
