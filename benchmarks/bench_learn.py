@@ -38,6 +38,7 @@ compiling warm-up call (median of 3).
     python benchmarks/bench_learn.py --pool-size 1000 --n-test 40 --budget 80 \
         --batch-size 2 --seeds 1 2 3 --optimise-hyperparameters --refit-every 10
     python benchmarks/bench_learn.py ... --oracle 10
+    python benchmarks/bench_learn.py ... --md-fraction 0.9
     python benchmarks/bench_learn.py --skip-curves --timing-frames 20
 """
 
@@ -384,6 +385,9 @@ def main() -> None:
     p.add_argument("--timing-frames", type=int, default=0)
     p.add_argument("--timing-sparse", type=int, default=500)
     args = p.parse_args()
+    for name in ("md_fraction", "test_md_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            p.error(f"--{name.replace('_', '-')} must lie in [0, 1]")
     if not args.skip_curves:
         curves(args)
     if args.timing_frames:
