@@ -108,18 +108,11 @@ def learn_pool(
             residual, 10 candidates gave higher mean test errors than 20 from 26
             labels on, and 60 up to 44 labels).
         strategy: "mixed", "tournament", "uncertainty" or "random" (the module
-            docstring): the same model, seeds and stops, only the picks differ. On
-            the EMT Cu pool of ``benchmarks/bench_learn.py`` with 500 SOAP sparse
-            points (mean test force RMSE, six seeds): tournament batches of 4 were
-            the lowest from 8 to 48 labels (13.0 meV/Å at 8 against mixed 15.5,
-            uncertainty 14.0, random 17.2; 2.51 at 48 against 2.6, 2.7, 3.1),
-            mixed batches from 64 (2.33 at 80 against tournament 2.38, uncertainty
-            2.53, random 2.43) with the smallest spread over seeds. On a pool of
-            90 % hot-MD snapshots (``--md-fraction 0.9``, three seeds) mixed
-            batches were the lowest from 12 labels on (2.27 meV/Å at 80 against
-            tournament 3.36, random 8.35), tournaments following the pool. With
-            150 sparse points (three seeds) neither mixed nor uncertainty beat
-            random batches.
+            docstring): the same model, seeds and stops, only the picks differ.
+            On the EMT Cu benchmark (README, Active learning) mixed batches gave
+            the lowest errors at the full budget, and on a pool made mostly of MD
+            from 12 labels on; tournaments were lower up to 48 labels only on a
+            pool of kinds in equal shares.
         tournament_size: structures drawn per pick by the ``tournament`` strategy
             (the module docstring; at least 1).
         score: "environments" or "energy" (the module docstring).
