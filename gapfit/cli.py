@@ -175,9 +175,17 @@ class _FitCommand(click.Command):
     cannot take a variable number of values). Words that the shell split inside braces
     (``gap={soap cutoff=5.0 ...}``) are joined again, so that click sees one
     ``key=value`` argument, and a ``-0.1`` inside braces is never taken for an option.
+    An unquoted ``--soap cutoff=5.0 n_max=4`` (the shell split the setting at its
+    spaces) is joined again too: a descriptor key is never a gap_fit argument of its
+    own, so ``n_max=4`` can only belong to the option before it.
     """
 
-    greedy = ("--default-sigma",)
+    # option: does a following word continue its value?
+    greedy: dict[str, Callable[[str], bool]] = {
+        "--default-sigma": lambda word: is_number(word.strip("{}")),
+        "--soap": lambda word: word.partition("=")[0] in SOAP_DEFAULTS,
+        "--distance-2b": lambda word: word.partition("=")[0] in DISTANCE_2B_DEFAULTS,
+    }
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         out: list[str] = []
@@ -190,7 +198,10 @@ class _FitCommand(click.Command):
                 continue
             values = [first] if eq else []  # "--default-sigma=0.001 0.05 ..." too
             k += 1
-            while k < len(args) and is_number(args[k].strip("{}")):
+            if not values and name != "--default-sigma" and k < len(args):
+                values.append(args[k])  # a descriptor option's own (quoted) value
+                k += 1
+            while k < len(args) and self.greedy[name](args[k]):
                 values.append(args[k])
                 k += 1
             out += [name, " ".join(values)] if values else [name]

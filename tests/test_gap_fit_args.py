@@ -233,6 +233,23 @@ def test_cli_refuses_mixed_styles(recorded: list) -> None:
     assert not recorded
 
 
+def test_cli_joins_unquoted_descriptor_settings(recorded: list) -> None:
+    """``--soap cutoff=5.0 n_max=4`` as the shell splits it unquoted: the words
+    after the option's value that are descriptor settings belong to it."""
+    base = ["fit", "--at-file", "t.xyz", "--gp-file", "m.npz"]
+    soap, two = "cutoff=4.0 n_max=4 l_max=3", "cutoff=4.0 delta=0.5"
+    quoted = invoke(*base, "--distance-2b", two, "--soap", soap, "--rnd-seed", "3")
+    split = invoke(
+        *base, "--distance-2b", *two.split(), f"--soap={soap.split()[0]}",
+        *soap.split()[1:], "--rnd-seed", "3",
+    )  # fmt: skip
+    for result in (quoted, split):
+        fails_cleanly(result, "stopped by the test")
+    (kw_a, _), (kw_b, _) = recorded
+    assert kw_a == kw_b and kw_b["soap"]["n_max"] == 4 and kw_b["rnd_seed"] == 3
+    assert kw_b["distance_2b"]["delta"] == 0.5
+
+
 def test_cli_stray_argument(recorded: list) -> None:
     result = invoke("fit", "train.xyz", "--soap", "n_max=4")
     fails_cleanly(result, "unexpected argument 'train.xyz'", "key=value")
