@@ -942,6 +942,33 @@ def info(gp_file: str) -> None:
         click.echo(format_error_table(meta["training_errors"], "training errors"))
 
 
+def _resume_changes(ctx: click.Context, mode: str) -> dict[str, Any]:
+    """The stops that ``--resume`` moves (``Learner.extend``): the options given on
+    the command line among those the run's mode may change; any other run setting
+    given is an error, never silently ignored."""
+    from gapfit.learner import EXTENDABLE, MODE_NAMES
+
+    given = {
+        p.name: p.opts[0]
+        for p in ctx.command.params
+        if p.name not in ("workdir", "resume", "labeller", "quiet")
+        and ctx.get_parameter_source(p.name or "")
+        not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    }
+    fixed = [opt for name, opt in given.items() if name not in EXTENDABLE[mode]]
+    if fixed:
+        movable = " and ".join(
+            "--" + name.replace("_", "-") for name in EXTENDABLE[mode]
+        )
+        raise GapfitError(
+            f"{', '.join(fixed)} with --resume: a resumed {MODE_NAMES[mode]} run "
+            "keeps the settings it started with (state.json); only "
+            f"{movable} may change, to go on further. Start a new --workdir to "
+            "change the others."
+        )
+    return {name: ctx.params[name] for name in given}
+
+
 # ------------------------------------------------------------------------------------
 @main.command(cls=_FitCommand)
 @click.option(
@@ -1145,9 +1172,12 @@ def learn(**options: Any) -> None:
       --labeller tblite.ase:TBLite --labeller-kwargs '{"method": "GFN1-xTB"}' \\
       --workdir md_run
     gapfit learn --workdir md_run --resume
+    gapfit learn --workdir md_run --resume --steps 10000 --budget 60
 
     Labeller failures skip the structure (the reason is in log.jsonl). Every step
-    is checkpointed in --workdir; --resume continues after a kill. Each label's
+    is checkpointed in --workdir; --resume continues after a kill, and with
+    --steps or --budget (pool mode: --budget, --target-std) goes on past the
+    run's stops. Each label's
     held-out prediction is kept in labelled.xyz (gap_* fields), and model.npz
     carries the std calibration fitted to them (printed at the end).
     """
@@ -1165,7 +1195,10 @@ def learn(**options: Any) -> None:
 
         mode = Workdir(o["workdir"]).load()[0]["settings"]["mode"]
         run = learn_pool if mode == "pool" else learn_otf
-        learner = run(o["workdir"], o["labeller"], resume=True, progress=progress)
+        extend = _resume_changes(click.get_current_context(), mode)
+        learner = run(
+            o["workdir"], o["labeller"], resume=True, progress=progress, extend=extend
+        )
         click.echo(learner.summary())
         return
     sources = [k for k in ("pool", "rattle", "md", "relax") if o[k]]

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,8 @@ GAP_KEYS = (
 )
 Callback = Callable[[dict], None]
 SCALE_MIN_FRAMES = 3  # held-out frames before the std scale may shrink
+EXTENDABLE = {"otf": ("steps", "budget"), "pool": ("budget", "target_std")}
+MODE_NAMES = {"otf": "on-the-fly", "pool": "pool-mode"}
 CV_FOLDS = 5  # folds of the final model's cross-validated calibration
 
 
@@ -229,9 +231,11 @@ class Learner:
         labeller: str | BaseCalculator | None = None,
         progress: bool = True,
         callback: Callback | None = None,
+        extend: Mapping[str, Any] | None = None,
     ) -> tuple[Learner, dict[str, np.ndarray]]:
         """The run of ``workdir`` as of its last checkpoint, and the sampler's
-        arrays. ``labeller`` defaults to the one named when the run started."""
+        arrays. ``labeller`` defaults to the one named when the run started;
+        ``extend`` gives new values of the run's stops (``Learner.extend``)."""
         w = Workdir(workdir)
         state, labelled, log, model_bytes, sampler = w.load()
         settings = state["settings"]
@@ -265,7 +269,45 @@ class Learner:
             if a.info.get("source") not in committed
         }
         learner._event("resumed", n_labels=len(learner.labelled))
+        if extend:
+            learner.extend(extend)
         return learner, sampler
+
+    def extend(self, changes: Mapping[str, Any]) -> None:
+        """Move the run's stops (``EXTENDABLE`` of its mode: on the fly ``steps``
+        and ``budget``, None for no label limit; pool ``budget`` and
+        ``target_std`` eV/atom), so that a run that stopped goes on from its last
+        checkpoint as if started with these values. Logged as an ``extended``
+        event; every other setting stays as the run started.
+
+        Raises:
+            GapfitError: a setting the mode cannot change, or a stop the run has
+                already passed (fewer steps or labels than done).
+        """
+        mode, cfg = self.settings["mode"], self.settings
+        allowed = EXTENDABLE[mode]
+        fixed = sorted(set(changes) - set(allowed))
+        if fixed:
+            raise GapfitError(
+                f"{', '.join(fixed)}: a resumed {MODE_NAMES[mode]} run can change only "
+                f"{' and '.join(allowed)}; the other settings stay as the run "
+                "started (state.json). Start a new run to change them."
+            )
+        done = {"budget": len(self.labelled), "steps": self.state.get("step", 0)}
+        for key, n in done.items():
+            value = changes.get(key, n)
+            if value is None and key == "budget" and mode == "otf":
+                continue  # no label limit
+            if not isinstance(value, int | np.integer) or value < n:
+                noun = {"budget": "labels", "steps": "steps"}[key]
+                raise GapfitError(
+                    f"{key} {value}: the run has {n} {noun} already; give a whole "
+                    f"number of at least {n}."
+                )
+        changes = {k: int(v) if k in done else v for k, v in changes.items()}
+        cfg.update(changes)
+        self.state.pop("done", None)
+        self._event("extended", **changes)
 
     # ---- labelling and learning ---------------------------------------------------
     def label(

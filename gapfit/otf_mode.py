@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ase
 import numpy as np
@@ -187,6 +188,7 @@ def learn_otf(
     resume: bool = False,
     progress: bool = True,
     callback: Callback | None = None,
+    extend: Mapping[str, Any] | None = None,
 ) -> Learner:
     """On-the-fly active learning along MD or a relaxation (module docstring).
 
@@ -204,6 +206,9 @@ def learn_otf(
             step may be labelled).
         checkpoint_every: checkpoint every this many steps (and after each label).
         seed: seed of the velocities and the thermostat's random forces.
+        extend: on resume, new ``steps`` and ``budget`` (None: no label limit): the
+            run goes on from its last checkpoint as if started with them
+            (``Learner.extend``).
         callback: called after every step with ``{"event": "step", "step", "atoms",
             "max_std", "std_scale", "step_std", "labelled", "forces", "forces_std"}``
             (the prediction that drove the step: ``a max s``, ``a``, ``u``, the mean
@@ -216,7 +221,7 @@ def learn_otf(
             f"min_interval {min_interval}: give at least 1 (step) between labels."
         )
     if resume:
-        learner, arrays = Learner.load(workdir, labeller, progress, callback)
+        learner, arrays = Learner.load(workdir, labeller, progress, callback, extend)
         atoms = atoms_from_arrays(arrays)
     else:
         if start is None:

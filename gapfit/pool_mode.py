@@ -27,7 +27,8 @@ The run's labels, model updates and checkpoints: ``gapfit.learner``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ase
 import numpy as np
@@ -83,6 +84,7 @@ def learn_pool(
     resume: bool = False,
     progress: bool = True,
     callback: Callback | None = None,
+    extend: Mapping[str, Any] | None = None,
 ) -> Learner:
     """Pool-mode active learning (see the module docstring).
 
@@ -126,6 +128,8 @@ def learn_pool(
             far lower test errors with few labels, for random batches as well).
         sparse_per_label, sparse_tol, refit_every: see ``gapfit.learner``.
         seed: seed of the first structures. resume: continue the run in ``workdir``.
+        extend: on resume, new ``budget`` and ``target_std`` (eV/atom) for a run
+            that stopped or is to go on further (``Learner.extend``).
         progress: progress bar. callback: called with an event dict after each step;
             an exception it raises stops the run (the checkpoint stays).
 
@@ -141,7 +145,7 @@ def learn_pool(
     if score not in SCORES:
         raise GapfitError(f"score {score!r}: use one of {', '.join(SCORES)}.")
     if resume:
-        learner, _ = Learner.load(workdir, labeller, progress, callback)
+        learner, _ = Learner.load(workdir, labeller, progress, callback, extend)
     else:
         if pool is None:
             raise GapfitError("learn_pool needs a pool of structures (pool=...).")

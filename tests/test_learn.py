@@ -597,6 +597,24 @@ def test_otf_md_labels_above_threshold(tmp_path):
     ]
     assert np.array_equal(final[0], final[1])
 
+    # stopped after 6 steps, then extended to 12: the same run as 12 steps at once
+    short, _ = _otf(tmp_path / "md3", steps=6)
+    assert short.state["done"] == "6 steps done"
+    for bad, match in (({"steps": 3}, "at least 6"), ({"temperature": 1.0}, "only")):
+        with pytest.raises(GapfitError, match=match):
+            learn_otf(short.workdir.path, None, resume=True, extend=bad)
+    longer = learn_otf(
+        short.workdir.path, None, resume=True, progress=False, extend={"steps": 12}
+    )
+    assert [a.info["source"] for a in longer.labelled] == sources
+    assert longer.state["done"] == "12 steps done" and longer.settings["steps"] == 12
+    (extended,) = [e for e in longer.log if e["event"] == "extended"]
+    assert extended["steps"] == 12
+    final = np.load(longer.workdir.path / "checkpoint.npz")["sampler.positions"]
+    assert np.array_equal(
+        final, np.load(learner.workdir.path / "checkpoint.npz")["sampler.positions"]
+    )
+
 
 def test_otf_min_interval_spaces_the_labels(tmp_path):
     # a threshold of 0 would label every step; min_interval 4 allows steps 4 and 8
@@ -861,6 +879,13 @@ def test_cli_learn(tmp_path):
         main, ["learn", "--workdir", workdir, "--resume", "--quiet"]
     )
     assert resumed.exit_code == 0 and "label budget 4" in resumed.output
+    resume = ["learn", "--workdir", workdir, "--resume", "--quiet"]
+    more = runner.invoke(main, [*resume, "--budget", "6"])
+    assert more.exit_code == 0, more.output
+    assert "6 labelled frames" in more.output and "label budget 6" in more.output
+    fixed = runner.invoke(main, [*resume, "--budget", "8", "--batch-size", "3"])
+    assert fixed.exit_code == 2 and "--batch-size with --resume" in fixed.output
+    assert "--budget and --target-std" in fixed.output
 
     md = [
         *args,
