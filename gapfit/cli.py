@@ -1181,6 +1181,19 @@ def learn(**options: Any) -> None:
     held-out prediction is kept in labelled.xyz (gap_* fields), and model.npz
     carries the std calibration fitted to them (printed at the end).
     """
+    try:
+        _learn(options)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted; {options['workdir']} holds the last checkpoint: continue "
+            f"with gapfit learn --workdir {options['workdir']} --resume",
+            err=True,
+        )
+        raise click.exceptions.Exit(130) from None
+
+
+def _learn(o: dict[str, Any]) -> None:
+    """``gapfit learn``'s work (``learn``), given its options."""
     from gapfit.learn import (  # loads ASE dynamics only here
         learn_otf,
         learn_pool,
@@ -1188,7 +1201,6 @@ def learn(**options: Any) -> None:
     )
     from gapfit.samplers import rattled
 
-    o = options
     progress = not o["quiet"]
     if o["resume"]:
         from gapfit.workdir import Workdir

@@ -13,6 +13,7 @@ import json
 import warnings
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
 import scipy.stats
@@ -856,8 +857,6 @@ def test_otf_reoptimises_early_then_every_refit_every(tmp_path):
 
 
 def test_cli_learn(tmp_path):
-    import ase.io
-
     ase.io.write(tmp_path / "pool.xyz", cu_cells(6, seed=31, labelled=False))
     ase.io.write(
         tmp_path / "start.xyz", bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
@@ -965,6 +964,21 @@ def test_cli_learn(tmp_path):
     )
     assert bad.exit_code == 2 and "not JSON" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_learn_interrupted_says_how_to_resume(tmp_path, monkeypatch):
+    import gapfit.learn
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gapfit.learn, "learn_pool", interrupted)
+    ase.io.write(tmp_path / "pool.xyz", cu_cells(2, seed=31, labelled=False))
+    workdir = str(tmp_path / "run")
+    args = ["learn", "--labeller", "emt", "--pool", str(tmp_path / "pool.xyz")]
+    result = CliRunner().invoke(main, [*args, "--workdir", workdir])
+    assert result.exit_code == 130
+    assert f"gapfit learn --workdir {workdir} --resume" in result.output
 
 
 def test_example_runs(tmp_path):
