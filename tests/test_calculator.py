@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +167,18 @@ def test_nve_conserves_energy(model: Model) -> None:
     assert drift < 5e-3, f"total energy varies by {drift * 1e3:.3f} meV/atom"
     # from a perfect lattice at 300 K, equipartition gives about 150 K on average
     assert 50 < np.mean(temperatures[50:]) < 400
+
+
+def test_md_example_runs():
+    """examples/md_with_uncertainty.py: calibrated force stds near the errors along
+    MD, and larger stds and errors on the squeezed cell."""
+    path = Path(__file__).parents[1] / "examples" / "md_with_uncertainty.py"
+    spec = importlib.util.spec_from_file_location("md_with_uncertainty", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    *md, squeezed = example.main(steps=20, check_every=10)
+    assert [r["frame"] for r in md] == ["MD step 0", "MD step 10", "MD step 20"]
+    for r in md[1:]:
+        assert 1 / 3 < r["f_rmse"] / r["f_rms_std"] < 3
+    assert squeezed["forces_std"] > max(r["forces_std"] for r in md)
+    assert squeezed["f_rmse"] > 3 * max(r["f_rmse"] for r in md)
