@@ -951,7 +951,15 @@ def _resume_changes(ctx: click.Context, mode: str) -> dict[str, Any]:
     given = {
         p.name: p.opts[0]
         for p in ctx.command.params
-        if p.name not in ("workdir", "resume", "labeller", "quiet")
+        if p.name
+        not in (
+            "workdir",
+            "resume",
+            "labeller",
+            "quiet",
+            "dask_scheduler",
+            "dask_workers",
+        )
         and ctx.get_parameter_source(p.name or "")
         not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     }
@@ -1162,6 +1170,7 @@ def _resume_changes(ctx: click.Context, mode: str) -> dict[str, Any]:
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --workdir.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@dask_options
 @_user_errors
 def learn(**options: Any) -> None:
     """Active learning: label the structures the model is least sure about.
@@ -1173,6 +1182,9 @@ def learn(**options: Any) -> None:
       --workdir md_run
     gapfit learn --workdir md_run --resume
     gapfit learn --workdir md_run --resume --steps 10000 --budget 60
+
+    With --dask-workers N (or --dask-scheduler) each pool batch is labelled at
+    once on the dask workers, each structure in workdir/labels/<source>.
 
     Labeller failures skip the structure (the reason is in log.jsonl). Every step
     is checkpointed in --workdir; --resume continues after a kill, and with
@@ -1202,14 +1214,24 @@ def _learn(o: dict[str, Any]) -> None:
     from gapfit.samplers import rattled
 
     progress = not o["quiet"]
+
+    def started(run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with _dask_client(o["dask"]) as client:  # labels on its workers
+            return run(*args, client=client, **kwargs)
+
     if o["resume"]:
         from gapfit.workdir import Workdir
 
         mode = Workdir(o["workdir"]).load()[0]["settings"]["mode"]
         run = learn_pool if mode == "pool" else learn_otf
         extend = _resume_changes(click.get_current_context(), mode)
-        learner = run(
-            o["workdir"], o["labeller"], resume=True, progress=progress, extend=extend
+        learner = started(
+            run,
+            o["workdir"],
+            o["labeller"],
+            resume=True,
+            progress=progress,
+            extend=extend,
         )
         click.echo(learner.summary())
         return
@@ -1256,7 +1278,8 @@ def _learn(o: dict[str, Any]) -> None:
             )
         else:
             pool = o["pool"]
-        learner = learn_pool(
+        learner = started(
+            learn_pool,
             o["workdir"],
             o["labeller"],
             pool,
@@ -1273,7 +1296,8 @@ def _learn(o: dict[str, Any]) -> None:
             **common,
         )
     else:
-        learner = learn_otf(
+        learner = started(
+            learn_otf,
             o["workdir"],
             o["labeller"],
             o["md"] or o["relax"],

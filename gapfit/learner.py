@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,10 @@ class Learner:
         self.workdir = workdir
         self.settings = settings
         self.labeller = labeller
+        # what dask workers build the labeller from: its name and kwargs where it
+        # has one (create, load), else the object; client: None labels here
+        self.labeller_spec: tuple[str | BaseCalculator, dict | None] = (labeller, None)
+        self.client: Any = None
         self.progress = progress
         self.callback = callback
         self.gap = _gap(settings["gap"])
@@ -221,6 +225,7 @@ class Learner:
         for name, images in inputs.items():
             w.write_text(name, xyz_text(images))
         learner = cls(w, settings, calc, progress, callback)
+        learner.labeller_spec = (labeller, settings.get("labeller_kwargs"))
         learner._event("start", mode=settings["mode"])
         return learner
 
@@ -248,6 +253,7 @@ class Learner:
             labeller = settings["labeller"]
         calc = make_labeller(labeller, settings.get("labeller_kwargs"))
         learner = cls(w, settings, calc, progress, callback)
+        learner.labeller_spec = (labeller, settings.get("labeller_kwargs"))
         learner.labelled = read_xyz_text(labelled)
         learner.frames = frames_from_atoms(
             learner.labelled, require=("energy", "forces"), source="labelled.xyz"
@@ -314,16 +320,16 @@ class Learner:
         self, structures: Sequence[ase.Atoms], sources: Sequence[str]
     ) -> list[tuple[int, ase.Atoms]]:
         """Label the structures; returns ``(index, labelled copy)`` of those that
-        succeeded. Failures are logged with their reason. Labels from before a kill
-        (``pending.xyz``) are reused."""
-        out = []
-        for k, (atoms, source) in enumerate(zip(structures, sources, strict=True)):
-            if source in self.pending:
-                out.append((k, self.pending[source]))
-                continue
-            t0 = time.perf_counter()
-            result = label(self.labeller, atoms)
-            seconds = round(time.perf_counter() - t0, 4)
+        succeeded, in the order given. Failures are logged with their reason. Labels
+        from before a kill (``pending.xyz``) are reused. With a dask ``client`` the
+        structures are labelled at once on its workers (``gapfit.remote_labels``)."""
+        pairs = list(zip(structures, sources, strict=True))
+        out = [
+            (k, self.pending[s]) for k, (_, s) in enumerate(pairs) if s in self.pending
+        ]
+        todo = [(k, a, s) for k, (a, s) in enumerate(pairs) if s not in self.pending]
+        for k, result, seconds in self._labels(todo):
+            source = pairs[k][1]
             if isinstance(result, LabelFailure):
                 self._event("skipped", source=source, reason=result.reason)
                 continue
@@ -335,7 +341,23 @@ class Learner:
             )
             self._event("labelled", source=source, seconds=seconds)
             out.append((k, result))
-        return out
+        return sorted(out, key=lambda pair: pair[0])
+
+    def _labels(
+        self, todo: Sequence[tuple[int, ase.Atoms, str]]
+    ) -> Iterator[tuple[int, ase.Atoms | LabelFailure, float]]:
+        """``(index, labelled copy or failure, seconds)`` of each of ``todo``
+        (index, structure, source): here one by one, or on the dask cluster."""
+        if self.client is not None:
+            from gapfit.remote_labels import label_on_cluster  # imports dask
+
+            root = self.workdir.file("labels")
+            yield from label_on_cluster(self.client, self.labeller_spec, todo, root)
+            return
+        for k, atoms, _ in todo:
+            t0 = time.perf_counter()
+            result = label(self.labeller, atoms)
+            yield k, result, round(time.perf_counter() - t0, 4)
 
     def add(
         self,

@@ -189,6 +189,7 @@ def learn_otf(
     progress: bool = True,
     callback: Callback | None = None,
     extend: Mapping[str, Any] | None = None,
+    client: Any = None,
 ) -> Learner:
     """On-the-fly active learning along MD or a relaxation (module docstring).
 
@@ -209,6 +210,9 @@ def learn_otf(
         extend: on resume, new ``steps`` and ``budget`` (None: no label limit): the
             run goes on from its last checkpoint as if started with them
             (``Learner.extend``).
+        client: a ``dask.distributed.Client``: the labeller runs on its workers
+            (``gapfit.remote_labels``; the start structure and isolated atoms at
+            once); None: in this process.
         callback: called after every step with ``{"event": "step", "step", "atoms",
             "max_std", "std_scale", "step_std", "labelled", "forces", "forces_std"}``
             (the prediction that drove the step: ``a max s``, ``a``, ``u``, the mean
@@ -266,6 +270,7 @@ def learn_otf(
             "last_label": 0,  # the start structure
         }
         (atoms,) = read_xyz_text(learner.workdir.read_text("start.xyz"))  # as saved
+    learner.client = client
     _OTFRun(learner, atoms, fresh=not resume).run()
     return learner
 

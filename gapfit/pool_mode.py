@@ -85,6 +85,7 @@ def learn_pool(
     progress: bool = True,
     callback: Callback | None = None,
     extend: Mapping[str, Any] | None = None,
+    client: Any = None,
 ) -> Learner:
     """Pool-mode active learning (see the module docstring).
 
@@ -130,6 +131,8 @@ def learn_pool(
         seed: seed of the first structures. resume: continue the run in ``workdir``.
         extend: on resume, new ``budget`` and ``target_std`` (eV/atom) for a run
             that stopped or is to go on further (``Learner.extend``).
+        client: a ``dask.distributed.Client``: each batch is labelled at once on
+            its workers (``gapfit.remote_labels``); None: one by one here.
         progress: progress bar. callback: called with an event dict after each step;
             an exception it raises stops the run (the checkpoint stays).
 
@@ -178,6 +181,7 @@ def learn_pool(
         learner.state = {"labelled": [], "failed": [], "step": 0}
     # the saved copy (positions to 1e-8 Å), as on resume: the same labels either way
     images = read_xyz_text(learner.workdir.read_text("pool.xyz"))
+    learner.client = client
     _PoolRun(learner, images).run()
     return learner
 

@@ -328,3 +328,50 @@ def test_unreachable_scheduler_is_a_clear_error(train: Path, tmp_path: Path) -> 
         result.output
     )
     assert not (tmp_path / "m.npz").exists()
+
+
+class _Unpicklable(EMT):
+    """EMT holding a lock: pickle refuses it, as it does many C-backed calculators."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+
+def test_learn_labels_on_the_cluster_as_here(client, tmp_path: Path) -> None:
+    """A pool run whose batches are labelled on the workers, each structure in its
+    own directory, picks, labels and fits exactly as the run labelled here; the CLI
+    runs it on the cluster given by --dask-scheduler."""
+    from emt_cells import SOAP as LEARN_SOAP
+    from emt_cells import cu_cells
+
+    from gapfit.learn import learn_pool
+
+    pool = cu_cells(8, seed=5, labelled=False)
+    run = {"n_seed": 2, "batch_size": 2, "budget": 4, "progress": False}
+    gap = GAP(soap=LEARN_SOAP, e0_method="average")
+    here = learn_pool(tmp_path / "here", "emt", pool, gap, **run)
+    there = learn_pool(tmp_path / "there", "emt", pool, gap, client=client, **run)
+    sources = [a.info["source"] for a in here.labelled]
+    assert [a.info["source"] for a in there.labelled] == sources
+    for a, b in zip(here.labelled, there.labelled, strict=True):
+        assert a.get_potential_energy() == b.get_potential_energy()
+        assert np.array_equal(a.get_forces(), b.get_forces())
+    assert np.array_equal(here.model.posterior.weights, there.model.posterior.weights)
+    dirs = sorted(p.name for p in (tmp_path / "there" / "labels").iterdir())
+    assert dirs == sorted(s.replace(":", "_") for s in sources)
+
+    with pytest.raises(GapfitError, match="cannot be sent to the dask workers"):
+        learn_pool(tmp_path / "lock", _Unpicklable(), pool, gap, client=client, **run)
+
+    pool_file = tmp_path / "pool.xyz"
+    ase.io.write(pool_file, pool)
+    address = client.scheduler.address
+    result = invoke(
+        "learn", "--pool", pool_file, "--labeller", "emt", "--soap", LEARN_SOAP,
+        "--budget", 4, "--workdir", tmp_path / "cli", "--quiet",
+        "--dask-scheduler", address,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    labelled = ase.io.read(tmp_path / "cli" / "labelled.xyz", ":")
+    assert [a.info["source"] for a in labelled] == sources

@@ -1,0 +1,124 @@
+"""Labels on a dask cluster: an active-learning step's structures labelled at once.
+
+Labelling (DFT, tight binding) is what an active-learning run spends its time on, and
+a pool step's batch of structures are independent. ``label_on_cluster`` sends each to
+a worker of a ``dask.distributed`` client (``gapfit.cluster.dask_client``: a local
+cluster's workers are pinned to disjoint cores) and yields the results as they
+finish. A named labeller (``emt``, ``module:Class`` with keyword arguments) is built
+once per worker thread; a calculator object travels by pickle. Each structure is
+labelled in its own directory ``<directory>/<source>`` (the calculator's
+``directory``, for calculators that write files), so concurrent labels never share
+input or output files. ``gapfit.labeller.label`` does the labelling, so failures
+are the same ``LabelFailure``s as in one process; a worker that dies is retried by
+dask, and one that keeps dying fails that structure only.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import ase
+from ase.calculators.calculator import BaseCalculator
+from dask.distributed import Client, as_completed
+
+from gapfit.cluster import RETRIES
+from gapfit.errors import GapfitError
+from gapfit.labeller import LabelFailure, label, make_labeller
+
+Labeller = tuple[str | BaseCalculator, dict[str, Any] | None]  # spec, kwargs
+_BUILT: dict[tuple[str, int], BaseCalculator] = {}  # a worker's named labellers
+
+
+def check_sendable(labeller: Labeller) -> None:
+    """Refuse a calculator object that cannot be pickled for the workers.
+
+    Raises:
+        GapfitError: naming the calculator and what to do instead.
+    """
+    spec = labeller[0]
+    if isinstance(spec, str):
+        return
+    try:
+        pickle.dumps(spec)
+    except Exception as err:  # pickle raises many types for unpicklable members
+        raise GapfitError(
+            f"the labeller {type(spec).__name__} cannot be sent to the dask workers "
+            f"({type(err).__name__}: {err}); name it instead (--labeller "
+            "module:Class with --labeller-kwargs, or labeller='module:Class' with "
+            "labeller_kwargs=...), or label without dask."
+        ) from None
+
+
+def _calculator(labeller: Labeller) -> BaseCalculator:
+    """The labeller in this worker: built once per thread from its name."""
+    spec, kwargs = labeller
+    if not isinstance(spec, str):
+        return spec
+    key = (json.dumps([spec, kwargs], sort_keys=True), threading.get_ident())
+    if key not in _BUILT:
+        _BUILT[key] = make_labeller(spec, kwargs)
+    return _BUILT[key]
+
+
+def _label_task(
+    labeller: Labeller, atoms: ase.Atoms, directory: str
+) -> tuple[ase.Atoms | LabelFailure, float]:
+    """One structure's label (or failure) and its wall time in s, on a worker."""
+    calc = _calculator(labeller)
+    if hasattr(calc, "directory"):
+        calc.directory = directory
+    t0 = time.perf_counter()
+    result = label(calc, atoms)
+    return result, time.perf_counter() - t0
+
+
+def label_directory(root: Path, source: str) -> str:
+    """The directory of one structure's label: ``root/<source>``, with characters
+    other than letters, digits, ``.``, ``_`` and ``-`` as ``_``."""
+    return str(root / re.sub(r"[^A-Za-z0-9._-]", "_", source))
+
+
+def label_on_cluster(
+    client: Client,
+    labeller: Labeller,
+    todo: Sequence[tuple[int, ase.Atoms, str]],
+    root: Path,
+) -> Iterator[tuple[int, ase.Atoms | LabelFailure, float]]:
+    """Label ``todo`` (index, structure, source) on the workers of ``client``, each
+    in ``label_directory(root, source)``; yields ``(index, labelled copy or
+    LabelFailure, seconds)`` in the order they finish.
+
+    Raises:
+        GapfitError: a named labeller that a worker cannot build (e.g. its module is
+            not installed there).
+    """
+    check_sendable(labeller)
+    futures = {
+        client.submit(
+            _label_task,
+            labeller,
+            atoms,
+            label_directory(root.absolute(), source),
+            pure=False,
+            retries=RETRIES,
+        ): k
+        for k, atoms, source in todo
+    }
+    for future in as_completed(futures, loop=client.loop):
+        try:
+            result, seconds = future.result()
+        except GapfitError:  # the labeller itself: every structure would fail
+            for f in futures:
+                f.cancel()
+            raise
+        except Exception as err:  # a worker that kept dying, lost connection, ...
+            result = LabelFailure(f"on the dask cluster: {type(err).__name__}: {err}")
+            seconds = 0.0
+        yield futures[future], result, round(seconds, 4)
