@@ -44,7 +44,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ase
 import ase.data
@@ -83,6 +83,9 @@ from gapfit.sparse_set import (
 )
 from gapfit.update import refit, reoptimised, update
 from gapfit.workdir import Workdir, read_xyz_text, xyz_text
+
+if TYPE_CHECKING:  # dask is imported only where labels go to a cluster
+    from dask.distributed import Client
 
 GAP_KEYS = (
     "soap",
@@ -172,7 +175,7 @@ class Learner:
         # what dask workers build the labeller from: its name and kwargs where it
         # has one (create, load), else the object; client: None labels here
         self.labeller_spec: tuple[str | BaseCalculator, dict | None] = (labeller, None)
-        self.client: Any = None
+        self.client: Client | None = None
         self.progress = progress
         self.callback = callback
         self.gap = _gap(settings["gap"])

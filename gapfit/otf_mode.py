@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ase
 import numpy as np
@@ -77,6 +77,9 @@ from gapfit.neighbours import species_index
 from gapfit.samplers import MDSampler, RelaxSampler, atoms_from_arrays, sampler_arrays
 from gapfit.sparse_set import free_slots
 from gapfit.workdir import read_xyz_text
+
+if TYPE_CHECKING:  # dask is imported only where labels go to a cluster
+    from dask.distributed import Client
 
 SPARSE_STD_TARGET = 0.5  # a labelled frame's residual std over threshold
 TAIL_Z = 3.0  # errors beyond TAIL_Z scaled stds as rare as for a Gaussian
@@ -189,7 +192,7 @@ def learn_otf(
     progress: bool = True,
     callback: Callback | None = None,
     extend: Mapping[str, Any] | None = None,
-    client: Any = None,
+    client: Client | None = None,
 ) -> Learner:
     """On-the-fly active learning along MD or a relaxation (module docstring).
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ase
 import numpy as np
@@ -59,6 +59,9 @@ from gapfit.selection import (
 )
 from gapfit.workdir import read_xyz_text
 
+if TYPE_CHECKING:  # dask is imported only where labels go to a cluster
+    from dask.distributed import Client
+
 
 def learn_pool(
     workdir: str | os.PathLike,
@@ -85,7 +88,7 @@ def learn_pool(
     progress: bool = True,
     callback: Callback | None = None,
     extend: Mapping[str, Any] | None = None,
-    client: Any = None,
+    client: Client | None = None,
 ) -> Learner:
     """Pool-mode active learning (see the module docstring).
 
