@@ -15,6 +15,7 @@ dask, and one that keeps dying fails that structure only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
@@ -72,7 +73,7 @@ def _label_task(
 ) -> tuple[ase.Atoms | LabelFailure, float]:
     """One structure's label (or failure) and its wall time in s, on a worker."""
     calc = _calculator(labeller)
-    if hasattr(calc, "directory"):
+    with contextlib.suppress(AttributeError):  # no (settable) directory: no files
         calc.directory = directory
     t0 = time.perf_counter()
     result = label(calc, atoms)
