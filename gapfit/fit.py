@@ -17,7 +17,7 @@ import hashlib
 import os
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ase
@@ -312,14 +312,16 @@ class GAP:
         specs: dict,
         frames: Sequence[Frame],
         chunks: Sequence[Sequence[int]],
-        batches: Sequence[Batch],
+        batches: Iterable[Batch],
     ) -> tuple[np.ndarray, ...]:
         """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment, and
-        the distances and pair types of every pair within the 2-body cutoff."""
+        the distances and pair types of every pair within the 2-body cutoff
+        (``batches``: one per chunk, each used once, so they may be streamed)."""
         X, Z, r, t = [], [], [], []
         species = next(iter(specs.values()))[0].species
         for chunk, batch in tqdm(
-            list(zip(chunks, batches, strict=True)),
+            zip(chunks, batches, strict=True),
+            total=len(chunks),
             desc="descriptors",
             unit="chunk",
             disable=not self.progress,

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from gapfit.assembly import padded_batches
+from gapfit.assembly import streamed_batches
 from gapfit.data import Frame, as_frames
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
@@ -233,11 +233,12 @@ def unit_soap(
 
 def descriptors(gap: GAP, specs: dict, frames: Sequence[Frame]) -> tuple:
     """``GAP._descriptors`` of ``frames`` in chunks of 512 atoms padded to one
-    shape: SOAP ``(n_env, F)``, species index, 2-body distances and pair types."""
+    shape, streamed (a pool's neighbour lists are never all held): SOAP
+    ``(n_env, F)``, species index, 2-body distances and pair types."""
     chunks = chunk_indices([len(f.numbers) for f in frames], 512)
     cutoff = max(spec.neighbour_cutoff for spec, _ in specs.values())
     species = next(iter(specs.values()))[0].species
-    batches = padded_batches(frames, chunks, species, cutoff)
+    batches = streamed_batches(frames, chunks, species, cutoff)
     return gap._descriptors(specs, frames, chunks, batches)
 
 

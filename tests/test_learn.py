@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import ase.io
@@ -25,6 +26,7 @@ from click.testing import CliRunner
 from emt_cells import CAPACITY, SOAP, cu_cells
 
 from gapfit import GAP, GapfitError, heldout
+from gapfit.assembly import padded_batches, streamed_batches
 from gapfit.calculator import GAPCalculator
 from gapfit.calibration import fit_std_map, without_calibration
 from gapfit.cli import main
@@ -33,7 +35,7 @@ from gapfit.data import as_frames
 from gapfit.labeller import LabelFailure, label, make_labeller
 from gapfit.learn import Learner, learn_otf, learn_pool
 from gapfit.learner import SCALE_MIN_FRAMES, _std_ratio
-from gapfit.model import Model
+from gapfit.model import Model, chunk_indices
 from gapfit.otf_mode import (
     FLOOR_RISE,
     TAIL_Z,
@@ -222,6 +224,19 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
     assert final.data["held_out"].startswith("5-fold cross-validation")
     want = calibrate_cv(learner.model, learner.frames, 5).model.calibration
     assert final.quantities["forces"] == want.quantities["forces"]
+
+
+def test_streamed_batches_are_the_padded_batches():
+    """Pool descriptors stream their chunks: the same padded batches, one at a time."""
+    frames = as_frames(cu_cells(5, seed=3, labelled=False), require=())
+    frames[2] = as_frames([bulk("Cu", "fcc", a=3.61, cubic=True)], require=())[0]
+    chunks = chunk_indices([len(f.numbers) for f in frames], 40)
+    held = padded_batches(frames, chunks, (29,), 4.0)
+    streamed = streamed_batches(frames, chunks, (29,), 4.0)
+    assert isinstance(streamed, Iterator) and len(chunks) == 4
+    for a, b in zip(held, streamed, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x, y)
 
 
 def test_pool_mixed_strategy_halves_each_batch(pool_run, tmp_path):
