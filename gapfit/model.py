@@ -20,7 +20,7 @@ import os
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cache, cached_property, partial
@@ -37,6 +37,7 @@ from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
 from gapfit.memory import release_freed
 from gapfit.neighbours import (
+    HELD_ATOMS,
     Batch,
     PairTables,
     Structure,
@@ -140,24 +141,42 @@ class Model:
         which: str | None,
         wheres: Sequence[str] | None,
         batch_atoms: int,
-    ) -> tuple[list, list[Batch]]:
-        """``predict``'s groups of structure indices and their unpadded batches:
-        about ``batch_atoms`` atoms each, or one configuration each with stds (they
-        need per-configuration Gram matrices); ``wheres`` name the structures in
-        errors (default ``config k``)."""
+        shape: Sequence[int] = (0, 0, 0),
+        width: int = 0,
+    ) -> tuple[list, list[int], int, Iterator[Batch]]:
+        """``predict``'s groups of structure indices (about ``batch_atoms`` atoms
+        each, or one configuration each with stds: they need per-configuration Gram
+        matrices), their padded (atoms, pairs, configurations) shape and pair-table
+        width (at least ``shape`` and ``width``), and their padded batches, built as
+        they are walked. Up to ``neighbours.HELD_ATOMS`` atoms the neighbour lists
+        are built once and held; beyond, once to measure the shape and again one
+        batch at a time, so memory holds one batch's lists, not all.
+        ``wheres`` name the structures in errors (default ``config k``)."""
         wheres = wheres or [f"config {k}" for k in range(len(structures))]
         sizes = [len(s.numbers) for s in structures]
         groups = chunk_indices(sizes, 1 if which else batch_atoms)
-        batches = [
-            make_batch(
+
+        def build(g: Sequence[int]) -> Batch:
+            return make_batch(
                 [structures[k] for k in g],
                 self.species,
                 self.neighbour_cutoff,
                 [wheres[k] for k in g],
             )
-            for g in groups
-        ]
-        return groups, batches
+
+        held = [build(g) for g in groups] if sum(sizes) <= HELD_ATOMS else None
+        measured = map(build, groups) if held is None else held
+        shapes, widths = zip(
+            *((batch_shape(b), pair_table_width(b)) for b in measured), strict=True
+        )
+        largest = [max(n) for n in zip(shape, *shapes, strict=True)]
+        walked = map(build, groups) if held is None else iter(held)
+        return (
+            groups,
+            largest,
+            max(width, *widths),
+            (pad_batch(b, *largest) for b in walked),
+        )
 
     def padded_shape(
         self,
@@ -169,8 +188,10 @@ class Model:
         of ``predict``'s batches of ``structures``: passed as ``shape`` and
         ``width`` to ``predict`` calls on parts of them (cross-validation folds), one
         compilation serves them all."""
-        _, batches = self._batches(structures, std_mode(std), None, batch_atoms)
-        return _padded_shape(batches)
+        _, largest, width, _ = self._batches(
+            structures, std_mode(std), None, batch_atoms
+        )
+        return largest, width
 
     def predict(
         self,
@@ -199,10 +220,10 @@ class Model:
         """
         which = std_mode(std)
         out: list[dict] = []
-        groups, batches = self._batches(structures, which, wheres, batch_atoms)
         # one padded shape and pair-table width for all batches: one compilation
-        largest, k = _padded_shape(batches, shape, width)
-        batches = [pad_batch(b, *largest) for b in batches]
+        groups, _, k, batches = self._batches(
+            structures, which, wheres, batch_atoms, shape, width
+        )
         run = {
             None: lambda b, t: (self.mean(b, t), None),
             "all": self.mean_and_std,
@@ -217,7 +238,7 @@ class Model:
                 mean, sd = run(batch._asdict(), pair_tables(batch, k))
                 sel = [structures[k] for k in g]
                 out.extend(self.unpack(sel, batch, mean, sd))  # waits for the device
-                if len(batches) > 1:
+                if len(groups) > 1:
                     release_freed()  # the batch's XLA buffers (see gapfit.memory)
         return out
 
@@ -359,15 +380,6 @@ class Model:
         L = jnp.asarray(L)
         R = jnp.asarray(R) if version >= 2 else whiten_rows(jnp.asarray(R), L)
         return cls(tuple(terms), species, Posterior(jnp.asarray(w), L, R), e0, info)
-
-
-def _padded_shape(
-    batches: Sequence[Batch], shape: Sequence[int] = (0, 0, 0), width: int = 0
-) -> tuple[list[int], int]:
-    """The smallest (atoms, pairs, configurations) padding of ``batches``, at least
-    ``shape``, and their widest pair table, at least ``width``."""
-    largest = [max(n) for n in zip(shape, *map(batch_shape, batches), strict=True)]
-    return largest, max(width, *(pair_table_width(b) for b in batches))
 
 
 @jax.jit

@@ -16,6 +16,11 @@ import vesin
 
 from gapfit.errors import GapfitError
 
+# One pass over more atoms than this (a pool's descriptors, a prediction) builds its
+# neighbour lists when it gets to each batch, after a first pass for the common
+# padded shape, instead of holding them all (about 3 kB per atom: 0.6 GB here)
+HELD_ATOMS = 200_000
+
 
 class Structure(Protocol):
     """Anything with ``numbers``, ``positions``, ``cell``, ``pbc`` (Atoms, Frame)."""

@@ -44,12 +44,12 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from gapfit.assembly import streamed_batches
+from gapfit.assembly import padded_batches, streamed_batches
 from gapfit.data import Frame, as_frames
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model, chunk_indices
-from gapfit.neighbours import bucket
+from gapfit.neighbours import HELD_ATOMS, bucket
 from gapfit.sparse_gp import dtc_variance
 
 CHUNK = 2048  # environments per jitted call
@@ -233,12 +233,14 @@ def unit_soap(
 
 def descriptors(gap: GAP, specs: dict, frames: Sequence[Frame]) -> tuple:
     """``GAP._descriptors`` of ``frames`` in chunks of 512 atoms padded to one
-    shape, streamed (a pool's neighbour lists are never all held): SOAP
-    ``(n_env, F)``, species index, 2-body distances and pair types."""
-    chunks = chunk_indices([len(f.numbers) for f in frames], 512)
+    shape, their neighbour lists streamed beyond ``neighbours.HELD_ATOMS`` atoms:
+    SOAP ``(n_env, F)``, species index, 2-body distances and pair types."""
+    sizes = [len(f.numbers) for f in frames]
+    chunks = chunk_indices(sizes, 512)
     cutoff = max(spec.neighbour_cutoff for spec, _ in specs.values())
     species = next(iter(specs.values()))[0].species
-    batches = streamed_batches(frames, chunks, species, cutoff)
+    batched = padded_batches if sum(sizes) <= HELD_ATOMS else streamed_batches
+    batches = batched(frames, chunks, species, cutoff)
     return gap._descriptors(specs, frames, chunks, batches)
 
 

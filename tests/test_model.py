@@ -10,6 +10,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from threadpoolctl import threadpool_info
 
+import gapfit.model
 from gapfit import GapfitError
 from gapfit.fit import GAP
 from gapfit.gapstring import parse_soap
@@ -163,6 +164,26 @@ def test_batched_prediction_equals_one_by_one(fitted):
         np.testing.assert_allclose(alone["energy"], ref["energy"], rtol=1e-10)
         np.testing.assert_allclose(alone["forces"], ref["forces"], atol=1e-11)
         np.testing.assert_allclose(alone["stress"], ref["stress"], atol=1e-13)
+
+
+def test_streamed_batches_predict_what_held_ones_do(fitted, monkeypatch):
+    """Beyond ``HELD_ATOMS`` atoms predict builds each batch's neighbour lists when
+    it gets to it (after a pass for the common shape): the same padded batches, so
+    the same numbers to the bit, with and without stds."""
+    gap, frames, _ = fitted
+    small = frames[4][:-5]  # 27 atoms: groups of unequal padded size
+    structures = [*frames[:3], small]
+    held = gap.model_.predict(structures, batch_atoms=70)
+    held_std = gap.model_.predict(structures[:2], std=True)
+    held_shape = gap.model_.padded_shape(structures, batch_atoms=70)
+    monkeypatch.setattr(gapfit.model, "HELD_ATOMS", 0)
+    streamed = gap.model_.predict(structures, batch_atoms=70)
+    streamed_std = gap.model_.predict(structures[:2], std=True)
+    assert gap.model_.padded_shape(structures, batch_atoms=70) == held_shape
+    for a, b in zip(held + held_std, streamed + streamed_std, strict=True):
+        assert a.keys() == b.keys()
+        for q in a:
+            assert np.array_equal(a[q], b[q]), q
 
 
 def test_a_new_delta_reuses_the_compiled_programs(fitted):
