@@ -44,28 +44,12 @@ def padded_batches(
     configurations): a distributed fit passes its global one, so that each worker
     builds one chunk at a time and still compiles once.
     """
-    batches = [_chunk_batch(frames, c, species, cutoff) for c in chunks]
+    batches = [chunk_batch(frames, c, species, cutoff) for c in chunks]
     largest = [max(n) for n in zip(shape, *map(batch_shape, batches), strict=True)]
     return [pad_batch(b, *largest) for b in batches]
 
 
-def streamed_batches(
-    frames: Sequence[Frame],
-    chunks: Sequence[Sequence[int]],
-    species: tuple[int, ...],
-    cutoff: float,
-) -> Iterator[Batch]:
-    """``padded_batches``' batches one at a time, for one pass over many frames: the
-    neighbour lists are built twice (first for the common shape), and only one
-    chunk's are held, not every chunk's (about 3 kB per atom of a pool at a 4.5 Å
-    cutoff)."""
-    shapes = [batch_shape(_chunk_batch(frames, c, species, cutoff)) for c in chunks]
-    largest = [max(n) for n in zip(*shapes, strict=True)]
-    for c in chunks:
-        yield pad_batch(_chunk_batch(frames, c, species, cutoff), *largest)
-
-
-def _chunk_batch(
+def chunk_batch(
     frames: Sequence[Frame],
     chunk: Sequence[int],
     species: tuple[int, ...],

@@ -37,14 +37,11 @@ from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
 from gapfit.memory import release_freed
 from gapfit.neighbours import (
-    HELD_ATOMS,
     Batch,
     PairTables,
     Structure,
-    batch_shape,
     make_batch,
-    pad_batch,
-    pair_table_width,
+    padded_stream,
     pair_tables,
 )
 from gapfit.sparse_gp import Posterior, whiten_rows
@@ -148,9 +145,8 @@ class Model:
         each, or one configuration each with stds: they need per-configuration Gram
         matrices), their padded (atoms, pairs, configurations) shape and pair-table
         width (at least ``shape`` and ``width``), and their padded batches, built as
-        they are walked. Up to ``neighbours.HELD_ATOMS`` atoms the neighbour lists
-        are built once and held; beyond, once to measure the shape and again one
-        batch at a time, so memory holds one batch's lists, not all.
+        they are walked (``neighbours.padded_stream``: held up to ``HELD_ATOMS``
+        atoms, beyond built again one batch at a time).
         ``wheres`` name the structures in errors (default ``config k``)."""
         wheres = wheres or [f"config {k}" for k in range(len(structures))]
         sizes = [len(s.numbers) for s in structures]
@@ -164,19 +160,7 @@ class Model:
                 [wheres[k] for k in g],
             )
 
-        held = [build(g) for g in groups] if sum(sizes) <= HELD_ATOMS else None
-        measured = map(build, groups) if held is None else held
-        shapes, widths = zip(
-            *((batch_shape(b), pair_table_width(b)) for b in measured), strict=True
-        )
-        largest = [max(n) for n in zip(shape, *shapes, strict=True)]
-        walked = map(build, groups) if held is None else iter(held)
-        return (
-            groups,
-            largest,
-            max(width, *widths),
-            (pad_batch(b, *largest) for b in walked),
-        )
+        return groups, *padded_stream(build, groups, sum(sizes), shape, width)
 
     def padded_shape(
         self,

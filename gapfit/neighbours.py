@@ -8,7 +8,7 @@ a function of ``D``, so forces and virials come from ``dE/dD``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -283,3 +283,26 @@ def pair_tables(batch: Batch, min_k: int = 0) -> PairTables:
     position[inc.ravel()[slots]] = slots
     out = _per_atom(batch.centre[real], position[real], A, K, A * K)
     return PairTables(inc, out, _per_atom(batch.centre[real], real, A, K, pad_pair))
+
+
+def padded_stream(
+    build: Callable[[Sequence[int]], Batch],
+    groups: Sequence[Sequence[int]],
+    n_atoms: int,
+    shape: Sequence[int] = (0, 0, 0),
+    width: int = 0,
+) -> tuple[list[int], int, Iterator[Batch]]:
+    """The common padded (atoms, pairs, configurations) shape of the batches
+    ``build(group)`` of ``groups`` (at least ``shape``; one jit compilation for all),
+    their widest pair table (at least ``width``), and the padded batches, built as
+    they are walked. Up to ``HELD_ATOMS`` atoms (``n_atoms`` in all) the batches are
+    built once and held; beyond, once to measure the shape and again one at a time,
+    so that memory holds one batch's neighbour lists, not all."""
+    held = [build(g) for g in groups] if n_atoms <= HELD_ATOMS else None
+    measured = map(build, groups) if held is None else held
+    shapes, widths = zip(
+        *((batch_shape(b), pair_table_width(b)) for b in measured), strict=True
+    )
+    largest = [max(n) for n in zip(shape, *shapes, strict=True)]
+    walked = map(build, groups) if held is None else iter(held)
+    return largest, max(width, *widths), (pad_batch(b, *largest) for b in walked)

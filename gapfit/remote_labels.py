@@ -5,11 +5,12 @@ a pool step's batch of structures are independent. ``label_on_cluster`` sends ea
 a worker of a ``dask.distributed`` client (``gapfit.cluster.dask_client``: a local
 cluster's workers are pinned to disjoint cores) and yields the results as they
 finish. A named labeller (``emt``, ``module:Class`` with keyword arguments) is built
-once per worker thread; a calculator object travels by pickle. Each structure is
-labelled in its own directory ``<directory>/<source>`` (the calculator's
-``directory``, for calculators that write files), so concurrent labels never share
-input or output files. ``gapfit.labeller.label`` does the labelling, so failures
-are the same ``LabelFailure``s as in one process; a worker that dies is retried by
+once per worker thread; a calculator object travels as dask serialises it (one that
+cannot be is refused). Each structure is labelled in its own directory
+``<directory>/<source>`` (the calculator's ``directory``, for calculators that write
+files), so concurrent labels never share input or output files.
+``gapfit.labeller.label`` does the labelling, so failures are the same
+``LabelFailure``s as in one process; a worker that dies is retried by
 dask, and one that keeps dying fails that structure only.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 import re
 import threading
 import time
@@ -35,26 +35,6 @@ from gapfit.labeller import LabelFailure, label, make_labeller
 
 Labeller = tuple[str | BaseCalculator, dict[str, Any] | None]  # spec, kwargs
 _BUILT: dict[tuple[str, int], BaseCalculator] = {}  # a worker's named labellers
-
-
-def check_sendable(labeller: Labeller) -> None:
-    """Refuse a calculator object that cannot be pickled for the workers.
-
-    Raises:
-        GapfitError: naming the calculator and what to do instead.
-    """
-    spec = labeller[0]
-    if isinstance(spec, str):
-        return
-    try:
-        pickle.dumps(spec)
-    except Exception as err:  # pickle raises many types for unpicklable members
-        raise GapfitError(
-            f"the labeller {type(spec).__name__} cannot be sent to the dask workers "
-            f"({type(err).__name__}: {err}); name it instead (--labeller "
-            "module:Class with --labeller-kwargs, or labeller='module:Class' with "
-            "labeller_kwargs=...), or label without dask."
-        ) from None
 
 
 def _calculator(labeller: Labeller) -> BaseCalculator:
@@ -97,21 +77,29 @@ def label_on_cluster(
     LabelFailure, seconds)`` in the order they finish.
 
     Raises:
-        GapfitError: a named labeller that a worker cannot build (e.g. its module is
-            not installed there).
+        GapfitError: a labeller object that dask cannot serialise, or a named
+            labeller that a worker cannot build (e.g. its module is not installed
+            there).
     """
-    check_sendable(labeller)
-    futures = {
-        client.submit(
-            _label_task,
-            labeller,
-            atoms,
-            label_directory(root.absolute(), source),
-            pure=False,
-            retries=RETRIES,
-        ): k
-        for k, atoms, source in todo
-    }
+    try:  # dask serialises the arguments here
+        futures = {
+            client.submit(
+                _label_task,
+                labeller,
+                atoms,
+                label_directory(root.absolute(), source),
+                pure=False,
+                retries=RETRIES,
+            ): k
+            for k, atoms, source in todo
+        }
+    except TypeError as err:  # "Could not serialize object ..."
+        raise GapfitError(
+            f"the labeller {type(labeller[0]).__name__} cannot be sent to the dask "
+            f"workers ({err}); name it instead (--labeller module:Class with "
+            "--labeller-kwargs, or labeller='module:Class' with labeller_kwargs=...), "
+            "or label without dask."
+        ) from None
     for future in as_completed(futures, loop=client.loop):
         try:
             result, seconds = future.result()

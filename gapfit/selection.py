@@ -37,6 +37,7 @@ picked item (``d_i ~ 0``) is never picked. Two uses:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import ase
 import jax
@@ -44,12 +45,12 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from gapfit.assembly import padded_batches, streamed_batches
+from gapfit.assembly import chunk_batch
 from gapfit.data import Frame, as_frames
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model, chunk_indices
-from gapfit.neighbours import HELD_ATOMS, bucket
+from gapfit.neighbours import bucket, padded_stream
 from gapfit.sparse_gp import dtc_variance
 
 CHUNK = 2048  # environments per jitted call
@@ -233,14 +234,15 @@ def unit_soap(
 
 def descriptors(gap: GAP, specs: dict, frames: Sequence[Frame]) -> tuple:
     """``GAP._descriptors`` of ``frames`` in chunks of 512 atoms padded to one
-    shape, their neighbour lists streamed beyond ``neighbours.HELD_ATOMS`` atoms:
+    shape, their neighbour lists streamed beyond ``neighbours.HELD_ATOMS`` atoms
+    (``neighbours.padded_stream``):
     SOAP ``(n_env, F)``, species index, 2-body distances and pair types."""
     sizes = [len(f.numbers) for f in frames]
     chunks = chunk_indices(sizes, 512)
     cutoff = max(spec.neighbour_cutoff for spec, _ in specs.values())
     species = next(iter(specs.values()))[0].species
-    batched = padded_batches if sum(sizes) <= HELD_ATOMS else streamed_batches
-    batches = batched(frames, chunks, species, cutoff)
+    build = partial(chunk_batch, frames, species=species, cutoff=cutoff)
+    _, _, batches = padded_stream(build, chunks, sum(sizes))
     return gap._descriptors(specs, frames, chunks, batches)
 
 

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import warnings
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import ase.io
@@ -25,8 +26,9 @@ from ase.calculators.lj import LennardJones
 from click.testing import CliRunner
 from emt_cells import CAPACITY, SOAP, cu_cells
 
+import gapfit.neighbours
 from gapfit import GAP, GapfitError, heldout
-from gapfit.assembly import padded_batches, streamed_batches
+from gapfit.assembly import chunk_batch, padded_batches
 from gapfit.calculator import GAPCalculator
 from gapfit.calibration import fit_std_map, without_calibration
 from gapfit.cli import main
@@ -36,6 +38,7 @@ from gapfit.labeller import LabelFailure, label, make_labeller
 from gapfit.learn import Learner, learn_otf, learn_pool
 from gapfit.learner import SCALE_MIN_FRAMES, _std_ratio
 from gapfit.model import Model, chunk_indices
+from gapfit.neighbours import padded_stream
 from gapfit.otf_mode import (
     FLOOR_RISE,
     TAIL_Z,
@@ -226,13 +229,16 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
     assert final.quantities["forces"] == want.quantities["forces"]
 
 
-def test_streamed_batches_are_the_padded_batches():
-    """Pool descriptors stream their chunks: the same padded batches, one at a time."""
+def test_streamed_batches_are_the_padded_batches(monkeypatch):
+    """Pool descriptors stream their chunks beyond ``HELD_ATOMS``: the same padded
+    batches, one at a time."""
     frames = as_frames(cu_cells(5, seed=3, labelled=False), require=())
     frames[2] = as_frames([bulk("Cu", "fcc", a=3.61, cubic=True)], require=())[0]
     chunks = chunk_indices([len(f.numbers) for f in frames], 40)
     held = padded_batches(frames, chunks, (29,), 4.0)
-    streamed = streamed_batches(frames, chunks, (29,), 4.0)
+    monkeypatch.setattr(gapfit.neighbours, "HELD_ATOMS", 0)
+    build = partial(chunk_batch, frames, species=(29,), cutoff=4.0)
+    _, _, streamed = padded_stream(build, chunks, 5 * 32)
     assert isinstance(streamed, Iterator) and len(chunks) == 4
     for a, b in zip(held, streamed, strict=True):
         for x, y in zip(a, b, strict=True):

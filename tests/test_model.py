@@ -10,7 +10,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from threadpoolctl import threadpool_info
 
-import gapfit.model
+import gapfit.neighbours
 from gapfit import GapfitError
 from gapfit.fit import GAP
 from gapfit.gapstring import parse_soap
@@ -176,7 +176,7 @@ def test_streamed_batches_predict_what_held_ones_do(fitted, monkeypatch):
     held = gap.model_.predict(structures, batch_atoms=70)
     held_std = gap.model_.predict(structures[:2], std=True)
     held_shape = gap.model_.padded_shape(structures, batch_atoms=70)
-    monkeypatch.setattr(gapfit.model, "HELD_ATOMS", 0)
+    monkeypatch.setattr(gapfit.neighbours, "HELD_ATOMS", 0)
     streamed = gap.model_.predict(structures, batch_atoms=70)
     streamed_std = gap.model_.predict(structures[:2], std=True)
     assert gap.model_.padded_shape(structures, batch_atoms=70) == held_shape
