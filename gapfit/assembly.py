@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from gapfit.baseline import Baseline
 from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, Sigmas
 from gapfit.memory import release_freed
-from gapfit.model import Model
+from gapfit.model import Model, voigt_of
 from gapfit.neighbours import (
     Batch,
     batch_shape,
@@ -68,9 +69,13 @@ def scaled_rows(
     sigmas: Sigmas,
     e0: Mapping[int, float],
     species: Sequence[int],
+    baseline: Baseline | None = None,
 ):
     """Rows ``Lambda^-1/2 K`` and targets ``Lambda^-1/2 y`` of one chunk (padded,
-    missing labels as zero rows)."""
+    missing labels as zero rows); ``y``: the labels less e0 and the ``baseline``'s
+    values (the one place where labels meet the baseline)."""
+    if baseline is not None:
+        frames = baseline.residual(frames)
     C, A = batch.config_mask.shape[0], batch.atom_mask.shape[0]
     e0_arr = np.array([e0[z] for z in species])
     yE, wE = np.zeros(C), np.zeros(C)
@@ -86,8 +91,7 @@ def scaled_rows(
         if f.forces is not None:
             yF[a0 : a0 + n], wF[a0 : a0 + n] = f.forces, 1.0 / s_f
         if f.virial is not None:
-            v = f.virial
-            yW[c] = [v[0, 0], v[1, 1], v[2, 2], v[1, 2], v[0, 2], v[0, 1]]
+            yW[c] = voigt_of(f.virial)
             wW[c] = 1.0 / s_w
         a0 += n
     A_rows = jnp.concatenate(
@@ -118,7 +122,9 @@ def scaled_chunks(
     ):
         rows = model.rows(batch_arrays(batch))
         sel = [frames[k] for k in chunk]
-        yield scaled_rows(rows, batch, sel, sigmas, model.e0, model.species)
+        yield scaled_rows(
+            rows, batch, sel, sigmas, model.e0, model.species, model.baseline
+        )
         del rows
         release_freed()  # the chunk's XLA buffers, or RSS grows chunk by chunk
 

@@ -2,7 +2,8 @@
 
 ``GAPCalculator("model.npz")`` gives ASE's usual results in ASE units: ``energy`` and
 ``free_energy`` (eV; identical, no electronic entropy), ``energies`` (n_atoms,) eV local
-energies including e0, ``forces`` (n_atoms, 3) eV/Å and, for 3D-periodic cells only,
+energies including e0 (and the baseline's, if the model has one that computes them;
+else absent), ``forces`` (n_atoms, 3) eV/Å and, for 3D-periodic cells only,
 ``stress`` (6,) eV/Å³ in Voigt order (xx, yy, zz, yz, xz, xy), ASE's sign. With
 ``std=True`` (the default) it also stores ``energy_std`` (eV), ``energies_std``
 (n_atoms,) eV, ``forces_std`` (n_atoms, 3) eV/Å and ``stress_std`` (6,) eV/Å³: the DTC
@@ -81,8 +82,9 @@ class GAPCalculator(Calculator):
         )
         self.results["energy"] = pred["energy"]
         self.results["free_energy"] = pred["energy"]
-        self.results["energies"] = pred["energies"]
         self.results["forces"] = pred["forces"]
+        if "energies" in pred:  # absent under a baseline without per-atom energies
+            self.results["energies"] = pred["energies"]
         if "stress" in pred:  # 3D-periodic only; left out so ASE raises otherwise
             self.results["stress"] = pred["stress"]
         for key in STD_RESULTS + RAW_STD_RESULTS:

@@ -114,6 +114,26 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def baseline_options(func: Callable) -> Callable:
+    """``--baseline`` and ``--baseline-kwargs`` (``GAP``'s baseline)."""
+    func = click.option(
+        "--baseline-kwargs",
+        default=None,
+        metavar="JSON",
+        help="Keyword arguments of the baseline calculator as a JSON object, e.g. "
+        '\'{"sigma": 2.3, "epsilon": 0.4, "rc": 6.0}\'. [gapfit only]',
+    )(func)
+    return click.option(
+        "--baseline",
+        default=None,
+        metavar="NAME",
+        help="A potential under the GP (gap_fit's core_ip_args): an ASE calculator "
+        "named lj, emt or module:Class. The GP learns the labels minus its energy, "
+        "forces and virial; predictions add them back. The model file names it, so "
+        "it must be importable where the model is used. [gap_fit: core_ip_args]",
+    )(func)
+
+
 def dask_options(func: Callable) -> Callable:
     """Add ``--dask-scheduler`` / ``--dask-workers``, passed on as one ``dask``."""
 
@@ -393,6 +413,7 @@ _FIT_EPILOG = "\n\n".join(
     "always use the JAX SOAP. [gapfit only]",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars. [gapfit only]")
+@baseline_options
 @click.option(
     "--optimise-hyperparameters",
     is_flag=True,
@@ -432,6 +453,8 @@ def fit(
     chunk_atoms: int,
     descriptor_backend: str,
     quiet: bool,
+    baseline: str | None,
+    baseline_kwargs: str | None,
     optimise_hyperparameters: bool,
     optimise_per_config_type: bool,
     dry_run: bool,
@@ -458,6 +481,10 @@ def fit(
             click.echo(f"note: {note}")
         at_file, gp_file, kwargs = command.at_file, command.gp_file, command.gap_kwargs
         gp_option = "gp_file"
+        if "baseline" in kwargs and (baseline or baseline_kwargs):
+            raise GapfitError(
+                "core_ip_args and --baseline both set the baseline; give one."
+            )
     else:
         for value, option in ((at_file, "--at-file"), (gp_file, "--gp-file")):
             if not value:
@@ -479,6 +506,8 @@ def fit(
         )
         gp_option = "--gp-file"
     _check_writable(gp_file, gp_option)
+    if baseline or baseline_kwargs:
+        kwargs.update(baseline=baseline, baseline_kwargs=baseline_kwargs)
     gap = GAP(
         **kwargs,
         chunk_atoms=chunk_atoms,
@@ -918,6 +947,11 @@ def info(gp_file: str) -> None:
         "e0 (eV): "
         + ", ".join(f"{_symbol(z)} {v:.6f}" for z, v in sorted(model.e0.items()))
     )
+    if model.baseline is not None:
+        click.echo(
+            f"baseline: {model.baseline.calculator} {json.dumps(model.baseline.kwargs)}"
+            " (its energy, forces and virial are added to the GP's)"
+        )
     click.echo(_data_lines(meta.get("data", {})))
     versions = meta.get("versions", {})
     click.echo(
@@ -1046,6 +1080,7 @@ def _resume_changes(ctx: click.Context, mode: str) -> dict[str, Any]:
     help="As for fit; isolated: the labeller labels isolated atoms first.",
 )
 @click.option("--sparse-jitter", type=float, default=1e-8, show_default=True)
+@baseline_options
 @click.option(
     "--rnd-seed",
     type=int,
@@ -1256,6 +1291,8 @@ def _learn(o: dict[str, Any]) -> None:
             rnd_seed=o["rnd_seed"],
             keys=LabelKeys(),
         ),
+        baseline=o["baseline"],
+        baseline_kwargs=o["baseline_kwargs"],
         optimise_hyperparameters=o["optimise_hyperparameters"],
     )
     common = {

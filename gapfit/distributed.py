@@ -55,6 +55,7 @@ from gapfit.assembly import (
     padded_batches,
     scaled_chunks,
 )
+from gapfit.baseline import Baseline
 from gapfit.cluster import (
     RETRIES,
     SHARES_PER_WORKER,
@@ -132,12 +133,15 @@ def _read(path: str, share: Share, keys: LabelKeys) -> list[Frame]:
     return read_frames(path, keys, require=("energy", "forces"), index=index)
 
 
-def _survey(frames: list[Frame]) -> dict:
+def _survey(frames: list[Frame], baseline: Baseline | None) -> dict:
+    """Species, their counts and the energies e0 is fitted to (less the baseline's)
+    of a share, and its data summary."""
     species = tuple(sorted({int(z) for f in frames for z in f.numbers}))
+    learnt = frames if baseline is None else baseline.residual(frames)
     return {
         "species": species,
         "counts": species_counts(frames, species),
-        "energies": [f.energy for f in frames],
+        "energies": [f.energy for f in learnt],
         "config_types": [f.config_type for f in frames],
         "data": data_part(frames),
     }
@@ -260,6 +264,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     soap, pair = gap._settings()
     check_backend(gap.descriptor_backend, soap and soap["weighting"])
     gap._sigmas()  # validate before any work
+    baseline = Baseline.of(gap.baseline, gap.baseline_kwargs)
     if soap is not None:
         method, _, _ = check_selection(
             soap["n_sparse"], soap["sparse_method"], gap.rnd_seed
@@ -277,7 +282,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     )
     submit = functools.partial(client.submit, pure=False, retries=RETRIES)
     frames = [submit(_read, path, s, gap.keys) for s in shares]
-    surveys = client.gather([submit(_survey, f) for f in frames])
+    surveys = client.gather([submit(_survey, f, baseline) for f in frames])
     species = tuple(sorted({z for s in surveys for z in s["species"]}))
     counts = np.concatenate(
         [_columns(s["counts"], s["species"], species) for s in surveys]
@@ -329,7 +334,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     memory["sparsify"] = peak_rss_gib()
 
     t0 = time.perf_counter()
-    model = Model(tuple(terms), species, None, e0)
+    model = Model(tuple(terms), species, None, e0, baseline=baseline)
     L = prior_factor(K_mm, gap.sparse_jitter)  # a bad sparse set fails before the pass
     shared = client.scatter(model, broadcast=True, hash=False)
     parts = per_share(_solve, shared)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from gapfit import __version__, gapstring
 from gapfit.assembly import fitted_predictions, padded_batches, scaled_chunks
+from gapfit.baseline import Baseline
 from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.data import Frame, LabelKeys, Sigmas, as_frames, fit_e0, read_frames
 from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
@@ -71,6 +72,12 @@ class GAP:
         descriptor_backend: "jax" (default) or "dscribe": who computes the SOAP
             values from which sparse points are chosen (dscribe needs weighting
             poly or none; kernel rows always use the JAX SOAP's derivatives).
+        baseline: a potential under the GP (gap_fit's ``core_ip_args``): an ASE
+            calculator named ``lj``, ``emt`` or ``module:Class``; the GP learns the
+            labels minus its energy, forces and virial, and predictions add them
+            (``gapfit.baseline``). None: no baseline.
+        baseline_kwargs: the baseline calculator's keyword arguments (a dict or
+            JSON text), stored in the model file.
         progress: show progress bars.
         optimise_hyperparameters: False; True: choose each term's ``delta`` and one
             factor on the sigmas of each quantity (energy, force, virial) by the
@@ -92,6 +99,8 @@ class GAP:
         chunk_atoms: int = 512,
         keys: LabelKeys = LabelKeys(),
         descriptor_backend: str = "jax",
+        baseline: str | None = None,
+        baseline_kwargs: Mapping[str, Any] | str | None = None,
         progress: bool = False,
         optimise_hyperparameters: bool | str = False,
     ) -> None:
@@ -107,6 +116,8 @@ class GAP:
         self.chunk_atoms = chunk_atoms
         self.keys = keys
         self.descriptor_backend = descriptor_backend
+        self.baseline = baseline
+        self.baseline_kwargs = baseline_kwargs
         self.progress = progress
         self.optimise_hyperparameters = optimise_hyperparameters
 
@@ -132,11 +143,11 @@ class GAP:
         soap, pair = self._settings()
         mode = optimise_mode(self.optimise_hyperparameters)
         check_backend(self.descriptor_backend, soap and soap["weighting"])
+        baseline = Baseline.of(self.baseline, self.baseline_kwargs)
         frames = self._frames(frames)
         sigmas = self._sigmas()
         species = tuple(sorted({int(z) for f in frames for z in f.numbers}))
-        method = "explicit" if self.e0_method == "explicit" else self.e0_method
-        e0 = fit_e0(frames, method, species, self.e0)
+        e0 = self._e0(frames, species, baseline)
         specs = _specs(soap, pair, species)
         cutoff = max(s.neighbour_cutoff for s, _ in specs.values())
         timings["read"] = time.perf_counter() - t0
@@ -167,7 +178,7 @@ class GAP:
         memory["sparsify"] = peak_rss_gib()
 
         t0 = time.perf_counter()
-        model = Model(tuple(terms), species, None, e0)
+        model = Model(tuple(terms), species, None, e0, baseline=baseline)
         if mode is None:
             L = prior_factor(K_mm, self.sparse_jitter)  # fails before the pass
             R_aug = empty_factor(len(K_mm))
@@ -277,6 +288,16 @@ class GAP:
         if not frames:
             raise GapfitError("fit() got no frames; pass labelled structures.")
         return as_frames(frames, self.keys, require=("energy", "forces"))
+
+    def _e0(
+        self,
+        frames: Sequence[Frame],
+        species: tuple[int, ...],
+        baseline: Baseline | None,
+    ) -> dict[int, float]:
+        """e0 by ``e0_method`` from the energies the GP learns (less the baseline's)."""
+        learnt = frames if baseline is None else baseline.residual(frames)
+        return fit_e0(learnt, self.e0_method, species, self.e0)
 
     def _sigmas(self) -> Sigmas:
         ds = list(self.default_sigma)

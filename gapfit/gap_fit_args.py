@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -68,6 +69,8 @@ ALIASES = {
     "config_type_kernel_regularisation": "config_type_sigma",
     "kernel_regularisation_is_per_atom": "sigma_per_atom",
     "do_copy_atoms_file": "do_copy_at_file",
+    "baseline_ip_args": "core_ip_args",
+    "baseline_param_filename": "core_param_file",
 }
 # gap_fit output options that do not change the model: accepted, reported, ignored
 IGNORED = {
@@ -86,10 +89,6 @@ UNSUPPORTED = (
     "default_local_property_sigma",
     "hessian_displacement",
     "hessian_delta",
-    "baseline_param_filename",
-    "core_param_file",
-    "baseline_ip_args",
-    "core_ip_args",
     "local_property_parameter_name",
     "hessian_parameter_name",
     "kernel_regularisation_parameter_name",
@@ -161,8 +160,12 @@ _SUPPORTED = (
     "e0_method",
     "sparse_jitter",
     "rnd_seed",
+    "core_ip_args",
+    "core_param_file",
     *_PARAMETER_NAMES,
 )
+QUIP_POTENTIAL = "quippy.potential:Potential"  # gap_fit's core potential, in Python
+DEFAULT_CORE_PARAM_FILE = "quip_params.xml"  # gap_fit's default core_param_file
 _DESCRIPTORS = ("soap", "distance_2b")
 
 
@@ -175,9 +178,9 @@ class GapFitCommand:
         gp_file: output model file (``.npz``; gap_fit's ``.xml`` suffix replaced).
         gap_kwargs: keyword arguments of ``GAP`` (soap, distance_2b, default_sigma,
             config_type_sigma, sigma_per_atom, e0, e0_method, sparse_jitter, rnd_seed,
-            keys), validated.
-        ignored: notes on the arguments that were accepted but change nothing (and
-            on the renamed ``gp_file``), to show to the user.
+            keys; baseline and baseline_kwargs from core_ip_args), validated.
+        ignored: notes on the arguments that were accepted but change nothing, on
+            the renamed ``gp_file`` and on the core potential, to show to the user.
     """
 
     at_file: str
@@ -257,7 +260,33 @@ def parse_gap_fit_command(args: Sequence[str] | str) -> GapFitCommand:
         ),
         gap_fit_style=True,
     )
+    if scalar("core_ip_args") or scalar("core_param_file"):
+        kwargs["baseline"], kwargs["baseline_kwargs"] = core_baseline(
+            scalar("core_ip_args"), scalar("core_param_file")
+        )
+        notes.append(
+            f"core_ip_args: the core potential is gapfit's baseline, "
+            f"{QUIP_POTENTIAL} with {kwargs['baseline_kwargs']} (needs quippy-ase); "
+            "the model file names that parameter file, so keep it there."
+        )
     return GapFitCommand(scalar("at_file"), gp_file, kwargs, tuple(notes))
+
+
+def core_baseline(ip_args: str, param_file: str) -> tuple[str, dict[str, str]]:
+    """gap_fit's core potential (``core_ip_args``, ``core_param_file``) as a
+    baseline: quippy's ``Potential`` (its ASE calculator) with those arguments, the
+    parameter file's path made absolute.
+
+    Raises:
+        GapfitError: a parameter file without ``core_ip_args``.
+    """
+    if not ip_args:
+        raise GapfitError(
+            f"core_param_file={param_file} without core_ip_args: say which potential "
+            "of the file to use, e.g. core_ip_args={IP Glue}."
+        )
+    path = os.path.abspath(param_file or DEFAULT_CORE_PARAM_FILE)
+    return QUIP_POTENTIAL, {"args_str": ip_args, "param_filename": path}
 
 
 def split_arguments(args: Sequence[str] | str) -> list[tuple[str, str]]:

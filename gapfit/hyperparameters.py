@@ -277,7 +277,8 @@ def optimised_model(
     K_mm = block_K_mm(terms)
     R_data = data_factor(jnp.asarray(opt.log_a), jnp.asarray(opt.log_s), stats, jitter)
     L = prior_factor(K_mm, jitter)
-    return Model(terms, model.species, solve(whitened(R_data, L), L), model.e0)
+    posterior = solve(whitened(R_data, L), L)
+    return dataclasses.replace(model, terms=terms, posterior=posterior, info={})
 
 
 def settings_at(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ SHORT_NAMES = {
     "lj": "ase.calculators.lj:LennardJones",
 }
 _CONVERGENCE = re.compile(r"converge", re.IGNORECASE)
+_BUILT: dict[tuple[str, int], BaseCalculator] = {}  # named calculators, per thread
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,13 @@ class LabelFailure:
 
 
 def make_labeller(
-    spec: str | BaseCalculator, kwargs: str | dict[str, Any] | None = None
+    spec: str | BaseCalculator,
+    kwargs: str | dict[str, Any] | None = None,
+    option: str = "--labeller",
 ) -> BaseCalculator:
     """An ASE calculator from ``emt``, ``lj`` or ``module:Class`` and keyword
     arguments (a dict or JSON text); a calculator object is returned as it is.
+    ``option`` names the setting in error messages (``--baseline`` for a baseline).
 
     Raises:
         GapfitError: unknown name, module or class, bad JSON, or a constructor that
@@ -53,43 +58,58 @@ def make_labeller(
     """
     if isinstance(spec, BaseCalculator):
         return spec
-    kwargs = parse_kwargs(kwargs)
+    kwargs = parse_kwargs(kwargs, option)
     target = SHORT_NAMES.get(str(spec).lower(), str(spec))
     module_name, _, attr = target.partition(":")
     if not attr:
         raise GapfitError(
-            f"--labeller {spec!r}: use emt, lj or module:Class (an ASE calculator "
+            f"{option} {spec!r}: use emt, lj or module:Class (an ASE calculator "
             "class, e.g. tblite.ase:TBLite)."
         )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:
         raise GapfitError(
-            f"--labeller {spec!r}: cannot import {module_name!r} ({err}); install it "
+            f"{option} {spec!r}: cannot import {module_name!r} ({err}); install it "
             "or fix the module name."
         ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise GapfitError(
-                f"--labeller {spec!r}: module {module_name!r} has no {attr!r}."
+                f"{option} {spec!r}: module {module_name!r} has no {attr!r}."
             )
         obj = getattr(obj, part)
     try:
         calc = obj(**(kwargs or {}))
     except Exception as err:  # any constructor error is the user's settings
         raise GapfitError(
-            f"--labeller {spec!r} with arguments {kwargs or {}} failed: "
+            f"{option} {spec!r} with arguments {kwargs or {}} failed: "
             f"{type(err).__name__}: {err}"
         ) from None
     if not isinstance(calc, BaseCalculator):
         raise GapfitError(
-            f"--labeller {spec!r} made a {type(calc).__name__}, not an ASE calculator."
+            f"{option} {spec!r} made a {type(calc).__name__}, not an ASE calculator."
         )
     return calc
 
 
-def parse_kwargs(kwargs: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    """Keyword arguments of a labeller from JSON text or a dict (None stays None).
+def named_calculator(
+    spec: str, kwargs: dict[str, Any] | None, option: str = "--labeller"
+) -> BaseCalculator:
+    """``make_labeller(spec, kwargs, option)``, built once per thread of this
+    process and reused (calculators keep state between calls, so threads never share
+    one)."""
+    key = (json.dumps([spec, kwargs], sort_keys=True), threading.get_ident())
+    if key not in _BUILT:
+        _BUILT[key] = make_labeller(spec, kwargs, option)
+    return _BUILT[key]
+
+
+def parse_kwargs(
+    kwargs: str | dict[str, Any] | None, option: str = "--labeller"
+) -> dict[str, Any] | None:
+    """Keyword arguments of a labeller (or of the calculator ``option`` names) from
+    JSON text or a dict (None stays None).
 
     Raises:
         GapfitError: not JSON, or not an object.
@@ -99,12 +119,12 @@ def parse_kwargs(kwargs: str | dict[str, Any] | None) -> dict[str, Any] | None:
             kwargs = json.loads(kwargs)
         except json.JSONDecodeError as err:
             raise GapfitError(
-                f"--labeller-kwargs {kwargs!r} is not JSON ({err}); write e.g. "
+                f"{option}-kwargs {kwargs!r} is not JSON ({err}); write e.g. "
                 '\'{"method": "GFN1-xTB"}\'.'
             ) from None
     if kwargs is not None and not isinstance(kwargs, dict):
         raise GapfitError(
-            f"--labeller-kwargs must be a JSON object (keyword arguments), got "
+            f"{option}-kwargs must be a JSON object (keyword arguments), got "
             f"{kwargs!r}."
         )
     return kwargs

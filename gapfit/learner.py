@@ -98,6 +98,8 @@ GAP_KEYS = (
     "sparse_jitter",
     "rnd_seed",
     "descriptor_backend",
+    "baseline",
+    "baseline_kwargs",
     "optimise_hyperparameters",
 )
 Callback = Callable[[dict], None]

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from gapfit.baseline import Baseline, Values
 from gapfit.blocks import Mean, Rows
 from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
@@ -62,6 +63,7 @@ class Model:
     posterior: Posterior
     e0: dict[int, float]  # eV per species
     info: dict = field(default_factory=dict)  # sigmas, settings, data summary
+    baseline: Baseline | None = None  # a potential the GP is added to
 
     @cached_property
     def calibration(self) -> Calibration | None:
@@ -230,7 +232,7 @@ class Model:
         self, sel: Sequence[Structure], batch: Batch, mean: Mean, sd: Std | None
     ) -> list[dict]:
         """Per-structure results (as ``predict``'s) of the structures ``sel`` of a
-        batch from its means and stds (or None)."""
+        batch from its means and stds (or None), the baseline's values added."""
         mean, sd = jax.device_get((mean, sd))  # numpy: no dispatch per slice
         e0 = np.array([self.e0[z] for z in self.species])
         res, a0 = [], 0
@@ -244,18 +246,21 @@ class Model:
                 "forces": np.asarray(mean.forces[at]),
                 "virial": full_tensor(np.asarray(mean.virial[c])),
             }
-            r["free_energy"] = r["energy"]
+            if self.baseline is not None:
+                _add_baseline(r, self.baseline.values(s, getattr(s, "where", "")))
             volume = _volume(s)
-            if volume:
-                r["stress"] = -np.asarray(mean.virial[c]) / volume
+            if volume and "virial" in r:
+                r["stress"] = -voigt_of(r["virial"]) / volume
+            r["free_energy"] = r["energy"]
             if sd is not None:
                 r["energy_std"] = float(sd.energy[c])
                 r["energies_std"] = np.asarray(sd.local_energy[at])
                 if sd.forces is not None:
                     r["forces_std"] = np.asarray(sd.forces[at])
-                    r["virial_std"] = full_tensor(np.asarray(sd.virial[c]))
-                    if volume:
-                        r["stress_std"] = np.asarray(sd.virial[c]) / volume
+                    if "virial" in r:
+                        r["virial_std"] = full_tensor(np.asarray(sd.virial[c]))
+                        if volume:
+                            r["stress_std"] = np.asarray(sd.virial[c]) / volume
                 if self.calibration is not None:
                     r = apply(self.calibration, r, n, config_type_of(s), volume)
             res.append(r)
@@ -280,6 +285,8 @@ class Model:
             },
             **self.info,
         }
+        if self.baseline is not None:
+            meta["baseline"] = self.baseline.meta()
         arrays = {f"{t.name}.{k}": v for t in self.terms for k, v in t.arrays().items()}
         arrays.update({k: np.asarray(getattr(self.posterior, k)) for k in POSTERIOR})
         buf = io.BytesIO()
@@ -358,12 +365,16 @@ class Model:
         if set(e0) != set(species):
             raise GapfitError(f"{path}: e0 species {sorted(e0)} differ from {species}.")
         skip = ("format", "format_version", "species", "terms", "e0", "units")
+        skip += ("baseline",)
         info = {k: v for k, v in meta.items() if k not in skip}
+        baseline = meta.get("baseline")
+        baseline = baseline and Baseline.from_meta(baseline, str(path))
         if "calibration" in info:
             Calibration.from_meta(info["calibration"], str(path))
         L = jnp.asarray(L)
         R = jnp.asarray(R) if version >= 2 else whiten_rows(jnp.asarray(R), L)
-        return cls(tuple(terms), species, Posterior(jnp.asarray(w), L, R), e0, info)
+        posterior = Posterior(jnp.asarray(w), L, R)
+        return cls(tuple(terms), species, posterior, e0, info, baseline)
 
 
 @jax.jit
@@ -465,6 +476,22 @@ def chunk_indices(sizes: Sequence[int], budget: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
+def _add_baseline(r: dict, v: Values) -> None:
+    """Add a baseline's values to one prediction ``r`` in place: ``energies`` is
+    dropped for a calculator without per-atom energies, ``virial`` for a partly
+    periodic cell it gives no stress for."""
+    r["energy"] += v.energy
+    r["forces"] = r["forces"] + v.forces
+    if v.energies is None:
+        del r["energies"]
+    else:
+        r["energies"] = r["energies"] + v.energies
+    if v.virial is None:
+        del r["virial"]
+    else:
+        r["virial"] = r["virial"] + v.virial
+
+
 def _volume(s: Structure) -> float | None:
     pbc = np.asarray(s.pbc, dtype=bool)
     return (
@@ -477,3 +504,8 @@ def _volume(s: Structure) -> float | None:
 def full_tensor(v: np.ndarray) -> np.ndarray:
     """3x3 tensor from Voigt ``(6,)`` (xx yy zz yz xz xy)."""
     return np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]])
+
+
+def voigt_of(t: np.ndarray) -> np.ndarray:
+    """Voigt ``(6,)`` (xx yy zz yz xz xy) of a symmetric 3x3 tensor."""
+    return np.array([t[0, 0], t[1, 1], t[2, 2], t[1, 2], t[0, 2], t[0, 1]])

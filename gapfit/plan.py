@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING
 import ase
 import numpy as np
 
+from gapfit.baseline import Baseline
 from gapfit.data import Frame, fit_e0
 from gapfit.distance_2b import pair_type
 from gapfit.errors import GapfitError
@@ -136,6 +137,8 @@ class FitPlan:
             ``GAP.memory_gib_``), bytes.
         seconds: predicted wall time of the fit, s.
         stage_seconds: per stage, s.
+        baseline: the baseline calculator's name, or None; its evaluation on every
+            frame is not in ``seconds``.
     """
 
     n_configs: int
@@ -154,6 +157,7 @@ class FitPlan:
     stage_bytes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    baseline: str | None = None
 
     @property
     def peak_gib(self) -> float:
@@ -184,6 +188,10 @@ class FitPlan:
                 for name, value in self.stage_seconds.items()
             ),
         ]
+        if self.baseline:
+            rows.append(
+                ("baseline", f"{self.baseline} on every config: not in the time above")
+            )
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -220,9 +228,11 @@ def plan_fit(
     frames = gap._frames(frames)
     t_read = time.perf_counter() - t0
     gap._sigmas()
+    baseline = Baseline.of(gap.baseline, gap.baseline_kwargs)  # built, not evaluated
     species = tuple(sorted({int(z) for f in frames for z in f.numbers}))
-    method = "explicit" if gap.e0_method == "explicit" else gap.e0_method
-    fit_e0(frames, method, species, gap.e0)
+    fit_e0(
+        frames, gap.e0_method, species, gap.e0
+    )  # its checks (values: after the baseline)
     specs = _specs(soap, pair, species)
     if soap is not None:  # n_sparse, sparse_method and seed, as the fit checks them
         F = specs["soap"][0].n_features
@@ -271,6 +281,7 @@ def plan_fit(
         stage_bytes={s: int(b) for s, b in zip(STAGES, running, strict=True)},
         seconds=float(sum(stage_seconds.values())),
         stage_seconds=stage_seconds,
+        baseline=baseline and baseline.calculator,
     )
 
 

@@ -17,9 +17,7 @@ dask, and one that keeps dying fails that structure only.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,28 +29,17 @@ from dask.distributed import Client, as_completed
 
 from gapfit.cluster import RETRIES
 from gapfit.errors import GapfitError
-from gapfit.labeller import LabelFailure, label, make_labeller
+from gapfit.labeller import LabelFailure, label, named_calculator
 
 Labeller = tuple[str | BaseCalculator, dict[str, Any] | None]  # spec, kwargs
-_BUILT: dict[tuple[str, int], BaseCalculator] = {}  # a worker's named labellers
-
-
-def _calculator(labeller: Labeller) -> BaseCalculator:
-    """The labeller in this worker: built once per thread from its name."""
-    spec, kwargs = labeller
-    if not isinstance(spec, str):
-        return spec
-    key = (json.dumps([spec, kwargs], sort_keys=True), threading.get_ident())
-    if key not in _BUILT:
-        _BUILT[key] = make_labeller(spec, kwargs)
-    return _BUILT[key]
 
 
 def _label_task(
     labeller: Labeller, atoms: ase.Atoms, directory: str
 ) -> tuple[ase.Atoms | LabelFailure, float]:
     """One structure's label (or failure) and its wall time in s, on a worker."""
-    calc = _calculator(labeller)
+    spec, kwargs = labeller  # a name is built once per worker thread
+    calc = named_calculator(spec, kwargs) if isinstance(spec, str) else spec
     with contextlib.suppress(AttributeError):  # no (settable) directory: no files
         calc.directory = directory
     t0 = time.perf_counter()

@@ -28,8 +28,9 @@ import jax.scipy.linalg as jsl
 import numpy as np
 
 from gapfit.assembly import padded_batches
+from gapfit.baseline import Baseline
 from gapfit.blocks import batch_arrays
-from gapfit.data import Frame, as_frames, fit_e0
+from gapfit.data import Frame, as_frames
 from gapfit.distance_2b import pair_points_in_ranges, pair_ranges, pair_sparse_points
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import kernel_block
@@ -289,8 +290,8 @@ def prior_model(
     soap, pair = gap._settings()
     species = tuple(sorted(int(z) for z in species))
     specs = _specs(soap, pair, species)
-    explicit = None if gap.e0 is None else {int(z): v for z, v in gap.e0.items()}
-    e0 = fit_e0(frames, gap.e0_method, species, explicit)
+    baseline = Baseline.of(gap.baseline, gap.baseline_kwargs)
+    e0 = gap._e0(frames, species, baseline)
     terms: list = []
     if pair is not None:
         spec, kernel = specs["distance_2b"]
@@ -301,5 +302,5 @@ def prior_model(
     spec, kernel = specs["soap"]
     X = np.zeros((capacity, spec.n_features))
     terms.append(SoapTerm(spec, kernel, X, np.full(capacity, PAD, dtype=np.int64)))
-    model = Model(tuple(terms), species, None, e0, gap._info(soap, pair))
+    model = Model(tuple(terms), species, None, e0, gap._info(soap, pair), baseline)
     return refit(model, [])

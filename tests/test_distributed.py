@@ -205,6 +205,23 @@ def test_fit_equals_serial(fits: tuple[GAP, GAP], train: Path) -> None:
     assert dist.worker_memory_gib_ == workers
 
 
+def test_fit_with_a_baseline_equals_serial(train: Path, client) -> None:
+    """The workers subtract the baseline as one process does (e0 from the residual
+    energies, rows of the residual labels); predictions add it back."""
+    lj = {"baseline": "lj", "baseline_kwargs": {"sigma": 2.3, "epsilon": 0.4}}
+    serial = GAP(**SETTINGS, **lj).fit(train)
+    dist = GAP(**SETTINGS, **lj).fit(train, client=client)
+    assert dist.model_.e0 == pytest.approx(serial.model_.e0, abs=1e-10)
+    w_s, w_d = (np.asarray(g.model_.posterior.weights) for g in (serial, dist))
+    assert np.abs(w_d - w_s).max() <= 1e-8 * np.abs(w_s).max()
+    frames = read_frames(train)
+    assert_same_predictions(
+        serial.model_.predict(frames), dist.model_.predict(frames), 1e-8
+    )
+    errors = (g.training_errors_["all"]["forces"]["rmse"] for g in (serial, dist))
+    assert next(errors) == pytest.approx(next(errors), rel=1e-6)
+
+
 def test_predict_equals_serial(fits: tuple[GAP, GAP], train: Path, client) -> None:
     model = fits[0].model_
     frames, preds = predict_file(model, train, client, batch_atoms=64)

@@ -305,7 +305,7 @@ def test_misspelt_keys_suggest_the_right_one(args, words) -> None:
 @pytest.mark.parametrize(
     "key",
     [
-        "core_param_file=pot.xml",
+        "sparse_use_actual_gpcov=T",
         "hessian_parameter_name=hessian",  # looks like stress_parameter_name
         "template_file=t.xyz",
         "condition_number_norm=I",
