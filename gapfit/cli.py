@@ -265,7 +265,8 @@ def _gap_fit_help() -> str:
         "gap_fit's other spellings work too: "
         + ", ".join(f"{alias} (={key})" for alias, key in ALIASES.items())
         + f"; {', '.join(IGNORED)} are accepted and ignored (output options); "
-        "gp_file=NAME.xml writes NAME.npz; any other gap_fit key is an error."
+        "gp_file=NAME.xml writes NAME.npz; core_ip_args and core_param_file make "
+        "quippy's Potential the --baseline; any other gap_fit key is an error."
     )
     rows.append(textwrap.fill(notes, 92, initial_indent="  ", subsequent_indent="  "))
     return "\n".join(rows)
