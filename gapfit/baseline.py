@@ -2,12 +2,13 @@
 labels minus the baseline's energy, forces and virial, and its predictions add them
 back.
 
-The baseline is any ASE calculator named as a labeller is (``lj``, ``emt`` or
-``module:Class`` with JSON keyword arguments, ``gapfit.labeller``), so the model file
-holds its name and arguments and builds it again where the model is used; nothing is
-pickled. Typical uses: a repulsive pair potential for close approaches, a physical
-model whose error the GP corrects (Δ-learning: tight binding under DFT labels), or
-gap_fit's own core potential through ``quippy.potential:Potential``. The baseline has
+The baseline is any ASE calculator named as a labeller is (``zbl``, ``lj``, ``emt``
+or ``module:Class`` with JSON keyword arguments, ``gapfit.labeller``), so the model
+file holds its name and arguments and builds it again where the model is used;
+nothing is pickled. Typical uses: a repulsion for close approaches (``zbl``,
+``gapfit.zbl``), a physical model whose error the GP corrects (Δ-learning: tight
+binding under DFT labels), or gap_fit's own core potential through
+``quippy.potential:Potential``. The baseline has
 no uncertainty: the stds are the GP's.
 
 Labels meet the baseline in one place, ``assembly.scaled_rows`` (with e0 fitted to
@@ -79,7 +80,7 @@ class Baseline:
         if not isinstance(calculator, str):
             raise GapfitError(
                 f"baseline={type(calculator).__name__}(...): a model file names its "
-                "baseline, so give it as 'module:Class' (or emt, lj) with "
+                "baseline, so give it as 'module:Class' (or emt, lj, zbl) with "
                 "baseline_kwargs, e.g. baseline='ase.calculators.lj:LennardJones', "
                 "baseline_kwargs={'sigma': 2.3, 'epsilon': 0.4, 'rc': 6.0}."
             )

@@ -128,7 +128,8 @@ def baseline_options(func: Callable) -> Callable:
         default=None,
         metavar="NAME",
         help="A potential under the GP (gap_fit's core_ip_args): an ASE calculator "
-        "named lj, emt or module:Class. The GP learns the labels minus its energy, "
+        "named zbl (gapfit.zbl), lj, emt or module:Class. The GP learns the labels "
+        "minus its energy, "
         "forces and virial; predictions add them back. The model file names it, so "
         "it must be importable where the model is used. [gap_fit: core_ip_args]",
     )(func)

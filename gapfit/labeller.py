@@ -1,13 +1,14 @@
 """Labellers: any ASE calculator computes the reference energies, forces and stresses.
 
 Named on the command line as ``emt`` (``ase.calculators.emt.EMT``), ``lj``
-(``ase.calculators.lj.LennardJones``) or ``module:Class`` with JSON keyword arguments
-(``tblite.ase:TBLite`` with ``{"method": "GFN1-xTB"}``), or passed as a calculator
-object in Python. ``label`` runs it on a fresh copy of a structure and returns the
-labelled copy, or a ``LabelFailure`` with the reason: any exception of the calculator,
-a non-finite result, a warning about convergence (calculators that do not raise on an
-unconverged SCF), or data that ``gapfit.data`` rejects (e.g. overlapping atoms). A
-failure is never raised, so one bad structure cannot stop an active-learning loop.
+(``ase.calculators.lj.LennardJones``), ``zbl`` (``gapfit.zbl.ZBL``, for baselines) or
+``module:Class`` with JSON keyword arguments (``tblite.ase:TBLite`` with
+``{"method": "GFN1-xTB"}``), or passed as a calculator object in Python. ``label``
+runs it on a fresh copy of a structure and returns the labelled copy, or a
+``LabelFailure`` with the reason: any exception of the calculator, a non-finite
+result, a warning about convergence (calculators that do not raise on an unconverged
+SCF), or data that ``gapfit.data`` rejects (e.g. overlapping atoms). A failure is
+never raised, so one bad structure cannot stop an active-learning loop.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from gapfit.errors import GapfitError
 SHORT_NAMES = {
     "emt": "ase.calculators.emt:EMT",
     "lj": "ase.calculators.lj:LennardJones",
+    "zbl": "gapfit.zbl:ZBL",  # a core repulsion, for baselines
 }
+NAMES_FOR = {"--baseline": "zbl, lj, emt"}  # short names an error suggests
 _CONVERGENCE = re.compile(r"converge", re.IGNORECASE)
 _BUILT: dict[tuple[str, int], BaseCalculator] = {}  # named calculators, per thread
 
@@ -63,8 +66,8 @@ def make_labeller(
     module_name, _, attr = target.partition(":")
     if not attr:
         raise GapfitError(
-            f"{option} {spec!r}: use emt, lj or module:Class (an ASE calculator "
-            "class, e.g. tblite.ase:TBLite)."
+            f"{option} {spec!r}: use {NAMES_FOR.get(option, 'emt, lj')} or "
+            "module:Class (an ASE calculator class, e.g. tblite.ase:TBLite)."
         )
     try:
         obj: Any = importlib.import_module(module_name)
