@@ -275,6 +275,11 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
                 "so it is not offered on a dask cluster; use cur_points, uniform or "
                 "random, or fit without --dask-scheduler/--dask-workers."
             )
+        if soap["config_type_n_sparse"] is not None:
+            raise GapfitError(
+                "config_type_n_sparse is not offered on a dask cluster yet; give "
+                "n_sparse instead, or fit without --dask-scheduler/--dask-workers."
+            )
     path = os.path.abspath(path)
     n_procs = n_workers(client)
     shares = plan_shares(

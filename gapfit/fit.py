@@ -42,7 +42,7 @@ from gapfit.neighbours import Batch
 from gapfit.report import error_table
 from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
-from gapfit.sparsify import select_sparse
+from gapfit.sparsify import select_sparse, select_sparse_by_config_type
 from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm
 
 if TYPE_CHECKING:
@@ -168,9 +168,7 @@ class GAP:
             terms.append(PairTerm(spec, kernel, Z_r, Z_t))
         if "soap" in specs:
             spec, kernel = specs["soap"]
-            idx = select_sparse(
-                X, Z, soap["n_sparse"], soap["sparse_method"], self.rnd_seed
-            )
+            idx = sparse_environments(X, Z, frames, soap, self.rnd_seed)
             X_hat, _ = normalise(jnp.asarray(X[idx]))
             terms.append(SoapTerm(spec, kernel, np.asarray(X_hat), Z[idx]))
         K_mm = block_K_mm(terms)
@@ -377,6 +375,18 @@ class GAP:
             joined(r, np.zeros(0)),
             joined(t, np.zeros(0, np.int64)),
         )
+
+
+def sparse_environments(
+    X: np.ndarray, Z: np.ndarray, frames: Sequence[Frame], soap: dict, seed: int
+) -> np.ndarray:
+    """Indices of the SOAP sparse points among the environments ``X`` (frame order):
+    ``n_sparse`` per species, or ``config_type_n_sparse``'s per config_type."""
+    method, counts = soap["sparse_method"], soap["config_type_n_sparse"]
+    if counts is None:
+        return select_sparse(X, Z, soap["n_sparse"], method, seed)
+    types = np.repeat([f.config_type for f in frames], [len(f.numbers) for f in frames])
+    return select_sparse_by_config_type(X, Z, types, counts, method, seed)
 
 
 def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> dict:

@@ -29,6 +29,7 @@ SOAP_DEFAULTS: dict[str, Any] = {
     "zeta": 4,
     "delta": 1.0,
     "n_sparse": 500,
+    "config_type_n_sparse": None,
     "sparse_method": "cur_points",
     "covariance_type": "dot_product",
     "add_species": True,
@@ -46,6 +47,8 @@ SOAP_HELP = {
     "zeta": "kernel power (integer)",
     "delta": "eV, energy scale",
     "n_sparse": "sparse points per species",
+    "config_type_n_sparse": "type:n:type:n, per species from each config_type "
+    "(replaces n_sparse; types not named give none)",
     "sparse_method": "/".join(SPARSE_METHODS),
     "covariance_type": "dot_product",
     "add_species": "T (one GP per central species)",
@@ -257,8 +260,46 @@ def _tokens(text: str, kind: _Kind) -> dict[str, str]:
     return given
 
 
+def parse_type_counts(raw: Any, what: str = "config_type_n_sparse") -> dict[str, int]:
+    """gap_fit's ``{type1:50:type2:100}`` (braces optional; or a mapping) as
+    ``{config_type: count}``, counts integers >= 1.
+
+    Raises:
+        GapfitError: an odd number of fields, an empty type, a type given twice or a
+            count that is not a positive integer.
+    """
+    if isinstance(raw, Mapping):
+        fields = [str(x) for kv in raw.items() for x in kv]
+    else:
+        text = str(raw).strip()
+        if text.startswith("{") and text.endswith("}"):
+            text = text[1:-1]
+        fields = [x.strip() for x in text.split(":")]
+    if len(fields) % 2 or not fields or not all(fields[::2]):
+        raise GapfitError(
+            f"{what}={raw!r}: write config_type:count pairs, e.g. "
+            "{bulk:200:surface:100}."
+        )
+    out: dict[str, int] = {}
+    for name, count in zip(fields[::2], fields[1::2], strict=True):
+        if name in out:
+            raise GapfitError(f"{what}: config_type '{name}' is given twice.")
+        try:
+            n = float(count)
+        except ValueError:
+            n = 0.0
+        if not (n >= 1 and n == int(n)):
+            raise GapfitError(
+                f"{what}: '{name}:{count}', the count must be a whole number >= 1."
+            )
+        out[name] = int(n)
+    return out
+
+
 def _convert(kind: _Kind, key: str, raw: Any) -> Any:
     """``raw`` converted to the type of the key's default and checked."""
+    if key == "config_type_n_sparse":
+        return None if raw is None else parse_type_counts(raw)
     default = kind.defaults[key]
     if isinstance(default, bool):
         what = "logical (T/F)"

@@ -187,6 +187,12 @@ class Learner:
                 "active learning needs a SOAP term (its uncertainty drives the "
                 "choices); give --soap (the 2-body term may come with it)."
             )
+        if soap["config_type_n_sparse"] is not None:
+            raise GapfitError(
+                "config_type_n_sparse does not apply to active learning: the loop "
+                "chooses the sparse points as labels come in, up to n_sparse per "
+                "element; give n_sparse instead."
+            )
         self.species = tuple(settings["species"])
         self.specs = _specs(soap, pair, self.species)
         self.capacity = int(soap["n_sparse"]) * len(self.species)

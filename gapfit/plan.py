@@ -70,7 +70,7 @@ from gapfit.fit import _specs
 from gapfit.model import chunk_indices
 from gapfit.neighbours import _canonical, bucket, pairs
 from gapfit.soap import PAIR_BLOCK
-from gapfit.sparsify import select_sparse
+from gapfit.sparsify import check_config_types, select_sparse
 
 if TYPE_CHECKING:
     from gapfit.fit import GAP
@@ -318,7 +318,8 @@ def _n_sparse(
     r_range: dict[int, tuple[float, float]],
 ) -> dict[str, int]:
     """Sparse points per term as ``GAP.fit`` chooses them (SOAP: an upper bound, since
-    duplicate environments are dropped first)."""
+    duplicate environments are dropped first; with ``config_type_n_sparse`` the sum
+    over its config_types)."""
     out: dict[str, int] = {}
     if pair is not None and not r_range:  # as distance_2b.pair_sparse_points says
         raise GapfitError(
@@ -330,10 +331,14 @@ def _n_sparse(
             pair["n_sparse"] if hi > lo else 1 for lo, hi in r_range.values()
         )
     if soap is not None:
-        atoms = np.bincount(
-            np.concatenate([f.numbers for f in frames]), minlength=max(species) + 1
-        )
-        out["soap"] = int(sum(min(soap["n_sparse"], atoms[z]) for z in species))
+        counts = soap["config_type_n_sparse"]
+        if counts is not None:
+            check_config_types(counts, [f.config_type for f in frames])
+        out["soap"] = 0
+        for name, n in (counts or {None: soap["n_sparse"]}).items():
+            numbers = [f.numbers for f in frames if name in (None, f.config_type)]
+            atoms = np.bincount(np.concatenate(numbers), minlength=max(species) + 1)
+            out["soap"] += int(sum(min(n, atoms[z]) for z in species))
     return out
 
 

@@ -32,7 +32,7 @@ choice from the scores). Only fps needs all candidate rows in one place.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 import jax
@@ -318,3 +318,49 @@ def select_sparse(
                 B = cur_basis(R, rows.size, n_sparse)
                 scores[z] = leverage_scores(X_hat[rows], B)
     return choose_sparse(candidates, n_sparse, name, seed, scores)
+
+
+def select_sparse_by_config_type(
+    X: np.ndarray,
+    Z: np.ndarray,
+    config_types: np.ndarray,
+    counts: Mapping[str, int],
+    method: str,
+    seed: int,
+) -> np.ndarray:
+    """gap_fit's ``config_type_n_sparse``: ``select_sparse`` with ``counts[t]``
+    points per species among the environments of each config_type ``t`` (types not
+    in ``counts`` give none); an environment chosen by two types is kept once.
+
+    Args:
+        config_types: (n_env,) config_type of each environment's configuration.
+        counts: {config_type: sparse points per species}.
+        X, Z, method, seed: as for ``select_sparse``.
+
+    Raises:
+        GapfitError: a type in ``counts`` that no environment has.
+    """
+    config_types = np.asarray(config_types)
+    check_config_types(counts, config_types.tolist())
+    chosen = []
+    for name, n in counts.items():
+        rows = np.flatnonzero(config_types == name)
+        chosen.append(rows[select_sparse(X[rows], Z[rows], n, method, seed)])
+    idx = np.sort(np.concatenate(chosen))
+    kept = distinct_rows(np.asarray(Z)[idx], row_keys(normalise_rows(X[idx])))
+    return _sorted([idx[rows] for rows in kept.values()])
+
+
+def check_config_types(counts: Mapping[str, int], found: Sequence[str]) -> None:
+    """Every config_type that ``config_type_n_sparse`` names is among ``found``.
+
+    Raises:
+        GapfitError: one is not, with the types there are.
+    """
+    have = set(found)
+    for name in counts:
+        if name not in have:
+            raise GapfitError(
+                f"config_type_n_sparse names config_type '{name}', which no training "
+                f"configuration has (found: {', '.join(sorted(have))}); fix the name."
+            )

@@ -274,6 +274,9 @@ def test_fps_is_refused_on_a_cluster(train: Path, client) -> None:
     gap = GAP(soap=SOAP.replace("cur_points", "fps"))
     with pytest.raises(GapfitError, match="fps"):
         gap.fit(train, client=client)
+    gap = GAP(soap=SOAP + " config_type_n_sparse=bulk:5")
+    with pytest.raises(GapfitError, match="config_type_n_sparse is not offered"):
+        gap.fit(train, client=client)
 
 
 def test_cli_fit_and_predict_on_dask(fits, train: Path, client, tmp_path: Path) -> None:

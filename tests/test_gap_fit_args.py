@@ -585,3 +585,35 @@ def test_gap_fit_style_end_to_end(tmp_path: Path) -> None:
     info = invoke("info", "--gp-file", tmp_path / "gap.npz")
     assert info.exit_code == 0, (info.output, info.exception)
     assert "0.002" in info.stdout
+
+
+def test_config_type_n_sparse_end_to_end(tmp_path: Path) -> None:
+    """gap_fit's config_type_n_sparse: the sparse points are those a fit of the
+    named config_type alone chooses with that n_sparse; the dry run predicts them."""
+    from emt_cells import cu_cells
+
+    bulk_cells = cu_cells(3, seed=1, rattle=0.05)
+    hot = cu_cells(3, seed=2, rattle=0.25)
+    for atoms, kind in [(a, "bulk") for a in bulk_cells] + [(a, "hot") for a in hot]:
+        atoms.info["config_type"] = kind
+    path = tmp_path / "train.xyz"
+    ase.io.write(path, bulk_cells + hot)
+    soap = "soap cutoff=4.0 n_max=3 l_max=2 config_type_n_sparse={bulk:6}"
+    command = parse_gap_fit_command(
+        [f"at_file={path}", f"gap={{{soap}}}", "e0_method=average"]
+    )
+    gap = GAP(**command.gap_kwargs)
+    assert gap.plan(path).n_sparse == {"soap": 6}
+    model = gap.fit(path).model_
+    only = GAP(soap="cutoff=4.0 n_max=3 l_max=2 n_sparse=6", e0_method="average")
+    ref = only.fit(ase.io.read(path, ":3")).model_  # the bulk cells as written
+    np.testing.assert_array_equal(
+        model.term("soap").sparse_X, ref.term("soap").sparse_X
+    )
+    misspelt = GAP(soap="cutoff=4.0 config_type_n_sparse=bluk:6", e0_method="average")
+    with pytest.raises(GapfitError, match="config_type 'bluk'.*found: bulk, hot"):
+        misspelt.plan(path)  # the dry run checks it too
+    with pytest.raises(GapfitError, match="config_type 'bluk'.*found: bulk, hot"):
+        GAP(soap="cutoff=4.0 config_type_n_sparse=bluk:6", e0_method="average").fit(
+            path
+        )

@@ -1010,3 +1010,10 @@ def test_example_runs(tmp_path):
     assert len(pool.labelled) == 6 and pool.curve[-1]["f_rmse"] is not None
     assert len(md.labelled) >= 1 and md.state["done"] == "8 steps done"
     assert (tmp_path / "pool" / "curve.png").is_file()
+
+
+def test_config_type_n_sparse_is_refused(tmp_path):
+    """The loop chooses its own sparse points: per-type counts cannot apply."""
+    by_type = GAP(soap=SOAP + " config_type_n_sparse=default:5", e0_method="average")
+    with pytest.raises(GapfitError, match="does not apply to active learning"):
+        learn_pool(tmp_path / "run", "emt", pool_structures(), by_type, budget=3)

@@ -7,7 +7,13 @@ import pytest
 
 import gapfit  # noqa: F401  (switches float64 on)
 from gapfit.errors import GapfitError
-from gapfit.sparsify import SPARSE_METHODS, farthest_point_sampling, select_sparse
+from gapfit.gapstring import parse_soap
+from gapfit.sparsify import (
+    SPARSE_METHODS,
+    farthest_point_sampling,
+    select_sparse,
+    select_sparse_by_config_type,
+)
 
 
 def _random_env(n: int, d: int = 6, seed: int = 0) -> np.ndarray:
@@ -161,3 +167,55 @@ def test_bad_inputs_raise_gapfit_error() -> None:
     X[3, 1] = np.nan
     with pytest.raises(GapfitError, match="row 3"):
         select_sparse(X, Z, 2, "random", seed=0)
+
+
+@pytest.mark.parametrize("method", ["cur_points", "random"])
+def test_config_type_n_sparse_picks_per_type_and_species(method: str) -> None:
+    """gap_fit's config_type_n_sparse: n per species among each named type's
+    environments, none from other types; a row chosen by two types counts once."""
+    rng = np.random.default_rng(5)
+    types = rng.choice(["bulk", "surface", "md"], size=300)
+    Z = rng.choice([29, 79], size=300)
+    X = _random_env(300, seed=6)
+    X[1] = X[0]  # the same environment ...
+    types[:2], Z[:2] = ["bulk", "surface"], [29, 29]  # ... in two named types
+    counts = {"bulk": 7, "surface": 4}
+    idx = select_sparse_by_config_type(X, Z, types, counts, method, seed=1)
+    assert np.all(np.diff(idx) > 0)
+    assert set(types[idx]) == {"bulk", "surface"}
+    for name, n in counts.items():
+        for z in (29, 79):
+            rows = idx[(types[idx] == name) & (Z[idx] == z)]
+            assert len(rows) in (n, n - 1)  # n, less a duplicate dropped
+    assert not {0, 1} <= set(idx.tolist())  # one of the twins at most
+    for name, n in counts.items():  # each type's picks are its own selection
+        rows = np.flatnonzero(types == name)
+        own = rows[select_sparse(X[rows], Z[rows], n, method, 1)]
+        got = idx[types[idx] == name]
+        np.testing.assert_array_equal(got, own[np.isin(own, got)])
+        assert set(own) - set(got) <= {1}  # at most the duplicate of row 0 dropped
+
+
+def test_config_type_n_sparse_keeps_an_environment_of_two_types_once() -> None:
+    X = _random_env(2)
+    X = np.vstack([X, 2.0 * X[0]])  # row 2: row 0 again (scale does not count)
+    types, Z = np.array(["a", "a", "b"]), np.full(3, 29)
+    idx = select_sparse_by_config_type(X, Z, types, {"a": 5, "b": 5}, "random", 0)
+    np.testing.assert_array_equal(idx, [0, 1])
+
+
+def test_config_type_n_sparse_parses_and_checks() -> None:
+    soap = parse_soap("soap cutoff=4.0 config_type_n_sparse={bulk:20:surface:5}")
+    assert soap["config_type_n_sparse"] == {"bulk": 20, "surface": 5}
+    for bad, words in (
+        ("{bulk:20:surface}", "config_type:count pairs"),
+        ("{bulk:0}", "whole number >= 1"),
+        ("{bulk:2:bulk:3}", "given twice"),
+    ):
+        with pytest.raises(GapfitError, match=words):
+            parse_soap(f"config_type_n_sparse={bad}")
+    X, Z = _random_env(20), np.full(20, 14)
+    with pytest.raises(GapfitError, match="found: bulk"):
+        select_sparse_by_config_type(
+            X, Z, np.full(20, "bulk"), {"bulkk": 3}, "random", 0
+        )
