@@ -288,6 +288,7 @@ def main() -> None:
     gapfit calibrate  calibrate the stds on labelled held-out data
     gapfit info    what a model file holds
     gapfit learn   active learning: label the most uncertain structures (ASE labeller)
+    gapfit serve   force engine of an i-PI driver (i-PI, ASE's SocketIOCalculator)
     """
 
 
@@ -898,6 +899,77 @@ def calibrate(
     )
     result.model.save(output)
     click.echo(f"calibrated model written to {output}")
+
+
+# ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("structure", metavar="STRUCTURE")
+@click.option(
+    "--gp-file",
+    required=True,
+    metavar="FILE",
+    help="Model file written by `gapfit fit`.",
+)
+@click.option(
+    "--unixsocket",
+    default=None,
+    metavar="NAME",
+    help="Connect to the driver's UNIX socket NAME (i-PI: <ffsocket mode='unix'>"
+    "<address>NAME</address>; ASE: SocketIOCalculator(unixsocket=NAME)).",
+)
+@click.option("--host", default="localhost", show_default=True, help="Driver host.")
+@click.option(
+    "--port", type=int, default=None, help="Driver port (default 31415, i-PI's)."
+)
+@click.option(
+    "--std",
+    is_flag=True,
+    help="Also compute every std (about 20 times the mean's cost) for --log.",
+)
+@click.option(
+    "--log",
+    default=None,
+    metavar="FILE",
+    help="CSV of the steps served: energy (eV) and, with --std, its std and the "
+    "largest force std (eV/Å).",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to keep trying to connect to the driver.",
+)
+@_user_errors
+def serve(
+    structure: str,
+    gp_file: str,
+    unixsocket: str | None,
+    host: str,
+    port: int | None,
+    std: bool,
+    log: str | None,
+    wait: float,
+) -> None:
+    """Be the force engine of an i-PI driver (i-PI, ASE's SocketIOCalculator).
+
+    The driver sends cell and positions each step; the atomic numbers and pbc come
+    from the last image of STRUCTURE, in the driver's atom order. Runs until the
+    driver says exit. Example, for an i-PI input with a unix-mode ffsocket at
+    address gap:
+
+    \b
+    gapfit serve init.xyz --gp-file model.npz --unixsocket gap
+    """
+    from gapfit.learner import read_structures
+    from gapfit.serve import serve as run
+
+    model = Model.load(gp_file)
+    atoms = read_structures(structure, "STRUCTURE")[-1]
+    where = f"unix socket {unixsocket}" if unixsocket else f"{host}:{port or 31415}"
+    click.echo(f"serving {gp_file} for {len(atoms)} atoms on {where}", err=True)
+    steps = run(model, atoms, host, port, unixsocket, std, log, wait)
+    click.echo(f"the driver said exit after {steps} steps", err=True)
 
 
 # ------------------------------------------------------------------------------------

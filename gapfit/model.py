@@ -9,7 +9,10 @@ as ``<term>.<array>`` (``soap.sparse_X (M, F)``, ``soap.sparse_species``,
 term order. Loading validates keys, shapes, dtypes, finiteness and the
 format version. Format 2 stores the whitened factor ``R`` of ``sparse_gp.py``; a
 format 1 file held the unwhitened ``R_1`` (``R_1^T R_1 = R^T R`` in weight space),
-read as ``R = R_1 L_mm^-T`` (upper triangular: the same posterior).
+read as ``R = R_1 L_mm^-T`` (upper triangular: the same posterior). Format 3 is
+format 2 with a ``baseline`` in ``meta`` (``gapfit.baseline``); a model without one
+is still written as format 2, and a gapfit that predates baselines refuses a format-3
+file instead of predicting without its baseline.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from gapfit.terms import TERM_TYPES, Term
 from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # the newest this gapfit reads and writes
+PLAIN_FORMAT = 2  # written for models without a baseline
 POSTERIOR = ("weights", "L_mm", "R")
 
 
@@ -272,7 +276,7 @@ class Model:
         """Write the model atomically (temp file in the target directory + rename)."""
         meta = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": PLAIN_FORMAT if self.baseline is None else FORMAT_VERSION,
             "species": list(self.species),
             "terms": [{"name": t.name, **t.meta()} for t in self.terms],
             "e0": {str(z): v for z, v in self.e0.items()},

@@ -4,6 +4,7 @@ model file, command line) agrees."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -170,6 +171,10 @@ def test_the_model_file_names_the_baseline(with_lj, tmp_path: Path) -> None:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
     assert meta["baseline"] == {"calculator": "lj", "kwargs": LJ}
+    assert meta["format_version"] == 3  # a gapfit without baselines refuses it
+    dataclasses.replace(with_lj.model_, baseline=None).save(tmp_path / "plain.npz")
+    with np.load(tmp_path / "plain.npz", allow_pickle=False) as z:
+        assert json.loads(str(z["meta"]))["format_version"] == 2
 
 
 def test_baseline_errors_say_what_to_do(train) -> None:
