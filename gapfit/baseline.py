@@ -47,7 +47,7 @@ class Values(NamedTuple):
     energy: float  # eV
     energies: np.ndarray | None  # (n,) eV, None if the calculator has no per-atom
     forces: np.ndarray  # (n, 3) eV/Å
-    virial: np.ndarray | None  # (3, 3) eV; None: no stress for a partly periodic cell
+    virial: np.ndarray | None  # (3, 3) eV; None: the calculator gives no stress
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Baseline:
             lacks = ", ".join(sorted(missing))
             raise GapfitError(
                 f"--baseline {calculator!r} does not compute {lacks}; a baseline "
-                "must give energies and forces (and stress for periodic cells)."
+                "must give energies and forces (and stress to fit or predict virials)."
             )
         return base
 
@@ -107,11 +107,12 @@ class Baseline:
         its numbers, positions, cell and pbc); ``where`` names it in errors.
 
         The virial is ``-stress V`` from the calculator for a periodic cell and
-        ``-sum_i r_i (x) F_i`` (its strain derivative) for a finite one.
+        ``-sum_i r_i (x) F_i`` (its strain derivative) for a finite one; None for a
+        periodic cell when the calculator has no stress (predictions then have no
+        virial or stress).
 
         Raises:
-            GapfitError: the calculator fails, gives non-finite values, or has no
-                stress for a 3D-periodic cell.
+            GapfitError: the calculator fails or gives non-finite values.
         """
         numbers = np.asarray(structure.numbers)
         positions = np.asarray(structure.positions, dtype=float)
@@ -127,8 +128,9 @@ class Baseline:
                 return _CACHE[key]
         found = self._evaluate(numbers, positions, cell, pbc, where)
         with _LOCK:
+            if key not in _CACHE:  # another thread may have stored it meanwhile
+                _CACHED_ATOMS[0] += len(numbers)
             _CACHE[key] = found
-            _CACHED_ATOMS[0] += len(numbers)
             while _CACHED_ATOMS[0] > CACHE_ATOMS and len(_CACHE) > 1:
                 _, old = _CACHE.popitem(last=False)
                 _CACHED_ATOMS[0] -= len(old.forces)
@@ -157,13 +159,6 @@ class Baseline:
             elif "stress" in props:
                 stress = atoms.get_stress(voigt=False)
                 virial = -np.asarray(stress, dtype=float) * abs(np.linalg.det(cell))
-            elif pbc.all():
-                raise GapfitError(
-                    f"{what}: the calculator computes no stress, which a periodic "
-                    "cell's virial needs; choose a baseline with stress."
-                )
-        except GapfitError:
-            raise
         except Exception as err:  # any failure of the user's calculator
             raise GapfitError(
                 f"{what} failed: {type(err).__name__}: {err}; check the baseline's "
@@ -181,8 +176,7 @@ class Baseline:
         learns).
 
         Raises:
-            GapfitError: a virial label on a partly periodic cell for which the
-                calculator gives no stress.
+            GapfitError: a virial label where the calculator gives no stress.
         """
         out = []
         for f in frames:
@@ -190,8 +184,9 @@ class Baseline:
             if f.virial is not None and v.virial is None:
                 raise GapfitError(
                     f"{f.where}: has a virial, but the baseline {self.calculator!r} "
-                    "gives no stress for this partly periodic cell; drop the virial "
-                    "or choose a baseline with stress."
+                    "computes no stress; drop the virials (e.g. "
+                    "--virial-parameter-name none --stress-parameter-name none) or "
+                    "choose a baseline with stress."
                 )
             change = {
                 "energy": None if f.energy is None else f.energy - v.energy,

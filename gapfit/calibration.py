@@ -298,7 +298,7 @@ def apply(
         "energy_std": ("energy", n_atoms, 0.0, 1.0),  # energies: no relative term
         "energies_std": ("energy", 1, 0.0, 1.0),
         "forces_std": ("forces", 1, pred["forces"], 1.0),
-        "virial_std": ("virial", n_atoms, pred["virial"], 1.0),
+        "virial_std": ("virial", n_atoms, pred.get("virial"), 1.0),
         "stress_std": ("virial", n_atoms, pred.get("stress"), 1 / (volume or 1.0)),
     }
     out = dict(pred)

@@ -482,8 +482,8 @@ def chunk_indices(sizes: Sequence[int], budget: int) -> list[list[int]]:
 
 def _add_baseline(r: dict, v: Values) -> None:
     """Add a baseline's values to one prediction ``r`` in place: ``energies`` is
-    dropped for a calculator without per-atom energies, ``virial`` for a partly
-    periodic cell it gives no stress for."""
+    dropped for a calculator without per-atom energies, ``virial`` for a periodic
+    cell when it gives no stress."""
     r["energy"] += v.energy
     r["forces"] = r["forces"] + v.forces
     if v.energies is None:

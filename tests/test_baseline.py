@@ -12,16 +12,19 @@ import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 from ase.calculators.singlepoint import SinglePointCalculator
 from checks import assert_forces_match_fd, assert_stress_matches_strain_fd
 from click.testing import CliRunner
 from emt_cells import SOAP, cu_cells, emt_labelled
 
-from gapfit import GAP, Model
+from gapfit import GAP, GAPCalculator, Model
 from gapfit.baseline import Baseline
 from gapfit.cli import main
 from gapfit.crossval import cross_validated
+from gapfit.data import LabelKeys
 from gapfit.errors import GapfitError
 from gapfit.gap_fit_args import QUIP_POTENTIAL, parse_gap_fit_command
 from gapfit.learn import learn_pool
@@ -188,6 +191,29 @@ def test_baseline_errors_say_what_to_do(train) -> None:
         GAP(soap=SOAP, baseline="nosuchmodule:Calc").fit(train)
     with pytest.raises(GapfitError, match="--baseline-kwargs .* is not JSON"):
         GAP(soap=SOAP, baseline="lj", baseline_kwargs="{sigma: 2}").fit(train)
+
+
+class NoStressEMT(EMT):
+    """EMT that offers no stress (as some DFT calculators)."""
+
+    implemented_properties = ["energy", "energies", "forces", "free_energy"]
+
+
+def test_a_baseline_without_stress_serves_energies_and_forces(train) -> None:
+    """Without virial labels it fits; predictions then have no virial or stress
+    (never a GP-only one); with virial labels the fit says what to do."""
+    no_stress = "test_baseline:NoStressEMT"
+    keys = LabelKeys(virial="none", stress="none")
+    gap = GAP(soap=SOAP, baseline=no_stress, keys=keys).fit(train)
+    (new,) = cu_cells(1, seed=94)
+    (got,) = gap.model_.predict([new], std=True)
+    assert "virial" not in got and "stress" not in got and "stress_std" not in got
+    np.testing.assert_allclose(got["forces"], new.get_forces(), atol=1e-9)
+    new.calc = GAPCalculator(gap.model_)
+    with pytest.raises(PropertyNotImplementedError):
+        new.get_stress()
+    with pytest.raises(GapfitError, match="computes no stress; drop the virials"):
+        GAP(soap=SOAP, baseline=no_stress).fit(train)
 
 
 def test_gap_fit_core_potential_becomes_a_quippy_baseline(tmp_path: Path) -> None:
