@@ -89,7 +89,7 @@ def scaled_rows(
             yE[c] = f.energy - e0_arr[batch.species[a0 : a0 + n]].sum()
             wE[c] = 1.0 / s_e
         if f.forces is not None:
-            yF[a0 : a0 + n], wF[a0 : a0 + n] = f.forces, 1.0 / s_f
+            yF[a0 : a0 + n], wF[a0 + f.fitted_atoms()] = f.forces, 1.0 / s_f
         if f.virial is not None:
             yW[c] = voigt_of(f.virial)
             wW[c] = 1.0 / s_w

@@ -72,6 +72,12 @@ def label_key_options(func: Callable) -> Callable:
         ("virial", "virial", "Info key of the virial (eV, = -stress * volume)."),
         ("stress", "stress", "Info key of the stress (eV/Å³, ASE sign)."),
         ("config-type", "config_type", "Info key of the config type."),
+        (
+            "force-mask",
+            "force_mask",
+            "Array key of the per-atom force mask (logical; T: that atom's force "
+            "is not fitted, nor scored).",
+        ),
     ]
 
     @functools.wraps(func)
@@ -86,6 +92,7 @@ def label_key_options(func: Callable) -> Callable:
             virial=names["virial"],
             stress=names["stress"],
             config_type=names["config-type"],
+            force_mask=names["force-mask"],
         )
         return func(*args, keys=keys, **kwargs)
 

@@ -53,6 +53,16 @@ class Frame:
     sigma_force: float | None  # per-config info force_sigma, eV/Å
     sigma_virial: float | None  # per-config info virial_sigma, total eV
     where: str  # e.g. "train.xyz, config 12 (line 345)" or "frames[3]"
+    force_mask: np.ndarray | None = None  # (n_atoms,) bool, True: force not a label
+
+    def fitted_atoms(self) -> np.ndarray:
+        """Indices of the atoms whose forces are labels (gap_fit's force mask
+        excluded; empty without forces)."""
+        if self.forces is None:
+            return np.zeros(0, dtype=int)
+        if self.force_mask is None:
+            return np.arange(len(self.numbers))
+        return np.flatnonzero(~self.force_mask)
 
     def to_atoms(self) -> ase.Atoms:
         """Geometry as ``ase.Atoms`` with ``info["config_type"]``; no labels."""
@@ -72,6 +82,7 @@ class LabelKeys:
     virial: str = "virial"
     stress: str = "stress"
     config_type: str = "config_type"
+    force_mask: str = "force_mask"  # per-atom logical: True excludes the force
 
 
 def _check_sigma(name: str, value: Any, where: str) -> float:
@@ -282,6 +293,22 @@ def _virial(
     return 0.5 * (w + w.T)
 
 
+def _force_mask(atoms: ase.Atoms, key: str, n: int, where: str) -> np.ndarray | None:
+    """gap_fit's per-atom force mask (logical, True: that atom's force is not a
+    label), or None when the file has none."""
+    raw = atoms.arrays.get(key)
+    if raw is None:
+        return None
+    mask = np.asarray(raw)
+    if mask.dtype != bool or mask.shape != (n,):
+        raise GapfitError(
+            f"{where}: {key!r} is {mask.dtype} {mask.shape}, expected one logical "
+            f"(T/F) per atom ({n},); it marks atoms whose forces are not fitted "
+            "(gap_fit's force_mask_parameter_name)."
+        )
+    return mask
+
+
 def _frame(
     atoms: ase.Atoms, keys: LabelKeys, require: Sequence[str], where: str
 ) -> Frame:
@@ -309,6 +336,7 @@ def _frame(
                 f"{positions.shape} (n_atoms, 3). Fix the Properties column spec."
             )
     virial = _virial(atoms, keys, cell, pbc, where)
+    mask = _force_mask(atoms, keys.force_mask, len(numbers), where)
     found = {"energy": energy, "forces": forces, "virial": virial}
     for label in require:
         if label not in found:
@@ -321,7 +349,7 @@ def _frame(
         else _check_sigma(f"info '{q}_sigma'", atoms.info[f"{q}_sigma"], where)
         for q in ("energy", "force", "virial")
     ]
-    for arr in (numbers, positions, cell, pbc, forces, virial):
+    for arr in (numbers, positions, cell, pbc, forces, virial, mask):
         if arr is not None:
             arr.setflags(write=False)
     return Frame(
@@ -335,6 +363,7 @@ def _frame(
         str(atoms.info.get(keys.config_type, "default")),
         *sig,
         where,
+        mask,
     )
 
 

@@ -429,7 +429,7 @@ def data_part(frames: Sequence[Frame]) -> dict:
     for f in frames:
         counts[f.config_type] = counts.get(f.config_type, 0) + 1
         h = hashlib.sha256()
-        for arr in (f.numbers, f.positions, f.cell, f.forces, f.virial):
+        for arr in (f.numbers, f.positions, f.cell, f.forces, f.virial, f.force_mask):
             if arr is not None:
                 h.update(np.ascontiguousarray(arr, dtype=float).tobytes())
         h.update(repr(f.energy).encode())
@@ -438,9 +438,7 @@ def data_part(frames: Sequence[Frame]) -> dict:
         "n_configs": len(frames),
         "n_atoms": int(sum(len(f.numbers) for f in frames)),
         "n_energies": sum(f.energy is not None for f in frames),
-        "n_force_components": int(
-            sum(3 * len(f.numbers) for f in frames if f.forces is not None)
-        ),
+        "n_force_components": int(sum(3 * f.fitted_atoms().size for f in frames)),
         "n_virials": sum(f.virial is not None for f in frames),
         "config_types": counts,
         "digests": digests,

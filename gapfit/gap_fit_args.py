@@ -61,6 +61,7 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "virial_parameter_name": ("--virial-parameter-name", "keys.virial"),
     "stress_parameter_name": ("--stress-parameter-name", "keys.stress"),
     "config_type_parameter_name": ("--config-type-parameter-name", "keys.config_type"),
+    "force_mask_parameter_name": ("--force-mask-parameter-name", "keys.force_mask"),
 }
 ALIASES = {
     "atoms_filename": "at_file",
@@ -93,7 +94,6 @@ UNSUPPORTED = (
     "hessian_parameter_name",
     "kernel_regularisation_parameter_name",
     "sigma_parameter_name",
-    "force_mask_parameter_name",
     "parameter_name_prefix",
     "sparse_use_actual_gpcov",
     "openmp_chunk_size",
@@ -148,6 +148,7 @@ _PARAMETER_NAMES = {  # gap_fit key -> LabelKeys field
     "virial_parameter_name": "virial",
     "stress_parameter_name": "stress",
     "config_type_parameter_name": "config_type",
+    "force_mask_parameter_name": "force_mask",
 }
 _SUPPORTED = (
     "at_file",

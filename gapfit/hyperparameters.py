@@ -104,9 +104,11 @@ class NoiseGroups:
             if f.energy is not None:
                 ids[c] = self.index(f, "energy")
                 log_var += 2.0 * np.log(s_e)
-            if f.forces is not None:
-                ids[C + 3 * a0 : C + 3 * (a0 + n)] = self.index(f, "force")
-                log_var += 3 * n * 2.0 * np.log(s_f)
+            fitted = f.fitted_atoms()
+            if fitted.size:
+                rows = C + 3 * (a0 + fitted[:, None]) + np.arange(3)
+                ids[rows.ravel()] = self.index(f, "force")
+                log_var += 3 * fitted.size * 2.0 * np.log(s_f)
             if f.virial is not None:
                 ids[C + 3 * A + 6 * c : C + 3 * A + 6 * (c + 1)] = self.index(
                     f, "virial"

@@ -39,7 +39,8 @@ def error_sums(frames: Sequence[Frame], preds: Sequence[dict]) -> dict[str, dict
         if f.energy is not None:
             errors["energy"] = np.array([(p["energy"] - f.energy) / n * 1e3])
         if f.forces is not None:
-            errors["forces"] = np.ravel((p["forces"] - f.forces) * 1e3)
+            at = f.fitted_atoms()
+            errors["forces"] = np.ravel((p["forces"][at] - f.forces[at]) * 1e3)
         if f.virial is not None:
             errors["virial"] = np.ravel((p["virial"] - f.virial) / n * 1e3)
         for key in (f.config_type, "all"):

@@ -126,7 +126,8 @@ def collect(
         if f.energy is not None:
             add("energy", f, f.energy, p["energy"], std["energy"], n)
         if f.forces is not None:
-            add("forces", f, f.forces, p["forces"], std["forces"], 1)
+            at = f.fitted_atoms()
+            add("forces", f, f.forces[at], p["forces"][at], std["forces"][at], 1)
         if f.virial is not None:
             v = std["virial"]
             add("virial", f, f.virial[voigt], p["virial"][voigt], v[voigt], n)
