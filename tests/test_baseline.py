@@ -5,6 +5,7 @@ model file, command line) agrees."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -279,3 +280,19 @@ def test_active_learning_keeps_the_baseline(tmp_path: Path) -> None:
     full = refit(learner.model, learner.labelled)
     for a, b in zip(full.predict(pool), learner.model.predict(pool), strict=True):
         assert np.abs(a["forces"] - b["forces"]).max() < 1e-8
+
+
+def test_zbl_core_example() -> None:
+    """examples/zbl_core.py: the same training errors with and without the core,
+    and, below the data's closest approach, a repulsion that keeps growing with ZBL
+    where the plain GAP's weakens."""
+    path = Path(__file__).parents[1] / "examples" / "zbl_core.py"
+    spec = importlib.util.spec_from_file_location("zbl_core", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    errors, rows = example.main()
+    assert errors["ZBL + GAP"] == pytest.approx(errors["GAP"], rel=1e-9)
+    push = {name: [row[name][1] for row in rows] for name in ("GAP", "ZBL + GAP")}
+    assert all(f > 0 for f in push["ZBL + GAP"])
+    assert np.all(np.diff(push["ZBL + GAP"]) > 0)  # rows: decreasing distance
+    assert push["GAP"][-1] < push["GAP"][3]  # 1.0 Å against 1.6 Å
