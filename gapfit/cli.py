@@ -121,6 +121,14 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+model_file_option = click.option(
+    "--gp-file",
+    required=True,
+    metavar="FILE",
+    help="Model file written by `gapfit fit`. [gap_fit/quip: param_filename]",
+)
+
+
 def baseline_options(func: Callable) -> Callable:
     """``--baseline`` and ``--baseline-kwargs`` (``GAP``'s baseline)."""
     func = click.option(
@@ -606,12 +614,7 @@ def _data_lines(data: dict) -> str:
 # ------------------------------------------------------------------------------------
 @main.command()
 @click.argument("xyz", metavar="FILE")
-@click.option(
-    "--gp-file",
-    required=True,
-    metavar="FILE",
-    help="Model file written by `gapfit fit`. [gap_fit/quip: param_filename]",
-)
+@model_file_option
 @click.option(
     "--output",
     "-o",
@@ -709,12 +712,7 @@ def predict(
 # ------------------------------------------------------------------------------------
 @main.command(name="eval")
 @click.argument("xyz", metavar="FILE")
-@click.option(
-    "--gp-file",
-    required=True,
-    metavar="FILE",
-    help="Model file written by `gapfit fit`.",
-)
+@model_file_option
 @click.option(
     "--json",
     "json_file",
@@ -911,12 +909,7 @@ def calibrate(
 # ------------------------------------------------------------------------------------
 @main.command()
 @click.argument("structure", metavar="STRUCTURE")
-@click.option(
-    "--gp-file",
-    required=True,
-    metavar="FILE",
-    help="Model file written by `gapfit fit`.",
-)
+@model_file_option
 @click.option(
     "--unixsocket",
     default=None,
@@ -981,12 +974,7 @@ def serve(
 
 # ------------------------------------------------------------------------------------
 @main.command()
-@click.option(
-    "--gp-file",
-    required=True,
-    metavar="FILE",
-    help="Model file written by `gapfit fit`.",
-)
+@model_file_option
 @_user_errors
 def info(gp_file: str) -> None:
     """What a model file holds: species, settings, sparse set, data, errors."""
