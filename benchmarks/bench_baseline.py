@@ -17,6 +17,10 @@ the training labels). Energies and forces only unless ``--virials`` (as Zuo et a
 fitted). ``benchmarks/Si.tersoff`` holds Tersoff's Si(B) parameters for ASE's
 ``Tersoff``.
 
+The last table times ``GAPCalculator`` energy + forces + stress (means only) of the
+108-atom cell of ``bench_fit.py`` with both fits of the whole set: ms per call
+(median, min, max of 30): what the baseline adds to each MD step.
+
 ``--contact-reference NAME`` (a labeller name, e.g. ``emt`` for cu_emt) adds the use
 gap_fit's core potentials are mostly for: close contacts. In the first periodic test
 configuration, atom 0 is moved along the bond to its nearest neighbour until they are
@@ -33,8 +37,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_fit import bench_cell, time_calls
 
-from gapfit import GAP
+from gapfit import GAP, GAPCalculator
 from gapfit.baseline import Baseline
 from gapfit.data import Frame, LabelKeys, read_frames
 from gapfit.labeller import make_labeller
@@ -169,6 +174,11 @@ def main() -> None:
             f"{b['energy']:6.2f} / {b['forces']:6.1f} ({b['fit_s']:4.0f}) | "
             f"{a['energy']:6.1f} / {a['forces']:6.1f}"
         )
+    cell = bench_cell(args.data.name)
+    print("\n108-atom cell, E+F+S per call, means only (ms, median min max):")
+    for name, model in models.items():
+        t = time_calls(GAPCalculator(model, std=False), cell)
+        print(f"  {name:>8}: {t['median']:.1f} {t['min']:.1f} {t['max']:.1f}")
     if args.contact_reference:
         reference = make_labeller(args.contact_reference)
         print(

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-from ase.neighborlist import neighbor_list
+
+from gapfit.neighbours import pairs
 
 COULOMB = 14.399645  # e^2 / (4 pi eps_0), eV Å
 SCREENING_LENGTH = 0.46850  # Å
@@ -81,7 +82,8 @@ class ZBL(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         p = self.parameters
-        i, j, r, D = neighbor_list("ijdD", atoms, p.r_outer)  # each pair both ways
+        i, j, D = pairs(atoms, p.r_outer)  # each pair both ways
+        r = np.linalg.norm(D, axis=1)
         z = atoms.numbers.astype(float)
         zz = z[i] * z[j]
         a = SCREENING_LENGTH / (z[i] ** SCREENING_POWER + z[j] ** SCREENING_POWER)
