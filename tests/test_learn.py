@@ -917,10 +917,19 @@ def test_cli_learn(tmp_path):
         "3",
         "--temperature",
         "1200",
+        "--baseline",
+        "zbl",
+        "--baseline-kwargs",
+        '{"r_inner": 1.0, "r_outer": 1.8}',
     ]
     result = runner.invoke(main, md)
     assert result.exit_code == 0, result.output
     assert "3 steps done" in result.output
+    core = Model.load(tmp_path / "md" / "model.npz").baseline
+    assert (core.calculator, core.kwargs) == ("zbl", {"r_inner": 1.0, "r_outer": 1.8})
+    swap = ["learn", "--workdir", str(tmp_path / "md"), "--resume", "--quiet"]
+    swapped = runner.invoke(main, [*swap, "--baseline", "lj"])
+    assert swapped.exit_code == 2 and "--baseline with --resume" in swapped.output
 
     rattled = runner.invoke(
         main,
