@@ -11,7 +11,7 @@ physical repulsion where they are not (close approaches, as in radiation damage)
 The two fits agree on the training data; below the closest approach in the data the
 plain GAP softens and its force along the bond shrinks, while the ZBL under the GAP
 keeps pushing back. EMT is no reference at 1 Å either: the point is that the GAP
-alone has no physics there. Run ``python examples/zbl_core.py`` (about 15 s); it
+alone has no physics there. Run ``python examples/zbl_core.py`` (6 s here); it
 prints one table. The same on the command line: ``gapfit fit ... --baseline zbl
 --baseline-kwargs '{"r_inner": 1.0, "r_outer": 1.9}'``.
 """
