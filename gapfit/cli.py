@@ -61,6 +61,7 @@ from gapfit.hyperparameters import format_report
 from gapfit.model import Model, atomic_write
 from gapfit.report import error_table, format_error_table
 from gapfit.selection import SCORES, STRATEGIES
+from gapfit.tune import CRITERIA, format_rows, grid_search
 from gapfit.uncertainty import format_uncertainty_table, uncertainty_table
 
 
@@ -304,6 +305,7 @@ def main() -> None:
     gapfit info    what a model file holds
     gapfit learn   active learning: label the most uncertain structures (ASE labeller)
     gapfit serve   force engine of an i-PI driver (i-PI, ASE's SocketIOCalculator)
+    gapfit tune    choose descriptor settings by cross-validation and evidence
     """
 
 
@@ -707,6 +709,115 @@ def predict(
         f"({rate:.1f} atoms/s, std={which or 'off'}, including reading and "
         f"jit compilation); wrote {output}"
     )
+
+
+# ------------------------------------------------------------------------------------
+@main.command()
+@click.option(
+    "--at-file", required=True, metavar="FILE", help="Training data (extxyz)."
+)
+@click.option(
+    "--gp-file",
+    required=True,
+    metavar="FILE",
+    help="Where the best grid point's model is written.",
+)
+@click.option(
+    "--grid",
+    multiple=True,
+    required=True,
+    metavar="KEY=V1,V2,...",
+    help="Values to try for one setting (repeat for more; every combination is "
+    "fitted): a SOAP key (cutoff=4.5,5.0,5.5) or distance_2b.<key>.",
+)
+@click.option("--soap", default=None, metavar="SETTINGS", help="As for fit.")
+@click.option("--distance-2b", default=None, metavar="SETTINGS", help="As for fit.")
+@click.option(
+    "--default-sigma",
+    default=DEFAULT_SIGMA,
+    show_default=True,
+    metavar="E F V [H]",
+    help="Starting noise stds (each grid point's are chosen by the evidence).",
+)
+@click.option("--e0", default=None, metavar="SPEC", help="As for fit.")
+@click.option(
+    "--e0-method", type=click.Choice(E0_METHODS), default="isolated", show_default=True
+)
+@click.option("--rnd-seed", type=int, default=1, show_default=True)
+@label_key_options
+@baseline_options
+@click.option(
+    "--cv",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Cross-validation folds of each grid point.",
+)
+@click.option(
+    "--select",
+    type=click.Choice(CRITERIA),
+    default="cv_forces",
+    show_default=True,
+    help="Best: lowest cross-validated force or energy RMSE, or highest evidence.",
+)
+@click.option(
+    "--test",
+    default=None,
+    metavar="FILE",
+    help="Labelled test data: each point's errors there too (never used to choose).",
+)
+@click.option("--json", "json_path", default=None, metavar="FILE", help="The table.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def tune(
+    at_file: str,
+    gp_file: str,
+    grid: tuple[str, ...],
+    soap: str | None,
+    distance_2b: str | None,
+    default_sigma: str,
+    e0: str | None,
+    e0_method: str,
+    rnd_seed: int,
+    keys: LabelKeys,
+    baseline: str | None,
+    baseline_kwargs: str | None,
+    cv: int,
+    select: str,
+    test: str | None,
+    json_path: str | None,
+    quiet: bool,
+) -> None:
+    """Choose descriptor settings on the data: fit every combination of the --grid
+    values (each with delta and sigmas by the evidence), score each by K-fold
+    cross-validation and by its evidence, print the table, save the best.
+
+    \b
+    gapfit tune --at-file train.xyz --gp-file best.npz --soap "n_max=8 l_max=6" \\
+      --grid cutoff=4.5,5.0,5.5 --grid atom_sigma=0.4,0.5
+    """
+    _check_writable(gp_file, "--gp-file")
+    kwargs = gap_kwargs(
+        soap=soap,
+        distance_2b=distance_2b,
+        default_sigma=default_sigma,
+        config_type_sigma=None,
+        sigma_per_atom=True,
+        e0=e0,
+        e0_method=e0_method,
+        sparse_jitter=1e-8,
+        rnd_seed=rnd_seed,
+        keys=keys,
+    )
+    gap = GAP(**kwargs, baseline=baseline, baseline_kwargs=baseline_kwargs)
+    result = grid_search(
+        gap, at_file, grid, cv, select=select, progress=not quiet, test=test
+    )
+    click.echo(format_rows(result))
+    if json_path:
+        atomic_write(json_path, json.dumps(result.rows, indent=1).encode())
+    result.best.save(gp_file)
+    click.echo(f"best model written to {gp_file}")
 
 
 # ------------------------------------------------------------------------------------

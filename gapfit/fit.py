@@ -14,6 +14,7 @@ is O(M^2 + chunk) plus the (n_env, F) descriptor matrix; ``GAP.plan`` predicts i
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import platform
 import time
@@ -120,6 +121,12 @@ class GAP:
         self.baseline_kwargs = baseline_kwargs
         self.progress = progress
         self.optimise_hyperparameters = optimise_hyperparameters
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The ``__init__`` arguments as set (scikit-learn's convention; ``deep``
+        is accepted for its ``clone`` and changes nothing: no nested estimators)."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in names if name != "self"}
 
     # ------------------------------------------------------------------------------
     def fit(

@@ -1,0 +1,211 @@
+"""Descriptor settings chosen on the data instead of by hand: a grid search scored by
+cross-validation and by the evidence.
+
+gap_fit leaves the SOAP settings (cutoff, atom_sigma, n_max, l_max, zeta, ...) to the
+user. ``grid_search`` fits every combination of the values given for some of them,
+each with its delta and sigmas chosen by the evidence (``gapfit.hyperparameters``),
+and scores it twice: its ``k``-fold cross-validated test errors on the training data
+(``gapfit.crossval``: k models from one pass, no refits) and its final log evidence
+(nats; a marginal likelihood of the same labels, so comparable across descriptors,
+though only as well as the DTC approximation). The fitted ``GAP`` of the best
+combination by the chosen score is returned with the table.
+
+Grid keys are SOAP settings (``cutoff``, ``atom_sigma``, ...) or 2-body settings
+written ``distance_2b.<key>`` (``distance_2b.theta_uniform``); values are validated
+as in ``gapfit fit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ase
+from tqdm.auto import tqdm
+
+from gapfit.crossval import cross_validated
+from gapfit.data import Frame
+from gapfit.errors import GapfitError
+from gapfit.fit import GAP
+from gapfit.gapstring import DISTANCE_2B_DEFAULTS, SOAP_DEFAULTS
+from gapfit.report import error_table
+
+PAIR = "distance_2b."
+CRITERIA = ("cv_forces", "cv_energy", "evidence")  # what "best" means
+
+
+@dataclasses.dataclass
+class TuneResult:
+    """The grid's rows (settings, scores, seconds), best first, and the best
+    point's fitted ``GAP``."""
+
+    rows: list[dict]
+    best: GAP
+    select: str
+
+
+def parse_grid(items: Sequence[str] | Mapping[str, Sequence[Any]]) -> dict[str, list]:
+    """``["cutoff=4.5,5.0", "atom_sigma=0.4,0.5"]`` (or a mapping) as ``{key:
+    [values]}`` (values as text; checked when the settings are parsed).
+
+    Raises:
+        GapfitError: an item without ``=``, no values, an unknown key (with the
+            closest valid one), or a key given twice.
+    """
+    pairs = (
+        [(k, list(v)) for k, v in items.items()]
+        if isinstance(items, Mapping)
+        else [_item(text) for text in items]
+    )
+    grid: dict[str, list] = {}
+    for key, values in pairs:
+        name = key.strip().lower()
+        known = DISTANCE_2B_DEFAULTS if name.startswith(PAIR) else SOAP_DEFAULTS
+        if name.removeprefix(PAIR) not in known:
+            kind = "SOAP" if known is SOAP_DEFAULTS else "2-body"
+            close = difflib.get_close_matches(name.removeprefix(PAIR), list(known), 1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise GapfitError(
+                f"--grid {key}: not a {kind} setting.{hint} Valid: {', '.join(known)}"
+                f" (2-body ones as {PAIR}<key>)."
+            )
+        if name in grid:
+            raise GapfitError(f"--grid {key} is given twice; give its values once.")
+        if not values:
+            raise GapfitError(f"--grid {key}: no values; write e.g. {key}=4.5,5.0.")
+        grid[name] = values
+    return grid
+
+
+def _item(text: str) -> tuple[str, list[str]]:
+    key, sep, values = str(text).partition("=")
+    if not sep:
+        raise GapfitError(
+            f"--grid {text!r}: write key=value,value, e.g. cutoff=4.5,5.0,5.5."
+        )
+    return key, [v.strip() for v in values.split(",") if v.strip()]
+
+
+def combinations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in the order the values were given."""
+    keys = list(grid)
+    return [dict(zip(keys, v, strict=True)) for v in itertools.product(*grid.values())]
+
+
+def _with(gap: GAP, change: Mapping[str, Any]) -> GAP:
+    """A copy of ``gap`` with the grid point's settings, delta and sigmas by the
+    evidence, no progress bars."""
+    soap, pair = gap._settings()
+    soap = dict(soap) if soap is not None else None
+    pair = dict(pair) if pair is not None else None
+    for key, value in change.items():
+        if key.startswith(PAIR):
+            if pair is None:
+                raise GapfitError(
+                    f"--grid {key}: the model has no 2-body term; add --distance-2b."
+                )
+            pair[key.removeprefix(PAIR)] = value
+        elif soap is None:
+            raise GapfitError(f"--grid {key}: the model has no SOAP term; add --soap.")
+        else:
+            soap[key] = value
+    out = GAP(**{**gap.get_params(), "soap": soap, "distance_2b": pair})
+    out.progress = False
+    if not out.optimise_hyperparameters:
+        out.optimise_hyperparameters = True
+    out._settings()  # each value checked before any fit
+    return out
+
+
+def grid_search(
+    gap: GAP,
+    frames: str | os.PathLike | Sequence[ase.Atoms | Frame],
+    grid: Mapping[str, Sequence[Any]] | Sequence[str],
+    k: int = 5,
+    seed: int = 0,
+    select: str = "cv_forces",
+    progress: bool = False,
+    test: str | os.PathLike | Sequence[ase.Atoms | Frame] | None = None,
+) -> TuneResult:
+    """Fit and score every combination of ``grid`` on top of ``gap``'s settings.
+
+    Args:
+        gap: the other settings (its ``optimise_hyperparameters`` is turned on if
+            off: every point gets its delta and sigmas by the evidence).
+        grid: ``parse_grid``'s input.
+        k, seed: the cross-validation folds and their seed.
+        select: ``cv_forces`` (lowest cross-validated force RMSE), ``cv_energy`` or
+            ``evidence`` (highest).
+        test: labelled test data: each row also gets its errors there
+            (``test_energy``, ``test_forces``), for reference; never used to choose.
+
+    Returns:
+        Rows ``{"settings", "cv_energy" (meV/atom), "cv_forces" (meV/Å),
+        "log_evidence" (nats), "seconds"}`` best first, and the best point's fit.
+    """
+    if select not in CRITERIA:
+        raise GapfitError(f"--select {select}: use one of {', '.join(CRITERIA)}.")
+    points = combinations(parse_grid(grid))
+    gaps = [_with(gap, p) for p in points]  # all settings checked up front
+    frames = gaps[0]._frames(frames)
+    test = None if test is None else gaps[0]._frames(test)
+    rows = []
+    for point, g in tqdm(
+        list(zip(points, gaps, strict=True)),
+        desc="grid",
+        unit="fit",
+        disable=not progress,
+    ):
+        t0 = time.perf_counter()
+        g.fit(frames)
+        held, preds = cross_validated(g.model_, frames, k, seed, std=False)
+        errors = error_table(held, preds)["all"]
+        final = g.model_.info["hyperparameters"]["final"]
+        row = {
+            "settings": point,
+            "cv_energy": errors["energy"]["rmse"],
+            "cv_forces": errors["forces"]["rmse"],
+            "log_evidence": final["log_evidence"],
+        }
+        if test is not None:
+            on_test = error_table(test, g.model_.predict(test))["all"]
+            row["test_energy"] = on_test["energy"]["rmse"]
+            row["test_forces"] = on_test["forces"]["rmse"]
+        rows.append({**row, "seconds": time.perf_counter() - t0, "_gap": g})
+    sign = -1.0 if select == "evidence" else 1.0  # the highest evidence is best
+    key = "log_evidence" if select == "evidence" else select
+    rows.sort(key=lambda r: (r[key] is None, sign * (r[key] or 0.0)))
+    best = rows[0]["_gap"]
+    for r in rows:
+        del r["_gap"]
+    return TuneResult(rows, best, select)
+
+
+def format_rows(result: TuneResult) -> str:
+    """The grid as a text table, best first."""
+    keys = list(result.rows[0]["settings"])
+    test = "test_forces" in result.rows[0]
+    head = [*keys, "CV E meV/atom", "CV F meV/Å", "log evidence"]
+    head += ["test E", "test F"] if test else []
+    lines = ["  ".join(f"{h:>14}" for h in [*head, "s"])]
+    for r in result.rows:
+        cells = [str(r["settings"][k]) for k in keys] + [
+            _num(r["cv_energy"], 3),
+            _num(r["cv_forces"], 2),
+            _num(r["log_evidence"], 1),
+        ]
+        if test:
+            cells += [_num(r["test_energy"], 3), _num(r["test_forces"], 2)]
+        cells.append(f"{r['seconds']:.0f}")
+        lines.append("  ".join(f"{c:>14}" for c in cells))
+    lines.append(f"best by {result.select}: first row")
+    return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
