@@ -89,6 +89,7 @@ def test_cli_tune(train, tmp_path: Path) -> None:
     args = ["tune", "--at-file", data, "--gp-file", best, "--soap", SOAP]
     args += ["--e0-method", "average", "--grid", "atom_sigma=0.4,0.6", "--cv", "3"]
     args += ["--test", data]  # the training data as a stand-in test set
+    args += ["--default-sigma", "0.001", "0.05", "0.05"]  # gap_fit's spelling
     result = CliRunner().invoke(
         main, [*map(str, args), "--json", str(table), "--quiet"]
     )
