@@ -712,7 +712,7 @@ def predict(
 
 
 # ------------------------------------------------------------------------------------
-@main.command()
+@main.command(cls=_FitCommand)
 @click.option(
     "--at-file", required=True, metavar="FILE", help="Training data (extxyz)."
 )
