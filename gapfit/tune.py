@@ -114,10 +114,9 @@ def _with(gap: GAP, change: Mapping[str, Any]) -> GAP:
             raise GapfitError(f"--grid {key}: the model has no SOAP term; add --soap.")
         else:
             soap[key] = value
-    out = GAP(**{**gap.get_params(), "soap": soap, "distance_2b": pair})
-    out.progress = False
-    if not out.optimise_hyperparameters:
-        out.optimise_hyperparameters = True
+    params = gap.get_params() | {"soap": soap, "distance_2b": pair, "progress": False}
+    params["optimise_hyperparameters"] = gap.optimise_hyperparameters or True
+    out = GAP(**params)
     out._settings()  # each value checked before any fit
     return out
 
