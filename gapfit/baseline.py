@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import ase
 import numpy as np
+from ase.calculators.calculator import BaseCalculator
 
 from gapfit.data import Frame
 from gapfit.errors import GapfitError
@@ -52,8 +53,9 @@ class Values(NamedTuple):
 
 @dataclass(frozen=True)
 class Baseline:
-    """An ASE calculator by name (``lj``, ``emt``, ``module:Class``) and keyword
-    arguments (JSON-able), evaluated on every training and predicted structure."""
+    """An ASE calculator by name (``zbl``, ``lj``, ``emt``, ``module:Class``) and
+    keyword arguments (JSON-able), evaluated on every training and predicted
+    structure."""
 
     calculator: str
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -95,7 +97,8 @@ class Baseline:
             )
         return base
 
-    def _calculator(self):
+    def _calculator(self) -> BaseCalculator:
+        """The calculator, built once per thread."""
         return named_calculator(self.calculator, self.kwargs or None, "--baseline")
 
     @property

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ase
+import jax
 from tqdm.auto import tqdm
 
 from gapfit.crossval import cross_validated
@@ -33,6 +34,7 @@ from gapfit.data import Frame
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP
 from gapfit.gapstring import DISTANCE_2B_DEFAULTS, SOAP_DEFAULTS
+from gapfit.memory import release_freed
 from gapfit.report import error_table
 
 PAIR = "distance_2b."
@@ -176,6 +178,8 @@ def grid_search(
             row["test_energy"] = on_test["energy"]["rmse"]
             row["test_forces"] = on_test["forces"]["rmse"]
         rows.append({**row, "seconds": time.perf_counter() - t0, "_gap": g})
+        jax.clear_caches()  # each cutoff compiles its own programs: drop them
+        release_freed()
     sign = -1.0 if select == "evidence" else 1.0  # the highest evidence is best
     key = "log_evidence" if select == "evidence" else select
     rows.sort(key=lambda r: (r[key] is None, sign * (r[key] or 0.0)))
