@@ -151,6 +151,44 @@ def baseline_options(func: Callable) -> Callable:
     )(func)
 
 
+def settings_options(
+    sigma_help: str, e0_method: str, e0_help: str
+) -> Callable[[Callable], Callable]:
+    """``--distance-2b``, ``--default-sigma``, ``--e0`` and ``--e0-method`` for the
+    commands besides ``fit`` that build a ``GAP`` (``learn``, ``tune``)."""
+
+    def add(func: Callable) -> Callable:
+        for option in reversed(
+            [
+                click.option(
+                    "--distance-2b",
+                    default=None,
+                    metavar="SETTINGS",
+                    help="As for fit.",
+                ),
+                click.option(
+                    "--default-sigma",
+                    default=DEFAULT_SIGMA,
+                    show_default=True,
+                    metavar="E F V [H]",
+                    help=sigma_help,
+                ),
+                click.option("--e0", default=None, metavar="SPEC", help="As for fit."),
+                click.option(
+                    "--e0-method",
+                    type=click.Choice(E0_METHODS),
+                    default=e0_method,
+                    show_default=True,
+                    help=e0_help,
+                ),
+            ]
+        ):
+            func = option(func)
+        return func
+
+    return add
+
+
 def dask_options(func: Callable) -> Callable:
     """Add ``--dask-scheduler`` / ``--dask-workers``, passed on as one ``dask``."""
 
@@ -731,17 +769,10 @@ def predict(
     "fitted): a SOAP key (cutoff=4.5,5.0,5.5) or distance_2b.<key>.",
 )
 @click.option("--soap", default=None, metavar="SETTINGS", help="As for fit.")
-@click.option("--distance-2b", default=None, metavar="SETTINGS", help="As for fit.")
-@click.option(
-    "--default-sigma",
-    default=DEFAULT_SIGMA,
-    show_default=True,
-    metavar="E F V [H]",
-    help="Starting noise stds (each grid point's are chosen by the evidence).",
-)
-@click.option("--e0", default=None, metavar="SPEC", help="As for fit.")
-@click.option(
-    "--e0-method", type=click.Choice(E0_METHODS), default="isolated", show_default=True
+@settings_options(
+    "Starting noise stds (each grid point's are chosen by the evidence).",
+    "isolated",
+    "As for fit.",
 )
 @click.option("--rnd-seed", type=int, default=1, show_default=True)
 @label_key_options
@@ -1241,24 +1272,13 @@ def _resume_changes(ctx: click.Context, mode: str) -> dict[str, Any]:
     help="SOAP settings as for gapfit fit; n_sparse is the most sparse points per "
     "element (chosen by the loop).",
 )
-@click.option("--distance-2b", default=None, metavar="SETTINGS", help="As for fit.")
-@click.option(
-    "--default-sigma",
-    default=DEFAULT_SIGMA,
-    show_default=True,
-    metavar="E F V [H]",
-    help="Noise stds: energy eV/atom, force eV/Å, virial eV/atom (as for fit).",
+@settings_options(
+    "Noise stds: energy eV/atom, force eV/Å, virial eV/atom (as for fit).",
+    "average",
+    "As for fit; isolated: the labeller labels isolated atoms first.",
 )
 @click.option("--config-type-sigma", default=None, metavar="SPEC", help="As for fit.")
 @click.option("--sigma-per-atom/--no-sigma-per-atom", default=True, show_default=True)
-@click.option("--e0", default=None, metavar="SPEC", help="As for fit.")
-@click.option(
-    "--e0-method",
-    type=click.Choice(E0_METHODS),
-    default="average",
-    show_default=True,
-    help="As for fit; isolated: the labeller labels isolated atoms first.",
-)
 @click.option("--sparse-jitter", type=float, default=1e-8, show_default=True)
 @baseline_options
 @click.option(
