@@ -17,10 +17,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gapfit.baseline import Baseline
-from gapfit.blocks import batch_arrays
+from gapfit.blocks import batch_arrays, voigt_of
 from gapfit.data import Frame, Sigmas
 from gapfit.memory import release_freed
-from gapfit.model import Model, voigt_of
+from gapfit.model import Model
 from gapfit.neighbours import (
     Batch,
     batch_shape,

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gapfit.kernels import DotProductKernel, cosine, normalise, same_species
 from gapfit.neighbours import Batch, PairTables
@@ -36,6 +37,12 @@ from gapfit.soap import (
 )
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+VOIGT_INDEX = tuple(np.array(VOIGT).T)  # t[VOIGT_INDEX]: Voigt (6,) of a 3x3 t
+
+
+def voigt_of(t: np.ndarray) -> np.ndarray:
+    """Voigt ``(6,)`` (xx yy zz yz xz xy) of a symmetric 3x3 tensor (numpy)."""
+    return np.asarray(t)[VOIGT_INDEX]
 
 
 class Rows(NamedTuple):

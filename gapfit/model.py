@@ -36,7 +36,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from gapfit.baseline import Baseline, Values
-from gapfit.blocks import Mean, Rows
+from gapfit.blocks import Mean, Rows, voigt_of
 from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
 from gapfit.memory import release_freed
@@ -508,8 +508,3 @@ def _volume(s: Structure) -> float | None:
 def full_tensor(v: np.ndarray) -> np.ndarray:
     """3x3 tensor from Voigt ``(6,)`` (xx yy zz yz xz xy)."""
     return np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]])
-
-
-def voigt_of(t: np.ndarray) -> np.ndarray:
-    """Voigt ``(6,)`` (xx yy zz yz xz xy) of a symmetric 3x3 tensor."""
-    return np.array([t[0, 0], t[1, 1], t[2, 2], t[1, 2], t[0, 2], t[0, 1]])

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import ndtri
 
-from gapfit.blocks import VOIGT
+from gapfit.blocks import VOIGT_INDEX
 from gapfit.data import Frame
 
 QUANTITIES = ("energy", "forces", "virial")
@@ -110,7 +110,6 @@ def collect(
         {quantity: Samples} for the quantities with at least one label.
     """
     parts: dict[str, list[tuple]] = {q: [] for q in QUANTITIES}
-    voigt = tuple(np.array(VOIGT).T)  # the 6 independent virial components
 
     def add(q: str, f: Frame, ref, pred, std, per: int) -> None:
         ref, pred, std = (np.ravel(x) for x in (ref, pred, std))
@@ -130,7 +129,8 @@ def collect(
             add("forces", f, f.forces[at], p["forces"][at], std["forces"][at], 1)
         if f.virial is not None:
             v = std["virial"]
-            add("virial", f, f.virial[voigt], p["virial"][voigt], v[voigt], n)
+            i = VOIGT_INDEX  # the 6 independent components
+            add("virial", f, f.virial[i], p["virial"][i], v[i], n)
     out = {}
     for q, rows in parts.items():
         if rows:

@@ -25,6 +25,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from gapfit.blocks import voigt_of
 from gapfit.neighbours import pairs
 
 COULOMB = 14.399645  # e^2 / (4 pi eps_0), eV Å
@@ -103,4 +104,4 @@ class ZBL(Calculator):
         if atoms.cell.rank == 3:
             stress = (g.T @ D) / atoms.get_volume()  # (1/V) sum dE/dD (x) D
             stress = 0.5 * (stress + stress.T)
-            self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]]
+            self.results["stress"] = voigt_of(stress)
