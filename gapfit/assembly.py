@@ -22,6 +22,7 @@ from gapfit.data import Frame, Sigmas
 from gapfit.memory import release_freed
 from gapfit.model import Model
 from gapfit.neighbours import (
+    NO_SHAPE,
     Batch,
     batch_shape,
     make_batch,
@@ -36,7 +37,8 @@ def padded_batches(
     chunks: Sequence[Sequence[int]],
     species: tuple[int, ...],
     cutoff: float,
-    shape: Sequence[int] = (0, 0, 0),
+    shape: Sequence[int] = NO_SHAPE,
+    triplet_cutoff: float = 0.0,
 ) -> list[Batch]:
     """Neighbour lists of every chunk, padded to one shape: one compilation of each
     kernel instead of one per shape (compiled code dominates the fit's memory).
@@ -45,7 +47,7 @@ def padded_batches(
     configurations): a distributed fit passes its global one, so that each worker
     builds one chunk at a time and still compiles once.
     """
-    batches = [chunk_batch(frames, c, species, cutoff) for c in chunks]
+    batches = [chunk_batch(frames, c, species, cutoff, triplet_cutoff) for c in chunks]
     largest = [max(n) for n in zip(shape, *map(batch_shape, batches), strict=True)]
     return [pad_batch(b, *largest) for b in batches]
 
@@ -55,10 +57,16 @@ def chunk_batch(
     chunk: Sequence[int],
     species: tuple[int, ...],
     cutoff: float,
+    triplet_cutoff: float = 0.0,
 ) -> Batch:
-    """The unpadded neighbour-list batch of one chunk of ``frames``."""
+    """The unpadded neighbour-list batch of one chunk of ``frames`` (with triplets
+    within ``triplet_cutoff`` Å for a 3-body term)."""
     return make_batch(
-        [frames[k] for k in chunk], species, cutoff, [frames[k].where for k in chunk]
+        [frames[k] for k in chunk],
+        species,
+        cutoff,
+        [frames[k].where for k in chunk],
+        triplet_cutoff=triplet_cutoff,
     )
 
 

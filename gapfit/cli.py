@@ -52,6 +52,8 @@ from gapfit.gap_fit_args import (
     split_arguments,
 )
 from gapfit.gapstring import (
+    ANGLE_3B_DEFAULTS,
+    ANGLE_3B_HELP,
     DISTANCE_2B_DEFAULTS,
     DISTANCE_2B_HELP,
     SOAP_DEFAULTS,
@@ -260,6 +262,7 @@ class _FitCommand(click.Command):
         "--default-sigma": lambda word: is_number(word.strip("{}")),
         "--soap": lambda word: word.partition("=")[0] in SOAP_DEFAULTS,
         "--distance-2b": lambda word: word.partition("=")[0] in DISTANCE_2B_DEFAULTS,
+        "--angle-3b": lambda word: word.partition("=")[0] in ANGLE_3B_DEFAULTS,
     }
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -302,7 +305,7 @@ def _symbol(z: int | str) -> str:
 
 def _settings_help(defaults: dict[str, Any], help: dict[str, str]) -> str:
     def shown(v: Any) -> str:
-        return "T" if v is True else "cutoff" if v is None else str(v)
+        return "T" if v is True else "-" if v is None else str(v)  # -: unset
 
     return "\n".join(
         f"  {f'{k}={shown(v)}':<30} {help.get(k, '')}" for k, v in defaults.items()
@@ -362,6 +365,8 @@ _FIT_EPILOG = "\n\n".join(
         + _settings_help(SOAP_DEFAULTS, SOAP_HELP),
         '\b\n2-body settings (--distance-2b "key=value ...", gap_fit names, '
         "defaults):\n" + _settings_help(DISTANCE_2B_DEFAULTS, DISTANCE_2B_HELP),
+        '\b\n3-body settings (--angle-3b "key=value ...", gap_fit names, '
+        "defaults):\n" + _settings_help(ANGLE_3B_DEFAULTS, ANGLE_3B_HELP),
     ]
 )
 
@@ -388,8 +393,8 @@ _FIT_EPILOG = "\n\n".join(
     metavar="SETTINGS",
     help="SOAP descriptor, kernel and sparsification settings as "
     "'key=value ...' (see below; unknown keys are errors). Without --soap the "
-    "model has a SOAP term with the defaults below, unless --distance-2b is "
-    "given: then it has no SOAP term. [gap_fit: gap={soap ...}]",
+    "model has a SOAP term with the defaults below, unless --distance-2b or "
+    "--angle-3b is given: then it has no SOAP term. [gap_fit: gap={soap ...}]",
 )
 @click.option(
     "--distance-2b",
@@ -398,6 +403,14 @@ _FIT_EPILOG = "\n\n".join(
     help="Add a 2-body term: squared-exponential GP of the pair distance per "
     "species pair, settings 'key=value ...' (see below). "
     "[gap_fit: gap={distance_2b ...}]",
+)
+@click.option(
+    "--angle-3b",
+    default=None,
+    metavar="SETTINGS",
+    help="Add a 3-body term: ARD squared-exponential GP of each triplet's "
+    "(r_ij + r_ik, (r_ij - r_ik)^2, r_jk) per centre species and neighbour pair, "
+    "settings 'key=value ...' (see below). [gap_fit: gap={angle_3b ...}]",
 )
 @click.option(
     "--default-sigma",
@@ -500,6 +513,7 @@ def fit(
     gp_file: str | None,
     soap: str | None,
     distance_2b: str | None,
+    angle_3b: str | None,
     default_sigma: str,
     config_type_sigma: str | None,
     sigma_per_atom: bool,
@@ -553,6 +567,7 @@ def fit(
         kwargs = gap_kwargs(
             soap=soap,
             distance_2b=distance_2b,
+            angle_3b=angle_3b,
             default_sigma=default_sigma,
             config_type_sigma=config_type_sigma,
             sigma_per_atom=sigma_per_atom,

@@ -79,7 +79,7 @@ from gapfit.fit import GAP, _specs, data_part, merge_data_parts
 from gapfit.kernels import normalise
 from gapfit.memory import peak_rss_gib
 from gapfit.model import Model
-from gapfit.neighbours import Batch, batch_shape
+from gapfit.neighbours import NO_SHAPE, Batch, batch_shape
 from gapfit.report import error_sums, merge_error_sums, table_from_sums
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.sparsify import (
@@ -102,7 +102,7 @@ class _Job:
     gap: GAP  # the settings (progress off)
     species: tuple[int, ...]
     specs: dict  # {term: (descriptor spec, kernel)}, constants computed by the client
-    shape: tuple[int, int, int]  # padded (atoms, pairs, configs) of every chunk
+    shape: tuple[int, ...]  # padded batch shape of every chunk (neighbours)
 
     def chunks(
         self, frames: Sequence[Frame], share: Share
@@ -157,7 +157,7 @@ def _shape(job: _Job, frames: list[Frame], share: Share) -> tuple[int, ...]:
 def _keys(job: _Job, frames: list[Frame], share: Share) -> dict:
     Z, keys, ranges = [], [], []
     for _, _, c in job.chunks(frames, share):
-        X, Z_c, r, t = job.descriptors(frames, c)
+        X, Z_c, r, t, *_ = job.descriptors(frames, c)
         if "soap" in job.specs:
             Z.append(Z_c)
             keys.append(row_keys(normalise_rows(X)))
@@ -262,6 +262,11 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     memory: dict[str, float] = {}
     t0 = time.perf_counter()
     soap, pair = gap._settings()
+    if gap._triplet_settings() is not None:
+        raise GapfitError(
+            "the 3-body term (angle_3b) is not offered on a dask cluster yet; fit "
+            "without --dask-scheduler/--dask-workers, or without --angle-3b."
+        )
     check_backend(gap.descriptor_backend, soap and soap["weighting"])
     gap._sigmas()  # validate before any work
     baseline = Baseline.of(gap.baseline, gap.baseline_kwargs)
@@ -303,7 +308,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     settings.progress = False
     specs = _specs(soap, pair, species)
     host_constants(spec for spec, _ in specs.values())
-    job = _Job(settings, species, specs, (0, 0, 0))
+    job = _Job(settings, species, specs, NO_SHAPE)
 
     def per_share(task, *args) -> list:
         """Futures of ``task(job, frames, share, *args)`` for every share."""

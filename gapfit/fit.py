@@ -28,6 +28,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gapfit import __version__, gapstring
+from gapfit.angle_3b import (
+    ARDKernel,
+    TripletSpec,
+    batch_descriptors,
+    theta_from_factor,
+    triplet_sparse_points,
+)
 from gapfit.assembly import fitted_predictions, padded_batches, scaled_chunks
 from gapfit.baseline import Baseline
 from gapfit.blocks import batch_arrays, descriptors_jit
@@ -44,7 +51,7 @@ from gapfit.report import error_table
 from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.sparsify import select_sparse, select_sparse_by_config_type
-from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm
+from gapfit.terms import PairTerm, SoapTerm, Term, TripletTerm, block_K_mm
 
 if TYPE_CHECKING:
     from dask.distributed import Client
@@ -57,9 +64,12 @@ class GAP:
 
     Args:
         soap: gap_fit-style SOAP string or mapping (see ``gapstring.SOAP_DEFAULTS``);
-            None means SOAP defaults, or no SOAP term when ``distance_2b`` is given.
+            None means SOAP defaults, or no SOAP term when ``distance_2b`` or
+            ``angle_3b`` is given.
         distance_2b: gap_fit-style 2-body string or mapping (``DISTANCE_2B_DEFAULTS``);
             None: no 2-body term.
+        angle_3b: gap_fit-style 3-body string or mapping (``ANGLE_3B_DEFAULTS``,
+            ``gapfit.angle_3b``); None: no 3-body term.
         default_sigma: (energy eV/atom, force eV/Å, virial eV/atom[, hessian ignored]).
         config_type_sigma: config_type -> (energy, force, virial) sigmas.
         sigma_per_atom: energy/virial sigmas are per atom (gap_fit default T).
@@ -90,6 +100,7 @@ class GAP:
         self,
         soap: str | Mapping[str, Any] | None = None,
         distance_2b: str | Mapping[str, Any] | None = None,
+        angle_3b: str | Mapping[str, Any] | None = None,
         default_sigma: Sequence[float] = (0.001, 0.05, 0.05, 0.0),
         config_type_sigma: Mapping[str, Sequence[float]] | None = None,
         sigma_per_atom: bool = True,
@@ -107,6 +118,7 @@ class GAP:
     ) -> None:
         self.soap = soap
         self.distance_2b = distance_2b
+        self.angle_3b = angle_3b
         self.default_sigma = default_sigma
         self.config_type_sigma = config_type_sigma
         self.sigma_per_atom = sigma_per_atom
@@ -148,6 +160,7 @@ class GAP:
         memory: dict[str, float] = {}
         t0 = time.perf_counter()
         soap, pair = self._settings()
+        triplet = self._triplet_settings()
         mode = optimise_mode(self.optimise_hyperparameters)
         check_backend(self.descriptor_backend, soap and soap["weighting"])
         baseline = Baseline.of(self.baseline, self.baseline_kwargs)
@@ -155,15 +168,17 @@ class GAP:
         sigmas = self._sigmas()
         species = tuple(sorted({int(z) for f in frames for z in f.numbers}))
         e0 = self._e0(frames, species, baseline)
-        specs = _specs(soap, pair, species)
+        specs = _specs(soap, pair, species, triplet)
         cutoff = max(s.neighbour_cutoff for s, _ in specs.values())
         timings["read"] = time.perf_counter() - t0
         memory["read"] = peak_rss_gib()
 
         chunks = chunk_indices([len(f.numbers) for f in frames], self.chunk_atoms)
         t0 = time.perf_counter()
-        batches = padded_batches(frames, chunks, species, cutoff)
-        X, Z, r, t = self._descriptors(specs, frames, chunks, batches)
+        batches = padded_batches(
+            frames, chunks, species, cutoff, triplet_cutoff=_triplet_cutoff(specs)
+        )
+        X, Z, r, t, d3, t3 = self._descriptors(specs, frames, chunks, batches)
         timings["descriptors"] = time.perf_counter() - t0
         memory["descriptors"] = peak_rss_gib()
 
@@ -173,6 +188,17 @@ class GAP:
             spec, kernel = specs["distance_2b"]
             Z_r, Z_t = pair_sparse_points(spec, r, t, pair["n_sparse"])
             terms.append(PairTerm(spec, kernel, Z_r, Z_t))
+        if "angle_3b" in specs:
+            spec, kernel = specs["angle_3b"]
+            if triplet["theta_fac"] is not None:
+                kernel = ARDKernel(
+                    kernel.delta, theta_from_factor(d3, triplet["theta_fac"])
+                )
+                specs["angle_3b"] = (spec, kernel)
+            Z_d, Z_t3 = triplet_sparse_points(
+                d3, t3, triplet["n_sparse"], triplet["sparse_method"], self.rnd_seed
+            )
+            terms.append(TripletTerm(spec, kernel, Z_d, Z_t3))
         if "soap" in specs:
             spec, kernel = specs["soap"]
             idx = sparse_environments(X, Z, frames, soap, self.rnd_seed)
@@ -210,11 +236,12 @@ class GAP:
             model, final = best.model, best.final
             soap = soap and {**soap, "delta": final["delta"]["soap"]}
             pair = pair and {**pair, "delta": final["delta"]["distance_2b"]}
+            triplet = triplet and {**triplet, "delta": final["delta"]["angle_3b"]}
             timings.update(best.seconds)
             memory["solve"] = memory["hyperparameters"] = peak_rss_gib()
 
         model.info = {
-            **self._info(soap, pair),
+            **self._info(soap, pair, triplet),
             "data": _data_summary(frames),
             "n_sparse": {term.name: term.sparse_counts() for term in terms},
         }
@@ -256,7 +283,7 @@ class GAP:
         return self.model_.predict(structures, std=std)
 
     # ------------------------------------------------------------------------------
-    def _info(self, soap: dict | None, pair: dict | None) -> dict:
+    def _info(self, soap: dict | None, pair: dict | None, triplet: dict | None) -> dict:
         """Package versions and the settings of a model's ``info`` (the settings are
         ``GAP`` arguments: ``gapfit.update`` rebuilds the sigmas from them)."""
         return {
@@ -270,6 +297,7 @@ class GAP:
             "settings": {
                 "soap": soap,
                 "distance_2b": pair,
+                "angle_3b": triplet,
                 "default_sigma": list(self.default_sigma),
                 "config_type_sigma": {
                     k: list(v) for k, v in (self.config_type_sigma or {}).items()
@@ -326,12 +354,17 @@ class GAP:
             if self.distance_2b is None
             else gapstring.parse_distance_2b(self.distance_2b)
         )
+        other = pair is not None or self.angle_3b is not None
         soap = (
-            None
-            if (self.soap is None and pair is not None)
-            else gapstring.parse_soap(self.soap)
+            None if (self.soap is None and other) else gapstring.parse_soap(self.soap)
         )
         return soap, pair
+
+    def _triplet_settings(self) -> dict | None:
+        """Validated 3-body settings (None for no 3-body term)."""
+        if self.angle_3b is None:
+            return None
+        return gapstring.parse_angle_3b(self.angle_3b)
 
     def _descriptors(
         self,
@@ -340,10 +373,11 @@ class GAP:
         chunks: Sequence[Sequence[int]],
         batches: Iterable[Batch],
     ) -> tuple[np.ndarray, ...]:
-        """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment, and
-        the distances and pair types of every pair within the 2-body cutoff
+        """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment,
+        the distances and pair types of every pair within the 2-body cutoff, and the
+        descriptors ``(n, 3)`` and types of every triplet of the 3-body term
         (``batches``: one per chunk, each used once, so they may be streamed)."""
-        X, Z, r, t = [], [], [], []
+        X, Z, r, t, d3, t3 = [], [], [], [], [], []
         species = next(iter(specs.values()))[0].species
         for chunk, batch in tqdm(
             zip(chunks, batches, strict=True),
@@ -371,6 +405,10 @@ class GAP:
                         len(species),
                     )
                 )
+            if "angle_3b" in specs:
+                d, types = batch_descriptors(specs["angle_3b"][0], batch)
+                d3.append(d)
+                t3.append(types)
             release_freed()
 
         def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
@@ -381,6 +419,8 @@ class GAP:
             joined(Z, np.zeros(0, np.int64)),
             joined(r, np.zeros(0)),
             joined(t, np.zeros(0, np.int64)),
+            joined(d3, np.zeros((0, 3))),
+            joined(t3, np.zeros(0, np.int64)),
         )
 
 
@@ -396,13 +436,25 @@ def sparse_environments(
     return select_sparse_by_config_type(X, Z, types, counts, method, seed)
 
 
-def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> dict:
-    """``{term name: (descriptor spec, kernel)}`` from validated settings."""
+def _specs(
+    soap: dict | None,
+    pair: dict | None,
+    species: tuple[int, ...],
+    triplet: dict | None = None,
+) -> dict:
+    """``{term name: (descriptor spec, kernel)}`` from validated settings (a 3-body
+    ``theta_fac`` kernel has lengths 1 until the fit measures the data)."""
     specs: dict = {}
     if pair is not None:
         specs["distance_2b"] = (
             PairSpec(species, pair["cutoff"], pair["cutoff_transition_width"]),
             SEKernel(pair["delta"], pair["theta_uniform"]),
+        )
+    if triplet is not None:
+        theta = triplet["theta_uniform"] or 1.0
+        specs["angle_3b"] = (
+            TripletSpec(species, triplet["cutoff"], triplet["cutoff_transition_width"]),
+            ARDKernel(triplet["delta"], (theta,) * 3),
         )
     if soap is not None:
         specs["soap"] = (
@@ -421,6 +473,11 @@ def _specs(soap: dict | None, pair: dict | None, species: tuple[int, ...]) -> di
             DotProductKernel(soap["delta"], soap["zeta"]),
         )
     return specs
+
+
+def _triplet_cutoff(specs: dict) -> float:
+    """Å: the 3-body term's cutoff, 0 without one."""
+    return specs["angle_3b"][0].cutoff if "angle_3b" in specs else 0.0
 
 
 def _data_summary(frames: Sequence[Frame]) -> dict:

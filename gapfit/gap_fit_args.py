@@ -30,8 +30,10 @@ from typing import Any
 from gapfit.data import _E0_METHODS, LabelKeys, parse_config_type_sigma, parse_e0
 from gapfit.errors import GapfitError
 from gapfit.gapstring import (
+    ANGLE_3B_DEFAULTS,
     DISTANCE_2B_DEFAULTS,
     SOAP_DEFAULTS,
+    parse_angle_3b,
     parse_distance_2b,
     parse_gap_bool,
     parse_soap,
@@ -49,6 +51,7 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "gp_file": ("--gp-file", "save(path)"),
     "gap={soap ...}": ("--soap", "soap="),
     "gap={distance_2b ...}": ("--distance-2b", "distance_2b="),
+    "gap={angle_3b ...}": ("--angle-3b", "angle_3b="),
     "default_sigma": ("--default-sigma", "default_sigma="),
     "config_type_sigma": ("--config-type-sigma", "config_type_sigma="),
     "sigma_per_atom": ("--sigma-per-atom/--no-sigma-per-atom", "sigma_per_atom="),
@@ -110,7 +113,6 @@ UNSUPPORTED = (
 )
 # gap_fit descriptors gapfit does not implement (same reason as UNSUPPORTED)
 UNSUPPORTED_DESCRIPTORS = (
-    "angle_3b",
     "distance_3b",
     "distance_nb",
     "co_distance_2b",
@@ -167,7 +169,7 @@ _SUPPORTED = (
 )
 QUIP_POTENTIAL = "quippy.potential:Potential"  # gap_fit's core potential, in Python
 DEFAULT_CORE_PARAM_FILE = "quip_params.xml"  # gap_fit's default core_param_file
-_DESCRIPTORS = ("soap", "distance_2b")
+_DESCRIPTORS = ("soap", "distance_2b", "angle_3b")
 
 
 @dataclass(frozen=True)
@@ -241,11 +243,12 @@ def parse_gap_fit_command(args: Sequence[str] | str) -> GapFitCommand:
         )
         gp_file = npz
 
-    soap, distance_2b = parse_gap_string(given["gap"])
+    found = parse_gap_string(given["gap"])
     defaults = LabelKeys()
     kwargs = gap_kwargs(
-        soap=soap,
-        distance_2b=distance_2b,
+        soap=found.get("soap"),
+        distance_2b=found.get("distance_2b"),
+        angle_3b=found.get("angle_3b"),
         default_sigma=given.get("default_sigma", DEFAULT_SIGMA),
         config_type_sigma=given.get("config_type_sigma"),
         sigma_per_atom=parse_gap_bool(scalar("sigma_per_atom", "T"), "sigma_per_atom"),
@@ -333,11 +336,12 @@ def join_braces(tokens: Sequence[str]) -> list[str]:
     return out
 
 
-def parse_gap_string(text: str) -> tuple[str | None, str | None]:
-    """gap_fit's ``gap={desc1 ... : desc2 ...}`` as (soap, distance_2b) settings.
+def parse_gap_string(text: str) -> dict[str, str]:
+    """gap_fit's ``gap={desc1 ... : desc2 ...}`` as ``{descriptor: settings text}``
+    (``soap``, ``distance_2b``, ``angle_3b``; absent ones left out).
 
-    Descriptors are separated by ``:`` or ``;`` outside inner braces, as in gap_fit.
-    Each is validated (``parse_soap`` / ``parse_distance_2b``); ``None`` where absent.
+    Descriptors are separated by ``:`` or ``;`` outside inner braces, as in gap_fit;
+    ``gap_kwargs`` validates each.
     """
     body = _unquote(text)
     found: dict[str, str] = {}
@@ -361,7 +365,7 @@ def parse_gap_string(text: str) -> tuple[str | None, str | None]:
                 hint = f" Did you mean '{close[0]}'?" if close else ""
             raise GapfitError(
                 f"gap_fit descriptor '{words[0]}' is not supported by gapfit; it "
-                f"implements {' and '.join(_DESCRIPTORS)}.{hint}"
+                f"implements {', '.join(_DESCRIPTORS)}.{hint}"
             )
         if name in found:
             raise GapfitError(
@@ -369,7 +373,7 @@ def parse_gap_string(text: str) -> tuple[str | None, str | None]:
                 "term (with add_species=T it already covers every species)."
             )
         found[name] = " ".join(words[1:])
-    return found.get("soap"), found.get("distance_2b")
+    return found
 
 
 def gap_kwargs(
@@ -385,16 +389,20 @@ def gap_kwargs(
     rnd_seed: int,
     keys: LabelKeys,
     gap_fit_style: bool = False,
+    angle_3b: str | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validated ``GAP`` keyword arguments from command-line text.
 
     Both ``gapfit fit`` styles call this, so they build identical estimators. Without
-    ``soap`` but with ``distance_2b`` the model has no SOAP term (``soap=None``);
+    ``soap`` but with ``distance_2b`` or ``angle_3b`` the model has no SOAP term
+    (``soap=None``);
     with neither, SOAP uses its defaults. Descriptor settings are returned parsed
-    (``parse_soap`` / ``parse_distance_2b`` dicts with every default filled in).
+    (``parse_soap`` / ``parse_distance_2b`` / ``parse_angle_3b`` dicts with every
+    default filled in).
 
     Args:
-        soap, distance_2b: descriptor settings ``"key=value ..."``, or ``None``.
+        soap, distance_2b, angle_3b: descriptor settings ``"key=value ..."``, or
+            ``None``.
         default_sigma: ``"E F V [H]"`` (eV/atom, eV/Å, eV/atom, ignored), braces and
             commas allowed.
         config_type_sigma: ``"name:E:F:V:H:name2:..."`` (braces allowed) or ``None``.
@@ -435,10 +443,15 @@ def gap_kwargs(
             "-1 means unseeded); give a seed >= 0, e.g. 1."
         )
     return {
-        "soap": parse_soap(soap) if soap is not None or distance_2b is None else None,
+        "soap": (
+            parse_soap(soap)
+            if soap is not None or (distance_2b is None and angle_3b is None)
+            else None
+        ),
         "distance_2b": (
             parse_distance_2b(distance_2b) if distance_2b is not None else None
         ),
+        "angle_3b": parse_angle_3b(angle_3b) if angle_3b is not None else None,
         "default_sigma": parse_default_sigma(
             default_sigma, "default_sigma" if gap_fit_style else "--default-sigma"
         ),
@@ -494,7 +507,7 @@ def parse_default_sigma(
 def _unsupported(key: str) -> str:
     """The error message for a key gapfit does not accept."""
     message = f"gap_fit option '{key}' is not supported by gapfit."
-    if key in SOAP_DEFAULTS or key in DISTANCE_2B_DEFAULTS:
+    if key in SOAP_DEFAULTS or key in DISTANCE_2B_DEFAULTS or key in ANGLE_3B_DEFAULTS:
         return (
             f"{message} '{key}' is a descriptor setting: put it inside "
             f"gap={{soap ... {key}=...}} (did the braces get lost?)."

@@ -1,6 +1,7 @@
 """gap_fit-style descriptor strings: ``"[soap] cutoff=5.0 n_max=8 ... n_sparse=500"``.
 
-One parser serves every descriptor type (``parse_soap``, ``parse_distance_2b``): the
+One parser serves every descriptor type (``parse_soap``, ``parse_distance_2b``,
+``parse_angle_3b``): the
 string (or a mapping) is split into ``key=value`` pairs, the leading descriptor word is
 dropped, gap_fit's alternative key names are mapped onto ours (``energy_scale`` ->
 ``delta``, ``soap_exponent`` -> ``zeta``, ``lengthscale_uniform`` -> ``theta_uniform``),
@@ -79,6 +80,29 @@ DISTANCE_2B_HELP = {
     "add_species": "T (one GP per species pair)",
 }
 
+ANGLE_3B_DEFAULTS: dict[str, Any] = {
+    "cutoff": 3.0,
+    "cutoff_transition_width": 0.5,
+    "covariance_type": "ard_se",
+    "delta": 1.0,
+    "theta_uniform": None,
+    "theta_fac": None,
+    "n_sparse": 200,
+    "sparse_method": "uniform",
+    "add_species": True,
+}
+ANGLE_3B_HELP = {
+    "cutoff": "Å, both neighbours of the centre within it",
+    "cutoff_transition_width": "Å, cosine cutoff width",
+    "covariance_type": "ard_se (squared exponential; gap_fit's 'gaussian')",
+    "delta": "eV, energy scale",
+    "theta_uniform": "length scale of all three components (default 1.0)",
+    "theta_fac": "length scales = factor x each component's range in the data",
+    "n_sparse": "sparse triplets per triplet type",
+    "sparse_method": "uniform (grid over the descriptor range) or random",
+    "add_species": "T (one GP per centre species and neighbour pair)",
+}
+
 _TRUE = ("t", "true", "1")
 _FALSE = ("f", "false", "0")
 # gap_fit's alternative key names (its ``altkey``s), mapped onto ours where present
@@ -140,7 +164,27 @@ _DISTANCE_2B = _Kind(
         "n_sparse",
     ),
 )
-DESCRIPTOR_WORDS = (_SOAP.word, _DISTANCE_2B.word)
+_ANGLE_3B = _Kind(
+    name="angle_3b",
+    word="angle_3b",
+    defaults=ANGLE_3B_DEFAULTS,
+    help=ANGLE_3B_HELP,
+    choices={
+        "covariance_type": ("ard_se",),
+        "add_species": (True,),
+        "sparse_method": ("uniform", "random"),
+    },
+    value_aliases={"covariance_type": {"gaussian": "ard_se"}},
+    positive=(
+        "cutoff",
+        "cutoff_transition_width",
+        "delta",
+        "theta_uniform",
+        "theta_fac",
+        "n_sparse",
+    ),
+)
+DESCRIPTOR_WORDS = (_SOAP.word, _DISTANCE_2B.word, _ANGLE_3B.word)
 
 
 def parse_gap_bool(text: Any, what: str) -> bool:
@@ -187,6 +231,35 @@ def parse_distance_2b(settings: str | Mapping[str, Any] | None) -> dict[str, Any
             f"distance_2b cutoff_transition_width={out['cutoff_transition_width']} Å "
             f"is larger than cutoff={out['cutoff']} Å; it must lie in (0, cutoff]."
         )
+    return out
+
+
+def parse_angle_3b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validated 3-body settings (gap_fit's ``angle_3b``) with defaults filled in.
+
+    Keys (defaults in ``ANGLE_3B_DEFAULTS``): ``cutoff`` and
+    ``cutoff_transition_width`` (Å), ``covariance_type`` (``ard_se`` only),
+    ``delta`` (eV), one of ``theta_uniform`` (the length scale of all three
+    descriptor components) or ``theta_fac`` (each one this factor times the
+    component's range in the training data), ``n_sparse`` (per triplet type) and
+    ``sparse_method`` (``uniform`` or ``random``).
+
+    Args:
+        settings: a gap_fit string ``"[angle_3b] key=value ..."`` or a mapping.
+    """
+    out = _parse(settings, _ANGLE_3B)
+    if out["cutoff_transition_width"] > out["cutoff"]:
+        raise GapfitError(
+            f"angle_3b cutoff_transition_width={out['cutoff_transition_width']} Å "
+            f"is larger than cutoff={out['cutoff']} Å; it must lie in (0, cutoff]."
+        )
+    if out["theta_uniform"] is not None and out["theta_fac"] is not None:
+        raise GapfitError(
+            "angle_3b: theta_uniform and theta_fac both set the length scales "
+            "(gap_fit allows one); give one."
+        )
+    if out["theta_uniform"] is None and out["theta_fac"] is None:
+        out["theta_uniform"] = 1.0
     return out
 
 
@@ -298,9 +371,11 @@ def parse_type_counts(raw: Any, what: str = "config_type_n_sparse") -> dict[str,
 
 def _convert(kind: _Kind, key: str, raw: Any) -> Any:
     """``raw`` converted to the type of the key's default and checked."""
-    if key == "config_type_n_sparse":
-        return None if raw is None else parse_type_counts(raw)
     default = kind.defaults[key]
+    if raw is None and default is None:  # unset, as by default (a parsed mapping)
+        return None
+    if key == "config_type_n_sparse":
+        return parse_type_counts(raw)
     if isinstance(default, bool):
         what = "logical (T/F)"
     else:

@@ -68,6 +68,7 @@ from gapfit.fit import GAP, _specs
 from gapfit.hyperparameters import optimise_mode
 from gapfit.labeller import LabelFailure, label, make_labeller, parse_kwargs
 from gapfit.model import Model, atomic_write
+from gapfit.neighbours import NO_SHAPE
 from gapfit.selection import (
     unit_soap,
 )
@@ -182,6 +183,12 @@ class Learner:
         self.callback = callback
         self.gap = _gap(settings["gap"])
         soap, pair = self.gap._settings()
+        if self.gap._triplet_settings() is not None:
+            raise GapfitError(
+                "the 3-body term (angle_3b) is not offered in active learning yet; "
+                "learn with SOAP (and --distance-2b), then fit the labelled frames "
+                "(labelled.xyz in the work directory) with gapfit fit --angle-3b."
+            )
         if soap is None:
             raise GapfitError(
                 "active learning needs a SOAP term (its uncertainty drives the "
@@ -203,7 +210,7 @@ class Learner:
         self.log: list[dict] = []
         self.curve: list[dict] = []
         self.state: dict = {}
-        self.shape = [0, 0, 0]  # padded batch shape floor: one compilation
+        self.shape = list(NO_SHAPE)  # padded batch shape floor: one compilation
         self._calibration: tuple[tuple, Calibration | None] = ((), None)
         self.since_refit = 0
         test = read_xyz_text(workdir.read_text("test.xyz"))
@@ -277,7 +284,8 @@ class Learner:
         learner.log = log
         learner.curve = state["curve"]
         learner.state = state["mode_state"]
-        learner.shape = state["shape"]
+        # a run saved before batches held triplets has a 3-field shape
+        learner.shape = [*state["shape"], *NO_SHAPE][: len(NO_SHAPE)]
         learner.since_refit = state["since_refit"]
         committed = {a.info.get("source") for a in learner.labelled}
         learner.pending = {
@@ -627,7 +635,7 @@ def bare_structure(atoms: ase.Atoms) -> ase.Atoms:
 
 
 def _std_ratio(
-    old: Model, new: Model, frame: Frame, shape: Sequence[int] = (0, 0, 0)
+    old: Model, new: Model, frame: Frame, shape: Sequence[int] = NO_SHAPE
 ) -> float:
     """RMS force std of ``new`` over that of ``old`` on ``frame`` (a frame both were
     fitted to; its batch padded to at least ``shape``): how much a re-optimisation of

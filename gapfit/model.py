@@ -41,6 +41,7 @@ from gapfit.calibration import Calibration, apply, calibrate, config_type_of
 from gapfit.errors import GapfitError
 from gapfit.memory import release_freed
 from gapfit.neighbours import (
+    NO_SHAPE,
     Batch,
     PairTables,
     Structure,
@@ -84,7 +85,13 @@ class Model:
 
     @property
     def neighbour_cutoff(self) -> float:
+        """Å: the longest pair any term needs."""
         return max(t.neighbour_cutoff for t in self.terms)
+
+    @property
+    def triplet_cutoff(self) -> float:
+        """Å: pairs forming the 3-body term's triplets; 0 without one."""
+        return max(t.triplet_cutoff for t in self.terms)
 
     def term(self, name: str) -> Term | None:
         """The term called ``name`` ("soap", "distance_2b"), or None."""
@@ -144,7 +151,7 @@ class Model:
         which: str | None,
         wheres: Sequence[str] | None,
         batch_atoms: int,
-        shape: Sequence[int] = (0, 0, 0),
+        shape: Sequence[int] = NO_SHAPE,
         width: int = 0,
     ) -> tuple[list, list[int], int, Iterator[Batch]]:
         """``predict``'s groups of structure indices (about ``batch_atoms`` atoms
@@ -164,6 +171,7 @@ class Model:
                 self.species,
                 self.neighbour_cutoff,
                 [wheres[k] for k in g],
+                triplet_cutoff=self.triplet_cutoff,
             )
 
         return groups, *padded_stream(build, groups, sum(sizes), shape, width)
@@ -189,7 +197,7 @@ class Model:
         std: bool | str = False,
         wheres: Sequence[str] | None = None,
         batch_atoms: int = 2048,
-        shape: Sequence[int] = (0, 0, 0),
+        shape: Sequence[int] = NO_SHAPE,
         width: int = 0,
     ) -> list[dict]:
         """Predict every structure, in batches of about ``batch_atoms`` atoms padded

@@ -46,6 +46,15 @@ class Batch(NamedTuple):
     atom_config: np.ndarray  # (A,) configuration index
     config_mask: np.ndarray  # (C,) 1 real, 0 padding
     n_atoms: np.ndarray  # (C,) atoms per configuration
+    # 3-body terms (empty without one): the unordered neighbour pairs (p, q) of one
+    # centre, both within the triplet cutoff (pad: a masked pair), and per atom the
+    # triplets that move with it (pad: a padded triplet)
+    triplet_pairs: np.ndarray  # (T, 2) pair indices
+    triplet_touch: np.ndarray  # (A, W) triplet indices
+
+
+SHAPE_FIELDS = 5  # a batch's padded shape: atoms, pairs, configs, triplets, width
+NO_SHAPE = (0,) * SHAPE_FIELDS
 
 
 def bucket(n: int, minimum: int = 8) -> int:
@@ -136,8 +145,10 @@ def make_batch(
     cutoff: float,
     wheres: Sequence[str] | None = None,
     pad: bool = True,
+    triplet_cutoff: float = 0.0,
 ) -> Batch:
-    """Concatenate and pad the neighbour lists of ``structures`` into one ``Batch``."""
+    """Concatenate and pad the neighbour lists of ``structures`` into one ``Batch``,
+    with the triplets of the pairs shorter than ``triplet_cutoff`` Å (none for 0)."""
     wheres = wheres or [f"config {k}" for k in range(len(structures))]
     parts = []
     offset = 0
@@ -165,6 +176,8 @@ def make_batch(
         atom_config=np.full(A, C - 1),
         config_mask=np.zeros(C),
         n_atoms=np.zeros(C, np.int64),
+        triplet_pairs=np.zeros((0, 2), np.int64),
+        triplet_touch=np.zeros((A, 0), np.int64),
     )
     a0 = p0 = 0
     for z, i, j, D, c in parts:
@@ -183,7 +196,45 @@ def make_batch(
     b.n_atoms[: len(parts)] = n_atoms
     index = np.flatnonzero(b.canonical).astype(np.int64)
     b = b._replace(canonical_index=index)
+    if triplet_cutoff > 0:
+        b = _with_triplets(b, triplet_cutoff, pad)
     return _pad_canonical(b) if pad else b
+
+
+def _with_triplets(b: Batch, cutoff: float, pad: bool) -> Batch:
+    """``b`` with its triplets: every unordered pair of distinct pairs out of one
+    centre, both shorter than ``cutoff`` Å, and each atom's triplets (as centre or
+    either neighbour, once each). Padding points at the last (masked) pair slot."""
+    P, A = len(b.pair_mask), len(b.species)
+    short = np.flatnonzero(
+        (b.pair_mask > 0) & (np.einsum("pk,pk->p", b.D, b.D) < cutoff**2)
+    )
+    short = short[np.argsort(b.centre[short], kind="stable")]
+    counts = np.bincount(b.centre[short], minlength=A)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(short)) - np.repeat(starts, counts)
+    partners = np.repeat(counts, counts) - 1 - rank  # later pairs of the same centre
+    first = np.repeat(np.arange(len(short)), partners)
+    offset = np.arange(len(first)) - np.repeat(np.cumsum(partners) - partners, partners)
+    pq = np.stack([short[first], short[first + 1 + offset]], axis=1)
+    T = bucket(len(pq) + 1) if pad else len(pq)
+    triplets = np.full((T, 2), P - 1, np.int64)
+    triplets[: len(pq)] = pq
+    atoms = np.stack([b.centre[pq[:, 0]], b.neighbour[pq[:, 0]], b.neighbour[pq[:, 1]]])
+    # (atom, triplet) once each: a periodic image may give one atom two roles
+    once = np.stack(
+        [
+            np.ones(len(pq), bool),
+            atoms[1] != atoms[0],
+            (atoms[2] != atoms[0]) & (atoms[2] != atoms[1]),
+        ]
+    )
+    atom = atoms[once]
+    triplet = np.broadcast_to(np.arange(len(pq)), atoms.shape)[once]
+    most = np.bincount(atom, minlength=A).max(initial=0)
+    W = bucket(int(most), 4) if pad else int(most)
+    table = _per_atom(atom, triplet, A, W, T - 1 if pad else 0)
+    return b._replace(triplet_pairs=triplets, triplet_touch=table)
 
 
 def _pad_canonical(batch: Batch) -> Batch:
@@ -205,16 +256,25 @@ def _canonical(i: np.ndarray, j: np.ndarray, D: np.ndarray) -> np.ndarray:
     return ((i < j) | ((i == j) & (first[:, 0] > 0))).astype(float)
 
 
-def batch_shape(batch: Batch) -> tuple[int, int, int]:
-    """``(atoms, pairs, configurations)`` of a (padded) batch."""
-    return len(batch.atom_mask), len(batch.pair_mask), len(batch.config_mask)
+def batch_shape(batch: Batch) -> tuple[int, ...]:
+    """``(atoms, pairs, configurations, triplets, triplets per atom)`` of a (padded)
+    batch."""
+    return (
+        len(batch.atom_mask),
+        len(batch.pair_mask),
+        len(batch.config_mask),
+        len(batch.triplet_pairs),
+        batch.triplet_touch.shape[1],
+    )
 
 
-def pad_batch(batch: Batch, A: int, P: int, C: int) -> Batch:
-    """``batch`` padded to at least ``A`` atoms, ``P`` pairs and ``C`` configurations
-    (one jit shape for many batches); the padding is masked like ``make_batch``'s."""
+def pad_batch(batch: Batch, A: int, P: int, C: int, T: int = 0, W: int = 0) -> Batch:
+    """``batch`` padded to at least ``A`` atoms, ``P`` pairs, ``C`` configurations,
+    ``T`` triplets and ``W`` triplets per atom (one jit shape for many batches); the
+    padding is masked like ``make_batch``'s."""
     A0, P0, C0 = len(batch.atom_mask), len(batch.pair_mask), len(batch.config_mask)
-    A, P, C = max(A, A0), max(P, P0), max(C, C0)
+    T0, W0 = len(batch.triplet_pairs), batch.triplet_touch.shape[1]
+    A, P, C, T, W = max(A, A0), max(P, P0), max(C, C0), max(T, T0), max(W, W0)
 
     def grow(x: np.ndarray, n: int, fill) -> np.ndarray:
         extra = np.empty((n - len(x), *x.shape[1:]), x.dtype)
@@ -235,6 +295,12 @@ def pad_batch(batch: Batch, A: int, P: int, C: int) -> Batch:
     new = {k: grow(getattr(batch, k), A, v) for k, v in atoms.items()}
     new.update({k: grow(getattr(batch, k), P, v) for k, v in pairs.items()})
     new.update({k: grow(getattr(batch, k), C, v) for k, v in configs.items()})
+    if T0:  # pad triplets: the last pair slot (masked); padded atoms touch none
+        new["triplet_pairs"] = grow(batch.triplet_pairs, T, P - 1)
+        touch = grow(batch.triplet_touch.T, W, T - 1).T
+        new["triplet_touch"] = grow(touch, A, T - 1)
+    else:
+        new["triplet_touch"] = np.zeros((A, 0), np.int64)
     return _pad_canonical(batch._replace(**new))
 
 
@@ -289,7 +355,7 @@ def padded_stream(
     build: Callable[[Sequence[int]], Batch],
     groups: Sequence[Sequence[int]],
     n_atoms: int,
-    shape: Sequence[int] = (0, 0, 0),
+    shape: Sequence[int] = NO_SHAPE,
     width: int = 0,
 ) -> tuple[list[int], int, Iterator[Batch]]:
     """The common padded (atoms, pairs, configurations) shape of the batches

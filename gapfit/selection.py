@@ -226,7 +226,7 @@ def unit_soap(
     frames = as_frames(frames, require=(), source="structures")
     soap, pair = gap._settings()
     specs = {"soap": _specs(soap, pair, tuple(species))["soap"]}
-    X, s, _, _ = descriptors(gap, specs, frames)
+    X, s, *_ = descriptors(gap, specs, frames)
     X_hat = np.asarray(normalise(jnp.asarray(X))[0]) if len(X) else X
     owner = np.repeat(np.arange(len(frames)), [len(f.numbers) for f in frames])
     return X_hat, s, owner

@@ -35,7 +35,7 @@ from gapfit.distance_2b import pair_points_in_ranges, pair_ranges, pair_sparse_p
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import kernel_block
 from gapfit.model import Model
-from gapfit.neighbours import batch_shape, bucket, pair_tables
+from gapfit.neighbours import NO_SHAPE, batch_shape, bucket, pair_tables
 from gapfit.selection import (
     descriptors,
     greedy_max_det,
@@ -176,7 +176,12 @@ def force_residuals(
     r_F, R_Fc = [], []
     chunks = [[k] for k in range(len(frames))]
     batches = padded_batches(
-        frames, chunks, model.species, model.neighbour_cutoff, shape or (0, 0, 0)
+        frames,
+        chunks,
+        model.species,
+        model.neighbour_cutoff,
+        shape or NO_SHAPE,
+        model.triplet_cutoff,
     )
     if shape is not None:
         shape[:] = batch_shape(batches[0])
@@ -245,7 +250,7 @@ def widened_pairs(model: Model, gap: GAP, frames: Sequence[Frame]) -> Model | No
     if term is None or not frames:
         return None
     spec, kernel = term.spec, term.kernel
-    _, _, r, t = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)
+    _, _, r, t, *_ = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)
     have = pair_ranges(spec, term.sparse_r, term.sparse_type)
     new = pair_ranges(spec, r, t)
     both = np.stack(
@@ -295,7 +300,7 @@ def prior_model(
     terms: list = []
     if pair is not None:
         spec, kernel = specs["distance_2b"]
-        _, _, r, t = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)
+        _, _, r, t, *_ = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)
         terms.append(
             PairTerm(spec, kernel, *pair_sparse_points(spec, r, t, pair["n_sparse"]))
         )

@@ -20,6 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import chemical_symbols
 
+from gapfit.angle_3b import (
+    ARDKernel,
+    TripletSpec,
+    triplet_kernel_block,
+    triplet_mean,
+    triplet_mean_and_energy_rows,
+    triplet_priors,
+    triplet_rows,
+)
 from gapfit.blocks import Rows, design_rows, predict_mean
 from gapfit.distance_2b import (
     PairSpec,
@@ -54,6 +63,8 @@ class SoapTerm:
     @property
     def neighbour_cutoff(self) -> float:
         return self.spec.neighbour_cutoff
+
+    triplet_cutoff = 0.0  # Å: no triplets
 
     mean_fn = staticmethod(predict_mean)
     mean_and_energy_fn = staticmethod(soap_mean_and_energy_rows)
@@ -122,6 +133,8 @@ class PairTerm:
     def neighbour_cutoff(self) -> float:
         return self.spec.neighbour_cutoff
 
+    triplet_cutoff = 0.0  # Å: no triplets
+
     mean_fn = staticmethod(pair_mean)
     mean_and_energy_fn = staticmethod(pair_mean_and_energy_rows)
 
@@ -174,8 +187,84 @@ class PairTerm:
         return cls(spec, kernel, r, t)
 
 
-Term = SoapTerm | PairTerm
-TERM_TYPES: dict[str, type] = {"soap": SoapTerm, "distance_2b": PairTerm}
+@dataclass(frozen=True, eq=False)
+class TripletTerm:
+    """3-body triplets + ARD squared-exponential kernel; sparse points are triplet
+    descriptors (``angle_3b``)."""
+
+    spec: TripletSpec
+    kernel: ARDKernel
+    sparse_d: np.ndarray  # (M, 3) Å, Å^2, Å
+    sparse_type: np.ndarray  # (M,) triplet type index
+
+    name = "angle_3b"
+
+    @property
+    def n_sparse(self) -> int:
+        return len(self.sparse_type)
+
+    @property
+    def neighbour_cutoff(self) -> float:
+        return self.spec.neighbour_cutoff
+
+    @property
+    def triplet_cutoff(self) -> float:
+        return self.spec.cutoff
+
+    mean_fn = staticmethod(triplet_mean)
+    mean_and_energy_fn = staticmethod(triplet_mean_and_energy_rows)
+
+    @cached_property
+    def _z(self) -> tuple[jax.Array, jax.Array]:
+        """Sparse points as device arrays (converted once)."""
+        return jnp.asarray(self.sparse_d), jnp.asarray(self.sparse_type)
+
+    def K_mm(self) -> jax.Array:
+        d, t = self._z
+        return triplet_kernel_block(self.kernel, d, t, d, t)
+
+    def rows(self, b: dict) -> Rows:
+        return triplet_rows(self.spec, self.kernel, *self._z, b)
+
+    def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
+        priors = triplet_priors(self.spec, self.kernel, b, tables, True)
+        return self.rows(b), priors
+
+    def meta(self) -> dict:
+        return {
+            "descriptor": self.spec.to_dict(),
+            "kernel": {
+                "type": "ard_se",
+                "delta": self.kernel.delta,
+                "theta": list(self.kernel.theta),
+            },
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"sparse_d": self.sparse_d, "sparse_type": self.sparse_type}
+
+    def sparse_counts(self) -> dict[str, int]:
+        """Sparse points per triplet type (centre first), e.g. ``{"Cu-Cu-Cu": 200}``."""
+        sp = [chemical_symbols[z] for z in self.spec.species]
+        names = [f"{c}-{a}-{b}" for c in sp for i, a in enumerate(sp) for b in sp[i:]]
+        counts = np.bincount(self.sparse_type, minlength=len(names))
+        return {n: int(c) for n, c in zip(names, counts, strict=True) if c}
+
+    @classmethod
+    def load(cls, meta: dict, arrays: dict[str, np.ndarray]) -> TripletTerm:
+        spec = TripletSpec(**meta["descriptor"])
+        kernel = ARDKernel(meta["kernel"]["delta"], tuple(meta["kernel"]["theta"]))
+        d, t = arrays["sparse_d"], arrays["sparse_type"]
+        _check(d.shape == (len(t), 3) and t.ndim == 1, f"sparse_d shape {d.shape}")
+        return cls(spec, kernel, d, t)
+
+
+Term = SoapTerm | PairTerm | TripletTerm
+TERM_TYPES: dict[str, type] = {
+    "soap": SoapTerm,
+    "distance_2b": PairTerm,
+    "angle_3b": TripletTerm,
+}
 
 
 def block_K_mm(terms: tuple[Term, ...] | list[Term]) -> jax.Array:

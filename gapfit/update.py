@@ -33,7 +33,7 @@ from gapfit.errors import GapfitError
 from gapfit.fit import GAP, _data_summary
 from gapfit.hyperparameters import optimise
 from gapfit.model import Model, chunk_indices
-from gapfit.neighbours import batch_shape
+from gapfit.neighbours import NO_SHAPE, batch_shape
 from gapfit.sparse_gp import (
     empty_factor,
     finish,
@@ -156,7 +156,12 @@ def _batches(model, frames, chunk_atoms, shape):
     """Chunks of ``frames`` and their batches (padded to ``shape``, raised in place)."""
     chunks = chunk_indices([len(f.numbers) for f in frames], chunk_atoms)
     batches = padded_batches(
-        frames, chunks, model.species, model.neighbour_cutoff, shape or (0, 0, 0)
+        frames,
+        chunks,
+        model.species,
+        model.neighbour_cutoff,
+        shape or NO_SHAPE,
+        model.triplet_cutoff,
     )
     if shape is not None:
         shape[:] = batch_shape(batches[0])  # all batches have this shape

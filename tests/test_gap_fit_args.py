@@ -326,7 +326,12 @@ def test_unsupported_keys_fail_clearly(key: str) -> None:
 @pytest.mark.parametrize(
     "gap,words",
     [
-        ("gap={angle_3b cutoff=3.0}", ["'angle_3b' is not supported", "soap"]),
+        (
+            "gap={distance_3b cutoff=3.0}",
+            ["'distance_3b' is not supported", "angle_3b"],
+        ),
+        ("gap={angle_3b theta_fac=0.5 theta_uniform=1.0}", ["give one"]),
+        ("gap={angle_3b sparse_method=cur_points}", ["uniform", "random"]),
         ("gap={sopa cutoff=3.0}", ["'soap'?"]),
         ("gap={soap : soap}", ["twice"]),
         ("gap={soap :: distance_2b}", ["empty descriptor"]),

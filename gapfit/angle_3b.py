@@ -1,0 +1,541 @@
+"""Three-body term (gap_fit's ``angle_3b`` with ``covariance_type=ard_se``).
+
+For every centre i and every unordered pair of its neighbours j, k closer than the
+cutoff (periodic images included), the triplet descriptor is gap_fit's::
+
+    d = (r_ij + r_ik, (r_ij - r_ik)^2, r_jk)          (symmetric in j <-> k)
+
+and the triplet adds ``u = 2 f_c(r_ij) f_c(r_ik) eps_t(d)`` to the local energy of i.
+gap_fit visits both orders (j, k) and (k, j), hence the 2: ``delta`` means what it
+means there. ``t`` is the triplet type (centre species, unordered neighbour species),
+``f_c`` the cosine cutoff of ``distance_2b`` and ``eps_t`` a GP with the ARD
+squared-exponential kernel::
+
+    k(d, d') = delta^2 exp(-sum_a (d_a - d'_a)^2 / (2 theta_a^2))     [t == t']
+
+Sparse points are triplet descriptors; as in ``distance_2b`` the cutoff multiplies
+the GP, not the covariance of the sparse points. Everything is a function of each
+triplet's distances ``r = (r_ij, r_ik, r_jk)``: ``du/dr_s`` become pair gradients
+along ``D_ij``, ``D_ik`` and ``D_ij - D_ik`` (forces and virials).
+
+Prior variances: a quantity linear in the triplet energies is
+``sum_t c_t . (eps, grad eps)(d_t)`` with coefficients ``c_t (4,)`` from the geometry;
+its prior variance is ``sum_{t,t'} c_t^T K(d_t, d_t') c_t'`` with the (4, 4)
+covariance of the GP and its gradient (``_quadratic_sums``). Forces sum over each
+atom's triplets (``Batch.triplet_touch``), energies and virials over each
+configuration's, in tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gapfit.blocks import VOIGT, Mean, Rows, forces_and_virials
+from gapfit.distance_2b import cutoff_function, pair_type
+from gapfit.errors import GapfitError
+from gapfit.kernels import delta_leaf_pytree
+from gapfit.neighbours import Batch, PairTables
+from gapfit.soap import blocked
+from gapfit.variance import Std
+
+TRIPLET_BLOCK = 1024  # triplets per block of the kernel rows and the mean
+TILE = 256  # triplets per side of a tile of the energy and virial prior double sums
+ATOM_BLOCK = 8  # atoms per block of the force prior sums
+THETA_MIN = 1e-8  # Å: a theta_fac length below this is 1 (gap_fit's rule)
+
+
+@dataclass(frozen=True)
+class TripletSpec:
+    """3-body settings: sorted ``species``, ``cutoff`` and its transition width (Å)."""
+
+    species: tuple[int, ...]
+    cutoff: float = 3.0
+    cutoff_transition_width: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "species", tuple(sorted({int(z) for z in self.species}))
+        )
+        if not (0 < self.cutoff_transition_width <= self.cutoff):
+            raise GapfitError(
+                f"angle_3b cutoff_transition_width={self.cutoff_transition_width} Å "
+                f"must lie in (0, cutoff={self.cutoff}]."
+            )
+
+    @property
+    def neighbour_cutoff(self) -> float:
+        return self.cutoff
+
+    @property
+    def n_types(self) -> int:
+        """Centre species x unordered neighbour-species pairs."""
+        S = len(self.species)
+        return S * S * (S + 1) // 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["species"] = list(self.species)
+        return d
+
+
+@partial(delta_leaf_pytree, static=("theta",))
+@dataclass(frozen=True)
+class ARDKernel:
+    """ARD squared exponential: ``delta`` eV, one length ``theta`` per descriptor
+    component (Å, Å^2, Å)."""
+
+    delta: float = 1.0
+    theta: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        theta = tuple(float(x) for x in self.theta)
+        object.__setattr__(self, "theta", theta)
+        if not (self.delta > 0 and len(theta) == 3 and min(theta) > 0):
+            raise GapfitError(
+                f"angle_3b delta={self.delta} eV and its three lengths theta={theta} "
+                "must all be > 0."
+            )
+
+
+def triplet_type(s_i, s_j, s_k, n_species: int):
+    """Index of (centre species, unordered neighbour species) in 0..n_types-1."""
+    return s_i * (n_species * (n_species + 1) // 2) + pair_type(s_j, s_k, n_species)
+
+
+def descriptor(r):
+    """gap_fit's angle_3b descriptor ``(..., 3)`` of distances ``r (..., 3)``
+    (r_ij, r_ik, r_jk) in Å (numpy or JAX)."""
+    return jnp.stack(
+        [r[..., 0] + r[..., 1], (r[..., 0] - r[..., 1]) ** 2, r[..., 2]], -1
+    )
+
+
+class Triplets(NamedTuple):
+    """The triplets of a batch (padded ones masked)."""
+
+    r: jax.Array  # (T, 3) Å: r_ij, r_ik, r_jk (1 where padded)
+    unit: jax.Array  # (T, 3, 3): unit vectors of D_ij, D_ik, D_ij - D_ik
+    types: jax.Array  # (T,)
+    mask: jax.Array  # (T,)
+    atoms: jax.Array  # (T, 3) atom indices i, j, k
+    pairs: jax.Array  # (T, 2) pair indices ij, ik
+    config: jax.Array  # (T,)
+
+
+def triplets(spec: TripletSpec, b: dict) -> Triplets:
+    """Geometry of the triplets of a batch (``b["triplet_pairs"]``)."""
+    p, q = b["triplet_pairs"][:, 0], b["triplet_pairs"][:, 1]
+    mask = b["pair_mask"][p] * b["pair_mask"][q]
+    vecs = jnp.stack([b["D"][p], b["D"][q], b["D"][p] - b["D"][q]], axis=1)
+    vecs = jnp.where(mask[:, None, None] > 0, vecs, jnp.eye(3)[None])  # padded: r = 1
+    r = jnp.sqrt(jnp.sum(vecs**2, axis=-1))
+    s = b["species"]
+    centre = b["centre"][p]
+    types = triplet_type(
+        s[centre],
+        b["neighbour_species"][p],
+        b["neighbour_species"][q],
+        len(spec.species),
+    )
+    atoms = jnp.stack([centre, b["neighbour"][p], b["neighbour"][q]], axis=1)
+    return Triplets(
+        r,
+        vecs / r[..., None],
+        types,
+        mask,
+        atoms,
+        b["triplet_pairs"],
+        b["pair_config"][p],
+    )
+
+
+def _envelope(spec: TripletSpec, r: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``f = 2 f_c(r_ij) f_c(r_ik)`` ``(T,)`` and ``df/dr`` ``(T, 3)``."""
+    fc, dfc = jax.jvp(
+        lambda x: cutoff_function(spec, x), (r[:, :2],), (jnp.ones_like(r[:, :2]),)
+    )
+    f = 2 * fc[:, 0] * fc[:, 1]
+    df = jnp.stack(
+        [2 * dfc[:, 0] * fc[:, 1], 2 * fc[:, 0] * dfc[:, 1], jnp.zeros_like(f)], -1
+    )
+    return f, df
+
+
+def _jacobian(r: jax.Array) -> jax.Array:
+    """``dd_a / dr_s`` ``(T, 3 [a], 3 [s])`` of the descriptor."""
+    one, zero = jnp.ones_like(r[:, 0]), jnp.zeros_like(r[:, 0])
+    two_diff = 2 * (r[:, 0] - r[:, 1])
+    return jnp.stack(
+        [
+            jnp.stack([one, one, zero], -1),
+            jnp.stack([two_diff, -two_diff, zero], -1),
+            jnp.stack([zero, zero, one], -1),
+        ],
+        axis=1,
+    )
+
+
+def slope_coefficients(spec: TripletSpec, tri: Triplets) -> jax.Array:
+    """``(T, 3 [s], 4)``: ``du/dr_s`` on ``(eps, deps/dd_0..2)`` at each triplet
+    (``(df/dr_s, f dd/dr_s)``; 0 for padded triplets)."""
+    f, df = _envelope(spec, tri.r)
+    J = _jacobian(tri.r)
+    c = jnp.concatenate([df[:, :, None], f[:, None, None] * jnp.swapaxes(J, 1, 2)], -1)
+    return c * tri.mask[:, None, None]
+
+
+def _levers(r: jax.Array, unit: jax.Array) -> jax.Array:
+    """``dr_s / d strain`` in Voigt order ``(T, 3 [s], 6)``: ``r_s u_k u_l``."""
+    return jnp.stack([r * unit[:, :, a] * unit[:, :, b] for a, b in VOIGT], axis=-1)
+
+
+def _kernel_and_offsets(
+    kernel: ARDKernel, d: jax.Array, types: jax.Array, Z_d: jax.Array, Z_t: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``k (n, M)`` (0 across types) and ``y = (d - z) / theta^2`` ``(n, M, 3)``."""
+    theta2 = (jnp.asarray(kernel.theta) ** 2)[None, None, :]
+    diff = d[:, None, :] - Z_d[None, :, :]
+    k = kernel.delta**2 * jnp.exp(-0.5 * jnp.sum(diff**2 / theta2, axis=-1))
+    return k * (types[:, None] == Z_t[None, :]), diff / theta2
+
+
+def _atom_gradients(unit: jax.Array, slopes: jax.Array) -> jax.Array:
+    """``dE/dr`` of atoms i, j, k ``(T, 3 [atom], 3 [xyz], M)`` from the distance
+    slopes ``(T, 3 [s], M)`` and unit vectors ``(T, 3 [s], 3)``: r_ij moves with
+    j - i, r_ik with k - i, r_jk with j - k."""
+    g = [unit[:, s, :, None] * slopes[:, s, None, :] for s in range(3)]
+    return jnp.stack([-g[0] - g[1], g[0] + g[2], g[1] - g[2]], axis=1)
+
+
+@partial(jax.jit, static_argnums=0)
+def triplet_rows(
+    spec: TripletSpec, kernel: ARDKernel, Z_d: jax.Array, Z_t: jax.Array, b: dict
+) -> Rows:
+    """Kernel rows of energies, forces and virials against sparse triplet
+    descriptors ``Z_d (M, 3)`` of types ``Z_t (M,)``, in blocks of
+    ``TRIPLET_BLOCK`` triplets (memory O((A + C) M + block M))."""
+    tri = triplets(spec, b)
+    A, C, M = b["species"].shape[0], b["config_mask"].shape[0], Z_t.shape[0]
+    per = {
+        "d": descriptor(tri.r),
+        "types": tri.types,
+        "f": _envelope(spec, tri.r)[0] * tri.mask,
+        "c": slope_coefficients(spec, tri),
+        "unit": tri.unit,
+        "r": tri.r,
+        "atoms": tri.atoms,
+        "config": tri.config,
+    }
+    blocks = blocked(per, TRIPLET_BLOCK)  # padding: coefficients 0
+
+    def step(acc, x):
+        energy, forces, virial, local = acc
+        k, y = _kernel_and_offsets(kernel, x["d"], x["types"], Z_d, Z_t)
+        e = x["f"][:, None] * k  # (B, M)
+        # du/dr_s = k (c_s0 - sum_a c_sa y_a)
+        slopes = k[:, None, :] * (
+            x["c"][:, :, :1] - jnp.einsum("bsa,bma->bsm", x["c"][:, :, 1:], y)
+        )
+        grads = _atom_gradients(x["unit"], slopes)  # (B, 3, 3, M) dE/dr
+        forces = forces.at[x["atoms"]].add(-grads)
+        W = -jnp.einsum("bsv,bsm->bvm", _levers(x["r"], x["unit"]), slopes)
+        return (
+            energy.at[x["config"]].add(e),
+            forces,
+            virial.at[x["config"]].add(W),
+            local.at[x["atoms"][:, 0]].add(e),
+        ), None
+
+    zeros = (
+        jnp.zeros((C, M)),
+        jnp.zeros((A, 3, M)),
+        jnp.zeros((C, 6, M)),
+        jnp.zeros((A, M)),
+    )
+    (energy, forces, virial, local), _ = jax.lax.scan(step, zeros, blocks)
+    return Rows(energy, forces, virial, local * b["atom_mask"][:, None])
+
+
+def _triplet_energies(spec, kernel, Z_d, Z_t, weights, tri) -> tuple[jax.Array, ...]:
+    """``u (T,)`` eV and ``du/dr_s (T, 3)`` eV/Å of every triplet, in blocks."""
+    per = {
+        "d": descriptor(tri.r),
+        "types": tri.types,
+        "f": _envelope(spec, tri.r)[0] * tri.mask,
+        "c": slope_coefficients(spec, tri),
+    }
+    T = tri.r.shape[0]
+
+    def block(x):
+        k, y = _kernel_and_offsets(kernel, x["d"], x["types"], Z_d, Z_t)
+        eps = k @ weights
+        grad = -jnp.einsum("bm,bma->ba", k * weights[None, :], y)  # d eps / d d
+        slopes = x["c"][:, :, 0] * eps[:, None] + jnp.einsum(
+            "bsa,ba->bs", x["c"][:, :, 1:], grad
+        )
+        return x["f"] * eps, slopes
+
+    u, slopes = jax.lax.map(block, blocked(per, TRIPLET_BLOCK))
+    return u.reshape(-1)[:T], slopes.reshape(-1, 3)[:T]
+
+
+@partial(jax.jit, static_argnums=0)
+def triplet_mean(
+    spec: TripletSpec,
+    kernel: ARDKernel,
+    Z_d: jax.Array,
+    Z_t: jax.Array,
+    weights: jax.Array,
+    b: dict,
+    tables: PairTables,
+) -> Mean:
+    """Local energies (each triplet's to its centre), energies, forces and virials
+    of the 3-body term."""
+    tri = triplets(spec, b)
+    u, slopes = _triplet_energies(spec, kernel, Z_d, Z_t, weights, tri)
+    A, C, P = b["species"].shape[0], b["config_mask"].shape[0], b["D"].shape[0]
+    # pair gradients dE/dD: D_ij carries r_ij and +r_jk, D_ik carries r_ik and -r_jk
+    g = slopes[:, :, None] * tri.unit  # (T, 3, 3)
+    t = jax.ops.segment_sum(g[:, 0] + g[:, 2], tri.pairs[:, 0], P)
+    t = t + jax.ops.segment_sum(g[:, 1] - g[:, 2], tri.pairs[:, 1], P)
+    forces, virial = forces_and_virials(t, b)
+    local = jax.ops.segment_sum(u, tri.atoms[:, 0], A) * b["atom_mask"]
+    return Mean(local, jax.ops.segment_sum(u, tri.config, C), forces, virial)
+
+
+def _kernel_tile(
+    kernel: ARDKernel, d: jax.Array, types: jax.Array, d2: jax.Array, types2: jax.Array
+) -> jax.Array:
+    """``k (n, m)`` of triplet descriptors (0 across types), the squared scaled
+    distance as ``|x|^2 + |x2|^2 - 2 x . x2`` (one matrix product, no (n, m, 3))."""
+    x, x2 = d / jnp.asarray(kernel.theta)[None], d2 / jnp.asarray(kernel.theta)[None]
+    q = jnp.sum(x**2, 1)[:, None] + jnp.sum(x2**2, 1)[None, :] - 2 * x @ x2.T
+    k = kernel.delta**2 * jnp.exp(-0.5 * jnp.maximum(q, 0.0))
+    return k * (types[:, None] == types2[None, :])
+
+
+def _gradient_sums(
+    k: jax.Array,
+    theta: tuple[float, ...],
+    d: jax.Array,
+    c: jax.Array,
+    d2: jax.Array,
+    c2: jax.Array,
+) -> jax.Array:
+    """``sum_m c_n^T K(d_n, d2_m) c2_m`` ``(n, K)`` for coefficient sets
+    ``c (n, K, 4)``, ``c2 (m, K, 4)`` on ``(eps, grad eps)`` and the kernel block
+    ``k (n, m)`` (masked as wanted). With ``L = 1 / theta^2``, ``y = L (d - d2)``::
+
+        K = k [[1, y^T], [-y, diag(L) - y y^T]]
+
+    Every term is a product of a function of n and one of m, so the sum over m is
+    one matrix product of the kernel block with 20 columns per set (``k @ F``)."""
+    lam = 1.0 / (jnp.asarray(theta) ** 2)[None, :]  # (1, 3)
+    # m side: c0', c', e = L d'.c', c0' d', d'_a c'_b, d' e
+    b0, bv = c2[..., 0], c2[..., 1:]  # (m, K), (m, K, 3)
+    e = jnp.einsum("ma,mka->mk", d2 * lam, bv)
+    F = jnp.concatenate(
+        [
+            b0[..., None],
+            bv,
+            e[..., None],
+            b0[..., None] * d2[:, None, :],
+            (d2[:, None, :, None] * bv[:, :, None, :]).reshape(*bv.shape[:2], 9),
+            d2[:, None, :] * e[..., None],
+        ],
+        axis=-1,
+    )  # (m, K, 20)
+    S = (k @ F.reshape(F.shape[0], -1)).reshape(k.shape[0], *F.shape[1:])
+    A0, Ac, Ae = S[..., 0], S[..., 1:4], S[..., 4]
+    Acd, Adc, Ade = S[..., 5:8], S[..., 8:17].reshape(*S.shape[:2], 3, 3), S[..., 17:]
+    # n side: c0, u = L c, v = L d, u.d
+    a0, u = c[..., 0], c[..., 1:] * lam[None]  # (n, K), (n, K, 3)
+    v = (d * lam)[:, None, :]  # (n, 1, 3)
+    ud = jnp.einsum("nka,na->nk", u, d)
+    vAc = jnp.sum(v * Ac, axis=-1)
+    return (
+        a0 * A0
+        + a0 * (vAc - Ae)
+        - ud * A0
+        + jnp.sum(u * (Acd + Ac - Ade), axis=-1)
+        - ud * vAc
+        + ud * Ae
+        + jnp.einsum("nka,nb,nkab->nk", u, v[:, 0], Adc)
+    )
+
+
+def _force_coefficients(
+    spec: TripletSpec, tri: Triplets, touch: jax.Array
+) -> jax.Array:
+    """For each atom's triplets ``touch (A, W)``: the coefficients
+    ``(A, W, 3 [F_x, F_y, F_z], 4)`` of the atom's force."""
+    A = touch.shape[0]
+    c = slope_coefficients(spec, tri)[touch]  # (A, W, 3 [s], 4)
+    atoms, unit = tri.atoms[touch], tri.unit[touch]  # (A, W, 3), (A, W, 3 [s], 3)
+    me = (atoms == jnp.arange(A)[:, None, None]).astype(c.dtype)  # roles i, j, k
+    # d r_s / d r_a: i: -u_ij, -u_ik, 0; j: u_ij, 0, u_jk; k: 0, u_ik, -u_jk
+    sign = jnp.array([[-1.0, -1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, -1.0]])
+    G = jnp.einsum("awr,rs,awsx->awsx", me, sign, unit)  # (A, W, 3 [s], 3 [xyz])
+    return -jnp.einsum("awsx,awsc->awxc", G, c)  # F = -dE/dr_a
+
+
+@partial(jax.jit, static_argnums=(0, 4))
+def triplet_priors(
+    spec: TripletSpec, kernel: ARDKernel, b: dict, tables: PairTables, forces: bool
+) -> Std:
+    """Prior variances of local energies ``(A,)``, energies ``(C,)`` and, with
+    ``forces``, forces ``(A, 3)`` and virials ``(C, 6)`` of the 3-body term (eV^2,
+    eV^2/Å^2)."""
+    del tables
+    tri = triplets(spec, b)
+    A, C = b["species"].shape[0], b["config_mask"].shape[0]
+    d = descriptor(tri.r)
+    f = _envelope(spec, tri.r)[0] * tri.mask
+    # energies, local energies and virials: double sums over each configuration's
+    # triplets in tiles (t, u >= t), off-diagonal tiles counted twice
+    per = {"d": d, "t": tri.types, "f": f, "config": tri.config, "i": tri.atoms[:, 0]}
+    if forces:
+        levers = _levers(tri.r, tri.unit)  # (T, 3 [s], 6)
+        per["c"] = -jnp.einsum("tsv,tsc->tvc", levers, slope_coefficients(spec, tri))
+    tiles = blocked(per, TILE)  # padding: coefficients 0
+    rows, cols = np.triu_indices(len(tiles["d"]))
+
+    def tile(tu):
+        x, y = ({k: v[i] for k, v in tiles.items()} for i in tu)
+        k = _kernel_tile(kernel, x["d"], x["t"], y["d"], y["t"])
+        k = k * (x["config"][:, None] == y["config"][None, :])
+        same_centre = x["i"][:, None] == y["i"][None, :]
+        out = [x["f"] * (k @ y["f"]), x["f"] * ((k * same_centre) @ y["f"])]
+        if forces:
+            out.append(_gradient_sums(k, kernel.theta, x["d"], x["c"], y["d"], y["c"]))
+        twice = jnp.where(tu[0] == tu[1], 1.0, 2.0)
+        return [twice * o for o in out]
+
+    sums = jax.lax.map(tile, (jnp.asarray(rows), jnp.asarray(cols)))
+    config, centre = tiles["config"][rows].ravel(), tiles["i"][rows].ravel()
+    energy = jax.ops.segment_sum(sums[0].ravel(), config, C)
+    local = jax.ops.segment_sum(sums[1].ravel(), centre, A) * b["atom_mask"]
+    if not forces:
+        return Std(local, energy, None, None)
+    virial = jax.ops.segment_sum(sums[2].reshape(-1, 6), config, C)
+    # forces: double sums over each atom's triplets
+    touch = b["triplet_touch"]
+    per_atom = blocked(
+        {
+            "d": d[touch],
+            "t": tri.types[touch],
+            "c": _force_coefficients(spec, tri, touch),
+        },
+        ATOM_BLOCK,
+    )  # padded atoms: coefficients 0
+
+    def atom_sums(x):
+        def one(d, t, c):
+            k = _kernel_tile(kernel, d, t, d, t)
+            return jnp.sum(_gradient_sums(k, kernel.theta, d, c, d, c), axis=0)
+
+        return jax.vmap(one)(x["d"], x["t"], x["c"])
+
+    F = jax.lax.map(atom_sums, per_atom).reshape(-1, 3)[:A] * b["atom_mask"][:, None]
+    return Std(local, energy, F, virial)
+
+
+@partial(jax.jit, static_argnums=0)
+def triplet_mean_and_energy_rows(
+    spec: TripletSpec,
+    kernel: ARDKernel,
+    Z_d: jax.Array,
+    Z_t: jax.Array,
+    weights: jax.Array,
+    b: dict,
+    tables: PairTables,
+) -> tuple[Mean, Rows, Std]:
+    """``triplet_mean``, and the kernel rows and prior variances of local energies
+    and energies only (forces and virials None)."""
+    mean = triplet_mean(spec, kernel, Z_d, Z_t, weights, b, tables)
+    rows = triplet_rows(spec, kernel, Z_d, Z_t, b)
+    priors = triplet_priors(spec, kernel, b, tables, False)
+    return mean, rows._replace(forces=None, virial=None), priors
+
+
+def triplet_kernel_block(
+    kernel: ARDKernel, d: jax.Array, t: jax.Array, d2: jax.Array, t2: jax.Array
+) -> jax.Array:
+    """``K (n, m)`` of triplet descriptors (no cutoff; 0 across types)."""
+    return _kernel_and_offsets(kernel, d, t, d2, t2)[0]
+
+
+# ---- sparse points ---------------------------------------------------------------
+def batch_descriptors(spec: TripletSpec, batch: Batch) -> tuple[np.ndarray, ...]:
+    """Descriptors ``(n, 3)`` and types ``(n,)`` of the real triplets of a batch."""
+    p, q = batch.triplet_pairs[:, 0], batch.triplet_pairs[:, 1]
+    real = (batch.pair_mask[p] * batch.pair_mask[q]) > 0
+    p, q = p[real], q[real]
+    D_p, D_q = batch.D[p], batch.D[q]
+    d = np.asarray(
+        descriptor(np.linalg.norm(np.stack([D_p, D_q, D_p - D_q], 1), axis=-1))
+    )
+    s = batch.species
+    types = triplet_type(
+        s[batch.centre[p]],
+        batch.neighbour_species[p],
+        batch.neighbour_species[q],
+        len(spec.species),
+    )
+    return d, types.astype(np.int64)
+
+
+def theta_from_factor(d: np.ndarray, factor: float) -> tuple[float, float, float]:
+    """gap_fit's ``theta_fac``: each length is ``factor`` times the range of that
+    descriptor component over the data (1 where the range is below ``THETA_MIN``)."""
+    span = d.max(axis=0) - d.min(axis=0) if len(d) else np.zeros(3)
+    theta = span * factor
+    return tuple(float(x) if x >= THETA_MIN else 1.0 for x in theta)
+
+
+SPARSE_METHODS_3B = ("uniform", "random")
+
+
+def triplet_sparse_points(
+    d: np.ndarray, types: np.ndarray, n_sparse: int, method: str, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_sparse`` distinct descriptors per triplet type (all when fewer):
+    ``uniform`` takes one from each occupied cell of a grid of about ``n_sparse``
+    cells over the type's range (gap_fit's ``select_uniform``), then random ones;
+    ``random`` takes them at random. Seeded per type."""
+    if len(d) == 0:
+        raise GapfitError(
+            "angle_3b: no atom has two neighbours inside the 3-body cutoff in the "
+            "training data; raise its cutoff or drop the 3-body term."
+        )
+    Z_d, Z_t = [], []
+    for t in np.unique(types):
+        x = np.unique(np.round(d[types == t], 10), axis=0)  # distinct triplets
+        rng = np.random.default_rng([seed, int(t)])
+        m = min(n_sparse, len(x))
+        if method == "uniform":
+            chosen = _grid_choice(x, m, rng)
+        else:
+            chosen = rng.choice(len(x), m, replace=False)
+        Z_d.append(x[np.sort(chosen)])
+        Z_t.append(np.full(m, t, np.int64))
+    return np.concatenate(Z_d), np.concatenate(Z_t)
+
+
+def _grid_choice(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``m`` rows of ``x (n, 3)``: the first of each occupied cell of a
+    ``ceil(m^(1/3))``-per-side grid over their range, then random others."""
+    n_grid = int(np.ceil(m ** (1 / 3) - 1e-9))
+    lo, span = x.min(axis=0), np.ptp(x, axis=0)
+    cell = np.rint((x - lo) / np.where(span > 0, span, 1) * (n_grid - 1)).astype(int)
+    flat = np.ravel_multi_index(cell.T, (max(n_grid, 1),) * 3)
+    _, first = np.unique(flat, return_index=True)
+    first = rng.permutation(first)[:m]
+    rest = np.setdiff1d(np.arange(len(x)), first)
+    return np.concatenate([first, rng.choice(rest, m - len(first), replace=False)])
