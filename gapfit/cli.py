@@ -156,8 +156,9 @@ def baseline_options(func: Callable) -> Callable:
 def settings_options(
     sigma_help: str, e0_method: str, e0_help: str
 ) -> Callable[[Callable], Callable]:
-    """``--distance-2b``, ``--default-sigma``, ``--e0`` and ``--e0-method`` for the
-    commands besides ``fit`` that build a ``GAP`` (``learn``, ``tune``)."""
+    """``--distance-2b``, ``--angle-3b``, ``--default-sigma``, ``--e0`` and
+    ``--e0-method`` for the commands besides ``fit`` that build a ``GAP`` (``learn``,
+    ``tune``)."""
 
     def add(func: Callable) -> Callable:
         for option in reversed(
@@ -167,6 +168,12 @@ def settings_options(
                     default=None,
                     metavar="SETTINGS",
                     help="As for fit.",
+                ),
+                click.option(
+                    "--angle-3b",
+                    default=None,
+                    metavar="SETTINGS",
+                    help="As for fit (not in learn yet).",
                 ),
                 click.option(
                     "--default-sigma",
@@ -781,7 +788,8 @@ def predict(
     required=True,
     metavar="KEY=V1,V2,...",
     help="Values to try for one setting (repeat for more; every combination is "
-    "fitted): a SOAP key (cutoff=4.5,5.0,5.5) or distance_2b.<key>.",
+    "fitted): a SOAP key (cutoff=4.5,5.0,5.5), distance_2b.<key> or "
+    "angle_3b.<key>.",
 )
 @click.option("--soap", default=None, metavar="SETTINGS", help="As for fit.")
 @settings_options(
@@ -821,6 +829,7 @@ def tune(
     grid: tuple[str, ...],
     soap: str | None,
     distance_2b: str | None,
+    angle_3b: str | None,
     default_sigma: str,
     e0: str | None,
     e0_method: str,
@@ -846,6 +855,7 @@ def tune(
     kwargs = gap_kwargs(
         soap=soap,
         distance_2b=distance_2b,
+        angle_3b=angle_3b,
         default_sigma=default_sigma,
         config_type_sigma=None,
         sigma_per_atom=True,
@@ -1497,6 +1507,7 @@ def _learn(o: dict[str, Any]) -> None:
         **gap_kwargs(
             soap=o["soap"],
             distance_2b=o["distance_2b"],
+            angle_3b=o["angle_3b"],
             default_sigma=o["default_sigma"],
             config_type_sigma=o["config_type_sigma"],
             sigma_per_atom=o["sigma_per_atom"],

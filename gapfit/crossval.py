@@ -35,6 +35,7 @@ from gapfit.calibration import (
 from gapfit.data import Frame, as_frames
 from gapfit.errors import GapfitError
 from gapfit.model import Model
+from gapfit.neighbours import NO_SHAPE
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.terms import block_K_mm
 from gapfit.tsqr import stack_qr, tree_reduce
@@ -68,7 +69,7 @@ def fold_models(
     sigmas, jitter = model_sigmas(model)
     L = prior_factor(block_K_mm(model.terms), jitter)
     M = L.shape[0]
-    shape: list[int] = [0, 0, 0]  # raised in place: the folds share padded shapes
+    shape = list(NO_SHAPE)  # raised in place: the folds share padded shapes
 
     def factor(idx: Sequence[int]) -> np.ndarray:
         R = empty_factor(M)

@@ -114,6 +114,12 @@ def gap_settings(gap: GAP | None) -> dict:
     """The JSON-able settings of a ``GAP`` (its ``__init__`` arguments that shape the
     model); defaults for active learning: e0 from the average energy per atom."""
     gap = gap if gap is not None else GAP(e0_method="average")
+    if gap.angle_3b is not None:
+        raise GapfitError(
+            "the 3-body term (angle_3b) is not offered in active learning yet; "
+            "learn with SOAP (and --distance-2b), then fit the labelled frames "
+            "(labelled.xyz in the work directory) with gapfit fit --angle-3b."
+        )
     out = {k: getattr(gap, k) for k in GAP_KEYS if hasattr(gap, k)}
     out["default_sigma"] = [float(x) for x in out["default_sigma"]]
     out["config_type_sigma"] = {
@@ -183,12 +189,6 @@ class Learner:
         self.callback = callback
         self.gap = _gap(settings["gap"])
         soap, pair = self.gap._settings()
-        if self.gap._triplet_settings() is not None:
-            raise GapfitError(
-                "the 3-body term (angle_3b) is not offered in active learning yet; "
-                "learn with SOAP (and --distance-2b), then fit the labelled frames "
-                "(labelled.xyz in the work directory) with gapfit fit --angle-3b."
-            )
         if soap is None:
             raise GapfitError(
                 "active learning needs a SOAP term (its uncertainty drives the "

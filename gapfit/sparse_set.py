@@ -307,5 +307,7 @@ def prior_model(
     spec, kernel = specs["soap"]
     X = np.zeros((capacity, spec.n_features))
     terms.append(SoapTerm(spec, kernel, X, np.full(capacity, PAD, dtype=np.int64)))
-    model = Model(tuple(terms), species, None, e0, gap._info(soap, pair), baseline)
+    model = Model(
+        tuple(terms), species, None, e0, gap._info(soap, pair, None), baseline
+    )
     return refit(model, [])

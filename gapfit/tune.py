@@ -10,9 +10,9 @@ and scores it twice: its ``k``-fold cross-validated test errors on the training 
 though only as well as the DTC approximation). The fitted ``GAP`` of the best
 combination by the chosen score is returned with the table.
 
-Grid keys are SOAP settings (``cutoff``, ``atom_sigma``, ...) or 2-body settings
-written ``distance_2b.<key>`` (``distance_2b.theta_uniform``); values are validated
-as in ``gapfit fit``.
+Grid keys are SOAP settings (``cutoff``, ``atom_sigma``, ...), 2-body settings
+written ``distance_2b.<key>`` (``distance_2b.theta_uniform``) or 3-body ones written
+``angle_3b.<key>`` (``angle_3b.cutoff``); values are validated as in ``gapfit fit``.
 """
 
 from __future__ import annotations
@@ -33,11 +33,16 @@ from gapfit.crossval import cross_validated
 from gapfit.data import Frame
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP
-from gapfit.gapstring import DISTANCE_2B_DEFAULTS, SOAP_DEFAULTS
+from gapfit.gapstring import ANGLE_3B_DEFAULTS, DISTANCE_2B_DEFAULTS, SOAP_DEFAULTS
 from gapfit.memory import release_freed
 from gapfit.report import error_table
 
-PAIR = "distance_2b."
+# grid key prefix -> (term, its settings, what to call it, the option that adds it)
+TERMS = {
+    "distance_2b.": ("distance_2b", DISTANCE_2B_DEFAULTS, "2-body", "--distance-2b"),
+    "angle_3b.": ("angle_3b", ANGLE_3B_DEFAULTS, "3-body", "--angle-3b"),
+    "": ("soap", SOAP_DEFAULTS, "SOAP", "--soap"),
+}
 CRITERIA = ("cv_forces", "cv_energy", "evidence")  # what "best" means
 
 
@@ -67,14 +72,13 @@ def parse_grid(items: Sequence[str] | Mapping[str, Sequence[Any]]) -> dict[str, 
     grid: dict[str, list] = {}
     for key, values in pairs:
         name = key.strip().lower()
-        known = DISTANCE_2B_DEFAULTS if name.startswith(PAIR) else SOAP_DEFAULTS
-        if name.removeprefix(PAIR) not in known:
-            kind = "SOAP" if known is SOAP_DEFAULTS else "2-body"
-            close = difflib.get_close_matches(name.removeprefix(PAIR), list(known), 1)
+        prefix, (_, known, kind, _) = _term_of(name)
+        if name.removeprefix(prefix) not in known:
+            close = difflib.get_close_matches(name.removeprefix(prefix), list(known), 1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise GapfitError(
                 f"--grid {key}: not a {kind} setting.{hint} Valid: {', '.join(known)}"
-                f" (2-body ones as {PAIR}<key>)."
+                " (2-body ones as distance_2b.<key>, 3-body ones as angle_3b.<key>)."
             )
         if name in grid:
             raise GapfitError(f"--grid {key} is given twice; give its values once.")
@@ -82,6 +86,11 @@ def parse_grid(items: Sequence[str] | Mapping[str, Sequence[Any]]) -> dict[str, 
             raise GapfitError(f"--grid {key}: no values; write e.g. {key}=4.5,5.0.")
         grid[name] = values
     return grid
+
+
+def _term_of(name: str) -> tuple[str, tuple]:
+    """The prefix of a grid key and its ``TERMS`` entry."""
+    return next((p, t) for p, t in TERMS.items() if name.startswith(p))
 
 
 def _item(text: str) -> tuple[str, list[str]]:
@@ -103,20 +112,20 @@ def _with(gap: GAP, change: Mapping[str, Any]) -> GAP:
     """A copy of ``gap`` with the grid point's settings, delta and sigmas by the
     evidence, no progress bars."""
     soap, pair = gap._settings()
-    soap = dict(soap) if soap is not None else None
-    pair = dict(pair) if pair is not None else None
+    settings = {"soap": soap, "distance_2b": pair, "angle_3b": gap._triplet_settings()}
+    settings = {k: None if v is None else dict(v) for k, v in settings.items()}
     for key, value in change.items():
-        if key.startswith(PAIR):
-            if pair is None:
-                raise GapfitError(
-                    f"--grid {key}: the model has no 2-body term; add --distance-2b."
-                )
-            pair[key.removeprefix(PAIR)] = value
-        elif soap is None:
-            raise GapfitError(f"--grid {key}: the model has no SOAP term; add --soap.")
-        else:
-            soap[key] = value
-    params = gap.get_params() | {"soap": soap, "distance_2b": pair, "progress": False}
+        prefix, (term, _, kind, option) = _term_of(key)
+        if settings[term] is None:
+            raise GapfitError(
+                f"--grid {key}: the model has no {kind} term; add {option}."
+            )
+        name = key.removeprefix(prefix)
+        settings[term][name] = value
+        if term == "angle_3b" and name in ("theta_uniform", "theta_fac"):
+            other = "theta_fac" if name == "theta_uniform" else "theta_uniform"
+            settings[term][other] = None  # the grid's lengths replace the others
+    params = gap.get_params() | settings | {"progress": False}
     params["optimise_hyperparameters"] = gap.optimise_hyperparameters or True
     out = GAP(**params)
     out._settings()  # each value checked before any fit
