@@ -5,7 +5,8 @@
 Fits gap_fit's recipe from shared/bench/peers.md: distance_2b (cutoff 5 Å, 1 Å
 transition, delta 1, theta 1 Å, 20 uniform sparse points) + SOAP (n_max 8, l_max 6,
 cutoff 5 Å with a 1 Å transition, atom_sigma 0.5, zeta 4, delta 1, CUR sparse points),
-default_sigma 0.001 0.05 0.05, e0 from the isolated atom (``--no-2b``: SOAP only),
+default_sigma 0.001 0.05 0.05, e0 from the isolated atom (``--no-2b``: SOAP only;
+``--angle-3b "cutoff=3.2 ..."``: plus gap_fit's 3-body term, beyond the recipe),
 then prints one table: fit wall time, peak RSS after the fit, test RMSEs (E meV/atom,
 F meV/Å, virial meV/atom) and the ms per energy+forces+stress call on a rattled
 108-atom cell (median, min, max; without std, with the local and total energy
@@ -131,9 +132,11 @@ def recipe(
     no_2b: bool = False,
     chunk_atoms: int = 512,
     optimise_hyperparameters: bool | str = False,
+    angle_3b: str | None = None,
 ) -> GAP:
     """gap_fit's benchmark recipe (module docstring) as an unfitted ``GAP``; with
-    ``optimise_hyperparameters`` its delta and sigmas are the starting values."""
+    ``optimise_hyperparameters`` its delta and sigmas are the starting values;
+    ``angle_3b`` adds a 3-body term with those settings."""
     soap = (
         "cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 atom_sigma=0.5 "
         f"zeta=4 delta=1.0 n_sparse={n_sparse} sparse_method=cur_points"
@@ -147,6 +150,7 @@ def recipe(
     return GAP(
         soap=soap,
         distance_2b=pair,
+        angle_3b=angle_3b,
         default_sigma=(0.001, 0.05, 0.05, 0.0),
         e0_method="isolated",
         rnd_seed=1,
@@ -203,6 +207,11 @@ def main() -> None:
     ap.add_argument(
         "--no-2b", action="store_true", help="SOAP only (no distance_2b term)"
     )
+    ap.add_argument(
+        "--angle-3b",
+        metavar="SETTINGS",
+        help="add gap_fit's 3-body term (angle_3b) with these settings",
+    )
     ap.add_argument("--chunk-atoms", type=int, default=512)
     ap.add_argument(
         "--optimise-hyperparameters",
@@ -229,7 +238,11 @@ def main() -> None:
     print(f"JAX device: {device.platform} ({device.device_kind})")
     t0 = time.perf_counter()
     gap = recipe(
-        args.n_sparse, args.no_2b, args.chunk_atoms, args.optimise_hyperparameters
+        args.n_sparse,
+        args.no_2b,
+        args.chunk_atoms,
+        args.optimise_hyperparameters,
+        args.angle_3b,
     )
     gap.fit(args.data / "train.xyz")
     fit_s = time.perf_counter() - t0

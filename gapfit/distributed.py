@@ -367,7 +367,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     workers = {k: round(v, 4) for k, v in client.run(peak_rss_gib).items()}
 
     model.info = {
-        **gap._info(soap, pair),
+        **gap._info(soap, pair, None),
         "data": merge_data_parts([s["data"] for s in surveys]),
         "n_sparse": {term.name: term.sparse_counts() for term in terms},
         "distributed": {

@@ -5,7 +5,8 @@ builds their neighbour lists (vesin), but computes no descriptor or kernel and c
 nothing. Sizes follow ``GAP.fit``: chunks of configurations (``chunk_indices``), each
 padded (``neighbours.bucket``) to ``A`` atoms, ``P`` pairs and ``C`` configurations;
 ``F`` SOAP features, ``N = n_max``, ``LM = (l_max + 1)^2``, ``S`` species, ``M`` sparse
-points of all terms (``M_2b`` of the 2-body term), ``B = soap.PAIR_BLOCK`` pairs per
+points of all terms (``M_2b`` of the 2-body term, ``M_3b`` of the 3-body term, whose
+``T`` triplets per chunk are padded to one count), ``B = soap.PAIR_BLOCK`` pairs per
 block of the per-pair work, ``rows = 3A + 7C`` observations per chunk, ``n`` distinct
 padded chunk shapes (jit compiles every kernel once per shape).
 
@@ -31,7 +32,9 @@ of ``base + runtime + code + data + transient``, where
                        force accumulator + 0.19 (B, 3, S, N, LM) Jacobians + 0.65
                        (B, 3, S^2, L+1, N^2) power-spectrum tangents + 5.9 (A, S, N,
                        LM) coefficients + outputs (4A + 7C, M); pair_rows 8.04 (P, M_2b)
-                       + 2.1 (A, 3, M_2b) + 6 (C, 9, M_2b); scaled rows (rows, M) x2;
+                       + 2.1 (A, 3, M_2b) + 6 (C, 9, M_2b); triplet_rows
+                       (TRIPLET_ROW_TEMP B3 + 5 A + 8 C) M_3b + TRIPLET_DATA T
+                       (B3 = angle_3b.TRIPLET_BLOCK); scaled rows (rows, M) x2;
                        QR input 1.63 (M + 1 + rows, M + 1)
       training_errors  the mean's program (``assembly.fitted_predictions``):
                        160 float64 per padded pair of the chunk
@@ -57,18 +60,19 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ase
 import numpy as np
 
+from gapfit.angle_3b import TRIPLET_BLOCK, batch_descriptors
 from gapfit.baseline import Baseline
 from gapfit.data import Frame, fit_e0
 from gapfit.distance_2b import pair_type
 from gapfit.errors import GapfitError
 from gapfit.fit import _specs
 from gapfit.model import chunk_indices
-from gapfit.neighbours import _canonical, bucket, pairs
+from gapfit.neighbours import _canonical, bucket, make_batch, pairs
 from gapfit.soap import PAIR_BLOCK
 from gapfit.sparsify import check_config_types, select_sparse
 
@@ -112,6 +116,18 @@ COMPILE_S = {
 }
 FIXED_S = {"sparsify": 1.16, "solve": 1.32, "chunk": 0.048}
 STAGES = ("read", "descriptors", "sparsify", "solve", "training_errors")
+# The 3-body term (estimates from the arrays its programs hold, checked against one
+# cu_emt fit: see benchmarks/RESULTS.md): float64 per triplet of a block per sparse
+# point in the kernel rows and in the mean, per padded triplet of a chunk, bytes per
+# triplet while its sparse points are chosen; seconds per (padded triplet x sparse
+# point) of the rows and of the mean, compile seconds per padded shape.
+TRIPLET_ROW_TEMP = 20.0
+TRIPLET_MEAN_TEMP = 6.0
+TRIPLET_DATA = 70.0
+TRIPLET_SPARSIFY = 120.0
+TRIPLET_ROW_S = 2.0e-9
+TRIPLET_MEAN_S = 0.5e-9
+COMPILE_S["triplet"] = 3.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +155,7 @@ class FitPlan:
         stage_seconds: per stage, s.
         baseline: the baseline calculator's name, or None; its evaluation on every
             frame is not in ``seconds``.
+        n_triplets: triplets of the 3-body term (0 without one).
     """
 
     n_configs: int
@@ -158,6 +175,7 @@ class FitPlan:
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     baseline: str | None = None
+    n_triplets: int = 0
 
     @property
     def peak_gib(self) -> float:
@@ -170,6 +188,11 @@ class FitPlan:
             ("configs", f"{self.n_configs}"),
             ("atoms", f"{self.n_atoms}"),
             ("pairs (full list)", f"{self.n_pairs}"),
+            *(
+                (("triplets (3-body)", f"{self.n_triplets}"),)
+                if self.n_triplets
+                else ()
+            ),
             *((f"sparse points {name}", f"{n}") for name, n in self.n_sparse.items()),
             ("sparse points M", f"{self.M}"),
             (
@@ -201,7 +224,9 @@ class _Chunk:
     atoms: int
     pairs: int
     configs: int
+    triplets: int = 0  # of the 3-body term
     pad_to: tuple[int, int, int] | None = None  # the fit's one shape for all chunks
+    padded_triplets: int = 0  # the fit's one triplet count for all chunks
 
     @property
     def padded(self) -> tuple[int, int, int]:
@@ -225,6 +250,7 @@ def plan_fit(
     """
     t0 = time.perf_counter()
     soap, pair = gap._settings()
+    triplet = gap._triplet_settings()
     frames = gap._frames(frames)
     t_read = time.perf_counter() - t0
     gap._sigmas()
@@ -233,7 +259,7 @@ def plan_fit(
     fit_e0(
         frames, gap.e0_method, species, gap.e0
     )  # its checks (values: after the baseline)
-    specs = _specs(soap, pair, species)
+    specs = _specs(soap, pair, species, triplet)
     if soap is not None:  # n_sparse, sparse_method and seed, as the fit checks them
         F = specs["soap"][0].n_features
         select_sparse(
@@ -247,16 +273,31 @@ def plan_fit(
 
     t0 = time.perf_counter()
     counts, r_range = _neighbour_counts(frames, specs, cutoff, len(species))
+    triplets, types = _triplet_counts(frames, specs)
     t_nl = time.perf_counter() - t0
     sizes = [len(f.numbers) for f in frames]
     chunks = [
-        _Chunk(sum(sizes[k] for k in c), sum(counts[k] for k in c), len(c))
+        _Chunk(
+            sum(sizes[k] for k in c),
+            sum(counts[k] for k in c),
+            len(c),
+            sum(triplets[k] for k in c),
+        )
         for c in chunk_indices(sizes, gap.chunk_atoms)
     ]
     common = _largest(c.padded for c in chunks)  # GAP.fit pads every chunk to it
+    T = bucket(max(c.triplets for c in chunks) + 1) if triplet else 0
     for c in chunks:
         c.pad_to = common
+        c.padded_triplets = T
     n_sparse = _n_sparse(frames, species, soap, pair, r_range)
+    if triplet is not None:  # as angle_3b.triplet_sparse_points (an upper bound)
+        if not sum(triplets):
+            raise GapfitError(
+                "angle_3b: no atom has two neighbours inside the 3-body cutoff in the "
+                "training data; raise its cutoff or drop the 3-body term."
+            )
+        n_sparse["angle_3b"] = int(np.minimum(types, triplet["n_sparse"]).sum())
     shape = _Shape.of(specs, n_sparse, species)
     numbers = np.concatenate([f.numbers for f in frames])
     memory = _memory(shape, chunks, len(frames), int(np.bincount(numbers).max()))
@@ -282,10 +323,26 @@ def plan_fit(
         seconds=float(sum(stage_seconds.values())),
         stage_seconds=stage_seconds,
         baseline=baseline and baseline.calculator,
+        n_triplets=int(sum(triplets)),
     )
 
 
 # ------------------------------------------------------------------------------------
+def _triplet_counts(frames: Sequence[Frame], specs: dict) -> tuple[list[int], Any]:
+    """Triplets of the 3-body term in every frame, and in all frames per triplet
+    type (zeros without the term)."""
+    if "angle_3b" not in specs:
+        return [0] * len(frames), np.zeros(0, np.int64)
+    spec = specs["angle_3b"][0]
+    counts, types = [], np.zeros(spec.n_types, np.int64)
+    for f in frames:
+        b = make_batch([f], spec.species, spec.cutoff, [f.where], False, spec.cutoff)
+        t = batch_descriptors(spec, b)[1]
+        counts.append(len(t))
+        types += np.bincount(t, minlength=spec.n_types)
+    return counts, types
+
+
 def _neighbour_counts(
     frames: Sequence[Frame], specs: dict, cutoff: float, n_species: int
 ) -> tuple[list[int], dict[int, tuple[float, float]]]:
@@ -353,6 +410,7 @@ class _Shape:
     F: int
     M_soap: int
     M_2b: int
+    M_3b: int = 0
 
     @property
     def LM(self) -> int:
@@ -360,15 +418,17 @@ class _Shape:
 
     @property
     def M(self) -> int:
-        return self.M_soap + self.M_2b
+        return self.M_soap + self.M_2b + self.M_3b
 
     @classmethod
     def of(cls, specs: dict, n_sparse: dict[str, int], species: tuple) -> _Shape:
-        M_2b = n_sparse.get("distance_2b", 0)
+        M_2b, M_3b = n_sparse.get("distance_2b", 0), n_sparse.get("angle_3b", 0)
         if "soap" not in specs:
-            return cls(len(species), 0, 0, 0, 0, M_2b)
+            return cls(len(species), 0, 0, 0, 0, M_2b, M_3b)
         s = specs["soap"][0]
-        return cls(len(species), s.n_max, s.l_max, s.n_features, n_sparse["soap"], M_2b)
+        return cls(
+            len(species), s.n_max, s.l_max, s.n_features, n_sparse["soap"], M_2b, M_3b
+        )
 
 
 def _code_bytes(shape: _Shape, n_shapes: int, kernels: Sequence[str]) -> float:
@@ -382,8 +442,9 @@ def _code_bytes(shape: _Shape, n_shapes: int, kernels: Sequence[str]) -> float:
     return total
 
 
-def _transients(shape: _Shape, A: int, P: int, C: int) -> dict[str, float]:
-    """XLA temp + output bytes of one padded chunk, per stage (see module doc)."""
+def _transients(shape: _Shape, A: int, P: int, C: int, T: int = 0) -> dict[str, float]:
+    """XLA temp + output bytes of one padded chunk (``T`` triplets), per stage (see
+    module doc)."""
     S, N, L1, LM, F = shape.S, shape.N, shape.L + 1, shape.LM, shape.F
     M, Ms, M2 = shape.M, shape.M_soap, shape.M_2b
     B = min(PAIR_BLOCK, P)
@@ -400,9 +461,14 @@ def _transients(shape: _Shape, A: int, P: int, C: int) -> dict[str, float]:
         else 0.0
     )
     pair_rows = 8.04 * P * M2 + 2.1 * A * 3 * M2 + 6.0 * C * 9 * M2
+    M3, B3 = shape.M_3b, min(TRIPLET_BLOCK, T)
+    triplet_rows = (
+        (TRIPLET_ROW_TEMP * B3 + 5 * A + 8 * C) * M3 + TRIPLET_DATA * T if T else 0.0
+    )
     qr = 2 * rows * (M + 1) + 1.63 * (M + 1 + rows) * (M + 1)
-    out["solve"] = soap_rows + pair_rows + qr
-    out["training_errors"] = MEAN_TEMP * P if F else 0.0
+    out["solve"] = soap_rows + pair_rows + triplet_rows + qr
+    triplet_mean = (TRIPLET_MEAN_TEMP * B3 * M3 + TRIPLET_DATA * T) if T else 0.0
+    out["training_errors"] = max(MEAN_TEMP * P if F else 0.0, triplet_mean)
     return {k: 8.0 * v for k, v in out.items()}
 
 
@@ -421,10 +487,12 @@ def _memory(
     """Predicted RSS ``(bytes, breakdown)`` of each stage at its own peak."""
     n_atoms = sum(c.atoms for c in chunks)
     n_pairs = sum(c.pairs for c in chunks)
+    n_triplets = sum(c.triplets for c in chunks)
     padded = {c.padded for c in chunks}
     worst: dict[str, float] = {}
+    T = max(c.padded_triplets for c in chunks)
     for A, P, C in padded:
-        for stage, b in _transients(shape, A, P, C).items():
+        for stage, b in _transients(shape, A, P, C, T).items():
             worst[stage] = max(worst.get(stage, 0.0), b)
     soap, two_body = shape.F > 0, shape.M_2b > 0
     X = 8.0 * n_atoms * shape.F  # (n_env, F) SOAP matrix
@@ -436,7 +504,10 @@ def _memory(
     transient = {
         "read": 0.0,
         "descriptors": worst["descriptors"] + X,  # chunk list + concatenated X
-        "sparsify": SPARSIFY_COPIES * 8.0 * largest_species * shape.F,
+        "sparsify": max(
+            SPARSIFY_COPIES * 8.0 * largest_species * shape.F,
+            TRIPLET_SPARSIFY * n_triplets,
+        ),
         "solve": worst["solve"],
         "training_errors": worst["training_errors"],
     }
@@ -449,7 +520,9 @@ def _memory(
         misc += MISC_MIB.get(stage, 0.0) * MIB
         if stage == "descriptors":  # SOAP matrix, 2-body distances and types
             fixed["JAX runtime"] = RUNTIME_BYTES
-            fixed["descriptors"] = X + (16.0 * n_pairs / 2 if two_body else 0.0)
+            fixed["descriptors"] = (
+                X + (16.0 * n_pairs / 2 if two_body else 0.0) + 32.0 * n_triplets
+            )
         if stage == "sparsify":  # K_mm, its factor, R_aug, posterior, QR copies
             fixed["factors"] = 8.0 * 6 * (shape.M + 1) ** 2
         parts = {
@@ -472,6 +545,8 @@ def _seconds(
     M, Ms, M2 = shape.M, shape.M_soap, shape.M_2b
     soap, two_body = F > 0, M2 > 0
     work = rows = qr = 0.0  # SOAP pair work, flops of the kernel rows and of the QR
+    triplet_work = sum(c.padded_triplets * shape.M_3b for c in chunks)
+    triplet_compile = COMPILE_S["triplet"] if shape.M_3b else 0.0
     for c in chunks:
         A, P, C = c.padded
         if soap:
@@ -492,9 +567,12 @@ def _seconds(
         "solve": t_nl
         + FIXED_S["solve"]
         + (rows + qr) / FLOP_RATE
-        + n_shapes * (COMPILE_S["design_rows"] * LM + pair_compile)
+        + n_shapes * (COMPILE_S["design_rows"] * LM + pair_compile + triplet_compile)
+        + TRIPLET_ROW_S * triplet_work
         + per_chunk,
         "training_errors": t_nl
         + (MEAN_WORK_S * work + n_shapes * COMPILE_S["mean"] * LM) * soap
+        + TRIPLET_MEAN_S * triplet_work
+        + n_shapes * triplet_compile / 2
         + per_chunk,
     }
