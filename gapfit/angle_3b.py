@@ -44,7 +44,8 @@ from gapfit.neighbours import Batch, PairTables
 from gapfit.soap import blocked
 from gapfit.variance import Std
 
-TRIPLET_BLOCK = 1024  # triplets per block of the kernel rows and the mean
+TRIPLET_BLOCK = 512  # triplets per block of the kernel rows (memory and speed)
+MEAN_BLOCK = 2048  # triplets per block of the mean
 TILE = 256  # triplets per side of a tile of the energy and virial prior double sums
 ATOM_BLOCK = 8  # atoms per block of the force prior sums
 THETA_MIN = 1e-8  # Å: a theta_fac length below this is 1 (gap_fit's rule)
@@ -195,14 +196,15 @@ def _levers(r: jax.Array, unit: jax.Array) -> jax.Array:
     return jnp.stack([r * unit[:, :, a] * unit[:, :, b] for a, b in VOIGT], axis=-1)
 
 
-def _kernel_and_offsets(
-    kernel: ARDKernel, d: jax.Array, types: jax.Array, Z_d: jax.Array, Z_t: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """``k (n, M)`` (0 across types) and ``y = (d - z) / theta^2`` ``(n, M, 3)``."""
-    theta2 = (jnp.asarray(kernel.theta) ** 2)[None, None, :]
-    diff = d[:, None, :] - Z_d[None, :, :]
-    k = kernel.delta**2 * jnp.exp(-0.5 * jnp.sum(diff**2 / theta2, axis=-1))
-    return k * (types[:, None] == Z_t[None, :]), diff / theta2
+def _kernel_tile(
+    kernel: ARDKernel, d: jax.Array, types: jax.Array, d2: jax.Array, types2: jax.Array
+) -> jax.Array:
+    """``k (n, m)`` of triplet descriptors (0 across types), the squared scaled
+    distance as ``|x|^2 + |x2|^2 - 2 x . x2`` (one matrix product, no (n, m, 3))."""
+    x, x2 = d / jnp.asarray(kernel.theta)[None], d2 / jnp.asarray(kernel.theta)[None]
+    q = jnp.sum(x**2, 1)[:, None] + jnp.sum(x2**2, 1)[None, :] - 2 * x @ x2.T
+    k = kernel.delta**2 * jnp.exp(-0.5 * jnp.maximum(q, 0.0))
+    return k * (types[:, None] == types2[None, :])
 
 
 def _atom_gradients(unit: jax.Array, slopes: jax.Array) -> jax.Array:
@@ -222,6 +224,7 @@ def triplet_rows(
     ``TRIPLET_BLOCK`` triplets (memory O((A + C) M + block M))."""
     tri = triplets(spec, b)
     A, C, M = b["species"].shape[0], b["config_mask"].shape[0], Z_t.shape[0]
+    theta2 = (jnp.asarray(kernel.theta) ** 2)[None, :]
     per = {
         "d": descriptor(tri.r),
         "types": tri.types,
@@ -236,12 +239,14 @@ def triplet_rows(
 
     def step(acc, x):
         energy, forces, virial, local = acc
-        k, y = _kernel_and_offsets(kernel, x["d"], x["types"], Z_d, Z_t)
+        k = _kernel_tile(kernel, x["d"], x["types"], Z_d, Z_t)
         e = x["f"][:, None] * k  # (B, M)
-        # du/dr_s = k (c_s0 - sum_a c_sa y_a)
-        slopes = k[:, None, :] * (
-            x["c"][:, :, :1] - jnp.einsum("bsa,bma->bsm", x["c"][:, :, 1:], y)
+        # du/dr_s = k (c_s0 - sum_a c_sa (d_a - z_a) / theta_a^2)
+        cl = x["c"][:, :, 1:] / theta2[None]  # (B, 3 [s], 3 [a])
+        offset = jnp.einsum("bsa,ba->bs", cl, x["d"])[:, :, None] - jnp.einsum(
+            "bsa,ma->bsm", cl, Z_d
         )
+        slopes = k[:, None, :] * (x["c"][:, :, :1] - offset)
         grads = _atom_gradients(x["unit"], slopes)  # (B, 3, 3, M) dE/dr
         forces = forces.at[x["atoms"]].add(-grads)
         W = -jnp.einsum("bsv,bsm->bvm", _levers(x["r"], x["unit"]), slopes)
@@ -271,17 +276,18 @@ def _triplet_energies(spec, kernel, Z_d, Z_t, weights, tri) -> tuple[jax.Array, 
         "c": slope_coefficients(spec, tri),
     }
     T = tri.r.shape[0]
+    theta2 = (jnp.asarray(kernel.theta) ** 2)[None, :]
 
     def block(x):
-        k, y = _kernel_and_offsets(kernel, x["d"], x["types"], Z_d, Z_t)
-        eps = k @ weights
-        grad = -jnp.einsum("bm,bma->ba", k * weights[None, :], y)  # d eps / d d
+        kw = _kernel_tile(kernel, x["d"], x["types"], Z_d, Z_t) * weights[None, :]
+        eps = jnp.sum(kw, axis=1)
+        grad = (kw @ Z_d - x["d"] * eps[:, None]) / theta2  # d eps / d d
         slopes = x["c"][:, :, 0] * eps[:, None] + jnp.einsum(
             "bsa,ba->bs", x["c"][:, :, 1:], grad
         )
         return x["f"] * eps, slopes
 
-    u, slopes = jax.lax.map(block, blocked(per, TRIPLET_BLOCK))
+    u, slopes = jax.lax.map(block, blocked(per, MEAN_BLOCK))
     return u.reshape(-1)[:T], slopes.reshape(-1, 3)[:T]
 
 
@@ -307,17 +313,6 @@ def triplet_mean(
     forces, virial = forces_and_virials(t, b)
     local = jax.ops.segment_sum(u, tri.atoms[:, 0], A) * b["atom_mask"]
     return Mean(local, jax.ops.segment_sum(u, tri.config, C), forces, virial)
-
-
-def _kernel_tile(
-    kernel: ARDKernel, d: jax.Array, types: jax.Array, d2: jax.Array, types2: jax.Array
-) -> jax.Array:
-    """``k (n, m)`` of triplet descriptors (0 across types), the squared scaled
-    distance as ``|x|^2 + |x2|^2 - 2 x . x2`` (one matrix product, no (n, m, 3))."""
-    x, x2 = d / jnp.asarray(kernel.theta)[None], d2 / jnp.asarray(kernel.theta)[None]
-    q = jnp.sum(x**2, 1)[:, None] + jnp.sum(x2**2, 1)[None, :] - 2 * x @ x2.T
-    k = kernel.delta**2 * jnp.exp(-0.5 * jnp.maximum(q, 0.0))
-    return k * (types[:, None] == types2[None, :])
 
 
 def _gradient_sums(
@@ -468,7 +463,7 @@ def triplet_kernel_block(
     kernel: ARDKernel, d: jax.Array, t: jax.Array, d2: jax.Array, t2: jax.Array
 ) -> jax.Array:
     """``K (n, m)`` of triplet descriptors (no cutoff; 0 across types)."""
-    return _kernel_and_offsets(kernel, d, t, d2, t2)[0]
+    return _kernel_tile(kernel, d, t, d2, t2)
 
 
 # ---- sparse points ---------------------------------------------------------------
