@@ -111,9 +111,10 @@ def triplet_type(s_i, s_j, s_k, n_species: int):
 
 def descriptor(r):
     """gap_fit's angle_3b descriptor ``(..., 3)`` of distances ``r (..., 3)``
-    (r_ij, r_ik, r_jk) in Å (numpy or JAX)."""
-    return jnp.stack(
-        [r[..., 0] + r[..., 1], (r[..., 0] - r[..., 1]) ** 2, r[..., 2]], -1
+    (r_ij, r_ik, r_jk) in Å: numpy for numpy input, else JAX."""
+    xp = np if isinstance(r, np.ndarray) else jnp
+    return xp.stack(
+        [r[..., 0] + r[..., 1], (r[..., 0] - r[..., 1]) ** 2, r[..., 2]], axis=-1
     )
 
 
@@ -473,9 +474,7 @@ def batch_descriptors(spec: TripletSpec, batch: Batch) -> tuple[np.ndarray, ...]
     real = (batch.pair_mask[p] * batch.pair_mask[q]) > 0
     p, q = p[real], q[real]
     D_p, D_q = batch.D[p], batch.D[q]
-    d = np.asarray(
-        descriptor(np.linalg.norm(np.stack([D_p, D_q, D_p - D_q], 1), axis=-1))
-    )
+    d = descriptor(np.linalg.norm(np.stack([D_p, D_q, D_p - D_q], 1), axis=-1))
     s = batch.species
     types = triplet_type(
         s[batch.centre[p]],

@@ -116,18 +116,24 @@ COMPILE_S = {
 }
 FIXED_S = {"sparsify": 1.16, "solve": 1.32, "chunk": 0.048}
 STAGES = ("read", "descriptors", "sparsify", "solve", "training_errors")
-# The 3-body term (estimates from the arrays its programs hold, checked against one
-# cu_emt fit: see benchmarks/RESULTS.md): float64 per triplet of a block per sparse
-# point in the kernel rows and in the mean, per padded triplet of a chunk, bytes per
-# triplet while its sparse points are chosen; seconds per (padded triplet x sparse
-# point) of the rows and of the mean, compile seconds per padded shape.
+# The 3-body term (from the arrays its programs hold, the held and code allowances
+# and the times fitted to cu_emt fits with and without it, 2-body + SOAP M 20 + 500
+# + angle_3b cutoff 3.5 Å, M 200: see benchmarks/RESULTS.md): float64 per triplet of
+# a block per sparse point in the kernel rows and in the mean, and per padded triplet
+# of a chunk; bytes per triplet held from the descriptors on (the batches' triplet
+# lists, the descriptors) and while its sparse points are chosen; seconds per
+# (padded triplet x sparse point) of the rows and of the mean, compile seconds of
+# the rows per padded shape (the mean's: half).
 TRIPLET_ROW_TEMP = 20.0
 TRIPLET_MEAN_TEMP = 6.0
 TRIPLET_DATA = 70.0
+TRIPLET_HELD = 178.0
 TRIPLET_SPARSIFY = 120.0
-TRIPLET_ROW_S = 2.0e-9
-TRIPLET_MEAN_S = 0.5e-9
-COMPILE_S["triplet"] = 3.0
+TRIPLET_ROW_S = 6.0e-9
+TRIPLET_MEAN_S = 0.6e-9
+COMPILE_S["triplet"] = 2.0
+CODE_MIB["triplet_rows"] = (10.0, 0.0)
+CODE_MIB["triplet_mean"] = (40.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -273,8 +279,10 @@ def plan_fit(
 
     t0 = time.perf_counter()
     counts, r_range = _neighbour_counts(frames, specs, cutoff, len(species))
-    triplets, types = _triplet_counts(frames, specs)
     t_nl = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    triplets, types = _triplet_counts(frames, specs)
+    t_triplets = time.perf_counter() - t0
     sizes = [len(f.numbers) for f in frames]
     chunks = [
         _Chunk(
@@ -302,6 +310,7 @@ def plan_fit(
     numbers = np.concatenate([f.numbers for f in frames])
     memory = _memory(shape, chunks, len(frames), int(np.bincount(numbers).max()))
     stage_seconds = _seconds(shape, chunks, t_read, t_nl)
+    stage_seconds["descriptors"] += t_triplets  # the fit lists them once, as here
     shapes = sorted({c.padded for c in chunks})
     stage = max(memory, key=lambda s: memory[s][0])
     running = np.maximum.accumulate([memory[s][0] for s in STAGES])  # as ru_maxrss
@@ -468,7 +477,7 @@ def _transients(shape: _Shape, A: int, P: int, C: int, T: int = 0) -> dict[str, 
     qr = 2 * rows * (M + 1) + 1.63 * (M + 1 + rows) * (M + 1)
     out["solve"] = soap_rows + pair_rows + triplet_rows + qr
     triplet_mean = (TRIPLET_MEAN_TEMP * B3 * M3 + TRIPLET_DATA * T) if T else 0.0
-    out["training_errors"] = max(MEAN_TEMP * P if F else 0.0, triplet_mean)
+    out["training_errors"] = (MEAN_TEMP * P if F else 0.0) + triplet_mean
     return {k: 8.0 * v for k, v in out.items()}
 
 
@@ -494,12 +503,12 @@ def _memory(
     for A, P, C in padded:
         for stage, b in _transients(shape, A, P, C, T).items():
             worst[stage] = max(worst.get(stage, 0.0), b)
-    soap, two_body = shape.F > 0, shape.M_2b > 0
+    soap, two_body, three_body = shape.F > 0, shape.M_2b > 0, shape.M_3b > 0
     X = 8.0 * n_atoms * shape.F  # (n_env, F) SOAP matrix
     kernels = {
         "descriptors": ["descriptors"] * soap,
-        "solve": ["design_rows"] * soap,
-        "training_errors": ["mean"] * soap,
+        "solve": ["design_rows"] * soap + ["triplet_rows"] * three_body,
+        "training_errors": ["mean"] * soap + ["triplet_mean"] * three_body,
     }
     transient = {
         "read": 0.0,
@@ -521,7 +530,9 @@ def _memory(
         if stage == "descriptors":  # SOAP matrix, 2-body distances and types
             fixed["JAX runtime"] = RUNTIME_BYTES
             fixed["descriptors"] = (
-                X + (16.0 * n_pairs / 2 if two_body else 0.0) + 32.0 * n_triplets
+                X
+                + (16.0 * n_pairs / 2 if two_body else 0.0)
+                + TRIPLET_HELD * n_triplets
             )
         if stage == "sparsify":  # K_mm, its factor, R_aug, posterior, QR copies
             fixed["factors"] = 8.0 * 6 * (shape.M + 1) ** 2

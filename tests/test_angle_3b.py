@@ -438,3 +438,20 @@ def test_update_equals_refit_and_cross_validation_holds_out(emt_frames, emt_mode
     )
     train_err = emt_model.info["training_errors"]["all"]["forces"]["rmse"] / 1e3
     assert len(held) == len(emt_frames) and held_err > train_err  # truly held out
+
+
+def test_dry_run_counts_the_triplets_and_their_sparse_points(emt_frames, emt_model):
+    plan = GAP(**SETTINGS).plan(emt_frames)
+    spec = emt_model.term("angle_3b").spec
+    n = sum(
+        len(
+            batch_descriptors(
+                spec, make_batch([a], spec.species, 3.3, None, True, 3.3)
+            )[0]
+        )
+        for a in emt_frames
+    )
+    assert plan.n_triplets == n > 0
+    assert plan.n_sparse["angle_3b"] == emt_model.term("angle_3b").n_sparse
+    assert plan.M == sum(t.n_sparse for t in emt_model.terms)
+    assert "triplets (3-body)" in plan.table()
