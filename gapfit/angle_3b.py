@@ -21,7 +21,7 @@ along ``D_ij``, ``D_ik`` and ``D_ij - D_ik`` (forces and virials).
 Prior variances: a quantity linear in the triplet energies is
 ``sum_t c_t . (eps, grad eps)(d_t)`` with coefficients ``c_t (4,)`` from the geometry;
 its prior variance is ``sum_{t,t'} c_t^T K(d_t, d_t') c_t'`` with the (4, 4)
-covariance of the GP and its gradient (``_quadratic_sums``). Forces sum over each
+covariance of the GP and its gradient (``_gradient_sums``). Forces sum over each
 atom's triplets (``Batch.triplet_touch``), energies and virials over each
 configuration's, in tiles.
 """

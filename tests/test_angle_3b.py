@@ -43,6 +43,7 @@ from gapfit.gap_fit_args import parse_gap_fit_command
 from gapfit.learn import learn_pool
 from gapfit.model import Model
 from gapfit.neighbours import make_batch, pad_batch, pair_tables
+from gapfit.tune import _with, parse_grid
 from gapfit.update import refit, update
 
 CUTOFF, WIDTH = 3.2, 0.6
@@ -455,3 +456,20 @@ def test_dry_run_counts_the_triplets_and_their_sparse_points(emt_frames, emt_mod
     assert plan.n_sparse["angle_3b"] == emt_model.term("angle_3b").n_sparse
     assert plan.M == sum(t.n_sparse for t in emt_model.terms)
     assert "triplets (3-body)" in plan.table()
+
+
+def test_tune_grid_takes_3_body_keys():
+    grid = parse_grid(["angle_3b.cutoff=3.0,3.5", "angle_3b.theta_fac=0.4,0.5"])
+    assert grid == {
+        "angle_3b.cutoff": ["3.0", "3.5"],
+        "angle_3b.theta_fac": ["0.4", "0.5"],
+    }
+    with pytest.raises(GapfitError, match="Did you mean 'n_sparse'"):
+        parse_grid(["angle_3b.nsparse=10"])
+    point = _with(
+        GAP(angle_3b=TRIPLET + " theta_uniform=0.6"), {"angle_3b.theta_fac": "0.4"}
+    )
+    settings = point._triplet_settings()
+    assert settings["theta_fac"] == 0.4 and settings["theta_uniform"] is None
+    with pytest.raises(GapfitError, match="no 3-body term; add --angle-3b"):
+        _with(GAP(soap="n_max=3 l_max=2"), {"angle_3b.cutoff": "3.0"})
