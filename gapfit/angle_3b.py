@@ -28,7 +28,7 @@ configuration's, in tiles.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gapfit.blocks import VOIGT, Mean, Rows, forces_and_virials
-from gapfit.distance_2b import cutoff_function, pair_type
+from gapfit.distance_2b import CutoffSpec, cutoff_function, pair_type
 from gapfit.errors import GapfitError
 from gapfit.kernels import delta_leaf_pytree
 from gapfit.neighbours import Batch, PairTables
@@ -52,37 +52,18 @@ THETA_MIN = 1e-8  # Å: a theta_fac length below this is 1 (gap_fit's rule)
 
 
 @dataclass(frozen=True)
-class TripletSpec:
-    """3-body settings: sorted ``species``, ``cutoff`` and its transition width (Å)."""
+class TripletSpec(CutoffSpec):
+    """3-body settings (``CutoffSpec``; both neighbours inside ``cutoff``)."""
 
-    species: tuple[int, ...]
     cutoff: float = 3.0
     cutoff_transition_width: float = 0.5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "species", tuple(sorted({int(z) for z in self.species}))
-        )
-        if not (0 < self.cutoff_transition_width <= self.cutoff):
-            raise GapfitError(
-                f"angle_3b cutoff_transition_width={self.cutoff_transition_width} Å "
-                f"must lie in (0, cutoff={self.cutoff}]."
-            )
-
-    @property
-    def neighbour_cutoff(self) -> float:
-        return self.cutoff
+    name = "angle_3b"
 
     @property
     def n_types(self) -> int:
         """Centre species x unordered neighbour-species pairs."""
         S = len(self.species)
         return S * S * (S + 1) // 2
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["species"] = list(self.species)
-        return d
 
 
 @partial(delta_leaf_pytree, static=("theta",))

@@ -52,6 +52,27 @@ def padded_batches(
     return [pad_batch(b, *largest) for b in batches]
 
 
+def model_batches(
+    model: Model,
+    frames: Sequence[Frame],
+    chunks: Sequence[Sequence[int]],
+    shape: list[int] | None = None,
+) -> list[Batch]:
+    """``padded_batches`` with the model's species and cutoffs, padded to at least
+    ``shape`` (``neighbours.NO_SHAPE`` fields), which is raised in place to theirs."""
+    batches = padded_batches(
+        frames,
+        chunks,
+        model.species,
+        model.neighbour_cutoff,
+        shape or NO_SHAPE,
+        model.triplet_cutoff,
+    )
+    if shape is not None:
+        shape[:] = batch_shape(batches[0])  # all batches have this shape
+    return batches
+
+
 def chunk_batch(
     frames: Sequence[Frame],
     chunk: Sequence[int],

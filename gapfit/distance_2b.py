@@ -32,12 +32,14 @@ from gapfit.variance import Std
 
 
 @dataclass(frozen=True)
-class PairSpec:
-    """2-body settings: sorted ``species``, ``cutoff`` and transition width (Å)."""
+class CutoffSpec:
+    """Settings of a term summed over neighbours: sorted ``species``, the cosine
+    ``cutoff`` and its transition width (Å); ``name`` is the term's, for errors."""
 
     species: tuple[int, ...]
     cutoff: float = 5.0
     cutoff_transition_width: float = 1.0
+    name = "distance_2b"
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -45,23 +47,29 @@ class PairSpec:
         )
         if not (0 < self.cutoff_transition_width <= self.cutoff):
             raise GapfitError(
-                f"distance_2b cutoff_transition_width={self.cutoff_transition_width} Å "
-                f"must lie in (0, cutoff={self.cutoff}]."
+                f"{self.name} cutoff_transition_width={self.cutoff_transition_width}"
+                f" Å must lie in (0, cutoff={self.cutoff}]."
             )
 
     @property
     def neighbour_cutoff(self) -> float:
         return self.cutoff
 
-    @property
-    def n_types(self) -> int:
-        S = len(self.species)
-        return S * (S + 1) // 2
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["species"] = list(self.species)
         return d
+
+
+@dataclass(frozen=True)
+class PairSpec(CutoffSpec):
+    """2-body settings (``CutoffSpec``)."""
+
+    @property
+    def n_types(self) -> int:
+        """Unordered species pairs."""
+        S = len(self.species)
+        return S * (S + 1) // 2
 
 
 @partial(delta_leaf_pytree, static=("theta",))

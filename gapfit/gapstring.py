@@ -225,13 +225,7 @@ def parse_distance_2b(settings: str | Mapping[str, Any] | None) -> dict[str, Any
     Args:
         settings: a gap_fit string ``"[distance_2b] key=value ..."`` or a mapping.
     """
-    out = _parse(settings, _DISTANCE_2B)
-    if out["cutoff_transition_width"] > out["cutoff"]:
-        raise GapfitError(
-            f"distance_2b cutoff_transition_width={out['cutoff_transition_width']} Å "
-            f"is larger than cutoff={out['cutoff']} Å; it must lie in (0, cutoff]."
-        )
-    return out
+    return _width_inside_cutoff(_parse(settings, _DISTANCE_2B), _DISTANCE_2B)
 
 
 def parse_angle_3b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -247,12 +241,7 @@ def parse_angle_3b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
     Args:
         settings: a gap_fit string ``"[angle_3b] key=value ..."`` or a mapping.
     """
-    out = _parse(settings, _ANGLE_3B)
-    if out["cutoff_transition_width"] > out["cutoff"]:
-        raise GapfitError(
-            f"angle_3b cutoff_transition_width={out['cutoff_transition_width']} Å "
-            f"is larger than cutoff={out['cutoff']} Å; it must lie in (0, cutoff]."
-        )
+    out = _width_inside_cutoff(_parse(settings, _ANGLE_3B), _ANGLE_3B)
     if out["theta_uniform"] is not None and out["theta_fac"] is not None:
         raise GapfitError(
             "angle_3b: theta_uniform and theta_fac both set the length scales "
@@ -264,6 +253,16 @@ def parse_angle_3b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------
+def _width_inside_cutoff(out: dict[str, Any], kind: _Kind) -> dict[str, Any]:
+    """``out``, checked: its cosine transition fits inside its cutoff."""
+    if out["cutoff_transition_width"] > out["cutoff"]:
+        raise GapfitError(
+            f"{kind.name} cutoff_transition_width={out['cutoff_transition_width']} Å "
+            f"is larger than cutoff={out['cutoff']} Å; it must lie in (0, cutoff]."
+        )
+    return out
+
+
 def _parse(settings: str | Mapping[str, Any] | None, kind: _Kind) -> dict[str, Any]:
     """Tokenise, check keys, convert and check values of one descriptor's settings."""
     if isinstance(settings, str):

@@ -156,7 +156,7 @@ class Model:
     ) -> tuple[list, list[int], int, Iterator[Batch]]:
         """``predict``'s groups of structure indices (about ``batch_atoms`` atoms
         each, or one configuration each with stds: they need per-configuration Gram
-        matrices), their padded (atoms, pairs, configurations) shape and pair-table
+        matrices), their padded shape (``neighbours.batch_shape``) and pair-table
         width (at least ``shape`` and ``width``), and their padded batches, built as
         they are walked (``neighbours.padded_stream``: held up to ``HELD_ATOMS``
         atoms, beyond built again one batch at a time).
@@ -182,7 +182,7 @@ class Model:
         std: bool | str = False,
         batch_atoms: int = 2048,
     ) -> tuple[list[int], int]:
-        """The padded (atoms, pairs, configurations) shape and the pair-table width
+        """The padded shape (``neighbours.batch_shape``) and the pair-table width
         of ``predict``'s batches of ``structures``: passed as ``shape`` and
         ``width`` to ``predict`` calls on parts of them (cross-validation folds), one
         compilation serves them all."""
@@ -201,7 +201,7 @@ class Model:
         width: int = 0,
     ) -> list[dict]:
         """Predict every structure, in batches of about ``batch_atoms`` atoms padded
-        to one shape, at least ``shape`` (atoms, pairs, configurations) with pair
+        to one shape, at least ``shape`` (``neighbours.batch_shape``) with pair
         tables at least ``width`` wide: calls with the same shape and width share one
         compilation (``padded_shape`` gives those of a whole set).
 

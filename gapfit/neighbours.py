@@ -358,7 +358,7 @@ def padded_stream(
     shape: Sequence[int] = NO_SHAPE,
     width: int = 0,
 ) -> tuple[list[int], int, Iterator[Batch]]:
-    """The common padded (atoms, pairs, configurations) shape of the batches
+    """The common padded shape (``batch_shape``) of the batches
     ``build(group)`` of ``groups`` (at least ``shape``; one jit compilation for all),
     their widest pair table (at least ``width``), and the padded batches, built as
     they are walked. Up to ``HELD_ATOMS`` atoms (``n_atoms`` in all) the batches are

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from gapfit.assembly import padded_batches
+from gapfit.assembly import model_batches
 from gapfit.baseline import Baseline
 from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, as_frames
@@ -35,7 +35,7 @@ from gapfit.distance_2b import pair_points_in_ranges, pair_ranges, pair_sparse_p
 from gapfit.fit import GAP, _specs
 from gapfit.kernels import kernel_block
 from gapfit.model import Model
-from gapfit.neighbours import NO_SHAPE, batch_shape, bucket, pair_tables
+from gapfit.neighbours import bucket, pair_tables
 from gapfit.selection import (
     descriptors,
     greedy_max_det,
@@ -175,17 +175,7 @@ def force_residuals(
     V_c = jsl.solve_triangular(L, k_c.T, lower=True).T  # (L^-1 k_c)^T
     r_F, R_Fc = [], []
     chunks = [[k] for k in range(len(frames))]
-    batches = padded_batches(
-        frames,
-        chunks,
-        model.species,
-        model.neighbour_cutoff,
-        shape or NO_SHAPE,
-        model.triplet_cutoff,
-    )
-    if shape is not None:
-        shape[:] = batch_shape(batches[0])
-    for batch in batches:
+    for batch in model_batches(model, frames, chunks, shape):
         tables = jax.device_put(pair_tables(batch))
         rows, priors = both.rows_and_priors(batch_arrays(batch), tables)
         real = np.flatnonzero(batch.atom_mask)

@@ -27,13 +27,12 @@ import ase
 import jax
 import jax.numpy as jnp
 
-from gapfit.assembly import padded_batches, scaled_chunks
+from gapfit.assembly import model_batches, scaled_chunks
 from gapfit.data import Frame, Sigmas, as_frames
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP, _data_summary
 from gapfit.hyperparameters import optimise
 from gapfit.model import Model, chunk_indices
-from gapfit.neighbours import NO_SHAPE, batch_shape
 from gapfit.sparse_gp import (
     empty_factor,
     finish,
@@ -76,7 +75,7 @@ def refit(
 
     Args:
         chunk_atoms: atoms per streamed chunk (memory only).
-        shape: ``[atoms, pairs, configs]``: every chunk's batch is padded to the
+        shape: a ``neighbours.batch_shape`` list: every chunk's batch is padded to the
             largest of it and all batches of this call, and it is raised to that
             size in place, so that calls sharing one list compile the kernel rows
             once (jit compiles per shape).
@@ -155,17 +154,7 @@ def reoptimised(
 def _batches(model, frames, chunk_atoms, shape):
     """Chunks of ``frames`` and their batches (padded to ``shape``, raised in place)."""
     chunks = chunk_indices([len(f.numbers) for f in frames], chunk_atoms)
-    batches = padded_batches(
-        frames,
-        chunks,
-        model.species,
-        model.neighbour_cutoff,
-        shape or NO_SHAPE,
-        model.triplet_cutoff,
-    )
-    if shape is not None:
-        shape[:] = batch_shape(batches[0])  # all batches have this shape
-    return chunks, batches
+    return chunks, model_batches(model, frames, chunks, shape)
 
 
 def frame_rows(
