@@ -49,6 +49,7 @@ MEAN_BLOCK = 2048  # triplets per block of the mean
 TILE = 256  # triplets per side of a tile of the energy and virial prior double sums
 ATOM_BLOCK = 8  # atoms per block of the force prior sums
 THETA_MIN = 1e-8  # Å: a theta_fac length below this is 1 (gap_fit's rule)
+SAME = 1e-9  # Å (Å^2): triplet descriptors closer than this count as one
 
 
 @dataclass(frozen=True)
@@ -480,10 +481,11 @@ SPARSE_METHODS_3B = ("uniform", "random")
 def triplet_sparse_points(
     d: np.ndarray, types: np.ndarray, n_sparse: int, method: str, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n_sparse`` distinct descriptors per triplet type (all when fewer):
-    ``uniform`` takes one from each occupied cell of a grid of about ``n_sparse``
-    cells over the type's range (gap_fit's ``select_uniform``), then random ones;
-    ``random`` takes them at random. Seeded per type."""
+    """``n_sparse`` distinct descriptors per triplet type (all when fewer). First
+    the triplets of smallest and largest value of each component, so that the points
+    span the data; then ``uniform``: one from each occupied cell of a grid of about
+    ``n_sparse`` cells over the type's range (gap_fit's ``select_uniform``), then
+    random ones; ``random``: random ones. Seeded per type."""
     if len(d) == 0:
         raise GapfitError(
             "angle_3b: no atom has two neighbours inside the 3-body cutoff in the "
@@ -491,26 +493,27 @@ def triplet_sparse_points(
         )
     Z_d, Z_t = [], []
     for t in np.unique(types):
-        x = np.unique(np.round(d[types == t], 10), axis=0)  # distinct triplets
+        of_type = d[types == t]  # distinct triplets (to 1e-10), as they are
+        x = of_type[np.unique(np.round(of_type, 10), axis=0, return_index=True)[1]]
         rng = np.random.default_rng([seed, int(t)])
         m = min(n_sparse, len(x))
-        if method == "uniform":
-            chosen = _grid_choice(x, m, rng)
-        else:
-            chosen = rng.choice(len(x), m, replace=False)
-        Z_d.append(x[np.sort(chosen)])
+        ends = np.unique(np.concatenate([x.argmin(axis=0), x.argmax(axis=0)]))
+        order = (
+            _grid_order(x, m, rng) if method == "uniform" else rng.permutation(len(x))
+        )
+        order = np.concatenate([ends, order[~np.isin(order, ends)]])
+        Z_d.append(x[np.sort(order[:m])])
         Z_t.append(np.full(m, t, np.int64))
     return np.concatenate(Z_d), np.concatenate(Z_t)
 
 
-def _grid_choice(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``m`` rows of ``x (n, 3)``: the first of each occupied cell of a
-    ``ceil(m^(1/3))``-per-side grid over their range, then random others."""
-    n_grid = int(np.ceil(m ** (1 / 3) - 1e-9))
+def _grid_order(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Every row index of ``x (n, 3)``: first the first row of each occupied cell of
+    a ``ceil(m^(1/3))``-per-side grid over their range (in random order), then the
+    others in random order."""
+    n_grid = max(int(np.ceil(m ** (1 / 3) - 1e-9)), 1)
     lo, span = x.min(axis=0), np.ptp(x, axis=0)
     cell = np.rint((x - lo) / np.where(span > 0, span, 1) * (n_grid - 1)).astype(int)
-    flat = np.ravel_multi_index(cell.T, (max(n_grid, 1),) * 3)
-    _, first = np.unique(flat, return_index=True)
-    first = rng.permutation(first)[:m]
+    _, first = np.unique(np.ravel_multi_index(cell.T, (n_grid,) * 3), return_index=True)
     rest = np.setdiff1d(np.arange(len(x)), first)
-    return np.concatenate([first, rng.choice(rest, m - len(first), replace=False)])
+    return np.concatenate([rng.permutation(first), rng.permutation(rest)])

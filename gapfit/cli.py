@@ -173,7 +173,7 @@ def settings_options(
                     "--angle-3b",
                     default=None,
                     metavar="SETTINGS",
-                    help="As for fit (not in learn yet).",
+                    help="As for fit.",
                 ),
                 click.option(
                     "--default-sigma",

@@ -189,16 +189,9 @@ class GAP:
             Z_r, Z_t = pair_sparse_points(spec, r, t, pair["n_sparse"])
             terms.append(PairTerm(spec, kernel, Z_r, Z_t))
         if "angle_3b" in specs:
-            spec, kernel = specs["angle_3b"]
-            if triplet["theta_fac"] is not None:
-                kernel = ARDKernel(
-                    kernel.delta, theta_from_factor(d3, triplet["theta_fac"])
-                )
-                specs["angle_3b"] = (spec, kernel)
-            Z_d, Z_t3 = triplet_sparse_points(
-                d3, t3, triplet["n_sparse"], triplet["sparse_method"], self.rnd_seed
+            terms.append(
+                triplet_term(*specs["angle_3b"], triplet, d3, t3, self.rnd_seed)
             )
-            terms.append(TripletTerm(spec, kernel, Z_d, Z_t3))
         if "soap" in specs:
             spec, kernel = specs["soap"]
             idx = sparse_environments(X, Z, frames, soap, self.rnd_seed)
@@ -473,6 +466,25 @@ def _specs(
             DotProductKernel(soap["delta"], soap["zeta"]),
         )
     return specs
+
+
+def triplet_term(
+    spec: TripletSpec,
+    kernel: ARDKernel,
+    triplet: dict,
+    d: np.ndarray,
+    types: np.ndarray,
+    seed: int,
+) -> TripletTerm:
+    """The 3-body term from the descriptors ``d (n, 3)`` and ``types`` of the data's
+    triplets: ``theta_fac`` lengths measured on them, sparse points chosen among
+    them (``kernel``'s delta kept)."""
+    if triplet["theta_fac"] is not None:
+        kernel = ARDKernel(kernel.delta, theta_from_factor(d, triplet["theta_fac"]))
+    Z_d, Z_t = triplet_sparse_points(
+        d, types, triplet["n_sparse"], triplet["sparse_method"], seed
+    )
+    return TripletTerm(spec, kernel, Z_d, Z_t)
 
 
 def _triplet_cutoff(specs: dict) -> float:

@@ -17,7 +17,9 @@ least_squares, explicit ``e0``, or isolated: the labeller then labels one isolat
 atom per element first, and if it fails on one, e0 is by average, logged); 2-body
 sparse points are chosen from the first frames as in ``GAP.fit`` and spread again
 over all labelled distances whenever a label widens their range
-(``sparse_set.widened_pairs``; then a full refit). The SOAP sparse set grows from the
+(``sparse_set.widened_pairs``; then a full refit), 3-body ones likewise chosen
+again among all labelled triplets (``sparse_set.widened_triplets``). The SOAP sparse
+set grows from the
 labelled frames' environments, at most ``sparse_per_label`` per labelled frame and
 the SOAP ``n_sparse`` per element: in pool mode those that most lower the labelled
 structures' force-component residual variances, until none is above
@@ -80,6 +82,7 @@ from gapfit.sparse_set import (
     padded,
     prior_model,
     widened_pairs,
+    widened_triplets,
     with_sparse,
 )
 from gapfit.update import refit, reoptimised, update
@@ -91,6 +94,7 @@ if TYPE_CHECKING:  # dask is imported only where labels go to a cluster
 GAP_KEYS = (
     "soap",
     "distance_2b",
+    "angle_3b",
     "default_sigma",
     "config_type_sigma",
     "sigma_per_atom",
@@ -114,12 +118,6 @@ def gap_settings(gap: GAP | None) -> dict:
     """The JSON-able settings of a ``GAP`` (its ``__init__`` arguments that shape the
     model); defaults for active learning: e0 from the average energy per atom."""
     gap = gap if gap is not None else GAP(e0_method="average")
-    if gap.angle_3b is not None:
-        raise GapfitError(
-            "the 3-body term (angle_3b) is not offered in active learning yet; "
-            "learn with SOAP (and --distance-2b), then fit the labelled frames "
-            "(labelled.xyz in the work directory) with gapfit fit --angle-3b."
-        )
     out = {k: getattr(gap, k) for k in GAP_KEYS if hasattr(gap, k)}
     out["default_sigma"] = [float(x) for x in out["default_sigma"]]
     out["config_type_sigma"] = {
@@ -416,6 +414,8 @@ class Learner:
         kw = {"chunk_atoms": 1, "shape": self.shape}
         model = with_sparse(self.model, X_hat[pick], s[pick]) if len(pick) else None
         model = widened_pairs(model or self.model, self.gap, frames) or model
+        wide = widened_triplets(model or self.model, self.gap, frames, everything)
+        model = wide or model
         mode = optimise_mode(self.gap.optimise_hyperparameters)
         due = self.since_refit + len(new) >= self._refit_interval()
         if due and mode:  # the scheduled refit re-chooses delta and sigmas

@@ -47,7 +47,7 @@ import numpy as np
 
 from gapfit.assembly import chunk_batch
 from gapfit.data import Frame, as_frames
-from gapfit.fit import GAP, _specs
+from gapfit.fit import GAP, _specs, _triplet_cutoff
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import bucket, padded_stream
@@ -236,12 +236,19 @@ def descriptors(gap: GAP, specs: dict, frames: Sequence[Frame]) -> tuple:
     """``GAP._descriptors`` of ``frames`` in chunks of 512 atoms padded to one
     shape, their neighbour lists streamed beyond ``neighbours.HELD_ATOMS`` atoms
     (``neighbours.padded_stream``):
-    SOAP ``(n_env, F)``, species index, 2-body distances and pair types."""
+    SOAP ``(n_env, F)``, species index, 2-body distances and pair types, 3-body
+    triplet descriptors and types (of the terms in ``specs``)."""
     sizes = [len(f.numbers) for f in frames]
     chunks = chunk_indices(sizes, 512)
     cutoff = max(spec.neighbour_cutoff for spec, _ in specs.values())
     species = next(iter(specs.values()))[0].species
-    build = partial(chunk_batch, frames, species=species, cutoff=cutoff)
+    build = partial(
+        chunk_batch,
+        frames,
+        species=species,
+        cutoff=cutoff,
+        triplet_cutoff=_triplet_cutoff(specs),
+    )
     _, _, batches = padded_stream(build, chunks, sum(sizes))
     return gap._descriptors(specs, frames, chunks, batches)
 

@@ -27,12 +27,13 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
+from gapfit.angle_3b import SAME
 from gapfit.assembly import model_batches
 from gapfit.baseline import Baseline
 from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, as_frames
 from gapfit.distance_2b import pair_points_in_ranges, pair_ranges, pair_sparse_points
-from gapfit.fit import GAP, _specs
+from gapfit.fit import GAP, _specs, triplet_term
 from gapfit.kernels import kernel_block
 from gapfit.model import Model
 from gapfit.neighbours import bucket, pair_tables
@@ -272,6 +273,39 @@ def with_sparse(model: Model, X_hat: np.ndarray, s: np.ndarray) -> Model:
     )
 
 
+def widened_triplets(
+    model: Model, gap: GAP, new: Sequence[Frame], frames: Sequence[Frame]
+) -> Model | None:
+    """The model with its 3-body sparse points chosen again (as ``GAP.fit`` does,
+    delta kept) among the triplets of all ``frames`` when a triplet of the ``new``
+    frames lies outside their range (a type without points, or a component beyond
+    the points' smallest or largest value of its type); None otherwise (or without a
+    3-body term). Its posterior is then stale: ``update.refit`` it. As for
+    ``widened_pairs``: points chosen from the first frames would leave what the
+    sampler reaches later with a std that no label lowers."""
+    term = model.term("angle_3b")
+    if term is None or not new:
+        return None
+    only = {"angle_3b": (term.spec, term.kernel)}
+    *_, d, t = descriptors(gap, only, new)
+    for ty in np.unique(t):
+        have = term.sparse_d[term.sparse_type == ty]
+        if (
+            not len(have)
+            or (d[t == ty].min(axis=0) < have.min(axis=0) - SAME).any()
+            or (d[t == ty].max(axis=0) > have.max(axis=0) + SAME).any()
+        ):
+            break
+    else:
+        return None
+    *_, d, t = descriptors(gap, only, frames)
+    settings = gap._triplet_settings()
+    wide = triplet_term(term.spec, term.kernel, settings, d, t, gap.rnd_seed)
+    return dataclasses.replace(
+        model, terms=tuple(wide if x is term else x for x in model.terms)
+    )
+
+
 def prior_model(
     gap: GAP,
     species: Sequence[int],
@@ -279,12 +313,13 @@ def prior_model(
     capacity: int,
 ) -> Model:
     """A model with the settings of ``gap`` and no data (``w = 0``, ``R = I``):
-    e0 and the 2-body sparse points (as in ``GAP.fit``) from ``frames``, and a SOAP
-    term of ``capacity`` padding points, to be filled by ``with_sparse``."""
+    e0 and the 2-body and 3-body sparse points (as in ``GAP.fit``) from ``frames``,
+    and a SOAP term of ``capacity`` padding points, to be filled by ``with_sparse``."""
     frames = as_frames(frames, require=LABELS)
     soap, pair = gap._settings()
+    triplet = gap._triplet_settings()
     species = tuple(sorted(int(z) for z in species))
-    specs = _specs(soap, pair, species)
+    specs = _specs(soap, pair, species, triplet)
     baseline = Baseline.of(gap.baseline, gap.baseline_kwargs)
     e0 = gap._e0(frames, species, baseline)
     terms: list = []
@@ -294,10 +329,13 @@ def prior_model(
         terms.append(
             PairTerm(spec, kernel, *pair_sparse_points(spec, r, t, pair["n_sparse"]))
         )
+    if triplet is not None:
+        *_, d, t = descriptors(gap, {"angle_3b": specs["angle_3b"]}, frames)
+        terms.append(triplet_term(*specs["angle_3b"], triplet, d, t, gap.rnd_seed))
     spec, kernel = specs["soap"]
     X = np.zeros((capacity, spec.n_features))
     terms.append(SoapTerm(spec, kernel, X, np.full(capacity, PAD, dtype=np.int64)))
     model = Model(
-        tuple(terms), species, None, e0, gap._info(soap, pair, None), baseline
+        tuple(terms), species, None, e0, gap._info(soap, pair, triplet), baseline
     )
     return refit(model, [])

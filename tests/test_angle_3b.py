@@ -24,7 +24,7 @@ from checks import (
     assert_translation_invariant,
     random_rotation,
 )
-from emt_cells import cu_cell, emt_labelled
+from emt_cells import cu_cell, cu_cells, emt_labelled
 
 from gapfit.angle_3b import (
     ARDKernel,
@@ -42,6 +42,7 @@ from gapfit.gap_fit_args import parse_gap_fit_command
 from gapfit.learn import learn_pool
 from gapfit.model import Model
 from gapfit.neighbours import make_batch, pad_batch, pair_tables
+from gapfit.selection import descriptors
 from gapfit.tune import _with, parse_grid
 from gapfit.update import refit, update
 
@@ -412,13 +413,48 @@ def test_theta_fac_scales_each_length_by_the_data_range(emt_frames):
     np.testing.assert_allclose(term.kernel.theta, 0.5 * np.ptp(d, axis=0), rtol=1e-12)
 
 
-def test_3b_is_refused_where_it_is_not_offered(emt_frames, tmp_path):
+def test_3b_is_refused_on_a_dask_cluster(tmp_path):
     gap = GAP(soap="n_max=3 l_max=2 n_sparse=10", angle_3b=TRIPLET)
     with pytest.raises(GapfitError, match="angle_3b.*dask"):
         gap.fit(tmp_path / "x.xyz", client=object())
-    with pytest.raises(GapfitError, match="angle_3b.*active learning"):
-        learn_pool(tmp_path / "run", "emt", emt_frames, gap, progress=False)
-    assert not (tmp_path / "run" / "model.npz").exists()
+
+
+def test_active_learning_with_the_3_body_term(tmp_path):
+    """Pool mode with a 3-body term: its sparse points span every labelled triplet
+    (chosen again when labels leave their range) and the run's model is the fit of
+    its labels on its sparse set."""
+    gap = GAP(
+        soap="cutoff=4.0 n_max=3 l_max=2 n_sparse=24",
+        angle_3b="cutoff=3.3 cutoff_transition_width=0.3 n_sparse=30 theta_fac=0.5",
+        e0_method="average",
+    )
+    pool = cu_cells(10, seed=11, labelled=False, rattle=0.12)
+    learner = learn_pool(
+        tmp_path / "run",
+        "emt",
+        pool,
+        gap,
+        n_seed=2,
+        batch_size=2,
+        budget=6,
+        seed=5,
+        strategy="uncertainty",
+        progress=False,
+    )
+    term = learner.model.term("angle_3b")
+    *_, d, t = descriptors(gap, {"angle_3b": (term.spec, term.kernel)}, learner.frames)
+    assert len(learner.frames) == 6 and set(np.unique(t)) == set(term.sparse_type)
+    for ty in np.unique(t):
+        have = term.sparse_d[term.sparse_type == ty]
+        assert (d[t == ty].min(0) >= have.min(0) - 1e-9).all()
+        assert (d[t == ty].max(0) <= have.max(0) + 1e-9).all()
+    full = refit(learner.model, learner.frames, chunk_atoms=1)
+    for p, q in zip(
+        learner.model.predict(learner.frames), full.predict(learner.frames), strict=True
+    ):
+        assert np.abs(p["forces"] - q["forces"]).max() < 1e-8
+    saved = Model.load(tmp_path / "run" / "model.npz")
+    assert saved.term("angle_3b").n_sparse == term.n_sparse
 
 
 def test_update_equals_refit(emt_frames):
