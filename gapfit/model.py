@@ -10,9 +10,10 @@ term order. Loading validates keys, shapes, dtypes, finiteness and the
 format version. Format 2 stores the whitened factor ``R`` of ``sparse_gp.py``; a
 format 1 file held the unwhitened ``R_1`` (``R_1^T R_1 = R^T R`` in weight space),
 read as ``R = R_1 L_mm^-T`` (upper triangular: the same posterior). Format 3 is
-format 2 with a ``baseline`` in ``meta`` (``gapfit.baseline``); a model without one
-is still written as format 2, and a gapfit that predates baselines refuses a format-3
-file instead of predicting without its baseline.
+format 2 with a ``baseline`` in ``meta`` (``gapfit.baseline``), format 4 a model with
+a 3-body term (``angle_3b.sparse_d``, ``angle_3b.sparse_type``); each model is written
+in the oldest format that holds it, so a gapfit that predates baselines or the 3-body
+term refuses such a file instead of predicting without them.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ from gapfit.terms import TERM_TYPES, Term
 from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
-FORMAT_VERSION = 3  # the newest this gapfit reads and writes
-PLAIN_FORMAT = 2  # written for models without a baseline
+FORMAT_VERSION = 4  # the newest this gapfit reads and writes
+PLAIN_FORMAT = 2  # written for models without a baseline or a 3-body term
+BASELINE_FORMAT = 3  # with a baseline (no 3-body term)
 POSTERIOR = ("weights", "L_mm", "R")
 
 
@@ -284,7 +286,7 @@ class Model:
         """Write the model atomically (temp file in the target directory + rename)."""
         meta = {
             "format": FORMAT,
-            "format_version": PLAIN_FORMAT if self.baseline is None else FORMAT_VERSION,
+            "format_version": self._format_version(),
             "species": list(self.species),
             "terms": [{"name": t.name, **t.meta()} for t in self.terms],
             "e0": {str(z): v for z, v in self.e0.items()},
@@ -305,6 +307,13 @@ class Model:
         # compressed: the zero triangles of L_mm and R take no space
         np.savez_compressed(buf, meta=np.array(json.dumps(meta, indent=1)), **arrays)
         atomic_write(path, buf.getvalue())
+
+    def _format_version(self) -> int:
+        """The oldest format that holds this model (older gapfits refuse newer
+        formats instead of misreading them)."""
+        if any(t.name == "angle_3b" for t in self.terms):
+            return FORMAT_VERSION
+        return PLAIN_FORMAT if self.baseline is None else BASELINE_FORMAT
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Model:
