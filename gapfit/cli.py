@@ -396,19 +396,20 @@ _FIT_EPILOG = "\n\n".join(
 )
 @click.option(
     "--soap",
-    default=None,
+    multiple=True,
     metavar="SETTINGS",
     help="SOAP descriptor, kernel and sparsification settings as "
-    "'key=value ...' (see below; unknown keys are errors). Without --soap the "
+    "'key=value ...' (see below; unknown keys are errors). Repeat it for several "
+    "SOAP terms (e.g. two cutoffs; their energies add). Without --soap the "
     "model has a SOAP term with the defaults below, unless --distance-2b or "
     "--angle-3b is given: then it has no SOAP term. [gap_fit: gap={soap ...}]",
 )
 @click.option(
     "--distance-2b",
-    default=None,
+    multiple=True,
     metavar="SETTINGS",
     help="Add a 2-body term: squared-exponential GP of the pair distance per "
-    "species pair, settings 'key=value ...' (see below). "
+    "species pair, settings 'key=value ...' (see below); repeat it for several. "
     "[gap_fit: gap={distance_2b ...}]",
 )
 @click.option(
@@ -518,8 +519,8 @@ def fit(
     gap_fit_args: tuple[str, ...],
     at_file: str | None,
     gp_file: str | None,
-    soap: str | None,
-    distance_2b: str | None,
+    soap: tuple[str, ...],
+    distance_2b: tuple[str, ...],
     angle_3b: str | None,
     default_sigma: str,
     config_type_sigma: str | None,

@@ -42,6 +42,7 @@ from gapfit.data import Frame, LabelKeys, Sigmas, as_frames, fit_e0, read_frames
 from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
 from gapfit.dscribe_backend import check_backend, soap_values
 from gapfit.errors import GapfitError
+from gapfit.gapstring import ONE_ANGLE_3B, Settings
 from gapfit.hyperparameters import optimise, optimise_mode
 from gapfit.kernels import DotProductKernel, normalise
 from gapfit.memory import peak_rss_gib, release_freed
@@ -51,7 +52,7 @@ from gapfit.report import error_table
 from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.sparsify import select_sparse, select_sparse_by_config_type
-from gapfit.terms import PairTerm, SoapTerm, Term, TripletTerm, block_K_mm
+from gapfit.terms import PairTerm, SoapTerm, Term, TripletTerm, block_K_mm, term_name
 
 if TYPE_CHECKING:
     from dask.distributed import Client
@@ -59,17 +60,25 @@ if TYPE_CHECKING:
     from gapfit.plan import FitPlan
 
 
+KINDS = ("distance_2b", "angle_3b", "soap")  # term kinds, in a model's term order
+
+
 class GAP:
     """Sparse GAP (2-body + SOAP), scikit-learn style: settings here, ``fit(frames)``.
 
     Args:
-        soap: gap_fit-style SOAP string or mapping (see ``gapstring.SOAP_DEFAULTS``);
-            None means SOAP defaults, or no SOAP term when ``distance_2b`` or
-            ``angle_3b`` is given.
-        distance_2b: gap_fit-style 2-body string or mapping (``DISTANCE_2B_DEFAULTS``);
-            None: no 2-body term.
+        soap: gap_fit-style SOAP string or mapping (see ``gapstring.SOAP_DEFAULTS``),
+            or a list of them for several SOAP terms (e.g. two cutoffs); None means
+            SOAP defaults, or no SOAP term when ``distance_2b`` or ``angle_3b`` is
+            given.
+        distance_2b: gap_fit-style 2-body string or mapping (``DISTANCE_2B_DEFAULTS``),
+            or a list of them; None: no 2-body term.
         angle_3b: gap_fit-style 3-body string or mapping (``ANGLE_3B_DEFAULTS``,
             ``gapfit.angle_3b``); None: no 3-body term.
+
+    Several terms of one kind are independent GPs whose local energies add, as in
+    gap_fit's ``gap={soap ... : soap ...}``; they are named ``soap``, ``soap_2``,
+    ... in term order (``term_names``).
         default_sigma: (energy eV/atom, force eV/Å, virial eV/atom[, hessian ignored]).
         config_type_sigma: config_type -> (energy, force, virial) sigmas.
         sigma_per_atom: energy/virial sigmas are per atom (gap_fit default T).
@@ -98,8 +107,8 @@ class GAP:
 
     def __init__(
         self,
-        soap: str | Mapping[str, Any] | None = None,
-        distance_2b: str | Mapping[str, Any] | None = None,
+        soap: Settings | Sequence[Settings] | None = None,
+        distance_2b: Settings | Sequence[Settings] | None = None,
         angle_3b: str | Mapping[str, Any] | None = None,
         default_sigma: Sequence[float] = (0.001, 0.05, 0.05, 0.0),
         config_type_sigma: Mapping[str, Sequence[float]] | None = None,
@@ -159,16 +168,17 @@ class GAP:
         timings: dict[str, float] = {}
         memory: dict[str, float] = {}
         t0 = time.perf_counter()
-        soap, pair = self._settings()
-        triplet = self._triplet_settings()
+        named = self._term_settings()
         mode = optimise_mode(self.optimise_hyperparameters)
-        check_backend(self.descriptor_backend, soap and soap["weighting"])
+        for kind, settings in named.values():
+            if kind == "soap":
+                check_backend(self.descriptor_backend, settings["weighting"])
         baseline = Baseline.of(self.baseline, self.baseline_kwargs)
         frames = self._frames(frames)
         sigmas = self._sigmas()
         species = tuple(sorted({int(z) for f in frames for z in f.numbers}))
         e0 = self._e0(frames, species, baseline)
-        specs = _specs(soap, pair, species, triplet)
+        specs = term_specs(named, species)
         cutoff = max(s.neighbour_cutoff for s, _ in specs.values())
         timings["read"] = time.perf_counter() - t0
         memory["read"] = peak_rss_gib()
@@ -178,25 +188,15 @@ class GAP:
         batches = padded_batches(
             frames, chunks, species, cutoff, triplet_cutoff=_triplet_cutoff(specs)
         )
-        X, Z, r, t, d3, t3 = self._descriptors(specs, frames, chunks, batches)
+        data = self._descriptors(specs, frames, chunks, batches)
         timings["descriptors"] = time.perf_counter() - t0
         memory["descriptors"] = peak_rss_gib()
 
         t0 = time.perf_counter()
-        terms: list[Term] = []
-        if "distance_2b" in specs:
-            spec, kernel = specs["distance_2b"]
-            Z_r, Z_t = pair_sparse_points(spec, r, t, pair["n_sparse"])
-            terms.append(PairTerm(spec, kernel, Z_r, Z_t))
-        if "angle_3b" in specs:
-            terms.append(
-                triplet_term(*specs["angle_3b"], triplet, d3, t3, self.rnd_seed)
-            )
-        if "soap" in specs:
-            spec, kernel = specs["soap"]
-            idx = sparse_environments(X, Z, frames, soap, self.rnd_seed)
-            X_hat, _ = normalise(jnp.asarray(X[idx]))
-            terms.append(SoapTerm(spec, kernel, np.asarray(X_hat), Z[idx]))
+        terms = [
+            self._term(name, *specs[name], settings, *data.pop(name), frames)
+            for name, (_, settings) in named.items()
+        ]
         K_mm = block_K_mm(terms)
         timings["sparsify"] = time.perf_counter() - t0
         memory["sparsify"] = peak_rss_gib()
@@ -227,14 +227,15 @@ class GAP:
                 self.progress,
             )
             model, final = best.model, best.final
-            soap = soap and {**soap, "delta": final["delta"]["soap"]}
-            pair = pair and {**pair, "delta": final["delta"]["distance_2b"]}
-            triplet = triplet and {**triplet, "delta": final["delta"]["angle_3b"]}
+            named = {
+                name: (kind, {**settings, "delta": final["delta"][name]})
+                for name, (kind, settings) in named.items()
+            }
             timings.update(best.seconds)
             memory["solve"] = memory["hyperparameters"] = peak_rss_gib()
 
         model.info = {
-            **self._info(soap, pair, triplet),
+            **self._info(named),
             "data": _data_summary(frames),
             "n_sparse": {term.name: term.sparse_counts() for term in terms},
         }
@@ -276,9 +277,10 @@ class GAP:
         return self.model_.predict(structures, std=std)
 
     # ------------------------------------------------------------------------------
-    def _info(self, soap: dict | None, pair: dict | None, triplet: dict | None) -> dict:
-        """Package versions and the settings of a model's ``info`` (the settings are
-        ``GAP`` arguments: ``gapfit.update`` rebuilds the sigmas from them)."""
+    def _info(self, named: dict[str, tuple[str, dict]]) -> dict:
+        """Package versions and the settings of a model's ``info`` from the terms'
+        settings ``{name: (kind, settings)}`` (``GAP`` arguments by term name, None
+        for an absent kind: ``gapfit.update`` rebuilds the sigmas from them)."""
         return {
             "gapfit_version": __version__,
             "versions": {
@@ -288,9 +290,8 @@ class GAP:
                 "python": platform.python_version(),
             },
             "settings": {
-                "soap": soap,
-                "distance_2b": pair,
-                "angle_3b": triplet,
+                **dict.fromkeys(KINDS),
+                **{name: settings for name, (_, settings) in named.items()},
                 "default_sigma": list(self.default_sigma),
                 "config_type_sigma": {
                     k: list(v) for k, v in (self.config_type_sigma or {}).items()
@@ -302,6 +303,27 @@ class GAP:
                 "descriptor_backend": self.descriptor_backend,
             },
         }
+
+    def _term(
+        self,
+        name: str,
+        spec: SoapSpec | PairSpec | TripletSpec,
+        kernel: DotProductKernel | SEKernel | ARDKernel,
+        settings: dict,
+        values: np.ndarray,
+        types: np.ndarray,
+        frames: Sequence[Frame],
+    ) -> Term:
+        """The term ``name`` with its sparse points chosen among its descriptors of
+        the data (``_descriptors``)."""
+        if isinstance(spec, SoapSpec):
+            idx = sparse_environments(values, types, frames, settings, self.rnd_seed)
+            X_hat, _ = normalise(jnp.asarray(values[idx]))
+            return SoapTerm(spec, kernel, np.asarray(X_hat), types[idx], name)
+        if isinstance(spec, TripletSpec):
+            return triplet_term(spec, kernel, settings, values, types, self.rnd_seed)
+        Z_r, Z_t = pair_sparse_points(spec, values, types, settings["n_sparse"])
+        return PairTerm(spec, kernel, Z_r, Z_t, name)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -340,24 +362,45 @@ class GAP:
             float(ds[0]), float(ds[1]), float(ds[2]), per_type, self.sigma_per_atom
         )
 
+    def _term_settings(self) -> dict[str, tuple[str, dict]]:
+        """Validated settings of every term, ``{name: (kind, settings)}`` in term
+        order (``KINDS``' order, then as given; names ``soap``, ``soap_2``, ...).
+        With no term given, one SOAP term with the defaults."""
+        given = {kind: _as_list(getattr(self, kind)) for kind in KINDS}
+        if not any(given.values()):
+            given["soap"] = [None]
+        if len(given["angle_3b"]) > 1:
+            raise GapfitError(
+                f"{len(given['angle_3b'])} angle_3b terms given; {ONE_ANGLE_3B}"
+            )
+        return {
+            term_name(kind, k): (kind, _PARSERS[kind](value))
+            for kind in KINDS
+            for k, value in enumerate(given[kind], 1)
+        }
+
+    def _single_terms(self) -> dict[str, dict]:
+        """``{kind: settings}`` of a GAP with at most one term of each kind, for the
+        parts of gapfit that take one (active learning, dask fits, ``tune``)."""
+        named = self._term_settings()
+        if any(name not in KINDS for name in named):
+            raise GapfitError(
+                f"this GAP has several terms of one kind ({', '.join(named)}); "
+                "`gapfit fit` (GAP.fit) and `gapfit fit --dry-run` fit them, but "
+                "active learning, dask fits and `gapfit tune` take one term of each "
+                "kind: give one."
+            )
+        return {kind: settings for kind, settings in named.values()}
+
     def _settings(self) -> tuple[dict | None, dict | None]:
-        """Validated SOAP and 2-body settings (None for an absent term)."""
-        pair = (
-            None
-            if self.distance_2b is None
-            else gapstring.parse_distance_2b(self.distance_2b)
-        )
-        other = pair is not None or self.angle_3b is not None
-        soap = (
-            None if (self.soap is None and other) else gapstring.parse_soap(self.soap)
-        )
-        return soap, pair
+        """Validated SOAP and 2-body settings (None for an absent term) of a GAP
+        with one term of each kind (``_single_terms``)."""
+        single = self._single_terms()
+        return single.get("soap"), single.get("distance_2b")
 
     def _triplet_settings(self) -> dict | None:
         """Validated 3-body settings (None for no 3-body term)."""
-        if self.angle_3b is None:
-            return None
-        return gapstring.parse_angle_3b(self.angle_3b)
+        return self._term_settings().get("angle_3b", (None, None))[1]
 
     def _descriptors(
         self,
@@ -365,12 +408,14 @@ class GAP:
         frames: Sequence[Frame],
         chunks: Sequence[Sequence[int]],
         batches: Iterable[Batch],
-    ) -> tuple[np.ndarray, ...]:
-        """SOAP ``(n_env, F)`` and species index ``(n_env,)`` of every environment,
-        the distances and pair types of every pair within the 2-body cutoff, and the
-        descriptors ``(n, 3)`` and types of every triplet of the 3-body term
-        (``batches``: one per chunk, each used once, so they may be streamed)."""
-        X, Z, r, t, d3, t3 = [], [], [], [], [], []
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each term's descriptors of the data, ``{name: (values, types)}``: a SOAP
+        term's ``(n_env, F)`` and species index ``(n_env,)`` of every environment, a
+        2-body term's distances ``(n,)`` Å and pair types of every pair within the
+        neighbour cutoff, the 3-body term's ``(n, 3)`` descriptors and types of its
+        triplets (``batches``: one per chunk, each used once, so they may be
+        streamed)."""
+        parts: dict[str, tuple[list, list]] = {name: ([], []) for name in specs}
         species = next(iter(specs.values()))[0].species
         for chunk, batch in tqdm(
             zip(chunks, batches, strict=True),
@@ -379,42 +424,35 @@ class GAP:
             unit="chunk",
             disable=not self.progress,
         ):
-            if "soap" in specs:
-                real = batch.atom_mask > 0
-                if self.descriptor_backend == "dscribe":
-                    sel = [frames[k] for k in chunk]
-                    X.append(soap_values(specs["soap"][0], sel))
+            real = batch.atom_mask > 0
+            arrays = batch_arrays(batch)
+            for name, (spec, _) in specs.items():
+                values, types = parts[name]
+                if isinstance(spec, SoapSpec):
+                    if self.descriptor_backend == "dscribe":
+                        values.append(soap_values(spec, [frames[k] for k in chunk]))
+                    else:
+                        values.append(np.asarray(descriptors_jit(spec, arrays))[real])
+                    types.append(batch.species[real])
+                elif isinstance(spec, TripletSpec):
+                    d, t = batch_descriptors(spec, batch)
+                    values.append(d)
+                    types.append(t)
                 else:
-                    soap = descriptors_jit(specs["soap"][0], batch_arrays(batch))
-                    X.append(np.asarray(soap)[real])
-                Z.append(batch.species[real])
-            if "distance_2b" in specs:
-                keep = (batch.canonical * batch.pair_mask) > 0
-                r.append(np.linalg.norm(batch.D[keep], axis=1))
-                t.append(
-                    pair_type(
-                        batch.species[batch.centre[keep]],
-                        batch.neighbour_species[keep],
-                        len(species),
+                    keep = (batch.canonical * batch.pair_mask) > 0
+                    values.append(np.linalg.norm(batch.D[keep], axis=1))
+                    types.append(
+                        pair_type(
+                            batch.species[batch.centre[keep]],
+                            batch.neighbour_species[keep],
+                            len(species),
+                        )
                     )
-                )
-            if "angle_3b" in specs:
-                d, types = batch_descriptors(specs["angle_3b"][0], batch)
-                d3.append(d)
-                t3.append(types)
             release_freed()
-
-        def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
-            return np.concatenate(parts) if parts else empty
-
-        return (
-            joined(X, np.zeros((0, 0))),
-            joined(Z, np.zeros(0, np.int64)),
-            joined(r, np.zeros(0)),
-            joined(t, np.zeros(0, np.int64)),
-            joined(d3, np.zeros((0, 3))),
-            joined(t3, np.zeros(0, np.int64)),
-        )
+        return {
+            name: (np.concatenate(values), np.concatenate(types))
+            for name, (values, types) in parts.items()
+        }
 
 
 def sparse_environments(
@@ -429,43 +467,80 @@ def sparse_environments(
     return select_sparse_by_config_type(X, Z, types, counts, method, seed)
 
 
+def term_specs(named: dict[str, tuple[str, dict]], species: tuple[int, ...]) -> dict:
+    """``{term name: (descriptor spec, kernel)}`` from validated settings
+    ``{name: (kind, settings)}`` (a 3-body ``theta_fac`` kernel has lengths 1 until
+    the fit measures the data)."""
+    return {
+        name: _SPEC_OF[kind](settings, species)
+        for name, (kind, settings) in named.items()
+    }
+
+
 def _specs(
     soap: dict | None,
     pair: dict | None,
     species: tuple[int, ...],
     triplet: dict | None = None,
 ) -> dict:
-    """``{term name: (descriptor spec, kernel)}`` from validated settings (a 3-body
-    ``theta_fac`` kernel has lengths 1 until the fit measures the data)."""
-    specs: dict = {}
-    if pair is not None:
-        specs["distance_2b"] = (
-            PairSpec(species, pair["cutoff"], pair["cutoff_transition_width"]),
-            SEKernel(pair["delta"], pair["theta_uniform"]),
-        )
-    if triplet is not None:
-        theta = triplet["theta_uniform"] or 1.0
-        specs["angle_3b"] = (
-            TripletSpec(species, triplet["cutoff"], triplet["cutoff_transition_width"]),
-            ARDKernel(triplet["delta"], (theta,) * 3),
-        )
-    if soap is not None:
-        specs["soap"] = (
-            SoapSpec(
-                species=species,
-                cutoff=soap["cutoff"],
-                n_max=soap["n_max"],
-                l_max=soap["l_max"],
-                atom_sigma=soap["atom_sigma"],
-                weighting=soap["weighting"],
-                cutoff_transition_width=soap["cutoff_transition_width"],
-                poly_r0=soap["poly_r0"],
-                poly_c=soap["poly_c"],
-                poly_m=soap["poly_m"],
-            ),
-            DotProductKernel(soap["delta"], soap["zeta"]),
-        )
-    return specs
+    """``term_specs`` of at most one term of each kind (None: absent)."""
+    given = {"distance_2b": pair, "angle_3b": triplet, "soap": soap}
+    named = {kind: (kind, s) for kind, s in given.items() if s is not None}
+    return term_specs(named, species)
+
+
+def _pair_spec(pair: dict, species: tuple[int, ...]) -> tuple[PairSpec, SEKernel]:
+    return (
+        PairSpec(species, pair["cutoff"], pair["cutoff_transition_width"]),
+        SEKernel(pair["delta"], pair["theta_uniform"]),
+    )
+
+
+def _triplet_spec(
+    triplet: dict, species: tuple[int, ...]
+) -> tuple[TripletSpec, ARDKernel]:
+    theta = triplet["theta_uniform"] or 1.0
+    return (
+        TripletSpec(species, triplet["cutoff"], triplet["cutoff_transition_width"]),
+        ARDKernel(triplet["delta"], (theta,) * 3),
+    )
+
+
+def _soap_spec(
+    soap: dict, species: tuple[int, ...]
+) -> tuple[SoapSpec, DotProductKernel]:
+    return (
+        SoapSpec(
+            species=species,
+            cutoff=soap["cutoff"],
+            n_max=soap["n_max"],
+            l_max=soap["l_max"],
+            atom_sigma=soap["atom_sigma"],
+            weighting=soap["weighting"],
+            cutoff_transition_width=soap["cutoff_transition_width"],
+            poly_r0=soap["poly_r0"],
+            poly_c=soap["poly_c"],
+            poly_m=soap["poly_m"],
+        ),
+        DotProductKernel(soap["delta"], soap["zeta"]),
+    )
+
+
+_SPEC_OF = {"distance_2b": _pair_spec, "angle_3b": _triplet_spec, "soap": _soap_spec}
+_PARSERS = {
+    "distance_2b": gapstring.parse_distance_2b,
+    "angle_3b": gapstring.parse_angle_3b,
+    "soap": gapstring.parse_soap,
+}
+
+
+def _as_list(value: Settings | Sequence[Settings] | None) -> list:
+    """One term's settings, or a list of them, as a list (None: none)."""
+    if value is None:
+        return []
+    if isinstance(value, str | Mapping):
+        return [value]
+    return list(value)
 
 
 def triplet_term(
@@ -489,7 +564,8 @@ def triplet_term(
 
 def _triplet_cutoff(specs: dict) -> float:
     """Å: the 3-body term's cutoff, 0 without one."""
-    return specs["angle_3b"][0].cutoff if "angle_3b" in specs else 0.0
+    cutoffs = [s.cutoff for s, _ in specs.values() if isinstance(s, TripletSpec)]
+    return max(cutoffs, default=0.0)
 
 
 def _data_summary(frames: Sequence[Frame]) -> dict:

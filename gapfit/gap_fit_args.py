@@ -22,7 +22,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -32,7 +32,9 @@ from gapfit.errors import GapfitError
 from gapfit.gapstring import (
     ANGLE_3B_DEFAULTS,
     DISTANCE_2B_DEFAULTS,
+    ONE_ANGLE_3B,
     SOAP_DEFAULTS,
+    Settings,
     parse_angle_3b,
     parse_distance_2b,
     parse_gap_bool,
@@ -336,15 +338,16 @@ def join_braces(tokens: Sequence[str]) -> list[str]:
     return out
 
 
-def parse_gap_string(text: str) -> dict[str, str]:
-    """gap_fit's ``gap={desc1 ... : desc2 ...}`` as ``{descriptor: settings text}``
-    (``soap``, ``distance_2b``, ``angle_3b``; absent ones left out).
+def parse_gap_string(text: str) -> dict[str, list[str]]:
+    """gap_fit's ``gap={desc1 ... : desc2 ...}`` as ``{descriptor: [settings text of
+    each term of that kind, in order]}`` (``soap``, ``distance_2b``, ``angle_3b``;
+    absent ones left out).
 
     Descriptors are separated by ``:`` or ``;`` outside inner braces, as in gap_fit;
     ``gap_kwargs`` validates each.
     """
     body = _unquote(text)
-    found: dict[str, str] = {}
+    found: dict[str, list[str]] = {}
     for part in _split_top_level(body, ":;"):
         words = part.split()
         if not words:
@@ -367,19 +370,28 @@ def parse_gap_string(text: str) -> dict[str, str]:
                 f"gap_fit descriptor '{words[0]}' is not supported by gapfit; it "
                 f"implements {', '.join(_DESCRIPTORS)}.{hint}"
             )
-        if name in found:
-            raise GapfitError(
-                f"gap={text}: {name} appears twice; gapfit fits at most one {name} "
-                "term (with add_species=T it already covers every species)."
-            )
-        found[name] = " ".join(words[1:])
+        found.setdefault(name, []).append(" ".join(words[1:]))
     return found
+
+
+def _terms(
+    value: Settings | Sequence[Settings] | None,
+    parse: Callable[[Settings | None], dict],
+    default: bool = False,
+) -> dict | list[dict] | None:
+    """One term's parsed settings, a list for several, or None for none (the
+    defaults' if ``default``)."""
+    given = [value] if isinstance(value, str | Mapping) else list(value or ())
+    if not given:
+        return parse(None) if default else None
+    parsed = [parse(v) for v in given]
+    return parsed[0] if len(parsed) == 1 else parsed
 
 
 def gap_kwargs(
     *,
-    soap: str | Mapping[str, Any] | None,
-    distance_2b: str | Mapping[str, Any] | None,
+    soap: Settings | Sequence[Settings] | None,
+    distance_2b: Settings | Sequence[Settings] | None,
     default_sigma: str,
     config_type_sigma: str | None,
     sigma_per_atom: bool,
@@ -389,7 +401,7 @@ def gap_kwargs(
     rnd_seed: int,
     keys: LabelKeys,
     gap_fit_style: bool = False,
-    angle_3b: str | Mapping[str, Any] | None = None,
+    angle_3b: Settings | Sequence[Settings] | None = None,
 ) -> dict[str, Any]:
     """Validated ``GAP`` keyword arguments from command-line text.
 
@@ -401,8 +413,9 @@ def gap_kwargs(
     default filled in).
 
     Args:
-        soap, distance_2b, angle_3b: descriptor settings ``"key=value ..."``, or
-            ``None``.
+        soap, distance_2b, angle_3b: descriptor settings ``"key=value ..."``, a
+            list of them for several terms of one kind (parsed into a list), or
+            ``None`` (an empty list too).
         default_sigma: ``"E F V [H]"`` (eV/atom, eV/Å, eV/atom, ignored), braces and
             commas allowed.
         config_type_sigma: ``"name:E:F:V:H:name2:..."`` (braces allowed) or ``None``.
@@ -442,16 +455,14 @@ def gap_kwargs(
             f"{opt('rnd_seed')}{rnd_seed}: gapfit fits are always seeded (gap_fit's "
             "-1 means unseeded); give a seed >= 0, e.g. 1."
         )
+    pair = _terms(distance_2b, parse_distance_2b)
+    triplet = _terms(angle_3b, parse_angle_3b)
+    if isinstance(triplet, list):
+        raise GapfitError(f"{len(triplet)} angle_3b terms given; {ONE_ANGLE_3B}")
     return {
-        "soap": (
-            parse_soap(soap)
-            if soap is not None or (distance_2b is None and angle_3b is None)
-            else None
-        ),
-        "distance_2b": (
-            parse_distance_2b(distance_2b) if distance_2b is not None else None
-        ),
-        "angle_3b": parse_angle_3b(angle_3b) if angle_3b is not None else None,
+        "soap": _terms(soap, parse_soap, default=pair is None and triplet is None),
+        "distance_2b": pair,
+        "angle_3b": triplet,
         "default_sigma": parse_default_sigma(
             default_sigma, "default_sigma" if gap_fit_style else "--default-sigma"
         ),

@@ -21,6 +21,13 @@ from gapfit.errors import GapfitError
 from gapfit.soap import WEIGHTINGS
 from gapfit.sparsify import SPARSE_METHODS
 
+Settings = str | Mapping[str, Any]  # one term's settings: "key=value ..." or a mapping
+
+# several 3-body terms would need one triplet list per cutoff
+ONE_ANGLE_3B = (
+    "gapfit fits one angle_3b term (it covers every species triplet): give one."
+)
+
 SOAP_DEFAULTS: dict[str, Any] = {
     "cutoff": 5.0,
     "cutoff_transition_width": 1.0,

@@ -11,9 +11,11 @@ format version. Format 2 stores the whitened factor ``R`` of ``sparse_gp.py``; a
 format 1 file held the unwhitened ``R_1`` (``R_1^T R_1 = R^T R`` in weight space),
 read as ``R = R_1 L_mm^-T`` (upper triangular: the same posterior). Format 3 is
 format 2 with a ``baseline`` in ``meta`` (``gapfit.baseline``), format 4 a model with
-a 3-body term (``angle_3b.sparse_d``, ``angle_3b.sparse_type``); each model is written
-in the oldest format that holds it, so a gapfit that predates baselines or the 3-body
-term refuses such a file instead of predicting without them.
+a 3-body term (``angle_3b.sparse_d``, ``angle_3b.sparse_type``), format 5 a model with
+several terms of one kind (``soap``, ``soap_2``, ...; each term's ``kind`` in
+``meta``); each model is written in the oldest format that holds it, so a gapfit that
+predates baselines, the 3-body term or repeated terms refuses such a file instead of
+predicting without them.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ from gapfit.terms import TERM_TYPES, Term
 from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
-FORMAT_VERSION = 4  # the newest this gapfit reads and writes
+FORMAT_VERSION = 5  # the newest this gapfit reads and writes
 PLAIN_FORMAT = 2  # written for models without a baseline or a 3-body term
 BASELINE_FORMAT = 3  # with a baseline (no 3-body term)
+TRIPLET_FORMAT = 4  # with a 3-body term (one term of each kind)
 POSTERIOR = ("weights", "L_mm", "R")
 
 
@@ -288,7 +291,7 @@ class Model:
             "format": FORMAT,
             "format_version": self._format_version(),
             "species": list(self.species),
-            "terms": [{"name": t.name, **t.meta()} for t in self.terms],
+            "terms": [{"name": t.name, "kind": t.kind, **t.meta()} for t in self.terms],
             "e0": {str(z): v for z, v in self.e0.items()},
             "units": {
                 "energy": "eV",
@@ -311,8 +314,10 @@ class Model:
     def _format_version(self) -> int:
         """The oldest format that holds this model (older gapfits refuse newer
         formats instead of misreading them)."""
-        if any(t.name == "angle_3b" for t in self.terms):
+        if any(t.name != t.kind for t in self.terms):
             return FORMAT_VERSION
+        if any(t.kind == "angle_3b" for t in self.terms):
+            return TRIPLET_FORMAT
         return PLAIN_FORMAT if self.baseline is None else BASELINE_FORMAT
 
     @classmethod
@@ -365,7 +370,13 @@ class Model:
                     for k, v in members.items()
                     if k.startswith(prefix)
                 }
-                terms.append(TERM_TYPES[tm["name"]].load(tm, arrays))
+                kind = tm.get("kind", tm["name"])  # formats 1-4: one term per kind
+                if kind not in TERM_TYPES or tm["name"] in [t.name for t in terms]:
+                    raise GapfitError(
+                        f"{path}: term {tm['name']!r} of kind {kind!r} is unknown or "
+                        "given twice; corrupt or from a newer gapfit: refit or upgrade."
+                    )
+                terms.append(TERM_TYPES[kind].load(tm, arrays))
             species = tuple(int(z) for z in meta["species"])
             e0 = {int(z): float(v) for z, v in meta["e0"].items()}
             w, L, R = (members[k] for k in POSTERIOR)

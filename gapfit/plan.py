@@ -68,12 +68,12 @@ import numpy as np
 from gapfit.angle_3b import TRIPLET_BLOCK, batch_descriptors
 from gapfit.baseline import Baseline
 from gapfit.data import Frame, fit_e0
-from gapfit.distance_2b import pair_type
+from gapfit.distance_2b import PairSpec, pair_type
 from gapfit.errors import GapfitError
-from gapfit.fit import _specs
+from gapfit.fit import term_specs
 from gapfit.model import chunk_indices
 from gapfit.neighbours import _canonical, bucket, make_batch, pairs
-from gapfit.soap import PAIR_BLOCK
+from gapfit.soap import PAIR_BLOCK, SoapSpec
 from gapfit.sparsify import check_config_types, select_sparse
 
 if TYPE_CHECKING:
@@ -255,8 +255,8 @@ def plan_fit(
         GapfitError: the settings or the data are invalid (as ``fit`` would).
     """
     t0 = time.perf_counter()
-    soap, pair = gap._settings()
-    triplet = gap._triplet_settings()
+    named = gap._term_settings()
+    triplet = named.get("angle_3b", (None, None))[1]
     frames = gap._frames(frames)
     t_read = time.perf_counter() - t0
     gap._sigmas()
@@ -265,20 +265,20 @@ def plan_fit(
     fit_e0(
         frames, gap.e0_method, species, gap.e0
     )  # its checks (values: after the baseline)
-    specs = _specs(soap, pair, species, triplet)
-    if soap is not None:  # n_sparse, sparse_method and seed, as the fit checks them
-        F = specs["soap"][0].n_features
-        select_sparse(
-            np.zeros((0, F)),
-            np.zeros(0, np.int64),
-            soap["n_sparse"],
-            soap["sparse_method"],
-            gap.rnd_seed,
-        )
+    specs = term_specs(named, species)
+    for name, (kind, settings) in named.items():
+        if kind == "soap":  # n_sparse, sparse_method and seed, as the fit checks them
+            select_sparse(
+                np.zeros((0, specs[name][0].n_features)),
+                np.zeros(0, np.int64),
+                settings["n_sparse"],
+                settings["sparse_method"],
+                gap.rnd_seed,
+            )
     cutoff = max(s.neighbour_cutoff for s, _ in specs.values())
 
     t0 = time.perf_counter()
-    counts, r_range = _neighbour_counts(frames, specs, cutoff, len(species))
+    counts, r_ranges = _neighbour_counts(frames, specs, cutoff, len(species))
     t_nl = time.perf_counter() - t0
     t0 = time.perf_counter()
     triplets, types = _triplet_counts(frames, specs)
@@ -298,7 +298,7 @@ def plan_fit(
     for c in chunks:
         c.pad_to = common
         c.padded_triplets = T
-    n_sparse = _n_sparse(frames, species, soap, pair, r_range)
+    n_sparse = _n_sparse(frames, species, named, r_ranges)
     if triplet is not None:  # as angle_3b.triplet_sparse_points (an upper bound)
         if not sum(triplets):
             raise GapfitError(
@@ -340,7 +340,7 @@ def plan_fit(
 def _triplet_counts(frames: Sequence[Frame], specs: dict) -> tuple[list[int], Any]:
     """Triplets of the 3-body term in every frame, and in all frames per triplet
     type (zeros without the term)."""
-    if "angle_3b" not in specs:
+    if "angle_3b" not in specs:  # the one 3-body term
         return [0] * len(frames), np.zeros(0, np.int64)
     spec = specs["angle_3b"][0]
     counts, types = [], np.zeros(spec.n_types, np.int64)
@@ -354,76 +354,97 @@ def _triplet_counts(frames: Sequence[Frame], specs: dict) -> tuple[list[int], An
 
 def _neighbour_counts(
     frames: Sequence[Frame], specs: dict, cutoff: float, n_species: int
-) -> tuple[list[int], dict[int, tuple[float, float]]]:
-    """Full-list pairs of every frame, and the (min, max) distance of each 2-body pair
-    type within the 2-body cutoff (``GAP.fit`` places its sparse points there)."""
+) -> tuple[list[int], dict[str, dict[int, tuple[float, float]]]]:
+    """Full-list pairs of every frame, and for each 2-body term the (min, max)
+    distance of each pair type within its cutoff (``GAP.fit`` places its sparse
+    points there), ``{term name: {type: (min, max)}}``."""
     counts: list[int] = []
-    r_range: dict[int, tuple[float, float]] = {}
-    pair_spec = specs["distance_2b"][0] if "distance_2b" in specs else None
+    pair_specs = {n: s for n, (s, _) in specs.items() if isinstance(s, PairSpec)}
+    r_ranges: dict[str, dict[int, tuple[float, float]]] = {n: {} for n in pair_specs}
     for f in frames:
         i, j, D = pairs(f, cutoff, f.where)
         counts.append(len(i))
-        if pair_spec is None or not len(i):
+        if not pair_specs or not len(i):
             continue
-        z = np.searchsorted(pair_spec.species, f.numbers)
+        species = next(iter(pair_specs.values())).species
+        z = np.searchsorted(species, f.numbers)
         r = np.linalg.norm(D, axis=1)
-        keep = (_canonical(i, j, D) > 0) & (r < pair_spec.cutoff)
-        t = pair_type(z[i[keep]], z[j[keep]], n_species)
-        for ty in np.unique(t):
-            rt = r[keep][t == ty]
-            lo, hi = r_range.get(int(ty), (np.inf, -np.inf))
-            r_range[int(ty)] = (min(lo, rt.min()), max(hi, rt.max()))
-    return counts, r_range
+        for name, spec in pair_specs.items():
+            keep = (_canonical(i, j, D) > 0) & (r < spec.cutoff)
+            t = pair_type(z[i[keep]], z[j[keep]], n_species)
+            for ty in np.unique(t):
+                rt = r[keep][t == ty]
+                lo, hi = r_ranges[name].get(int(ty), (np.inf, -np.inf))
+                r_ranges[name][int(ty)] = (min(lo, rt.min()), max(hi, rt.max()))
+    return counts, r_ranges
 
 
 def _n_sparse(
     frames: Sequence[Frame],
     species: tuple[int, ...],
-    soap: dict | None,
-    pair: dict | None,
-    r_range: dict[int, tuple[float, float]],
+    named: dict[str, tuple[str, dict]],
+    r_ranges: dict[str, dict[int, tuple[float, float]]],
 ) -> dict[str, int]:
-    """Sparse points per term as ``GAP.fit`` chooses them (SOAP: an upper bound, since
-    duplicate environments are dropped first; with ``config_type_n_sparse`` the sum
-    over its config_types)."""
+    """Sparse points of the SOAP and 2-body terms as ``GAP.fit`` chooses them (SOAP:
+    an upper bound, since duplicate environments are dropped first; with
+    ``config_type_n_sparse`` the sum over its config_types)."""
     out: dict[str, int] = {}
-    if pair is not None and not r_range:  # as distance_2b.pair_sparse_points says
-        raise GapfitError(
-            f"distance_2b: no pair of atoms closer than cutoff={pair['cutoff']} Å in "
-            "the training data; raise the cutoff or drop the 2-body term."
-        )
-    if pair is not None:
-        out["distance_2b"] = sum(
-            pair["n_sparse"] if hi > lo else 1 for lo, hi in r_range.values()
-        )
-    if soap is not None:
-        counts = soap["config_type_n_sparse"]
-        if counts is not None:
-            check_config_types(counts, [f.config_type for f in frames])
-        out["soap"] = 0
-        for name, n in (counts or {None: soap["n_sparse"]}).items():
-            numbers = [f.numbers for f in frames if name in (None, f.config_type)]
-            atoms = np.bincount(np.concatenate(numbers), minlength=max(species) + 1)
-            out["soap"] += int(sum(min(n, atoms[z]) for z in species))
+    for name, (kind, settings) in named.items():
+        if kind == "distance_2b":
+            r_range = r_ranges[name]
+            if not r_range:  # as distance_2b.pair_sparse_points says
+                raise GapfitError(
+                    f"{name}: no pair of atoms closer than cutoff="
+                    f"{settings['cutoff']} Å in the training data; raise the cutoff "
+                    "or drop the 2-body term."
+                )
+            out[name] = sum(
+                settings["n_sparse"] if hi > lo else 1 for lo, hi in r_range.values()
+            )
+        elif kind == "soap":
+            counts = settings["config_type_n_sparse"]
+            if counts is not None:
+                check_config_types(counts, [f.config_type for f in frames])
+            out[name] = 0
+            for ctype, n in (counts or {None: settings["n_sparse"]}).items():
+                numbers = [f.numbers for f in frames if ctype in (None, f.config_type)]
+                atoms = np.bincount(np.concatenate(numbers), minlength=max(species) + 1)
+                out[name] += int(sum(min(n, atoms[z]) for z in species))
     return out
 
 
 @dataclass(frozen=True)
-class _Shape:
-    """Static sizes of the model: SOAP ``S, N, L, LM, F`` (zeros without SOAP),
-    ``M_soap``, ``M_2b``, ``M``."""
+class _Soap:
+    """Static sizes of one SOAP term: ``N = n_max``, ``L = l_max``, ``F``, ``M``."""
 
-    S: int
     N: int
     L: int
     F: int
-    M_soap: int
+    M: int
+
+    @property
+    def LM(self) -> int:
+        return (self.L + 1) ** 2
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Static sizes of the model: species ``S``, each SOAP term's sizes, ``M_2b``
+    and ``M_3b`` (all 2-body terms' sparse points; the 3-body term's)."""
+
+    S: int
+    soaps: tuple[_Soap, ...]
     M_2b: int
     M_3b: int = 0
 
     @property
-    def LM(self) -> int:
-        return (self.L + 1) ** 2 if self.F else 0
+    def F(self) -> int:
+        """All SOAP terms' features (the descriptor matrices' widths)."""
+        return sum(s.F for s in self.soaps)
+
+    @property
+    def M_soap(self) -> int:
+        return sum(s.M for s in self.soaps)
 
     @property
     def M(self) -> int:
@@ -431,44 +452,48 @@ class _Shape:
 
     @classmethod
     def of(cls, specs: dict, n_sparse: dict[str, int], species: tuple) -> _Shape:
-        M_2b, M_3b = n_sparse.get("distance_2b", 0), n_sparse.get("angle_3b", 0)
-        if "soap" not in specs:
-            return cls(len(species), 0, 0, 0, 0, M_2b, M_3b)
-        s = specs["soap"][0]
-        return cls(
-            len(species), s.n_max, s.l_max, s.n_features, n_sparse["soap"], M_2b, M_3b
-        )
+        soaps, M_2b = [], 0
+        for name, (spec, _) in specs.items():
+            if isinstance(spec, SoapSpec):
+                F, M = spec.n_features, n_sparse[name]
+                soaps.append(_Soap(spec.n_max, spec.l_max, F, M))
+            elif isinstance(spec, PairSpec):
+                M_2b += n_sparse[name]
+        return cls(len(species), tuple(soaps), M_2b, n_sparse.get("angle_3b", 0))
 
 
-def _code_bytes(shape: _Shape, n_shapes: int, kernels: Sequence[str]) -> float:
-    """Retained RSS of compiling ``kernels`` (those of the fit's chunk loops) for
-    ``n_shapes`` padded shapes."""
+def _code_bytes(n_shapes: int, kernels: Sequence[tuple[str, int]]) -> float:
+    """Retained RSS of compiling ``kernels`` (those of the fit's chunk loops, each
+    with its SOAP term's ``LM``, 0 for the others) for ``n_shapes`` padded shapes."""
     total = 0.0
-    for k in kernels:
+    for k, LM in kernels:
         a, b = CODE_MIB[k]
         shapes = 1 + CODE_PER_SHAPE * (n_shapes - 1)
-        total += CODE_KAPPA.get(k, 1.0) * (a + b * shape.LM) * MIB * shapes
+        total += CODE_KAPPA.get(k, 1.0) * (a + b * LM) * MIB * shapes
     return total
 
 
 def _transients(shape: _Shape, A: int, P: int, C: int, T: int = 0) -> dict[str, float]:
     """XLA temp + output bytes of one padded chunk (``T`` triplets), per stage (see
-    module doc)."""
-    S, N, L1, LM, F = shape.S, shape.N, shape.L + 1, shape.LM, shape.F
-    M, Ms, M2 = shape.M, shape.M_soap, shape.M_2b
+    module doc). Several SOAP terms run one after the other: the largest one's
+    temporaries, every term's outputs."""
+    S, F, M, Ms, M2 = shape.S, shape.F, shape.M, shape.M_soap, shape.M_2b
     B = min(PAIR_BLOCK, P)
     rows = 3 * A + 7 * C
-    out = {"descriptors": 1.38 * B * N * LM + A * F}
-    soap_rows = (
-        3.77 * B * 3 * Ms
-        + 0.96 * A * 3 * Ms
-        + 0.19 * B * 3 * S * N * LM
-        + 0.65 * B * 3 * S * S * L1 * N * N
-        + 5.9 * A * S * N * LM
-        + (A * 4 + C * 7) * Ms  # outputs: energy, forces, virial, local rows
-        if F
-        else 0.0
+    out = {
+        "descriptors": max((1.38 * B * s.N * s.LM for s in shape.soaps), default=0.0)
+        + A * F
+    }
+    soap_temp = (
+        3.77 * B * 3 * s.M
+        + 0.96 * A * 3 * s.M
+        + 0.19 * B * 3 * S * s.N * s.LM
+        + 0.65 * B * 3 * S * S * (s.L + 1) * s.N**2
+        + 5.9 * A * S * s.N * s.LM
+        for s in shape.soaps
     )
+    # + outputs: energy, forces, virial, local rows
+    soap_rows = max(soap_temp, default=0.0) + (A * 4 + C * 7) * Ms
     pair_rows = 8.04 * P * M2 + 2.1 * A * 3 * M2 + 6.0 * C * 9 * M2
     M3, B3 = shape.M_3b, min(TRIPLET_BLOCK, T)
     triplet_rows = (
@@ -503,18 +528,22 @@ def _memory(
     for A, P, C in padded:
         for stage, b in _transients(shape, A, P, C, T).items():
             worst[stage] = max(worst.get(stage, 0.0), b)
-    soap, two_body, three_body = shape.F > 0, shape.M_2b > 0, shape.M_3b > 0
-    X = 8.0 * n_atoms * shape.F  # (n_env, F) SOAP matrix
-    kernels = {
-        "descriptors": ["descriptors"] * soap,
-        "solve": ["design_rows"] * soap + ["triplet_rows"] * three_body,
-        "training_errors": ["mean"] * soap + ["triplet_mean"] * three_body,
+    two_body, three_body = shape.M_2b > 0, shape.M_3b > 0
+    X = 8.0 * n_atoms * shape.F  # (n_env, F) SOAP matrices
+    max_F = max((s.F for s in shape.soaps), default=0)  # chosen one term at a time
+    kernels = {  # (kernel, LM) compiled per stage: one SOAP kernel per SOAP term
+        stage: [(k, s.LM) for s in shape.soaps] + [(k3, 0)] * (bool(k3) and three_body)
+        for stage, k, k3 in (
+            ("descriptors", "descriptors", ""),
+            ("solve", "design_rows", "triplet_rows"),
+            ("training_errors", "mean", "triplet_mean"),
+        )
     }
     transient = {
         "read": 0.0,
         "descriptors": worst["descriptors"] + X,  # chunk list + concatenated X
         "sparsify": max(
-            SPARSIFY_COPIES * 8.0 * largest_species * shape.F,
+            SPARSIFY_COPIES * 8.0 * largest_species * max_F,
             TRIPLET_SPARSIFY * n_triplets,
         ),
         "solve": worst["solve"],
@@ -538,7 +567,7 @@ def _memory(
             fixed["factors"] = 8.0 * 6 * (shape.M + 1) ** 2
         parts = {
             **fixed,
-            "compiled code": _code_bytes(shape, len(padded), code) + misc,
+            "compiled code": _code_bytes(len(padded), code) + misc,
             f"{stage} transient": transient[stage],
         }
         out[stage] = (sum(parts.values()), parts)
@@ -551,30 +580,32 @@ def _seconds(
     t_read: float,
     t_nl: float,
 ) -> dict[str, float]:
-    """Predicted wall time per stage (see module doc)."""
-    S, N, LM, F = shape.S, shape.N, shape.LM, shape.F
-    M, Ms, M2 = shape.M, shape.M_soap, shape.M_2b
-    soap, two_body = F > 0, M2 > 0
+    """Predicted wall time per stage (see module doc; SOAP terms add up)."""
+    S, M, M2 = shape.S, shape.M, shape.M_2b
+    two_body = M2 > 0
     work = rows = qr = 0.0  # SOAP pair work, flops of the kernel rows and of the QR
     triplet_work = sum(c.padded_triplets * shape.M_3b for c in chunks)
     triplet_compile = COMPILE_S["triplet"] if shape.M_3b else 0.0
     for c in chunks:
         A, P, C = c.padded
-        if soap:
-            work += P * N * LM
-            rows += 2 * 3 * P * F * Ms + 18 * P * C * Ms + 12 * P * S * S * N * N * LM
+        for s in shape.soaps:
+            work += P * s.N * s.LM
+            rows += 2 * 3 * P * s.F * s.M + 18 * P * C * s.M
+            rows += 12 * P * S * S * s.N * s.N * s.LM
         rows += 30 * P * M2
         qr += 2 * (3 * A + 7 * C) * (M + 1) ** 2
     n_env = sum(c.atoms for c in chunks)
     n_shapes = len({c.padded for c in chunks})
     per_chunk = FIXED_S["chunk"] * len(chunks)
     pair_compile = COMPILE_S["pair"] if two_body else 0.0
+    LM = sum(s.LM for s in shape.soaps)  # compile time per shape: per SOAP kernel
     return {
         "read": t_read,
         "descriptors": t_nl
-        + (PAIR_WORK_S * work + n_shapes * COMPILE_S["descriptors"] * LM) * soap,
+        + PAIR_WORK_S * work
+        + n_shapes * COMPILE_S["descriptors"] * LM,
         "sparsify": FIXED_S["sparsify"]
-        + (4 * n_env * F * F + 2 * Ms * Ms * F) / FLOP_RATE,
+        + sum(4 * n_env * s.F**2 + 2 * s.M**2 * s.F for s in shape.soaps) / FLOP_RATE,
         "solve": t_nl
         + FIXED_S["solve"]
         + (rows + qr) / FLOP_RATE
@@ -582,7 +613,8 @@ def _seconds(
         + TRIPLET_ROW_S * triplet_work
         + per_chunk,
         "training_errors": t_nl
-        + (MEAN_WORK_S * work + n_shapes * COMPILE_S["mean"] * LM) * soap
+        + MEAN_WORK_S * work
+        + n_shapes * COMPILE_S["mean"] * LM
         + TRIPLET_MEAN_S * triplet_work
         + n_shapes * triplet_compile / 2
         + per_chunk,

@@ -53,8 +53,9 @@ class SoapTerm:
     kernel: DotProductKernel
     sparse_X: np.ndarray  # (M, F) unit SOAP vectors
     sparse_species: np.ndarray  # (M,) species index
+    name: str = "soap"  # unique in a model: soap, soap_2, ...
 
-    name = "soap"
+    kind = "soap"
 
     @property
     def n_sparse(self) -> int:
@@ -111,7 +112,7 @@ class SoapTerm:
         kernel = DotProductKernel(meta["kernel"]["delta"], meta["kernel"]["zeta"])
         X, s = arrays["sparse_X"], arrays["sparse_species"]
         _check(X.shape == (len(s), spec.n_features), f"sparse_X shape {X.shape}")
-        return cls(spec, kernel, X, s)
+        return cls(spec, kernel, X, s, meta["name"])
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,8 +123,9 @@ class PairTerm:
     kernel: SEKernel
     sparse_r: np.ndarray  # (M,) Å
     sparse_type: np.ndarray  # (M,) unordered species-pair index
+    name: str = "distance_2b"  # unique in a model: distance_2b, distance_2b_2, ...
 
-    name = "distance_2b"
+    kind = "distance_2b"
 
     @property
     def n_sparse(self) -> int:
@@ -184,7 +186,7 @@ class PairTerm:
         kernel = SEKernel(meta["kernel"]["delta"], meta["kernel"]["theta"])
         r, t = arrays["sparse_r"], arrays["sparse_type"]
         _check(r.shape == t.shape and r.ndim == 1, f"sparse_r shape {r.shape}")
-        return cls(spec, kernel, r, t)
+        return cls(spec, kernel, r, t, meta["name"])
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,8 +198,9 @@ class TripletTerm:
     kernel: ARDKernel
     sparse_d: np.ndarray  # (M, 3) Å, Å^2, Å
     sparse_type: np.ndarray  # (M,) triplet type index
+    name: str = "angle_3b"  # unique in a model: angle_3b, angle_3b_2, ...
 
-    name = "angle_3b"
+    kind = "angle_3b"
 
     @property
     def n_sparse(self) -> int:
@@ -256,7 +259,7 @@ class TripletTerm:
         kernel = ARDKernel(meta["kernel"]["delta"], tuple(meta["kernel"]["theta"]))
         d, t = arrays["sparse_d"], arrays["sparse_type"]
         _check(d.shape == (len(t), 3) and t.ndim == 1, f"sparse_d shape {d.shape}")
-        return cls(spec, kernel, d, t)
+        return cls(spec, kernel, d, t, meta["name"])
 
 
 Term = SoapTerm | PairTerm | TripletTerm
@@ -265,6 +268,11 @@ TERM_TYPES: dict[str, type] = {
     "distance_2b": PairTerm,
     "angle_3b": TripletTerm,
 }
+
+
+def term_name(kind: str, k: int) -> str:
+    """Name of the ``k``-th term (from 1) of one kind: ``soap``, ``soap_2``, ..."""
+    return kind if k == 1 else f"{kind}_{k}"
 
 
 def block_K_mm(terms: tuple[Term, ...] | list[Term]) -> jax.Array:

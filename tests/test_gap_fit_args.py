@@ -333,7 +333,7 @@ def test_unsupported_keys_fail_clearly(key: str) -> None:
         ("gap={angle_3b theta_fac=0.5 theta_uniform=1.0}", ["give one"]),
         ("gap={angle_3b sparse_method=cur_points}", ["uniform", "random"]),
         ("gap={sopa cutoff=3.0}", ["'soap'?"]),
-        ("gap={soap : soap}", ["twice"]),
+        ("gap={angle_3b : angle_3b}", ["2 angle_3b terms", "give one"]),
         ("gap={soap :: distance_2b}", ["empty descriptor"]),
         ("gap={cutoff=3.0}", ["does not start with its type"]),
         ("gap={distance_2b sparse_method=cur_points}", ["sparse_method=uniform"]),
