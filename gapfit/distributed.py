@@ -120,8 +120,9 @@ class _Job:
 
     def descriptors(
         self, frames: Sequence[Frame], chunk: Sequence[int]
-    ) -> tuple[np.ndarray, ...]:
-        """SOAP X, species Z, pair distances r and types t of one chunk (``GAP``'s)."""
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each term's descriptors of one chunk (``GAP._descriptors``): SOAP X and
+        species Z, pair distances r and types t."""
         return self.gap._descriptors(
             self.specs, frames, [chunk], [self.batch(frames, chunk)]
         )
@@ -157,12 +158,15 @@ def _shape(job: _Job, frames: list[Frame], share: Share) -> tuple[int, ...]:
 def _keys(job: _Job, frames: list[Frame], share: Share) -> dict:
     Z, keys, ranges = [], [], []
     for _, _, c in job.chunks(frames, share):
-        X, Z_c, r, t, *_ = job.descriptors(frames, c)
+        data = job.descriptors(frames, c)
         if "soap" in job.specs:
+            X, Z_c = data["soap"]
             Z.append(Z_c)
             keys.append(row_keys(normalise_rows(X)))
         if "distance_2b" in job.specs:
-            ranges.append(pair_ranges(job.specs["distance_2b"][0], r, t))
+            ranges.append(
+                pair_ranges(job.specs["distance_2b"][0], *data["distance_2b"])
+            )
     return {
         "Z": np.concatenate(Z) if Z else np.zeros(0, np.int64),
         "keys": np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64),
@@ -185,7 +189,7 @@ def _factor(
     for offset, n, c in job.chunks(frames, share):
         local = {z: share.within(rows, offset, n) for z, rows in candidates.items()}
         if any(v.size for v in local.values()):
-            X_hat = normalise_rows(job.descriptors(frames, c)[0])
+            X_hat = normalise_rows(job.descriptors(frames, c)["soap"][0])
             for z, rows in local.items():
                 folders[z].add(X_hat[rows])
     return {z: f.factor() for z, f in folders.items()}
@@ -203,7 +207,7 @@ def _scores(
     for offset, n, c in job.chunks(frames, share):
         local = {z: share.within(rows, offset, n) for z, rows in candidates.items()}
         if any(v.size for v in local.values()):
-            X_hat = normalise_rows(job.descriptors(frames, c)[0])
+            X_hat = normalise_rows(job.descriptors(frames, c)["soap"][0])
             for z, rows in local.items():
                 out[z].append(leverage_scores(X_hat[rows], bases[z]))
     return {z: np.concatenate(v) for z, v in out.items()}
@@ -217,7 +221,7 @@ def _rows(
     for offset, n, c in job.chunks(frames, share):
         local = share.within(wanted, offset, n)
         if local.size:
-            out.append(job.descriptors(frames, c)[0][local])
+            out.append(job.descriptors(frames, c)["soap"][0][local])
     return np.concatenate(out)
 
 
@@ -367,7 +371,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     workers = {k: round(v, 4) for k, v in client.run(peak_rss_gib).items()}
 
     model.info = {
-        **gap._info(soap, pair, None),
+        **gap._info(gap._term_settings()),
         "data": merge_data_parts([s["data"] for s in surveys]),
         "n_sparse": {term.name: term.sparse_counts() for term in terms},
         "distributed": {

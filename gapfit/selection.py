@@ -226,18 +226,19 @@ def unit_soap(
     frames = as_frames(frames, require=(), source="structures")
     soap, pair = gap._settings()
     specs = {"soap": _specs(soap, pair, tuple(species))["soap"]}
-    X, s, *_ = descriptors(gap, specs, frames)
+    X, s = descriptors(gap, specs, frames)["soap"]
     X_hat = np.asarray(normalise(jnp.asarray(X))[0]) if len(X) else X
     owner = np.repeat(np.arange(len(frames)), [len(f.numbers) for f in frames])
     return X_hat, s, owner
 
 
-def descriptors(gap: GAP, specs: dict, frames: Sequence[Frame]) -> tuple:
+def descriptors(
+    gap: GAP, specs: dict, frames: Sequence[Frame]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``GAP._descriptors`` of ``frames`` in chunks of 512 atoms padded to one
     shape, their neighbour lists streamed beyond ``neighbours.HELD_ATOMS`` atoms
-    (``neighbours.padded_stream``):
-    SOAP ``(n_env, F)``, species index, 2-body distances and pair types, 3-body
-    triplet descriptors and types (of the terms in ``specs``)."""
+    (``neighbours.padded_stream``): ``{term name: (values, types)}`` of the terms in
+    ``specs``."""
     sizes = [len(f.numbers) for f in frames]
     chunks = chunk_indices(sizes, 512)
     cutoff = max(spec.neighbour_cutoff for spec, _ in specs.values())

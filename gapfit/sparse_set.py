@@ -241,7 +241,7 @@ def widened_pairs(model: Model, gap: GAP, frames: Sequence[Frame]) -> Model | No
     if term is None or not frames:
         return None
     spec, kernel = term.spec, term.kernel
-    _, _, r, t, *_ = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)
+    r, t = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)["distance_2b"]
     have = pair_ranges(spec, term.sparse_r, term.sparse_type)
     new = pair_ranges(spec, r, t)
     both = np.stack(
@@ -287,7 +287,7 @@ def widened_triplets(
     if term is None or not new:
         return None
     only = {"angle_3b": (term.spec, term.kernel)}
-    *_, d, t = descriptors(gap, only, new)
+    d, t = descriptors(gap, only, new)["angle_3b"]
     for ty in np.unique(t):
         have = term.sparse_d[term.sparse_type == ty]
         if (
@@ -298,7 +298,7 @@ def widened_triplets(
             break
     else:
         return None
-    *_, d, t = descriptors(gap, only, frames)
+    d, t = descriptors(gap, only, frames)["angle_3b"]
     settings = gap._triplet_settings()
     wide = triplet_term(term.spec, term.kernel, settings, d, t, gap.rnd_seed)
     return dataclasses.replace(
@@ -325,17 +325,17 @@ def prior_model(
     terms: list = []
     if pair is not None:
         spec, kernel = specs["distance_2b"]
-        _, _, r, t, *_ = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)
+        r, t = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)["distance_2b"]
         terms.append(
             PairTerm(spec, kernel, *pair_sparse_points(spec, r, t, pair["n_sparse"]))
         )
     if triplet is not None:
-        *_, d, t = descriptors(gap, {"angle_3b": specs["angle_3b"]}, frames)
+        d, t = descriptors(gap, {"angle_3b": specs["angle_3b"]}, frames)["angle_3b"]
         terms.append(triplet_term(*specs["angle_3b"], triplet, d, t, gap.rnd_seed))
     spec, kernel = specs["soap"]
     X = np.zeros((capacity, spec.n_features))
     terms.append(SoapTerm(spec, kernel, X, np.full(capacity, PAD, dtype=np.int64)))
     model = Model(
-        tuple(terms), species, None, e0, gap._info(soap, pair, triplet), baseline
+        tuple(terms), species, None, e0, gap._info(gap._term_settings()), baseline
     )
     return refit(model, [])

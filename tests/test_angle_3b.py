@@ -445,7 +445,8 @@ def test_active_learning_with_the_3_body_term(tmp_path):
         progress=False,
     )
     term = learner.model.term("angle_3b")
-    *_, d, t = descriptors(gap, {"angle_3b": (term.spec, term.kernel)}, learner.frames)
+    only = {"angle_3b": (term.spec, term.kernel)}
+    d, t = descriptors(gap, only, learner.frames)["angle_3b"]
     assert len(learner.frames) == 6 and set(np.unique(t)) == set(term.sparse_type)
     for ty in np.unique(t):
         have = term.sparse_d[term.sparse_type == ty]
