@@ -6,7 +6,8 @@ Fits gap_fit's recipe from shared/bench/peers.md: distance_2b (cutoff 5 Å, 1 Å
 transition, delta 1, theta 1 Å, 20 uniform sparse points) + SOAP (n_max 8, l_max 6,
 cutoff 5 Å with a 1 Å transition, atom_sigma 0.5, zeta 4, delta 1, CUR sparse points),
 default_sigma 0.001 0.05 0.05, e0 from the isolated atom (``--no-2b``: SOAP only;
-``--angle-3b "cutoff=3.2 ..."``: plus gap_fit's 3-body term, beyond the recipe),
+``--angle-3b "cutoff=3.2 ..."``: plus gap_fit's 3-body term, ``--extra-soap "..."``:
+plus a further SOAP term, repeatable; both beyond the recipe),
 then prints one table: fit wall time, peak RSS after the fit, test RMSEs (E meV/atom,
 F meV/Å, virial meV/atom) and the ms per energy+forces+stress call on a rattled
 108-atom cell (median, min, max; without std, with the local and total energy
@@ -23,6 +24,7 @@ import argparse
 import json
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -133,10 +135,12 @@ def recipe(
     chunk_atoms: int = 512,
     optimise_hyperparameters: bool | str = False,
     angle_3b: str | None = None,
+    extra_soap: Sequence[str] = (),
 ) -> GAP:
     """gap_fit's benchmark recipe (module docstring) as an unfitted ``GAP``; with
     ``optimise_hyperparameters`` its delta and sigmas are the starting values;
-    ``angle_3b`` adds a 3-body term with those settings."""
+    ``angle_3b`` adds a 3-body term with those settings, ``extra_soap`` further SOAP
+    terms."""
     soap = (
         "cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 atom_sigma=0.5 "
         f"zeta=4 delta=1.0 n_sparse={n_sparse} sparse_method=cur_points"
@@ -148,7 +152,7 @@ def recipe(
         "n_sparse=20 sparse_method=uniform"
     )
     return GAP(
-        soap=soap,
+        soap=[soap, *extra_soap],
         distance_2b=pair,
         angle_3b=angle_3b,
         default_sigma=(0.001, 0.05, 0.05, 0.0),
@@ -212,6 +216,13 @@ def main() -> None:
         metavar="SETTINGS",
         help="add gap_fit's 3-body term (angle_3b) with these settings",
     )
+    ap.add_argument(
+        "--extra-soap",
+        metavar="SETTINGS",
+        action="append",
+        default=[],
+        help="add a further SOAP term with these settings (repeatable)",
+    )
     ap.add_argument("--chunk-atoms", type=int, default=512)
     ap.add_argument(
         "--optimise-hyperparameters",
@@ -243,6 +254,7 @@ def main() -> None:
         args.chunk_atoms,
         args.optimise_hyperparameters,
         args.angle_3b,
+        args.extra_soap,
     )
     gap.fit(args.data / "train.xyz")
     fit_s = time.perf_counter() - t0
