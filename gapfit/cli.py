@@ -165,7 +165,7 @@ def settings_options(
             [
                 click.option(
                     "--distance-2b",
-                    default=None,
+                    multiple=True,
                     metavar="SETTINGS",
                     help="As for fit.",
                 ),
@@ -790,9 +790,10 @@ def predict(
     metavar="KEY=V1,V2,...",
     help="Values to try for one setting (repeat for more; every combination is "
     "fitted): a SOAP key (cutoff=4.5,5.0,5.5), distance_2b.<key> or "
-    "angle_3b.<key>.",
+    "angle_3b.<key>; a second SOAP or 2-body term's as soap_2.<key>, "
+    "distance_2b_2.<key>.",
 )
-@click.option("--soap", default=None, metavar="SETTINGS", help="As for fit.")
+@click.option("--soap", multiple=True, metavar="SETTINGS", help="As for fit.")
 @settings_options(
     "Starting noise stds (each grid point's are chosen by the evidence).",
     "isolated",
@@ -828,8 +829,8 @@ def tune(
     at_file: str,
     gp_file: str,
     grid: tuple[str, ...],
-    soap: str | None,
-    distance_2b: str | None,
+    soap: tuple[str, ...],
+    distance_2b: tuple[str, ...],
     angle_3b: str | None,
     default_sigma: str,
     e0: str | None,

@@ -12,7 +12,9 @@ combination by the chosen score is returned with the table.
 
 Grid keys are SOAP settings (``cutoff``, ``atom_sigma``, ...), 2-body settings
 written ``distance_2b.<key>`` (``distance_2b.theta_uniform``) or 3-body ones written
-``angle_3b.<key>`` (``angle_3b.cutoff``); values are validated as in ``gapfit fit``.
+``angle_3b.<key>`` (``angle_3b.cutoff``); with several terms of one kind, a further
+term's settings are written with its name (``soap_2.cutoff``,
+``distance_2b_2.delta``). Values are validated as in ``gapfit fit``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import dataclasses
 import difflib
 import itertools
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,12 +40,13 @@ from gapfit.gapstring import ANGLE_3B_DEFAULTS, DISTANCE_2B_DEFAULTS, SOAP_DEFAU
 from gapfit.memory import release_freed
 from gapfit.report import error_table
 
-# grid key prefix -> (term, its settings, what to call it, the option that adds it)
+# term kind -> (its settings, what to call it, the option that adds it)
 TERMS = {
-    "distance_2b.": ("distance_2b", DISTANCE_2B_DEFAULTS, "2-body", "--distance-2b"),
-    "angle_3b.": ("angle_3b", ANGLE_3B_DEFAULTS, "3-body", "--angle-3b"),
-    "": ("soap", SOAP_DEFAULTS, "SOAP", "--soap"),
+    "distance_2b": (DISTANCE_2B_DEFAULTS, "2-body", "--distance-2b"),
+    "angle_3b": (ANGLE_3B_DEFAULTS, "3-body", "--angle-3b"),
+    "soap": (SOAP_DEFAULTS, "SOAP", "--soap"),
 }
+_TERM_NAME = re.compile(r"(soap|distance_2b|angle_3b)(_[2-9]|_[1-9][0-9]+)?")
 CRITERIA = ("cv_forces", "cv_energy", "evidence")  # what "best" means
 
 
@@ -72,13 +76,15 @@ def parse_grid(items: Sequence[str] | Mapping[str, Sequence[Any]]) -> dict[str, 
     grid: dict[str, list] = {}
     for key, values in pairs:
         name = key.strip().lower()
-        prefix, (_, known, kind, _) = _term_of(name)
-        if name.removeprefix(prefix) not in known:
-            close = difflib.get_close_matches(name.removeprefix(prefix), list(known), 1)
+        _, term_kind, setting = _term_of(name)
+        known, kind, _ = TERMS[term_kind]
+        if setting not in known:
+            close = difflib.get_close_matches(setting, list(known), 1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise GapfitError(
                 f"--grid {key}: not a {kind} setting.{hint} Valid: {', '.join(known)}"
-                " (2-body ones as distance_2b.<key>, 3-body ones as angle_3b.<key>)."
+                " (2-body ones as distance_2b.<key>, 3-body ones as angle_3b.<key>, "
+                "a second SOAP term's as soap_2.<key>)."
             )
         if name in grid:
             raise GapfitError(f"--grid {key} is given twice; give its values once.")
@@ -88,9 +94,20 @@ def parse_grid(items: Sequence[str] | Mapping[str, Sequence[Any]]) -> dict[str, 
     return grid
 
 
-def _term_of(name: str) -> tuple[str, tuple]:
-    """The prefix of a grid key and its ``TERMS`` entry."""
-    return next((p, t) for p, t in TERMS.items() if name.startswith(p))
+def _term_of(key: str) -> tuple[str, str, str]:
+    """``(term name, kind, setting)`` of a grid key: ``cutoff`` is the first SOAP
+    term's, ``distance_2b.cutoff`` the first 2-body term's, ``soap_2.cutoff`` the
+    second SOAP term's."""
+    term, dot, setting = key.rpartition(".")
+    if not dot:
+        return "soap", "soap", key
+    match = _TERM_NAME.fullmatch(term)
+    if match is None:
+        raise GapfitError(
+            f"--grid {key}: {term!r} is not a term name; write soap_2.<key>, "
+            "distance_2b.<key>, distance_2b_2.<key> or angle_3b.<key>."
+        )
+    return term, match.group(1), setting
 
 
 def _item(text: str) -> tuple[str, list[str]]:
@@ -111,24 +128,29 @@ def combinations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 def _with(gap: GAP, change: Mapping[str, Any]) -> GAP:
     """A copy of ``gap`` with the grid point's settings, delta and sigmas by the
     evidence, no progress bars."""
-    soap, pair = gap._settings()
-    settings = {"soap": soap, "distance_2b": pair, "angle_3b": gap._triplet_settings()}
-    settings = {k: None if v is None else dict(v) for k, v in settings.items()}
+    named = {n: (k, dict(s)) for n, (k, s) in gap._term_settings().items()}
     for key, value in change.items():
-        prefix, (term, _, kind, option) = _term_of(key)
-        if settings[term] is None:
+        term, term_kind, name = _term_of(key)
+        if term not in named:
+            _, kind, option = TERMS[term_kind]
+            have = ", ".join(n for n, (k, _) in named.items() if k == term_kind)
             raise GapfitError(
-                f"--grid {key}: the model has no {kind} term; add {option}."
+                f"--grid {key}: the model has no {kind} term {term}"
+                + (f" (it has {have})" if have else f"; add {option}")
+                + "."
             )
-        name = key.removeprefix(prefix)
-        settings[term][name] = value
-        if term == "angle_3b" and name in ("theta_uniform", "theta_fac"):
+        settings = named[term][1]
+        settings[name] = value
+        if term_kind == "angle_3b" and name in ("theta_uniform", "theta_fac"):
             other = "theta_fac" if name == "theta_uniform" else "theta_uniform"
-            settings[term][other] = None  # the grid's lengths replace the others
-    params = gap.get_params() | settings | {"progress": False}
+            settings[other] = None  # the grid's lengths replace the others
+    by_kind = {
+        kind: [s for k, s in named.values() if k == kind] or None for kind in TERMS
+    }
+    params = gap.get_params() | by_kind | {"progress": False}
     params["optimise_hyperparameters"] = gap.optimise_hyperparameters or True
     out = GAP(**params)
-    out._settings()  # each value checked before any fit
+    out._term_settings()  # each value checked before any fit
     return out
 
 

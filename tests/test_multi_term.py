@@ -27,7 +27,7 @@ from gapfit.fit import GAP
 from gapfit.gap_fit_args import parse_gap_fit_command
 from gapfit.learn import learn_pool
 from gapfit.model import Model
-from gapfit.tune import grid_search
+from gapfit.tune import _with, grid_search, parse_grid
 
 SOAP_A = "cutoff=4.0 cutoff_transition_width=1.0 n_max=3 l_max=2 n_sparse=20 delta=0.5"
 SOAP_B = "cutoff=3.3 cutoff_transition_width=0.3 n_max=2 l_max=3 n_sparse=12 delta=0.2"
@@ -226,11 +226,29 @@ def test_hyperparameters_per_term_and_the_fit_within_its_sigmas(frames):
     assert errors["energy"]["rmse"] < 2.0  # meV/atom, sigma 2
 
 
+def test_tune_grid_keys_name_the_term(frames):
+    grid = parse_grid(["soap_2.cutoff=3.0,3.5", "distance_2b_2.delta=0.1,1.0"])
+    gap = GAP(**SETTINGS)
+    point = _with(gap, {"soap_2.cutoff": "3.5", "distance_2b_2.delta": "0.1"})
+    named = point._term_settings()
+    assert named["soap_2"][1]["cutoff"] == 3.5 and named["soap"][1]["cutoff"] == 4.0
+    assert named["distance_2b_2"][1]["delta"] == 0.1
+    assert named["distance_2b"][1]["delta"] == 1.0
+    with pytest.raises(GapfitError, match=r"no SOAP term soap_3 \(it has soap, soap_2"):
+        _with(gap, {"soap_3.cutoff": "3.0"})
+    with pytest.raises(GapfitError, match="not a term name"):
+        parse_grid(["sopa_2.cutoff=3.0"])
+    some = frames[3:7]  # Cu and Cu/Au cells
+    result = grid_search(gap, some, {"soap_2.cutoff": grid["soap_2.cutoff"]}, 2)
+    assert [r["settings"] for r in result.rows] != []
+    cutoffs = {r["settings"]["soap_2.cutoff"] for r in result.rows}
+    assert cutoffs == {"3.0", "3.5"}
+    assert result.best.model_.term("soap_2").spec.cutoff in (3.0, 3.5)
+
+
 def test_one_term_of_each_kind_where_only_that_is_supported(frames, tmp_path):
     gap = GAP(soap=[SOAP_A, SOAP_B], e0_method="average")
     with pytest.raises(GapfitError, match="one term of each kind"):
         learn_pool(tmp_path / "run", "emt", frames, gap, n_seed=2, budget=4)
-    with pytest.raises(GapfitError, match="one term of each kind"):
-        grid_search(gap, frames, {"cutoff": ["3.5", "4.0"]}, 2)
     with pytest.raises(GapfitError, match="one angle_3b term"):
         GAP(angle_3b=["cutoff=3.0", "cutoff=3.5"]).fit(frames)
