@@ -75,12 +75,13 @@ from gapfit.data import (
 from gapfit.distance_2b import pair_points_in_ranges, pair_ranges
 from gapfit.dscribe_backend import check_backend
 from gapfit.errors import GapfitError
-from gapfit.fit import GAP, _specs, data_part, merge_data_parts
+from gapfit.fit import GAP, data_part, merge_data_parts, term_specs
 from gapfit.kernels import normalise
 from gapfit.memory import peak_rss_gib
 from gapfit.model import Model
 from gapfit.neighbours import NO_SHAPE, Batch, batch_shape
 from gapfit.report import error_sums, merge_error_sums, table_from_sums
+from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
 from gapfit.sparsify import (
     check_selection,
@@ -119,12 +120,13 @@ class _Job:
         return padded_batches(frames, [chunk], self.species, cutoff, self.shape)[0]
 
     def descriptors(
-        self, frames: Sequence[Frame], chunk: Sequence[int]
+        self, frames: Sequence[Frame], chunk: Sequence[int], name: str | None = None
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Each term's descriptors of one chunk (``GAP._descriptors``): SOAP X and
-        species Z, pair distances r and types t."""
+        """Each term's descriptors of one chunk (``GAP._descriptors``; only the term
+        ``name``'s if given): SOAP X and species Z, pair distances r and types t."""
+        specs = self.specs if name is None else {name: self.specs[name]}
         return self.gap._descriptors(
-            self.specs, frames, [chunk], [self.batch(frames, chunk)]
+            specs, frames, [chunk], [self.batch(frames, chunk)]
         )
 
 
@@ -155,23 +157,27 @@ def _shape(job: _Job, frames: list[Frame], share: Share) -> tuple[int, ...]:
     return tuple(int(max(n)) for n in zip(*shapes, strict=True))
 
 
-def _keys(job: _Job, frames: list[Frame], share: Share) -> dict:
-    Z, keys, ranges = [], [], []
+def _keys(job: _Job, frames: list[Frame], share: Share) -> dict[str, dict]:
+    """Per term: a SOAP term's environment keys and species ``{"keys", "Z"}``, a
+    2-body term's distance ranges ``{"ranges"}``."""
+    parts: dict[str, list] = {name: [] for name in job.specs}
     for _, _, c in job.chunks(frames, share):
-        data = job.descriptors(frames, c)
-        if "soap" in job.specs:
-            X, Z_c = data["soap"]
-            Z.append(Z_c)
-            keys.append(row_keys(normalise_rows(X)))
-        if "distance_2b" in job.specs:
-            ranges.append(
-                pair_ranges(job.specs["distance_2b"][0], *data["distance_2b"])
-            )
-    return {
-        "Z": np.concatenate(Z) if Z else np.zeros(0, np.int64),
-        "keys": np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64),
-        "ranges": _merged_ranges(ranges) if ranges else None,
-    }
+        for name, (values, types) in job.descriptors(frames, c).items():
+            spec = job.specs[name][0]
+            if isinstance(spec, SoapSpec):
+                parts[name].append((row_keys(normalise_rows(values)), types))
+            else:
+                parts[name].append(pair_ranges(spec, values, types))
+    out: dict[str, dict] = {}
+    for name, got in parts.items():
+        if isinstance(job.specs[name][0], SoapSpec):
+            out[name] = {
+                "keys": np.concatenate([k for k, _ in got]),
+                "Z": np.concatenate([z for _, z in got]),
+            }
+        else:
+            out[name] = {"ranges": _merged_ranges(got)}
+    return out
 
 
 def _merged_ranges(ranges: Sequence[np.ndarray]) -> np.ndarray:
@@ -181,15 +187,20 @@ def _merged_ranges(ranges: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _factor(
-    job: _Job, frames: list[Frame], share: Share, candidates: dict[int, np.ndarray]
+    job: _Job,
+    frames: list[Frame],
+    share: Share,
+    candidates: dict[int, np.ndarray],
+    name: str,
 ) -> dict[int, np.ndarray]:
-    """Per species, the R factor of ``[x̂ | 0]`` over the share's ``candidates``."""
-    d = job.specs["soap"][0].n_features
+    """Per species, the R factor of ``[x̂ | 0]`` over the share's ``candidates`` (of
+    the SOAP term ``name``)."""
+    d = job.specs[name][0].n_features
     folders = {z: RowFactor(d, 2 * (d + 1)) for z in candidates}
     for offset, n, c in job.chunks(frames, share):
         local = {z: share.within(rows, offset, n) for z, rows in candidates.items()}
         if any(v.size for v in local.values()):
-            X_hat = normalise_rows(job.descriptors(frames, c)["soap"][0])
+            X_hat = normalise_rows(job.descriptors(frames, c, name)[name][0])
             for z, rows in local.items():
                 folders[z].add(X_hat[rows])
     return {z: f.factor() for z, f in folders.items()}
@@ -201,27 +212,30 @@ def _scores(
     share: Share,
     candidates: dict[int, np.ndarray],
     bases: dict[int, np.ndarray],
+    name: str,
 ) -> dict[int, np.ndarray]:
-    """Per species, the leverage score of each of the share's ``candidates``."""
+    """Per species, the leverage score of each of the share's ``candidates`` (of
+    the SOAP term ``name``)."""
     out: dict[int, list[np.ndarray]] = {z: [np.zeros(0)] for z in candidates}
     for offset, n, c in job.chunks(frames, share):
         local = {z: share.within(rows, offset, n) for z, rows in candidates.items()}
         if any(v.size for v in local.values()):
-            X_hat = normalise_rows(job.descriptors(frames, c)["soap"][0])
+            X_hat = normalise_rows(job.descriptors(frames, c, name)[name][0])
             for z, rows in local.items():
                 out[z].append(leverage_scores(X_hat[rows], bases[z]))
     return {z: np.concatenate(v) for z, v in out.items()}
 
 
 def _rows(
-    job: _Job, frames: list[Frame], share: Share, wanted: np.ndarray
+    job: _Job, frames: list[Frame], share: Share, wanted: np.ndarray, name: str
 ) -> np.ndarray:
-    """SOAP rows of the share's atoms among the sorted global ``wanted`` ones."""
-    out = [np.zeros((0, job.specs["soap"][0].n_features))]
+    """Rows of the SOAP term ``name`` of the share's atoms among the sorted global
+    ``wanted`` ones."""
+    out = [np.zeros((0, job.specs[name][0].n_features))]
     for offset, n, c in job.chunks(frames, share):
         local = share.within(wanted, offset, n)
         if local.size:
-            out.append(job.descriptors(frames, c)["soap"][0][local])
+            out.append(job.descriptors(frames, c, name)[name][0][local])
     return np.concatenate(out)
 
 
@@ -265,16 +279,16 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     timings: dict[str, float] = {}
     memory: dict[str, float] = {}
     t0 = time.perf_counter()
-    soap, pair = gap._settings()
-    if gap._triplet_settings() is not None:
+    named = gap._term_settings()
+    if "angle_3b" in named:
         raise GapfitError(
             "the 3-body term (angle_3b) is not offered on a dask cluster yet; fit "
             "without --dask-scheduler/--dask-workers, or without --angle-3b."
         )
-    check_backend(gap.descriptor_backend, soap and soap["weighting"])
     gap._sigmas()  # validate before any work
     baseline = Baseline.of(gap.baseline, gap.baseline_kwargs)
-    if soap is not None:
+    for soap in (s for kind, s in named.values() if kind == "soap"):
+        check_backend(gap.descriptor_backend, soap["weighting"])
         method, _, _ = check_selection(
             soap["n_sparse"], soap["sparse_method"], gap.rnd_seed
         )
@@ -310,7 +324,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     t0 = time.perf_counter()
     settings = copy.copy(gap)
     settings.progress = False
-    specs = _specs(soap, pair, species)
+    specs = term_specs(named, species)
     host_constants(spec for spec, _ in specs.values())
     job = _Job(settings, species, specs, NO_SHAPE)
 
@@ -328,21 +342,21 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
 
     t0 = time.perf_counter()
     terms: list[Term] = []
-    if "distance_2b" in job.specs:
-        spec, kernel = job.specs["distance_2b"]
-        ranges = _merged_ranges([k["ranges"] for k in keys])
-        terms.append(
-            PairTerm(
-                spec, kernel, *pair_points_in_ranges(spec, ranges, pair["n_sparse"])
-            )
-        )
-    if "soap" in job.specs:
-        spec, kernel = job.specs["soap"]
-        Z = np.concatenate([k["Z"] for k in keys])
-        idx = _select(client, job, frames, shares, Z, keys, soap, gap.rnd_seed)
-        rows = per_share(_rows, idx)
+    for name, (kind, term_settings) in named.items():
+        spec, kernel = job.specs[name]
+        parts = [k[name] for k in keys]
+        if kind == "distance_2b":
+            ranges = _merged_ranges([p["ranges"] for p in parts])
+            n = term_settings["n_sparse"]
+            points = pair_points_in_ranges(spec, ranges, n)
+            terms.append(PairTerm(spec, kernel, *points, name))
+            continue
+        Z = np.concatenate([p["Z"] for p in parts])
+        keyed = np.concatenate([p["keys"] for p in parts])
+        idx = _select(client, job, frames, shares, Z, keyed, name, term_settings)
+        rows = per_share(_rows, idx, name)
         X_hat, _ = normalise(jnp.asarray(np.concatenate(client.gather(rows))))
-        terms.append(SoapTerm(spec, kernel, np.asarray(X_hat), Z[idx]))
+        terms.append(SoapTerm(spec, kernel, np.asarray(X_hat), Z[idx], name))
     K_mm = block_K_mm(terms)
     timings["sparsify"] = time.perf_counter() - t0
     memory["sparsify"] = peak_rss_gib()
@@ -371,7 +385,7 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     workers = {k: round(v, 4) for k, v in client.run(peak_rss_gib).items()}
 
     model.info = {
-        **gap._info(gap._term_settings()),
+        **gap._info(named),
         "data": merge_data_parts([s["data"] for s in surveys]),
         "n_sparse": {term.name: term.sparse_counts() for term in terms},
         "distributed": {
@@ -406,15 +420,16 @@ def _select(
     frames: list,
     shares: list[Share],
     Z: np.ndarray,
-    keys: list[dict],
+    keys: np.ndarray,
+    name: str,
     soap: dict,
-    seed: int,
 ) -> np.ndarray:
     """``sparsify.select_sparse`` over the workers' environments: sorted global
-    indices of the chosen SOAP environments."""
+    indices of the chosen environments of the SOAP term ``name`` (species ``Z``,
+    row keys ``keys``)."""
     submit = functools.partial(client.submit, pure=False, retries=RETRIES)
-    n_sparse, method = soap["n_sparse"], soap["sparse_method"]
-    candidates = distinct_rows(Z, np.concatenate([k["keys"] for k in keys]))
+    n_sparse, method, seed = soap["n_sparse"], soap["sparse_method"], job.gap.rnd_seed
+    candidates = distinct_rows(Z, keys)
     scored = {z: rows for z, rows in candidates.items() if rows.size > n_sparse}
     scores = {}
     if check_selection(n_sparse, method, seed)[0] == "cur_points" and scored:
@@ -422,10 +437,10 @@ def _select(
             {z: s.within(r) + s.atom_start for z, r in scored.items()} for s in shares
         ]
         parts = [
-            submit(_factor, job, f, s, c)
+            submit(_factor, job, f, s, c, name)
             for f, s, c in zip(frames, shares, local, strict=True)
         ]
-        d = job.specs["soap"][0].n_features
+        d = job.specs[name][0].n_features
         bases = {}
         for z, rows in scored.items():
             factors = [submit(operator.getitem, p, z) for p in parts]
@@ -434,7 +449,7 @@ def _select(
         [shared] = client.scatter([bases], broadcast=True, hash=False)
         got = client.gather(
             [
-                submit(_scores, job, f, s, c, shared)
+                submit(_scores, job, f, s, c, shared, name)
                 for f, s, c in zip(frames, shares, local, strict=True)
             ]
         )

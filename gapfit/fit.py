@@ -381,14 +381,13 @@ class GAP:
 
     def _single_terms(self) -> dict[str, dict]:
         """``{kind: settings}`` of a GAP with at most one term of each kind, for the
-        parts of gapfit that take one (active learning, dask fits, ``tune``)."""
+        part of gapfit that takes one (active learning)."""
         named = self._term_settings()
         if any(name not in KINDS for name in named):
             raise GapfitError(
                 f"this GAP has several terms of one kind ({', '.join(named)}); "
-                "`gapfit fit` (GAP.fit) and `gapfit fit --dry-run` fit them, but "
-                "active learning, dask fits and `gapfit tune` take one term of each "
-                "kind: give one."
+                "`gapfit fit`, `gapfit tune` and dask fits take them, but active "
+                "learning (`gapfit learn`) takes one term of each kind: give one."
             )
         return {kind: settings for kind, settings in named.values()}
 

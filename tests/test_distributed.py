@@ -222,6 +222,27 @@ def test_fit_with_a_baseline_equals_serial(train: Path, client) -> None:
     assert next(errors) == pytest.approx(next(errors), rel=1e-6)
 
 
+def test_several_terms_of_one_kind_equal_serial(train: Path, client) -> None:
+    """Two SOAP terms (each sparse set chosen over the workers) and two 2-body
+    terms give the serial model."""
+    short = "cutoff=3.0 cutoff_transition_width=0.5 n_max=2 l_max=3 n_sparse=10"
+    kw = {**SETTINGS, "soap": [SOAP, short], "distance_2b": [PAIR, "cutoff=3.0"]}
+    serial = GAP(**kw).fit(train).model_
+    dist = GAP(**kw).fit(train, client=client).model_
+    assert [t.name for t in dist.terms] == [t.name for t in serial.terms]
+    assert dist.term("soap_2").n_sparse == 20
+    for name in ("soap", "soap_2"):
+        np.testing.assert_array_equal(
+            dist.term(name).sparse_X, serial.term(name).sparse_X
+        )
+    for name in ("distance_2b", "distance_2b_2"):
+        np.testing.assert_array_equal(
+            dist.term(name).sparse_r, serial.term(name).sparse_r
+        )
+    frames = read_frames(train)
+    assert_same_predictions(serial.predict(frames), dist.predict(frames), 1e-8)
+
+
 def test_predict_equals_serial(fits: tuple[GAP, GAP], train: Path, client) -> None:
     model = fits[0].model_
     frames, preds = predict_file(model, train, client, batch_atoms=64)

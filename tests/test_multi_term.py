@@ -246,7 +246,7 @@ def test_tune_grid_keys_name_the_term(frames):
     assert result.best.model_.term("soap").spec.cutoff == 4.0
 
 
-def test_one_term_of_each_kind_where_only_that_is_supported(frames, tmp_path):
+def test_active_learning_takes_one_term_of_each_kind(frames, tmp_path):
     gap = GAP(soap=[SOAP_A, SOAP_B], e0_method="average")
     with pytest.raises(GapfitError, match="one term of each kind"):
         learn_pool(tmp_path / "run", "emt", frames, gap, n_seed=2, budget=4)
