@@ -135,9 +135,9 @@ def _with(gap: GAP, change: Mapping[str, Any]) -> GAP:
             _, kind, option = TERMS[term_kind]
             have = ", ".join(n for n, (k, _) in named.items() if k == term_kind)
             raise GapfitError(
-                f"--grid {key}: the model has no {kind} term {term}"
-                + (f" (it has {have})" if have else f"; add {option}")
-                + "."
+                f"--grid {key}: the model has no {kind} term {term} (it has {have})."
+                if have
+                else f"--grid {key}: the model has no {kind} term; add {option}."
             )
         settings = named[term][1]
         settings[name] = value

@@ -25,7 +25,15 @@ from checks import (
     assert_translation_invariant,
     random_rotation,
 )
-from emt_cells import cu_cell, cu_cells, emt_labelled
+from emt_cells import (
+    alloy,
+    clear_alloy_cell,
+    cu_au_frames,
+    cu_cell,
+    cu_cells,
+    emt_labelled,
+    predictor,
+)
 
 from gapfit.angle_3b import (
     ARDKernel,
@@ -289,18 +297,9 @@ SETTINGS = {
 }
 
 
-def _alloy(atoms, rng, n_au: int = 6):
-    atoms.numbers[rng.choice(len(atoms), n_au, replace=False)] = 79
-    return atoms
-
-
 @pytest.fixture(scope="module")
 def emt_frames():
-    rng = np.random.default_rng(21)
-    cells = [cu_cell(rng) for _ in range(6)] + [
-        _alloy(cu_cell(rng), rng) for _ in range(3)
-    ]
-    return [emt_labelled(a) for a in cells]
+    return cu_au_frames(21, 6, 3)
 
 
 @pytest.fixture(scope="module")
@@ -310,29 +309,21 @@ def emt_model(emt_frames):
 
 @pytest.fixture(scope="module")
 def alloy_test():
-    rng = np.random.default_rng(99)
-    atoms = _alloy(cu_cell(rng, rattle=0.04, strain=0.01), rng)
-    d = neighbor_list("d", atoms, 5.5)
-    assert np.abs(d[:, None] - np.array(KINKS)[None]).min() > 0.02, "near a kink"
-    return atoms
-
-
-def _calc(model, std=False):
-    return lambda atoms: model.predict([atoms], std=std)[0]
+    return clear_alloy_cell(99, KINKS)
 
 
 def test_fitted_2b_3b_forces_and_stress_are_derivatives(emt_model, alloy_test):
     f = assert_forces_match_fd(
-        _calc(emt_model), alloy_test, h=3e-3, order=4, rtol=1e-6, indices=range(8)
+        predictor(emt_model), alloy_test, h=3e-3, order=4, rtol=1e-6, indices=range(8)
     )
     s = assert_stress_matches_strain_fd(
-        _calc(emt_model), alloy_test, h=1e-3, order=4, rtol=1e-6
+        predictor(emt_model), alloy_test, h=1e-3, order=4, rtol=1e-6
     )
     print(f"\n2b+3b: forces vs FD {f:.1e} eV/Å, stress vs FD {s:.1e} eV/Å^3")
 
 
 def test_fitted_2b_3b_is_invariant_with_its_stds(emt_model, alloy_test):
-    fn, rng = _calc(emt_model, std=True), np.random.default_rng(4)
+    fn, rng = predictor(emt_model, std=True), np.random.default_rng(4)
     kw = {"rtol_std": 1e-6}
     assert_rotation_invariant(fn, alloy_test, -random_rotation(rng), 1e-8, **kw)
     assert_translation_invariant(fn, alloy_test, [0.7, -1.9, 2.3], True, 1e-8, **kw)
@@ -350,7 +341,7 @@ def test_fit_reproduces_its_data_within_sigmas_and_stds_cover_held_out(
     assert errors["forces"]["rmse"] < 50.0  # meV/Å, sigma 50
     assert errors["energy"]["rmse"] < 2.0  # meV/atom, sigma 2
     rng = np.random.default_rng(5)
-    held = [emt_labelled(_alloy(cu_cell(rng), rng)) for _ in range(2)]
+    held = [emt_labelled(alloy(cu_cell(rng), rng)) for _ in range(2)]
     pred = emt_model.predict(held, std=True)
     z = np.concatenate(
         [

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from ase.neighborlist import neighbor_list
 from checks import (
     assert_cell_choice_invariant,
     assert_forces_match_fd,
@@ -19,7 +18,7 @@ from checks import (
     random_rotation,
 )
 from click.testing import CliRunner
-from emt_cells import cu_cell, emt_labelled
+from emt_cells import clear_alloy_cell, cu_au_frames, predictor
 
 from gapfit.cli import main
 from gapfit.errors import GapfitError
@@ -47,18 +46,9 @@ GAP_STRING = (
 )
 
 
-def _alloy(atoms, rng, n_au: int = 6):
-    atoms.numbers[rng.choice(len(atoms), n_au, replace=False)] = 79
-    return atoms
-
-
 @pytest.fixture(scope="module")
 def frames():
-    rng = np.random.default_rng(31)
-    cells = [cu_cell(rng) for _ in range(5)] + [
-        _alloy(cu_cell(rng), rng) for _ in range(3)
-    ]
-    return [emt_labelled(a) for a in cells]
+    return cu_au_frames(31, 5, 3)
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +58,7 @@ def model(frames):
 
 @pytest.fixture(scope="module")
 def test_cell():
-    rng = np.random.default_rng(77)
-    atoms = _alloy(cu_cell(rng, rattle=0.04, strain=0.01), rng)
-    d = neighbor_list("d", atoms, 5.5)
-    assert np.abs(d[:, None] - np.array(KINKS)[None]).min() > 0.02, "near a kink"
-    return atoms
-
-
-def _calc(model, std=False):
-    return lambda atoms: model.predict([atoms], std=std)[0]
+    return clear_alloy_cell(77, KINKS)
 
 
 def test_terms_are_named_and_each_has_its_own_settings(model):
@@ -104,16 +86,16 @@ def test_terms_are_named_and_each_has_its_own_settings(model):
 
 def test_forces_and_stress_are_derivatives(model, test_cell):
     f = assert_forces_match_fd(
-        _calc(model), test_cell, h=3e-3, order=4, rtol=1e-6, indices=range(8)
+        predictor(model), test_cell, h=3e-3, order=4, rtol=1e-6, indices=range(8)
     )
     s = assert_stress_matches_strain_fd(
-        _calc(model), test_cell, h=1e-3, order=4, rtol=1e-6
+        predictor(model), test_cell, h=1e-3, order=4, rtol=1e-6
     )
     print(f"\n2x2b + 2xSOAP: forces vs FD {f:.1e} eV/Å, stress vs FD {s:.1e} eV/Å^3")
 
 
 def test_predictions_and_stds_are_invariant(model, test_cell):
-    fn, rng = _calc(model, std=True), np.random.default_rng(4)
+    fn, rng = predictor(model, std=True), np.random.default_rng(4)
     kw = {"rtol_std": 1e-6}
     assert_rotation_invariant(fn, test_cell, random_rotation(rng), 1e-8, **kw)
     assert_translation_invariant(fn, test_cell, [0.7, -1.9, 2.3], True, 1e-8, **kw)
