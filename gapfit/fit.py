@@ -66,6 +66,10 @@ KINDS = ("distance_2b", "angle_3b", "soap")  # term kinds, in a model's term ord
 class GAP:
     """Sparse GAP (2-body + SOAP), scikit-learn style: settings here, ``fit(frames)``.
 
+    Several terms of one kind are independent GPs whose local energies add, as in
+    gap_fit's ``gap={soap ... : soap ...}``; the model names them ``soap``,
+    ``soap_2``, ... (``distance_2b``, ``distance_2b_2``, ...) in the order given.
+
     Args:
         soap: gap_fit-style SOAP string or mapping (see ``gapstring.SOAP_DEFAULTS``),
             or a list of them for several SOAP terms (e.g. two cutoffs); None means
@@ -75,10 +79,6 @@ class GAP:
             or a list of them; None: no 2-body term.
         angle_3b: gap_fit-style 3-body string or mapping (``ANGLE_3B_DEFAULTS``,
             ``gapfit.angle_3b``); None: no 3-body term.
-
-    Several terms of one kind are independent GPs whose local energies add, as in
-    gap_fit's ``gap={soap ... : soap ...}``; they are named ``soap``, ``soap_2``,
-    ... in term order (``term_names``).
         default_sigma: (energy eV/atom, force eV/Å, virial eV/atom[, hessian ignored]).
         config_type_sigma: config_type -> (energy, force, virial) sigmas.
         sigma_per_atom: energy/virial sigmas are per atom (gap_fit default T).
@@ -424,13 +424,14 @@ class GAP:
             disable=not self.progress,
         ):
             real = batch.atom_mask > 0
-            arrays = batch_arrays(batch)
+            arrays = None  # the batch's device arrays, made once for the SOAP terms
             for name, (spec, _) in specs.items():
                 values, types = parts[name]
                 if isinstance(spec, SoapSpec):
                     if self.descriptor_backend == "dscribe":
                         values.append(soap_values(spec, [frames[k] for k in chunk]))
                     else:
+                        arrays = arrays or batch_arrays(batch)
                         values.append(np.asarray(descriptors_jit(spec, arrays))[real])
                     types.append(batch.species[real])
                 elif isinstance(spec, TripletSpec):

@@ -113,6 +113,25 @@ def test_corrupt_and_foreign_files_are_rejected(fitted, tmp_path):
     _rewrite(path, tmp_path / "shape.npz", lambda m: m.__setitem__("R", m["R"][:-1]))
     with pytest.raises(GapfitError, match="R has shape"):
         Model.load(tmp_path / "shape.npz")
+
+    def terms(change):
+        def mutate(m):
+            meta = json.loads(str(m["meta"]))
+            change(meta["terms"])
+            m["meta"] = np.array(json.dumps(meta))
+
+        return mutate
+
+    def twice(t):
+        t.append(dict(t[0]))
+
+    for name, change in (
+        ("kind", terms(lambda t: t[0].__setitem__("kind", "soapy"))),
+        ("twice", terms(twice)),
+    ):
+        _rewrite(path, tmp_path / f"{name}.npz", change)
+        with pytest.raises(GapfitError, match="unknown or given twice"):
+            Model.load(tmp_path / f"{name}.npz")
     assert zipfile.is_zipfile(path)
 
 
