@@ -171,7 +171,7 @@ def settings_options(
                 ),
                 click.option(
                     "--angle-3b",
-                    default=None,
+                    multiple=True,  # given twice: an error, not the last one
                     metavar="SETTINGS",
                     help="As for fit.",
                 ),
@@ -414,7 +414,7 @@ _FIT_EPILOG = "\n\n".join(
 )
 @click.option(
     "--angle-3b",
-    default=None,
+    multiple=True,  # given twice: an error, not the last one
     metavar="SETTINGS",
     help="Add a 3-body term: ARD squared-exponential GP of each triplet's "
     "(r_ij + r_ik, (r_ij - r_ik)^2, r_jk) per centre species and neighbour pair, "
@@ -521,7 +521,7 @@ def fit(
     gp_file: str | None,
     soap: tuple[str, ...],
     distance_2b: tuple[str, ...],
-    angle_3b: str | None,
+    angle_3b: tuple[str, ...],
     default_sigma: str,
     config_type_sigma: str | None,
     sigma_per_atom: bool,
@@ -831,7 +831,7 @@ def tune(
     grid: tuple[str, ...],
     soap: tuple[str, ...],
     distance_2b: tuple[str, ...],
-    angle_3b: str | None,
+    angle_3b: tuple[str, ...],
     default_sigma: str,
     e0: str | None,
     e0_method: str,
@@ -1294,7 +1294,7 @@ def _resume_changes(ctx: click.Context, mode: str) -> dict[str, Any]:
 )
 @click.option(
     "--soap",
-    default=None,
+    multiple=True,  # given twice: an error that says learn takes one
     metavar="SETTINGS",
     help="SOAP settings as for gapfit fit; n_sparse is the most sparse points per "
     "element (chosen by the loop).",

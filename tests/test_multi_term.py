@@ -234,3 +234,17 @@ def test_active_learning_takes_one_term_of_each_kind(frames, tmp_path):
         learn_pool(tmp_path / "run", "emt", frames, gap, n_seed=2, budget=4)
     with pytest.raises(GapfitError, match="one angle_3b term"):
         GAP(angle_3b=["cutoff=3.0", "cutoff=3.5"]).fit(frames)
+    # an option given twice is an error where one is taken, never the last one
+    from ase.io import write
+
+    write(tmp_path / "pool.xyz", frames)
+    twice = [
+        ["fit", "--at-file", tmp_path / "pool.xyz", "--gp-file", tmp_path / "m.npz"]
+        + ["--angle-3b", "cutoff=3.0", "--angle-3b", "cutoff=3.5"],
+        ["learn", "--pool", tmp_path / "pool.xyz", "--labeller", "emt"]
+        + ["--workdir", tmp_path / "cli", "--soap", SOAP_A, "--soap", SOAP_B],
+    ]
+    words_of = ("one angle_3b term", "one term of each kind")
+    for args, words in zip(twice, words_of, strict=True):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2 and words in result.output, result.output
