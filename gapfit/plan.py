@@ -40,6 +40,12 @@ of ``base + runtime + code + data + transient``, where
                        160 float64 per padded pair of the chunk
                        (``memory_analysis``: 147 at LM 81)
 
+Several SOAP terms: each has its own ``N``, ``LM``, ``F`` and ``M``; their
+descriptor matrices, outputs, flops and compile times add, the kernel temporaries
+are the largest term's (the terms' programs run one after the other), and so is
+the retained RSS of a kernel compiled once per term (a compile reuses the heap the
+previous one freed; the mean, one program of all terms, at their summed ``LM``).
+
 Wall time: the plan's own read time, its neighbour-list time once per stage that
 builds batches (descriptors, solve, training errors), a compile allowance per kernel
 and padded shape (``COMPILE_S``), fixed allowances (eager ops, per chunk), SOAP pair
@@ -436,6 +442,7 @@ class _Shape:
     soaps: tuple[_Soap, ...]
     M_2b: int
     M_3b: int = 0
+    n_2b: int = 0  # 2-body terms
 
     @property
     def F(self) -> int:
@@ -452,14 +459,15 @@ class _Shape:
 
     @classmethod
     def of(cls, specs: dict, n_sparse: dict[str, int], species: tuple) -> _Shape:
-        soaps, M_2b = [], 0
+        soaps, M_2b, n_2b = [], 0, 0
         for name, (spec, _) in specs.items():
             if isinstance(spec, SoapSpec):
                 F, M = spec.n_features, n_sparse[name]
                 soaps.append(_Soap(spec.n_max, spec.l_max, F, M))
             elif isinstance(spec, PairSpec):
-                M_2b += n_sparse[name]
-        return cls(len(species), tuple(soaps), M_2b, n_sparse.get("angle_3b", 0))
+                M_2b, n_2b = M_2b + n_sparse[name], n_2b + 1
+        M_3b = n_sparse.get("angle_3b", 0)
+        return cls(len(species), tuple(soaps), M_2b, M_3b, n_2b)
 
 
 def _code_bytes(n_shapes: int, kernels: Sequence[tuple[str, int]]) -> float:
@@ -536,7 +544,7 @@ def _memory(
     for A, P, C in padded:
         for stage, b in _transients(shape, A, P, C, T).items():
             worst[stage] = max(worst.get(stage, 0.0), b)
-    two_body, three_body = shape.M_2b > 0, shape.M_3b > 0
+    three_body = shape.M_3b > 0
     X = 8.0 * n_atoms * shape.F  # (n_env, F) SOAP matrices
     max_F = max((s.F for s in shape.soaps), default=0)  # chosen one term at a time
     kernels = {  # (kernel, LM) compiled per stage: one SOAP kernel per SOAP term
@@ -568,7 +576,7 @@ def _memory(
             fixed["JAX runtime"] = RUNTIME_BYTES
             fixed["descriptors"] = (
                 X
-                + (16.0 * n_pairs / 2 if two_body else 0.0)
+                + 16.0 * n_pairs / 2 * shape.n_2b  # each 2-body term's
                 + TRIPLET_HELD * n_triplets
             )
         if stage == "sparsify":  # K_mm, its factor, R_aug, posterior, QR copies
@@ -590,7 +598,6 @@ def _seconds(
 ) -> dict[str, float]:
     """Predicted wall time per stage (see module doc; SOAP terms add up)."""
     S, M, M2 = shape.S, shape.M, shape.M_2b
-    two_body = M2 > 0
     work = rows = qr = 0.0  # SOAP pair work, flops of the kernel rows and of the QR
     triplet_work = sum(c.padded_triplets * shape.M_3b for c in chunks)
     triplet_compile = COMPILE_S["triplet"] if shape.M_3b else 0.0
@@ -605,7 +612,7 @@ def _seconds(
     n_env = sum(c.atoms for c in chunks)
     n_shapes = len({c.padded for c in chunks})
     per_chunk = FIXED_S["chunk"] * len(chunks)
-    pair_compile = COMPILE_S["pair"] if two_body else 0.0
+    pair_compile = COMPILE_S["pair"] * shape.n_2b
     LM = sum(s.LM for s in shape.soaps)  # compile time per shape: per SOAP kernel
     return {
         "read": t_read,
