@@ -406,3 +406,25 @@ def _same(ref: Mapping[str, Any]) -> dict[str, Any]:
         for k in _COMPARED
         if k in ref or k in ("stress", "stress_std")
     }
+
+
+def assert_symmetries(
+    calc_fn: CalcFn,
+    atoms: Atoms,
+    rng: np.random.Generator,
+    improper: bool = False,
+    atol: float = 1e-8,
+    rtol_std: float = 1e-6,
+) -> None:
+    """Every invariance check above on ``atoms``: a random rotation (times -1, a
+    reflection too, if ``improper``), a translation with wrapping, a random
+    permutation, a (1, 2, 1) supercell and a sheared choice of the same cell."""
+    R = random_rotation(rng)
+    kw = {"rtol_std": rtol_std}
+    assert_rotation_invariant(calc_fn, atoms, -R if improper else R, atol, **kw)
+    assert_translation_invariant(calc_fn, atoms, [0.7, -1.9, 2.3], True, atol, **kw)
+    perm = rng.permutation(len(atoms))
+    assert_permutation_invariant(calc_fn, atoms, perm, atol, **kw)
+    assert_supercell_invariant(calc_fn, atoms, (1, 2, 1), atol, **kw)
+    M = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]])
+    assert_cell_choice_invariant(calc_fn, atoms, M, atol, **kw)
