@@ -140,6 +140,8 @@ def _with(gap: GAP, change: Mapping[str, Any]) -> GAP:
                 else f"--grid {key}: the model has no {kind} term; add {option}."
             )
         settings = named[term][1]
+        if name == "cutoff" and settings.get("poly_r0") == settings["cutoff"]:
+            settings["poly_r0"] = None  # poly's r0 at its default follows the cutoff
         settings[name] = value
         if term_kind == "angle_3b" and name in ("theta_uniform", "theta_fac"):
             other = "theta_fac" if name == "theta_uniform" else "theta_uniform"

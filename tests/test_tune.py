@@ -17,7 +17,7 @@ from gapfit.cli import main
 from gapfit.crossval import cross_validated
 from gapfit.errors import GapfitError
 from gapfit.report import error_table
-from gapfit.tune import combinations, grid_search, parse_grid
+from gapfit.tune import _with, combinations, grid_search, parse_grid
 
 SOAP = "cutoff=4.0 cutoff_transition_width=1.0 n_max=3 l_max=2 n_sparse=24"
 
@@ -77,6 +77,16 @@ def test_grid_errors_say_what_to_do() -> None:
     with pytest.raises(GapfitError, match="not a valid number"):
         grid_search(GAP(soap=SOAP), [], ["cutoff=4.0,four"])
     assert combinations({"a": [1, 2], "b": [3]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 3}]
+
+
+def test_a_cutoff_grid_moves_poly_r0_left_at_its_default() -> None:
+    for given, want in (("", [4.5, 5.5]), (" poly_r0=3.0", [3.0, 3.0])):
+        gap = GAP(soap=SOAP + " weighting=poly" + given)
+        got = [
+            _with(gap, {"cutoff": c})._term_settings()["soap"][1]["poly_r0"]
+            for c in ("4.5", "5.5")
+        ]
+        assert got == want
 
 
 def test_cli_tune(train, tmp_path: Path) -> None:
