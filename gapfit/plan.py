@@ -367,16 +367,17 @@ def _neighbour_counts(
     counts: list[int] = []
     pair_specs = {n: s for n, (s, _) in specs.items() if isinstance(s, PairSpec)}
     r_ranges: dict[str, dict[int, tuple[float, float]]] = {n: {} for n in pair_specs}
+    species = next(iter(specs.values()))[0].species  # every term's
     for f in frames:
         i, j, D = pairs(f, cutoff, f.where)
         counts.append(len(i))
         if not pair_specs or not len(i):
             continue
-        species = next(iter(pair_specs.values())).species
         z = np.searchsorted(species, f.numbers)
         r = np.linalg.norm(D, axis=1)
+        canonical = _canonical(i, j, D) > 0  # each pair once, for every 2-body term
         for name, spec in pair_specs.items():
-            keep = (_canonical(i, j, D) > 0) & (r < spec.cutoff)
+            keep = canonical & (r < spec.cutoff)
             t = pair_type(z[i[keep]], z[j[keep]], n_species)
             for ty in np.unique(t):
                 rt = r[keep][t == ty]

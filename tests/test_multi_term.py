@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from ase.io import write
 from checks import (
     assert_forces_match_fd,
     assert_stress_matches_strain_fd,
@@ -136,8 +137,6 @@ def test_gap_fit_string_cli_and_file_round_trip_give_one_model(frames, model, tm
         assert abs(p["energy"] - q["energy"]) < 1e-9
         assert np.abs(p["forces"] - q["forces"]).max() < 1e-9
 
-    from ase.io import write
-
     write(tmp_path / "train.xyz", frames)
     out = tmp_path / "cli.npz"
     args = ["fit", "--at-file", str(tmp_path / "train.xyz"), "--gp-file", str(out)]
@@ -223,8 +222,6 @@ def test_active_learning_takes_one_term_of_each_kind(frames, tmp_path):
     with pytest.raises(GapfitError, match="one angle_3b term"):
         GAP(angle_3b=["cutoff=3.0", "cutoff=3.5"]).fit(frames)
     # an option given twice is an error where one is taken, never the last one
-    from ase.io import write
-
     write(tmp_path / "pool.xyz", frames)
     twice = [
         ["fit", "--at-file", tmp_path / "pool.xyz", "--gp-file", tmp_path / "m.npz"]
