@@ -30,6 +30,7 @@ from gapfit.soap import (
     centre_basis,
     centre_coefficients,
     coefficients,
+    covered,
     pair_derivatives,
     pair_gradient,
     power_spectrum,
@@ -120,6 +121,7 @@ def design_rows(
         Z_species: (M,) species index of each sparse point.
         b: ``batch_arrays(batch)``.
     """
+    b = covered(spec, b)
     c = coefficients(
         spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
     )
@@ -188,6 +190,7 @@ def mean_and_descriptors(
     analytically (``soap.pair_gradient``: no (P, N, LM, 3) Jacobian, no per-pair
     copy of the cotangent).
     """
+    b = covered(spec, b)
     pairs = tables.by_centre  # (A, K)
     A, K = pairs.shape
     per_centre = {

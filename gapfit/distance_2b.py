@@ -22,6 +22,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase.data import chemical_symbols
 
 from gapfit.blocks import VOIGT, Mean, Rows, forces_and_virials
 from gapfit.errors import GapfitError
@@ -63,13 +64,44 @@ class CutoffSpec:
 
 @dataclass(frozen=True)
 class PairSpec(CutoffSpec):
-    """2-body settings (``CutoffSpec``)."""
+    """2-body settings (``CutoffSpec``); ``pair``: the atomic numbers ``(Z1, Z2)``
+    of the one species pair the term covers (gap_fit's ``add_species=F``), ``()``
+    for every pair, each apart."""
+
+    pair: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "pair", tuple(sorted(int(z) for z in self.pair)))
+        if self.pair and (
+            len(self.pair) != 2 or not set(self.pair) <= set(self.species)
+        ):
+            raise GapfitError(
+                f"distance_2b pair {list(self.pair)} is not two of its species "
+                f"{list(self.species)}."
+            )
 
     @property
     def n_types(self) -> int:
         """Unordered species pairs."""
         S = len(self.species)
         return S * (S + 1) // 2
+
+    @property
+    def covered_type(self) -> int | None:
+        """The pair type (``pair_type``) of ``pair``, None for every type."""
+        if not self.pair:
+            return None
+        a, b = (self.species.index(z) for z in self.pair)
+        return int(pair_type(a, b, len(self.species)))
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if self.pair:
+            d["pair"] = list(self.pair)
+        else:  # as gapfits before per-pair terms wrote it
+            del d["pair"]
+        return d
 
 
 @partial(delta_leaf_pytree, static=("theta",))
@@ -137,6 +169,17 @@ def _geometry(b: dict, n_species: int) -> tuple[jax.Array, ...]:
     return r, b["D"] / r[:, None], types
 
 
+def _covered(spec: PairSpec, b: dict) -> dict:
+    """The batch as the term sees it: with a species ``pair``, the other pairs'
+    ``pair_mask`` is 0; ``b`` itself for a term over every pair."""
+    if spec.covered_type is None:
+        return b
+    types = pair_type(
+        b["species"][b["centre"]], b["neighbour_species"], len(spec.species)
+    )
+    return {**b, "pair_mask": b["pair_mask"] * (types == spec.covered_type)}
+
+
 def _features(spec, kernel, Z_r, Z_t, r, types) -> jax.Array:
     """``(P, M)``: ``f_c(r_p) k(r_p, z_m) [t_p == t_m]``."""
     k = kernel.delta**2 * jnp.exp(
@@ -151,6 +194,7 @@ def pair_rows(
 ) -> Rows:
     """Kernel rows of energies, forces and virials against sparse distances ``Z_r (M,)``
     Å of pair types ``Z_t (M,)``."""
+    b = _covered(spec, b)
     r, D_hat, types = _geometry(b, len(spec.species))
     weight = (b["canonical"] * b["pair_mask"])[:, None]
     phi, dphi = jax.jvp(
@@ -179,6 +223,7 @@ def pair_mean(
 ) -> Mean:
     """Local energies, energies, forces and virials of the 2-body term (a sum over
     the pairs: the per-atom ``tables`` of the SOAP mean are not needed)."""
+    b = _covered(spec, b)
     r, D_hat, types = _geometry(b, len(spec.species))
     weight = b["canonical"] * b["pair_mask"]
     u, du = jax.jvp(
@@ -210,6 +255,7 @@ def pair_priors(
 ) -> tuple[jax.Array, ...]:
     """Prior variances of local energies ``(A,)``, energies ``(C,)``, forces ``(A, 3)``
     and virials ``(C, 6)`` of the 2-body term (eV^2, eV^2/Å^2)."""
+    b = _covered(spec, b)
     r, D_hat, types = _geometry(b, len(spec.species))
     C = b["config_mask"].shape[0]
     fc = _cutoff_and_slope(spec, r)  # per pair: (f, f')
@@ -302,9 +348,12 @@ def pair_sparse_points(
 
 def pair_ranges(spec: PairSpec, r: np.ndarray, types: np.ndarray) -> np.ndarray:
     """``(n_types, 2)`` smallest and largest distance (Å) of each pair type inside the
-    cutoff, ``(inf, -inf)`` for none: ranges of parts of the data combine by
-    elementwise min / max (a distributed fit moves these, not the distances)."""
+    cutoff (of the term's ``pair`` alone if it has one), ``(inf, -inf)`` for none:
+    ranges of parts of the data combine by elementwise min / max (a distributed fit
+    moves these, not the distances)."""
     inside = r < spec.cutoff
+    if spec.covered_type is not None:
+        inside &= types == spec.covered_type
     lo, hi = np.full(spec.n_types, np.inf), np.full(spec.n_types, -np.inf)
     np.minimum.at(lo, types[inside], r[inside])
     np.maximum.at(hi, types[inside], r[inside])
@@ -322,8 +371,9 @@ def pair_points_in_ranges(
         Z_r.append(np.linspace(lo, hi, n_sparse) if hi > lo else np.array([lo]))
         Z_t.append(np.full(len(Z_r[-1]), t))
     if not Z_r:
+        which = "-".join(chemical_symbols[z] for z in spec.pair) or "of atoms"
         raise GapfitError(
-            f"distance_2b: no pair of atoms closer than cutoff={spec.cutoff} Å in the "
+            f"distance_2b: no pair {which} closer than cutoff={spec.cutoff} Å in the "
             "training data; raise the cutoff or drop the 2-body term."
         )
     return np.concatenate(Z_r), np.concatenate(Z_t).astype(np.int64)

@@ -430,6 +430,9 @@ def _select(
     submit = functools.partial(client.submit, pure=False, retries=RETRIES)
     n_sparse, method, seed = soap["n_sparse"], soap["sparse_method"], job.gap.rnd_seed
     candidates = distinct_rows(Z, keys)
+    centre = job.specs[name][0].centre_index  # a term of one central species
+    if centre is not None:
+        candidates = {z: rows for z, rows in candidates.items() if z == centre}
     scored = {z: rows for z, rows in candidates.items() if rows.size > n_sparse}
     scores = {}
     if check_selection(n_sparse, method, seed)[0] == "cur_points" and scored:

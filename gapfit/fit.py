@@ -25,6 +25,7 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase.data import chemical_symbols
 from tqdm.auto import tqdm
 
 from gapfit import __version__, gapstring
@@ -317,7 +318,9 @@ class GAP:
         """The term ``name`` with its sparse points chosen among its descriptors of
         the data (``_descriptors``)."""
         if isinstance(spec, SoapSpec):
-            idx = sparse_environments(values, types, frames, settings, self.rnd_seed)
+            idx = sparse_environments(
+                values, types, frames, settings, self.rnd_seed, spec.centre_index
+            )
             X_hat, _ = normalise(jnp.asarray(values[idx]))
             return SoapTerm(spec, kernel, np.asarray(X_hat), types[idx], name)
         if isinstance(spec, TripletSpec):
@@ -389,6 +392,14 @@ class GAP:
                 "`gapfit fit`, `gapfit tune` and dask fits take them, but active "
                 "learning (`gapfit learn`) takes one term of each kind: give one."
             )
+        for name, (_, settings) in named.items():
+            given = [k for k in ("Z", "Z1", "Z2") if settings.get(k)]
+            if given:
+                raise GapfitError(
+                    f"the {name} term covers one species ({given[0]}="
+                    f"{settings[given[0]]}); active learning (`gapfit learn`) takes "
+                    "terms over every species: use add_species=T."
+                )
         return {kind: settings for kind, settings in named.values()}
 
     def _settings(self) -> tuple[dict | None, dict | None]:
@@ -456,15 +467,24 @@ class GAP:
 
 
 def sparse_environments(
-    X: np.ndarray, Z: np.ndarray, frames: Sequence[Frame], soap: dict, seed: int
+    X: np.ndarray,
+    Z: np.ndarray,
+    frames: Sequence[Frame],
+    soap: dict,
+    seed: int,
+    centre: int | None = None,
 ) -> np.ndarray:
-    """Indices of the SOAP sparse points among the environments ``X`` (frame order):
-    ``n_sparse`` per species, or ``config_type_n_sparse``'s per config_type."""
+    """Indices of the SOAP sparse points among the environments ``X`` (frame order)
+    of species index ``Z`` (``centre`` alone if given): ``n_sparse`` per species,
+    or ``config_type_n_sparse``'s per config_type."""
     method, counts = soap["sparse_method"], soap["config_type_n_sparse"]
+    rows = np.arange(len(Z)) if centre is None else np.flatnonzero(Z == centre)
+    X, Z = (X, Z) if centre is None else (X[rows], Z[rows])
     if counts is None:
-        return select_sparse(X, Z, soap["n_sparse"], method, seed)
+        return rows[select_sparse(X, Z, soap["n_sparse"], method, seed)]
     types = np.repeat([f.config_type for f in frames], [len(f.numbers) for f in frames])
-    return select_sparse_by_config_type(X, Z, types, counts, method, seed)
+    chosen = select_sparse_by_config_type(X, Z, types[rows], counts, method, seed)
+    return rows[chosen]
 
 
 def term_specs(named: dict[str, tuple[str, dict]], species: tuple[int, ...]) -> dict:
@@ -491,14 +511,91 @@ def _specs(
 
 def _pair_spec(pair: dict, species: tuple[int, ...]) -> tuple[PairSpec, SEKernel]:
     return (
-        PairSpec(species, pair["cutoff"], pair["cutoff_transition_width"]),
+        PairSpec(
+            species,
+            pair["cutoff"],
+            pair["cutoff_transition_width"],
+            _pair_of(pair, species),
+        ),
         SEKernel(pair["delta"], pair["theta_uniform"]),
     )
+
+
+def _pair_of(pair: dict, species: tuple[int, ...]) -> tuple[int, ...]:
+    """The species pair ``(Z1, Z2)`` an ``add_species=F`` 2-body term covers, ``()``
+    for every pair (``add_species=T``, or data of one species)."""
+    if pair["add_species"]:
+        return ()
+    chosen = (pair.get("Z1", 0), pair.get("Z2", 0))
+    _in_data([z for z in chosen if z], species, "distance_2b Z1/Z2")
+    if len(species) == 1:
+        return ()
+    if 0 in chosen:
+        raise GapfitError(
+            f"distance_2b add_species=F without Z1 and Z2 (Z1={chosen[0]} "
+            f"Z2={chosen[1]}) on data of species {_symbols(species)}: one GP over "
+            "pairs of different species is not implemented; give Z1= and Z2= (one "
+            "term per pair), or add_species=T."
+        )
+    return tuple(sorted(chosen))
+
+
+def _centre_of(soap: dict, species: tuple[int, ...]) -> int:
+    """The central species an ``add_species=F`` SOAP term covers, 0 for every one
+    (``add_species=T``, or data of one species), its ``species_Z`` checked against
+    the data's species (gapfit's density has a channel for each)."""
+    if soap["add_species"]:
+        return 0
+    centre, listed = soap.get("Z", 0), soap.get("species_Z")
+    _in_data([centre] if centre else [], species, "SOAP Z")
+    missing = sorted(set(species) - set(listed or species))
+    if missing:
+        raise GapfitError(
+            f"SOAP species_Z={{{' '.join(map(str, listed))}}} leaves out "
+            f"{_symbols(missing)}, which the training data has; gapfit's SOAP has a "
+            "density channel for every species of the data: list them all."
+        )
+    if len(species) == 1:
+        return 0
+    if listed is None:
+        raise GapfitError(
+            f"SOAP add_species=F without species_Z on data of species "
+            f"{_symbols(species)}: one density for every species (gap_fit's "
+            f"species_Z=0) is not implemented; add n_species={len(species)} "
+            "species_Z={" + " ".join(map(str, species)) + "}."
+        )
+    if not centre:
+        raise GapfitError(
+            f"SOAP add_species=F without Z on data of species {_symbols(species)}: "
+            "one GP over every central species is not implemented; give Z= (one "
+            "term per species), or add_species=T."
+        )
+    return centre
+
+
+def _in_data(numbers: Sequence[int], species: Sequence[int], what: str) -> None:
+    """Every atomic number in ``numbers`` is one of the data's ``species``."""
+    absent = sorted(set(numbers) - set(species))
+    if absent:
+        raise GapfitError(
+            f"{what}: no {_symbols(absent)} atom in the training data (species "
+            f"{_symbols(species)}); drop that term or fix the atomic number."
+        )
+
+
+def _symbols(numbers: Iterable[int]) -> str:
+    return ", ".join(chemical_symbols[z] for z in numbers)
 
 
 def _triplet_spec(
     triplet: dict, species: tuple[int, ...]
 ) -> tuple[TripletSpec, ARDKernel]:
+    if not triplet.get("add_species", True) and len(species) > 1:
+        raise GapfitError(
+            f"angle_3b add_species=F on data of species {_symbols(species)}: one GP "
+            "over triplets of different species is not implemented; use "
+            "add_species=T."
+        )
     theta = triplet["theta_uniform"] or 1.0
     return (
         TripletSpec(species, triplet["cutoff"], triplet["cutoff_transition_width"]),
@@ -521,6 +618,7 @@ def _soap_spec(
             poly_r0=soap["poly_r0"],
             poly_c=soap["poly_c"],
             poly_m=soap["poly_m"],
+            centre=_centre_of(soap, species),
         ),
         DotProductKernel(soap["delta"], soap["zeta"]),
     )

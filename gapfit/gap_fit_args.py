@@ -39,6 +39,7 @@ from gapfit.gapstring import (
     parse_distance_2b,
     parse_gap_bool,
     parse_soap,
+    split_top_level,
 )
 
 E0_METHODS = _E0_METHODS  # what gapfit.data.fit_e0 implements
@@ -348,7 +349,7 @@ def parse_gap_string(text: str) -> dict[str, list[str]]:
     """
     body = _unquote(text)
     found: dict[str, list[str]] = {}
-    for part in _split_top_level(body, ":;"):
+    for part in split_top_level(body, ":;"):
         words = part.split()
         if not words:
             raise GapfitError(
@@ -545,18 +546,6 @@ def _check_braces(item: str) -> None:
             f"unbalanced braces in '{item}': {depth} '{{' never closed; add the "
             "missing '}'."
         )
-
-
-def _split_top_level(text: str, separators: str) -> list[str]:
-    """``text`` split at ``separators`` that are not inside braces."""
-    parts, depth, start = [], 0, 0
-    for k, char in enumerate(text):
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if depth == 0 and char in separators:
-            parts.append(text[start:k])
-            start = k + 1
-    parts.append(text[start:])
-    return parts
 
 
 def _unquote(text: str) -> str:

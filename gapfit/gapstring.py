@@ -28,6 +28,8 @@ ONE_ANGLE_3B = (
     "gapfit fits one angle_3b term (it covers every species triplet): give one."
 )
 
+F0_HELP = "0.0 (eV, the GP's prior mean; e0 carries the energy offset)"
+
 SOAP_DEFAULTS: dict[str, Any] = {
     "cutoff": 5.0,
     "cutoff_transition_width": 1.0,
@@ -45,6 +47,12 @@ SOAP_DEFAULTS: dict[str, Any] = {
     "poly_r0": None,
     "poly_c": 1.0,
     "poly_m": 2.0,
+    "Z": 0,
+    "n_Z": 1,
+    "n_species": 0,
+    "species_Z": None,
+    "central_weight": 1.0,
+    "f0": 0.0,
 }
 SOAP_HELP = {
     "cutoff": "Å, dscribe r_cut",
@@ -59,11 +67,19 @@ SOAP_HELP = {
     "(replaces n_sparse; types not named give none)",
     "sparse_method": "/".join(SPARSE_METHODS),
     "covariance_type": "dot_product",
-    "add_species": "T (one GP per central species)",
+    "add_species": "T: one GP per central species, with every species' density; "
+    "F: Z and species_Z say which",
     "weighting": "cosine (gap_fit-like), poly or none (dscribe)",
     "poly_r0": "Å, poly weighting r0 (default cutoff)",
     "poly_c": "poly weighting c",
     "poly_m": "poly weighting m",
+    "Z": "atomic number of the central atoms (add_species=F; 0: every species)",
+    "n_Z": "central species of the term (1)",
+    "n_species": "number of species in species_Z (add_species=F)",
+    "species_Z": "{Z1 Z2 ...}: the species of the density (add_species=F; every "
+    "species of the data)",
+    "central_weight": "1.0 (the central atom counts in its density in full)",
+    "f0": F0_HELP,
 }
 
 DISTANCE_2B_DEFAULTS: dict[str, Any] = {
@@ -75,6 +91,9 @@ DISTANCE_2B_DEFAULTS: dict[str, Any] = {
     "n_sparse": 20,
     "sparse_method": "uniform",
     "add_species": True,
+    "Z1": 0,
+    "Z2": 0,
+    "f0": 0.0,
 }
 DISTANCE_2B_HELP = {
     "cutoff": "Å, pair cutoff",
@@ -84,7 +103,10 @@ DISTANCE_2B_HELP = {
     "theta_uniform": "Å, squared-exponential length scale",
     "n_sparse": "sparse distances per species pair",
     "sparse_method": "uniform (grid over the observed distance range)",
-    "add_species": "T (one GP per species pair)",
+    "add_species": "T: one GP per species pair; F: the pair Z1-Z2",
+    "Z1": "atomic number of one atom of the pair (add_species=F)",
+    "Z2": "atomic number of the other atom of the pair (add_species=F)",
+    "f0": F0_HELP,
 }
 
 ANGLE_3B_DEFAULTS: dict[str, Any] = {
@@ -97,6 +119,7 @@ ANGLE_3B_DEFAULTS: dict[str, Any] = {
     "n_sparse": 200,
     "sparse_method": "uniform",
     "add_species": True,
+    "f0": 0.0,
 }
 ANGLE_3B_HELP = {
     "cutoff": "Å, both neighbours of the centre within it",
@@ -107,9 +130,17 @@ ANGLE_3B_HELP = {
     "theta_fac": "length scales = factor x each component's range in the data",
     "n_sparse": "sparse triplets per triplet type",
     "sparse_method": "uniform (grid over the descriptor range) or random",
-    "add_species": "T (one GP per centre species and neighbour pair)",
+    "add_species": "T (one GP per centre species and neighbour pair); F for data "
+    "of one species",
+    "f0": F0_HELP,
 }
 
+ATOMIC_NUMBER_KEYS = ("Z", "Z1", "Z2")
+_SEVERAL_CENTRES = (
+    "one GP over several central species is not implemented (gapfit keeps central "
+    "species apart); give one SOAP term per species with Z=<atomic number>, or "
+    "add_species=T."
+)
 _TRUE = ("t", "true", "1")
 _FALSE = ("f", "false", "0")
 # gap_fit's alternative key names (its ``altkey``s), mapped onto ours where present
@@ -146,7 +177,8 @@ _SOAP = _Kind(
     help=SOAP_HELP,
     choices={
         "covariance_type": ("dot_product",),
-        "add_species": (True,),
+        "central_weight": (1.0,),
+        "f0": (0.0,),
         "sparse_method": SPARSE_METHODS,
         "weighting": WEIGHTINGS,
     },
@@ -159,8 +191,8 @@ _DISTANCE_2B = _Kind(
     help=DISTANCE_2B_HELP,
     choices={
         "covariance_type": ("ard_se",),
-        "add_species": (True,),
         "sparse_method": ("uniform",),
+        "f0": (0.0,),
     },
     value_aliases={"covariance_type": {"gaussian": "ard_se"}},
     positive=(
@@ -178,8 +210,8 @@ _ANGLE_3B = _Kind(
     help=ANGLE_3B_HELP,
     choices={
         "covariance_type": ("ard_se",),
-        "add_species": (True,),
         "sparse_method": ("uniform", "random"),
+        "f0": (0.0,),
     },
     value_aliases={"covariance_type": {"gaussian": "ard_se"}},
     positive=(
@@ -216,7 +248,7 @@ def parse_soap(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
     out = _parse(settings, _SOAP)
     if out["poly_r0"] is None:
         out["poly_r0"] = out["cutoff"]
-    return out
+    return _soap_species(out)
 
 
 def parse_distance_2b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -227,12 +259,21 @@ def parse_distance_2b(settings: str | Mapping[str, Any] | None) -> dict[str, Any
     ``covariance_type`` (``ard_se`` only), ``delta`` (eV), ``theta_uniform`` (Å, the
     squared-exponential length scale), ``n_sparse`` (per species pair),
     ``sparse_method`` (``uniform`` only: a uniform grid over the observed distance
-    range) and ``add_species`` (``T`` only).
+    range), ``add_species`` (``T``: one GP per species pair) and, with
+    ``add_species=F``, ``Z1`` and ``Z2`` (the pair's atomic numbers; 0 for data of
+    one species).
 
     Args:
         settings: a gap_fit string ``"[distance_2b] key=value ..."`` or a mapping.
     """
-    return _width_inside_cutoff(_parse(settings, _DISTANCE_2B), _DISTANCE_2B)
+    out = _width_inside_cutoff(_parse(settings, _DISTANCE_2B), _DISTANCE_2B)
+    if out["add_species"] and (out["Z1"] or out["Z2"]):
+        raise GapfitError(
+            f"distance_2b Z1={out['Z1']} Z2={out['Z2']} with add_species=T: "
+            "add_species=T makes one GP for every species pair itself (as gap_fit); "
+            "set add_species=F to fit the pair Z1-Z2 alone."
+        )
+    return out
 
 
 def parse_angle_3b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -270,6 +311,39 @@ def _width_inside_cutoff(out: dict[str, Any], kind: _Kind) -> dict[str, Any]:
     return out
 
 
+def _soap_species(out: dict[str, Any]) -> dict[str, Any]:
+    """``out``, its species keys checked as gap_fit's ``add_species`` reads them:
+    with ``T`` gap_fit itself writes ``Z``, ``n_species`` and ``species_Z`` into one
+    term per central species, so none may be given; with ``F`` they are the user's,
+    ``n_species`` counting ``species_Z``."""
+    given = [k for k in ("Z", "n_species", "species_Z") if out[k]]
+    if out["add_species"] and given:
+        raise GapfitError(
+            f"SOAP {', '.join(given)} with add_species=T: add_species=T makes one GP "
+            "per central species with every species' density itself (as gap_fit); "
+            "set add_species=F to give Z, n_species and species_Z yourself."
+        )
+    if out["n_Z"] != 1:
+        raise GapfitError(f"SOAP n_Z={out['n_Z']}: {_SEVERAL_CENTRES}")
+    species = out["species_Z"]
+    if species is not None and not out["n_species"]:
+        raise GapfitError(
+            "SOAP species_Z is given without n_species; gap_fit needs both: add "
+            f"n_species={len(species)}."
+        )
+    if species is not None and out["n_species"] != len(species):
+        raise GapfitError(
+            f"SOAP n_species={out['n_species']} but species_Z lists {len(species)} "
+            f"species {list(species)}; make them agree."
+        )
+    if species is None and out["n_species"] > 1:
+        raise GapfitError(
+            f"SOAP n_species={out['n_species']} without species_Z; list them, e.g. "
+            "species_Z={29 79}."
+        )
+    return out
+
+
 def _parse(settings: str | Mapping[str, Any] | None, kind: _Kind) -> dict[str, Any]:
     """Tokenise, check keys, convert and check values of one descriptor's settings."""
     if isinstance(settings, str):
@@ -285,8 +359,9 @@ def _parse(settings: str | Mapping[str, Any] | None, kind: _Kind) -> dict[str, A
         )
     out = dict(kind.defaults)
     seen: dict[str, str] = {}
+    spelt = {k.lower(): k for k in kind.defaults}  # gap_fit's keys, any case
     for key, raw in given.items():
-        name = _KEY_ALIASES.get(key, key)
+        name = spelt.get(key, _KEY_ALIASES.get(key, key))
         if name not in kind.defaults:
             valid = list(kind.defaults)
             close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
@@ -311,7 +386,9 @@ def _tokens(text: str, kind: _Kind) -> dict[str, str]:
     body = text.strip()
     if body.startswith("{") and body.endswith("}"):
         body = body[1:-1]
-    tokens = body.replace(",", " ").split()
+    # split at spaces and commas outside braces: species_Z={29 79} is one token
+    spaced = "".join(" " if c.isspace() else c for c in body)
+    tokens = [t.strip() for t in split_top_level(spaced, " ,") if t.strip()]
     if tokens and "=" not in tokens[0]:
         word = tokens[0].lower()
         if word == kind.word:
@@ -375,6 +452,40 @@ def parse_type_counts(raw: Any, what: str = "config_type_n_sparse") -> dict[str,
     return out
 
 
+def split_top_level(text: str, separators: str) -> list[str]:
+    """``text`` split at ``separators`` that are not inside braces."""
+    parts, depth, start = [], 0, 0
+    for k, char in enumerate(text):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth == 0 and char in separators:
+            parts.append(text[start:k])
+            start = k + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _atomic_numbers(raw: Any, kind: _Kind) -> list[int]:
+    """gap_fit's ``{29 79}`` (braces optional; or a sequence) as sorted distinct
+    atomic numbers."""
+    if isinstance(raw, str):
+        fields = raw.strip().removeprefix("{").removesuffix("}").replace(",", " ")
+        values: Any = fields.split()
+    elif isinstance(raw, int | float):
+        values = [raw]
+    else:
+        values = list(raw)
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = []
+    if not numbers or not all(1 <= z <= 118 and z == int(z) for z in numbers):
+        raise GapfitError(
+            f"{kind.name} setting species_Z={raw!r} is not a list of atomic numbers; "
+            "write e.g. species_Z={29 79}."
+        )
+    return sorted({int(z) for z in numbers})
+
+
 def _convert(kind: _Kind, key: str, raw: Any) -> Any:
     """``raw`` converted to the type of the key's default and checked."""
     default = kind.defaults[key]
@@ -382,6 +493,12 @@ def _convert(kind: _Kind, key: str, raw: Any) -> Any:
         return None
     if key == "config_type_n_sparse":
         return parse_type_counts(raw)
+    if key == "species_Z":
+        return _atomic_numbers(raw, kind)
+    if isinstance(raw, str):  # gap_fit writes one value in braces too: Z={29}
+        raw = raw.strip().removeprefix("{").removesuffix("}")
+        if key == "Z" and len(raw.replace(",", " ").split()) > 1:
+            raise GapfitError(f"SOAP Z={{{raw}}}: {_SEVERAL_CENTRES}")
     if isinstance(default, bool):
         what = "logical (T/F)"
     else:
@@ -422,6 +539,11 @@ def _convert(kind: _Kind, key: str, raw: Any) -> Any:
         raise GapfitError(
             f"{kind.name} setting {key}={raw} is not supported by gapfit; "
             f"use {use}.{hint}"
+        )
+    if key in ATOMIC_NUMBER_KEYS and not 0 <= value <= 118:
+        raise GapfitError(
+            f"{kind.name} setting {key}={raw} is not an atomic number (1-118, or 0 "
+            "for any)."
         )
     if key in kind.positive and not value > 0:
         raise GapfitError(

@@ -13,9 +13,11 @@ read as ``R = R_1 L_mm^-T`` (upper triangular: the same posterior). Format 3 is
 format 2 with a ``baseline`` in ``meta`` (``gapfit.baseline``), format 4 a model with
 a 3-body term (``angle_3b.sparse_d``, ``angle_3b.sparse_type``), format 5 a model with
 several terms of one kind (``soap``, ``soap_2``, ...; each term's ``kind`` in
-``meta``); each model is written in the oldest format that holds it, so a gapfit that
-predates baselines, the 3-body term or repeated terms refuses such a file instead of
-predicting without them.
+``meta``), format 6 a model with a term of one central species or species pair
+(gap_fit's ``add_species=F`` with ``Z=`` or ``Z1``/``Z2``: the descriptor's
+``centre`` or ``pair`` in ``meta``); each model is written in the oldest format that
+holds it, so a gapfit that predates baselines, the 3-body term, repeated terms or
+per-species terms refuses such a file instead of predicting without them.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ from gapfit.terms import TERM_TYPES, Term
 from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
-FORMAT_VERSION = 5  # the newest this gapfit reads and writes
+FORMAT_VERSION = 6  # the newest this gapfit reads and writes
+MULTI_TERM_FORMAT = 5  # several terms of one kind, each over every species
 PLAIN_FORMAT = 2  # written for models without a baseline or a 3-body term
 BASELINE_FORMAT = 3  # with a baseline (no 3-body term)
 TRIPLET_FORMAT = 4  # with a 3-body term (one term of each kind)
@@ -314,8 +317,10 @@ class Model:
     def _format_version(self) -> int:
         """The oldest format that holds this model (older gapfits refuse newer
         formats instead of misreading them)."""
-        if any(t.name != t.kind for t in self.terms):
+        if any(t.spec.to_dict().keys() & {"centre", "pair"} for t in self.terms):
             return FORMAT_VERSION
+        if any(t.name != t.kind for t in self.terms):
+            return MULTI_TERM_FORMAT
         if any(t.kind == "angle_3b" for t in self.terms):
             return TRIPLET_FORMAT
         return PLAIN_FORMAT if self.baseline is None else BASELINE_FORMAT
@@ -376,7 +381,13 @@ class Model:
                         f"{path}: term {tm['name']!r} of kind {kind!r} is unknown or "
                         "given twice; corrupt or from a newer gapfit: refit or upgrade."
                     )
-                terms.append(TERM_TYPES[kind].load(tm, arrays))
+                try:
+                    terms.append(TERM_TYPES[kind].load(tm, arrays))
+                except GapfitError as err:
+                    why = "" if "refit" in str(err) else " The file is corrupt: refit."
+                    raise GapfitError(
+                        f"{path}: term {tm['name']!r}: {err}{why}"
+                    ) from err
             species = tuple(int(z) for z in meta["species"])
             e0 = {int(z): float(v) for z, v in meta["e0"].items()}
             w, L, R = (members[k] for k in POSTERIOR)

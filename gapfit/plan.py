@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 
 import ase
 import numpy as np
+from ase.data import chemical_symbols
 
 from gapfit.angle_3b import TRIPLET_BLOCK, batch_descriptors
 from gapfit.baseline import Baseline
@@ -304,7 +305,7 @@ def plan_fit(
     for c in chunks:
         c.pad_to = common
         c.padded_triplets = T
-    n_sparse = _n_sparse(frames, species, named, r_ranges)
+    n_sparse = _n_sparse(frames, named, specs, r_ranges)
     if triplet is not None:  # as angle_3b.triplet_sparse_points (an upper bound)
         if not sum(triplets):
             raise GapfitError(
@@ -379,7 +380,9 @@ def _neighbour_counts(
         for name, spec in pair_specs.items():
             keep = canonical & (r < spec.cutoff)
             t = pair_type(z[i[keep]], z[j[keep]], n_species)
-            for ty in np.unique(t):
+            if spec.covered_type is not None:  # a term of one species pair
+                t = np.where(t == spec.covered_type, t, -1)
+            for ty in np.unique(t[t >= 0]):
                 rt = r[keep][t == ty]
                 lo, hi = r_ranges[name].get(int(ty), (np.inf, -np.inf))
                 r_ranges[name][int(ty)] = (min(lo, rt.min()), max(hi, rt.max()))
@@ -388,20 +391,22 @@ def _neighbour_counts(
 
 def _n_sparse(
     frames: Sequence[Frame],
-    species: tuple[int, ...],
     named: dict[str, tuple[str, dict]],
+    specs: dict,
     r_ranges: dict[str, dict[int, tuple[float, float]]],
 ) -> dict[str, int]:
     """Sparse points of the SOAP and 2-body terms as ``GAP.fit`` chooses them (SOAP:
     an upper bound, since duplicate environments are dropped first; with
-    ``config_type_n_sparse`` the sum over its config_types)."""
+    ``config_type_n_sparse`` the sum over its config_types; a term of one central
+    species counts that species alone)."""
     out: dict[str, int] = {}
     for name, (kind, settings) in named.items():
         if kind == "distance_2b":
             r_range = r_ranges[name]
             if not r_range:  # as distance_2b.pair_sparse_points says
+                which = "-".join(chemical_symbols[z] for z in specs[name][0].pair)
                 raise GapfitError(
-                    f"{name}: no pair of atoms closer than cutoff="
+                    f"{name}: no pair {which or 'of atoms'} closer than cutoff="
                     f"{settings['cutoff']} Å in the training data; raise the cutoff "
                     "or drop the 2-body term."
                 )
@@ -412,11 +417,13 @@ def _n_sparse(
             counts = settings["config_type_n_sparse"]
             if counts is not None:
                 check_config_types(counts, [f.config_type for f in frames])
+            spec = specs[name][0]
+            centres = (spec.centre,) if spec.centre else spec.species
             out[name] = 0
             for ctype, n in (counts or {None: settings["n_sparse"]}).items():
                 numbers = [f.numbers for f in frames if ctype in (None, f.config_type)]
-                atoms = np.bincount(np.concatenate(numbers), minlength=max(species) + 1)
-                out[name] += int(sum(min(n, atoms[z]) for z in species))
+                atoms = np.bincount(np.concatenate(numbers), minlength=max(centres) + 1)
+                out[name] += int(sum(min(n, atoms[z]) for z in centres))
     return out
 
 

@@ -62,6 +62,8 @@ class SoapSpec:
         weighting: ``"cosine"``, ``"poly"`` or ``"none"``.
         cutoff_transition_width: width of the cosine transition in Å.
         poly_r0, poly_c, poly_m: dscribe's poly weighting parameters (Å, -, -).
+        centre: the atomic number of the central atoms the term covers (gap_fit's
+            ``Z`` with ``add_species=F``); 0: every species, each apart.
     """
 
     species: tuple[int, ...]
@@ -74,6 +76,7 @@ class SoapSpec:
     poly_r0: float = 5.0
     poly_c: float = 1.0
     poly_m: float = 2.0
+    centre: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -81,6 +84,11 @@ class SoapSpec:
         )
         if not self.species:
             raise GapfitError("SOAP needs at least one species; found none.")
+        if self.centre and self.centre not in self.species:
+            raise GapfitError(
+                f"SOAP centre Z={self.centre} is not one of its species "
+                f"{list(self.species)}."
+            )
         if self.weighting not in WEIGHTINGS:
             raise GapfitError(
                 f"SOAP weighting '{self.weighting}' is unknown; "
@@ -114,6 +122,11 @@ class SoapSpec:
         return min(padded, self.poly_r0) if self.weighting == "poly" else padded
 
     @property
+    def centre_index(self) -> int | None:
+        """Species index of ``centre``, None for a term over every species."""
+        return self.species.index(self.centre) if self.centre else None
+
+    @property
     def n_features(self) -> int:
         """Length of the SOAP vector (dscribe's ``get_number_of_features``)."""
         sn = len(self.species) * self.n_max
@@ -122,6 +135,8 @@ class SoapSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["species"] = list(self.species)
+        if not self.centre:  # as gapfits before per-species terms wrote it
+            del d["centre"]
         return d
 
     def dscribe_kwargs(self) -> dict:
@@ -431,6 +446,17 @@ def blocked(
         ).reshape(n_blocks, size, *v.shape[1:])
         for k, v in arrays.items()
     }
+
+
+def covered(spec: SoapSpec, b: dict) -> dict:
+    """The batch ``b`` as the term sees it: with a central species ``spec.centre``,
+    the other atoms' ``atom_mask`` is 0, so their environments add no local energy,
+    row or prior variance while their densities still count in their neighbours'
+    SOAP; ``b`` itself for a term over every species."""
+    if spec.centre_index is None:
+        return b
+    own = b["species"] == spec.centre_index
+    return {**b, "atom_mask": b["atom_mask"] * own}
 
 
 def power_spectrum(spec: SoapSpec, c: jax.Array) -> jax.Array:

@@ -32,6 +32,7 @@ from gapfit.soap import (
     SoapSpec,
     blocked,
     coefficients,
+    covered,
     pair_derivatives,
     power_spectrum,
 )
@@ -117,14 +118,17 @@ def prior_force_variance(
     ``norm``: all atoms'."""
     atom = rows["atom"]
     own = jnp.arange(p_hat.shape[0]) if atom is None else atom
-    mask = _rows_of(b["atom_mask"], atom)
     U = jnp.concatenate([-rows["S"][:, None], rows["dP"]], axis=1)  # (R, K+1, 3, F)
     env = jnp.concatenate([own[:, None], rows["centre"]], axis=1)
-    real = jnp.concatenate([mask[:, None], rows["mask"]], axis=1)
+    # environments that count: real pairs' centres and the atom's own, unless masked
+    # (padding, or a species the term does not cover: ``soap.covered``); an atom's
+    # force still varies with its neighbours' environments when its own is masked
+    real = b["atom_mask"][env] * jnp.concatenate(
+        [jnp.ones_like(own, dtype=rows["mask"].dtype)[:, None], rows["mask"]], axis=1
+    )
     spec_e = b["species"][env]
     s = (spec_e[:, :, None] == spec_e[:, None, :]) * real[:, :, None] * real[:, None, :]
-    var = _gram_variance(kernel, U, p_hat[env], norm[env], s).sum(axis=1)
-    return var * mask[:, None]
+    return _gram_variance(kernel, U, p_hat[env], norm[env], s).sum(axis=1)
 
 
 ATOM_TILE = 512  # atoms per side of a tile of the energy and virial prior double sums
@@ -264,6 +268,7 @@ def soap_rows_and_priors(
     (one block for a batch that small), so the (pairs, 3, M) products of a large cell
     are never all held at once.
     """
+    b = covered(spec, b)
     A, K = tables.incoming.shape
     C = b["config_mask"].shape[0]
     p_hat, norm, dP, pair = incoming_derivatives(spec, b, tables)
@@ -333,6 +338,7 @@ def soap_mean_and_energy_rows(
     """The SOAP term's means, and the local-energy and energy rows and prior
     variances (forces and virials None): all the energy stds need, from the
     descriptors the mean computed (no pair derivatives)."""
+    b = covered(spec, b)
     mean, p_hat, norm = mean_and_descriptors(
         spec, kernel, Z_hat, Z_species, weights, b, tables
     )

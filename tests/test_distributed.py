@@ -41,10 +41,14 @@ from gapfit.tsqr import RowFactor, stack_qr, tree_reduce
 # draws are used); 4 two-body points per pair type keep K_mm well conditioned.
 SOAP = "cutoff=4.0 n_max=2 l_max=2 n_sparse=15 sparse_method=cur_points"
 PAIR = "cutoff=4.0 n_sparse=4"
-# a second SOAP and 2-body term (several terms of one kind): each SOAP term's sparse
-# set is chosen over the workers
-SHORT_SOAP = "cutoff=3.0 cutoff_transition_width=0.5 n_max=2 l_max=3 n_sparse=10"
-SHORT_PAIR = "cutoff=3.0 n_sparse=4"
+# a second SOAP and 2-body term (several terms of one kind), of Au centres and of
+# Cu-Au pairs alone (gap_fit's add_species=F): each SOAP term's sparse set is chosen
+# over the workers, among its own species' environments
+SHORT_SOAP = (
+    "cutoff=3.0 cutoff_transition_width=0.5 n_max=2 l_max=3 n_sparse=10 "
+    "add_species=F n_species=2 species_Z={29 79} Z=79"
+)
+SHORT_PAIR = "cutoff=3.0 n_sparse=4 add_species=F Z1=29 Z2=79"
 SETTINGS = {
     "soap": [SOAP, SHORT_SOAP],
     "distance_2b": [PAIR, SHORT_PAIR],
@@ -192,7 +196,8 @@ def test_fit_equals_serial(fits: tuple[GAP, GAP], train: Path) -> None:
     serial, dist = fits
     s, d = serial.model_, dist.model_
     assert s.term("soap").sparse_counts() == {"Cu": 15, "Au": 15}
-    assert s.term("soap_2").sparse_counts() == {"Cu": 10, "Au": 10}
+    assert s.term("soap_2").sparse_counts() == {"Cu": 0, "Au": 10}
+    assert set(s.term("distance_2b_2").sparse_type) == {1}  # Cu-Au pairs alone
     assert [t.name for t in d.terms] == [t.name for t in s.terms]
     # the same sparse sets, to the bit: same environments, same 2-body distances
     for name in ("soap", "soap_2"):

@@ -339,7 +339,9 @@ def test_unsupported_keys_fail_clearly(key: str) -> None:
         ("gap={distance_2b sparse_method=cur_points}", ["sparse_method=uniform"]),
         ("gap={distance_2b covariance_type=dot_product}", ["ard_se"]),
         ("gap={soap covariance_type=ard_se}", ["dot_product"]),
-        ("gap={soap add_species=F}", ["add_species=T"]),
+        ("gap={soap add_species=T Z=29}", ["add_species=F"]),
+        ("gap={soap central_weight=0.5}", ["central_weight=1.0"]),
+        ("gap={distance_2b f0=1.0}", ["f0=0.0", "prior mean"]),
     ],
 )
 def test_bad_gap_strings(gap: str, words: list[str]) -> None:
@@ -536,7 +538,7 @@ def test_parse_distance_2b() -> None:
         ("delta=-1", "> 0"),
         ("cutoff=3.0 cutoff_transition_width=4.0", "(0, cutoff]"),
         ("cutoff=nan", "number"),
-        ("add_species=F", "add_species=T"),
+        ("Z1=29 Z2=79", "add_species=F"),
         ("sparse_method=random", "uniform"),
         ("delta=1 energy_scale=2", "twice"),
         ("soap n_max=4", "soap descriptor"),
