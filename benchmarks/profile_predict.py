@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from gapfit.blocks import descriptors
 from gapfit.model import Model, _stds
-from gapfit.neighbours import make_batch, pair_table_width, pair_tables
+from gapfit.neighbours import make_batch
 from gapfit.variance import incoming_derivatives, soap_rows_and_priors
 
 
@@ -55,11 +55,11 @@ def main() -> None:
 
     def host():  # as Model.predict: numpy arrays for the jitted call
         batch = make_batch([cell], model.species, model.neighbour_cutoff, ["cell"])
-        return batch, pair_tables(batch, pair_table_width(batch))
+        return batch, model.tables(batch, model.table_widths(batch))
 
     batch, host_tables = host()
     b, tables = jax.device_put((batch._asdict(), host_tables))  # parts: on the device
-    A, K = tables.incoming.shape
+    own = dict(zip((t.name for t in model.terms), tables, strict=True))
     rows: list[tuple[str, Callable[[], object]]] = [
         ("host: neighbours, tables", lambda: host()[1]),
         ("mean (E, F, virial)", lambda: model.mean(b, tables)),
@@ -68,19 +68,22 @@ def main() -> None:
     ]
     for term, w in zip(model.terms, model._weights, strict=True):
         f = jax.jit(lambda b, t, term=term: term.rows_and_priors(b, t))
-        rows.append((f"{term.name}: rows and priors", lambda f=f: f(b, tables)))
+        t = own[term.name]
+        rows.append((f"{term.name}: rows and priors", lambda f=f, t=t: f(b, t)))
         e = jax.jit(
             lambda b, t, w, term=term: term.mean_and_energy_fn(
                 term.spec, term.kernel, *term._z, w, b, t
             )
         )
         label = f"{term.name}: mean, energy rows, priors"
-        rows.append((label, lambda e=e, w=w: e(b, tables, w)))
-    parts = tuple(t.rows_and_priors(b, tables) for t in model.terms)
+        rows.append((label, lambda e=e, w=w, t=t: e(b, t, w)))
+    parts = tuple(t.rows_and_priors(b, own[t.name]) for t in model.terms)
     rows.append(("stds from rows (solves)", lambda: _stds(parts, model.posterior)))
     soap = model.term("soap")
     flops = ""
     if soap is not None:
+        own_tables = own["soap"]
+        A, K = own_tables.incoming.shape
         spec, kernel, z = soap.spec, soap.kernel, soap._z
         whole = jax.jit(lambda b, t: soap_rows_and_priors(spec, kernel, *z, b, t))
         d0 = jax.jit(lambda b: descriptors(spec, b))
@@ -94,9 +97,9 @@ def main() -> None:
         gemm = jax.jit(lambda dP, Z: jnp.einsum("pkf,mf->pkm", dP, Z))
         rows += [
             ("soap: descriptor", lambda: d0(b)),
-            ("soap: descriptor and dP", lambda: d1(b, tables)),
-            ("soap: force rows", lambda: fr(b, tables)),
-            ("soap: force prior variances", lambda: fp(b, tables)),
+            ("soap: descriptor and dP", lambda: d1(b, own_tables)),
+            ("soap: force rows", lambda: fr(b, own_tables)),
+            ("soap: force prior variances", lambda: fp(b, own_tables)),
             ("soap: force rows' GEMM alone", lambda: gemm(dP, Z)),
         ]
         flops = (
@@ -105,8 +108,9 @@ def main() -> None:
         )
     n_atoms, n_pairs = int(batch.atom_mask.sum()), int(batch.pair_mask.sum())
     print(
-        f"{args.model}: {n_atoms} atoms, {n_pairs} pairs, pair tables {A} x {K}, "
-        f"{jax.devices()[0].platform}"
+        f"{args.model}: {n_atoms} atoms, {n_pairs} pairs, pair tables "
+        + ", ".join(f"{n} {t.incoming.shape}" for n, t in own.items())
+        + f", {jax.devices()[0].platform}"
     )
     print(f"{'part':34s} {'median ms':>10s} {'min ms':>8s}")
     # as Model.predict with stds: BLAS to one thread during the solves

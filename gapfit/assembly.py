@@ -27,8 +27,6 @@ from gapfit.neighbours import (
     batch_shape,
     make_batch,
     pad_batch,
-    pair_table_width,
-    pair_tables,
 )
 
 
@@ -166,11 +164,12 @@ def fitted_predictions(
 ) -> list[dict]:
     """``Model.predict``'s results (without stds) for the frames covered by
     ``chunks`` (indices into ``frames``, with their ``batches``), in frame order, by
-    the mean's program (one pair-table width for all batches: one compilation)."""
+    the mean's program (one set of pair-table widths for all batches: one
+    compilation)."""
     out: list[dict] = [{} for _ in frames]
-    width = max(pair_table_width(batch) for batch in batches)
+    widths = np.max([model.table_widths(batch) for batch in batches], axis=0)
     for chunk, batch in zip(chunks, batches, strict=True):
-        mean = model.mean(batch._asdict(), pair_tables(batch, width))
+        mean = model.mean(batch._asdict(), model.tables(batch, widths.tolist()))
         results = model.unpack([frames[k] for k in chunk], batch, mean, None)
         for k, result in zip(chunk, results, strict=True):
             out[k] = result

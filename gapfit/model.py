@@ -52,6 +52,7 @@ from gapfit.neighbours import (
     Structure,
     make_batch,
     padded_stream,
+    pair_table_width,
     pair_tables,
 )
 from gapfit.sparse_gp import Posterior, whiten_rows
@@ -127,12 +128,31 @@ class Model:
             tuple(t._z for t in self.terms),
         )
 
-    def mean(self, b: dict, tables: PairTables) -> Mean:
-        """Sum of the terms' predicted means (without e0) of a batch with its
-        per-atom pair ``tables``, one jitted call."""
-        return _summed_mean(*self._term_args(), self._weights, b, tables)
+    def table_widths(self, batch: Batch) -> tuple[int, ...]:
+        """Widths of ``tables``' per-atom pair tables of ``batch``, one per term (the
+        elementwise largest over batches gives them one jit shape)."""
+        keeps = [t.pairs(batch) for t in self.terms]
+        return tuple(pair_table_width(batch, keep) for keep in keeps)
 
-    def mean_and_std(self, b: dict, tables: PairTables) -> tuple[Mean, Std]:
+    def tables(self, batch: Batch, widths: Sequence[int]) -> tuple[PairTables, ...]:
+        """Each term's per-atom tables of its own pairs of ``batch`` (``Term.pairs``)
+        at least ``widths`` wide; terms with the same pairs share one."""
+        made: dict[tuple, PairTables] = {}
+        out = []
+        for term, width in zip(self.terms, widths, strict=True):
+            keep = term.pairs(batch)
+            key = (None if keep is None else np.packbits(keep).tobytes(), width)
+            if key not in made:
+                made[key] = pair_tables(batch, width, keep)
+            out.append(made[key])
+        return tuple(out)
+
+    def mean(self, b: dict, tables: Sequence[PairTables]) -> Mean:
+        """Sum of the terms' predicted means (without e0) of a batch with each term's
+        per-atom pair ``tables`` (``Model.tables``), one jitted call."""
+        return _summed_mean(*self._term_args(), self._weights, b, tuple(tables))
+
+    def mean_and_std(self, b: dict, tables: Sequence[PairTables]) -> tuple[Mean, Std]:
         """Means and DTC standard deviations (all terms) of a one-configuration
         batch with its per-atom pair ``tables``. The means are ``mean``'s, not the
         kernel rows times the weights: a stiff 2-body term (delta 100 on cu_emt)
@@ -140,17 +160,21 @@ class Model:
         cancels to tens of eV, was 1.4e-4 eV off ``mean``'s energy (per-pair sums,
         whose terms are ~300 times smaller) on a 32-atom cell, 3.6e-4 eV off its
         virial: asking for stds changed the means. It costs the mean's 3 ms."""
-        parts = tuple(t.rows_and_priors(b, tables) for t in self.terms)
+        parts = tuple(
+            t.rows_and_priors(b, tab) for t, tab in zip(self.terms, tables, strict=True)
+        )
         return self.mean(b, tables), _stds(parts, self.posterior)
 
-    def mean_and_energy_std(self, b: dict, tables: PairTables) -> tuple[Mean, Std]:
+    def mean_and_energy_std(
+        self, b: dict, tables: Sequence[PairTables]
+    ) -> tuple[Mean, Std]:
         """Means and the DTC stds of the local and total energies only (forces and
         virial None) of a one-configuration batch: the mean's fast path plus the
         energy rows, without the pair derivatives the force and virial stds need;
         one jitted call."""
         args = self._term_args()
         return _summed_mean_and_energy_std(
-            *args, self._weights, self.posterior, b, tables
+            *args, self._weights, self.posterior, b, tuple(tables)
         )
 
     def _batches(
@@ -160,12 +184,13 @@ class Model:
         wheres: Sequence[str] | None,
         batch_atoms: int,
         shape: Sequence[int] = NO_SHAPE,
-        width: int = 0,
-    ) -> tuple[list, list[int], int, Iterator[Batch]]:
+        width: Sequence[int] = (),
+    ) -> tuple[list, list[int], tuple[int, ...], Iterator[Batch]]:
         """``predict``'s groups of structure indices (about ``batch_atoms`` atoms
         each, or one configuration each with stds: they need per-configuration Gram
         matrices), their padded shape (``neighbours.batch_shape``) and pair-table
-        width (at least ``shape`` and ``width``), and their padded batches, built as
+        widths (``table_widths``; at least ``shape`` and ``width``), and their
+        padded batches, built as
         they are walked (``neighbours.padded_stream``: held up to ``HELD_ATOMS``
         atoms, beyond built again one batch at a time).
         ``wheres`` name the structures in errors (default ``config k``)."""
@@ -182,15 +207,17 @@ class Model:
                 triplet_cutoff=self.triplet_cutoff,
             )
 
-        return groups, *padded_stream(build, groups, sum(sizes), shape, width)
+        return groups, *padded_stream(
+            build, groups, sum(sizes), shape, width, self.table_widths
+        )
 
     def padded_shape(
         self,
         structures: Sequence[Structure],
         std: bool | str = False,
         batch_atoms: int = 2048,
-    ) -> tuple[list[int], int]:
-        """The padded shape (``neighbours.batch_shape``) and the pair-table width
+    ) -> tuple[list[int], tuple[int, ...]]:
+        """The padded shape (``neighbours.batch_shape``) and the pair-table widths
         of ``predict``'s batches of ``structures``: passed as ``shape`` and
         ``width`` to ``predict`` calls on parts of them (cross-validation folds), one
         compilation serves them all."""
@@ -206,12 +233,12 @@ class Model:
         wheres: Sequence[str] | None = None,
         batch_atoms: int = 2048,
         shape: Sequence[int] = NO_SHAPE,
-        width: int = 0,
+        width: Sequence[int] = (),
     ) -> list[dict]:
         """Predict every structure, in batches of about ``batch_atoms`` atoms padded
-        to one shape, at least ``shape`` (``neighbours.batch_shape``) with pair
-        tables at least ``width`` wide: calls with the same shape and width share one
-        compilation (``padded_shape`` gives those of a whole set).
+        to one shape, at least ``shape`` (``neighbours.batch_shape``) with each
+        term's pair tables at least ``width`` wide: calls with the same shape and
+        widths share one compilation (``padded_shape`` gives those of a whole set).
 
         Returns one dict per structure with ``energy`` (eV), ``energies`` (n,) eV local
         energies incl. e0, ``forces`` (n, 3) eV/Å, ``virial`` (3, 3) eV (= -stress V),
@@ -241,7 +268,7 @@ class Model:
             for g, batch in zip(groups, batches, strict=True):
                 # host arrays: the jitted call copies them in its own (C++) path,
                 # 0.5 ms faster per 108-atom call than jax.device_put beforehand
-                mean, sd = run(batch._asdict(), pair_tables(batch, k))
+                mean, sd = run(batch._asdict(), self.tables(batch, k))
                 sel = [structures[k] for k in g]
                 out.extend(self.unpack(sel, batch, mean, sd))  # waits for the device
                 if len(groups) > 1:
@@ -454,12 +481,12 @@ def _summed_mean(
     sparse: tuple,
     weights: tuple,
     b: dict,
-    tables: PairTables,
+    tables: tuple[PairTables, ...],
 ) -> Mean:
     parts = [
-        cls.mean_fn(spec, kernel, *z, w, b, tables)
-        for (cls, spec), kernel, z, w in zip(
-            statics, kernels, sparse, weights, strict=True
+        cls.mean_fn(spec, kernel, *z, w, b, tab)
+        for (cls, spec), kernel, z, w, tab in zip(
+            statics, kernels, sparse, weights, tables, strict=True
         )
     ]
     return Mean(*(sum(x[1:], x[0]) for x in zip(*parts, strict=True)))
@@ -473,15 +500,15 @@ def _summed_mean_and_energy_std(
     weights: tuple,
     post: Posterior,
     b: dict,
-    tables: PairTables,
+    tables: tuple[PairTables, ...],
 ) -> tuple[Mean, Std]:
     """The summed means and the DTC energy stds from the terms'
     ``mean_and_energy_fn`` in one program (the SOAP energy rows reuse the mean's
     descriptors)."""
     parts = [
-        cls.mean_and_energy_fn(spec, kernel, *z, w, b, tables)
-        for (cls, spec), kernel, z, w in zip(
-            statics, kernels, sparse, weights, strict=True
+        cls.mean_and_energy_fn(spec, kernel, *z, w, b, tab)
+        for (cls, spec), kernel, z, w, tab in zip(
+            statics, kernels, sparse, weights, tables, strict=True
         )
     ]
     means, rows, priors = zip(*parts, strict=True)

@@ -325,10 +325,10 @@ def _per_atom(atom: np.ndarray, values: np.ndarray, n_atoms: int, K: int, fill: 
     return out
 
 
-def pair_table_width(batch: Batch) -> int:
-    """Width K of ``pair_tables``: the most real pairs into or out of one atom,
-    bucketed (few jit shapes)."""
-    real = batch.pair_mask > 0
+def pair_table_width(batch: Batch, keep: np.ndarray | None = None) -> int:
+    """Width K of ``pair_tables``: the most real pairs (of those ``keep`` marks, if
+    given) into or out of one atom, bucketed (few jit shapes)."""
+    real = batch.pair_mask > 0 if keep is None else (batch.pair_mask > 0) & keep
     A = len(batch.species)
     most = max(
         np.bincount(batch.neighbour[real], minlength=A).max(initial=0),
@@ -337,12 +337,18 @@ def pair_table_width(batch: Batch) -> int:
     return bucket(int(most), 4)
 
 
-def pair_tables(batch: Batch, min_k: int = 0) -> PairTables:
-    """Per-atom tables of the real pairs, ``max(pair_table_width, min_k)`` wide."""
-    real = np.flatnonzero(batch.pair_mask > 0)
+def pair_tables(
+    batch: Batch, min_k: int = 0, keep: np.ndarray | None = None
+) -> PairTables:
+    """Per-atom tables of the real pairs (of those ``keep (P,)`` marks, if given: a
+    term's own, e.g. those inside its cutoff), ``max(pair_table_width, min_k)``
+    wide."""
+    real = np.flatnonzero(
+        batch.pair_mask > 0 if keep is None else (batch.pair_mask > 0) & keep
+    )
     pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
     A = len(batch.species)
-    K = max(pair_table_width(batch), min_k)
+    K = max(pair_table_width(batch, keep), min_k)
     inc = _per_atom(batch.neighbour[real], real, A, K, pad_pair)
     position = np.full(len(batch.pair_mask), A * K, dtype=np.int64)
     slots = np.flatnonzero(batch.pair_mask[inc.ravel()] > 0)
@@ -356,19 +362,23 @@ def padded_stream(
     groups: Sequence[Sequence[int]],
     n_atoms: int,
     shape: Sequence[int] = NO_SHAPE,
-    width: int = 0,
-) -> tuple[list[int], int, Iterator[Batch]]:
+    width: Sequence[int] = (),
+    widths_of: Callable[[Batch], tuple[int, ...]] = lambda b: (),
+) -> tuple[list[int], tuple[int, ...], Iterator[Batch]]:
     """The common padded shape (``batch_shape``) of the batches
     ``build(group)`` of ``groups`` (at least ``shape``; one jit compilation for all),
-    their widest pair table (at least ``width``), and the padded batches, built as
-    they are walked. Up to ``HELD_ATOMS`` atoms (``n_atoms`` in all) the batches are
-    built once and held; beyond, once to measure the shape and again one at a time,
-    so that memory holds one batch's neighbour lists, not all."""
+    their widest pair tables, ``widths_of(batch)`` elementwise (at least ``width``),
+    and the padded batches, built as they are walked. Up to ``HELD_ATOMS`` atoms
+    (``n_atoms`` in all) the batches are built once and held; beyond, once to measure
+    the shape and again one at a time, so that memory holds one batch's neighbour
+    lists, not all."""
     held = [build(g) for g in groups] if n_atoms <= HELD_ATOMS else None
     measured = map(build, groups) if held is None else held
-    shapes, widths = zip(
-        *((batch_shape(b), pair_table_width(b)) for b in measured), strict=True
-    )
+    sized = ((batch_shape(b), widths_of(b)) for b in measured)
+    shapes, widths = zip(*sized, strict=True)
     largest = [max(n) for n in zip(shape, *shapes, strict=True)]
+    widest = tuple(max(k) for k in zip(*widths, strict=True))
+    if width:
+        widest = tuple(max(a, b) for a, b in zip(width, widest, strict=True))
     walked = map(build, groups) if held is None else iter(held)
-    return largest, max(width, *widths), (pad_batch(b, *largest) for b in walked)
+    return largest, widest, (pad_batch(b, *largest) for b in walked)

@@ -6,8 +6,10 @@ diagonal and prior variances add. Every term offers the same small interface:
 ``K_mm``, ``rows`` (fit), ``mean_fn`` (predict; a jitted pure function of the
 spec, kernel, sparse points ``_z``, weights and batch), ``mean_and_energy_fn`` (the
 mean and what the energy stds alone need: local-energy and energy rows and priors, a
-function of the same arguments), ``rows_and_priors`` (all stds), and
-``meta`` / ``arrays`` / ``load`` for the model file.
+function of the same arguments), ``rows_and_priors`` (all stds), ``pairs`` (the
+batch's pairs its per-atom tables hold: a short or one-species term's programs run
+over its own pairs, not every pair of the longest cutoff), and ``meta`` /
+``arrays`` / ``load`` for the model file.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from gapfit.distance_2b import (
     pair_rows,
 )
 from gapfit.kernels import DotProductKernel, kernel_block
-from gapfit.neighbours import PairTables
+from gapfit.neighbours import Batch, PairTables
 from gapfit.soap import SoapSpec
 from gapfit.variance import Std, soap_mean_and_energy_rows, soap_rows_and_priors
 
@@ -69,6 +71,14 @@ class SoapTerm:
 
     mean_fn = staticmethod(predict_mean)
     mean_and_energy_fn = staticmethod(soap_mean_and_energy_rows)
+
+    def pairs(self, batch: Batch) -> np.ndarray:
+        """``(P,)`` the batch's pairs this term's per-atom tables hold: inside its
+        neighbour cutoff, out of the central species it covers."""
+        keep = within(batch, self.neighbour_cutoff)
+        if self.spec.centre_index is not None:
+            keep &= batch.species[batch.centre] == self.spec.centre_index
+        return keep
 
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
@@ -139,6 +149,11 @@ class PairTerm:
 
     mean_fn = staticmethod(pair_mean)
     mean_and_energy_fn = staticmethod(pair_mean_and_energy_rows)
+
+    def pairs(self, batch: Batch) -> np.ndarray:
+        """``(P,)`` the batch's pairs inside the cutoff (the per-atom tables'
+        pairs; a term of one species pair masks the others in its programs)."""
+        return within(batch, self.neighbour_cutoff)
 
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
@@ -217,6 +232,10 @@ class TripletTerm:
     mean_fn = staticmethod(triplet_mean)
     mean_and_energy_fn = staticmethod(triplet_mean_and_energy_rows)
 
+    def pairs(self, batch: Batch) -> None:
+        """None: the per-atom tables hold every pair (the triplets index them)."""
+        return None
+
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
         """Sparse points as device arrays (converted once)."""
@@ -268,6 +287,11 @@ TERM_TYPES: dict[str, type] = {
     "distance_2b": PairTerm,
     "angle_3b": TripletTerm,
 }
+
+
+def within(batch: Batch, cutoff: float) -> np.ndarray:
+    """``(P,)`` the batch's pairs shorter than ``cutoff`` Å."""
+    return np.einsum("pk,pk->p", batch.D, batch.D) < cutoff**2
 
 
 def term_name(kind: str, k: int) -> str:

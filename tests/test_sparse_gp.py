@@ -28,7 +28,7 @@ from gapfit.distance_2b import (
 )
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model
-from gapfit.neighbours import PairTables, make_batch, pad_batch, pair_tables
+from gapfit.neighbours import make_batch, pad_batch, pair_tables
 from gapfit.soap import SoapSpec, soap, soap_and_pair_derivatives
 from gapfit.sparse_gp import (
     Posterior,
@@ -234,7 +234,7 @@ def test_sparse_equals_dense_exact_gp(setup, kind):
     model = models[kind]
     batch = make_batch([test], SPEC.species, SPEC.neighbour_cutoff)
     b = batch_arrays(batch)
-    tables = PairTables(*(jnp.asarray(x) for x in pair_tables(batch)))
+    tables = model.tables(batch, model.table_widths(batch))
     mean, sd = model.mean_and_std(b, tables)
     np.testing.assert_allclose(
         mean.forces, model.mean(b, tables).forces, rtol=0, atol=1e-10
