@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from ase.io import write
@@ -22,6 +23,7 @@ from gapfit.fit import GAP
 from gapfit.gap_fit_args import parse_gap_fit_command
 from gapfit.learn import learn_pool
 from gapfit.model import Model
+from gapfit.neighbours import make_batch, pair_tables
 from gapfit.tune import _with, grid_search, parse_grid
 
 SOAP_A = "cutoff=4.0 cutoff_transition_width=1.0 n_max=3 l_max=2 n_sparse=20 delta=0.5"
@@ -93,6 +95,23 @@ def test_forces_and_stress_are_derivatives(model, test_cell):
 def test_predictions_and_stds_are_invariant(model, test_cell):
     rng = np.random.default_rng(4)
     assert_symmetries(predictor(model, std=True), test_cell, rng, improper=False)
+
+
+def test_each_term_over_its_own_pairs_predicts_as_over_every_pair(model, test_cell):
+    """A term's per-atom tables hold its own pairs (inside its cutoff): the means and
+    every std equal those from tables of every pair of the longest cutoff."""
+    batch = make_batch([test_cell], model.species, model.neighbour_cutoff)
+    own = model.tables(batch, model.table_widths(batch))
+    every = (pair_tables(batch),) * len(model.terms)
+    widths = [t.incoming.shape[1] for t in own]
+    # distance_2b (4.8 Å) holds every pair; soap 4.0, soap_2 3.3, distance_2b_2 3.2 Å
+    assert widths[0] == every[0].incoming.shape[1]
+    assert widths[3] < widths[2] < widths[0] and widths[1] < widths[0]
+    b = batch._asdict()
+    for run in (model.mean_and_std, model.mean_and_energy_std):
+        got, want = run(b, own), run(b, every)
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
 
 
 def test_two_halves_of_one_kernel_are_that_kernel(frames, test_cell):
