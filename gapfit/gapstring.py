@@ -74,7 +74,7 @@ SOAP_HELP = {
     "poly_c": "poly weighting c",
     "poly_m": "poly weighting m",
     "Z": "atomic number of the central atoms (add_species=F; 0: every species)",
-    "n_Z": "central species of the term (1)",
+    "n_Z": "number of central species of the term (1: one term per species)",
     "n_species": "number of species in species_Z (add_species=F)",
     "species_Z": "{Z1 Z2 ...}: the species of the density (add_species=F; every "
     "species of the data)",
