@@ -28,6 +28,7 @@ from gapfit.neighbours import (
     make_batch,
     pad_batch,
 )
+from gapfit.terms import row_pairs, row_widths
 
 
 def padded_batches(
@@ -139,15 +140,22 @@ def scaled_chunks(
     batches: Sequence[Batch],
     sigmas: Sigmas,
     progress: bool = False,
+    widths: Sequence[int] | None = None,
 ) -> Iterator[tuple[jax.Array, jax.Array]]:
-    """``(Lambda^-1/2 K_nm, Lambda^-1/2 y)`` of each chunk, in order."""
+    """``(Lambda^-1/2 K_nm, Lambda^-1/2 y)`` of each chunk, in order; each term's
+    rows over its own pairs (``terms.row_pairs``, tables ``widths`` wide: by
+    default the largest of ``batches``', one jit shape for all)."""
+    specs = [t.spec for t in model.terms]
+    if widths is None:
+        sizes = [row_widths(specs, b) for b in batches] or [(0,) * len(specs)]
+        widths = np.max(sizes, axis=0).tolist()
     for chunk, batch in tqdm(
         list(zip(chunks, batches, strict=True)),
         desc="kernel rows + QR",
         unit="chunk",
         disable=not progress,
     ):
-        rows = model.rows(batch_arrays(batch))
+        rows = model.rows(batch_arrays(batch), row_pairs(specs, batch, widths))
         sel = [frames[k] for k in chunk]
         yield scaled_rows(
             rows, batch, sel, sigmas, model.e0, model.species, model.baseline

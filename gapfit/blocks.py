@@ -110,6 +110,7 @@ def design_rows(
     Z_hat: jax.Array,
     Z_species: jax.Array,
     b: dict,
+    pairs: jax.Array | None = None,
 ) -> Rows:
     """Kernel rows of every energy, force and virial of a batch (see module doc).
 
@@ -120,16 +121,20 @@ def design_rows(
         Z_hat: (M, F) unit SOAP vectors of the sparse points.
         Z_species: (M,) species index of each sparse point.
         b: ``batch_arrays(batch)``.
+        pairs: the term's own pairs (indices, masked ones as padding: those inside
+            its cutoff, out of its central species), or None for every pair.
     """
     b = covered(spec, b)
+    keys = ("D", "centre", "neighbour", "neighbour_species", "pair_mask", "pair_config")
+    own = {k: b[k] if pairs is None else b[k][pairs] for k in keys}
     c = coefficients(
-        spec, b["D"], b["centre"], b["neighbour_species"], b["pair_mask"], b["species"]
-    )
+        spec, own["D"], own["centre"], own["neighbour_species"], own["pair_mask"],
+        b["species"],
+    )  # fmt: skip
     p_hat, norm = normalise(power_spectrum(spec, c))
     q, a, local, energy = atom_terms(kernel, p_hat, norm, Z_hat, Z_species, b)
     A, C, M = p_hat.shape[0], b["config_mask"].shape[0], Z_hat.shape[0]
-    keys = ("D", "centre", "neighbour", "neighbour_species", "pair_mask", "pair_config")
-    blocks = blocked({k: b[k] for k in keys})  # padded pairs are masked
+    blocks = blocked(own)  # padded pairs are masked
 
     def body(carry, blk):
         dP = pair_derivatives(

@@ -79,7 +79,7 @@ from gapfit.fit import GAP, data_part, merge_data_parts, term_specs
 from gapfit.kernels import normalise
 from gapfit.memory import peak_rss_gib
 from gapfit.model import Model
-from gapfit.neighbours import NO_SHAPE, Batch, batch_shape
+from gapfit.neighbours import NO_SHAPE, SHAPE_FIELDS, Batch, batch_shape
 from gapfit.report import error_sums, merge_error_sums, table_from_sums
 from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import empty_factor, finish, fold_whitened, prior_factor
@@ -92,7 +92,7 @@ from gapfit.sparsify import (
     normalise_rows,
     row_keys,
 )
-from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm
+from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm, row_widths
 from gapfit.tsqr import RowFactor, stack_qr, tree_reduce
 
 
@@ -104,6 +104,7 @@ class _Job:
     species: tuple[int, ...]
     specs: dict  # {term: (descriptor spec, kernel)}, constants computed by the client
     shape: tuple[int, ...]  # padded batch shape of every chunk (neighbours)
+    widths: tuple[int, ...] = ()  # each term's row-pair table width (terms.row_widths)
 
     def chunks(
         self, frames: Sequence[Frame], share: Share
@@ -151,10 +152,14 @@ def _survey(frames: list[Frame], baseline: Baseline | None) -> dict:
 
 
 def _shape(job: _Job, frames: list[Frame], share: Share) -> tuple[int, ...]:
-    shapes = [
-        batch_shape(job.batch(frames, c)) for _, _, c in job.chunks(frames, share)
-    ]
-    return tuple(int(max(n)) for n in zip(*shapes, strict=True))
+    """The largest padded batch shape of the share's chunks, then each term's
+    largest row-pair table width (``terms.row_widths``)."""
+    specs = [spec for spec, _ in job.specs.values()]
+    sizes = []
+    for _, _, c in job.chunks(frames, share):
+        batch = job.batch(frames, c)
+        sizes.append((*batch_shape(batch), *row_widths(specs, batch)))
+    return tuple(int(max(n)) for n in zip(*sizes, strict=True))
 
 
 def _keys(job: _Job, frames: list[Frame], share: Share) -> dict[str, dict]:
@@ -248,7 +253,9 @@ def _solve(job: _Job, frames: list[Frame], share: Share, model: Model) -> np.nda
     R = empty_factor(len(K_mm))
     for _, _, c in job.chunks(frames, share):
         batch = job.batch(frames, c)
-        for A, b in scaled_chunks(model, frames, [c], [batch], sigmas):
+        for A, b in scaled_chunks(
+            model, frames, [c], [batch], sigmas, widths=job.widths
+        ):
             R = fold_whitened(R, A, b, L)
     return np.asarray(R)
 
@@ -334,8 +341,10 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
             submit(task, job, f, s, *args) for f, s in zip(frames, shares, strict=True)
         ]
 
-    shapes = client.gather(per_share(_shape))
-    job = dataclasses.replace(job, shape=tuple(int(n) for n in np.max(shapes, 0)))
+    sizes = [int(n) for n in np.max(client.gather(per_share(_shape)), 0)]
+    job = dataclasses.replace(
+        job, shape=tuple(sizes[:SHAPE_FIELDS]), widths=tuple(sizes[SHAPE_FIELDS:])
+    )
     keys = client.gather(per_share(_keys))
     timings["descriptors"] = time.perf_counter() - t0
     memory["descriptors"] = peak_rss_gib()

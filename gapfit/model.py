@@ -113,9 +113,11 @@ class Model:
         w = self.posterior.weights
         return tuple(w[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
-    def rows(self, b: dict) -> Rows:
-        """Kernel rows of all terms, concatenated along the sparse axis."""
-        parts = [t.rows(b) for t in self.terms]
+    def rows(self, b: dict, pairs: Sequence[Any] = ()) -> Rows:
+        """Kernel rows of all terms, concatenated along the sparse axis; each term's
+        over its ``pairs`` (``terms.row_pairs``) if given, else over every pair."""
+        pairs = pairs or (None,) * len(self.terms)
+        parts = [t.rows(b, p) for t, p in zip(self.terms, pairs, strict=True)]
         return Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*parts, strict=True)))
 
     def _term_args(self) -> tuple[tuple, tuple, tuple]:

@@ -354,7 +354,17 @@ def pair_tables(
     slots = np.flatnonzero(batch.pair_mask[inc.ravel()] > 0)
     position[inc.ravel()[slots]] = slots
     out = _per_atom(batch.centre[real], position[real], A, K, A * K)
-    return PairTables(inc, out, _per_atom(batch.centre[real], real, A, K, pad_pair))
+    return PairTables(inc, out, centre_pairs(batch, K, keep))
+
+
+def centre_pairs(batch: Batch, K: int, keep: np.ndarray | None = None) -> np.ndarray:
+    """``(A, K)`` the real pairs (of those ``keep`` marks) out of each centre, padded
+    with a masked pair (``PairTables.by_centre``)."""
+    real = np.flatnonzero(
+        batch.pair_mask > 0 if keep is None else (batch.pair_mask > 0) & keep
+    )
+    pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
+    return _per_atom(batch.centre[real], real, len(batch.species), K, pad_pair)
 
 
 def padded_stream(

@@ -14,6 +14,7 @@ over its own pairs, not every pair of the longest cutoff), and ``meta`` /
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -42,7 +43,7 @@ from gapfit.distance_2b import (
     pair_rows,
 )
 from gapfit.kernels import DotProductKernel, kernel_block
-from gapfit.neighbours import Batch, PairTables
+from gapfit.neighbours import Batch, PairTables, centre_pairs, pair_table_width
 from gapfit.soap import SoapSpec
 from gapfit.variance import Std, soap_mean_and_energy_rows, soap_rows_and_priors
 
@@ -75,10 +76,7 @@ class SoapTerm:
     def pairs(self, batch: Batch) -> np.ndarray:
         """``(P,)`` the batch's pairs this term's per-atom tables hold: inside its
         neighbour cutoff, out of the central species it covers."""
-        keep = within(batch, self.neighbour_cutoff)
-        if self.spec.centre_index is not None:
-            keep &= batch.species[batch.centre] == self.spec.centre_index
-        return keep
+        return soap_pairs(self.spec, batch)
 
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
@@ -89,8 +87,9 @@ class SoapTerm:
         X, s = self._z
         return kernel_block(self.kernel, X, s, X, s)
 
-    def rows(self, b: dict) -> Rows:
-        return design_rows(self.spec, self.kernel, *self._z, b)
+    def rows(self, b: dict, pairs: np.ndarray | None = None) -> Rows:
+        """Kernel rows, over the term's own ``pairs`` if given (``Model.rows``)."""
+        return design_rows(self.spec, self.kernel, *self._z, b, pairs)
 
     def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
         return soap_rows_and_priors(self.spec, self.kernel, *self._z, b, tables)
@@ -164,7 +163,8 @@ class PairTerm:
         r, t = self._z
         return pair_kernel_block(self.kernel, r, t, r, t)
 
-    def rows(self, b: dict) -> Rows:
+    def rows(self, b: dict, pairs: None = None) -> Rows:
+        """Kernel rows (a sum over every pair: no ``pairs``)."""
         return pair_rows(self.spec, self.kernel, *self._z, b)
 
     def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
@@ -245,7 +245,8 @@ class TripletTerm:
         d, t = self._z
         return triplet_kernel_block(self.kernel, d, t, d, t)
 
-    def rows(self, b: dict) -> Rows:
+    def rows(self, b: dict, pairs: None = None) -> Rows:
+        """Kernel rows (over the batch's triplets: no ``pairs``)."""
         return triplet_rows(self.spec, self.kernel, *self._z, b)
 
     def rows_and_priors(self, b: dict, tables: PairTables) -> tuple[Rows, Std]:
@@ -292,6 +293,52 @@ TERM_TYPES: dict[str, type] = {
 def within(batch: Batch, cutoff: float) -> np.ndarray:
     """``(P,)`` the batch's pairs shorter than ``cutoff`` Å."""
     return np.einsum("pk,pk->p", batch.D, batch.D) < cutoff**2
+
+
+def soap_pairs(spec: SoapSpec, batch: Batch) -> np.ndarray:
+    """``(P,)`` the pairs a SOAP term needs: inside its neighbour cutoff, out of the
+    central species it covers."""
+    keep = within(batch, spec.neighbour_cutoff)
+    if spec.centre_index is not None:
+        keep &= batch.species[batch.centre] == spec.centre_index
+    return keep
+
+
+def row_widths(specs: Sequence[object], batch: Batch) -> tuple[int, ...]:
+    """Per term (``specs`` in term order), the width of its ``row_pairs`` table of
+    ``batch`` (0 for a term whose rows run over every pair): the elementwise largest
+    over a fit's chunks gives them one jit shape."""
+    cutoff = max(spec.neighbour_cutoff for spec in specs)
+    return tuple(
+        pair_table_width(batch, soap_pairs(spec, batch))
+        if own_pairs(spec, cutoff)
+        else 0
+        for spec in specs
+    )
+
+
+def row_pairs(
+    specs: Sequence[object], batch: Batch, widths: Sequence[int]
+) -> tuple[np.ndarray | None, ...]:
+    """Per term, the pairs its kernel rows run over (``blocks.design_rows``): its own
+    (``soap_pairs``) by centre, ``(A K,)`` indices padded with a masked pair, K its
+    entry of ``widths`` (``row_widths``); None for every pair."""
+    cutoff = max(spec.neighbour_cutoff for spec in specs)
+    return tuple(
+        centre_pairs(batch, k, soap_pairs(spec, batch)).ravel()
+        if own_pairs(spec, cutoff)
+        else None
+        for spec, k in zip(specs, widths, strict=True)
+    )
+
+
+def own_pairs(spec: object, max_cutoff: float) -> bool:
+    """Whether a term's kernel rows run over its own pairs (``soap_pairs``), fewer
+    than the batch's: a SOAP term shorter than the longest cutoff, or of one
+    central species; the others run over every pair."""
+    return isinstance(spec, SoapSpec) and (
+        spec.neighbour_cutoff < max_cutoff or spec.centre_index is not None
+    )
 
 
 def term_name(kind: str, k: int) -> str:

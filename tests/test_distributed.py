@@ -321,53 +321,6 @@ def test_cli_fit_and_predict_on_dask(fits, train: Path, client, tmp_path: Path) 
     np.testing.assert_allclose(energies, [r["energy"] for r in ref], rtol=0, atol=1e-8)
 
 
-def test_fit_survives_a_killed_worker(fits, train: Path, client) -> None:
-    # last of the tests on the module's cluster: it leaves one worker (the nanny
-    # restarts the other in the background)
-    victim = sorted(client.scheduler_info()["workers"])[0]
-    pid = client.run(os.getpid, workers=[victim])[victim]
-    killed, done = threading.Event(), threading.Event()
-
-    def kill_during_solve() -> None:
-        while not done.is_set():
-            busy = client.processing(workers=[victim]).get(victim, ())
-            if any(str(key).startswith("_solve") for key in busy):
-                os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of a task
-                killed.set()
-                return
-            time.sleep(0.002)
-
-    watcher = threading.Thread(target=kill_during_solve)
-    watcher.start()
-    try:
-        again = GAP(**SETTINGS).fit(train, client=client)
-    finally:
-        done.set()
-        watcher.join()
-    assert killed.is_set()
-    w, w_again = (np.asarray(g.model_.posterior.weights) for g in (fits[1], again))
-    assert np.abs(w_again - w).max() <= 1e-8 * np.abs(w).max()
-    np.testing.assert_array_equal(
-        again.model_.term("soap").sparse_X, fits[1].model_.term("soap").sparse_X
-    )
-
-
-def test_unreachable_scheduler_is_a_clear_error(train: Path, tmp_path: Path) -> None:
-    with pytest.raises(GapfitError, match="could not reach the dask scheduler"):
-        with dask_client("tcp://127.0.0.1:9", timeout=0.5):
-            pass
-    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
-        result = invoke(
-            *("fit", "--at-file", train, "--gp-file", tmp_path / "m.npz"),
-            *("--dask-scheduler", "tcp://127.0.0.1:9"),
-        )
-    assert result.exit_code == 2
-    assert "Error: could not reach the dask scheduler at tcp://127.0.0.1:9" in (
-        result.output
-    )
-    assert not (tmp_path / "m.npz").exists()
-
-
 class _Unpicklable(EMT):
     """EMT holding a lock: pickle refuses it, as it does many C-backed calculators."""
 
@@ -415,3 +368,50 @@ def test_learn_labels_on_the_cluster_as_here(client, tmp_path: Path) -> None:
     p, q = (m.predict(pool[-2:]) for m in (here.model, model))
     for a, b in zip(p, q, strict=True):
         assert abs(a["energy"] - b["energy"]) < 1e-9
+
+
+def test_fit_survives_a_killed_worker(fits, train: Path, client) -> None:
+    # last of the tests on the module's cluster: it leaves one worker (the nanny
+    # restarts the other in the background)
+    victim = sorted(client.scheduler_info()["workers"])[0]
+    pid = client.run(os.getpid, workers=[victim])[victim]
+    killed, done = threading.Event(), threading.Event()
+
+    def kill_during_solve() -> None:
+        while not done.is_set():
+            busy = client.processing(workers=[victim]).get(victim, ())
+            if any(str(key).startswith("_solve") for key in busy):
+                os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of a task
+                killed.set()
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=kill_during_solve)
+    watcher.start()
+    try:
+        again = GAP(**SETTINGS).fit(train, client=client)
+    finally:
+        done.set()
+        watcher.join()
+    assert killed.is_set()
+    w, w_again = (np.asarray(g.model_.posterior.weights) for g in (fits[1], again))
+    assert np.abs(w_again - w).max() <= 1e-8 * np.abs(w).max()
+    np.testing.assert_array_equal(
+        again.model_.term("soap").sparse_X, fits[1].model_.term("soap").sparse_X
+    )
+
+
+def test_unreachable_scheduler_is_a_clear_error(train: Path, tmp_path: Path) -> None:
+    with pytest.raises(GapfitError, match="could not reach the dask scheduler"):
+        with dask_client("tcp://127.0.0.1:9", timeout=0.5):
+            pass
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
+        result = invoke(
+            *("fit", "--at-file", train, "--gp-file", tmp_path / "m.npz"),
+            *("--dask-scheduler", "tcp://127.0.0.1:9"),
+        )
+    assert result.exit_code == 2
+    assert "Error: could not reach the dask scheduler at tcp://127.0.0.1:9" in (
+        result.output
+    )
+    assert not (tmp_path / "m.npz").exists()
