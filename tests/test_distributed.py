@@ -19,6 +19,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from click.testing import CliRunner, Result
+from jax.experimental.compilation_cache import compilation_cache
 
 from gapfit import GAP, Model
 from gapfit.cli import main
@@ -98,11 +99,17 @@ def compile_cache(tmp_path_factory):
     options = {
         "jax_compilation_cache_dir": names["JAX_COMPILATION_CACHE_DIR"],
         "jax_persistent_cache_min_compile_time_secs": 0.0,
+        # no size limit: the limit's LRU bookkeeping races between the processes
+        "jax_compilation_cache_max_size": -1,
     }
     old_options = {k: getattr(jax.config, k) for k in options}
     os.environ.update(names)  # inherited by the workers, which start after this
     for k, v in options.items():
         jax.config.update(k, v)
+    # this process's cache was set up at its first compile (by an earlier test, in
+    # the default directory): without a reset it keeps writing there, the workers
+    # find nothing and compile everything again (the module took 160 s, not 60)
+    compilation_cache.reset_cache()
     yield
     for k, v in old.items():
         if v is None:
@@ -111,6 +118,7 @@ def compile_cache(tmp_path_factory):
             os.environ[k] = v
     for k, v in old_options.items():
         jax.config.update(k, v)
+    compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
