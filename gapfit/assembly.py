@@ -28,7 +28,7 @@ from gapfit.neighbours import (
     make_batch,
     pad_batch,
 )
-from gapfit.terms import row_pairs, row_widths
+from gapfit.terms import row_pairs, table_widths
 
 
 def padded_batches(
@@ -147,7 +147,7 @@ def scaled_chunks(
     default the largest of ``batches``', one jit shape for all)."""
     specs = [t.spec for t in model.terms]
     if widths is None:
-        sizes = [row_widths(specs, b) for b in batches] or [(0,) * len(specs)]
+        sizes = [table_widths(specs, b) for b in batches] or [(0,) * len(specs)]
         widths = np.max(sizes, axis=0).tolist()
     for chunk, batch in tqdm(
         list(zip(chunks, batches, strict=True)),

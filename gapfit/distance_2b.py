@@ -371,12 +371,18 @@ def pair_points_in_ranges(
         Z_r.append(np.linspace(lo, hi, n_sparse) if hi > lo else np.array([lo]))
         Z_t.append(np.full(len(Z_r[-1]), t))
     if not Z_r:
-        which = "-".join(chemical_symbols[z] for z in spec.pair) or "of atoms"
-        raise GapfitError(
-            f"distance_2b: no pair {which} closer than cutoff={spec.cutoff} Å in the "
-            "training data; raise the cutoff or drop the 2-body term."
-        )
+        raise no_pairs(spec)
     return np.concatenate(Z_r), np.concatenate(Z_t).astype(np.int64)
+
+
+def no_pairs(spec: PairSpec, name: str = "distance_2b") -> GapfitError:
+    """The error for a 2-body term ``name`` with no pair (of its species pair, if it
+    has one) inside its cutoff in the training data."""
+    which = "-".join(chemical_symbols[z] for z in spec.pair) or "of atoms"
+    return GapfitError(
+        f"{name}: no pair {which} closer than cutoff={spec.cutoff} Å in the training "
+        "data; raise the cutoff or drop the 2-body term."
+    )
 
 
 def pair_kernel_block(

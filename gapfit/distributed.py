@@ -92,7 +92,7 @@ from gapfit.sparsify import (
     normalise_rows,
     row_keys,
 )
-from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm, row_widths
+from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm, table_widths
 from gapfit.tsqr import RowFactor, stack_qr, tree_reduce
 
 
@@ -104,7 +104,7 @@ class _Job:
     species: tuple[int, ...]
     specs: dict  # {term: (descriptor spec, kernel)}, constants computed by the client
     shape: tuple[int, ...]  # padded batch shape of every chunk (neighbours)
-    widths: tuple[int, ...] = ()  # each term's row-pair table width (terms.row_widths)
+    widths: tuple[int, ...] = ()  # each term's pair-table width (terms.table_widths)
 
     def chunks(
         self, frames: Sequence[Frame], share: Share
@@ -153,12 +153,12 @@ def _survey(frames: list[Frame], baseline: Baseline | None) -> dict:
 
 def _shape(job: _Job, frames: list[Frame], share: Share) -> tuple[int, ...]:
     """The largest padded batch shape of the share's chunks, then each term's
-    largest row-pair table width (``terms.row_widths``)."""
+    largest pair-table width (``terms.table_widths``)."""
     specs = [spec for spec, _ in job.specs.values()]
     sizes = []
     for _, _, c in job.chunks(frames, share):
         batch = job.batch(frames, c)
-        sizes.append((*batch_shape(batch), *row_widths(specs, batch)))
+        sizes.append((*batch_shape(batch), *table_widths(specs, batch)))
     return tuple(int(max(n)) for n in zip(*sizes, strict=True))
 
 

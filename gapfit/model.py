@@ -52,11 +52,10 @@ from gapfit.neighbours import (
     Structure,
     make_batch,
     padded_stream,
-    pair_table_width,
     pair_tables,
 )
 from gapfit.sparse_gp import Posterior, whiten_rows
-from gapfit.terms import TERM_TYPES, Term
+from gapfit.terms import TERM_TYPES, Term, table_widths, term_pairs
 from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
@@ -133,16 +132,15 @@ class Model:
     def table_widths(self, batch: Batch) -> tuple[int, ...]:
         """Widths of ``tables``' per-atom pair tables of ``batch``, one per term (the
         elementwise largest over batches gives them one jit shape)."""
-        keeps = [t.pairs(batch) for t in self.terms]
-        return tuple(pair_table_width(batch, keep) for keep in keeps)
+        return table_widths([t.spec for t in self.terms], batch)
 
     def tables(self, batch: Batch, widths: Sequence[int]) -> tuple[PairTables, ...]:
-        """Each term's per-atom tables of its own pairs of ``batch`` (``Term.pairs``)
+        """Each term's per-atom tables of its own pairs of ``batch`` (``term_pairs``)
         at least ``widths`` wide; terms with the same pairs share one."""
         made: dict[tuple, PairTables] = {}
         out = []
         for term, width in zip(self.terms, widths, strict=True):
-            keep = term.pairs(batch)
+            keep = term_pairs(term.spec, batch)
             key = (None if keep is None else np.packbits(keep).tobytes(), width)
             if key not in made:
                 made[key] = pair_tables(batch, width, keep)

@@ -70,12 +70,11 @@ from typing import TYPE_CHECKING, Any
 
 import ase
 import numpy as np
-from ase.data import chemical_symbols
 
 from gapfit.angle_3b import TRIPLET_BLOCK, batch_descriptors
 from gapfit.baseline import Baseline
 from gapfit.data import Frame, fit_e0
-from gapfit.distance_2b import PairSpec, pair_type
+from gapfit.distance_2b import PairSpec, no_pairs, pair_type
 from gapfit.errors import GapfitError
 from gapfit.fit import term_specs
 from gapfit.model import chunk_indices
@@ -404,12 +403,7 @@ def _n_sparse(
         if kind == "distance_2b":
             r_range = r_ranges[name]
             if not r_range:  # as distance_2b.pair_sparse_points says
-                which = "-".join(chemical_symbols[z] for z in specs[name][0].pair)
-                raise GapfitError(
-                    f"{name}: no pair {which or 'of atoms'} closer than cutoff="
-                    f"{settings['cutoff']} Å in the training data; raise the cutoff "
-                    "or drop the 2-body term."
-                )
+                raise no_pairs(specs[name][0], name)
             out[name] = sum(
                 settings["n_sparse"] if hi > lo else 1 for lo, hi in r_range.values()
             )

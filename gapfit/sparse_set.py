@@ -45,7 +45,7 @@ from gapfit.selection import (
     soap_columns,
 )
 from gapfit.sparse_gp import Posterior
-from gapfit.terms import PairTerm, SoapTerm
+from gapfit.terms import PairTerm, SoapTerm, term_pairs
 from gapfit.update import LABELS, refit
 
 PAD = -1  # species index of padding sparse points
@@ -177,7 +177,7 @@ def force_residuals(
     r_F, R_Fc = [], []
     chunks = [[k] for k in range(len(frames))]
     for batch in model_batches(model, frames, chunks, shape):
-        tables = jax.device_put(pair_tables(batch, keep=term.pairs(batch)))
+        tables = jax.device_put(pair_tables(batch, keep=term_pairs(term.spec, batch)))
         rows, priors = both.rows_and_priors(batch_arrays(batch), tables)
         real = np.flatnonzero(batch.atom_mask)
         k_F = rows.forces[real].reshape(3 * len(real), -1)  # (n_F, M + size)

@@ -6,10 +6,10 @@ diagonal and prior variances add. Every term offers the same small interface:
 ``K_mm``, ``rows`` (fit), ``mean_fn`` (predict; a jitted pure function of the
 spec, kernel, sparse points ``_z``, weights and batch), ``mean_and_energy_fn`` (the
 mean and what the energy stds alone need: local-energy and energy rows and priors, a
-function of the same arguments), ``rows_and_priors`` (all stds), ``pairs`` (the
-batch's pairs its per-atom tables hold: a short or one-species term's programs run
-over its own pairs, not every pair of the longest cutoff), and ``meta`` /
-``arrays`` / ``load`` for the model file.
+function of the same arguments), ``rows_and_priors`` (all stds), and ``meta`` /
+``arrays`` / ``load`` for the model file. ``term_pairs`` gives the pairs of a batch
+a term needs: a short or one-species term's programs run over its own pairs, not
+every pair of the longest cutoff.
 """
 
 from __future__ import annotations
@@ -72,11 +72,6 @@ class SoapTerm:
 
     mean_fn = staticmethod(predict_mean)
     mean_and_energy_fn = staticmethod(soap_mean_and_energy_rows)
-
-    def pairs(self, batch: Batch) -> np.ndarray:
-        """``(P,)`` the batch's pairs this term's per-atom tables hold: inside its
-        neighbour cutoff, out of the central species it covers."""
-        return soap_pairs(self.spec, batch)
 
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
@@ -148,11 +143,6 @@ class PairTerm:
 
     mean_fn = staticmethod(pair_mean)
     mean_and_energy_fn = staticmethod(pair_mean_and_energy_rows)
-
-    def pairs(self, batch: Batch) -> np.ndarray:
-        """``(P,)`` the batch's pairs inside the cutoff (the per-atom tables'
-        pairs; a term of one species pair masks the others in its programs)."""
-        return within(batch, self.neighbour_cutoff)
 
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
@@ -232,10 +222,6 @@ class TripletTerm:
     mean_fn = staticmethod(triplet_mean)
     mean_and_energy_fn = staticmethod(triplet_mean_and_energy_rows)
 
-    def pairs(self, batch: Batch) -> None:
-        """None: the per-atom tables hold every pair (the triplets index them)."""
-        return None
-
     @cached_property
     def _z(self) -> tuple[jax.Array, jax.Array]:
         """Sparse points as device arrays (converted once)."""
@@ -295,37 +281,36 @@ def within(batch: Batch, cutoff: float) -> np.ndarray:
     return np.einsum("pk,pk->p", batch.D, batch.D) < cutoff**2
 
 
-def soap_pairs(spec: SoapSpec, batch: Batch) -> np.ndarray:
-    """``(P,)`` the pairs a SOAP term needs: inside its neighbour cutoff, out of the
-    central species it covers."""
+def term_pairs(spec: object, batch: Batch) -> np.ndarray | None:
+    """``(P,)`` the pairs of ``batch`` a term (descriptor ``spec``) needs, those its
+    per-atom tables hold: a SOAP term's inside its neighbour cutoff and out of the
+    central species it covers, a 2-body term's inside its cutoff (a term of one
+    species pair masks the others in its programs); None for the 3-body term (its
+    triplets index every pair)."""
+    if isinstance(spec, TripletSpec):
+        return None
     keep = within(batch, spec.neighbour_cutoff)
-    if spec.centre_index is not None:
+    if isinstance(spec, SoapSpec) and spec.centre_index is not None:
         keep &= batch.species[batch.centre] == spec.centre_index
     return keep
 
 
-def row_widths(specs: Sequence[object], batch: Batch) -> tuple[int, ...]:
-    """Per term (``specs`` in term order), the width of its ``row_pairs`` table of
-    ``batch`` (0 for a term whose rows run over every pair): the elementwise largest
-    over a fit's chunks gives them one jit shape."""
-    cutoff = max(spec.neighbour_cutoff for spec in specs)
-    return tuple(
-        pair_table_width(batch, soap_pairs(spec, batch))
-        if own_pairs(spec, cutoff)
-        else 0
-        for spec in specs
-    )
+def table_widths(specs: Sequence[object], batch: Batch) -> tuple[int, ...]:
+    """Per term (``specs`` in term order), the width of its per-atom tables of
+    ``batch`` (``term_pairs``): the elementwise largest over batches gives them one
+    jit shape."""
+    return tuple(pair_table_width(batch, term_pairs(spec, batch)) for spec in specs)
 
 
 def row_pairs(
     specs: Sequence[object], batch: Batch, widths: Sequence[int]
 ) -> tuple[np.ndarray | None, ...]:
     """Per term, the pairs its kernel rows run over (``blocks.design_rows``): its own
-    (``soap_pairs``) by centre, ``(A K,)`` indices padded with a masked pair, K its
-    entry of ``widths`` (``row_widths``); None for every pair."""
+    (``term_pairs``) by centre, ``(A K,)`` indices padded with a masked pair, K its
+    entry of ``widths`` (``table_widths``); None for every pair."""
     cutoff = max(spec.neighbour_cutoff for spec in specs)
     return tuple(
-        centre_pairs(batch, k, soap_pairs(spec, batch)).ravel()
+        centre_pairs(batch, k, term_pairs(spec, batch)).ravel()
         if own_pairs(spec, cutoff)
         else None
         for spec, k in zip(specs, widths, strict=True)
@@ -333,7 +318,7 @@ def row_pairs(
 
 
 def own_pairs(spec: object, max_cutoff: float) -> bool:
-    """Whether a term's kernel rows run over its own pairs (``soap_pairs``), fewer
+    """Whether a term's kernel rows run over its own pairs (``term_pairs``), fewer
     than the batch's: a SOAP term shorter than the longest cutoff, or of one
     central species; the others run over every pair."""
     return isinstance(spec, SoapSpec) and (
