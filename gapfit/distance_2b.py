@@ -1,16 +1,22 @@
-"""Two-body term (gap_fit's ``distance_2b`` with ``covariance_type=ard_se``).
+"""Two-body term (gap_fit's ``distance_2b``, and ``distance_Nb order=2``, with
+``covariance_type=ard_se``).
 
-Every pair i-j (each counted once, periodic images included) adds the energy
-``u(r) = f_c(r) eps_t(r)`` shared half to each atom, where ``t`` is the unordered
-species pair, ``f_c`` the cosine cutoff (1 below ``cutoff - width``, 0 beyond
-``cutoff``) and ``eps_t`` a GP with the squared-exponential kernel::
+Every pair i-j (periodic images included) adds the energy ``u(r) = v f_c(r) eps_t(r)``
+shared half to each atom, where ``t`` is the unordered species pair, ``f_c`` the
+cosine cutoff (1 below ``cutoff - width``, 0 beyond ``cutoff``), ``v`` the number of
+times gap_fit's descriptor visits the pair (``PairSpec.visits``: 2 for ``distance_2b``,
+which lists i-j and j-i) and ``eps_t`` a GP with the squared-exponential kernel::
 
-    k(r, r') = delta^2 exp(-(r - r')^2 / (2 theta^2))     [t == t']
+    k(r, r') = n_t delta^2 exp(-(r - r')^2 / (2 theta^2))     [t == t']
+
+``n_t`` is 1, or 2 for a pair of one species in a term that sums its kernel over the
+orders of same-species atoms (``PairSpec.permutations``, gap_fit's ``distance_Nb``).
+So ``delta`` means what it means in gap_fit.
 
 Sparse points are distances ``z_m`` (uniform over the observed range per pair type),
-so ``u(r) = f_c(r) sum_m w_m k(r, z_m)``; the cutoff multiplies the GP rather than the
-covariance of the sparse points, which keeps ``K_mm`` well conditioned near the cutoff.
-Forces and virials follow from ``du/dD_p = u'(r) D_p / r``
+so ``u(r) = v f_c(r) sum_m w_m k(r, z_m)``; the cutoff multiplies the GP rather than
+the covariance of the sparse points, which keeps ``K_mm`` well conditioned near the
+cutoff. Forces and virials follow from ``du/dD_p = u'(r) D_p / r``
 (``blocks.forces_and_virials``).
 """
 
@@ -66,9 +72,14 @@ class CutoffSpec:
 class PairSpec(CutoffSpec):
     """2-body settings (``CutoffSpec``); ``pair``: the atomic numbers ``(Z1, Z2)``
     of the one species pair the term covers (gap_fit's ``add_species=F``), ``()``
-    for every pair, each apart."""
+    for every pair, each apart; ``visits``: times each pair counts in the energy
+    (gap_fit's ``distance_2b`` and ``distance_Nb compact_clusters=T`` visit i-j and
+    j-i: 2; ``compact_clusters=F``: 1); ``permutations``: the kernel of a pair of one
+    species is summed over its two orders (``distance_Nb``: twice ``delta^2``)."""
 
     pair: tuple[int, ...] = ()
+    visits: int = 2
+    permutations: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,6 +90,11 @@ class PairSpec(CutoffSpec):
             raise GapfitError(
                 f"distance_2b pair {list(self.pair)} is not two of its species "
                 f"{list(self.species)}."
+            )
+        if self.visits not in (1, 2) or not isinstance(self.permutations, bool):
+            raise GapfitError(
+                f"distance_2b visits={self.visits!r} (1 or 2) and permutations="
+                f"{self.permutations!r} (true or false) are not valid; refit."
             )
 
     @property
@@ -95,12 +111,23 @@ class PairSpec(CutoffSpec):
         a, b = (self.species.index(z) for z in self.pair)
         return int(pair_type(a, b, len(self.species)))
 
+    def type_variance(self) -> np.ndarray:
+        """``(n_types,)`` the factor ``n_t`` of each pair type's kernel: 2 for a pair
+        of one species with ``permutations``, else 1."""
+        S = len(self.species)
+        n = np.ones(self.n_types)
+        if self.permutations:
+            n[pair_type(np.arange(S), np.arange(S), S)] = 2.0
+        return n
+
     def to_dict(self) -> dict:
         d = super().to_dict()
         if self.pair:
             d["pair"] = list(self.pair)
         else:  # as gapfits before per-pair terms wrote it
             del d["pair"]
+        if not self.permutations:
+            del d["permutations"]
         return d
 
 
@@ -140,19 +167,27 @@ def _cutoff_and_slope(spec: PairSpec, r: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 def _covariances(
-    kernel: SEKernel, r: jax.Array, r2: jax.Array, fc: tuple, fc2: tuple
+    spec: PairSpec,
+    kernel: SEKernel,
+    r: jax.Array,
+    r2: jax.Array,
+    fc: tuple,
+    fc2: tuple,
+    types: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """Prior covariance of the pair energies ``u(r)``, ``u(r2)`` of one pair type and
-    its mixed derivative ``d^2 / dr dr2`` (eV^2/Å^2), broadcasting ``r`` against
-    ``r2``; ``fc``, ``fc2``: their ``_cutoff_and_slope`` (evaluated once per distance,
-    not per element). With ``g = delta^2 exp(-x^2 / 2)``, ``x = (r - r2) / theta``::
+    """Prior covariance of the pair energies ``u(r)``, ``u(r2)`` of one pair type
+    ``types`` and its mixed derivative ``d^2 / dr dr2`` (eV^2/Å^2), broadcasting ``r``
+    against ``r2``; ``fc``, ``fc2``: their ``_cutoff_and_slope`` (evaluated once per
+    distance, not per element). With ``g = v^2 n_t delta^2 exp(-x^2 / 2)``,
+    ``x = (r - r2) / theta``::
 
         cov = f f2 g
         d2  = g [f' f2' + (f' f2 - f f2') x / theta + f f2 (1 - x^2) / theta^2]
     """
     (f, df), (f2, df2) = fc, fc2
     x = (r - r2) / kernel.theta
-    g = kernel.delta**2 * jnp.exp(-0.5 * x**2)
+    scale = spec.visits**2 * jnp.asarray(spec.type_variance())[types]
+    g = scale * kernel.delta**2 * jnp.exp(-0.5 * x**2)
     cov = f * f2 * g
     d2 = g * (
         df * df2
@@ -181,11 +216,9 @@ def _covered(spec: PairSpec, b: dict) -> dict:
 
 
 def _features(spec, kernel, Z_r, Z_t, r, types) -> jax.Array:
-    """``(P, M)``: ``f_c(r_p) k(r_p, z_m) [t_p == t_m]``."""
-    k = kernel.delta**2 * jnp.exp(
-        -((r[:, None] - Z_r[None, :]) ** 2) / (2 * kernel.theta**2)
-    )
-    return cutoff_function(spec, r)[:, None] * k * (types[:, None] == Z_t[None, :])
+    """``(P, M)``: ``v f_c(r_p) k(r_p, z_m)`` (``k`` of ``pair_kernel_block``)."""
+    k = pair_kernel_block(spec, kernel, r, types, Z_r, Z_t)
+    return spec.visits * cutoff_function(spec, r)[:, None] * k
 
 
 @partial(jax.jit, static_argnums=0)
@@ -265,11 +298,13 @@ def pair_priors(
     mq = b["pair_mask"][incoming]
     same = (tq[:, :, None] == tq[:, None, :]) * mq[:, :, None] * mq[:, None, :]
     cov, H = _covariances(
+        spec,
         kernel,
         rq[:, :, None],
         rq[:, None, :],
         tuple(x[:, :, None] for x in fq),
         tuple(x[:, None, :] for x in fq),
+        tq[:, :, None],
     )
     H = H * same  # (A, K, K)
     forces = jnp.einsum("akx,akl,alx->ax", Dq, H, Dq) * b["atom_mask"][:, None]
@@ -301,11 +336,13 @@ def pair_priors(
         )
         mask = mask * x["w"][:, None] * y["w"][None, :]
         cov, d2 = _covariances(
+            spec,
             kernel,
             x["r"][:, None],
             y["r"][None, :],
             (x["f"][:, None], x["df"][:, None]),
             (y["f"][None, :], y["df"][None, :]),
+            x["type"][:, None],
         )
         twice = jnp.where(tu[0] == tu[1], 1.0, 2.0)
         e = twice * jnp.sum(cov * mask, axis=1)  # (TILE,)
@@ -386,10 +423,17 @@ def no_pairs(spec: PairSpec, name: str = "distance_2b") -> GapfitError:
 
 
 def pair_kernel_block(
-    kernel: SEKernel, r: jax.Array, t: jax.Array, r2: jax.Array, t2: jax.Array
+    spec: PairSpec,
+    kernel: SEKernel,
+    r: jax.Array,
+    t: jax.Array,
+    r2: jax.Array,
+    t2: jax.Array,
 ) -> jax.Array:
-    """``K (n, m) = delta^2 exp(-(r - r2)^2 / 2 theta^2) [t == t2]`` (no cutoff)."""
+    """``K (n, m) = n_t delta^2 exp(-(r - r2)^2 / 2 theta^2) [t == t2]`` (eV^2; no
+    cutoff) of distances ``r``, ``r2`` (Å) of pair types ``t``, ``t2``."""
     k = kernel.delta**2 * jnp.exp(
         -((r[:, None] - r2[None, :]) ** 2) / (2 * kernel.theta**2)
     )
-    return k * (t[:, None] == t2[None, :])
+    n_t = jnp.asarray(spec.type_variance())[t]
+    return n_t[:, None] * k * (t[:, None] == t2[None, :])

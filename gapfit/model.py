@@ -59,7 +59,8 @@ from gapfit.terms import TERM_TYPES, Term, table_widths, term_pairs
 from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
-FORMAT_VERSION = 6  # the newest this gapfit reads and writes
+FORMAT_VERSION = 7  # the newest this gapfit reads and writes
+SPECIES_TERM_FORMAT = 6  # terms of one element or species pair
 MULTI_TERM_FORMAT = 5  # several terms of one kind, each over every species
 PLAIN_FORMAT = 2  # written for models without a baseline or a 3-body term
 BASELINE_FORMAT = 3  # with a baseline (no 3-body term)
@@ -344,8 +345,10 @@ class Model:
     def _format_version(self) -> int:
         """The oldest format that holds this model (older gapfits refuse newer
         formats instead of misreading them)."""
+        if any(t.kind == "distance_2b" for t in self.terms):
+            return FORMAT_VERSION  # its pairs' visits (2 since, 1 before)
         if any(t.spec.to_dict().keys() & {"centre", "pair"} for t in self.terms):
-            return FORMAT_VERSION
+            return SPECIES_TERM_FORMAT
         if any(t.name != t.kind for t in self.terms):
             return MULTI_TERM_FORMAT
         if any(t.kind == "angle_3b" for t in self.terms):
@@ -403,6 +406,9 @@ class Model:
                     if k.startswith(prefix)
                 }
                 kind = tm.get("kind", tm["name"])  # formats 1-4: one term per kind
+                if kind == "distance_2b" and version < FORMAT_VERSION:
+                    # formats before 7 counted each pair once
+                    tm = {**tm, "descriptor": {"visits": 1, **tm["descriptor"]}}
                 if kind not in TERM_TYPES or tm["name"] in [t.name for t in terms]:
                     raise GapfitError(
                         f"{path}: term {tm['name']!r} of kind {kind!r} is unknown or "

@@ -151,7 +151,7 @@ class PairTerm:
 
     def K_mm(self) -> jax.Array:
         r, t = self._z
-        return pair_kernel_block(self.kernel, r, t, r, t)
+        return pair_kernel_block(self.spec, self.kernel, r, t, r, t)
 
     def rows(self, b: dict, pairs: None = None) -> Rows:
         """Kernel rows (a sum over every pair: no ``pairs``)."""
@@ -187,6 +187,7 @@ class PairTerm:
 
     @classmethod
     def load(cls, meta: dict, arrays: dict[str, np.ndarray]) -> PairTerm:
+        _check("visits" in meta["descriptor"], "descriptor without visits")
         spec = PairSpec(**meta["descriptor"])
         kernel = SEKernel(meta["kernel"]["delta"], meta["kernel"]["theta"])
         r, t = arrays["sparse_r"], arrays["sparse_type"]

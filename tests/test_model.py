@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from threadpoolctl import threadpool_info
 
 import gapfit.neighbours
 from gapfit import GapfitError
-from gapfit.fit import GAP
+from gapfit.fit import GAP, term_specs
 from gapfit.gapstring import parse_soap
 from gapfit.model import FORMAT_VERSION, Model, _summed_mean
 from gapfit.variance import soap_rows_and_priors
@@ -93,6 +94,29 @@ def test_format_1_file_reads_as_the_same_model(fitted, tmp_path):
     for a, b in zip(want, got, strict=True):
         for key in ("energy", "forces", "energy_std", "forces_std", "stress_std"):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-7, err_msg=key)
+
+
+def test_2_body_terms_of_older_formats_keep_counting_each_pair_once(tmp_path):
+    """Before format 7 a 2-body term counted each pair once (gap_fit's distance_2b
+    counts i-j and j-i, as gapfit does since): the shipped cu_emt model (format 2)
+    loads with ``visits`` 1, and saved again (format 7) predicts the same."""
+    shipped = Path(__file__).resolve().parents[1] / "potentials/cu_emt/model.npz"
+    old = Model.load(shipped)
+    assert old.term("distance_2b").spec.visits == 1
+    old.save(tmp_path / "again.npz")
+    with np.load(tmp_path / "again.npz") as z:
+        meta = json.loads(str(z["meta"]))
+    assert meta["format_version"] == FORMAT_VERSION == 7
+    assert meta["terms"][0]["descriptor"]["visits"] == 1
+    at = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    at.rattle(0.05, seed=3)
+    a, b = (
+        m.predict([at], std=True)[0] for m in (old, Model.load(tmp_path / "again.npz"))
+    )
+    for key in ("energy", "forces", "energy_std", "forces_std"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    fresh = GAP(distance_2b="cutoff=3.8 n_sparse=4")  # a new fit counts both orders
+    assert term_specs(fresh._term_settings(), (29,))["distance_2b"][0].visits == 2
 
 
 def test_corrupt_and_foreign_files_are_rejected(fitted, tmp_path):

@@ -167,7 +167,7 @@ def test_gap_fit_string_cli_and_file_round_trip_give_one_model(frames, model, tm
     assert "soap_2" in result.output
     with np.load(out) as z:  # an older gapfit refuses it instead of misreading it
         meta = json.loads(str(z["meta"]))
-        assert meta["format_version"] == 5
+        assert meta["format_version"] == 7  # 2-body terms: each pair's visits
         assert [t["kind"] for t in meta["terms"]] == [
             "distance_2b",
             "distance_2b",

@@ -109,9 +109,10 @@ def _soap_k_total(pa, sa, pb, sb):
 
 
 def _pair_features(at):
-    """(distances, pair types)(r, strain) of each i-j pair counted once."""
+    """(distances, pair types)(r, strain) of every pair, i-j and j-i apart (gap_fit's
+    distance_2b descriptors)."""
     batch, D_of = _pairs_with_offsets(at)
-    keep = batch.canonical > 0
+    keep = batch.pair_mask > 0
     types = pair_type(batch.species[batch.centre], batch.neighbour_species, 2)[keep]
 
     def features(pos, eps):

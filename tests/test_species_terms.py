@@ -129,7 +129,7 @@ def test_wfl_gap_fit_line_cli_and_file_give_one_model(frames, per_species, tmp_p
     assert result.exit_code == 0, result.output
     with np.load(out) as z:  # an older gapfit refuses it instead of misreading it
         meta = json.loads(str(z["meta"]))
-    assert meta["format_version"] == 6
+    assert meta["format_version"] == 7
     assert [t["descriptor"].get("centre") for t in meta["terms"][3:]] == [29, 79]
     assert [t["descriptor"].get("pair") for t in meta["terms"][:3]] == [
         [29, 29],

@@ -80,8 +80,9 @@ def test_update_equals_refit(fitted, cells):
 
 
 def test_posterior_is_consistent_at_large_delta(cells):
-    """A 2-body term with delta 100 eV (where the evidence puts it when it carries the
-    cohesive energy) makes ``cond(K_mm)`` huge. The whitened factor keeps the
+    """A 2-body term with delta 50 eV (pair energies of std 100 eV, each pair counted
+    in both orders: where the evidence puts it when it carries the cohesive energy)
+    makes ``cond(K_mm)`` huge. The whitened factor keeps the
     posterior right: the weight-space std of each training observation (energy,
     force and virial component) is at most its noise sigma (it is observed
     directly), and the weights solve the whitened least-squares system as well as a
@@ -90,7 +91,7 @@ def test_posterior_is_consistent_at_large_delta(cells):
     frames = as_frames(cells[:4], require=LABELS)
     gap = GAP(
         soap=SOAP,
-        distance_2b="cutoff=4.0 delta=100 theta_uniform=1.0 n_sparse=12",
+        distance_2b="cutoff=4.0 delta=50 theta_uniform=1.0 n_sparse=12",
         default_sigma=(0.0003, 0.002, 0.006, 0.0),
         e0={"Cu": 0.0},
         e0_method="explicit",
