@@ -409,8 +409,9 @@ _FIT_EPILOG = "\n\n".join(
     multiple=True,
     metavar="SETTINGS",
     help="Add a 2-body term: squared-exponential GP of the pair distance per "
-    "species pair, settings 'key=value ...' (see below); repeat it for several. "
-    "[gap_fit: gap={distance_2b ...}]",
+    "species pair, settings 'key=value ...' (see below; 'distance_Nb order=2 ...' "
+    "reads gap_fit's distance_Nb); repeat it for several. [gap_fit: "
+    "gap={distance_2b ...} or gap={distance_Nb order=2 ...}]",
 )
 @click.option(
     "--angle-3b",

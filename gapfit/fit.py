@@ -510,32 +510,45 @@ def _specs(
 
 
 def _pair_spec(pair: dict, species: tuple[int, ...]) -> tuple[PairSpec, SEKernel]:
+    """The 2-body spec and kernel of parsed settings; gap_fit's ``distance_Nb``
+    (``order=2``) sums its kernel over the orders of same-species pairs and, with
+    ``compact_clusters=F``, counts each pair once."""
+    nb = bool(pair.get("order"))
     return (
         PairSpec(
             species,
             pair["cutoff"],
             pair["cutoff_transition_width"],
             _pair_of(pair, species),
+            visits=1 if nb and not pair["compact_clusters"] else 2,
+            permutations=nb,
         ),
         SEKernel(pair["delta"], pair["theta_uniform"]),
     )
 
 
 def _pair_of(pair: dict, species: tuple[int, ...]) -> tuple[int, ...]:
-    """The species pair ``(Z1, Z2)`` an ``add_species=F`` 2-body term covers, ``()``
-    for every pair (``add_species=T``, or data of one species)."""
+    """The species pair an ``add_species=F`` 2-body term covers (``Z1``, ``Z2``, or
+    distance_Nb's ``Z``), ``()`` for every pair (``add_species=T``, or data of one
+    species)."""
     if pair["add_species"]:
         return ()
-    chosen = (pair.get("Z1", 0), pair.get("Z2", 0))
-    _in_data([z for z in chosen if z], species, "distance_2b Z1/Z2")
+    nb = bool(pair.get("order"))
+    chosen = tuple(pair["Z"]) if nb else (pair.get("Z1", 0), pair.get("Z2", 0))
+    keys = "distance_Nb Z" if nb else "distance_2b Z1/Z2"
+    _in_data([z for z in chosen if z], species, keys)
     if len(species) == 1:
         return ()
     if 0 in chosen:
+        given = (
+            f"Z={{{chosen[0]} {chosen[1]}}}" if nb else f"Z1={chosen[0]} Z2={chosen[1]}"
+        )
+        use = "Z={Z1 Z2}" if nb else "Z1= and Z2="
         raise GapfitError(
-            f"distance_2b add_species=F without Z1 and Z2 (Z1={chosen[0]} "
-            f"Z2={chosen[1]}) on data of species {_symbols(species)}: one GP over "
-            "pairs of different species is not implemented; give Z1= and Z2= (one "
-            "term per pair), or add_species=T."
+            f"{keys.split()[0]} add_species=F without both atomic numbers ({given}) "
+            f"on data of species {_symbols(species)}: one GP over pairs of different "
+            f"species is not implemented; give {use} (one term per pair), or "
+            "add_species=T."
         )
     return tuple(sorted(chosen))
 

@@ -117,7 +117,6 @@ UNSUPPORTED = (
 # gap_fit descriptors gapfit does not implement (same reason as UNSUPPORTED)
 UNSUPPORTED_DESCRIPTORS = (
     "distance_3b",
-    "distance_nb",
     "co_distance_2b",
     "co_angle_3b",
     "as_distance_2b",
@@ -172,7 +171,7 @@ _SUPPORTED = (
 )
 QUIP_POTENTIAL = "quippy.potential:Potential"  # gap_fit's core potential, in Python
 DEFAULT_CORE_PARAM_FILE = "quip_params.xml"  # gap_fit's default core_param_file
-_DESCRIPTORS = ("soap", "distance_2b", "angle_3b")
+_DESCRIPTORS = ("soap", "distance_2b", "distance_nb", "angle_3b")
 
 
 @dataclass(frozen=True)
@@ -342,7 +341,8 @@ def join_braces(tokens: Sequence[str]) -> list[str]:
 def parse_gap_string(text: str) -> dict[str, list[str]]:
     """gap_fit's ``gap={desc1 ... : desc2 ...}`` as ``{descriptor: [settings text of
     each term of that kind, in order]}`` (``soap``, ``distance_2b``, ``angle_3b``;
-    absent ones left out).
+    absent ones left out; a ``distance_Nb`` term is a ``distance_2b`` one whose text
+    keeps its word, for ``parse_distance_2b``).
 
     Descriptors are separated by ``:`` or ``;`` outside inner braces, as in gap_fit;
     ``gap_kwargs`` validates each.
@@ -369,9 +369,13 @@ def parse_gap_string(text: str) -> dict[str, list[str]]:
                 hint = f" Did you mean '{close[0]}'?" if close else ""
             raise GapfitError(
                 f"gap_fit descriptor '{words[0]}' is not supported by gapfit; it "
-                f"implements {', '.join(_DESCRIPTORS)}.{hint}"
+                "implements soap, distance_2b, distance_Nb order=2 (its 2-body "
+                f"form) and angle_3b.{hint}"
             )
-        found.setdefault(name, []).append(" ".join(words[1:]))
+        if name == "distance_nb":  # its 2-body form: a distance_2b term, word kept
+            found.setdefault("distance_2b", []).append(" ".join(words))
+        else:
+            found.setdefault(name, []).append(" ".join(words[1:]))
     return found
 
 

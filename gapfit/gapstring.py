@@ -1,7 +1,7 @@
 """gap_fit-style descriptor strings: ``"[soap] cutoff=5.0 n_max=8 ... n_sparse=500"``.
 
-One parser serves every descriptor type (``parse_soap``, ``parse_distance_2b``,
-``parse_angle_3b``): the
+One parser serves every descriptor type (``parse_soap``, ``parse_distance_2b``, which
+also reads gap_fit's ``distance_Nb order=2``, ``parse_angle_3b``): the
 string (or a mapping) is split into ``key=value`` pairs, the leading descriptor word is
 dropped, gap_fit's alternative key names are mapped onto ours (``energy_scale`` ->
 ``delta``, ``soap_exponent`` -> ``zeta``, ``lengthscale_uniform`` -> ``theta_uniform``),
@@ -83,8 +83,10 @@ SOAP_HELP = {
 }
 
 DISTANCE_2B_DEFAULTS: dict[str, Any] = {
+    "order": 0,
+    "compact_clusters": True,
     "cutoff": 5.0,
-    "cutoff_transition_width": 1.0,
+    "cutoff_transition_width": None,
     "covariance_type": "ard_se",
     "delta": 1.0,
     "theta_uniform": 1.0,
@@ -93,19 +95,25 @@ DISTANCE_2B_DEFAULTS: dict[str, Any] = {
     "add_species": True,
     "Z1": 0,
     "Z2": 0,
+    "Z": None,
     "f0": 0.0,
 }
 DISTANCE_2B_HELP = {
+    "order": "2 for gap_fit's distance_Nb order=2 (its 2-body form; 0: distance_2b)",
+    "compact_clusters": "distance_Nb: T counts each pair in both orders (gap_fit's "
+    "default), F once",
     "cutoff": "Å, pair cutoff",
-    "cutoff_transition_width": "Å, cosine cutoff width",
+    "cutoff_transition_width": "Å, cosine cutoff width (default 1.0; distance_Nb "
+    "0.5, gap_fit's)",
     "covariance_type": "ard_se (squared exponential; gap_fit's 'gaussian')",
     "delta": "eV, energy scale",
     "theta_uniform": "Å, squared-exponential length scale",
     "n_sparse": "sparse distances per species pair",
     "sparse_method": "uniform (grid over the observed distance range)",
-    "add_species": "T: one GP per species pair; F: the pair Z1-Z2",
+    "add_species": "T: one GP per species pair; F: the pair Z1-Z2 (distance_Nb: Z)",
     "Z1": "atomic number of one atom of the pair (add_species=F)",
     "Z2": "atomic number of the other atom of the pair (add_species=F)",
+    "Z": "distance_Nb: {Z1 Z2}, the pair's atomic numbers (add_species=F)",
     "f0": F0_HELP,
 }
 
@@ -168,6 +176,7 @@ class _Kind:
     choices: Mapping[str, tuple[Any, ...]]
     value_aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     positive: tuple[str, ...] = ()
+    other_words: tuple[str, ...] = ()  # gap_fit descriptor words read as this kind
 
 
 _SOAP = _Kind(
@@ -202,6 +211,7 @@ _DISTANCE_2B = _Kind(
         "theta_uniform",
         "n_sparse",
     ),
+    other_words=("distance_nb",),
 )
 _ANGLE_3B = _Kind(
     name="angle_3b",
@@ -223,7 +233,7 @@ _ANGLE_3B = _Kind(
         "n_sparse",
     ),
 )
-DESCRIPTOR_WORDS = (_SOAP.word, _DISTANCE_2B.word, _ANGLE_3B.word)
+DESCRIPTOR_WORDS = (_SOAP.word, _DISTANCE_2B.word, "distance_nb", _ANGLE_3B.word)
 
 
 def parse_gap_bool(text: Any, what: str) -> bool:
@@ -252,7 +262,8 @@ def parse_soap(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def parse_distance_2b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validated 2-body settings (gap_fit's ``distance_2b``) with defaults filled in.
+    """Validated 2-body settings (gap_fit's ``distance_2b``, or its ``distance_Nb
+    order=2``) with defaults filled in.
 
     Keys (defaults in ``DISTANCE_2B_DEFAULTS``): ``cutoff`` and
     ``cutoff_transition_width`` (Å, cosine cutoff; width in (0, cutoff]),
@@ -261,19 +272,58 @@ def parse_distance_2b(settings: str | Mapping[str, Any] | None) -> dict[str, Any
     ``sparse_method`` (``uniform`` only: a uniform grid over the observed distance
     range), ``add_species`` (``T``: one GP per species pair) and, with
     ``add_species=F``, ``Z1`` and ``Z2`` (the pair's atomic numbers; 0 for data of
-    one species).
+    one species). ``order=2`` (a string that starts with ``distance_Nb`` must give
+    it) reads the settings as gap_fit's ``distance_Nb``: the kernel of a pair of one
+    species summed over its two orders, ``compact_clusters`` (T: each pair counted in
+    both orders, F: once), ``Z={Z1 Z2}`` in place of ``Z1``/``Z2``, and
+    ``cutoff_transition_width`` 0.5 Å by default (gap_fit's; 1.0 for ``distance_2b``).
 
     Args:
-        settings: a gap_fit string ``"[distance_2b] key=value ..."`` or a mapping.
+        settings: a gap_fit string ``"[distance_2b|distance_Nb] key=value ..."`` or a
+            mapping.
     """
-    out = _width_inside_cutoff(_parse(settings, _DISTANCE_2B), _DISTANCE_2B)
-    if out["add_species"] and (out["Z1"] or out["Z2"]):
+    out = _parse(settings, _DISTANCE_2B)
+    nb = out["order"] != 0
+    if out["cutoff_transition_width"] is None:
+        out["cutoff_transition_width"] = 0.5 if nb else 1.0
+    out = _width_inside_cutoff(out, _DISTANCE_2B)
+    if not nb:
+        if out["Z"] is not None or not out["compact_clusters"]:
+            raise GapfitError(
+                "distance_2b: Z and compact_clusters are settings of gap_fit's "
+                "distance_Nb; give the pair as Z1= Z2=, or write distance_Nb order=2."
+            )
+        pair, written = (out["Z1"], out["Z2"]), f"Z1={out['Z1']} Z2={out['Z2']}"
+    else:
+        if out["order"] != 2:
+            why = (
+                "gapfit's 3-body term is angle_3b (gap={angle_3b ...})"
+                if out["order"] == 3
+                else "gapfit reads its 2-body form, order=2"
+            )
+            raise GapfitError(
+                f"distance_Nb order={out['order']} is not implemented; {why}."
+            )
+        if out["Z1"] or out["Z2"]:
+            raise GapfitError(
+                f"distance_Nb Z1={out['Z1']} Z2={out['Z2']}: distance_Nb names its "
+                "pair as Z={Z1 Z2}; write that (or distance_2b for Z1/Z2)."
+            )
+        pair = tuple(out["Z"] or (0, 0))
+        written = "Z={" + " ".join(map(str, pair)) + "}"
+        out["Z"] = list(pair)
+    if out["add_species"] and any(pair):
         raise GapfitError(
-            f"distance_2b Z1={out['Z1']} Z2={out['Z2']} with add_species=T: "
-            "add_species=T makes one GP for every species pair itself (as gap_fit); "
-            "set add_species=F to fit the pair Z1-Z2 alone."
+            f"{_word(out)} {written} with add_species=T: add_species=T makes one GP "
+            "for every species pair itself (as gap_fit); set add_species=F to fit "
+            "that pair alone."
         )
     return out
+
+
+def _word(pair: Mapping[str, Any]) -> str:
+    """gap_fit's descriptor word of parsed 2-body settings."""
+    return "distance_Nb" if pair["order"] else "distance_2b"
 
 
 def parse_angle_3b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -389,9 +439,10 @@ def _tokens(text: str, kind: _Kind) -> dict[str, str]:
     # split at spaces and commas outside braces: species_Z={29 79} is one token
     spaced = "".join(" " if c.isspace() else c for c in body)
     tokens = [t.strip() for t in split_top_level(spaced, " ,") if t.strip()]
+    word = None  # the descriptor word, if the text starts with one
     if tokens and "=" not in tokens[0]:
         word = tokens[0].lower()
-        if word == kind.word:
+        if word in (kind.word, *kind.other_words):
             tokens = tokens[1:]
         elif word in DESCRIPTOR_WORDS:
             raise GapfitError(
@@ -400,7 +451,10 @@ def _tokens(text: str, kind: _Kind) -> dict[str, str]:
                 "command line)."
             )
     given: dict[str, str] = {}
+    logical = {k.lower() for k, v in kind.defaults.items() if isinstance(v, bool)}
     for tok in tokens:
+        if "=" not in tok and tok.lower() in logical:
+            tok += "=T"  # gap_fit reads a bare logical key as true
         if "=" not in tok:
             raise GapfitError(
                 f"{kind.name} setting '{tok}' has no '='; "
@@ -413,6 +467,16 @@ def _tokens(text: str, kind: _Kind) -> dict[str, str]:
                 f"{kind.name} setting '{key}' is given twice; give it once."
             )
         given[key] = value
+    if word in kind.other_words and "order" not in given:
+        raise GapfitError(
+            f"'{text}': gap_fit's distance_Nb needs order= (gapfit reads order=2, "
+            "the 2-body form)."
+        )
+    if word == kind.word and "order" in kind.defaults and "order" in given:
+        raise GapfitError(
+            f"'{text}': order is a setting of gap_fit's distance_Nb; write "
+            f"distance_Nb order={given['order']} ... or leave order out."
+        )
     return given
 
 
@@ -486,6 +550,26 @@ def _atomic_numbers(raw: Any, kind: _Kind) -> list[int]:
     return sorted({int(z) for z in numbers})
 
 
+def _pair_numbers(raw: Any) -> list[int]:
+    """distance_Nb's ``Z={29 79}`` (braces optional; or a sequence) as two sorted
+    atomic numbers (0: any species)."""
+    if isinstance(raw, str):
+        values: Any = raw.strip().removeprefix("{").removesuffix("}")
+        values = values.replace(",", " ").split()
+    else:
+        values = list(raw) if isinstance(raw, list | tuple) else [raw]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 2 or not all(0 <= z <= 118 and z == int(z) for z in numbers):
+        raise GapfitError(
+            f"distance_Nb setting Z={raw!r} is not two atomic numbers (order=2); "
+            "write e.g. Z={29 79}."
+        )
+    return sorted(int(z) for z in numbers)
+
+
 def _convert(kind: _Kind, key: str, raw: Any) -> Any:
     """``raw`` converted to the type of the key's default and checked."""
     default = kind.defaults[key]
@@ -495,6 +579,8 @@ def _convert(kind: _Kind, key: str, raw: Any) -> Any:
         return parse_type_counts(raw)
     if key == "species_Z":
         return _atomic_numbers(raw, kind)
+    if key == "Z" and kind is _DISTANCE_2B:
+        return _pair_numbers(raw)
     if isinstance(raw, str):  # gap_fit writes one value in braces too: Z={29}
         raw = raw.strip().removeprefix("{").removesuffix("}")
         if key == "Z" and len(raw.replace(",", " ").split()) > 1:

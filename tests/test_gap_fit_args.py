@@ -94,7 +94,7 @@ def check_peers(cmd: GapFitCommand) -> None:
         500,
         4,
     )
-    assert kw["distance_2b"] == dict(DISTANCE_2B_DEFAULTS)  # the recipe = defaults
+    assert kw["distance_2b"] == parse_distance_2b(None)  # the recipe = defaults
     assert kw["default_sigma"] == (0.001, 0.05, 0.05, 0.0)
     assert (kw["sparse_jitter"], kw["e0_method"], kw["rnd_seed"]) == (
         1e-8,
@@ -511,8 +511,9 @@ def test_bad_values(arg: str, word: str) -> None:
 
 # ---- descriptor strings ----------------------------------------------------------
 def test_parse_distance_2b() -> None:
-    assert parse_distance_2b(None) == DISTANCE_2B_DEFAULTS
-    assert parse_distance_2b("") == DISTANCE_2B_DEFAULTS
+    defaults = {**DISTANCE_2B_DEFAULTS, "cutoff_transition_width": 1.0}
+    assert parse_distance_2b(None) == defaults
+    assert parse_distance_2b("") == defaults
     s = parse_distance_2b(D2B.replace("n_sparse=20", "n_sparse=12"))
     assert (s["n_sparse"], s["theta_uniform"], s["add_species"]) == (12, 1.0, True)
     # gap_fit's other spellings; mapping input; re-parsing is a no-op

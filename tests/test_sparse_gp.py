@@ -8,6 +8,9 @@ environment a sparse point, DTC equals the exact GP for any target that is linea
 the local energies (energies, forces, virials). Checked for the SOAP and 2-body terms.
 """
 
+import dataclasses
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,6 +59,9 @@ SPEC = SoapSpec(
 )
 KERNEL = DotProductKernel(delta=0.7, zeta=2)
 PAIR = PairSpec(species=(29, 79), cutoff=3.2, cutoff_transition_width=0.8)
+# gap_fit's distance_Nb order=2: compact_clusters T (both orders) and F (once)
+PAIR_NB = dataclasses.replace(PAIR, permutations=True)
+PAIR_NB_ONCE = dataclasses.replace(PAIR, permutations=True, visits=1)
 PAIR_KERNEL = SEKernel(delta=0.3, theta=0.7)
 SIGMA_E = 0.01  # eV, noise on total energies
 JITTER = 1e-12
@@ -108,11 +114,12 @@ def _soap_k_total(pa, sa, pb, sb):
     )
 
 
-def _pair_features(at):
+def _pair_features(at, ordered: bool = True):
     """(distances, pair types)(r, strain) of every pair, i-j and j-i apart (gap_fit's
-    distance_2b descriptors)."""
+    distance_2b and compact distance_Nb descriptors), or each pair once
+    (``ordered=False``: distance_Nb with compact_clusters=F)."""
     batch, D_of = _pairs_with_offsets(at)
-    keep = batch.pair_mask > 0
+    keep = batch.pair_mask > 0 if ordered else batch.canonical > 0
     types = pair_type(batch.species[batch.centre], batch.neighbour_species, 2)[keep]
 
     def features(pos, eps):
@@ -121,10 +128,15 @@ def _pair_features(at):
     return features
 
 
-def _pair_k_total(ra, ta, rb, tb):
+def _pair_k_total(ra, ta, rb, tb, permutations: bool = False):
+    """Energy covariance: summed over both configurations' descriptors; with
+    ``permutations`` the kernel sums over the 2 orders of a pair of one species
+    (gap_fit's distance_Nb: types 0 (Cu-Cu) and 2 (Au-Au) of 2 species)."""
     k = PAIR_KERNEL.delta**2 * jnp.exp(
         -((ra[:, None] - rb[None, :]) ** 2) / (2 * PAIR_KERNEL.theta**2)
     )
+    if permutations:
+        k = k * jnp.where((ta == 0) | (ta == 2), 2.0, 1.0)[:, None]
     fc = cutoff_function(PAIR, ra)[:, None] * cutoff_function(PAIR, rb)[None, :]
     return jnp.sum(k * fc * (ta[:, None] == tb[None, :]))
 
@@ -132,6 +144,11 @@ def _pair_k_total(ra, ta, rb, tb):
 KINDS = {
     "soap": (_soap_features, _soap_k_total),
     "distance_2b": (_pair_features, _pair_k_total),
+    "distance_nb": (_pair_features, partial(_pair_k_total, permutations=True)),
+    "distance_nb_once": (
+        partial(_pair_features, ordered=False),
+        partial(_pair_k_total, permutations=True),
+    ),
 }
 
 
@@ -178,15 +195,18 @@ def setup():
     t = pair_type(batch.species[batch.centre[keep]], batch.neighbour_species[keep], 2)
     # equal distances (periodic self-images) are one point of the GP: keep one
     rt = np.unique(np.stack([np.round(r, 10), t], 1), axis=0)
-    pair_term = PairTerm(PAIR, PAIR_KERNEL, rt[:, 0], rt[:, 1].astype(np.int64))
-    models = {
-        "soap": _fit_energies(soap_term, train, y),
-        "distance_2b": _fit_energies(pair_term, train, y),
-    }
+    models = {"soap": _fit_energies(soap_term, train, y)}
+    for kind, spec in (
+        ("distance_2b", PAIR),
+        ("distance_nb", PAIR_NB),
+        ("distance_nb_once", PAIR_NB_ONCE),
+    ):
+        term = PairTerm(spec, PAIR_KERNEL, rt[:, 0], rt[:, 1].astype(np.int64))
+        models[kind] = _fit_energies(term, train, y)
     return train, test, y, models, Z_hat, Z_s
 
 
-@pytest.mark.parametrize("kind", ["soap", "distance_2b"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_sparse_equals_dense_exact_gp(setup, kind):
     train, test, y, models, _, _ = setup
     feature_fn, _k_total = KINDS[kind]

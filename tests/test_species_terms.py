@@ -192,7 +192,7 @@ def test_species_settings_parse_as_gap_fit_writes_them():
     assert parse_soap(s) == s  # parsed settings parse to themselves
     pair = parse_distance_2b("add_species=F Z1=79 Z2=29")
     assert (pair["Z1"], pair["Z2"]) == (79, 29)
-    with pytest.raises(GapfitError, match="add_species=F to fit the pair"):
+    with pytest.raises(GapfitError, match="add_species=F to fit that pair alone"):
         parse_distance_2b("Z1=29 Z2=29")
 
 
@@ -208,7 +208,10 @@ def test_terms_the_data_cannot_hold_are_refused(frames, tmp_path):
         ),
         ({"soap": f"{SOAP} {SPECIES} Z=47"}, ["no Ag atom", "drop that term"]),
         ({"soap": f"{SOAP} {SPECIES}"}, ["without Z", "Z="]),
-        ({"distance_2b": f"{PAIR} add_species=F Z1=29"}, ["without Z1 and Z2"]),
+        (
+            {"distance_2b": f"{PAIR} add_species=F Z1=29"},
+            ["without both atomic numbers (Z1=29 Z2=0)"],
+        ),
         (
             {"angle_3b": "cutoff=3.0 add_species=F"},
             ["angle_3b add_species=F", "add_species=T"],
