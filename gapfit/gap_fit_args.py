@@ -32,6 +32,7 @@ from gapfit.errors import GapfitError
 from gapfit.gapstring import (
     ANGLE_3B_DEFAULTS,
     DISTANCE_2B_DEFAULTS,
+    GAP_FIT_DEFAULTS,
     ONE_ANGLE_3B,
     SOAP_DEFAULTS,
     Settings,
@@ -40,6 +41,7 @@ from gapfit.gapstring import (
     parse_gap_bool,
     parse_soap,
     split_top_level,
+    with_gap_fit_defaults,
 )
 
 E0_METHODS = _E0_METHODS  # what gapfit.data.fit_e0 implements
@@ -246,6 +248,17 @@ def parse_gap_fit_command(args: Sequence[str] | str) -> GapFitCommand:
         gp_file = npz
 
     found = parse_gap_string(given["gap"])
+    added: list[str] = []
+    for word in GAP_FIT_DEFAULTS:
+        for k, text in enumerate(found.get(word, [])):
+            found[word][k], extra = with_gap_fit_defaults(text, word)
+            added += [f"{word} {x}" for x in extra]
+    if added:
+        notes.append(
+            "gap_fit's defaults for settings the line leaves out: "
+            + ", ".join(dict.fromkeys(added))
+            + " (gapfit's own options default to a 1.0 Å transition and CUR points)."
+        )
     defaults = LabelKeys()
     kwargs = gap_kwargs(
         soap=found.get("soap"),

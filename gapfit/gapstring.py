@@ -236,6 +236,29 @@ _ANGLE_3B = _Kind(
 DESCRIPTOR_WORDS = (_SOAP.word, _DISTANCE_2B.word, "distance_nb", _ANGLE_3B.word)
 
 
+# gap_fit's defaults where gapfit's own differ, for keys a gap_fit line leaves out
+# (gap_fit requires delta, zeta or theta, covariance_type and the SOAP basis itself)
+GAP_FIT_DEFAULTS: dict[str, dict[str, str]] = {
+    "soap": {"cutoff_transition_width": "0.5", "sparse_method": "random"},
+    "distance_2b": {"cutoff_transition_width": "0.5"},
+}
+
+
+def with_gap_fit_defaults(text: str, word: str) -> tuple[str, list[str]]:
+    """One descriptor's settings ``text`` of a gap_fit line (``word``: ``soap`` or
+    ``distance_2b``) with ``GAP_FIT_DEFAULTS`` appended for the keys it leaves out,
+    and those ``key=value`` settings (a ``distance_Nb`` text is returned as it is:
+    ``parse_distance_2b`` gives it gap_fit's defaults)."""
+    kind = {"soap": _SOAP, "distance_2b": _DISTANCE_2B}[word]
+    first = text.split(maxsplit=1)[0].lower() if text.split() else ""
+    if first in kind.other_words:
+        return text, []
+    spelt = {k.lower(): k for k in kind.defaults}
+    given = {spelt.get(k, _KEY_ALIASES.get(k, k)) for k in _tokens(text, kind)}
+    added = [f"{k}={v}" for k, v in GAP_FIT_DEFAULTS[word].items() if k not in given]
+    return " ".join([text, *added]).strip(), added
+
+
 def parse_gap_bool(text: Any, what: str) -> bool:
     """gap_fit's logical values ``T``/``F`` (also true/false/1/0, any case).
 

@@ -423,10 +423,39 @@ def test_bad_default_sigma(value: str, word: str) -> None:
 )
 def test_gp_file_xml_becomes_npz(gp_file, written: str, note) -> None:
     extra = [f"gp_file={gp_file}"] if gp_file else []
-    cmd = parse_gap_fit_command(["at_file=t.xyz", "gap={soap}", *extra])
+    soap = "gap={soap cutoff_transition_width=0.5 sparse_method=random}"
+    cmd = parse_gap_fit_command(["at_file=t.xyz", soap, *extra])
     assert cmd.gp_file == written
     notes = " ".join(cmd.ignored)
     assert (note in notes) if note else not notes
+
+
+def test_gap_fit_lines_take_gap_fits_defaults_where_gapfits_differ() -> None:
+    """A gap_fit line that leaves out a SOAP or distance_2b transition width or the
+    SOAP sparse method gets gap_fit's defaults (0.5 Å, random), and says so; the
+    same settings written out give the same terms, and gapfit's own options keep
+    their defaults (1.0 Å, CUR points)."""
+    line = "gap={distance_2b cutoff=4.0 : soap cutoff=4.0 n_max=4 l_max=3 zeta=4}"
+    cmd = parse_gap_fit_command(["at_file=t.xyz", line])
+    soap, pair = cmd.gap_kwargs["soap"], cmd.gap_kwargs["distance_2b"]
+    assert (soap["cutoff_transition_width"], soap["sparse_method"]) == (0.5, "random")
+    assert pair["cutoff_transition_width"] == 0.5
+    notes = " ".join(cmd.ignored)
+    for word in (
+        "soap cutoff_transition_width=0.5",
+        "soap sparse_method=random",
+        "distance_2b cutoff_transition_width=0.5",
+    ):
+        assert word in notes
+    full = (
+        "gap={distance_2b cutoff=4.0 cutoff_transition_width=0.5 : soap cutoff=4.0 "
+        "n_max=4 l_max=3 zeta=4 cutoff_transition_width=0.5 sparse_method=random}"
+    )
+    same = parse_gap_fit_command(["at_file=t.xyz", full])
+    assert same.gap_kwargs == cmd.gap_kwargs
+    assert "defaults for settings" not in " ".join(same.ignored)
+    assert parse_soap("cutoff=4.0")["cutoff_transition_width"] == 1.0
+    assert parse_soap("cutoff=4.0")["sparse_method"] == "cur_points"
 
 
 @pytest.mark.parametrize(
@@ -461,7 +490,8 @@ def test_other_values_and_aliases() -> None:
             "atoms_filename=a.xyz",
             "gap_file=m.npz",
             "gap={distance_2b",
-            "cutoff=4.0}",
+            "cutoff=4.0",
+            "cutoff_transition_width=0.5}",
             "config_type_kernel_regularisation={bulk:0.002:0.1:0.2:0.0}",
             "kernel_regularisation_is_per_atom=F",
             "e0_method=average",
@@ -613,7 +643,11 @@ def test_config_type_n_sparse_end_to_end(tmp_path: Path) -> None:
     gap = GAP(**command.gap_kwargs)
     assert gap.plan(path).n_sparse == {"soap": 6}
     model = gap.fit(path).model_
-    only = GAP(soap="cutoff=4.0 n_max=3 l_max=2 n_sparse=6", e0_method="average")
+    only = GAP(  # the settings gap_fit's defaults gave the line
+        soap="cutoff=4.0 n_max=3 l_max=2 n_sparse=6 cutoff_transition_width=0.5 "
+        "sparse_method=random",
+        e0_method="average",
+    )
     ref = only.fit(ase.io.read(path, ":3")).model_  # the bulk cells as written
     np.testing.assert_array_equal(
         model.term("soap").sparse_X, ref.term("soap").sparse_X

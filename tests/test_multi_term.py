@@ -26,8 +26,14 @@ from gapfit.model import Model
 from gapfit.neighbours import make_batch, pair_tables
 from gapfit.tune import _with, grid_search, parse_grid
 
-SOAP_A = "cutoff=4.0 cutoff_transition_width=1.0 n_max=3 l_max=2 n_sparse=20 delta=0.5"
-SOAP_B = "cutoff=3.3 cutoff_transition_width=0.3 n_max=2 l_max=3 n_sparse=12 delta=0.2"
+SOAP_A = (
+    "cutoff=4.0 cutoff_transition_width=1.0 n_max=3 l_max=2 n_sparse=20 delta=0.5 "
+    "sparse_method=cur_points"
+)
+SOAP_B = (
+    "cutoff=3.3 cutoff_transition_width=0.3 n_max=2 l_max=3 n_sparse=12 delta=0.2 "
+    "sparse_method=cur_points"
+)
 PAIR_A = "cutoff=4.8 cutoff_transition_width=0.8 n_sparse=8 delta=1.0"
 PAIR_B = "cutoff=3.2 cutoff_transition_width=0.4 n_sparse=6 delta=0.3"
 # where a cosine cutoff's transition starts or ends
