@@ -56,6 +56,7 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "gp_file": ("--gp-file", "save(path)"),
     "gap={soap ...}": ("--soap", "soap="),
     "gap={distance_2b ...}": ("--distance-2b", "distance_2b="),
+    "gap={distance_Nb order=2 ...}": ("--distance-2b", "distance_2b="),
     "gap={angle_3b ...}": ("--angle-3b", "angle_3b="),
     "default_sigma": ("--default-sigma", "default_sigma="),
     "config_type_sigma": ("--config-type-sigma", "config_type_sigma="),
@@ -88,12 +89,14 @@ IGNORED = {
     "sparse_separate_file": "gapfit keeps the sparse points inside its one .npz "
     "model file",
     "verbosity": "gapfit prints a summary and progress bars (--quiet hides them)",
+    "openmp_chunk_size": "gapfit streams its own chunks (--chunk-atoms) and uses "
+    "every core",
+    "do_ip_timing": "gapfit's summary reports the fit's timings per stage",
 }
 # The rest of gap_fit's options (QUIP gap_fit_module.F95, parse_command_line): real
 # options, so an error about one never suggests a similar-looking supported key.
 UNSUPPORTED = (
     "local_property0",
-    "e0_offset",
     "default_kernel_regularisation_local_property",
     "default_local_property_sigma",
     "hessian_displacement",
@@ -104,8 +107,6 @@ UNSUPPORTED = (
     "sigma_parameter_name",
     "parameter_name_prefix",
     "sparse_use_actual_gpcov",
-    "openmp_chunk_size",
-    "do_ip_timing",
     "template_file",
     "sparsify_only_no_fit",
     "condition_number_norm",
@@ -169,6 +170,7 @@ _SUPPORTED = (
     "rnd_seed",
     "core_ip_args",
     "core_param_file",
+    "e0_offset",
     *_PARAMETER_NAMES,
 )
 QUIP_POTENTIAL = "quippy.potential:Potential"  # gap_fit's core potential, in Python
@@ -247,6 +249,14 @@ def parse_gap_fit_command(args: Sequence[str] | str) -> GapFitCommand:
         )
         gp_file = npz
 
+    if "e0_offset" in given:
+        offset = _number(scalar("e0_offset"), "e0_offset")
+        if offset != 0.0:
+            raise GapfitError(
+                f"e0_offset={given['e0_offset']}: a shift of every element's e0 is not "
+                "implemented; give the shifted values as e0={Cu:...:Au:...} instead."
+            )
+        notes.append("e0_offset=0.0 changes nothing (gap_fit's default).")
     found = parse_gap_string(given["gap"])
     added: list[str] = []
     for word in GAP_FIT_DEFAULTS:

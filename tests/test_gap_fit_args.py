@@ -659,3 +659,36 @@ def test_config_type_n_sparse_end_to_end(tmp_path: Path) -> None:
         GAP(soap="cutoff=4.0 config_type_n_sparse=bluk:6", e0_method="average").fit(
             path
         )
+
+
+def test_a_published_distance_nb_line_with_gap_fits_run_options_parses() -> None:
+    """A published 2-body + SOAP gap_fit line (distance_Nb order=2, run options
+    openmp_chunk_size and e0_offset=0.0) parses: the run options are noted, an e0
+    offset other than 0 is refused with what to write instead."""
+    line = (
+        "at_file=train.xyz gap={distance_Nb order=2 cutoff=5.0 covariance_type=ARD_SE "
+        "theta_uniform=2.0 n_sparse=15 delta=2.0 sparse_method=uniform "
+        "compact_clusters=T : soap l_max=6 n_max=12 atom_sigma=0.5 zeta=4 cutoff=5.0 "
+        "cutoff_transition_width=1.0 central_weight=1.0 n_sparse=5000 delta=0.155 "
+        "f0=0.0 covariance_type=dot_product sparse_method=CUR_POINTS} "
+        "default_sigma={0.002 0.2 0.2 0.0} energy_parameter_name=REF_energy "
+        "force_parameter_name=REF_forces virial_parameter_name=REF_virial "
+        "sparse_jitter=1e-08 do_copy_at_file=F openmp_chunk_size=10000 "
+        "do_ip_timing=F gp_file=gap_file.xml e0_offset=0.0"
+    )
+    cmd = parse_gap_fit_command(line)
+    pair = cmd.gap_kwargs["distance_2b"]
+    assert (pair["order"], pair["cutoff_transition_width"], pair["delta"]) == (
+        2,
+        0.5,
+        2.0,
+    )
+    notes = " ".join(cmd.ignored)
+    for word in (
+        "openmp_chunk_size=10000 ignored",
+        "do_ip_timing=F ignored",
+        "e0_offset",
+    ):
+        assert word in notes
+    with pytest.raises(GapfitError, match=r"e0_offset=0.1.*e0=\{Cu"):
+        parse_gap_fit_command(line.replace("e0_offset=0.0", "e0_offset=0.1"))
