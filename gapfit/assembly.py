@@ -28,7 +28,7 @@ from gapfit.neighbours import (
     make_batch,
     pad_batch,
 )
-from gapfit.terms import row_pairs, table_widths
+from gapfit.terms import TABLE_SIZES, row_pairs, table_widths
 
 
 def padded_batches(
@@ -143,11 +143,13 @@ def scaled_chunks(
     widths: Sequence[int] | None = None,
 ) -> Iterator[tuple[jax.Array, jax.Array]]:
     """``(Lambda^-1/2 K_nm, Lambda^-1/2 y)`` of each chunk, in order; each term's
-    rows over its own pairs (``terms.row_pairs``, tables ``widths`` wide: by
+    rows over its own pairs (``terms.row_pairs``, ``widths`` of ``table_widths``: by
     default the largest of ``batches``', one jit shape for all)."""
     specs = [t.spec for t in model.terms]
     if widths is None:
-        sizes = [table_widths(specs, b) for b in batches] or [(0,) * len(specs)]
+        sizes = [table_widths(specs, b) for b in batches] or [
+            (0,) * TABLE_SIZES * len(specs)
+        ]
         widths = np.max(sizes, axis=0).tolist()
     for chunk, batch in tqdm(
         list(zip(chunks, batches, strict=True)),

@@ -188,7 +188,8 @@ def mean_and_descriptors(
     vectors ``(A, F)`` and norms ``(A,)`` they came from.
 
     A local energy depends only on its centre's pairs, so the work runs per block of
-    centres (about ``MEAN_BLOCK`` pairs, ``tables.by_centre``): each pair's radial
+    centres (``tables.centres``: every atom, or a one-element term's own; about
+    ``MEAN_BLOCK`` pairs a block, ``tables.by_centre``): each pair's radial
     functions and solid harmonics once (``soap.centre_basis``), the centres'
     coefficients ``c`` as dense sums over their pairs, reverse mode through the power
     spectrum and kernel to ``dE/dc``, and ``dE/dD_p = (dE/dc_i) . (dphi_p/dD_p)``
@@ -196,14 +197,15 @@ def mean_and_descriptors(
     copy of the cotangent).
     """
     b = covered(spec, b)
-    pairs = tables.by_centre  # (A, K)
-    A, K = pairs.shape
+    pairs, centres = tables.by_centre, tables.centres  # (C, K), (C,)
+    C, K = pairs.shape
+    A = b["species"].shape[0]
     per_centre = {
         "D": b["D"][pairs],
         "species": b["neighbour_species"][pairs],
         "mask": b["pair_mask"][pairs],
-        "centre_species": b["species"],
-        "atom_mask": b["atom_mask"],
+        "centre_species": b["species"][centres],
+        "atom_mask": b["atom_mask"][centres] * tables.centre_mask,
     }
 
     def centre_block(blk: dict) -> tuple[jax.Array, ...]:
@@ -220,13 +222,18 @@ def mean_and_descriptors(
         u, aux = jax.grad(energy, has_aux=True)(c)  # u: (centres, S, N, LM)
         return pair_gradient(spec, blk["D"], basis, u), *aux
 
-    n_blocks = -(-A * K // MEAN_BLOCK)  # as even as the centres allow: little padding
-    blocks = blocked(per_centre, -(-A // n_blocks))
+    n_blocks = -(-C * K // MEAN_BLOCK)  # as even as the centres allow: little padding
+    blocks = blocked(per_centre, -(-C // n_blocks))
     g, local, p_hat, norm = jax.lax.map(centre_block, blocks)
-    local, norm = local.reshape(-1)[:A], norm.reshape(-1)[:A]
-    p_hat = p_hat.reshape(-1, p_hat.shape[-1])[:A]
+    # back to the batch's atoms: padding centres (atom 0, mask 0) add nothing; atoms
+    # that are no centre have p_hat 0 and norm 1 (their environments are masked)
+    m = tables.centre_mask
+    local = jnp.zeros(A).at[centres].add(local.reshape(-1)[:C])
+    norm = jnp.ones(A).at[centres].add((norm.reshape(-1)[:C] - 1.0) * m)
+    p_hat = p_hat.reshape(-1, p_hat.shape[-1])[:C] * m[:, None]
+    p_hat = jnp.zeros((A, p_hat.shape[1])).at[centres].add(p_hat)
     # back in pair order; the padding slots add 0 to a masked pair
-    grad = jnp.zeros_like(b["D"]).at[pairs].add(g.reshape(-1, K, 3)[:A])
+    grad = jnp.zeros_like(b["D"]).at[pairs].add(g.reshape(-1, K, 3)[:C])
     forces, virial = forces_and_virials(grad, b)
     energy_c = jax.ops.segment_sum(local, b["atom_config"], b["config_mask"].shape[0])
     return Mean(local, energy_c, forces, virial), p_hat, norm

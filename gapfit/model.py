@@ -55,7 +55,14 @@ from gapfit.neighbours import (
     pair_tables,
 )
 from gapfit.sparse_gp import Posterior, whiten_rows
-from gapfit.terms import TERM_TYPES, Term, table_widths, term_pairs
+from gapfit.terms import (
+    TABLE_SIZES,
+    TERM_TYPES,
+    Term,
+    centre_species,
+    table_widths,
+    term_pairs,
+)
 from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
@@ -131,20 +138,26 @@ class Model:
         )
 
     def table_widths(self, batch: Batch) -> tuple[int, ...]:
-        """Widths of ``tables``' per-atom pair tables of ``batch``, one per term (the
-        elementwise largest over batches gives them one jit shape)."""
+        """Sizes of ``tables``' tables of ``batch``, two per term (``terms.
+        table_widths``; the elementwise largest over batches gives them one jit
+        shape)."""
         return table_widths([t.spec for t in self.terms], batch)
 
     def tables(self, batch: Batch, widths: Sequence[int]) -> tuple[PairTables, ...]:
         """Each term's per-atom tables of its own pairs of ``batch`` (``term_pairs``)
-        at least ``widths`` wide; terms with the same pairs share one."""
+        and centres (``terms.centre_species``), at least ``widths`` (``table_widths``)
+        wide; terms with the same pairs and centres share one."""
         made: dict[tuple, PairTables] = {}
         out = []
-        for term, width in zip(self.terms, widths, strict=True):
+        n = TABLE_SIZES
+        sizes = [tuple(widths[k : k + n]) for k in range(0, len(widths), n)]
+        for term, (k_in, k_out, slots) in zip(self.terms, sizes, strict=True):
             keep = term_pairs(term.spec, batch)
-            key = (None if keep is None else np.packbits(keep).tobytes(), width)
+            species = centre_species(term.spec)
+            key = (None if keep is None else np.packbits(keep).tobytes(), k_in, k_out)
+            key += (species, slots)
             if key not in made:
-                made[key] = pair_tables(batch, width, keep)
+                made[key] = pair_tables(batch, (k_in, k_out), keep, species, slots)
             out.append(made[key])
         return tuple(out)
 

@@ -308,9 +308,13 @@ class PairTables(NamedTuple):
     """The pairs of a batch laid out per atom: per-centre sums of the mean's pair
     gradients, per-atom covariances of the std."""
 
-    incoming: np.ndarray  # (A, K) pairs into each atom j (pad: a masked pair)
-    outgoing: np.ndarray  # (A, K) their slots in incoming.ravel() by centre (pad: A K)
-    by_centre: np.ndarray  # (A, K) pairs out of each centre i (pad: a masked pair)
+    incoming: np.ndarray  # (A, K_in) pairs into each atom j (pad: a masked pair)
+    outgoing: (
+        np.ndarray
+    )  # (A, K) their slots in incoming.ravel() by centre (pad: A K_in)
+    by_centre: np.ndarray  # (C, K) pairs out of each of centres (pad: a masked pair)
+    centres: np.ndarray  # (C,) the atoms whose environments the mean works over
+    centre_mask: np.ndarray  # (C,) 1 for a real centre, 0 for padding (atom 0)
 
 
 def _per_atom(atom: np.ndarray, values: np.ndarray, n_atoms: int, K: int, fill: int):
@@ -325,46 +329,80 @@ def _per_atom(atom: np.ndarray, values: np.ndarray, n_atoms: int, K: int, fill: 
     return out
 
 
-def pair_table_width(batch: Batch, keep: np.ndarray | None = None) -> int:
-    """Width K of ``pair_tables``: the most real pairs (of those ``keep`` marks, if
-    given) into or out of one atom, bucketed (few jit shapes)."""
+def pair_table_widths(batch: Batch, keep: np.ndarray | None = None) -> tuple[int, int]:
+    """Widths of ``pair_tables``: the most real pairs (of those ``keep`` marks, if
+    given) into one atom and out of one atom, each bucketed (few jit shapes). They
+    differ only for a term of one central species."""
     real = batch.pair_mask > 0 if keep is None else (batch.pair_mask > 0) & keep
     A = len(batch.species)
-    most = max(
-        np.bincount(batch.neighbour[real], minlength=A).max(initial=0),
-        np.bincount(batch.centre[real], minlength=A).max(initial=0),
-    )
-    return bucket(int(most), 4)
+    into = np.bincount(batch.neighbour[real], minlength=A).max(initial=0)
+    out = np.bincount(batch.centre[real], minlength=A).max(initial=0)
+    return bucket(int(into), 4), bucket(int(out), 4)
+
+
+def centre_slots(batch: Batch, species: int | None) -> int:
+    """Number C of centre slots in ``pair_tables`` for a term whose centres are the
+    real atoms of species index ``species`` (bucketed: few jit shapes); 0 for a term
+    over every atom (C is then the batch's atom count)."""
+    if species is None:
+        return 0
+    return bucket(int(np.sum((batch.species == species) & (batch.atom_mask > 0))), 1)
 
 
 def pair_tables(
-    batch: Batch, min_k: int = 0, keep: np.ndarray | None = None
+    batch: Batch,
+    min_k: tuple[int, int] = (0, 0),
+    keep: np.ndarray | None = None,
+    species: int | None = None,
+    min_c: int = 0,
 ) -> PairTables:
     """Per-atom tables of the real pairs (of those ``keep (P,)`` marks, if given: a
-    term's own, e.g. those inside its cutoff), ``max(pair_table_width, min_k)``
-    wide."""
+    term's own, e.g. those inside its cutoff), the pairs into each atom and out of
+    each atom at least ``min_k`` wide (``pair_table_widths``); the mean's centres
+    are every atom, or with ``species`` (an index) the real atoms of that species
+    in ``max(centre_slots, min_c)`` slots."""
     real = np.flatnonzero(
         batch.pair_mask > 0 if keep is None else (batch.pair_mask > 0) & keep
     )
     pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
     A = len(batch.species)
-    K = max(pair_table_width(batch, keep), min_k)
-    inc = _per_atom(batch.neighbour[real], real, A, K, pad_pair)
-    position = np.full(len(batch.pair_mask), A * K, dtype=np.int64)
+    widths = zip(pair_table_widths(batch, keep), min_k, strict=True)
+    K_in, K = (max(a, b) for a, b in widths)
+    inc = _per_atom(batch.neighbour[real], real, A, K_in, pad_pair)
+    position = np.full(len(batch.pair_mask), A * K_in, dtype=np.int64)
     slots = np.flatnonzero(batch.pair_mask[inc.ravel()] > 0)
     position[inc.ravel()[slots]] = slots
-    out = _per_atom(batch.centre[real], position[real], A, K, A * K)
-    return PairTables(inc, out, centre_pairs(batch, K, keep))
+    out = _per_atom(batch.centre[real], position[real], A, K, A * K_in)
+    return PairTables(inc, out, *centre_pairs(batch, K, keep, species, min_c))
 
 
-def centre_pairs(batch: Batch, K: int, keep: np.ndarray | None = None) -> np.ndarray:
-    """``(A, K)`` the real pairs (of those ``keep`` marks) out of each centre, padded
-    with a masked pair (``PairTables.by_centre``)."""
+def centre_pairs(
+    batch: Batch,
+    K: int,
+    keep: np.ndarray | None = None,
+    species: int | None = None,
+    min_c: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The real pairs (of those ``keep`` marks) out of each centre ``(C, K)``, padded
+    with a masked pair, the centres ``(C,)`` and their mask ``(C,)``
+    (``PairTables.by_centre``, ``centres``, ``centre_mask``): every atom, or with
+    ``species`` (an index) the real atoms of that species in
+    ``max(centre_slots, min_c)`` slots (padding: atom 0, masked, no pairs)."""
     real = np.flatnonzero(
         batch.pair_mask > 0 if keep is None else (batch.pair_mask > 0) & keep
     )
     pad_pair = int(np.flatnonzero(batch.pair_mask == 0)[0])
-    return _per_atom(batch.centre[real], real, len(batch.species), K, pad_pair)
+    A = len(batch.species)
+    rows = _per_atom(batch.centre[real], real, A, K, pad_pair)
+    if species is None:
+        return rows, np.arange(A), np.ones(A)
+    own = np.flatnonzero((batch.species == species) & (batch.atom_mask > 0))
+    C = max(centre_slots(batch, species), min_c)
+    centres, mask = np.zeros(C, np.int64), np.zeros(C)
+    centres[: len(own)], mask[: len(own)] = own, 1.0
+    out = np.full((C, K), pad_pair, np.int64)
+    out[: len(own)] = rows[own]
+    return out, centres, mask
 
 
 def padded_stream(

@@ -43,7 +43,13 @@ from gapfit.distance_2b import (
     pair_rows,
 )
 from gapfit.kernels import DotProductKernel, kernel_block
-from gapfit.neighbours import Batch, PairTables, centre_pairs, pair_table_width
+from gapfit.neighbours import (
+    Batch,
+    PairTables,
+    centre_pairs,
+    centre_slots,
+    pair_table_widths,
+)
 from gapfit.soap import SoapSpec
 from gapfit.variance import Std, soap_mean_and_energy_rows, soap_rows_and_priors
 
@@ -296,25 +302,50 @@ def term_pairs(spec: object, batch: Batch) -> np.ndarray | None:
     return keep
 
 
+def centre_species(spec: object) -> int | None:
+    """The species index whose atoms are a term's only centres (a SOAP term of one
+    element), None for a term over every atom."""
+    return spec.centre_index if isinstance(spec, SoapSpec) else None
+
+
+TABLE_SIZES = 3  # entries per term in table_widths
+
+
 def table_widths(specs: Sequence[object], batch: Batch) -> tuple[int, ...]:
-    """Per term (``specs`` in term order), the width of its per-atom tables of
-    ``batch`` (``term_pairs``): the elementwise largest over batches gives them one
-    jit shape."""
-    return tuple(pair_table_width(batch, term_pairs(spec, batch)) for spec in specs)
+    """Per term (``specs`` in term order) ``TABLE_SIZES`` sizes of its tables of
+    ``batch`` in one flat tuple ``(Kin_1, K_1, C_1, Kin_2, ...)``: the widths of its
+    per-atom tables of the pairs into and out of each atom (``term_pairs``,
+    ``neighbours.pair_table_widths``) and its centre slots C
+    (``neighbours.centre_slots``). The elementwise largest over batches gives them
+    one jit shape."""
+    return tuple(
+        size
+        for spec in specs
+        for size in (
+            *pair_table_widths(batch, term_pairs(spec, batch)),
+            centre_slots(batch, centre_species(spec)),
+        )
+    )
 
 
 def row_pairs(
     specs: Sequence[object], batch: Batch, widths: Sequence[int]
 ) -> tuple[np.ndarray | None, ...]:
     """Per term, the pairs its kernel rows run over (``blocks.design_rows``): its own
-    (``term_pairs``) by centre, ``(A K,)`` indices padded with a masked pair, K its
-    entry of ``widths`` (``table_widths``); None for every pair."""
+    (``term_pairs``) out of its centres (``centre_species``), ``(C K,)`` indices
+    padded with a masked pair, K and C its sizes in ``widths`` (``table_widths``);
+    None for every pair."""
     cutoff = max(spec.neighbour_cutoff for spec in specs)
+    n = TABLE_SIZES
+    sizes = [widths[k : k + n] for k in range(0, len(widths), n)]
+
+    def pairs(spec: object, K: int, C: int) -> np.ndarray:
+        keep = term_pairs(spec, batch)
+        return centre_pairs(batch, K, keep, centre_species(spec), C)[0].ravel()
+
     return tuple(
-        centre_pairs(batch, k, term_pairs(spec, batch)).ravel()
-        if own_pairs(spec, cutoff)
-        else None
-        for spec, k in zip(specs, widths, strict=True)
+        pairs(spec, K, C) if own_pairs(spec, cutoff) else None
+        for spec, (_, K, C) in zip(specs, sizes, strict=True)
     )
 
 
