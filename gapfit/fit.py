@@ -393,7 +393,8 @@ class GAP:
                 "learning (`gapfit learn`) takes one term of each kind: give one."
             )
         for name, (_, settings) in named.items():
-            given = [k for k in ("Z", "Z1", "Z2") if settings.get(k)]
+            # SOAP's Z, distance_2b's Z1/Z2, distance_Nb's Z={Z1 Z2} (0: any)
+            given = [k for k in ("Z", "Z1", "Z2") if np.any(settings.get(k) or 0)]
             if given:
                 raise GapfitError(
                     f"the {name} term covers one species ({given[0]}="
