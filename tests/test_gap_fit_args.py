@@ -80,6 +80,13 @@ DASHED = [
 ]
 
 
+def assert_noted(cmd: GapFitCommand, *words: str) -> None:
+    """Each of ``words`` is in the command's notes."""
+    notes = " ".join(cmd.ignored)
+    for word in words:
+        assert word in notes, (word, notes)
+
+
 def shell_words(command: str) -> list[str]:
     """``command``'s arguments as the shell hands them to gap_fit (POSIX rules)."""
     return shlex.split(command.replace("\\\n", " "))[1:]
@@ -440,13 +447,12 @@ def test_gap_fit_lines_take_gap_fits_defaults_where_gapfits_differ() -> None:
     soap, pair = cmd.gap_kwargs["soap"], cmd.gap_kwargs["distance_2b"]
     assert (soap["cutoff_transition_width"], soap["sparse_method"]) == (0.5, "random")
     assert pair["cutoff_transition_width"] == 0.5
-    notes = " ".join(cmd.ignored)
-    for word in (
+    assert_noted(
+        cmd,
         "soap cutoff_transition_width=0.5",
         "soap sparse_method=random",
         "distance_2b cutoff_transition_width=0.5",
-    ):
-        assert word in notes
+    )
     full = (
         "gap={distance_2b cutoff=4.0 cutoff_transition_width=0.5 : soap cutoff=4.0 "
         "n_max=4 l_max=3 zeta=4 cutoff_transition_width=0.5 sparse_method=random}"
@@ -683,12 +689,7 @@ def test_a_published_distance_nb_line_with_gap_fits_run_options_parses() -> None
         0.5,
         2.0,
     )
-    notes = " ".join(cmd.ignored)
-    for word in (
-        "openmp_chunk_size=10000 ignored",
-        "do_ip_timing=F ignored",
-        "e0_offset",
-    ):
-        assert word in notes
+    assert_noted(cmd, "openmp_chunk_size=10000 ignored", "do_ip_timing=F ignored")
+    assert_noted(cmd, "e0_offset=0.0 changes nothing")
     with pytest.raises(GapfitError, match=r"e0_offset=0.1.*e0=\{Cu"):
         parse_gap_fit_command(line.replace("e0_offset=0.0", "e0_offset=0.1"))
