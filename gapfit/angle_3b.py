@@ -52,19 +52,53 @@ THETA_MIN = 1e-8  # Å: a theta_fac length below this is 1 (gap_fit's rule)
 SAME = 1e-9  # Å (Å^2): triplet descriptors closer than this count as one
 
 
+FORMS = ("angle", "distances")  # gap_fit's angle_3b; its distance_Nb order=3
+# the orders of a triangle's three distances (r_ij, r_ik, r_jk) that relabelling
+# its atoms gives: the identity first
+ORDERS = ((0, 1, 2), (1, 0, 2), (0, 2, 1), (2, 1, 0), (1, 2, 0), (2, 0, 1))
+
+
 @dataclass(frozen=True)
 class TripletSpec(CutoffSpec):
-    """3-body settings (``CutoffSpec``; both neighbours inside ``cutoff``)."""
+    """3-body settings (``CutoffSpec``; both neighbours inside ``cutoff``);
+    ``form``: the descriptor, gap_fit's ``angle_3b`` (``"angle"``) or its
+    ``distance_Nb order=3 compact_clusters=T`` (``"distances"``: the triangle's
+    three distances, its kernel summed over their 6 orders, each triplet once; data
+    of one species)."""
 
     cutoff: float = 3.0
     cutoff_transition_width: float = 0.5
+    form: str = "angle"
     name = "angle_3b"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.form not in FORMS:
+            raise GapfitError(
+                f"angle_3b form={self.form!r} is not one of {FORMS}; refit."
+            )
 
     @property
     def n_types(self) -> int:
         """Centre species x unordered neighbour-species pairs."""
         S = len(self.species)
         return S * S * (S + 1) // 2
+
+    @property
+    def orders(self) -> tuple[tuple[int, int, int], ...]:
+        """The orders of the descriptor's components the kernel sums over."""
+        return ORDERS if self.form == "distances" else ORDERS[:1]
+
+    @property
+    def visits(self) -> int:
+        """Times each triplet counts: gap_fit's angle_3b lists (j, k) and (k, j)."""
+        return 2 if self.form == "angle" else 1
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if self.form == "angle":  # as gapfits before the distances form wrote it
+            del d["form"]
+        return d
 
 
 @partial(delta_leaf_pytree, static=("theta",))
@@ -91,9 +125,12 @@ def triplet_type(s_i, s_j, s_k, n_species: int):
     return s_i * (n_species * (n_species + 1) // 2) + pair_type(s_j, s_k, n_species)
 
 
-def descriptor(r):
-    """gap_fit's angle_3b descriptor ``(..., 3)`` of distances ``r (..., 3)``
-    (r_ij, r_ik, r_jk) in Å: numpy for numpy input, else JAX."""
+def descriptor(spec: TripletSpec, r):
+    """The descriptor ``(..., 3)`` of distances ``r (..., 3)`` (r_ij, r_ik, r_jk) in
+    Å: gap_fit's angle_3b ``(r_ij + r_ik, (r_ij - r_ik)^2, r_jk)``, or the distances
+    themselves (``form="distances"``); numpy for numpy input, else JAX."""
+    if spec.form == "distances":
+        return r
     xp = np if isinstance(r, np.ndarray) else jnp
     return xp.stack(
         [r[..., 0] + r[..., 1], (r[..., 0] - r[..., 1]) ** 2, r[..., 2]], axis=-1
@@ -140,19 +177,23 @@ def triplets(spec: TripletSpec, b: dict) -> Triplets:
 
 
 def _envelope(spec: TripletSpec, r: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``f = 2 f_c(r_ij) f_c(r_ik)`` ``(T,)`` and ``df/dr`` ``(T, 3)``."""
+    """``f = v f_c(r_ij) f_c(r_ik)`` ``(T,)`` (``v = spec.visits``) and ``df/dr``
+    ``(T, 3)``."""
     fc, dfc = jax.jvp(
         lambda x: cutoff_function(spec, x), (r[:, :2],), (jnp.ones_like(r[:, :2]),)
     )
-    f = 2 * fc[:, 0] * fc[:, 1]
+    v = spec.visits
+    f = v * fc[:, 0] * fc[:, 1]
     df = jnp.stack(
-        [2 * dfc[:, 0] * fc[:, 1], 2 * fc[:, 0] * dfc[:, 1], jnp.zeros_like(f)], -1
+        [v * dfc[:, 0] * fc[:, 1], v * fc[:, 0] * dfc[:, 1], jnp.zeros_like(f)], -1
     )
     return f, df
 
 
-def _jacobian(r: jax.Array) -> jax.Array:
+def _jacobian(spec: TripletSpec, r: jax.Array) -> jax.Array:
     """``dd_a / dr_s`` ``(T, 3 [a], 3 [s])`` of the descriptor."""
+    if spec.form == "distances":
+        return jnp.broadcast_to(jnp.eye(3), (r.shape[0], 3, 3))
     one, zero = jnp.ones_like(r[:, 0]), jnp.zeros_like(r[:, 0])
     two_diff = 2 * (r[:, 0] - r[:, 1])
     return jnp.stack(
@@ -169,7 +210,7 @@ def slope_coefficients(spec: TripletSpec, tri: Triplets) -> jax.Array:
     """``(T, 3 [s], 4)``: ``du/dr_s`` on ``(eps, deps/dd_0..2)`` at each triplet
     (``(df/dr_s, f dd/dr_s)``; 0 for padded triplets)."""
     f, df = _envelope(spec, tri.r)
-    J = _jacobian(tri.r)
+    J = _jacobian(spec, tri.r)
     c = jnp.concatenate([df[:, :, None], f[:, None, None] * jnp.swapaxes(J, 1, 2)], -1)
     return c * tri.mask[:, None, None]
 
@@ -209,7 +250,7 @@ def triplet_rows(
     A, C, M = b["species"].shape[0], b["config_mask"].shape[0], Z_t.shape[0]
     theta2 = (jnp.asarray(kernel.theta) ** 2)[None, :]
     per = {
-        "d": descriptor(tri.r),
+        "d": descriptor(spec, tri.r),
         "types": tri.types,
         "f": _envelope(spec, tri.r)[0] * tri.mask,
         "c": slope_coefficients(spec, tri),
@@ -222,14 +263,17 @@ def triplet_rows(
 
     def step(acc, x):
         energy, forces, virial, local = acc
-        k = _kernel_tile(kernel, x["d"], x["types"], Z_d, Z_t)
-        e = x["f"][:, None] * k  # (B, M)
-        # du/dr_s = k (c_s0 - sum_a c_sa (d_a - z_a) / theta_a^2)
-        cl = x["c"][:, :, 1:] / theta2[None]  # (B, 3 [s], 3 [a])
-        offset = jnp.einsum("bsa,ba->bs", cl, x["d"])[:, :, None] - jnp.einsum(
-            "bsa,ma->bsm", cl, Z_d
-        )
-        slopes = k[:, None, :] * (x["c"][:, :, :1] - offset)
+        k_sum, slopes = 0.0, 0.0
+        for d, c in _orders(spec, x["d"], x["c"]):
+            k = _kernel_tile(kernel, d, x["types"], Z_d, Z_t)
+            # du/dr_s = k (c_s0 - sum_a c_sa (d_a - z_a) / theta_a^2)
+            cl = c[:, :, 1:] / theta2[None]  # (B, 3 [s], 3 [a])
+            offset = jnp.einsum("bsa,ba->bs", cl, d)[:, :, None] - jnp.einsum(
+                "bsa,ma->bsm", cl, Z_d
+            )
+            slopes = slopes + k[:, None, :] * (c[:, :, :1] - offset)
+            k_sum = k_sum + k
+        e = x["f"][:, None] * k_sum  # (B, M)
         grads = _atom_gradients(x["unit"], slopes)  # (B, 3, 3, M) dE/dr
         forces = forces.at[x["atoms"]].add(-grads)
         W = -jnp.einsum("bsv,bsm->bvm", _levers(x["r"], x["unit"]), slopes)
@@ -253,7 +297,7 @@ def triplet_rows(
 def _triplet_energies(spec, kernel, Z_d, Z_t, weights, tri) -> tuple[jax.Array, ...]:
     """``u (T,)`` eV and ``du/dr_s (T, 3)`` eV/Å of every triplet, in blocks."""
     per = {
-        "d": descriptor(tri.r),
+        "d": descriptor(spec, tri.r),
         "types": tri.types,
         "f": _envelope(spec, tri.r)[0] * tri.mask,
         "c": slope_coefficients(spec, tri),
@@ -262,12 +306,14 @@ def _triplet_energies(spec, kernel, Z_d, Z_t, weights, tri) -> tuple[jax.Array, 
     theta2 = (jnp.asarray(kernel.theta) ** 2)[None, :]
 
     def block(x):
-        kw = _kernel_tile(kernel, x["d"], x["types"], Z_d, Z_t) * weights[None, :]
-        eps = jnp.sum(kw, axis=1)
-        grad = (kw @ Z_d - x["d"] * eps[:, None]) / theta2  # d eps / d d
-        slopes = x["c"][:, :, 0] * eps[:, None] + jnp.einsum(
-            "bsa,ba->bs", x["c"][:, :, 1:], grad
-        )
+        eps, slopes = 0.0, 0.0
+        for d, c in _orders(spec, x["d"], x["c"]):
+            kw = _kernel_tile(kernel, d, x["types"], Z_d, Z_t) * weights[None, :]
+            e = jnp.sum(kw, axis=1)
+            grad = (kw @ Z_d - d * e[:, None]) / theta2  # d eps / d d
+            slopes = slopes + c[:, :, 0] * e[:, None]
+            slopes = slopes + jnp.einsum("bsa,ba->bs", c[:, :, 1:], grad)
+            eps = eps + e
         return x["f"] * eps, slopes
 
     u, slopes = jax.lax.map(block, blocked(per, MEAN_BLOCK))
@@ -373,7 +419,7 @@ def triplet_priors(
     del tables
     tri = triplets(spec, b)
     A, C = b["species"].shape[0], b["config_mask"].shape[0]
-    d = descriptor(tri.r)
+    d = descriptor(spec, tri.r)
     f = _envelope(spec, tri.r)[0] * tri.mask
     # energies, local energies and virials: double sums over each configuration's
     # triplets in tiles (t, u >= t), off-diagonal tiles counted twice
@@ -386,12 +432,17 @@ def triplet_priors(
 
     def tile(tu):
         x, y = ({k: v[i] for k, v in tiles.items()} for i in tu)
-        k = _kernel_tile(kernel, x["d"], x["t"], y["d"], y["t"])
-        k = k * (x["config"][:, None] == y["config"][None, :])
+        same_config = x["config"][:, None] == y["config"][None, :]
+        k, grads = 0.0, 0.0
+        for d, c in _orders(spec, x["d"], x.get("c")):
+            k_o = _kernel_tile(kernel, d, x["t"], y["d"], y["t"]) * same_config
+            if forces:
+                grads = grads + _gradient_sums(k_o, kernel.theta, d, c, y["d"], y["c"])
+            k = k + k_o
         same_centre = x["i"][:, None] == y["i"][None, :]
         out = [x["f"] * (k @ y["f"]), x["f"] * ((k * same_centre) @ y["f"])]
         if forces:
-            out.append(_gradient_sums(k, kernel.theta, x["d"], x["c"], y["d"], y["c"]))
+            out.append(grads)
         twice = jnp.where(tu[0] == tu[1], 1.0, 2.0)
         return [twice * o for o in out]
 
@@ -415,8 +466,11 @@ def triplet_priors(
 
     def atom_sums(x):
         def one(d, t, c):
-            k = _kernel_tile(kernel, d, t, d, t)
-            return jnp.sum(_gradient_sums(k, kernel.theta, d, c, d, c), axis=0)
+            total = 0.0
+            for d_o, c_o in _orders(spec, d, c):
+                k = _kernel_tile(kernel, d_o, t, d, t)
+                total = total + _gradient_sums(k, kernel.theta, d_o, c_o, d, c)
+            return jnp.sum(total, axis=0)
 
         return jax.vmap(one)(x["d"], x["t"], x["c"])
 
@@ -443,10 +497,31 @@ def triplet_mean_and_energy_rows(
 
 
 def triplet_kernel_block(
-    kernel: ARDKernel, d: jax.Array, t: jax.Array, d2: jax.Array, t2: jax.Array
+    spec: TripletSpec,
+    kernel: ARDKernel,
+    d: jax.Array,
+    t: jax.Array,
+    d2: jax.Array,
+    t2: jax.Array,
 ) -> jax.Array:
-    """``K (n, m)`` of triplet descriptors (no cutoff; 0 across types)."""
-    return _kernel_tile(kernel, d, t, d2, t2)
+    """``K (n, m)`` of triplet descriptors (no cutoff; 0 across types), summed over
+    ``spec.orders``."""
+    return sum(_kernel_tile(kernel, d_o, t, d2, t2) for d_o, _ in _orders(spec, d))
+
+
+def _orders(
+    spec: TripletSpec, d: jax.Array, c: jax.Array | None = None
+) -> list[tuple[jax.Array, jax.Array | None]]:
+    """``(d, c)`` with the descriptor's components ``d (n, 3)`` and the coefficients'
+    on them (``c (n, ..., 4)``: on ``(eps, grad eps)``) put in each order the kernel
+    sums over (``spec.orders``): ``k(d, d') = sum_o k_SE(d[o], d')``."""
+    if len(spec.orders) == 1:  # the identity
+        return [(d, c)]
+    out = []
+    for o in spec.orders:
+        cols = (0, *(1 + a for a in o))
+        out.append((d[:, list(o)], None if c is None else c[..., list(cols)]))
+    return out
 
 
 # ---- sparse points ---------------------------------------------------------------
@@ -456,7 +531,8 @@ def batch_descriptors(spec: TripletSpec, batch: Batch) -> tuple[np.ndarray, ...]
     real = (batch.pair_mask[p] * batch.pair_mask[q]) > 0
     p, q = p[real], q[real]
     D_p, D_q = batch.D[p], batch.D[q]
-    d = descriptor(np.linalg.norm(np.stack([D_p, D_q, D_p - D_q], 1), axis=-1))
+    r = np.linalg.norm(np.stack([D_p, D_q, D_p - D_q], 1), axis=-1)
+    d = descriptor(spec, r)
     s = batch.species
     types = triplet_type(
         s[batch.centre[p]],

@@ -419,7 +419,9 @@ _FIT_EPILOG = "\n\n".join(
     metavar="SETTINGS",
     help="Add a 3-body term: ARD squared-exponential GP of each triplet's "
     "(r_ij + r_ik, (r_ij - r_ik)^2, r_jk) per centre species and neighbour pair, "
-    "settings 'key=value ...' (see below). [gap_fit: gap={angle_3b ...}]",
+    "settings 'key=value ...' (see below; 'distance_Nb order=3 ...' reads gap_fit's "
+    "distance_Nb: the triangle's three distances, data of one element). [gap_fit: "
+    "gap={angle_3b ...} or gap={distance_Nb order=3 ...}]",
 )
 @click.option(
     "--default-sigma",

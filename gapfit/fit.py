@@ -610,11 +610,21 @@ def _triplet_spec(
             "over triplets of different species is not implemented; use "
             "add_species=T."
         )
+    form = "distances" if triplet.get("order") else "angle"
+    if form == "distances" and len(species) > 1:
+        raise GapfitError(
+            f"distance_Nb order=3 on data of species {_symbols(species)}: gapfit "
+            "reads it on data of one element, where gap_fit's kernel sums over all 6 "
+            "orders of a triangle's atoms; on several elements gap_fit sums over "
+            "orders of its sorted elements that do not follow the triangle's atoms "
+            "(its central atom stays first), which gapfit does not reproduce: use "
+            "angle_3b there."
+        )
     theta = triplet["theta_uniform"] or 1.0
-    return (
-        TripletSpec(species, triplet["cutoff"], triplet["cutoff_transition_width"]),
-        ARDKernel(triplet["delta"], (theta,) * 3),
+    spec = TripletSpec(
+        species, triplet["cutoff"], triplet["cutoff_transition_width"], form
     )
+    return spec, ARDKernel(triplet["delta"], (theta,) * 3)
 
 
 def _soap_spec(
@@ -667,7 +677,10 @@ def triplet_term(
     triplets: ``theta_fac`` lengths measured on them, sparse points chosen among
     them (``kernel``'s delta kept)."""
     if triplet["theta_fac"] is not None:
-        kernel = ARDKernel(kernel.delta, theta_from_factor(d, triplet["theta_fac"]))
+        theta = theta_from_factor(d, triplet["theta_fac"])
+        if spec.form == "distances":  # gap_fit averages theta over the orders
+            theta = (float(np.mean(theta)),) * 3
+        kernel = ARDKernel(kernel.delta, theta)
     Z_d, Z_t = triplet_sparse_points(
         d, types, triplet["n_sparse"], triplet["sparse_method"], seed
     )

@@ -58,6 +58,7 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "gap={distance_2b ...}": ("--distance-2b", "distance_2b="),
     "gap={distance_Nb order=2 ...}": ("--distance-2b", "distance_2b="),
     "gap={angle_3b ...}": ("--angle-3b", "angle_3b="),
+    "gap={distance_Nb order=3 ...}": ("--angle-3b", "angle_3b="),
     "default_sigma": ("--default-sigma", "default_sigma="),
     "config_type_sigma": ("--config-type-sigma", "config_type_sigma="),
     "sigma_per_atom": ("--sigma-per-atom/--no-sigma-per-atom", "sigma_per_atom="),
@@ -364,8 +365,8 @@ def join_braces(tokens: Sequence[str]) -> list[str]:
 def parse_gap_string(text: str) -> dict[str, list[str]]:
     """gap_fit's ``gap={desc1 ... : desc2 ...}`` as ``{descriptor: [settings text of
     each term of that kind, in order]}`` (``soap``, ``distance_2b``, ``angle_3b``;
-    absent ones left out; a ``distance_Nb`` term is a ``distance_2b`` one whose text
-    keeps its word, for ``parse_distance_2b``).
+    absent ones left out; a ``distance_Nb`` term is a ``distance_2b`` one, or an
+    ``angle_3b`` one with ``order=3``, whose text keeps its word for the parser).
 
     Descriptors are separated by ``:`` or ``;`` outside inner braces, as in gap_fit;
     ``gap_kwargs`` validates each.
@@ -392,11 +393,13 @@ def parse_gap_string(text: str) -> dict[str, list[str]]:
                 hint = f" Did you mean '{close[0]}'?" if close else ""
             raise GapfitError(
                 f"gap_fit descriptor '{words[0]}' is not supported by gapfit; it "
-                "implements soap, distance_2b, distance_Nb order=2 (its 2-body "
-                f"form) and angle_3b.{hint}"
+                "implements soap, distance_2b, angle_3b and distance_Nb of order 2 "
+                f"and 3.{hint}"
             )
-        if name == "distance_nb":  # its 2-body form: a distance_2b term, word kept
-            found.setdefault("distance_2b", []).append(" ".join(words))
+        if name == "distance_nb":  # a 2-body or 3-body term by its order, word kept
+            orders = [w[6:] for w in words if w.lower().startswith("order=")]
+            kind = "angle_3b" if orders and orders[0].strip() == "3" else "distance_2b"
+            found.setdefault(kind, []).append(" ".join(words))
         else:
             found.setdefault(name, []).append(" ".join(words[1:]))
     return found

@@ -25,7 +25,8 @@ Settings = str | Mapping[str, Any]  # one term's settings: "key=value ..." or a 
 
 # several 3-body terms would need one triplet list per cutoff
 ONE_ANGLE_3B = (
-    "gapfit fits one angle_3b term (it covers every species triplet): give one."
+    "gapfit fits one 3-body term (angle_3b or distance_Nb order=3; it covers every "
+    "species triplet): give one."
 )
 
 F0_HELP = "0.0 (eV, the GP's prior mean; e0 carries the energy offset)"
@@ -118,6 +119,8 @@ DISTANCE_2B_HELP = {
 }
 
 ANGLE_3B_DEFAULTS: dict[str, Any] = {
+    "order": 0,
+    "compact_clusters": True,
     "cutoff": 3.0,
     "cutoff_transition_width": 0.5,
     "covariance_type": "ard_se",
@@ -127,9 +130,14 @@ ANGLE_3B_DEFAULTS: dict[str, Any] = {
     "n_sparse": 200,
     "sparse_method": "uniform",
     "add_species": True,
+    "Z": None,
     "f0": 0.0,
 }
 ANGLE_3B_HELP = {
+    "order": "3 for gap_fit's distance_Nb order=3 (its 3-body form, data of one "
+    "species; 0: angle_3b)",
+    "compact_clusters": "distance_Nb: T (both neighbours of the centre within the "
+    "cutoff; F is not implemented)",
     "cutoff": "Å, both neighbours of the centre within it",
     "cutoff_transition_width": "Å, cosine cutoff width",
     "covariance_type": "ard_se (squared exponential; gap_fit's 'gaussian')",
@@ -140,6 +148,7 @@ ANGLE_3B_HELP = {
     "sparse_method": "uniform (grid over the descriptor range) or random",
     "add_species": "T (one GP per centre species and neighbour pair); F for data "
     "of one species",
+    "Z": "distance_Nb: {Z Z Z}, the element of its atoms (add_species=F)",
     "f0": F0_HELP,
 }
 
@@ -232,6 +241,7 @@ _ANGLE_3B = _Kind(
         "theta_fac",
         "n_sparse",
     ),
+    other_words=("distance_nb",),
 )
 DESCRIPTOR_WORDS = (_SOAP.word, _DISTANCE_2B.word, "distance_nb", _ANGLE_3B.word)
 
@@ -319,13 +329,14 @@ def parse_distance_2b(settings: str | Mapping[str, Any] | None) -> dict[str, Any
         pair, written = (out["Z1"], out["Z2"]), f"Z1={out['Z1']} Z2={out['Z2']}"
     else:
         if out["order"] != 2:
-            why = (
-                "gapfit's 3-body term is angle_3b (gap={angle_3b ...})"
-                if out["order"] == 3
-                else "gapfit reads its 2-body form, order=2"
-            )
+            if out["order"] == 3:
+                raise GapfitError(
+                    "distance_Nb order=3 is a 3-body term: give it as one "
+                    '(--angle-3b "distance_Nb order=3 ...", angle_3b=...).'
+                )
             raise GapfitError(
-                f"distance_Nb order={out['order']} is not implemented; {why}."
+                f"distance_Nb order={out['order']} is not implemented; gapfit reads "
+                "its 2-body (order=2) and 3-body (order=3) forms."
             )
         if out["Z1"] or out["Z2"]:
             raise GapfitError(
@@ -363,6 +374,8 @@ def parse_angle_3b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
         settings: a gap_fit string ``"[angle_3b] key=value ..."`` or a mapping.
     """
     out = _width_inside_cutoff(_parse(settings, _ANGLE_3B), _ANGLE_3B)
+    if out["order"] or out["Z"] is not None or not out["compact_clusters"]:
+        _distance_nb_3(out)
     if out["theta_uniform"] is not None and out["theta_fac"] is not None:
         raise GapfitError(
             "angle_3b: theta_uniform and theta_fac both set the length scales "
@@ -371,6 +384,37 @@ def parse_angle_3b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
     if out["theta_uniform"] is None and out["theta_fac"] is None:
         out["theta_uniform"] = 1.0
     return out
+
+
+def _distance_nb_3(out: dict[str, Any]) -> None:
+    """Check the distance_Nb keys of parsed 3-body settings ``out`` (order=3,
+    compact clusters, ``Z`` of one element or any) and fill in ``Z``."""
+    if out["order"] != 3:
+        if out["order"] == 2:
+            why = "it is a 2-body term: give it as one (--distance-2b, distance_2b=)"
+        elif not out["order"]:
+            why = "Z and compact_clusters are distance_Nb settings: add order=3"
+        else:
+            why = "gapfit reads its 2-body (order=2) and 3-body (order=3) forms"
+        raise GapfitError(f"distance_Nb order={out['order']} as a 3-body term: {why}.")
+    if not out["compact_clusters"]:
+        raise GapfitError(
+            "distance_Nb order=3 compact_clusters=F (clusters of mutual neighbours) is "
+            "not implemented; use compact_clusters=T (both neighbours of a centre)."
+        )
+    Z = out["Z"] or [0, 0, 0]
+    if len(Z) != 3 or len(set(Z)) > 1:
+        raise GapfitError(
+            f"distance_Nb order=3 Z={{{' '.join(map(str, Z))}}}: gapfit reads three "
+            "atoms of one element (e.g. Z={14 14 14}) or of any (0)."
+        )
+    if out["add_species"] and any(Z):
+        raise GapfitError(
+            f"distance_Nb Z={{{' '.join(map(str, Z))}}} with add_species=T: "
+            "add_species=T makes the term for the data's element itself; set "
+            "add_species=F to give Z."
+        )
+    out["Z"] = list(Z)
 
 
 # ------------------------------------------------------------------------------------
@@ -573,9 +617,9 @@ def _atomic_numbers(raw: Any, kind: _Kind) -> list[int]:
     return sorted({int(z) for z in numbers})
 
 
-def _pair_numbers(raw: Any) -> list[int]:
-    """distance_Nb's ``Z={29 79}`` (braces optional; or a sequence) as two sorted
-    atomic numbers (0: any species)."""
+def _cluster_numbers(raw: Any, order: int) -> list[int]:
+    """distance_Nb's ``Z={29 79}`` (braces optional; or a sequence) as ``order``
+    sorted atomic numbers (0: any species)."""
     if isinstance(raw, str):
         values: Any = raw.strip().removeprefix("{").removesuffix("}")
         values = values.replace(",", " ").split()
@@ -585,10 +629,10 @@ def _pair_numbers(raw: Any) -> list[int]:
         numbers = [float(v) for v in values]
     except (TypeError, ValueError):
         numbers = []
-    if len(numbers) != 2 or not all(0 <= z <= 118 and z == int(z) for z in numbers):
+    if len(numbers) != order or not all(0 <= z <= 118 and z == int(z) for z in numbers):
         raise GapfitError(
-            f"distance_Nb setting Z={raw!r} is not two atomic numbers (order=2); "
-            "write e.g. Z={29 79}."
+            f"distance_Nb setting Z={raw!r} is not {order} atomic numbers (order="
+            f"{order}); write e.g. Z={{{' '.join(['29'] * order)}}}."
         )
     return sorted(int(z) for z in numbers)
 
@@ -603,7 +647,9 @@ def _convert(kind: _Kind, key: str, raw: Any) -> Any:
     if key == "species_Z":
         return _atomic_numbers(raw, kind)
     if key == "Z" and kind is _DISTANCE_2B:
-        return _pair_numbers(raw)
+        return _cluster_numbers(raw, 2)
+    if key == "Z" and kind is _ANGLE_3B:
+        return _cluster_numbers(raw, 3)
     if isinstance(raw, str):  # gap_fit writes one value in braces too: Z={29}
         raw = raw.strip().removeprefix("{").removesuffix("}")
         if key == "Z" and len(raw.replace(",", " ").split()) > 1:

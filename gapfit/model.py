@@ -360,6 +360,8 @@ class Model:
         formats instead of misreading them)."""
         if any(t.kind == "distance_2b" for t in self.terms):
             return FORMAT_VERSION  # its pairs' visits (2 since, 1 before)
+        if any("form" in t.spec.to_dict() for t in self.terms):
+            return FORMAT_VERSION  # distance_Nb's 3-body form
         if any(t.spec.to_dict().keys() & {"centre", "pair"} for t in self.terms):
             return SPECIES_TERM_FORMAT
         if any(t.name != t.kind for t in self.terms):

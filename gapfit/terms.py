@@ -236,7 +236,7 @@ class TripletTerm:
 
     def K_mm(self) -> jax.Array:
         d, t = self._z
-        return triplet_kernel_block(self.kernel, d, t, d, t)
+        return triplet_kernel_block(self.spec, self.kernel, d, t, d, t)
 
     def rows(self, b: dict, pairs: None = None) -> Rows:
         """Kernel rows (over the batch's triplets: no ``pairs``)."""

@@ -58,11 +58,12 @@ def cu_au_frames(seed: int, n_cu: int, n_alloy: int) -> list[Atoms]:
     return [emt_labelled(a) for a in cells]
 
 
-def clear_alloy_cell(seed: int, kinks: tuple[float, ...]) -> Atoms:
-    """A gently rattled Cu/Au cell none of whose distances (to 5.5 Å) lies within
-    0.02 Å of a cutoff function's kink, where finite differences lose accuracy."""
+def clear_alloy_cell(seed: int, kinks: tuple[float, ...], n_au: int = 6) -> Atoms:
+    """A gently rattled Cu/Au cell (``n_au`` Au atoms) none of whose distances (to
+    5.5 Å) lies within 0.02 Å of a cutoff function's kink, where finite differences
+    lose accuracy."""
     rng = np.random.default_rng(seed)
-    atoms = alloy(cu_cell(rng, rattle=0.04, strain=0.01), rng)
+    atoms = alloy(cu_cell(rng, rattle=0.04, strain=0.01), rng, n_au)
     d = neighbor_list("d", atoms, 5.5)
     assert np.abs(d[:, None] - np.array(kinks)[None]).min() > 0.02, "near a kink"
     return atoms

@@ -1,7 +1,7 @@
-"""The 3-body term (gap_fit's angle_3b) against a reference written here from its
-definition: triplets enumerated with ASE's neighbour list in Python, the energy and
-the prior covariance as plain JAX functions of positions and strain, differentiated
-by autodiff."""
+"""The 3-body term (gap_fit's angle_3b, and its distance_Nb order=3) against a
+reference written here from its definition: triplets enumerated with ASE's neighbour
+list in Python, the energy and the prior covariance as plain JAX functions of
+positions and strain, differentiated by autodiff."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ from gapfit.update import refit, update
 CUTOFF, WIDTH = 3.2, 0.6
 SPEC_KW = {"cutoff": CUTOFF, "cutoff_transition_width": WIDTH}
 KERNEL = ARDKernel(0.3, (0.8, 0.5, 0.7))
+# gap_fit symmetrises distance_Nb's lengths over the orders it sums: one length
+KERNELS = {"angle": KERNEL, "distances": ARDKernel(0.3, (0.6, 0.6, 0.6))}
 
 
 def _cell(seed: int = 0, alloy: bool = False, primitive: bool = False):
@@ -74,7 +76,8 @@ class Reference:
     """Triplets of ``atoms`` from ASE, geometry as a JAX function of positions and a
     deformation of the cell."""
 
-    def __init__(self, atoms, species):
+    def __init__(self, atoms, species, form: str = "angle"):
+        self.form, self.kernel = form, KERNELS[form]
         i, j, S = neighbor_list("ijS", atoms, CUTOFF)
         rows = [
             (c, j[a], *S[a], j[b], *S[b])
@@ -115,15 +118,29 @@ class Reference:
         return 0.5 * (1 + jnp.cos(jnp.pi * x))
 
     def features(self, pos, strain):
-        """Descriptors (T, 3) and envelopes 2 fc fc (T,)."""
+        """Descriptors (T, 3) and envelopes (T,): angle_3b's with 2 fc fc (both
+        orders of j, k); distance_Nb's, the distances, with fc fc (once)."""
         r1, r2, r3 = self.distances(pos, strain)
+        if self.form == "distances":
+            return jnp.stack([r1, r2, r3], axis=1), self.fc(r1) * self.fc(r2)
         d = jnp.stack([r1 + r2, (r1 - r2) ** 2, r3], axis=1)
         return d, 2 * self.fc(r1) * self.fc(r2)
 
     def k(self, d1, t1, d2, t2):
-        th = jnp.asarray(KERNEL.theta)
-        q = jnp.sum(((d1[:, None] - d2[None]) / th[None, None]) ** 2, axis=-1)
-        return KERNEL.delta**2 * jnp.exp(-0.5 * q) * (t1[:, None] == t2[None])
+        """ARD squared exponential; distance_Nb's summed over the 6 orders of the
+        first descriptor's components (every relabelling of a triangle's atoms)."""
+        th = jnp.asarray(self.kernel.theta)
+        orders = (
+            itertools.permutations(range(3))
+            if self.form == "distances"
+            else [(0, 1, 2)]
+        )
+        k = 0.0
+        for o in orders:
+            x = d1[:, list(o)]
+            q = jnp.sum(((x[:, None] - d2[None]) / th[None, None]) ** 2, axis=-1)
+            k = k + self.kernel.delta**2 * jnp.exp(-0.5 * q)
+        return k * (t1[:, None] == t2[None])
 
     def energy(self, pos, strain, Zd, Zt, w):
         d, f = self.features(pos, strain)
@@ -139,10 +156,10 @@ class Reference:
         return f1 @ self.k(d1, self.types, d2, self.types) @ f2
 
 
-def _setup(cell: str):
+def _setup(cell: str, form: str = "angle"):
     atoms = _cell(1, alloy=cell == "alloy", primitive=cell == "images")
     species = (29, 79) if cell == "alloy" else (29,)
-    spec = TripletSpec(species, **SPEC_KW)
+    spec = TripletSpec(species, **SPEC_KW, form=form)
     batch = make_batch([atoms], species, CUTOFF, triplet_cutoff=CUTOFF)
     d, t = batch_descriptors(spec, batch)
     Zd, Zt = triplet_sparse_points(d, t, 15, "uniform", 3)
@@ -150,18 +167,24 @@ def _setup(cell: str):
     return atoms, species, spec, batch, Zd, Zt, w
 
 
-CELLS = ["alloy", "images"]  # species types; a cell of periodic self-images
+# species types; a cell of periodic self-images; distance_Nb's form (one element)
+CELLS = [
+    ("alloy", "angle"),
+    ("images", "angle"),
+    ("cu", "distances"),
+    ("images", "distances"),
+]
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_mean_and_rows_match_the_reference(cell):
-    atoms, species, spec, batch, Zd, Zt, w = _setup(cell)
-    ref = Reference(atoms, species)
+@pytest.mark.parametrize("cell, form", CELLS)
+def test_mean_and_rows_match_the_reference(cell, form):
+    atoms, species, spec, batch, Zd, Zt, w = _setup(cell, form)
+    ref = Reference(atoms, species, form)
     assert len(ref.c) == len(batch_descriptors(spec, batch)[0])
     b, tables = batch._asdict(), pair_tables(batch)
     args = (jnp.asarray(Zd), jnp.asarray(Zt))
-    mean = triplet_mean(spec, KERNEL, *args, jnp.asarray(w), b, tables)
-    rows = triplet_rows(spec, KERNEL, *args, b)
+    mean = triplet_mean(spec, ref.kernel, *args, jnp.asarray(w), b, tables)
+    rows = triplet_rows(spec, ref.kernel, *args, b)
     n = len(atoms)
     zero = jnp.zeros((3, 3))
     E = ref.energy(atoms.positions, zero, Zd, Zt, w)
@@ -180,11 +203,12 @@ def test_mean_and_rows_match_the_reference(cell):
     assert np.abs(forces).max() > 0.1  # not a vacuous comparison
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_prior_variances_match_the_reference(cell):
-    atoms, species, spec, batch, *_ = _setup(cell)
-    ref = Reference(atoms, species)
-    priors = triplet_priors(spec, KERNEL, batch._asdict(), pair_tables(batch), True)
+@pytest.mark.parametrize("cell, form", CELLS)
+def test_prior_variances_match_the_reference(cell, form):
+    atoms, species, spec, batch, *_ = _setup(cell, form)
+    ref = Reference(atoms, species, form)
+    b, tables = batch._asdict(), pair_tables(batch)
+    priors = triplet_priors(spec, ref.kernel, b, tables, True)
     pos, zero, n = atoms.positions, jnp.zeros((3, 3)), len(atoms)
     np.testing.assert_allclose(
         priors.energy[0], ref.covariance(pos, zero, pos, zero), rtol=1e-11

@@ -1,15 +1,24 @@
-"""gap_fit's ``distance_Nb order=2`` (its 2-body form, as wfl writes it): a 2-body term
-whose kernel sums over the two orders of a pair of one species, each pair counted in
-both orders (``compact_clusters=T``) or once (``F``). The dense-GP reference of the
-counting and the permutation sum is in ``test_sparse_gp.py``."""
+"""gap_fit's ``distance_Nb`` as wfl writes it. ``order=2``: a 2-body term whose kernel
+sums over the two orders of a pair of one species, each pair counted in both orders
+(``compact_clusters=T``) or once (``F``); the dense-GP reference of the counting and
+the permutation sum is in ``test_sparse_gp.py``. ``order=3``: the 3-body term over
+the triangle's three distances, its kernel summed over their orders (data of one
+element); the reference from its definition is in ``test_angle_3b.py``."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 from ase.io import write
+from checks import (
+    assert_forces_match_fd,
+    assert_stress_matches_strain_fd,
+    assert_symmetries,
+)
 from click.testing import CliRunner
-from emt_cells import cu_au_frames
+from emt_cells import clear_alloy_cell, cu_au_frames, cu_cells, predictor
 
 from gapfit.cli import main
 from gapfit.errors import GapfitError
@@ -110,12 +119,12 @@ def test_compact_clusters_f_counts_each_pair_once(frames):
     "text, words",
     [
         ("distance_Nb cutoff=4", ["needs order="]),
-        ("distance_Nb order=3 cutoff=3", ["order=3 is not implemented", "angle_3b"]),
-        ("distance_Nb order=1 cutoff=3", ["order=1 is not implemented", "order=2"]),
+        ("distance_Nb order=3 cutoff=3", ["3-body term", "--angle-3b"]),
+        ("distance_Nb order=1 cutoff=3", ["order=1 is not implemented", "order=3"]),
         ("distance_2b order=2 cutoff=4", ["setting of gap_fit's distance_Nb"]),
         ("distance_Nb order=2 add_species=F Z1=29 Z2=79", ["Z={Z1 Z2}"]),
         ("distance_Nb order=2 Z={29 79}", ["with add_species=T", "add_species=F"]),
-        ("distance_Nb order=2 add_species=F Z={29}", ["not two atomic numbers"]),
+        ("distance_Nb order=2 add_species=F Z={29}", ["not 2 atomic numbers"]),
         ("cutoff=4 compact_clusters=F", ["distance_Nb", "Z1= Z2="]),
         ("cutoff=4 Z={29 79}", ["distance_Nb", "Z1= Z2="]),
     ],
@@ -143,3 +152,72 @@ def test_active_learning_takes_a_distance_nb_term_over_every_pair() -> None:
     one_pair = NB.replace("add_species=T", "add_species=F Z={29 79}")
     with pytest.raises(GapfitError, match=r"covers one species \(Z=\[29, 79\]\)"):
         GAP(distance_2b=one_pair)._settings()
+
+
+# wfl's 3-body string (distance_Nb order=3), on data of one element
+NB3 = (
+    "distance_Nb order=3 f0=0.0 add_species=T cutoff=3.25 n_sparse=12 "
+    "covariance_type=ard_se delta=0.3 theta_uniform=1.0 sparse_method=uniform "
+    "compact_clusters=T"
+)
+
+
+def test_wfl_2_3_body_and_soap_line_fits_one_element(tmp_path):
+    """wfl's 2-body + 3-body + SOAP line on Cu: the 3-body term is distance_Nb's
+    (the three distances, kernel summed over their orders: exact against the
+    definition in ``test_angle_3b.py``); its forces and stress are derivatives of
+    its energy, its predictions invariant (with stds), and it saves and loads as
+    format 7. On two elements it is refused, saying why."""
+    frames = cu_cells(5, seed=11)
+    line = "gap={" + NB + " : " + NB3 + " : soap cutoff=3.5 n_max=3 l_max=2 zeta=4}"
+    cmd = parse_gap_fit_command(
+        ["at_file=x.xyz", line, "default_sigma={0.002 0.05 0.05 0.0}"]
+        + ["e0_method=average"]
+    )
+    assert cmd.gap_kwargs["angle_3b"]["order"] == 3
+    model = GAP(**cmd.gap_kwargs).fit(frames).model_
+    term = model.term("angle_3b")
+    assert (term.spec.form, term.spec.visits, term.kernel.theta) == (
+        "distances",
+        1,
+        (1.0, 1.0, 1.0),
+    )
+    # a Cu cell clear of the cutoff functions' kinks (2-body, 3-body, SOAP). With 30
+    # sparse triplets instead of 12, K_mm of these alike Cu triangles is so near
+    # singular that the energy's rounding moved FD forces by 8e-6 of max |F| and a
+    # supercell's local energies by 1.4e-8
+    cell = clear_alloy_cell(6, (2.75, 3.0, 3.2, 3.25, 3.5, 4.0), n_au=0)
+    assert_forces_match_fd(predictor(model), cell, indices=[0, 5, 17])
+    assert_stress_matches_strain_fd(predictor(model), cell)
+    assert_symmetries(predictor(model, std=True), cell, np.random.default_rng(2))
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        meta = json.loads(str(z["meta"]))
+    assert meta["format_version"] == 7
+    assert meta["terms"][1]["descriptor"]["form"] == "distances"
+    again = Model.load(tmp_path / "m.npz").predict([cell], std=True)[0]
+    first = model.predict([cell], std=True)[0]
+    np.testing.assert_array_equal(again["forces_std"], first["forces_std"])
+    with pytest.raises(GapfitError, match="data of one element"):
+        GAP(angle_3b=NB3, **SIGMAS).fit(cu_au_frames(5, 1, 2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"angle_3b": "distance_Nb order=2 cutoff=3"}, ["2-body term"]),
+        ({"angle_3b": NB3 + " compact_clusters=F"}, ["given twice"]),
+        ({"angle_3b": NB3.replace("=T", "=F")}, ["compact_clusters=F", "=T"]),
+        ({"angle_3b": NB3 + " Z={29 29 29}"}, ["add_species=T", "add_species=F"]),
+        ({"angle_3b": "cutoff=3 Z={29 29 29}"}, ["add order=3"]),
+        (
+            {"angle_3b": NB3.replace("add_species=T", "add_species=F Z={29 29 79}")},
+            ["one element"],
+        ),
+    ],
+)
+def test_bad_3_body_distance_nb_settings_say_what_to_write(kwargs, words):
+    with pytest.raises(GapfitError) as err:
+        GAP(**kwargs)._term_settings()
+    for word in words:
+        assert word in str(err.value), str(err.value)
