@@ -244,7 +244,7 @@ def test_active_learning_takes_one_term_of_each_kind(frames, tmp_path):
     gap = GAP(soap=[SOAP_A, SOAP_B], e0_method="average")
     with pytest.raises(GapfitError, match="one term of each kind"):
         learn_pool(tmp_path / "run", "emt", frames, gap, n_seed=2, budget=4)
-    with pytest.raises(GapfitError, match="one angle_3b term"):
+    with pytest.raises(GapfitError, match="one 3-body term"):
         GAP(angle_3b=["cutoff=3.0", "cutoff=3.5"]).fit(frames)
     # an option given twice is an error where one is taken, never the last one
     write(tmp_path / "pool.xyz", frames)
@@ -254,7 +254,7 @@ def test_active_learning_takes_one_term_of_each_kind(frames, tmp_path):
         ["learn", "--pool", tmp_path / "pool.xyz", "--labeller", "emt"]
         + ["--workdir", tmp_path / "cli", "--soap", SOAP_A, "--soap", SOAP_B],
     ]
-    words_of = ("one angle_3b term", "one term of each kind")
+    words_of = ("one 3-body term", "one term of each kind")
     for args, words in zip(twice, words_of, strict=True):
         result = CliRunner().invoke(main, [str(a) for a in args])
         assert result.exit_code == 2 and words in result.output, result.output
