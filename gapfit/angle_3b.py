@@ -1,4 +1,5 @@
-"""Three-body term (gap_fit's ``angle_3b`` with ``covariance_type=ard_se``).
+"""Three-body term (gap_fit's ``angle_3b``, and ``distance_Nb order=3``, with
+``covariance_type=ard_se``).
 
 For every centre i and every unordered pair of its neighbours j, k closer than the
 cutoff (periodic images included), the triplet descriptor is gap_fit's::
@@ -12,6 +13,12 @@ means there. ``t`` is the triplet type (centre species, unordered neighbour spec
 squared-exponential kernel::
 
     k(d, d') = delta^2 exp(-sum_a (d_a - d'_a)^2 / (2 theta_a^2))     [t == t']
+
+gap_fit's ``distance_Nb order=3 compact_clusters=T`` is the same term with
+``TripletSpec.form = "distances"``: the descriptor is the distances ``r`` themselves,
+each triplet counts once (``u = f_c(r_ij) f_c(r_ik) eps(r)``), and the kernel sums
+over the 6 orders of the three distances (``k(d, d') = sum_o k_SE(d[o], d')``, every
+relabelling of the triangle's atoms; one length, on data of one element).
 
 Sparse points are triplet descriptors; as in ``distance_2b`` the cutoff multiplies
 the GP, not the covariance of the sparse points. Everything is a function of each
