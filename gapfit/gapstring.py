@@ -247,26 +247,27 @@ DESCRIPTOR_WORDS = (_SOAP.word, _DISTANCE_2B.word, "distance_nb", _ANGLE_3B.word
 
 
 # gap_fit's defaults where gapfit's own differ, for keys a gap_fit line leaves out
-# (gap_fit requires delta, zeta or theta, covariance_type and the SOAP basis itself)
-GAP_FIT_DEFAULTS: dict[str, dict[str, str]] = {
+# (gap_fit requires delta, zeta or theta, covariance_type and the SOAP basis itself);
+# None: gap_fit's default (random sparse points) is not implemented for the term
+GAP_FIT_DEFAULTS: dict[str, dict[str, str | None]] = {
     "soap": {"cutoff_transition_width": "0.5", "sparse_method": "random"},
-    "distance_2b": {"cutoff_transition_width": "0.5"},
+    "distance_2b": {"cutoff_transition_width": "0.5", "sparse_method": None},
+    "angle_3b": {"sparse_method": "random"},
 }
 
 
-def with_gap_fit_defaults(text: str, word: str) -> tuple[str, list[str]]:
-    """One descriptor's settings ``text`` of a gap_fit line (``word``: ``soap`` or
-    ``distance_2b``) with ``GAP_FIT_DEFAULTS`` appended for the keys it leaves out,
-    and those ``key=value`` settings (a ``distance_Nb`` text is returned as it is:
-    ``parse_distance_2b`` gives it gap_fit's defaults)."""
-    kind = {"soap": _SOAP, "distance_2b": _DISTANCE_2B}[word]
-    first = text.split(maxsplit=1)[0].lower() if text.split() else ""
-    if first in kind.other_words:
-        return text, []
+def with_gap_fit_defaults(text: str, word: str) -> tuple[str, list[str], list[str]]:
+    """One descriptor's settings ``text`` of a gap_fit line (``word``: a key of
+    ``GAP_FIT_DEFAULTS``; the text may start with ``distance_Nb``) with gap_fit's
+    defaults appended for the keys it leaves out; those ``key=value`` settings; and
+    the keys left out whose gap_fit default gapfit does not implement."""
+    kind = {"soap": _SOAP, "distance_2b": _DISTANCE_2B, "angle_3b": _ANGLE_3B}[word]
     spelt = {k.lower(): k for k in kind.defaults}
     given = {spelt.get(k, _KEY_ALIASES.get(k, k)) for k in _tokens(text, kind)}
-    added = [f"{k}={v}" for k, v in GAP_FIT_DEFAULTS[word].items() if k not in given]
-    return " ".join([text, *added]).strip(), added
+    missing = {k: v for k, v in GAP_FIT_DEFAULTS[word].items() if k not in given}
+    added = [f"{k}={v}" for k, v in missing.items() if v is not None]
+    lacking = [k for k, v in missing.items() if v is None]
+    return " ".join([text, *added]).strip(), added, lacking
 
 
 def parse_gap_bool(text: Any, what: str) -> bool:

@@ -439,23 +439,33 @@ def test_gp_file_xml_becomes_npz(gp_file, written: str, note) -> None:
 
 def test_gap_fit_lines_take_gap_fits_defaults_where_gapfits_differ() -> None:
     """A gap_fit line that leaves out a SOAP or distance_2b transition width or the
-    SOAP sparse method gets gap_fit's defaults (0.5 Å, random), and says so; the
-    same settings written out give the same terms, and gapfit's own options keep
-    their defaults (1.0 Å, CUR points)."""
-    line = "gap={distance_2b cutoff=4.0 : soap cutoff=4.0 n_max=4 l_max=3 zeta=4}"
+    SOAP or angle_3b sparse method gets gap_fit's defaults (0.5 Å, random), and says
+    so (and that the 2-body term has no random method); the same settings written
+    out give the same terms, and gapfit's own options keep their defaults (1.0 Å,
+    CUR points)."""
+    line = (
+        "gap={distance_2b cutoff=4.0 : angle_3b cutoff=3.0 : soap cutoff=4.0 n_max=4 "
+        "l_max=3 zeta=4}"
+    )
     cmd = parse_gap_fit_command(["at_file=t.xyz", line])
     soap, pair = cmd.gap_kwargs["soap"], cmd.gap_kwargs["distance_2b"]
     assert (soap["cutoff_transition_width"], soap["sparse_method"]) == (0.5, "random")
     assert pair["cutoff_transition_width"] == 0.5
+    assert cmd.gap_kwargs["angle_3b"]["sparse_method"] == "random"
     assert_noted(
         cmd,
         "soap cutoff_transition_width=0.5",
         "soap sparse_method=random",
         "distance_2b cutoff_transition_width=0.5",
+        "angle_3b sparse_method=random",
+        "distance_2b sparse_method not given: gap_fit's default there (random) is "
+        "not implemented",
     )
     full = (
-        "gap={distance_2b cutoff=4.0 cutoff_transition_width=0.5 : soap cutoff=4.0 "
-        "n_max=4 l_max=3 zeta=4 cutoff_transition_width=0.5 sparse_method=random}"
+        "gap={distance_2b cutoff=4.0 cutoff_transition_width=0.5 "
+        "sparse_method=uniform : angle_3b cutoff=3.0 sparse_method=random : soap "
+        "cutoff=4.0 n_max=4 l_max=3 zeta=4 cutoff_transition_width=0.5 "
+        "sparse_method=random}"
     )
     same = parse_gap_fit_command(["at_file=t.xyz", full])
     assert same.gap_kwargs == cmd.gap_kwargs
@@ -497,7 +507,8 @@ def test_other_values_and_aliases() -> None:
             "gap_file=m.npz",
             "gap={distance_2b",
             "cutoff=4.0",
-            "cutoff_transition_width=0.5}",
+            "cutoff_transition_width=0.5",
+            "sparse_method=uniform}",
             "config_type_kernel_regularisation={bulk:0.002:0.1:0.2:0.0}",
             "kernel_regularisation_is_per_atom=F",
             "e0_method=average",
