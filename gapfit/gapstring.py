@@ -596,9 +596,9 @@ def split_top_level(text: str, separators: str) -> list[str]:
     return parts
 
 
-def _atomic_numbers(raw: Any, kind: _Kind) -> list[int]:
-    """gap_fit's ``{29 79}`` (braces optional; or a sequence) as sorted distinct
-    atomic numbers."""
+def _numbers(raw: Any) -> list[float]:
+    """gap_fit's ``{29 79}`` (braces and commas optional; a number or a sequence)
+    as numbers, ``[]`` where a field is not one."""
     if isinstance(raw, str):
         fields = raw.strip().removeprefix("{").removesuffix("}").replace(",", " ")
         values: Any = fields.split()
@@ -607,9 +607,15 @@ def _atomic_numbers(raw: Any, kind: _Kind) -> list[int]:
     else:
         values = list(raw)
     try:
-        numbers = [float(v) for v in values]
+        return [float(v) for v in values]
     except (TypeError, ValueError):
-        numbers = []
+        return []
+
+
+def _atomic_numbers(raw: Any, kind: _Kind) -> list[int]:
+    """gap_fit's ``{29 79}`` (braces optional; or a sequence) as sorted distinct
+    atomic numbers."""
+    numbers = _numbers(raw)
     if not numbers or not all(1 <= z <= 118 and z == int(z) for z in numbers):
         raise GapfitError(
             f"{kind.name} setting species_Z={raw!r} is not a list of atomic numbers; "
@@ -621,15 +627,7 @@ def _atomic_numbers(raw: Any, kind: _Kind) -> list[int]:
 def _cluster_numbers(raw: Any, order: int) -> list[int]:
     """distance_Nb's ``Z={29 79}`` (braces optional; or a sequence) as ``order``
     sorted atomic numbers (0: any species)."""
-    if isinstance(raw, str):
-        values: Any = raw.strip().removeprefix("{").removesuffix("}")
-        values = values.replace(",", " ").split()
-    else:
-        values = list(raw) if isinstance(raw, list | tuple) else [raw]
-    try:
-        numbers = [float(v) for v in values]
-    except (TypeError, ValueError):
-        numbers = []
+    numbers = _numbers(raw)
     if len(numbers) != order or not all(0 <= z <= 118 and z == int(z) for z in numbers):
         raise GapfitError(
             f"distance_Nb setting Z={raw!r} is not {order} atomic numbers (order="

@@ -56,10 +56,10 @@ from gapfit.neighbours import (
 )
 from gapfit.sparse_gp import Posterior, whiten_rows
 from gapfit.terms import (
-    TABLE_SIZES,
     TERM_TYPES,
     Term,
     centre_species,
+    per_term,
     table_widths,
     term_pairs,
 )
@@ -149,13 +149,13 @@ class Model:
         wide; terms with the same pairs and centres share one."""
         made: dict[tuple, PairTables] = {}
         out = []
-        n = TABLE_SIZES
-        sizes = [tuple(widths[k : k + n]) for k in range(0, len(widths), n)]
-        for term, (k_in, k_out, slots) in zip(self.terms, sizes, strict=True):
+        for term, (k_in, k_out, slots) in zip(
+            self.terms, per_term(widths), strict=True
+        ):
             keep = term_pairs(term.spec, batch)
             species = centre_species(term.spec)
-            key = (None if keep is None else np.packbits(keep).tobytes(), k_in, k_out)
-            key += (species, slots)
+            pairs = None if keep is None else np.packbits(keep).tobytes()
+            key = (pairs, k_in, k_out, species, slots)
             if key not in made:
                 made[key] = pair_tables(batch, (k_in, k_out), keep, species, slots)
             out.append(made[key])

@@ -328,6 +328,12 @@ def table_widths(specs: Sequence[object], batch: Batch) -> tuple[int, ...]:
     )
 
 
+def per_term(widths: Sequence[int]) -> list[tuple[int, ...]]:
+    """``table_widths``' flat tuple split into one ``(K_in, K, C)`` per term."""
+    n = TABLE_SIZES
+    return [tuple(widths[k : k + n]) for k in range(0, len(widths), n)]
+
+
 def row_pairs(
     specs: Sequence[object], batch: Batch, widths: Sequence[int]
 ) -> tuple[np.ndarray | None, ...]:
@@ -336,8 +342,6 @@ def row_pairs(
     padded with a masked pair, K and C its sizes in ``widths`` (``table_widths``);
     None for every pair."""
     cutoff = max(spec.neighbour_cutoff for spec in specs)
-    n = TABLE_SIZES
-    sizes = [widths[k : k + n] for k in range(0, len(widths), n)]
 
     def pairs(spec: object, K: int, C: int) -> np.ndarray:
         keep = term_pairs(spec, batch)
@@ -345,7 +349,7 @@ def row_pairs(
 
     return tuple(
         pairs(spec, K, C) if own_pairs(spec, cutoff) else None
-        for spec, (_, K, C) in zip(specs, sizes, strict=True)
+        for spec, (_, K, C) in zip(specs, per_term(widths), strict=True)
     )
 
 
