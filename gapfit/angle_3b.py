@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gapfit.blocks import VOIGT, Mean, Rows, forces_and_virials
-from gapfit.distance_2b import CutoffSpec, cutoff_function, pair_type
+from gapfit.distance_2b import THETA_MIN, CutoffSpec, cutoff_function, pair_type
 from gapfit.errors import GapfitError
 from gapfit.kernels import delta_leaf_pytree
 from gapfit.neighbours import Batch, PairTables
@@ -55,7 +55,6 @@ TRIPLET_BLOCK = 512  # triplets per block of the kernel rows (memory and speed)
 MEAN_BLOCK = 2048  # triplets per block of the mean
 TILE = 256  # triplets per side of a tile of the energy and virial prior double sums
 ATOM_BLOCK = 8  # atoms per block of the force prior sums
-THETA_MIN = 1e-8  # Å: a theta_fac length below this is 1 (gap_fit's rule)
 SAME = 1e-9  # Å (Å^2): triplet descriptors closer than this count as one
 
 

@@ -22,6 +22,7 @@ cutoff. Forces and virials follow from ``du/dD_p = u'(r) D_p / r``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -134,17 +135,31 @@ class PairSpec(CutoffSpec):
 @partial(delta_leaf_pytree, static=("theta",))
 @dataclass(frozen=True)
 class SEKernel:
-    """Squared-exponential kernel: ``delta`` in eV, length scale ``theta`` in Å."""
+    """Squared-exponential kernel: ``delta`` in eV, length scale ``theta`` in Å, one
+    for every pair type or a tuple of one per pair type (gap_fit's ``theta_fac``
+    measures each type's own)."""
 
     delta: float = 1.0
-    theta: float = 1.0
+    theta: float | tuple[float, ...] = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.delta > 0 and self.theta > 0):
+        if isinstance(self.theta, list | np.ndarray):
+            object.__setattr__(self, "theta", tuple(float(t) for t in self.theta))
+        if not (self.delta > 0 and np.all(np.asarray(self.theta) > 0)):
             raise GapfitError(
-                f"distance_2b delta={self.delta} eV and theta_uniform={self.theta} Å "
-                "must both be > 0."
+                f"distance_2b delta={self.delta} eV and theta={self.theta} Å "
+                "must all be > 0."
             )
+
+    def lengths(self, n_types: int) -> np.ndarray:
+        """``(n_types,)`` Å: the length scale of each pair type."""
+        theta = np.asarray(self.theta, dtype=float)
+        if theta.ndim and theta.shape != (n_types,):
+            raise GapfitError(
+                f"distance_2b has {theta.size} length scales for {n_types} pair "
+                "types; refit."
+            )
+        return np.broadcast_to(theta, (n_types,))
 
 
 def pair_type(s_i, s_j, n_species: int):
@@ -179,20 +194,19 @@ def _covariances(
     ``types`` and its mixed derivative ``d^2 / dr dr2`` (eV^2/Å^2), broadcasting ``r``
     against ``r2``; ``fc``, ``fc2``: their ``_cutoff_and_slope`` (evaluated once per
     distance, not per element). With ``g = v^2 n_t delta^2 exp(-x^2 / 2)``,
-    ``x = (r - r2) / theta``::
+    ``x = (r - r2) / theta_t``::
 
         cov = f f2 g
         d2  = g [f' f2' + (f' f2 - f f2') x / theta + f f2 (1 - x^2) / theta^2]
     """
     (f, df), (f2, df2) = fc, fc2
-    x = (r - r2) / kernel.theta
+    theta = jnp.asarray(kernel.lengths(spec.n_types))[types]
+    x = (r - r2) / theta
     scale = spec.visits**2 * jnp.asarray(spec.type_variance())[types]
     g = scale * kernel.delta**2 * jnp.exp(-0.5 * x**2)
     cov = f * f2 * g
     d2 = g * (
-        df * df2
-        + (df * f2 - f * df2) * x / kernel.theta
-        + f * f2 * (1.0 - x**2) / kernel.theta**2
+        df * df2 + (df * f2 - f * df2) * x / theta + f * f2 * (1.0 - x**2) / theta**2
     )
     return cov, d2
 
@@ -375,32 +389,111 @@ def pair_mean_and_energy_rows(
     return mean, rows._replace(forces=None, virial=None), Std(local, energy, None, None)
 
 
-def pair_sparse_points(
-    spec: PairSpec, r: np.ndarray, types: np.ndarray, n_sparse: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n_sparse`` distances per pair type, uniform over the observed range (gap_fit's
-    ``sparse_method=uniform``); types with no pair inside the cutoff get none."""
-    return pair_points_in_ranges(spec, pair_ranges(spec, r, types), n_sparse)
+PAIR_SPARSE_METHODS = ("uniform", "random")
+THETA_MIN = 1e-8  # Å: a theta_fac length below this is 1 (gap_fit's rule)
+
+
+@dataclass(frozen=True)
+class PairSummary:
+    """What choosing a 2-body term's sparse points and ``theta_fac`` lengths needs of
+    its distances: ``ranges`` (``pair_ranges``) and, for ``sparse_method=random``,
+    ``candidates`` (``pair_candidates``; None for ``uniform``). A distributed fit
+    moves these, not the distances."""
+
+    ranges: np.ndarray
+    candidates: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def of(
+        cls, spec: PairSpec, r: np.ndarray, types: np.ndarray, method: str
+    ) -> PairSummary:
+        """The summary of distances ``r`` (Å) of pair types ``types``."""
+        random = method == "random"
+        return cls(
+            pair_ranges(spec, r, types),
+            pair_candidates(spec, r, types) if random else None,
+        )
+
+    @classmethod
+    def merged(cls, spec: PairSpec, parts: Sequence[PairSummary]) -> PairSummary:
+        """The summary of the union of the parts' distances."""
+        stacked = np.stack([p.ranges for p in parts])  # (parts, n_types, 2)
+        ranges = np.stack([stacked[:, :, 0].min(0), stacked[:, :, 1].max(0)], 1)
+        if parts[0].candidates is None:
+            return cls(ranges)
+        r, t = (
+            np.concatenate(x) for x in zip(*(p.candidates for p in parts), strict=True)
+        )
+        return cls(ranges, pair_candidates(spec, r, t))
+
+    def sparse_points(
+        self, spec: PairSpec, n_sparse: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse distances ``(M,)`` Å and pair types ``(M,)``: ``random``
+        (``pair_random_points``) with candidates, else ``uniform``
+        (``pair_points_in_ranges``)."""
+        if self.candidates is not None:
+            return pair_random_points(spec, *self.candidates, n_sparse, seed)
+        return pair_points_in_ranges(spec, self.ranges, n_sparse)
+
+
+def _inside(spec: PairSpec, r: np.ndarray, types: np.ndarray) -> np.ndarray:
+    """Which distances lie inside the cutoff (and are of the term's ``pair``)."""
+    inside = r < spec.cutoff
+    if spec.covered_type is not None:
+        inside &= types == spec.covered_type
+    return inside
 
 
 def pair_ranges(spec: PairSpec, r: np.ndarray, types: np.ndarray) -> np.ndarray:
     """``(n_types, 2)`` smallest and largest distance (Å) of each pair type inside the
-    cutoff (of the term's ``pair`` alone if it has one), ``(inf, -inf)`` for none:
-    ranges of parts of the data combine by elementwise min / max (a distributed fit
-    moves these, not the distances)."""
-    inside = r < spec.cutoff
-    if spec.covered_type is not None:
-        inside &= types == spec.covered_type
+    cutoff (of the term's ``pair`` alone if it has one), ``(inf, -inf)`` for none."""
+    inside = _inside(spec, r, types)
     lo, hi = np.full(spec.n_types, np.inf), np.full(spec.n_types, -np.inf)
     np.minimum.at(lo, types[inside], r[inside])
     np.maximum.at(hi, types[inside], r[inside])
     return np.stack([lo, hi], axis=1)
 
 
+def pair_candidates(
+    spec: PairSpec, r: np.ndarray, types: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct distances (Å, rounded to 1e-10) inside the cutoff (of the term's
+    ``pair`` alone) and their pair types, sorted by type, then distance: what
+    ``sparse_method=random`` draws from."""
+    inside = _inside(spec, r, types)
+    keys = np.unique(
+        np.stack([types[inside].astype(float), np.round(r[inside], 10)], axis=1), axis=0
+    )
+    return keys[:, 1], keys[:, 0].astype(np.int64)
+
+
+def pair_random_points(
+    spec: PairSpec, r: np.ndarray, types: np.ndarray, n_sparse: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """gap_fit's ``sparse_method=random`` among ``pair_candidates`` ``r``, ``types``:
+    ``n_sparse`` distinct distances per pair type (all when fewer), the shortest and
+    the longest first, so that the points span the data, then random ones (seeded
+    per type); sorted."""
+    if not len(r):
+        raise no_pairs(spec)
+    Z_r, Z_t = [], []
+    for t in np.unique(types):
+        x = r[types == t]  # sorted
+        rng = np.random.default_rng([seed, int(t)])
+        rest = 1 + rng.permutation(max(len(x) - 2, 0))
+        order = np.concatenate([[0, len(x) - 1], rest])
+        Z_r.append(np.sort(x[np.unique(order[: min(n_sparse, len(x))])]))
+        Z_t.append(np.full(len(Z_r[-1]), t, np.int64))
+    return np.concatenate(Z_r), np.concatenate(Z_t)
+
+
 def pair_points_in_ranges(
     spec: PairSpec, ranges: np.ndarray, n_sparse: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse distances ``(M,)`` Å and pair types ``(M,)`` from ``pair_ranges``."""
+    """gap_fit's ``sparse_method=uniform``: ``n_sparse`` distances per pair type
+    evenly spaced over its ``pair_ranges`` (one where the range is one distance);
+    types with no pair inside the cutoff get none."""
     Z_r, Z_t = [], []
     for t, (lo, hi) in enumerate(ranges):
         if lo > hi:  # no pair of this type inside the cutoff
@@ -410,6 +503,15 @@ def pair_points_in_ranges(
     if not Z_r:
         raise no_pairs(spec)
     return np.concatenate(Z_r), np.concatenate(Z_t).astype(np.int64)
+
+
+def theta_from_ranges(ranges: np.ndarray, factor: float) -> float | tuple[float, ...]:
+    """gap_fit's ``theta_fac``: each pair type's length scale (Å) is ``factor`` times
+    its ``pair_ranges`` span (1 where that is below ``THETA_MIN`` or the type has
+    no pair); one number when every type's is the same."""
+    span = np.where(ranges[:, 1] >= ranges[:, 0], ranges[:, 1] - ranges[:, 0], 0.0)
+    theta = tuple(float(x) if x >= THETA_MIN else 1.0 for x in span * factor)
+    return theta if len(set(theta)) > 1 else theta[0]
 
 
 def no_pairs(spec: PairSpec, name: str = "distance_2b") -> GapfitError:
@@ -430,10 +532,9 @@ def pair_kernel_block(
     r2: jax.Array,
     t2: jax.Array,
 ) -> jax.Array:
-    """``K (n, m) = n_t delta^2 exp(-(r - r2)^2 / 2 theta^2) [t == t2]`` (eV^2; no
+    """``K (n, m) = n_t delta^2 exp(-(r - r2)^2 / 2 theta_t^2) [t == t2]`` (eV^2; no
     cutoff) of distances ``r``, ``r2`` (Å) of pair types ``t``, ``t2``."""
-    k = kernel.delta**2 * jnp.exp(
-        -((r[:, None] - r2[None, :]) ** 2) / (2 * kernel.theta**2)
-    )
+    theta = jnp.asarray(kernel.lengths(spec.n_types))[t][:, None]
+    k = kernel.delta**2 * jnp.exp(-((r[:, None] - r2[None, :]) ** 2) / (2 * theta**2))
     n_t = jnp.asarray(spec.type_variance())[t]
     return n_t[:, None] * k * (t[:, None] == t2[None, :])

@@ -72,10 +72,10 @@ from gapfit.data import (
     read_frames,
     species_counts,
 )
-from gapfit.distance_2b import pair_points_in_ranges, pair_ranges
+from gapfit.distance_2b import PairSummary
 from gapfit.dscribe_backend import check_backend
 from gapfit.errors import GapfitError
-from gapfit.fit import GAP, data_part, merge_data_parts, term_specs
+from gapfit.fit import GAP, data_part, merge_data_parts, pair_term, term_specs
 from gapfit.kernels import normalise
 from gapfit.memory import peak_rss_gib
 from gapfit.model import Model
@@ -92,7 +92,7 @@ from gapfit.sparsify import (
     normalise_rows,
     row_keys,
 )
-from gapfit.terms import PairTerm, SoapTerm, Term, block_K_mm, table_widths
+from gapfit.terms import SoapTerm, Term, block_K_mm, table_widths
 from gapfit.tsqr import RowFactor, stack_qr, tree_reduce
 
 
@@ -164,31 +164,28 @@ def _shape(job: _Job, frames: list[Frame], share: Share) -> tuple[int, ...]:
 
 def _keys(job: _Job, frames: list[Frame], share: Share) -> dict[str, dict]:
     """Per term: a SOAP term's environment keys and species ``{"keys", "Z"}``, a
-    2-body term's distance ranges ``{"ranges"}``."""
+    2-body term's ``PairSummary`` ``{"pairs"}``."""
     parts: dict[str, list] = {name: [] for name in job.specs}
+    named = job.gap._term_settings()
     for _, _, c in job.chunks(frames, share):
         for name, (values, types) in job.descriptors(frames, c).items():
             spec = job.specs[name][0]
             if isinstance(spec, SoapSpec):
                 parts[name].append((row_keys(normalise_rows(values)), types))
             else:
-                parts[name].append(pair_ranges(spec, values, types))
+                method = named[name][1]["sparse_method"]
+                parts[name].append(PairSummary.of(spec, values, types, method))
     out: dict[str, dict] = {}
     for name, got in parts.items():
-        if isinstance(job.specs[name][0], SoapSpec):
+        spec = job.specs[name][0]
+        if isinstance(spec, SoapSpec):
             out[name] = {
                 "keys": np.concatenate([k for k, _ in got]),
                 "Z": np.concatenate([z for _, z in got]),
             }
         else:
-            out[name] = {"ranges": _merged_ranges(got)}
+            out[name] = {"pairs": PairSummary.merged(spec, got)}
     return out
-
-
-def _merged_ranges(ranges: Sequence[np.ndarray]) -> np.ndarray:
-    """``pair_ranges`` of the union of the parts' pairs."""
-    stacked = np.stack(ranges)  # (parts, n_types, 2)
-    return np.stack([stacked[:, :, 0].min(axis=0), stacked[:, :, 1].max(axis=0)], 1)
 
 
 def _factor(
@@ -355,10 +352,9 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
         spec, kernel = job.specs[name]
         parts = [k[name] for k in keys]
         if kind == "distance_2b":
-            ranges = _merged_ranges([p["ranges"] for p in parts])
-            n = term_settings["n_sparse"]
-            points = pair_points_in_ranges(spec, ranges, n)
-            terms.append(PairTerm(spec, kernel, *points, name))
+            summary = PairSummary.merged(spec, [p["pairs"] for p in parts])
+            seed = job.gap.rnd_seed
+            terms.append(pair_term(spec, kernel, term_settings, summary, seed, name))
             continue
         Z = np.concatenate([p["Z"] for p in parts])
         keyed = np.concatenate([p["keys"] for p in parts])

@@ -40,7 +40,13 @@ from gapfit.assembly import fitted_predictions, padded_batches, scaled_chunks
 from gapfit.baseline import Baseline
 from gapfit.blocks import batch_arrays, descriptors_jit
 from gapfit.data import Frame, LabelKeys, Sigmas, as_frames, fit_e0, read_frames
-from gapfit.distance_2b import PairSpec, SEKernel, pair_sparse_points, pair_type
+from gapfit.distance_2b import (
+    PairSpec,
+    PairSummary,
+    SEKernel,
+    pair_type,
+    theta_from_ranges,
+)
 from gapfit.dscribe_backend import check_backend, soap_values
 from gapfit.errors import GapfitError
 from gapfit.gapstring import ONE_ANGLE_3B, Settings
@@ -325,8 +331,8 @@ class GAP:
             return SoapTerm(spec, kernel, np.asarray(X_hat), types[idx], name)
         if isinstance(spec, TripletSpec):
             return triplet_term(spec, kernel, settings, values, types, self.rnd_seed)
-        Z_r, Z_t = pair_sparse_points(spec, values, types, settings["n_sparse"])
-        return PairTerm(spec, kernel, Z_r, Z_t, name)
+        summary = PairSummary.of(spec, values, types, settings["sparse_method"])
+        return pair_term(spec, kernel, settings, summary, self.rnd_seed, name)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -490,8 +496,8 @@ def sparse_environments(
 
 def term_specs(named: dict[str, tuple[str, dict]], species: tuple[int, ...]) -> dict:
     """``{term name: (descriptor spec, kernel)}`` from validated settings
-    ``{name: (kind, settings)}`` (a 3-body ``theta_fac`` kernel has lengths 1 until
-    the fit measures the data)."""
+    ``{name: (kind, settings)}`` (a ``theta_fac`` kernel has lengths 1 until the fit
+    measures the data)."""
     return {
         name: _SPEC_OF[kind](settings, species)
         for name, (kind, settings) in named.items()
@@ -524,7 +530,7 @@ def _pair_spec(pair: dict, species: tuple[int, ...]) -> tuple[PairSpec, SEKernel
             visits=1 if nb and not pair["compact_clusters"] else 2,
             permutations=nb,
         ),
-        SEKernel(pair["delta"], pair["theta_uniform"]),
+        SEKernel(pair["delta"], pair["theta_uniform"] or 1.0),
     )
 
 
@@ -685,6 +691,24 @@ def triplet_term(
         d, types, triplet["n_sparse"], triplet["sparse_method"], seed
     )
     return TripletTerm(spec, kernel, Z_d, Z_t)
+
+
+def pair_term(
+    spec: PairSpec,
+    kernel: SEKernel,
+    pair: dict,
+    summary: PairSummary,
+    seed: int,
+    name: str = "distance_2b",
+) -> PairTerm:
+    """The 2-body term from the ``summary`` of its data's distances: ``theta_fac``
+    lengths measured on them, sparse points chosen among them (``kernel``'s delta
+    kept)."""
+    if pair["theta_fac"] is not None:
+        theta = theta_from_ranges(summary.ranges, pair["theta_fac"])
+        kernel = SEKernel(kernel.delta, theta)
+    points = summary.sparse_points(spec, pair["n_sparse"], seed)
+    return PairTerm(spec, kernel, *points, name)
 
 
 def _triplet_cutoff(specs: dict) -> float:

@@ -260,23 +260,16 @@ def parse_gap_fit_command(args: Sequence[str] | str) -> GapFitCommand:
         notes.append("e0_offset=0.0 changes nothing (gap_fit's default).")
     found = parse_gap_string(given["gap"])
     added: list[str] = []
-    lacking: list[str] = []
     for word in GAP_FIT_DEFAULTS:
         for k, text in enumerate(found.get(word, [])):
-            found[word][k], extra, absent = with_gap_fit_defaults(text, word)
+            found[word][k], extra = with_gap_fit_defaults(text, word)
             added += [f"{word} {x}" for x in extra]
-            lacking += [f"{word} {x}" for x in absent]
     if added:
         notes.append(
             "gap_fit's defaults for settings the line leaves out: "
             + ", ".join(dict.fromkeys(added))
             + " (gapfit's own options default to a 1.0 Å transition, CUR points for "
             "SOAP and uniform ones for the 2- and 3-body terms)."
-        )
-    for name in dict.fromkeys(lacking):
-        notes.append(
-            f"{name} not given: gap_fit's default there (random) is not implemented "
-            "for this term; gapfit uses uniform, its only method."
         )
     defaults = LabelKeys()
     kwargs = gap_kwargs(

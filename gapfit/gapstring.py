@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gapfit.distance_2b import PAIR_SPARSE_METHODS
 from gapfit.errors import GapfitError
 from gapfit.soap import WEIGHTINGS
 from gapfit.sparsify import SPARSE_METHODS
@@ -90,7 +91,8 @@ DISTANCE_2B_DEFAULTS: dict[str, Any] = {
     "cutoff_transition_width": None,
     "covariance_type": "ard_se",
     "delta": 1.0,
-    "theta_uniform": 1.0,
+    "theta_uniform": None,
+    "theta_fac": None,
     "n_sparse": 20,
     "sparse_method": "uniform",
     "add_species": True,
@@ -108,9 +110,11 @@ DISTANCE_2B_HELP = {
     "0.5, gap_fit's)",
     "covariance_type": "ard_se (squared exponential; gap_fit's 'gaussian')",
     "delta": "eV, energy scale",
-    "theta_uniform": "Å, squared-exponential length scale",
+    "theta_uniform": "Å, squared-exponential length scale (default 1.0)",
+    "theta_fac": "length scale = factor x each species pair's range of distances",
     "n_sparse": "sparse distances per species pair",
-    "sparse_method": "uniform (grid over the observed distance range)",
+    "sparse_method": "uniform (grid over the observed distance range) or random "
+    "(distinct distances, the shortest and longest first)",
     "add_species": "T: one GP per species pair; F: the pair Z1-Z2 (distance_Nb: Z)",
     "Z1": "atomic number of one atom of the pair (add_species=F)",
     "Z2": "atomic number of the other atom of the pair (add_species=F)",
@@ -209,7 +213,7 @@ _DISTANCE_2B = _Kind(
     help=DISTANCE_2B_HELP,
     choices={
         "covariance_type": ("ard_se",),
-        "sparse_method": ("uniform",),
+        "sparse_method": PAIR_SPARSE_METHODS,
         "f0": (0.0,),
     },
     value_aliases={"covariance_type": {"gaussian": "ard_se"}},
@@ -218,6 +222,7 @@ _DISTANCE_2B = _Kind(
         "cutoff_transition_width",
         "delta",
         "theta_uniform",
+        "theta_fac",
         "n_sparse",
     ),
     other_words=("distance_nb",),
@@ -247,27 +252,23 @@ DESCRIPTOR_WORDS = (_SOAP.word, _DISTANCE_2B.word, "distance_nb", _ANGLE_3B.word
 
 
 # gap_fit's defaults where gapfit's own differ, for keys a gap_fit line leaves out
-# (gap_fit requires delta, zeta or theta, covariance_type and the SOAP basis itself);
-# None: gap_fit's default (random sparse points) is not implemented for the term
-GAP_FIT_DEFAULTS: dict[str, dict[str, str | None]] = {
+# (gap_fit requires delta, zeta or theta, covariance_type and the SOAP basis itself)
+GAP_FIT_DEFAULTS: dict[str, dict[str, str]] = {
     "soap": {"cutoff_transition_width": "0.5", "sparse_method": "random"},
-    "distance_2b": {"cutoff_transition_width": "0.5", "sparse_method": None},
+    "distance_2b": {"cutoff_transition_width": "0.5", "sparse_method": "random"},
     "angle_3b": {"sparse_method": "random"},
 }
 
 
-def with_gap_fit_defaults(text: str, word: str) -> tuple[str, list[str], list[str]]:
+def with_gap_fit_defaults(text: str, word: str) -> tuple[str, list[str]]:
     """One descriptor's settings ``text`` of a gap_fit line (``word``: a key of
     ``GAP_FIT_DEFAULTS``; the text may start with ``distance_Nb``) with gap_fit's
-    defaults appended for the keys it leaves out; those ``key=value`` settings; and
-    the keys left out whose gap_fit default gapfit does not implement."""
+    defaults appended for the keys it leaves out, and those ``key=value`` settings."""
     kind = {"soap": _SOAP, "distance_2b": _DISTANCE_2B, "angle_3b": _ANGLE_3B}[word]
     spelt = {k.lower(): k for k in kind.defaults}
     given = {spelt.get(k, _KEY_ALIASES.get(k, k)) for k in _tokens(text, kind)}
-    missing = {k: v for k, v in GAP_FIT_DEFAULTS[word].items() if k not in given}
-    added = [f"{k}={v}" for k, v in missing.items() if v is not None]
-    lacking = [k for k, v in missing.items() if v is None]
-    return " ".join([text, *added]).strip(), added, lacking
+    added = [f"{k}={v}" for k, v in GAP_FIT_DEFAULTS[word].items() if k not in given]
+    return " ".join([text, *added]).strip(), added
 
 
 def parse_gap_bool(text: Any, what: str) -> bool:
@@ -301,22 +302,24 @@ def parse_distance_2b(settings: str | Mapping[str, Any] | None) -> dict[str, Any
 
     Keys (defaults in ``DISTANCE_2B_DEFAULTS``): ``cutoff`` and
     ``cutoff_transition_width`` (Å, cosine cutoff; width in (0, cutoff]),
-    ``covariance_type`` (``ard_se`` only), ``delta`` (eV), ``theta_uniform`` (Å, the
-    squared-exponential length scale), ``n_sparse`` (per species pair),
-    ``sparse_method`` (``uniform`` only: a uniform grid over the observed distance
-    range), ``add_species`` (``T``: one GP per species pair) and, with
-    ``add_species=F``, ``Z1`` and ``Z2`` (the pair's atomic numbers; 0 for data of
-    one species). ``order=2`` (a string that starts with ``distance_Nb`` must give
-    it) reads the settings as gap_fit's ``distance_Nb``: the kernel of a pair of one
-    species summed over its two orders, ``compact_clusters`` (T: each pair counted in
-    both orders, F: once), ``Z={Z1 Z2}`` in place of ``Z1``/``Z2``, and
-    ``cutoff_transition_width`` 0.5 Å by default (gap_fit's; 1.0 for ``distance_2b``).
+    ``covariance_type`` (``ard_se`` only), ``delta`` (eV), one of ``theta_uniform``
+    (Å, the squared-exponential length scale) or ``theta_fac`` (each species pair's
+    length this factor times its range of distances in the training data),
+    ``n_sparse`` (per species pair), ``sparse_method`` (``uniform``: a grid over the
+    observed distance range; ``random``: distinct distances), ``add_species``
+    (``T``: one GP per species pair) and, with ``add_species=F``, ``Z1`` and ``Z2``
+    (the pair's atomic numbers; 0 for data of one species). ``order=2`` (a string
+    that starts with ``distance_Nb`` must give it) reads the settings as gap_fit's
+    ``distance_Nb``: the kernel of a pair of one species summed over its two orders,
+    ``compact_clusters`` (T: each pair counted in both orders, F: once), ``Z={Z1
+    Z2}`` in place of ``Z1``/``Z2``, and ``cutoff_transition_width`` 0.5 Å by
+    default (gap_fit's; 1.0 for ``distance_2b``).
 
     Args:
         settings: a gap_fit string ``"[distance_2b|distance_Nb] key=value ..."`` or a
             mapping.
     """
-    out = _parse(settings, _DISTANCE_2B)
+    out = _one_length_scale(_parse(settings, _DISTANCE_2B), _DISTANCE_2B)
     nb = out["order"] != 0
     if out["cutoff_transition_width"] is None:
         out["cutoff_transition_width"] = 0.5 if nb else 1.0
@@ -377,9 +380,15 @@ def parse_angle_3b(settings: str | Mapping[str, Any] | None) -> dict[str, Any]:
     out = _width_inside_cutoff(_parse(settings, _ANGLE_3B), _ANGLE_3B)
     if out["order"] or out["Z"] is not None or not out["compact_clusters"]:
         _distance_nb_3(out)
+    return _one_length_scale(out, _ANGLE_3B)
+
+
+def _one_length_scale(out: dict[str, Any], kind: _Kind) -> dict[str, Any]:
+    """Parsed settings ``out`` with at most one of ``theta_uniform`` and
+    ``theta_fac`` given (an error otherwise), ``theta_uniform`` 1.0 when neither."""
     if out["theta_uniform"] is not None and out["theta_fac"] is not None:
         raise GapfitError(
-            "angle_3b: theta_uniform and theta_fac both set the length scales "
+            f"{kind.name}: theta_uniform and theta_fac both set the length scales "
             "(gap_fit allows one); give one."
         )
     if out["theta_uniform"] is None and out["theta_fac"] is None:

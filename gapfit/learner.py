@@ -413,7 +413,9 @@ class Learner:
         # one frame per chunk: batches of one shape per frame size, one compilation
         kw = {"chunk_atoms": 1, "shape": self.shape}
         model = with_sparse(self.model, X_hat[pick], s[pick]) if len(pick) else None
-        model = widened_pairs(model or self.model, self.gap, frames) or model
+        model = (
+            widened_pairs(model or self.model, self.gap, frames, everything) or model
+        )
         wide = widened_triplets(model or self.model, self.gap, frames, everything)
         model = wide or model
         mode = optimise_mode(self.gap.optimise_hyperparameters)

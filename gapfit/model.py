@@ -15,9 +15,12 @@ a 3-body term (``angle_3b.sparse_d``, ``angle_3b.sparse_type``), format 5 a mode
 several terms of one kind (``soap``, ``soap_2``, ...; each term's ``kind`` in
 ``meta``), format 6 a model with a term of one central species or species pair
 (gap_fit's ``add_species=F`` with ``Z=`` or ``Z1``/``Z2``: the descriptor's
-``centre`` or ``pair`` in ``meta``); each model is written in the oldest format that
-holds it, so a gapfit that predates baselines, the 3-body term, repeated terms or
-per-species terms refuses such a file instead of predicting without them.
+``centre`` or ``pair`` in ``meta``), format 7 a model with a 2-body term (each pair
+counted in both orders, ``visits``) or distance_Nb's 3-body form, format 8 one with a
+2-body length scale per pair type (``theta_fac``: a list); each model is written in
+the oldest format that holds it, so a gapfit that predates baselines, the 3-body
+term, repeated terms, per-species terms or these refuses such a file instead of
+predicting without them.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ from gapfit.terms import (
 from gapfit.variance import Std, combine_std
 
 FORMAT = "gapfit-model"
-FORMAT_VERSION = 7  # the newest this gapfit reads and writes
+FORMAT_VERSION = 8  # the newest this gapfit reads and writes
+PAIR_VISITS_FORMAT = 7  # 2-body terms count i-j and j-i (once before)
 SPECIES_TERM_FORMAT = 6  # terms of one element or species pair
 MULTI_TERM_FORMAT = 5  # several terms of one kind, each over every species
 PLAIN_FORMAT = 2  # written for models without a baseline or a 3-body term
@@ -358,10 +362,13 @@ class Model:
     def _format_version(self) -> int:
         """The oldest format that holds this model (older gapfits refuse newer
         formats instead of misreading them)."""
-        if any(t.kind == "distance_2b" for t in self.terms):
-            return FORMAT_VERSION  # its pairs' visits (2 since, 1 before)
+        pairs = [t for t in self.terms if t.kind == "distance_2b"]
+        if any(np.ndim(t.kernel.theta) for t in pairs):
+            return FORMAT_VERSION  # a length scale per pair type (theta_fac)
+        if pairs:
+            return PAIR_VISITS_FORMAT  # its pairs' visits (2 since, 1 before)
         if any("form" in t.spec.to_dict() for t in self.terms):
-            return FORMAT_VERSION  # distance_Nb's 3-body form
+            return PAIR_VISITS_FORMAT  # distance_Nb's 3-body form
         if any(t.spec.to_dict().keys() & {"centre", "pair"} for t in self.terms):
             return SPECIES_TERM_FORMAT
         if any(t.name != t.kind for t in self.terms):
@@ -421,7 +428,7 @@ class Model:
                     if k.startswith(prefix)
                 }
                 kind = tm.get("kind", tm["name"])  # formats 1-4: one term per kind
-                if kind == "distance_2b" and version < FORMAT_VERSION:
+                if kind == "distance_2b" and version < PAIR_VISITS_FORMAT:
                     # formats before 7 counted each pair once
                     tm = {**tm, "descriptor": {"visits": 1, **tm["descriptor"]}}
                 if kind not in TERM_TYPES or tm["name"] in [t.name for t in terms]:

@@ -394,15 +394,15 @@ def _n_sparse(
     specs: dict,
     r_ranges: dict[str, dict[int, tuple[float, float]]],
 ) -> dict[str, int]:
-    """Sparse points of the SOAP and 2-body terms as ``GAP.fit`` chooses them (SOAP:
-    an upper bound, since duplicate environments are dropped first; with
+    """Sparse points of the SOAP and 2-body terms as ``GAP.fit`` chooses them (SOAP
+    and random 2-body points: an upper bound, since duplicates are dropped first; with
     ``config_type_n_sparse`` the sum over its config_types; a term of one central
     species counts that species alone)."""
     out: dict[str, int] = {}
     for name, (kind, settings) in named.items():
         if kind == "distance_2b":
             r_range = r_ranges[name]
-            if not r_range:  # as distance_2b.pair_sparse_points says
+            if not r_range:  # as distance_2b's sparse points say
                 raise no_pairs(specs[name][0], name)
             out[name] = sum(
                 settings["n_sparse"] if hi > lo else 1 for lo, hi in r_range.values()

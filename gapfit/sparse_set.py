@@ -32,8 +32,8 @@ from gapfit.assembly import model_batches
 from gapfit.baseline import Baseline
 from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, as_frames
-from gapfit.distance_2b import pair_points_in_ranges, pair_ranges, pair_sparse_points
-from gapfit.fit import GAP, _specs, triplet_term
+from gapfit.distance_2b import PairSummary, pair_ranges
+from gapfit.fit import GAP, _specs, pair_term, triplet_term
 from gapfit.kernels import kernel_block
 from gapfit.model import Model
 from gapfit.neighbours import bucket, pair_tables
@@ -45,7 +45,7 @@ from gapfit.selection import (
     soap_columns,
 )
 from gapfit.sparse_gp import Posterior
-from gapfit.terms import PairTerm, SoapTerm, term_pairs
+from gapfit.terms import SoapTerm, term_pairs
 from gapfit.update import LABELS, refit
 
 PAD = -1  # species index of padding sparse points
@@ -229,30 +229,32 @@ def force_sparse(
     return np.array(sorted(picks), dtype=np.int64)
 
 
-def widened_pairs(model: Model, gap: GAP, frames: Sequence[Frame]) -> Model | None:
-    """The model with its 2-body sparse points re-spread (uniform, ``n_sparse`` per
-    pair type, as ``prior_model``) over the union of their range and the distances
-    of ``frames`` within the cutoff; None when the frames add no distance outside it
-    (or there is no 2-body term). Its posterior is then stale: ``update.refit`` it.
-    Chosen from the first frames only, the points would leave the distances that the
-    sampler reaches later (shorter bonds in hot MD) with a 2-body std that no label
-    lowers."""
+def widened_pairs(
+    model: Model, gap: GAP, new: Sequence[Frame], frames: Sequence[Frame]
+) -> Model | None:
+    """The model with its 2-body sparse points (and ``theta_fac`` lengths) chosen
+    again (as ``GAP.fit`` does, delta kept) among the distances of all ``frames``
+    when a distance of the ``new`` frames within the cutoff lies outside the points'
+    range of its pair type; None otherwise (or without a 2-body term). Its posterior
+    is then stale: ``update.refit`` it. Chosen from the first frames only, the
+    points would leave the distances that the sampler reaches later (shorter bonds
+    in hot MD) with a 2-body std that no label lowers."""
     term = model.term("distance_2b")
-    if term is None or not frames:
+    if term is None or not new:
         return None
-    spec, kernel = term.spec, term.kernel
-    r, t = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)["distance_2b"]
+    spec = term.spec
+    only = {"distance_2b": (spec, term.kernel)}
+    r, t = descriptors(gap, only, new)["distance_2b"]
     have = pair_ranges(spec, term.sparse_r, term.sparse_type)
-    new = pair_ranges(spec, r, t)
-    both = np.stack(
-        [np.minimum(have[:, 0], new[:, 0]), np.maximum(have[:, 1], new[:, 1])], axis=1
-    )
-    if np.array_equal(both, have):
+    got = pair_ranges(spec, r, t)
+    if np.all((got[:, 0] >= have[:, 0]) & (got[:, 1] <= have[:, 1])):
         return None
-    Z_r, Z_t = pair_points_in_ranges(spec, both, gap._settings()[1]["n_sparse"])
-    wide = dataclasses.replace(term, sparse_r=Z_r, sparse_type=Z_t)
+    r, t = descriptors(gap, only, frames)["distance_2b"]
+    pair = gap._settings()[1]
+    summary = PairSummary.of(spec, r, t, pair["sparse_method"])
+    wide = pair_term(spec, term.kernel, pair, summary, gap.rnd_seed, term.name)
     return dataclasses.replace(
-        model, terms=tuple(wide if t is term else t for t in model.terms)
+        model, terms=tuple(wide if x is term else x for x in model.terms)
     )
 
 
@@ -326,9 +328,8 @@ def prior_model(
     if pair is not None:
         spec, kernel = specs["distance_2b"]
         r, t = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)["distance_2b"]
-        terms.append(
-            PairTerm(spec, kernel, *pair_sparse_points(spec, r, t, pair["n_sparse"]))
-        )
+        summary = PairSummary.of(spec, r, t, pair["sparse_method"])
+        terms.append(pair_term(spec, kernel, pair, summary, gap.rnd_seed))
     if triplet is not None:
         d, t = descriptors(gap, {"angle_3b": specs["angle_3b"]}, frames)["angle_3b"]
         terms.append(triplet_term(*specs["angle_3b"], triplet, d, t, gap.rnd_seed))

@@ -173,7 +173,7 @@ class PairTerm:
             "kernel": {
                 "type": "ard_se",
                 "delta": self.kernel.delta,
-                "theta": self.kernel.theta,
+                "theta": list(t) if isinstance(t := self.kernel.theta, tuple) else t,
             },
         }
 
@@ -195,7 +195,9 @@ class PairTerm:
     def load(cls, meta: dict, arrays: dict[str, np.ndarray]) -> PairTerm:
         _check("visits" in meta["descriptor"], "descriptor without visits")
         spec = PairSpec(**meta["descriptor"])
-        kernel = SEKernel(meta["kernel"]["delta"], meta["kernel"]["theta"])
+        theta = meta["kernel"]["theta"]
+        _check(np.ndim(theta) == 0 or len(theta) == spec.n_types, f"theta {theta}")
+        kernel = SEKernel(meta["kernel"]["delta"], theta)
         r, t = arrays["sparse_r"], arrays["sparse_type"]
         _check(r.shape == t.shape and r.ndim == 1, f"sparse_r shape {r.shape}")
         return cls(spec, kernel, r, t, meta["name"])

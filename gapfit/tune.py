@@ -143,7 +143,7 @@ def _with(gap: GAP, change: Mapping[str, Any]) -> GAP:
         if name == "cutoff" and settings.get("poly_r0") == settings["cutoff"]:
             settings["poly_r0"] = None  # poly's r0 at its default follows the cutoff
         settings[name] = value
-        if term_kind == "angle_3b" and name in ("theta_uniform", "theta_fac"):
+        if name in ("theta_uniform", "theta_fac"):
             other = "theta_fac" if name == "theta_uniform" else "theta_uniform"
             settings[other] = None  # the grid's lengths replace the others
     by_kind = {

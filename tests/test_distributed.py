@@ -39,9 +39,11 @@ from gapfit.sparsify import (
 from gapfit.tsqr import RowFactor, stack_qr, tree_reduce
 
 # n_sparse 15 per species < the distinct environments of each (so CUR scores and
-# draws are used); 4 two-body points per pair type keep K_mm well conditioned.
+# draws are used); 4 two-body points per pair type keep K_mm well conditioned; the
+# first 2-body term's are gap_fit's random ones, among the distinct distances of
+# every worker, and its length scales gap_fit's theta_fac, one per pair type.
 SOAP = "cutoff=4.0 n_max=2 l_max=2 n_sparse=15 sparse_method=cur_points"
-PAIR = "cutoff=4.0 n_sparse=4"
+PAIR = "cutoff=4.0 n_sparse=4 sparse_method=random theta_fac=0.5"
 # a second SOAP and 2-body term (several terms of one kind), of Au centres and of
 # Cu-Au pairs alone (gap_fit's add_species=F): each SOAP term's sparse set is chosen
 # over the workers, among its own species' environments
@@ -215,6 +217,8 @@ def test_fit_equals_serial(fits: tuple[GAP, GAP], train: Path) -> None:
         np.testing.assert_array_equal(d.term(name).sparse_X, s.term(name).sparse_X)
     for name in ("distance_2b", "distance_2b_2"):
         np.testing.assert_array_equal(d.term(name).sparse_r, s.term(name).sparse_r)
+        assert d.term(name).kernel == s.term(name).kernel
+    assert len(set(s.term("distance_2b").kernel.theta)) == 3  # one per pair type
     assert d.e0 == s.e0
     w_s, w_d = np.asarray(s.posterior.weights), np.asarray(d.posterior.weights)
     assert np.abs(w_d - w_s).max() <= 1e-8 * np.abs(w_s).max()

@@ -439,10 +439,9 @@ def test_gp_file_xml_becomes_npz(gp_file, written: str, note) -> None:
 
 def test_gap_fit_lines_take_gap_fits_defaults_where_gapfits_differ() -> None:
     """A gap_fit line that leaves out a SOAP or distance_2b transition width or the
-    SOAP or angle_3b sparse method gets gap_fit's defaults (0.5 Å, random), and says
-    so (and that the 2-body term has no random method); the same settings written
-    out give the same terms, and gapfit's own options keep their defaults (1.0 Å,
-    CUR points)."""
+    SOAP, distance_2b or angle_3b sparse method gets gap_fit's defaults (0.5 Å,
+    random), and says so; the same settings written out give the same terms, and
+    gapfit's own options keep their defaults (1.0 Å, CUR points, uniform)."""
     line = (
         "gap={distance_2b cutoff=4.0 : angle_3b cutoff=3.0 : soap cutoff=4.0 n_max=4 "
         "l_max=3 zeta=4}"
@@ -450,20 +449,19 @@ def test_gap_fit_lines_take_gap_fits_defaults_where_gapfits_differ() -> None:
     cmd = parse_gap_fit_command(["at_file=t.xyz", line])
     soap, pair = cmd.gap_kwargs["soap"], cmd.gap_kwargs["distance_2b"]
     assert (soap["cutoff_transition_width"], soap["sparse_method"]) == (0.5, "random")
-    assert pair["cutoff_transition_width"] == 0.5
+    assert (pair["cutoff_transition_width"], pair["sparse_method"]) == (0.5, "random")
     assert cmd.gap_kwargs["angle_3b"]["sparse_method"] == "random"
     assert_noted(
         cmd,
         "soap cutoff_transition_width=0.5",
         "soap sparse_method=random",
         "distance_2b cutoff_transition_width=0.5",
+        "distance_2b sparse_method=random",
         "angle_3b sparse_method=random",
-        "distance_2b sparse_method not given: gap_fit's default there (random) is "
-        "not implemented",
     )
     full = (
         "gap={distance_2b cutoff=4.0 cutoff_transition_width=0.5 "
-        "sparse_method=uniform : angle_3b cutoff=3.0 sparse_method=random : soap "
+        "sparse_method=random : angle_3b cutoff=3.0 sparse_method=random : soap "
         "cutoff=4.0 n_max=4 l_max=3 zeta=4 cutoff_transition_width=0.5 "
         "sparse_method=random}"
     )
@@ -472,6 +470,7 @@ def test_gap_fit_lines_take_gap_fits_defaults_where_gapfits_differ() -> None:
     assert "defaults for settings" not in " ".join(same.ignored)
     assert parse_soap("cutoff=4.0")["cutoff_transition_width"] == 1.0
     assert parse_soap("cutoff=4.0")["sparse_method"] == "cur_points"
+    assert parse_distance_2b("cutoff=4.0")["sparse_method"] == "uniform"
 
 
 @pytest.mark.parametrize(
@@ -587,7 +586,9 @@ def test_parse_distance_2b() -> None:
         ("cutoff=3.0 cutoff_transition_width=4.0", "(0, cutoff]"),
         ("cutoff=nan", "number"),
         ("Z1=29 Z2=79", "add_species=F"),
-        ("sparse_method=random", "uniform"),
+        ("sparse_method=cur_points", "uniform"),
+        ("theta_uniform=1.0 theta_fac=0.5", "give one"),
+        ("theta_fac=0", "> 0"),
         ("delta=1 energy_scale=2", "twice"),
         ("soap n_max=4", "soap descriptor"),
     ],

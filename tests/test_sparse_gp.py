@@ -63,6 +63,8 @@ PAIR = PairSpec(species=(29, 79), cutoff=3.2, cutoff_transition_width=0.8)
 PAIR_NB = dataclasses.replace(PAIR, permutations=True)
 PAIR_NB_ONCE = dataclasses.replace(PAIR, permutations=True, visits=1)
 PAIR_KERNEL = SEKernel(delta=0.3, theta=0.7)
+# gap_fit's theta_fac: a length per pair type (Cu-Cu, Cu-Au, Au-Au)
+PAIR_KERNEL_PER_TYPE = SEKernel(delta=0.3, theta=(0.5, 0.7, 0.9))
 SIGMA_E = 0.01  # eV, noise on total energies
 JITTER = 1e-12
 
@@ -128,13 +130,13 @@ def _pair_features(at, ordered: bool = True):
     return features
 
 
-def _pair_k_total(ra, ta, rb, tb, permutations: bool = False):
+def _pair_k_total(ra, ta, rb, tb, permutations: bool = False, kernel=PAIR_KERNEL):
     """Energy covariance: summed over both configurations' descriptors; with
     ``permutations`` the kernel sums over the 2 orders of a pair of one species
-    (gap_fit's distance_Nb: types 0 (Cu-Cu) and 2 (Au-Au) of 2 species)."""
-    k = PAIR_KERNEL.delta**2 * jnp.exp(
-        -((ra[:, None] - rb[None, :]) ** 2) / (2 * PAIR_KERNEL.theta**2)
-    )
+    (gap_fit's distance_Nb: types 0 (Cu-Cu) and 2 (Au-Au) of 2 species); the
+    ``kernel``'s length scale of the row's pair type (a tuple: one per type)."""
+    theta = jnp.broadcast_to(jnp.asarray(kernel.theta), (3,))[ta][:, None]
+    k = kernel.delta**2 * jnp.exp(-((ra[:, None] - rb[None, :]) ** 2) / (2 * theta**2))
     if permutations:
         k = k * jnp.where((ta == 0) | (ta == 2), 2.0, 1.0)[:, None]
     fc = cutoff_function(PAIR, ra)[:, None] * cutoff_function(PAIR, rb)[None, :]
@@ -148,6 +150,10 @@ KINDS = {
     "distance_nb_once": (
         partial(_pair_features, ordered=False),
         partial(_pair_k_total, permutations=True),
+    ),
+    "distance_2b_per_type": (
+        _pair_features,
+        partial(_pair_k_total, kernel=PAIR_KERNEL_PER_TYPE),
     ),
 }
 
@@ -196,12 +202,13 @@ def setup():
     # equal distances (periodic self-images) are one point of the GP: keep one
     rt = np.unique(np.stack([np.round(r, 10), t], 1), axis=0)
     models = {"soap": _fit_energies(soap_term, train, y)}
-    for kind, spec in (
-        ("distance_2b", PAIR),
-        ("distance_nb", PAIR_NB),
-        ("distance_nb_once", PAIR_NB_ONCE),
+    for kind, spec, kernel in (
+        ("distance_2b", PAIR, PAIR_KERNEL),
+        ("distance_nb", PAIR_NB, PAIR_KERNEL),
+        ("distance_nb_once", PAIR_NB_ONCE, PAIR_KERNEL),
+        ("distance_2b_per_type", PAIR, PAIR_KERNEL_PER_TYPE),
     ):
-        term = PairTerm(spec, PAIR_KERNEL, rt[:, 0], rt[:, 1].astype(np.int64))
+        term = PairTerm(spec, kernel, rt[:, 0], rt[:, 1].astype(np.int64))
         models[kind] = _fit_energies(term, train, y)
     return train, test, y, models, Z_hat, Z_s
 

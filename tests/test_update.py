@@ -259,23 +259,36 @@ def test_force_sparse_lowers_the_force_residuals(species):
     assert np.all(np.bincount(t[every], minlength=len(species)) <= free)
 
 
-def test_widened_pairs_cover_the_new_distances(cells):
-    pair = "cutoff=4.0 cutoff_transition_width=1.0 delta=1.0 theta_uniform=1.0"
-    gap = GAP(soap=SOAP, distance_2b=pair + " n_sparse=8", e0_method="average")
+@pytest.mark.parametrize(
+    "how",
+    ["theta_uniform=1.0 sparse_method=uniform", "theta_fac=0.5 sparse_method=random"],
+)
+def test_widened_pairs_cover_the_new_distances(cells, how):
+    """New frames with shorter bonds re-choose the 2-body sparse points (gap_fit's
+    uniform grid, or random distances) and theta_fac length over all the frames."""
+    pair = f"cutoff=4.0 cutoff_transition_width=1.0 delta=1.0 {how} n_sparse=8"
+    gap = GAP(soap=SOAP, distance_2b=pair, e0_method="average")
     model = prior_model(gap, (29,), cells[:1], CAPACITY)
     before = model.term("distance_2b").sparse_r
-    assert widened_pairs(model, gap, as_frames(cells[:1])) is None  # nothing new
+    first = as_frames(cells[:1])
+    assert widened_pairs(model, gap, first, first) is None  # nothing new
     squeezed = cells[1].copy()
     squeezed.set_cell(0.95 * squeezed.cell.array, scale_atoms=True)
     frames = as_frames([emt_labelled(squeezed)])
     d = squeezed.get_all_distances(mic=True)[np.triu_indices(len(squeezed), 1)]
     assert d.min() < before.min()  # the new frame has shorter bonds
-    wide = widened_pairs(model, gap, frames)
+    wide = widened_pairs(model, gap, frames, first + frames)
     after = wide.term("distance_2b").sparse_r
     assert len(after) == len(before) == 8  # same count: same shapes
-    assert after.min() == pytest.approx(d.min(), abs=1e-12)
-    assert after.max() == pytest.approx(max(before.max(), d[d < 4.0].max()), abs=1e-12)
-    assert np.allclose(np.diff(after), np.diff(after)[0])  # uniform, as gap_fit
+    assert after.min() == pytest.approx(d.min(), abs=1e-10)
+    longest = max(before.max(), d[d < 4.0].max())
+    assert after.max() == pytest.approx(longest, abs=1e-10)
+    if "uniform" in how:
+        assert np.allclose(np.diff(after), np.diff(after)[0])  # uniform, as gap_fit
+    else:
+        theta = wide.term("distance_2b").kernel.theta
+        assert theta == pytest.approx(0.5 * (longest - d.min()), rel=1e-9)
+        assert not np.allclose(np.diff(after), np.diff(after)[0])
     fitted = refit(wide, as_frames(cells[:1]) + frames, chunk_atoms=1)
     (p,) = fitted.predict(frames, std=True)
     assert np.all(np.isfinite(p["forces"])) and np.all(p["forces_std"] > 0)
