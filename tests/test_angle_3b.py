@@ -305,7 +305,9 @@ def test_3b_term_alone_learns_a_known_3_body_potential():
 
 # A 2-body + 3-body model of EMT copper and Cu/Au: its 3-body cutoff kinks
 # (C^1 at 3.0 and 3.3 Å) and the 2-body ones (4.0, 4.8 Å) lie between fcc shells.
-PAIR = "cutoff=4.8 cutoff_transition_width=0.8 n_sparse=12 delta=1.0"
+PAIR = (
+    "cutoff=4.8 cutoff_transition_width=0.8 n_sparse=12 delta=1.0 sparse_method=uniform"
+)
 TRIPLET = (
     "cutoff=3.3 cutoff_transition_width=0.3 n_sparse=40 delta=0.1 sparse_method=uniform"
 )

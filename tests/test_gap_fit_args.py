@@ -343,7 +343,7 @@ def test_unsupported_keys_fail_clearly(key: str) -> None:
         ("gap={angle_3b : angle_3b}", ["2 angle_3b terms", "give one"]),
         ("gap={soap :: distance_2b}", ["empty descriptor"]),
         ("gap={cutoff=3.0}", ["does not start with its type"]),
-        ("gap={distance_2b sparse_method=cur_points}", ["sparse_method=uniform"]),
+        ("gap={distance_2b sparse_method=cur_points}", ["uniform, random"]),
         ("gap={distance_2b covariance_type=dot_product}", ["ard_se"]),
         ("gap={soap covariance_type=ard_se}", ["dot_product"]),
         ("gap={soap add_species=T Z=29}", ["add_species=F"]),
@@ -557,7 +557,11 @@ def test_bad_values(arg: str, word: str) -> None:
 
 # ---- descriptor strings ----------------------------------------------------------
 def test_parse_distance_2b() -> None:
-    defaults = {**DISTANCE_2B_DEFAULTS, "cutoff_transition_width": 1.0}
+    defaults = {
+        **DISTANCE_2B_DEFAULTS,
+        "cutoff_transition_width": 1.0,
+        "theta_uniform": 1.0,
+    }
     assert parse_distance_2b(None) == defaults
     assert parse_distance_2b("") == defaults
     s = parse_distance_2b(D2B.replace("n_sparse=20", "n_sparse=12"))
