@@ -15,7 +15,7 @@ import gapfit.neighbours
 from gapfit import GapfitError
 from gapfit.fit import GAP, term_specs
 from gapfit.gapstring import parse_soap
-from gapfit.model import FORMAT_VERSION, Model, _summed_mean
+from gapfit.model import FORMAT_VERSION, PAIR_VISITS_FORMAT, Model, _summed_mean
 from gapfit.variance import soap_rows_and_priors
 
 
@@ -106,7 +106,7 @@ def test_2_body_terms_of_older_formats_keep_counting_each_pair_once(tmp_path):
     old.save(tmp_path / "again.npz")
     with np.load(tmp_path / "again.npz") as z:
         meta = json.loads(str(z["meta"]))
-    assert meta["format_version"] == FORMAT_VERSION == 7
+    assert meta["format_version"] == PAIR_VISITS_FORMAT == 7
     assert meta["terms"][0]["descriptor"]["visits"] == 1
     at = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     at.rattle(0.05, seed=3)

@@ -34,8 +34,12 @@ SOAP_B = (
     "cutoff=3.3 cutoff_transition_width=0.3 n_max=2 l_max=3 n_sparse=12 delta=0.2 "
     "sparse_method=cur_points"
 )
-PAIR_A = "cutoff=4.8 cutoff_transition_width=0.8 n_sparse=8 delta=1.0"
-PAIR_B = "cutoff=3.2 cutoff_transition_width=0.4 n_sparse=6 delta=0.3"
+PAIR_A = (
+    "cutoff=4.8 cutoff_transition_width=0.8 n_sparse=8 delta=1.0 sparse_method=uniform"
+)
+PAIR_B = (
+    "cutoff=3.2 cutoff_transition_width=0.4 n_sparse=6 delta=0.3 sparse_method=uniform"
+)
 # where a cosine cutoff's transition starts or ends
 KINKS = (2.8, 3.0, 3.2, 3.3, 4.0, 4.8)
 SETTINGS = {
