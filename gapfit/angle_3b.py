@@ -111,19 +111,41 @@ class TripletSpec(CutoffSpec):
 @dataclass(frozen=True)
 class ARDKernel:
     """ARD squared exponential: ``delta`` eV, one length ``theta`` per descriptor
-    component (Å, Å^2, Å)."""
+    component (Å, Å^2, Å), for every triplet type or a tuple of one such triple per
+    triplet type (gap_fit's ``theta_fac`` measures each type's own)."""
 
     delta: float = 1.0
-    theta: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    theta: tuple = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
-        theta = tuple(float(x) for x in self.theta)
+        array = np.asarray(self.theta, dtype=float)
+        theta = (
+            tuple(map(tuple, array.tolist()))
+            if array.ndim == 2
+            else tuple(array.tolist())
+        )
         object.__setattr__(self, "theta", theta)
-        if not (self.delta > 0 and len(theta) == 3 and min(theta) > 0):
+        if not (
+            self.delta > 0 and array.shape[-1:] == (3,) and array.ndim <= 2
+        ) or not np.all(array > 0):
             raise GapfitError(
-                f"angle_3b delta={self.delta} eV and its three lengths theta={theta} "
-                "must all be > 0."
+                f"angle_3b delta={self.delta} eV and its lengths theta={theta} "
+                "(three, or three per triplet type) must all be > 0."
             )
+
+    def lengths(self, n_types: int) -> np.ndarray:
+        """``(n_types, 3)``: the lengths of each triplet type."""
+        theta = np.asarray(self.theta, dtype=float)
+        if theta.ndim == 2 and len(theta) != n_types:
+            raise GapfitError(
+                f"angle_3b has lengths for {len(theta)} triplet types, not "
+                f"{n_types}; refit."
+            )
+        return np.broadcast_to(theta, (n_types, 3))
+
+    def inverse_squares(self, spec: TripletSpec, types: jax.Array) -> jax.Array:
+        """``(..., 3)`` ``1 / theta^2`` of triplets of ``types``."""
+        return jnp.asarray(1.0 / self.lengths(spec.n_types) ** 2)[types]
 
 
 def triplet_type(s_i, s_j, s_k, n_species: int):
@@ -227,11 +249,18 @@ def _levers(r: jax.Array, unit: jax.Array) -> jax.Array:
 
 
 def _kernel_tile(
-    kernel: ARDKernel, d: jax.Array, types: jax.Array, d2: jax.Array, types2: jax.Array
+    spec: TripletSpec,
+    kernel: ARDKernel,
+    d: jax.Array,
+    types: jax.Array,
+    d2: jax.Array,
+    types2: jax.Array,
 ) -> jax.Array:
     """``k (n, m)`` of triplet descriptors (0 across types), the squared scaled
-    distance as ``|x|^2 + |x2|^2 - 2 x . x2`` (one matrix product, no (n, m, 3))."""
-    x, x2 = d / jnp.asarray(kernel.theta)[None], d2 / jnp.asarray(kernel.theta)[None]
+    distance as ``|x|^2 + |x2|^2 - 2 x . x2`` (one matrix product, no (n, m, 3)),
+    each side scaled by its type's lengths (equal where types match)."""
+    x = d * jnp.sqrt(kernel.inverse_squares(spec, types))
+    x2 = d2 * jnp.sqrt(kernel.inverse_squares(spec, types2))
     q = jnp.sum(x**2, 1)[:, None] + jnp.sum(x2**2, 1)[None, :] - 2 * x @ x2.T
     k = kernel.delta**2 * jnp.exp(-0.5 * jnp.maximum(q, 0.0))
     return k * (types[:, None] == types2[None, :])
@@ -254,7 +283,6 @@ def triplet_rows(
     ``TRIPLET_BLOCK`` triplets (memory O((A + C) M + block M))."""
     tri = triplets(spec, b)
     A, C, M = b["species"].shape[0], b["config_mask"].shape[0], Z_t.shape[0]
-    theta2 = (jnp.asarray(kernel.theta) ** 2)[None, :]
     per = {
         "d": descriptor(spec, tri.r),
         "types": tri.types,
@@ -270,10 +298,11 @@ def triplet_rows(
     def step(acc, x):
         energy, forces, virial, local = acc
         k_sum, slopes = 0.0, 0.0
+        lam = kernel.inverse_squares(spec, x["types"])  # (B, 3)
         for d, c in _orders(spec, x["d"], x["c"]):
-            k = _kernel_tile(kernel, d, x["types"], Z_d, Z_t)
+            k = _kernel_tile(spec, kernel, d, x["types"], Z_d, Z_t)
             # du/dr_s = k (c_s0 - sum_a c_sa (d_a - z_a) / theta_a^2)
-            cl = c[:, :, 1:] / theta2[None]  # (B, 3 [s], 3 [a])
+            cl = c[:, :, 1:] * lam[:, None, :]  # (B, 3 [s], 3 [a])
             offset = jnp.einsum("bsa,ba->bs", cl, d)[:, :, None] - jnp.einsum(
                 "bsa,ma->bsm", cl, Z_d
             )
@@ -309,14 +338,14 @@ def _triplet_energies(spec, kernel, Z_d, Z_t, weights, tri) -> tuple[jax.Array, 
         "c": slope_coefficients(spec, tri),
     }
     T = tri.r.shape[0]
-    theta2 = (jnp.asarray(kernel.theta) ** 2)[None, :]
 
     def block(x):
         eps, slopes = 0.0, 0.0
+        lam = kernel.inverse_squares(spec, x["types"])  # (B, 3)
         for d, c in _orders(spec, x["d"], x["c"]):
-            kw = _kernel_tile(kernel, d, x["types"], Z_d, Z_t) * weights[None, :]
+            kw = _kernel_tile(spec, kernel, d, x["types"], Z_d, Z_t) * weights[None, :]
             e = jnp.sum(kw, axis=1)
-            grad = (kw @ Z_d - d * e[:, None]) / theta2  # d eps / d d
+            grad = (kw @ Z_d - d * e[:, None]) * lam  # d eps / d d
             slopes = slopes + c[:, :, 0] * e[:, None]
             slopes = slopes + jnp.einsum("bsa,ba->bs", c[:, :, 1:], grad)
             eps = eps + e
@@ -352,24 +381,26 @@ def triplet_mean(
 
 def _gradient_sums(
     k: jax.Array,
-    theta: tuple[float, ...],
+    lam: jax.Array,
     d: jax.Array,
     c: jax.Array,
+    lam2: jax.Array,
     d2: jax.Array,
     c2: jax.Array,
 ) -> jax.Array:
     """``sum_m c_n^T K(d_n, d2_m) c2_m`` ``(n, K)`` for coefficient sets
     ``c (n, K, 4)``, ``c2 (m, K, 4)`` on ``(eps, grad eps)`` and the kernel block
-    ``k (n, m)`` (masked as wanted). With ``L = 1 / theta^2``, ``y = L (d - d2)``::
+    ``k (n, m)`` (masked as wanted; 0 across types). With ``L = 1 / theta^2`` of the
+    pair's type (``lam (n, 3)`` on the n side, ``lam2 (m, 3)`` on the m side: equal
+    where ``k`` is not 0) and ``y = L (d - d2)``::
 
         K = k [[1, y^T], [-y, diag(L) - y y^T]]
 
     Every term is a product of a function of n and one of m, so the sum over m is
     one matrix product of the kernel block with 20 columns per set (``k @ F``)."""
-    lam = 1.0 / (jnp.asarray(theta) ** 2)[None, :]  # (1, 3)
     # m side: c0', c', e = L d'.c', c0' d', d'_a c'_b, d' e
     b0, bv = c2[..., 0], c2[..., 1:]  # (m, K), (m, K, 3)
-    e = jnp.einsum("ma,mka->mk", d2 * lam, bv)
+    e = jnp.einsum("ma,mka->mk", d2 * lam2, bv)
     F = jnp.concatenate(
         [
             b0[..., None],
@@ -385,7 +416,7 @@ def _gradient_sums(
     A0, Ac, Ae = S[..., 0], S[..., 1:4], S[..., 4]
     Acd, Adc, Ade = S[..., 5:8], S[..., 8:17].reshape(*S.shape[:2], 3, 3), S[..., 17:]
     # n side: c0, u = L c, v = L d, u.d
-    a0, u = c[..., 0], c[..., 1:] * lam[None]  # (n, K), (n, K, 3)
+    a0, u = c[..., 0], c[..., 1:] * lam[:, None, :]  # (n, K), (n, K, 3)
     v = (d * lam)[:, None, :]  # (n, 1, 3)
     ud = jnp.einsum("nka,na->nk", u, d)
     vAc = jnp.sum(v * Ac, axis=-1)
@@ -440,10 +471,11 @@ def triplet_priors(
         x, y = ({k: v[i] for k, v in tiles.items()} for i in tu)
         same_config = x["config"][:, None] == y["config"][None, :]
         k, grads = 0.0, 0.0
+        lam_x, lam_y = (kernel.inverse_squares(spec, z["t"]) for z in (x, y))
         for d, c in _orders(spec, x["d"], x.get("c")):
-            k_o = _kernel_tile(kernel, d, x["t"], y["d"], y["t"]) * same_config
+            k_o = _kernel_tile(spec, kernel, d, x["t"], y["d"], y["t"]) * same_config
             if forces:
-                grads = grads + _gradient_sums(k_o, kernel.theta, d, c, y["d"], y["c"])
+                grads = grads + _gradient_sums(k_o, lam_x, d, c, lam_y, y["d"], y["c"])
             k = k + k_o
         same_centre = x["i"][:, None] == y["i"][None, :]
         out = [x["f"] * (k @ y["f"]), x["f"] * ((k * same_centre) @ y["f"])]
@@ -473,9 +505,10 @@ def triplet_priors(
     def atom_sums(x):
         def one(d, t, c):
             total = 0.0
+            lam = kernel.inverse_squares(spec, t)
             for d_o, c_o in _orders(spec, d, c):
-                k = _kernel_tile(kernel, d_o, t, d, t)
-                total = total + _gradient_sums(k, kernel.theta, d_o, c_o, d, c)
+                k = _kernel_tile(spec, kernel, d_o, t, d, t)
+                total = total + _gradient_sums(k, lam, d_o, c_o, lam, d, c)
             return jnp.sum(total, axis=0)
 
         return jax.vmap(one)(x["d"], x["t"], x["c"])
@@ -512,7 +545,9 @@ def triplet_kernel_block(
 ) -> jax.Array:
     """``K (n, m)`` of triplet descriptors (no cutoff; 0 across types), summed over
     ``spec.orders``."""
-    return sum(_kernel_tile(kernel, d_o, t, d2, t2) for d_o, _ in _orders(spec, d))
+    return sum(
+        _kernel_tile(spec, kernel, d_o, t, d2, t2) for d_o, _ in _orders(spec, d)
+    )
 
 
 def _orders(
@@ -549,12 +584,23 @@ def batch_descriptors(spec: TripletSpec, batch: Batch) -> tuple[np.ndarray, ...]
     return d, types.astype(np.int64)
 
 
-def theta_from_factor(d: np.ndarray, factor: float) -> tuple[float, float, float]:
-    """gap_fit's ``theta_fac``: each length is ``factor`` times the range of that
-    descriptor component over the data (1 where the range is below ``THETA_MIN``)."""
-    span = d.max(axis=0) - d.min(axis=0) if len(d) else np.zeros(3)
-    theta = span * factor
-    return tuple(float(x) if x >= THETA_MIN else 1.0 for x in theta)
+def theta_from_factor(
+    spec: TripletSpec, d: np.ndarray, types: np.ndarray, factor: float
+) -> tuple:
+    """gap_fit's ``theta_fac``: each triplet type's length of each component is
+    ``factor`` times that component's range over the type's triplets ``d (n, 3)``
+    (1 where that is below ``THETA_MIN`` or the type has none); the distances form
+    averages each type's three (gap_fit symmetrises them over the orders it sums).
+    One triple when every type's is the same."""
+    theta = np.ones((spec.n_types, 3))
+    for t in np.unique(types):
+        span = np.ptp(d[types == t], axis=0) * factor
+        theta[t] = np.where(span >= THETA_MIN, span, 1.0)
+        if spec.form == "distances":
+            theta[t] = theta[t].mean()
+    if (theta == theta[0]).all():
+        return tuple(theta[0])
+    return tuple(map(tuple, theta))
 
 
 SPARSE_METHODS_3B = ("uniform", "random")

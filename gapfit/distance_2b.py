@@ -143,8 +143,10 @@ class SEKernel:
     theta: float | tuple[float, ...] = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.theta, list | np.ndarray):
+        if isinstance(self.theta, list | tuple | np.ndarray):
             object.__setattr__(self, "theta", tuple(float(t) for t in self.theta))
+        else:
+            object.__setattr__(self, "theta", float(self.theta))
         if not (self.delta > 0 and np.all(np.asarray(self.theta) > 0)):
             raise GapfitError(
                 f"distance_2b delta={self.delta} eV and theta={self.theta} Å "

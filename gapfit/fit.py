@@ -683,9 +683,7 @@ def triplet_term(
     triplets: ``theta_fac`` lengths measured on them, sparse points chosen among
     them (``kernel``'s delta kept)."""
     if triplet["theta_fac"] is not None:
-        theta = theta_from_factor(d, triplet["theta_fac"])
-        if spec.form == "distances":  # gap_fit averages theta over the orders
-            theta = (float(np.mean(theta)),) * 3
+        theta = theta_from_factor(spec, d, types, triplet["theta_fac"])
         kernel = ARDKernel(kernel.delta, theta)
     Z_d, Z_t = triplet_sparse_points(
         d, types, triplet["n_sparse"], triplet["sparse_method"], seed

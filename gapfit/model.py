@@ -16,8 +16,9 @@ several terms of one kind (``soap``, ``soap_2``, ...; each term's ``kind`` in
 ``meta``), format 6 a model with a term of one central species or species pair
 (gap_fit's ``add_species=F`` with ``Z=`` or ``Z1``/``Z2``: the descriptor's
 ``centre`` or ``pair`` in ``meta``), format 7 a model with a 2-body term (each pair
-counted in both orders, ``visits``) or distance_Nb's 3-body form, format 8 one with a
-2-body length scale per pair type (``theta_fac``: a list); each model is written in
+counted in both orders, ``visits``) or distance_Nb's 3-body form, format 8 one with
+lengths per 2-body pair type or 3-body triplet type (``theta_fac``: a list, a list
+of lists); each model is written in
 the oldest format that holds it, so a gapfit that predates baselines, the 3-body
 term, repeated terms, per-species terms or these refuses such a file instead of
 predicting without them.
@@ -363,8 +364,10 @@ class Model:
         """The oldest format that holds this model (older gapfits refuse newer
         formats instead of misreading them)."""
         pairs = [t for t in self.terms if t.kind == "distance_2b"]
-        if any(np.ndim(t.kernel.theta) for t in pairs):
-            return FORMAT_VERSION  # a length scale per pair type (theta_fac)
+        if any(np.ndim(t.kernel.theta) for t in pairs) or any(
+            np.ndim(t.kernel.theta) == 2 for t in self.terms if t.kind == "angle_3b"
+        ):
+            return FORMAT_VERSION  # lengths per pair or triplet type (theta_fac)
         if pairs:
             return PAIR_VISITS_FORMAT  # its pairs' visits (2 since, 1 before)
         if any("form" in t.spec.to_dict() for t in self.terms):

@@ -254,7 +254,7 @@ class TripletTerm:
             "kernel": {
                 "type": "ard_se",
                 "delta": self.kernel.delta,
-                "theta": list(self.kernel.theta),
+                "theta": np.asarray(self.kernel.theta).tolist(),
             },
         }
 
@@ -271,7 +271,11 @@ class TripletTerm:
     @classmethod
     def load(cls, meta: dict, arrays: dict[str, np.ndarray]) -> TripletTerm:
         spec = TripletSpec(**meta["descriptor"])
-        kernel = ARDKernel(meta["kernel"]["delta"], tuple(meta["kernel"]["theta"]))
+        theta = np.asarray(meta["kernel"]["theta"], dtype=float)
+        _check(
+            theta.shape in ((3,), (spec.n_types, 3)), f"theta of shape {theta.shape}"
+        )
+        kernel = ARDKernel(meta["kernel"]["delta"], theta)
         d, t = arrays["sparse_d"], arrays["sparse_type"]
         _check(d.shape == (len(t), 3) and t.ndim == 1, f"sparse_d shape {d.shape}")
         return cls(spec, kernel, d, t, meta["name"])

@@ -53,8 +53,13 @@ from gapfit.update import refit, update
 CUTOFF, WIDTH = 3.2, 0.6
 SPEC_KW = {"cutoff": CUTOFF, "cutoff_transition_width": WIDTH}
 KERNEL = ARDKernel(0.3, (0.8, 0.5, 0.7))
-# gap_fit symmetrises distance_Nb's lengths over the orders it sums: one length
-KERNELS = {"angle": KERNEL, "distances": ARDKernel(0.3, (0.6, 0.6, 0.6))}
+# gap_fit symmetrises distance_Nb's lengths over the orders it sums: one length;
+# its theta_fac gives each triplet type its own lengths (6 types of Cu and Au)
+KERNELS = {
+    "angle": KERNEL,
+    "distances": ARDKernel(0.3, (0.6, 0.6, 0.6)),
+    "per_type": ARDKernel(0.3, [(0.8 + 0.1 * t, 0.5 + 0.2 * t, 0.7) for t in range(6)]),
+}
 
 
 def _cell(seed: int = 0, alloy: bool = False, primitive: bool = False):
@@ -76,8 +81,8 @@ class Reference:
     """Triplets of ``atoms`` from ASE, geometry as a JAX function of positions and a
     deformation of the cell."""
 
-    def __init__(self, atoms, species, form: str = "angle"):
-        self.form, self.kernel = form, KERNELS[form]
+    def __init__(self, atoms, species, form: str = "angle", kernel: str = ""):
+        self.form, self.kernel = form, KERNELS[kernel or form]
         i, j, S = neighbor_list("ijS", atoms, CUTOFF)
         rows = [
             (c, j[a], *S[a], j[b], *S[b])
@@ -88,6 +93,7 @@ class Reference:
         self.c, self.ja, self.jb = t[:, 0], t[:, 1], t[:, 5]
         self.Sa, self.Sb = t[:, 2:5].astype(float), t[:, 6:9].astype(float)
         self.pos, self.cell = atoms.positions, np.array(atoms.cell)
+        self.species = species
         s = np.searchsorted(species, atoms.numbers)
         S_ = len(species)
         pair_index = {
@@ -129,7 +135,8 @@ class Reference:
     def k(self, d1, t1, d2, t2):
         """ARD squared exponential; distance_Nb's summed over the 6 orders of the
         first descriptor's components (every relabelling of a triangle's atoms)."""
-        th = jnp.asarray(self.kernel.theta)
+        n_types = len(self.species) ** 2 * (len(self.species) + 1) // 2
+        th = jnp.asarray(self.kernel.lengths(n_types))[t1]  # the row's type's
         orders = (
             itertools.permutations(range(3))
             if self.form == "distances"
@@ -138,7 +145,7 @@ class Reference:
         k = 0.0
         for o in orders:
             x = d1[:, list(o)]
-            q = jnp.sum(((x[:, None] - d2[None]) / th[None, None]) ** 2, axis=-1)
+            q = jnp.sum(((x[:, None] - d2[None]) / th[:, None]) ** 2, axis=-1)
             k = k + self.kernel.delta**2 * jnp.exp(-0.5 * q)
         return k * (t1[:, None] == t2[None])
 
@@ -167,19 +174,21 @@ def _setup(cell: str, form: str = "angle"):
     return atoms, species, spec, batch, Zd, Zt, w
 
 
-# species types; a cell of periodic self-images; distance_Nb's form (one element)
+# species types (with lengths per type); a cell of periodic self-images;
+# distance_Nb's form (one element)
 CELLS = [
-    ("alloy", "angle"),
-    ("images", "angle"),
-    ("cu", "distances"),
-    ("images", "distances"),
+    ("alloy", "angle", ""),
+    ("alloy", "angle", "per_type"),
+    ("images", "angle", ""),
+    ("cu", "distances", ""),
+    ("images", "distances", ""),
 ]
 
 
-@pytest.mark.parametrize("cell, form", CELLS)
-def test_mean_and_rows_match_the_reference(cell, form):
+@pytest.mark.parametrize("cell, form, kernel", CELLS)
+def test_mean_and_rows_match_the_reference(cell, form, kernel):
     atoms, species, spec, batch, Zd, Zt, w = _setup(cell, form)
-    ref = Reference(atoms, species, form)
+    ref = Reference(atoms, species, form, kernel)
     assert len(ref.c) == len(batch_descriptors(spec, batch)[0])
     b, tables = batch._asdict(), pair_tables(batch)
     args = (jnp.asarray(Zd), jnp.asarray(Zt))
@@ -203,10 +212,10 @@ def test_mean_and_rows_match_the_reference(cell, form):
     assert np.abs(forces).max() > 0.1  # not a vacuous comparison
 
 
-@pytest.mark.parametrize("cell, form", CELLS)
-def test_prior_variances_match_the_reference(cell, form):
+@pytest.mark.parametrize("cell, form, kernel", CELLS)
+def test_prior_variances_match_the_reference(cell, form, kernel):
     atoms, species, spec, batch, *_ = _setup(cell, form)
-    ref = Reference(atoms, species, form)
+    ref = Reference(atoms, species, form, kernel)
     b, tables = batch._asdict(), pair_tables(batch)
     priors = triplet_priors(spec, ref.kernel, b, tables, True)
     pos, zero, n = atoms.positions, jnp.zeros((3, 3)), len(atoms)
@@ -407,20 +416,34 @@ def test_gap_fit_string_file_round_trip_and_chunks_give_one_model(
         np.testing.assert_allclose(a[key], b[key], rtol=1e-12)
 
 
-def test_theta_fac_scales_each_length_by_the_data_range(emt_frames):
+def test_theta_fac_scales_each_length_by_its_types_data_range(emt_frames, tmp_path):
+    """gap_fit's theta_fac: each triplet type's three lengths are the factor times
+    the ranges of its own triplets' descriptor components (gap_fit makes one GP per
+    type); the model, of format 8, saves and loads to the same predictions."""
     gap = GAP(soap=None, angle_3b=TRIPLET + " theta_fac=0.5", e0_method="average")
     model = gap.fit(emt_frames).model_
     term = model.term("angle_3b")
     spec = TripletSpec((29, 79), 3.3, 0.3)
-    d = np.concatenate(
-        [
-            batch_descriptors(spec, make_batch([a], (29, 79), 3.3, triplet_cutoff=3.3))[
-                0
-            ]
-            for a in emt_frames
-        ]
-    )
-    np.testing.assert_allclose(term.kernel.theta, 0.5 * np.ptp(d, axis=0), rtol=1e-12)
+    parts = [
+        batch_descriptors(spec, make_batch([a], (29, 79), 3.3, triplet_cutoff=3.3))
+        for a in emt_frames
+    ]
+    d = np.concatenate([p[0] for p in parts])
+    t = np.concatenate([p[1] for p in parts])
+    lengths = term.kernel.lengths(spec.n_types)
+    assert len(np.unique(t)) == 6  # every type present
+    for ty in range(6):
+        want = 0.5 * np.ptp(d[t == ty], axis=0)
+        np.testing.assert_allclose(lengths[ty], want, rtol=1e-12)
+    assert np.ptp(lengths, axis=0).min() > 0  # the types' lengths differ
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        assert json.loads(str(z["meta"]))["format_version"] == 8
+    back = Model.load(tmp_path / "m.npz")
+    assert back.term("angle_3b").kernel == term.kernel
+    a, b = (m.predict(emt_frames[-1:], std=True)[0] for m in (model, back))
+    for key in ("energy", "forces", "forces_std", "stress_std"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_3b_is_refused_on_a_dask_cluster(tmp_path):
