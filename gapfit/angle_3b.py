@@ -603,6 +603,16 @@ def theta_from_factor(
     return tuple(map(tuple, theta))
 
 
+def distinct_triplets(d: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The first of each set of triplets equal to 1e-10 (in type and descriptor
+    ``d (n, 3)``), in their order: what the sparse points and ``theta_fac`` lengths
+    are chosen from. The distinct triplets of parts of the data, concatenated in
+    order, have the distinct triplets of the whole."""
+    keys = np.concatenate([types[:, None].astype(float), np.round(d, 10)], axis=1)
+    first = np.sort(np.unique(keys, axis=0, return_index=True)[1])
+    return d[first], types[first]
+
+
 SPARSE_METHODS_3B = ("uniform", "random")
 
 

@@ -12,7 +12,9 @@ kernel, as in the serial fit). Passes, and what comes back to the client:
 1. survey: species, per-config e0 sums (``data.e0_from_counts``), a data-summary
    part; then each chunk's padded shape (neighbour lists only).
 2. keys: a 128-bit key and the species of every SOAP environment
-   (``sparsify.row_keys``, 17 bytes per atom) and 2-body distance ranges.
+   (``sparsify.row_keys``, 17 bytes per atom), 2-body distance ranges (and, for
+   random sparse points, the distinct distances), and the distinct 3-body triplets
+   (32 bytes each; the serial fit holds every triplet too).
 3. cur_points only: per share and species the R factor (F+1, F+1) of the candidate
    rows ``[x̂ | 0]``, reduced over shares by TSQR (``tsqr``); ``cur_basis`` on the
    client; then the leverage score of every candidate (8 bytes each).
@@ -50,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from dask.distributed import Client
 
+from gapfit.angle_3b import TripletSpec, distinct_triplets
 from gapfit.assembly import (
     fitted_predictions,
     padded_batches,
@@ -75,7 +78,15 @@ from gapfit.data import (
 from gapfit.distance_2b import PairSummary
 from gapfit.dscribe_backend import check_backend
 from gapfit.errors import GapfitError
-from gapfit.fit import GAP, data_part, merge_data_parts, pair_term, term_specs
+from gapfit.fit import (
+    GAP,
+    data_part,
+    merge_data_parts,
+    pair_term,
+    term_specs,
+    triplet_cutoff,
+    triplet_term,
+)
 from gapfit.kernels import normalise
 from gapfit.memory import peak_rss_gib
 from gapfit.model import Model
@@ -118,13 +129,21 @@ class _Job:
 
     def batch(self, frames: Sequence[Frame], chunk: Sequence[int]) -> Batch:
         cutoff = max(s.neighbour_cutoff for s, _ in self.specs.values())
-        return padded_batches(frames, [chunk], self.species, cutoff, self.shape)[0]
+        return padded_batches(
+            frames,
+            [chunk],
+            self.species,
+            cutoff,
+            self.shape,
+            triplet_cutoff=triplet_cutoff(self.specs),
+        )[0]
 
     def descriptors(
         self, frames: Sequence[Frame], chunk: Sequence[int], name: str | None = None
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Each term's descriptors of one chunk (``GAP._descriptors``; only the term
-        ``name``'s if given): SOAP X and species Z, pair distances r and types t."""
+        ``name``'s if given): SOAP X and species Z, pair distances r and types t,
+        triplet descriptors d and types t."""
         specs = self.specs if name is None else {name: self.specs[name]}
         return self.gap._descriptors(
             specs, frames, [chunk], [self.batch(frames, chunk)]
@@ -164,7 +183,8 @@ def _shape(job: _Job, frames: list[Frame], share: Share) -> tuple[int, ...]:
 
 def _keys(job: _Job, frames: list[Frame], share: Share) -> dict[str, dict]:
     """Per term: a SOAP term's environment keys and species ``{"keys", "Z"}``, a
-    2-body term's ``PairSummary`` ``{"pairs"}``."""
+    2-body term's ``PairSummary`` ``{"pairs"}``, a 3-body term's distinct triplets
+    (``angle_3b.distinct_triplets``) ``{"d", "t"}``."""
     parts: dict[str, list] = {name: [] for name in job.specs}
     named = job.gap._term_settings()
     for _, _, c in job.chunks(frames, share):
@@ -172,6 +192,8 @@ def _keys(job: _Job, frames: list[Frame], share: Share) -> dict[str, dict]:
             spec = job.specs[name][0]
             if isinstance(spec, SoapSpec):
                 parts[name].append((row_keys(normalise_rows(values)), types))
+            elif isinstance(spec, TripletSpec):
+                parts[name].append(distinct_triplets(values, types))
             else:
                 method = named[name][1]["sparse_method"]
                 parts[name].append(PairSummary.of(spec, values, types, method))
@@ -183,6 +205,9 @@ def _keys(job: _Job, frames: list[Frame], share: Share) -> dict[str, dict]:
                 "keys": np.concatenate([k for k, _ in got]),
                 "Z": np.concatenate([z for _, z in got]),
             }
+        elif isinstance(spec, TripletSpec):
+            d, t = (np.concatenate(x) for x in zip(*got, strict=True))
+            out[name] = dict(zip(("d", "t"), distinct_triplets(d, t), strict=True))
         else:
             out[name] = {"pairs": PairSummary.merged(spec, got)}
     return out
@@ -284,11 +309,6 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     memory: dict[str, float] = {}
     t0 = time.perf_counter()
     named = gap._term_settings()
-    if "angle_3b" in named:
-        raise GapfitError(
-            "the 3-body term (angle_3b) is not offered on a dask cluster yet; fit "
-            "without --dask-scheduler/--dask-workers, or without --angle-3b."
-        )
     gap._sigmas()  # validate before any work
     baseline = Baseline.of(gap.baseline, gap.baseline_kwargs)
     for soap in (s for kind, s in named.values() if kind == "soap"):
@@ -351,10 +371,14 @@ def fit_on_cluster(gap: GAP, path: str | os.PathLike, client: Client) -> GAP:
     for name, (kind, term_settings) in named.items():
         spec, kernel = job.specs[name]
         parts = [k[name] for k in keys]
+        seed = job.gap.rnd_seed
         if kind == "distance_2b":
             summary = PairSummary.merged(spec, [p["pairs"] for p in parts])
-            seed = job.gap.rnd_seed
             terms.append(pair_term(spec, kernel, term_settings, summary, seed, name))
+            continue
+        if kind == "angle_3b":
+            d, t = (np.concatenate([p[k] for p in parts]) for k in ("d", "t"))
+            terms.append(triplet_term(spec, kernel, term_settings, d, t, seed))
             continue
         Z = np.concatenate([p["Z"] for p in parts])
         keyed = np.concatenate([p["keys"] for p in parts])

@@ -33,6 +33,7 @@ from gapfit.angle_3b import (
     ARDKernel,
     TripletSpec,
     batch_descriptors,
+    distinct_triplets,
     theta_from_factor,
     triplet_sparse_points,
 )
@@ -193,7 +194,7 @@ class GAP:
         chunks = chunk_indices([len(f.numbers) for f in frames], self.chunk_atoms)
         t0 = time.perf_counter()
         batches = padded_batches(
-            frames, chunks, species, cutoff, triplet_cutoff=_triplet_cutoff(specs)
+            frames, chunks, species, cutoff, triplet_cutoff=triplet_cutoff(specs)
         )
         data = self._descriptors(specs, frames, chunks, batches)
         timings["descriptors"] = time.perf_counter() - t0
@@ -680,8 +681,9 @@ def triplet_term(
     seed: int,
 ) -> TripletTerm:
     """The 3-body term from the descriptors ``d (n, 3)`` and ``types`` of the data's
-    triplets: ``theta_fac`` lengths measured on them, sparse points chosen among
-    them (``kernel``'s delta kept)."""
+    triplets: ``theta_fac`` lengths measured on their ``distinct_triplets``, sparse
+    points chosen among them (``kernel``'s delta kept)."""
+    d, types = distinct_triplets(d, types)
     if triplet["theta_fac"] is not None:
         theta = theta_from_factor(spec, d, types, triplet["theta_fac"])
         kernel = ARDKernel(kernel.delta, theta)
@@ -709,7 +711,7 @@ def pair_term(
     return PairTerm(spec, kernel, *points, name)
 
 
-def _triplet_cutoff(specs: dict) -> float:
+def triplet_cutoff(specs: dict) -> float:
     """Å: the 3-body term's cutoff, 0 without one."""
     cutoffs = [s.cutoff for s, _ in specs.values() if isinstance(s, TripletSpec)]
     return max(cutoffs, default=0.0)

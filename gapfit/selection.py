@@ -47,7 +47,7 @@ import numpy as np
 
 from gapfit.assembly import chunk_batch
 from gapfit.data import Frame, as_frames
-from gapfit.fit import GAP, _specs, _triplet_cutoff
+from gapfit.fit import GAP, _specs, triplet_cutoff
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import bucket, padded_stream
@@ -248,7 +248,7 @@ def descriptors(
         frames,
         species=species,
         cutoff=cutoff,
-        triplet_cutoff=_triplet_cutoff(specs),
+        triplet_cutoff=triplet_cutoff(specs),
     )
     _, _, batches = padded_stream(build, chunks, sum(sizes))
     return gap._descriptors(specs, frames, chunks, batches)

@@ -446,12 +446,6 @@ def test_theta_fac_scales_each_length_by_its_types_data_range(emt_frames, tmp_pa
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_3b_is_refused_on_a_dask_cluster(tmp_path):
-    gap = GAP(soap="n_max=3 l_max=2 n_sparse=10", angle_3b=TRIPLET)
-    with pytest.raises(GapfitError, match="angle_3b.*dask"):
-        gap.fit(tmp_path / "x.xyz", client=object())
-
-
 def test_active_learning_with_the_3_body_term(tmp_path):
     """Pool mode with a 3-body term: its sparse points span every labelled triplet
     (chosen again when labels leave their range) and the run's model is the fit of

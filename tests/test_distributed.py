@@ -250,6 +250,30 @@ def test_fit_with_a_baseline_equals_serial(train: Path, client) -> None:
     assert next(errors) == pytest.approx(next(errors), rel=1e-6)
 
 
+def test_3_body_fit_and_predictions_equal_serial(train: Path, client) -> None:
+    """A 3-body term (gap_fit's angle_3b, theta_fac lengths per triplet type) with a
+    SOAP term: the workers' distinct triplets give the serial sparse triplets and
+    lengths to the bit; weights and predictions agree, on the cluster as here."""
+    settings = {
+        "soap": "cutoff=3.0 cutoff_transition_width=0.5 n_max=2 l_max=2 n_sparse=8",
+        "angle_3b": "cutoff=3.0 cutoff_transition_width=0.5 n_sparse=12 theta_fac=0.5",
+        "chunk_atoms": 64,
+        "rnd_seed": 3,
+    }
+    s = GAP(**settings).fit(train).model_
+    d = GAP(**settings).fit(train, client=client).model_
+    a, b = s.term("angle_3b"), d.term("angle_3b")
+    np.testing.assert_array_equal(b.sparse_d, a.sparse_d)
+    np.testing.assert_array_equal(b.sparse_type, a.sparse_type)
+    assert b.kernel == a.kernel and len(set(a.kernel.theta)) == 6  # one per type
+    w_s, w_d = np.asarray(s.posterior.weights), np.asarray(d.posterior.weights)
+    assert np.abs(w_d - w_s).max() <= 1e-6 * np.abs(w_s).max()
+    frames = read_frames(train)
+    assert_same_predictions(s.predict(frames), d.predict(frames), 1e-8)
+    _, preds = predict_file(s, train, client, batch_atoms=64)
+    assert_same_predictions(s.predict(read_frames(train, require=())), preds, 1e-10)
+
+
 def test_predict_equals_serial(fits: tuple[GAP, GAP], train: Path, client) -> None:
     model = fits[0].model_
     frames, preds = predict_file(model, train, client, batch_atoms=64)
