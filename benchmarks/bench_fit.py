@@ -7,7 +7,9 @@ transition, delta 1, theta 1 Å, 20 uniform sparse points) + SOAP (n_max 8, l_ma
 cutoff 5 Å with a 1 Å transition, atom_sigma 0.5, zeta 4, delta 1, CUR sparse points),
 default_sigma 0.001 0.05 0.05, e0 from the isolated atom (``--no-2b``: SOAP only;
 ``--angle-3b "cutoff=3.2 ..."``: plus gap_fit's 3-body term, ``--extra-soap "..."``:
-plus a further SOAP term, repeatable; both beyond the recipe),
+plus a further SOAP term, repeatable; both beyond the recipe; ``--pair-settings
+"..."``: settings appended to the recipe's 2-body term, e.g. gap_fit's default
+``sparse_method=random``),
 then prints one table: fit wall time, peak RSS after the fit, test RMSEs (E meV/atom,
 F meV/Å, virial meV/atom) and the ms per energy+forces+stress call on a rattled
 108-atom cell (median, min, max; without std, with the local and total energy
@@ -136,11 +138,12 @@ def recipe(
     optimise_hyperparameters: bool | str = False,
     angle_3b: str | None = None,
     extra_soap: Sequence[str] = (),
+    pair_settings: str = "",
 ) -> GAP:
     """gap_fit's benchmark recipe (module docstring) as an unfitted ``GAP``; with
     ``optimise_hyperparameters`` its delta and sigmas are the starting values;
     ``angle_3b`` adds a 3-body term with those settings, ``extra_soap`` further SOAP
-    terms."""
+    terms; ``pair_settings`` replace the 2-body term's settings of the same keys."""
     soap = (
         "cutoff=5.0 cutoff_transition_width=1.0 n_max=8 l_max=6 atom_sigma=0.5 "
         f"zeta=4 delta=1.0 n_sparse={n_sparse} sparse_method=cur_points"
@@ -148,8 +151,11 @@ def recipe(
     pair = (
         None
         if no_2b
-        else "cutoff=5.0 cutoff_transition_width=1.0 delta=1.0 theta_uniform=1.0 "
-        "n_sparse=20 sparse_method=uniform"
+        else _replaced(
+            "cutoff=5.0 cutoff_transition_width=1.0 delta=1.0 theta_uniform=1.0 "
+            "n_sparse=20 sparse_method=uniform",
+            pair_settings,
+        )
     )
     return GAP(
         soap=[soap, *extra_soap],
@@ -162,6 +168,15 @@ def recipe(
         progress=True,
         optimise_hyperparameters=optimise_hyperparameters,
     )
+
+
+def _replaced(settings: str, changes: str) -> str:
+    """``key=value`` settings with those of ``changes`` replacing the same keys
+    (``theta_fac`` replaces ``theta_uniform``: gap_fit takes one of them)."""
+    new = dict(w.split("=", 1) for w in changes.split())
+    drop = set(new) | ({"theta_uniform"} if "theta_fac" in new else set())
+    kept = [w for w in settings.split() if w.split("=", 1)[0] not in drop]
+    return " ".join(kept + [f"{k}={v}" for k, v in new.items()])
 
 
 def live_peer(
@@ -223,6 +238,13 @@ def main() -> None:
         default=[],
         help="add a further SOAP term with these settings (repeatable)",
     )
+    ap.add_argument(
+        "--pair-settings",
+        metavar="SETTINGS",
+        default="",
+        help="replace these settings of the recipe's 2-body term (beyond the recipe), "
+        "e.g. 'sparse_method=random' (gap_fit's default)",
+    )
     ap.add_argument("--chunk-atoms", type=int, default=512)
     ap.add_argument(
         "--optimise-hyperparameters",
@@ -255,6 +277,7 @@ def main() -> None:
         args.optimise_hyperparameters,
         args.angle_3b,
         args.extra_soap,
+        args.pair_settings,
     )
     gap.fit(args.data / "train.xyz")
     fit_s = time.perf_counter() - t0
