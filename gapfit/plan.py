@@ -445,6 +445,7 @@ class _Shape:
     M_2b: int
     M_3b: int = 0
     n_2b: int = 0  # 2-body terms
+    orders_3b: int = 1  # orders the 3-body kernel sums over (distance_Nb's form: 6)
 
     @property
     def F(self) -> int:
@@ -469,7 +470,8 @@ class _Shape:
             elif isinstance(spec, PairSpec):
                 M_2b, n_2b = M_2b + n_sparse[name], n_2b + 1
         M_3b = n_sparse.get("angle_3b", 0)
-        return cls(len(species), tuple(soaps), M_2b, M_3b, n_2b)
+        orders = len(specs["angle_3b"][0].orders) if "angle_3b" in specs else 1
+        return cls(len(species), tuple(soaps), M_2b, M_3b, n_2b, orders)
 
 
 def _code_bytes(n_shapes: int, kernels: Sequence[tuple[str, int]]) -> float:
@@ -601,7 +603,7 @@ def _seconds(
     """Predicted wall time per stage (see module doc; SOAP terms add up)."""
     S, M, M2 = shape.S, shape.M, shape.M_2b
     work = rows = qr = 0.0  # SOAP pair work, flops of the kernel rows and of the QR
-    triplet_work = sum(c.padded_triplets * shape.M_3b for c in chunks)
+    triplet_work = shape.orders_3b * sum(c.padded_triplets * shape.M_3b for c in chunks)
     triplet_compile = COMPILE_S["triplet"] if shape.M_3b else 0.0
     for c in chunks:
         A, P, C = c.padded

@@ -26,6 +26,7 @@ from gapfit.fit import GAP
 from gapfit.gap_fit_args import parse_gap_fit_command
 from gapfit.gapstring import parse_distance_2b
 from gapfit.model import Model
+from gapfit.plan import TRIPLET_MEAN_S, TRIPLET_ROW_S
 
 # wfl's 2-body string, with its bare compact_clusters and f0
 NB = (
@@ -200,6 +201,27 @@ def test_wfl_2_3_body_and_soap_line_fits_one_element(tmp_path):
     np.testing.assert_array_equal(again["forces_std"], first["forces_std"])
     with pytest.raises(GapfitError, match="data of one element"):
         GAP(angle_3b=NB3, **SIGMAS).fit(cu_au_frames(5, 1, 2))
+
+
+def test_dry_run_counts_the_six_orders_of_the_3_body_kernel() -> None:
+    """The dry run of distance_Nb's 3-body term counts the triplets and sparse points
+    of angle_3b at the same cutoff and its kernel work 6 times (one per order): 5
+    more times its (padded triplets x sparse points) at the rows' and the mean's
+    rates (the measured neighbour-list time, in both stages, cancels)."""
+    frames = cu_cells(3, seed=4)
+    angle = NB3.replace("distance_Nb order=3", "angle_3b").replace(
+        " compact_clusters=T", ""
+    )
+    plans = [GAP(angle_3b=a, soap=None, **SIGMAS).plan(frames) for a in (angle, NB3)]
+    assert plans[0].n_triplets == plans[1].n_triplets > 0
+    assert plans[0].n_sparse == plans[1].n_sparse
+    rows, mean = (
+        plans[1].stage_seconds[k] - plans[0].stage_seconds[k]
+        for k in ("solve", "training_errors")
+    )
+    work = (rows - mean) / (5 * (TRIPLET_ROW_S - TRIPLET_MEAN_S))
+    real = plans[0].n_triplets * plans[0].n_sparse["angle_3b"]
+    assert real <= work <= 2 * real  # triplets padded to a bucket
 
 
 @pytest.mark.parametrize(

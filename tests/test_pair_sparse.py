@@ -18,6 +18,7 @@ from gapfit.distance_2b import PairSpec, PairSummary, pair_type
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP
 from gapfit.model import FORMAT_VERSION, Model
+from gapfit.tune import _with
 
 CUTOFF = 4.0
 SIGMAS = {"default_sigma": (0.002, 0.05, 0.05), "e0_method": "average"}
@@ -131,3 +132,14 @@ def test_theta_uniform_models_keep_one_length_and_their_format(frames, tmp_path)
     model.save(tmp_path / "m.npz")
     with np.load(tmp_path / "m.npz") as z:
         assert json.loads(str(z["meta"]))["format_version"] == 7
+
+
+def test_a_tune_grid_of_theta_fac_replaces_theta_uniform() -> None:
+    """``gapfit tune --grid distance_2b.theta_fac=...`` on a term with
+    ``theta_uniform``: the grid's factor sets the lengths (gap_fit takes one)."""
+    gap = GAP(distance_2b=f"cutoff={CUTOFF} theta_uniform=0.6")
+    point = _with(gap, {"distance_2b.theta_fac": "0.4"})
+    settings = point._settings()[1]
+    assert (settings["theta_fac"], settings["theta_uniform"]) == (0.4, None)
+    back = _with(point, {"distance_2b.theta_uniform": "0.7"})._settings()[1]
+    assert (back["theta_fac"], back["theta_uniform"]) == (None, 0.7)
