@@ -619,11 +619,12 @@ SPARSE_METHODS_3B = ("uniform", "random")
 def triplet_sparse_points(
     d: np.ndarray, types: np.ndarray, n_sparse: int, method: str, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n_sparse`` distinct descriptors per triplet type (all when fewer). First
-    the triplets of smallest and largest value of each component, so that the points
-    span the data; then ``uniform``: one from each occupied cell of a grid of about
-    ``n_sparse`` cells over the type's range (gap_fit's ``select_uniform``), then
-    random ones; ``random``: random ones. Seeded per type."""
+    """``n_sparse`` descriptors per triplet type (all when fewer) among the
+    ``distinct_triplets`` ``d (n, 3)``, ``types``. First the triplets of smallest
+    and largest value of each component, so that the points span the data; then
+    ``uniform``: one from each occupied cell of a grid of about ``n_sparse`` cells
+    over the type's range (gap_fit's ``select_uniform``), then random ones;
+    ``random``: random ones. Seeded per type."""
     if len(d) == 0:
         raise GapfitError(
             "angle_3b: no atom has two neighbours inside the 3-body cutoff in the "
@@ -631,8 +632,7 @@ def triplet_sparse_points(
         )
     Z_d, Z_t = [], []
     for t in np.unique(types):
-        of_type = d[types == t]  # distinct triplets (to 1e-10), as they are
-        x = of_type[np.unique(np.round(of_type, 10), axis=0, return_index=True)[1]]
+        x = np.unique(d[types == t], axis=0)  # sorted: draws ignore the data order
         rng = np.random.default_rng([seed, int(t)])
         m = min(n_sparse, len(x))
         ends = np.unique(np.concatenate([x.argmin(axis=0), x.argmax(axis=0)]))

@@ -18,10 +18,9 @@ several terms of one kind (``soap``, ``soap_2``, ...; each term's ``kind`` in
 ``centre`` or ``pair`` in ``meta``), format 7 a model with a 2-body term (each pair
 counted in both orders, ``visits``) or distance_Nb's 3-body form, format 8 one with
 lengths per 2-body pair type or 3-body triplet type (``theta_fac``: a list, a list
-of lists); each model is written in
-the oldest format that holds it, so a gapfit that predates baselines, the 3-body
-term, repeated terms, per-species terms or these refuses such a file instead of
-predicting without them.
+of lists); each model is written in the oldest format that holds it, so a gapfit
+that predates baselines, the 3-body term, repeated terms, per-species terms or these
+refuses such a file instead of predicting without them.
 """
 
 from __future__ import annotations

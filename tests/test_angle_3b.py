@@ -34,6 +34,7 @@ from gapfit.angle_3b import (
     ARDKernel,
     TripletSpec,
     batch_descriptors,
+    distinct_triplets,
     triplet_mean,
     triplet_priors,
     triplet_rows,
@@ -169,7 +170,7 @@ def _setup(cell: str, form: str = "angle"):
     spec = TripletSpec(species, **SPEC_KW, form=form)
     batch = make_batch([atoms], species, CUTOFF, triplet_cutoff=CUTOFF)
     d, t = batch_descriptors(spec, batch)
-    Zd, Zt = triplet_sparse_points(d, t, 15, "uniform", 3)
+    Zd, Zt = triplet_sparse_points(*distinct_triplets(d, t), 15, "uniform", 3)
     w = np.random.default_rng(2).normal(size=len(Zt))
     return atoms, species, spec, batch, Zd, Zt, w
 
