@@ -147,7 +147,8 @@ ANGLE_3B_HELP = {
     "covariance_type": "ard_se (squared exponential; gap_fit's 'gaussian')",
     "delta": "eV, energy scale",
     "theta_uniform": "length scale of all three components (default 1.0)",
-    "theta_fac": "length scales = factor x each component's range in the data",
+    "theta_fac": "length scales = factor x each component's range over each "
+    "triplet type's triplets in the data",
     "n_sparse": "sparse triplets per triplet type",
     "sparse_method": "uniform (grid over the descriptor range) or random",
     "add_species": "T (one GP per centre species and neighbour pair); F for data "
