@@ -54,7 +54,8 @@ mean at ``MEAN_WORK_S``), and flops at one calibrated rate: per chunk
 ``2 (3 P F M)`` for ``Z_hat . dP``, ``18 P C M`` for the virial contraction,
 ``12 P S^2 N^2 LM`` for the power-spectrum tangents, ``2 rows (M+1)^2`` for the QR
 fold and ``30 P M_2b`` for the 2-body rows; ``4 n_env F^2 + 2 M^2 F`` for sparsify
-(SVD, K_mm).
+(SVD, K_mm). A SOAP term that runs over its own pairs (``terms.row_pairs``: of one
+central species, or a cutoff shorter than the longest) counts its share of ``P``.
 
 All constants come from CPU JAX on a 2-core x86 reference machine (``benchmarks``):
 another machine scales the time, and the compile terms of the memory somewhat.
@@ -81,6 +82,7 @@ from gapfit.model import chunk_indices
 from gapfit.neighbours import _canonical, bucket, make_batch, pairs
 from gapfit.soap import PAIR_BLOCK, SoapSpec
 from gapfit.sparsify import check_config_types, select_sparse
+from gapfit.terms import own_pairs
 
 if TYPE_CHECKING:
     from gapfit.fit import GAP
@@ -168,6 +170,9 @@ class FitPlan:
         baseline: the baseline calculator's name, or None; its evaluation on every
             frame is not in ``seconds``.
         n_triplets: triplets of the 3-body term (0 without one).
+        own_pairs: pairs each SOAP term that runs over its own pairs (of one
+            central species, or a shorter cutoff: ``terms.row_pairs``) has, e.g.
+            ``{"soap_2": 1200}``; its per-pair work is counted for those.
     """
 
     n_configs: int
@@ -188,6 +193,7 @@ class FitPlan:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     baseline: str | None = None
     n_triplets: int = 0
+    own_pairs: dict[str, int] = field(default_factory=dict)
 
     @property
     def peak_gib(self) -> float:
@@ -200,6 +206,7 @@ class FitPlan:
             ("configs", f"{self.n_configs}"),
             ("atoms", f"{self.n_atoms}"),
             ("pairs (full list)", f"{self.n_pairs}"),
+            *((f"pairs of {name}", f"{n}") for name, n in self.own_pairs.items()),
             *(
                 (("triplets (3-body)", f"{self.n_triplets}"),)
                 if self.n_triplets
@@ -237,8 +244,13 @@ class _Chunk:
     pairs: int
     configs: int
     triplets: int = 0  # of the 3-body term
+    soap_pairs: dict[str, int] = field(default_factory=dict)  # each SOAP term's own
     pad_to: tuple[int, int, int] | None = None  # the fit's one shape for all chunks
     padded_triplets: int = 0  # the fit's one triplet count for all chunks
+
+    def share(self, name: str) -> float:
+        """The fraction of the chunk's pairs the SOAP term ``name`` runs over."""
+        return self.soap_pairs.get(name, self.pairs) / max(self.pairs, 1)
 
     @property
     def padded(self) -> tuple[int, int, int]:
@@ -284,7 +296,9 @@ def plan_fit(
     cutoff = max(s.neighbour_cutoff for s, _ in specs.values())
 
     t0 = time.perf_counter()
-    counts, r_ranges = _neighbour_counts(frames, specs, cutoff, len(species))
+    counts, soap_counts, r_ranges = _neighbour_counts(
+        frames, specs, cutoff, len(species)
+    )
     t_nl = time.perf_counter() - t0
     t0 = time.perf_counter()
     triplets, types = _triplet_counts(frames, specs)
@@ -296,6 +310,7 @@ def plan_fit(
             sum(counts[k] for k in c),
             len(c),
             sum(triplets[k] for k in c),
+            {n: sum(got[k] for k in c) for n, got in soap_counts.items()},
         )
         for c in chunk_indices(sizes, gap.chunk_atoms)
     ]
@@ -316,7 +331,8 @@ def plan_fit(
     numbers = np.concatenate([f.numbers for f in frames])
     memory = _memory(shape, chunks, len(frames), int(np.bincount(numbers).max()))
     stage_seconds = _seconds(shape, chunks, t_read, t_nl)
-    stage_seconds["descriptors"] += t_triplets  # the fit lists them once, as here
+    if triplet is not None:  # the fit lists them once, as here
+        stage_seconds["descriptors"] += t_triplets
     shapes = sorted({c.padded for c in chunks})
     stage = max(memory, key=lambda s: memory[s][0])
     running = np.maximum.accumulate([memory[s][0] for s in STAGES])  # as ru_maxrss
@@ -339,6 +355,11 @@ def plan_fit(
         stage_seconds=stage_seconds,
         baseline=baseline and baseline.calculator,
         n_triplets=int(sum(triplets)),
+        own_pairs={
+            name: int(sum(got))
+            for name, got in soap_counts.items()
+            if own_pairs(specs[name][0], cutoff)
+        },
     )
 
 
@@ -360,21 +381,30 @@ def _triplet_counts(frames: Sequence[Frame], specs: dict) -> tuple[list[int], An
 
 def _neighbour_counts(
     frames: Sequence[Frame], specs: dict, cutoff: float, n_species: int
-) -> tuple[list[int], dict[str, dict[int, tuple[float, float]]]]:
-    """Full-list pairs of every frame, and for each 2-body term the (min, max)
-    distance of each pair type within its cutoff (``GAP.fit`` places its sparse
-    points there), ``{term name: {type: (min, max)}}``."""
+) -> tuple[list[int], dict[str, list[int]], dict[str, dict[int, tuple[float, float]]]]:
+    """Full-list pairs of every frame; per SOAP term, the pairs of every frame its
+    kernels run over (within its neighbour cutoff, out of its central species'
+    atoms: ``terms.row_pairs``); and for each 2-body term the (min, max) distance of
+    each pair type within its cutoff (``GAP.fit`` places its sparse points there),
+    ``{term name: {type: (min, max)}}``."""
     counts: list[int] = []
+    soap_specs = {n: s for n, (s, _) in specs.items() if isinstance(s, SoapSpec)}
+    soap_counts: dict[str, list[int]] = {n: [] for n in soap_specs}
     pair_specs = {n: s for n, (s, _) in specs.items() if isinstance(s, PairSpec)}
     r_ranges: dict[str, dict[int, tuple[float, float]]] = {n: {} for n in pair_specs}
     species = next(iter(specs.values()))[0].species  # every term's
     for f in frames:
         i, j, D = pairs(f, cutoff, f.where)
         counts.append(len(i))
+        r = np.linalg.norm(D, axis=1)
+        for name, spec in soap_specs.items():
+            own = r < spec.neighbour_cutoff if own_pairs(spec, cutoff) else r >= 0
+            if spec.centre:
+                own &= f.numbers[i] == spec.centre
+            soap_counts[name].append(int(own.sum()))
         if not pair_specs or not len(i):
             continue
         z = np.searchsorted(species, f.numbers)
-        r = np.linalg.norm(D, axis=1)
         canonical = _canonical(i, j, D) > 0  # each pair once, for every 2-body term
         for name, spec in pair_specs.items():
             keep = canonical & (r < spec.cutoff)
@@ -385,7 +415,7 @@ def _neighbour_counts(
                 rt = r[keep][t == ty]
                 lo, hi = r_ranges[name].get(int(ty), (np.inf, -np.inf))
                 r_ranges[name][int(ty)] = (min(lo, rt.min()), max(hi, rt.max()))
-    return counts, r_ranges
+    return counts, soap_counts, r_ranges
 
 
 def _n_sparse(
@@ -423,12 +453,14 @@ def _n_sparse(
 
 @dataclass(frozen=True)
 class _Soap:
-    """Static sizes of one SOAP term: ``N = n_max``, ``L = l_max``, ``F``, ``M``."""
+    """Static sizes of one SOAP term ``name``: ``N = n_max``, ``L = l_max``, ``F``,
+    ``M``."""
 
     N: int
     L: int
     F: int
     M: int
+    name: str = "soap"
 
     @property
     def LM(self) -> int:
@@ -466,7 +498,7 @@ class _Shape:
         for name, (spec, _) in specs.items():
             if isinstance(spec, SoapSpec):
                 F, M = spec.n_features, n_sparse[name]
-                soaps.append(_Soap(spec.n_max, spec.l_max, F, M))
+                soaps.append(_Soap(spec.n_max, spec.l_max, F, M, name))
             elif isinstance(spec, PairSpec):
                 M_2b, n_2b = M_2b + n_sparse[name], n_2b + 1
         M_3b = n_sparse.get("angle_3b", 0)
@@ -608,9 +640,10 @@ def _seconds(
     for c in chunks:
         A, P, C = c.padded
         for s in shape.soaps:
-            work += P * s.N * s.LM
-            rows += 2 * 3 * P * s.F * s.M + 18 * P * C * s.M
-            rows += 12 * P * S * S * s.N * s.N * s.LM
+            P_s = P * c.share(s.name)  # a term of one element or shorter cutoff
+            work += P_s * s.N * s.LM
+            rows += 2 * 3 * P_s * s.F * s.M + 18 * P_s * C * s.M
+            rows += 12 * P_s * S * S * s.N * s.N * s.LM
         rows += 30 * P * M2
         qr += 2 * (3 * A + 7 * C) * (M + 1) ** 2
     n_env = sum(c.atoms for c in chunks)
