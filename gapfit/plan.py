@@ -55,7 +55,8 @@ mean at ``MEAN_WORK_S``), and flops at one calibrated rate: per chunk
 ``12 P S^2 N^2 LM`` for the power-spectrum tangents, ``2 rows (M+1)^2`` for the QR
 fold and ``30 P M_2b`` for the 2-body rows; ``4 n_env F^2 + 2 M^2 F`` for sparsify
 (SVD, K_mm). A SOAP term that runs over its own pairs (``terms.row_pairs``: of one
-central species, or a cutoff shorter than the longest) counts its share of ``P``.
+central species, or a cutoff shorter than the longest) counts its padded tables'
+pairs in place of ``P``: its centre slots times the most pairs out of one centre.
 
 All constants come from CPU JAX on a 2-core x86 reference machine (``benchmarks``):
 another machine scales the time, and the compile terms of the memory somewhat.
@@ -172,7 +173,8 @@ class FitPlan:
         n_triplets: triplets of the 3-body term (0 without one).
         own_pairs: pairs each SOAP term that runs over its own pairs (of one
             central species, or a shorter cutoff: ``terms.row_pairs``) has, e.g.
-            ``{"soap_2": 1200}``; its per-pair work is counted for those.
+            ``{"soap_2": 1200}``; its per-pair work is counted over its padded
+            tables of them.
     """
 
     n_configs: int
@@ -244,13 +246,8 @@ class _Chunk:
     pairs: int
     configs: int
     triplets: int = 0  # of the 3-body term
-    soap_pairs: dict[str, int] = field(default_factory=dict)  # each SOAP term's own
     pad_to: tuple[int, int, int] | None = None  # the fit's one shape for all chunks
     padded_triplets: int = 0  # the fit's one triplet count for all chunks
-
-    def share(self, name: str) -> float:
-        """The fraction of the chunk's pairs the SOAP term ``name`` runs over."""
-        return self.soap_pairs.get(name, self.pairs) / max(self.pairs, 1)
 
     @property
     def padded(self) -> tuple[int, int, int]:
@@ -304,17 +301,18 @@ def plan_fit(
     triplets, types = _triplet_counts(frames, specs)
     t_triplets = time.perf_counter() - t0
     sizes = [len(f.numbers) for f in frames]
+    indices = chunk_indices(sizes, gap.chunk_atoms)
     chunks = [
         _Chunk(
             sum(sizes[k] for k in c),
             sum(counts[k] for k in c),
             len(c),
             sum(triplets[k] for k in c),
-            {n: sum(got[k] for k in c) for n, got in soap_counts.items()},
         )
-        for c in chunk_indices(sizes, gap.chunk_atoms)
+        for c in indices
     ]
     common = _largest(c.padded for c in chunks)  # GAP.fit pads every chunk to it
+    own = _own_pairs(soap_counts, indices)
     T = bucket(max(c.triplets for c in chunks) + 1) if triplet else 0
     for c in chunks:
         c.pad_to = common
@@ -330,7 +328,8 @@ def plan_fit(
     shape = _Shape.of(specs, n_sparse, species)
     numbers = np.concatenate([f.numbers for f in frames])
     memory = _memory(shape, chunks, len(frames), int(np.bincount(numbers).max()))
-    stage_seconds = _seconds(shape, chunks, t_read, t_nl)
+    padded_own = {name: width for name, (_, width) in own.items()}
+    stage_seconds = _seconds(shape, chunks, t_read, t_nl, padded_own)
     if triplet is not None:  # the fit lists them once, as here
         stage_seconds["descriptors"] += t_triplets
     shapes = sorted({c.padded for c in chunks})
@@ -355,11 +354,7 @@ def plan_fit(
         stage_seconds=stage_seconds,
         baseline=baseline and baseline.calculator,
         n_triplets=int(sum(triplets)),
-        own_pairs={
-            name: int(sum(got))
-            for name, got in soap_counts.items()
-            if own_pairs(specs[name][0], cutoff)
-        },
+        own_pairs={name: n for name, (n, _) in own.items()},
     )
 
 
@@ -379,17 +374,38 @@ def _triplet_counts(frames: Sequence[Frame], specs: dict) -> tuple[list[int], An
     return counts, types
 
 
+def _own_pairs(
+    soap_counts: dict[str, list[tuple[int, int, int]]],
+    chunks: Sequence[Sequence[int]],
+) -> dict[str, tuple[int, int]]:
+    """Per SOAP term that runs over its own pairs: those pairs, and the padded
+    count its kernels run over in every chunk, its centre slots times the widest
+    table of pairs out of one centre (``neighbours.centre_slots``,
+    ``pair_table_widths``; the largest over chunks, as ``GAP.fit`` pads them)."""
+    out = {}
+    for name, per_frame in soap_counts.items():
+        slots = max(bucket(sum(per_frame[k][1] for k in c), 1) for c in chunks)
+        width = max(bucket(max(per_frame[k][2] for k in c), 4) for c in chunks)
+        out[name] = (sum(n for n, _, _ in per_frame), slots * width)
+    return out
+
+
 def _neighbour_counts(
     frames: Sequence[Frame], specs: dict, cutoff: float, n_species: int
-) -> tuple[list[int], dict[str, list[int]], dict[str, dict[int, tuple[float, float]]]]:
-    """Full-list pairs of every frame; per SOAP term, the pairs of every frame its
-    kernels run over (within its neighbour cutoff, out of its central species'
-    atoms: ``terms.row_pairs``); and for each 2-body term the (min, max) distance of
-    each pair type within its cutoff (``GAP.fit`` places its sparse points there),
-    ``{term name: {type: (min, max)}}``."""
+) -> tuple[list[int], dict[str, list], dict[str, dict[int, tuple[float, float]]]]:
+    """Full-list pairs of every frame; per SOAP term that runs over its own pairs
+    (``terms.row_pairs``: within its neighbour cutoff, out of its central species'
+    atoms), those pairs, its centres and the most pairs out of one centre, per
+    frame; and for each 2-body term the (min, max) distance of each pair type within
+    its cutoff (``GAP.fit`` places its sparse points there), ``{term name: {type:
+    (min, max)}}``."""
     counts: list[int] = []
-    soap_specs = {n: s for n, (s, _) in specs.items() if isinstance(s, SoapSpec)}
-    soap_counts: dict[str, list[int]] = {n: [] for n in soap_specs}
+    soap_specs = {
+        n: s
+        for n, (s, _) in specs.items()
+        if isinstance(s, SoapSpec) and own_pairs(s, cutoff)
+    }
+    soap_counts: dict[str, list[tuple[int, int, int]]] = {n: [] for n in soap_specs}
     pair_specs = {n: s for n, (s, _) in specs.items() if isinstance(s, PairSpec)}
     r_ranges: dict[str, dict[int, tuple[float, float]]] = {n: {} for n in pair_specs}
     species = next(iter(specs.values()))[0].species  # every term's
@@ -398,10 +414,13 @@ def _neighbour_counts(
         counts.append(len(i))
         r = np.linalg.norm(D, axis=1)
         for name, spec in soap_specs.items():
-            own = r < spec.neighbour_cutoff if own_pairs(spec, cutoff) else r >= 0
+            own = r < spec.neighbour_cutoff
+            centres = len(f.numbers)
             if spec.centre:
                 own &= f.numbers[i] == spec.centre
-            soap_counts[name].append(int(own.sum()))
+                centres = int(np.sum(f.numbers == spec.centre))
+            widest = np.bincount(i[own], minlength=len(f.numbers)).max(initial=0)
+            soap_counts[name].append((int(own.sum()), centres, int(widest)))
         if not pair_specs or not len(i):
             continue
         z = np.searchsorted(species, f.numbers)
@@ -631,8 +650,10 @@ def _seconds(
     chunks: Sequence[_Chunk],
     t_read: float,
     t_nl: float,
+    own: dict[str, int],
 ) -> dict[str, float]:
-    """Predicted wall time per stage (see module doc; SOAP terms add up)."""
+    """Predicted wall time per stage (see module doc; SOAP terms add up; ``own``:
+    the padded pairs of each SOAP term that runs over its own, ``_own_pairs``)."""
     S, M, M2 = shape.S, shape.M, shape.M_2b
     work = rows = qr = 0.0  # SOAP pair work, flops of the kernel rows and of the QR
     triplet_work = shape.orders_3b * sum(c.padded_triplets * shape.M_3b for c in chunks)
@@ -640,7 +661,7 @@ def _seconds(
     for c in chunks:
         A, P, C = c.padded
         for s in shape.soaps:
-            P_s = P * c.share(s.name)  # a term of one element or shorter cutoff
+            P_s = own.get(s.name, P)  # a term of one element or shorter cutoff
             work += P_s * s.N * s.LM
             rows += 2 * 3 * P_s * s.F * s.M + 18 * P_s * C * s.M
             rows += 12 * P_s * S * S * s.N * s.N * s.LM

@@ -19,7 +19,7 @@ import gapfit.soap
 from gapfit import GAP, GapfitError
 from gapfit.cli import main
 from gapfit.model import chunk_indices
-from gapfit.neighbours import make_batch
+from gapfit.neighbours import bucket, make_batch
 from gapfit.plan import COMPILE_S, FIXED_S
 
 SOAP = "cutoff=4.0 cutoff_transition_width=1.0 n_max=3 l_max=2 n_sparse=30"
@@ -93,12 +93,13 @@ def test_counts_match_a_direct_count(frames, train):
 
 
 def test_a_soap_term_of_one_element_counts_its_own_pairs(frames):
-    """A SOAP term of Au centres runs over the pairs out of Au atoms alone
-    (``terms.row_pairs``): the plan counts them (as ASE's neighbour list does) and
-    its per-pair work for that share of the pairs. The training errors' time less
-    the descriptors' (the measured neighbour-list time cancels; the compile and
-    per-chunk allowances are the same) scales with that work, so against a term
-    over every centre it is that share."""
+    """A SOAP term of Au centres runs over the pairs out of Au atoms alone, in
+    tables of one slot per Au atom as wide as the most pairs out of one
+    (``terms.row_pairs``): the plan counts those pairs (as ASE's neighbour list
+    does) and its per-pair work for the padded tables. The training errors' time
+    less the descriptors' (the measured neighbour-list time cancels; the compile
+    and per-chunk allowances are the same) scales with that work, so against a
+    term over every centre (all pairs, padded) it is in the ratio of the two."""
     rng = np.random.default_rng(5)
     cells = [f.copy() for f in frames[1:4]]
     for at in cells:
@@ -109,19 +110,27 @@ def test_a_soap_term_of_one_element_counts_its_own_pairs(frames):
         GAP(soap=s, e0_method="average", chunk_atoms=10**6).plan(cells)
         for s in (au, SOAP)
     ]
-    centres = np.concatenate([at.numbers[neighbor_list("i", at, 4.0)] for at in cells])
-    assert plans[0].own_pairs == {"soap": int(np.sum(centres == 79))}
-    assert plans[1].own_pairs == {} and plans[1].n_pairs == len(centres)
+    assert [len(p.chunk_shapes) for p in plans] == [1, 1]  # one chunk
+    centres = [at.numbers[neighbor_list("i", at, 4.0)] for at in cells]
+    out_of_au = [
+        np.bincount(neighbor_list("i", at, 4.0)[c == 79]).max()
+        for at, c in zip(cells, centres, strict=True)
+    ]
+    n_au = sum(int(np.sum(at.numbers == 79)) for at in cells)
+    everything = np.concatenate(centres)
+    assert plans[0].own_pairs == {"soap": int(np.sum(everything == 79))}
+    assert plans[1].own_pairs == {} and plans[1].n_pairs == len(everything)
     assert "pairs of soap" in plans[0].table()
-    share = np.mean(centres == 79)
-    assert 0.1 < share < 0.5
+    padded = bucket(n_au, 1) * bucket(max(out_of_au), 4)
     LM = 3**2  # l_max 2
     fixed = LM * (COMPILE_S["mean"] - COMPILE_S["descriptors"]) + FIXED_S["chunk"]
     work = [
         p.stage_seconds["training_errors"] - p.stage_seconds["descriptors"] - fixed
         for p in plans
     ]
-    assert work[0] == pytest.approx(share * work[1], rel=1e-9)
+    all_pairs = plans[1].largest_chunk[1]
+    assert padded < all_pairs
+    assert work[0] == pytest.approx(padded / all_pairs * work[1], rel=1e-9)
 
 
 def test_frames_in_memory_give_the_same_plan(frames, train):
