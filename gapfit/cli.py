@@ -1162,9 +1162,22 @@ def info(gp_file: str) -> None:
                 f"{k}={v}" for k, v in meta_t["descriptor"].items() if k != "species"
             )
         )
-        click.echo(
-            "  kernel: " + " ".join(f"{k}={v}" for k, v in meta_t["kernel"].items())
+        kernel = dict(meta_t["kernel"])
+        lengths = kernel.get("theta")
+        per_type = term.kind != "soap" and np.ndim(lengths) == 1 + (
+            term.kind == "angle_3b"
         )
+        if per_type:  # gap_fit's theta_fac: a length (triple) per type
+            kernel.pop("theta")
+        click.echo("  kernel: " + " ".join(f"{k}={v}" for k, v in kernel.items()))
+        if per_type:
+            click.echo(
+                "  lengths per type (theta_fac): "
+                + ", ".join(
+                    f"{name} {np.round(theta, 4).tolist()}"
+                    for name, theta in zip(term.type_names(), lengths, strict=True)
+                )
+            )
         click.echo(
             f"  sparse points: {term.n_sparse} ("
             + ", ".join(f"{k} {v}" for k, v in term.sparse_counts().items())

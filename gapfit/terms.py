@@ -180,16 +180,14 @@ class PairTerm:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"sparse_r": self.sparse_r, "sparse_type": self.sparse_type}
 
+    def type_names(self) -> list[str]:
+        """The pair types in index order, e.g. ``["Cu-Cu", "Cu-Au", "Au-Au"]``."""
+        sp = [chemical_symbols[z] for z in self.spec.species]
+        return [f"{a}-{b}" for i, a in enumerate(sp) for b in sp[i:]]
+
     def sparse_counts(self) -> dict[str, int]:
         """Sparse points per element pair, e.g. ``{"Cu-Au": 20}``."""
-        sp = self.spec.species
-        names = [
-            f"{chemical_symbols[sp[a]]}-{chemical_symbols[sp[b]]}"
-            for a in range(len(sp))
-            for b in range(a, len(sp))
-        ]
-        counts = np.bincount(self.sparse_type, minlength=len(names))
-        return {n: int(c) for n, c in zip(names, counts, strict=True) if c}
+        return _type_counts(self.type_names(), self.sparse_type)
 
     @classmethod
     def load(cls, meta: dict, arrays: dict[str, np.ndarray]) -> PairTerm:
@@ -261,12 +259,14 @@ class TripletTerm:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"sparse_d": self.sparse_d, "sparse_type": self.sparse_type}
 
+    def type_names(self) -> list[str]:
+        """The triplet types (centre first) in index order, e.g. ``["Cu-Cu-Cu"]``."""
+        sp = [chemical_symbols[z] for z in self.spec.species]
+        return [f"{c}-{a}-{b}" for c in sp for i, a in enumerate(sp) for b in sp[i:]]
+
     def sparse_counts(self) -> dict[str, int]:
         """Sparse points per triplet type (centre first), e.g. ``{"Cu-Cu-Cu": 200}``."""
-        sp = [chemical_symbols[z] for z in self.spec.species]
-        names = [f"{c}-{a}-{b}" for c in sp for i, a in enumerate(sp) for b in sp[i:]]
-        counts = np.bincount(self.sparse_type, minlength=len(names))
-        return {n: int(c) for n, c in zip(names, counts, strict=True) if c}
+        return _type_counts(self.type_names(), self.sparse_type)
 
     @classmethod
     def load(cls, meta: dict, arrays: dict[str, np.ndarray]) -> TripletTerm:
@@ -377,6 +377,12 @@ def block_K_mm(terms: tuple[Term, ...] | list[Term]) -> jax.Array:
     """``K_mm (M, M)`` eV^2 of all terms' sparse points: block diagonal, term order
     (the terms are independent GPs)."""
     return jax.scipy.linalg.block_diag(*(term.K_mm() for term in terms))
+
+
+def _type_counts(names: list[str], types: np.ndarray) -> dict[str, int]:
+    """Sparse points of each type that has any, by name."""
+    counts = np.bincount(types, minlength=len(names))
+    return {n: int(c) for n, c in zip(names, counts, strict=True) if c}
 
 
 def _check(ok: bool, what: str) -> None:

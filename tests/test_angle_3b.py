@@ -20,6 +20,7 @@ from checks import (
     assert_stress_matches_strain_fd,
     assert_symmetries,
 )
+from click.testing import CliRunner
 from emt_cells import (
     alloy,
     clear_alloy_cell,
@@ -41,6 +42,7 @@ from gapfit.angle_3b import (
     triplet_sparse_points,
 )
 from gapfit.blocks import VOIGT
+from gapfit.cli import main
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP
 from gapfit.gap_fit_args import parse_gap_fit_command
@@ -445,6 +447,9 @@ def test_theta_fac_scales_each_length_by_its_types_data_range(emt_frames, tmp_pa
     a, b = (m.predict(emt_frames[-1:], std=True)[0] for m in (model, back))
     for key in ("energy", "forces", "forces_std", "stress_std"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    shown = CliRunner().invoke(main, ["info", "--gp-file", str(tmp_path / "m.npz")])
+    line = next(x for x in shown.output.splitlines() if "lengths per type" in x)
+    assert f"Au-Cu-Au {np.round(lengths[4], 4).tolist()}" in line
 
 
 def test_active_learning_with_the_3_body_term(tmp_path):

@@ -12,8 +12,10 @@ import json
 import numpy as np
 import pytest
 from ase.neighborlist import neighbor_list
+from click.testing import CliRunner
 from emt_cells import cu_au_frames
 
+from gapfit.cli import main
 from gapfit.distance_2b import PairSpec, PairSummary, pair_type
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP
@@ -84,8 +86,9 @@ def test_random_points_are_distinct_distances_spanning_each_type() -> None:
 def test_theta_fac_is_each_pair_types_range_of_distances(frames, method, tmp_path):
     """A fit with ``theta_fac=0.5`` gets a length per pair type: half its range of
     distances in the data (ASE's neighbour list); its sparse points span that
-    range (random: distances of the data). Saved, the model is format 8 and
-    predicts the same; a file whose lengths do not match its pair types is refused."""
+    range (random: distances of the data). Saved, the model is format 8, predicts
+    the same and ``gapfit info`` names each pair's length; a file whose lengths do
+    not match its pair types is refused."""
     pair = f"cutoff={CUTOFF} delta=0.5 theta_fac=0.5 n_sparse=6 sparse_method={method}"
     model = GAP(distance_2b=pair, **SIGMAS).fit(frames).model_
     term = model.term("distance_2b")
@@ -112,6 +115,11 @@ def test_theta_fac_is_each_pair_types_range_of_distances(frames, method, tmp_pat
     a, b = (m.predict(frames[-1:], std=True)[0] for m in (model, again))
     for key in ("energy", "forces", "forces_std", "stress_std"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    shown = CliRunner().invoke(main, ["info", "--gp-file", str(tmp_path / "m.npz")])
+    assert shown.exit_code == 0, shown.output
+    line = next(x for x in shown.output.splitlines() if "lengths per type" in x)
+    for name, theta in zip(("Cu-Cu", "Cu-Au", "Au-Au"), want, strict=True):
+        assert f"{name} {round(theta, 4)}" in line
     meta["terms"][0]["kernel"]["theta"] = want[:2]
     members["meta"] = np.array(json.dumps(meta))
     np.savez(tmp_path / "bad.npz", **members)
