@@ -133,6 +133,11 @@ class ARDKernel:
                 "(three, or three per triplet type) must all be > 0."
             )
 
+    @property
+    def per_type(self) -> bool:
+        """Whether the triplet types have lengths of their own (``theta_fac``)."""
+        return np.ndim(self.theta) == 2
+
     def lengths(self, n_types: int) -> np.ndarray:
         """``(n_types, 3)``: the lengths of each triplet type."""
         theta = np.asarray(self.theta, dtype=float)

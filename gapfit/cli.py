@@ -1163,12 +1163,9 @@ def info(gp_file: str) -> None:
             )
         )
         kernel = dict(meta_t["kernel"])
-        lengths = kernel.get("theta")
-        per_type = term.kind != "soap" and np.ndim(lengths) == 1 + (
-            term.kind == "angle_3b"
-        )
+        per_type = term.kernel.per_type
         if per_type:  # gap_fit's theta_fac: a length (triple) per type
-            kernel.pop("theta")
+            lengths = kernel.pop("theta")
         click.echo("  kernel: " + " ".join(f"{k}={v}" for k, v in kernel.items()))
         if per_type:
             click.echo(

@@ -153,6 +153,11 @@ class SEKernel:
                 "must all be > 0."
             )
 
+    @property
+    def per_type(self) -> bool:
+        """Whether the pair types have lengths of their own (``theta_fac``)."""
+        return isinstance(self.theta, tuple)
+
     def lengths(self, n_types: int) -> np.ndarray:
         """``(n_types,)`` Å: the length scale of each pair type."""
         theta = np.asarray(self.theta, dtype=float)

@@ -47,6 +47,7 @@ class DotProductKernel:
 
     delta: float = 1.0
     zeta: int = 4
+    per_type = False  # no length scales (the 2- and 3-body kernels' theta_fac)
 
     def __post_init__(self) -> None:
         if not self.delta > 0:

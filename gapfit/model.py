@@ -362,12 +362,9 @@ class Model:
     def _format_version(self) -> int:
         """The oldest format that holds this model (older gapfits refuse newer
         formats instead of misreading them)."""
-        pairs = [t for t in self.terms if t.kind == "distance_2b"]
-        if any(np.ndim(t.kernel.theta) for t in pairs) or any(
-            np.ndim(t.kernel.theta) == 2 for t in self.terms if t.kind == "angle_3b"
-        ):
+        if any(t.kernel.per_type for t in self.terms):
             return FORMAT_VERSION  # lengths per pair or triplet type (theta_fac)
-        if pairs:
+        if any(t.kind == "distance_2b" for t in self.terms):
             return PAIR_VISITS_FORMAT  # its pairs' visits (2 since, 1 before)
         if any("form" in t.spec.to_dict() for t in self.terms):
             return PAIR_VISITS_FORMAT  # distance_Nb's 3-body form
