@@ -1307,10 +1307,11 @@ def _resume_changes(ctx: click.Context, mode: str) -> dict[str, Any]:
 )
 @click.option(
     "--soap",
-    multiple=True,  # given twice: an error that says learn takes one
+    multiple=True,
     metavar="SETTINGS",
-    help="SOAP settings as for gapfit fit; n_sparse is the most sparse points per "
-    "element (chosen by the loop).",
+    help="SOAP settings as for gapfit fit, repeated for several terms (e.g. one per "
+    "element with Z=); n_sparse is the most sparse points per element (chosen by "
+    "the loop).",
 )
 @settings_options(
     "Noise stds: energy eV/atom, force eV/Å, virial eV/atom (as for fit).",

@@ -389,32 +389,36 @@ class GAP:
             for k, value in enumerate(given[kind], 1)
         }
 
-    def _single_terms(self) -> dict[str, dict]:
-        """``{kind: settings}`` of a GAP with at most one term of each kind, for the
-        part of gapfit that takes one (active learning)."""
+    def _learn_terms(self) -> dict[str, tuple[str, dict]]:
+        """Validated ``{name: (kind, settings)}`` of a GAP that active learning
+        takes: any SOAP terms (each over every species or one ``Z``, as gap_fit's
+        per-element recipes), and at most one 2-body and one 3-body term, each over
+        every species pair or triplet (their sparse points are chosen again from
+        all labels as the data widen; ``sparse_set.widened_pairs``)."""
         named = self._term_settings()
-        if any(name not in KINDS for name in named):
-            raise GapfitError(
-                f"this GAP has several terms of one kind ({', '.join(named)}); "
-                "`gapfit fit`, `gapfit tune` and dask fits take them, but active "
-                "learning (`gapfit learn`) takes one term of each kind: give one."
-            )
-        for name, (_, settings) in named.items():
-            # SOAP's Z, distance_2b's Z1/Z2, distance_Nb's Z={Z1 Z2} (0: any)
-            given = [k for k in ("Z", "Z1", "Z2") if np.any(settings.get(k) or 0)]
+        for kind in ("distance_2b", "angle_3b"):
+            several = [n for n, (k, _) in named.items() if k == kind]
+            if len(several) > 1:
+                raise GapfitError(
+                    f"this GAP has several {kind} terms ({', '.join(several)}); "
+                    "`gapfit fit`, `gapfit tune` and dask fits take them, but active "
+                    f"learning (`gapfit learn`) takes one {kind} term: give one."
+                )
+        for name, (kind, settings) in named.items():
+            # distance_2b's Z1/Z2, distance_Nb's Z={Z1 Z2} (0: any)
+            keys = ("Z1", "Z2", "Z") if kind != "soap" else ()
+            given = [k for k in keys if np.any(settings.get(k) or 0)]
             if given:
                 raise GapfitError(
-                    f"the {name} term covers one species ({given[0]}="
+                    f"the {name} term covers one species pair ({given[0]}="
                     f"{settings[given[0]]}); active learning (`gapfit learn`) takes "
-                    "terms over every species: use add_species=T."
+                    "2-body terms over every pair: use add_species=T."
                 )
-        return {kind: settings for kind, settings in named.values()}
+        return named
 
-    def _settings(self) -> tuple[dict | None, dict | None]:
-        """Validated SOAP and 2-body settings (None for an absent term) of a GAP
-        with one term of each kind (``_single_terms``)."""
-        single = self._single_terms()
-        return single.get("soap"), single.get("distance_2b")
+    def _pair_settings(self) -> dict | None:
+        """Validated 2-body settings of the first 2-body term (None for none)."""
+        return self._term_settings().get("distance_2b", (None, None))[1]
 
     def _triplet_settings(self) -> dict | None:
         """Validated 3-body settings (None for no 3-body term)."""
@@ -503,18 +507,6 @@ def term_specs(named: dict[str, tuple[str, dict]], species: tuple[int, ...]) -> 
         name: _SPEC_OF[kind](settings, species)
         for name, (kind, settings) in named.items()
     }
-
-
-def _specs(
-    soap: dict | None,
-    pair: dict | None,
-    species: tuple[int, ...],
-    triplet: dict | None = None,
-) -> dict:
-    """``term_specs`` of at most one term of each kind (None: absent)."""
-    given = {"distance_2b": pair, "angle_3b": triplet, "soap": soap}
-    named = {kind: (kind, s) for kind, s in given.items() if s is not None}
-    return term_specs(named, species)
 
 
 def _pair_spec(pair: dict, species: tuple[int, ...]) -> tuple[PairSpec, SEKernel]:

@@ -11,33 +11,33 @@ model predicts calibrated stds; the loop itself works with the DTC stds. Labels 
 from any ASE calculator (``gapfit.labeller``); a structure it fails on is skipped with
 the reason in the log.
 
-The model is a sparse GAP with the settings of a ``GAP`` (SOAP, optional 2-body,
-sigmas, jitter). e0 comes from the first labelled frames (``e0_method`` average,
-least_squares, explicit ``e0``, or isolated: the labeller then labels one isolated
-atom per element first, and if it fails on one, e0 is by average, logged); 2-body
-sparse points are chosen from the first frames as in ``GAP.fit`` and spread again
-over all labelled distances whenever a label widens their range
-(``sparse_set.widened_pairs``; then a full refit), 3-body ones likewise chosen
-again among all labelled triplets (``sparse_set.widened_triplets``). The SOAP sparse
-set grows from the
-labelled frames' environments, at most ``sparse_per_label`` per labelled frame and
-the SOAP ``n_sparse`` per element: in pool mode those that most lower the labelled
-structures' force-component residual variances, until none is above
-``sparse_force_std^2`` (``sparse_set.force_sparse``; ``gapfit.pool_mode``), or with
-it None, and for the start structure on the fly, those of largest local-energy
-Nyström residual (``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``;
-on the fly those that bring the labelled frame's force-component residual stds, times
-the std scale ``a`` of ``gapfit.otf_mode``, to ``SPARSE_STD_TARGET x std_threshold``
-(``sparse_set.force_sparse``: the force stds are nearly all residual there, which
-labels cannot lower). The set is held at that capacity by padding, so the kernels
-compile once per run. New frames are
-folded into the QR factor (``update.update``) unless sparse points were added, or
-every ``refit_every`` labels (counted whatever refits new sparse points forced; the
-first after 4, 8, 16, ... labels, ``Learner._refit_interval``), by a full
-refit (``update.refit``); both give the same model to rounding. With the ``GAP``'s
-``optimise_hyperparameters``, each of those scheduled refits also re-chooses every
-term's delta and the sigmas by the evidence on all labelled frames
-(``update.reoptimised``, starting from the current values).
+The model is a sparse GAP with the settings of a ``GAP`` (one or more SOAP terms, each
+over every element or one, as gap_fit's per-element ``Z=`` terms; optional 2-body and
+3-body terms over every element; sigmas, jitter). e0 comes from the first labelled
+frames (``e0_method`` average, least_squares, explicit ``e0``, or isolated: the labeller
+then labels one isolated atom per element first, and if it fails on one, e0 is by
+average, logged); 2-body sparse points are chosen from the first frames as in
+``GAP.fit`` and spread again over all labelled distances whenever a label widens their
+range (``sparse_set.widened_pairs``; then a full refit), 3-body ones likewise chosen
+again among all labelled triplets (``sparse_set.widened_triplets``). Each SOAP term's
+sparse set grows from the labelled frames' environments that it covers, at most
+``sparse_per_label`` per labelled frame and its ``n_sparse`` per element: in pool mode
+those that most lower the labelled structures' force-component residual variances, until
+none is above ``sparse_force_std^2`` (with several SOAP terms, each term's residual
+above its even share of it; ``sparse_set.force_sparse``; ``gapfit.pool_mode``), or with
+it None, and for the start structure on the fly, those of largest local-energy Nyström
+residual (``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``; on the fly
+those that bring the labelled frame's force-component residual stds, times the std scale
+``a`` of ``gapfit.otf_mode``, to ``SPARSE_STD_TARGET x std_threshold``
+(``sparse_set.force_sparse``: the force stds are nearly all residual there, which labels
+cannot lower). Each term's set is held at its capacity by padding, so the kernels
+compile once per run. New frames are folded into the QR factor (``update.update``)
+unless sparse points were added, or every ``refit_every`` labels (counted whatever
+refits new sparse points forced; the first after 4, 8, 16, ... labels,
+``Learner._refit_interval``), by a full refit (``update.refit``); both give the same
+model to rounding. With the ``GAP``'s ``optimise_hyperparameters``, each of those
+scheduled refits also re-chooses every term's delta and the sigmas by the evidence on
+all labelled frames (``update.reoptimised``, starting from the current values).
 """
 
 from __future__ import annotations
@@ -66,16 +66,15 @@ from gapfit.crossval import ISOLATED, calibrate_cv
 from gapfit.curve import curve_csv, format_curve, plot_curve, test_errors
 from gapfit.data import Frame, atomic_number, frames_from_atoms
 from gapfit.errors import GapfitError
-from gapfit.fit import GAP, _specs
+from gapfit.fit import GAP, term_specs
 from gapfit.hyperparameters import optimise_mode
 from gapfit.labeller import LabelFailure, label, make_labeller, parse_kwargs
 from gapfit.model import Model, atomic_write
 from gapfit.neighbours import NO_SHAPE
-from gapfit.selection import (
-    unit_soap,
-)
+from gapfit.selection import Environments, covers, soap_terms, unit_soap
 from gapfit.sparse_set import (
     PAD,
+    capacities,
     choose_sparse,
     compact,
     force_sparse,
@@ -186,21 +185,23 @@ class Learner:
         self.progress = progress
         self.callback = callback
         self.gap = _gap(settings["gap"])
-        soap, pair = self.gap._settings()
-        if soap is None:
+        named = self.gap._learn_terms()
+        soaps = {n: settings for n, (kind, settings) in named.items() if kind == "soap"}
+        if not soaps:
             raise GapfitError(
                 "active learning needs a SOAP term (its uncertainty drives the "
                 "choices); give --soap (the 2-body term may come with it)."
             )
-        if soap["config_type_n_sparse"] is not None:
-            raise GapfitError(
-                "config_type_n_sparse does not apply to active learning: the loop "
-                "chooses the sparse points as labels come in, up to n_sparse per "
-                "element; give n_sparse instead."
-            )
+        for name, soap in soaps.items():
+            if soap["config_type_n_sparse"] is not None:
+                raise GapfitError(
+                    f"config_type_n_sparse (term {name}) does not apply to active "
+                    "learning: the loop chooses the sparse points as labels come in, "
+                    "up to n_sparse per element; give n_sparse instead."
+                )
         self.species = tuple(settings["species"])
-        self.specs = _specs(soap, pair, self.species)
-        self.capacity = int(soap["n_sparse"]) * len(self.species)
+        self.specs = term_specs(named, self.species)
+        self.capacity = capacities(self.gap, self.species)
         self.model: Model | None = None
         self.labelled: list[ase.Atoms] = []
         self.frames: list[Frame] = []
@@ -379,19 +380,19 @@ class Learner:
     def add(
         self,
         new: Sequence[ase.Atoms],
-        X_hat: np.ndarray | None = None,
-        s: np.ndarray | None = None,
+        env: Environments | None = None,
         force_target: float | None = None,
     ) -> str:
-        """Add labelled structures to the model: new sparse points from their
-        environments (unit SOAP ``X_hat (n, F)``, species index ``s (n,)``, computed
-        here if not given), then a refit or a rank update. Returns how: "update",
-        "refit" or "reoptimised" (a refit with delta and the sigmas chosen again).
+        """Add labelled structures to the model: new sparse points of each SOAP term
+        from their environments (``env``, computed here if not given), then a refit
+        or a rank update. Returns how: "update", "refit" or "reoptimised" (a refit
+        with delta and the sigmas chosen again).
 
         The sparse points: with ``force_target`` (eV^2/Å^2), those that bring every
-        force component's Nyström residual variance down to it
-        (``sparse_set.force_sparse``), else those of largest local-energy residual
-        (``sparse_set.choose_sparse``); at most ``sparse_per_label`` per structure."""
+        force component's Nyström residual variance down to it (its even share per
+        SOAP term; ``sparse_set.force_sparse``), else those of largest local-energy
+        residual (``sparse_set.choose_sparse``); at most ``sparse_per_label`` per
+        structure and SOAP term, among the environments the term covers."""
         if not new:
             return "none"
         t0 = time.perf_counter()
@@ -399,20 +400,34 @@ class Learner:
         if self.model is None:
             self._e0_fallback(frames)
             self.model = prior_model(self.gap, self.species, frames, self.capacity)
-        if X_hat is None:
-            X_hat, s, _ = unit_soap(self.gap, self.species, frames)
-        settings = self.settings
-        n_max = settings["sparse_per_label"] * len(new)
-        if force_target is None:
-            pick = choose_sparse(self.model, X_hat, s, n_max, settings["sparse_tol"])
-        else:
-            pick = force_sparse(
-                self.model, frames, X_hat, s, n_max, force_target, self.shape
-            )
+        if env is None:
+            env = unit_soap(self.gap, self.species, frames)
+        n_max = self.settings["sparse_per_label"] * len(new)
+        model, n_new = None, 0
+        for term in soap_terms(self.model):
+            rows = np.flatnonzero(covers(term.spec, env.species))
+            X, s = env.X_hat[term.name][rows], env.species[rows]
+            if force_target is None:
+                tol = self.settings["sparse_tol"]
+                pick = choose_sparse(model or self.model, X, s, n_max, tol, term.name)
+            else:
+                share = force_target / len(self.capacity)
+                pick = force_sparse(
+                    model or self.model,
+                    frames,
+                    X,
+                    s,
+                    n_max,
+                    share,
+                    self.shape,
+                    term.name,
+                )
+            if len(pick):
+                model = with_sparse(model or self.model, X[pick], s[pick], term.name)
+                n_new += len(pick)
         everything = self.frames + frames
         # one frame per chunk: batches of one shape per frame size, one compilation
         kw = {"chunk_atoms": 1, "shape": self.shape}
-        model = with_sparse(self.model, X_hat[pick], s[pick]) if len(pick) else None
         model = (
             widened_pairs(model or self.model, self.gap, frames, everything) or model
         )
@@ -445,7 +460,7 @@ class Learner:
             how,
             n_new=len(new),
             n_labels=len(self.labelled),
-            new_sparse=len(pick),
+            new_sparse=n_new,
             n_sparse=self.n_sparse,
             seconds=round(time.perf_counter() - t0, 4),
         )
@@ -535,9 +550,9 @@ class Learner:
 
     @property
     def n_sparse(self) -> int:
-        """Real (not padding) SOAP sparse points of the model."""
-        term = self.model.term("soap") if self.model is not None else None
-        return 0 if term is None else int(np.sum(term.sparse_species != PAD))
+        """Real (not padding) SOAP sparse points of the model, over its SOAP terms."""
+        terms = soap_terms(self.model) if self.model is not None else []
+        return sum(int(np.sum(t.sparse_species != PAD)) for t in terms)
 
     # ---- records and checkpoints --------------------------------------------------
     def record(self, **values: Any) -> dict:
@@ -581,7 +596,7 @@ class Learner:
         full = (
             " (all slots: later labels could only update the weights; a larger SOAP "
             "n_sparse lets them add sparse points)"
-            if self.n_sparse >= self.capacity
+            if self.n_sparse >= sum(self.capacity.values())
             else ""
         )
         cal = self.calibration()

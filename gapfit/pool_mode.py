@@ -196,14 +196,14 @@ class _PoolRun:
         self.learner = learner
         self.images = images
         frames = frames_from_atoms(images, require=(), source="pool")
-        self.X_hat, self.s, self.owner = unit_soap(learner.gap, learner.species, frames)
-        self.S_hat = unit_mean_soap(self.X_hat, self.owner, len(images))
+        self.env = unit_soap(learner.gap, learner.species, frames)
+        soaps = {n: v for n, v in learner.specs.items() if n in self.env.X_hat}
+        self.S_hat = unit_mean_soap(soaps, self.env)
         self.n_atoms = np.array([len(a) for a in images])
         # runs from before the score was a setting used the energy score
         self.score = learner.settings.get("score", "energy")
         if self.score == "energy":
-            kernel = learner.specs["soap"][1]
-            self.prior = energy_prior(kernel, self.X_hat, self.s, self.owner)
+            self.prior = energy_prior(soaps, self.env)
 
     def run(self) -> None:
         L, st, cfg = self.learner, self.learner.state, self.learner.settings
@@ -279,11 +279,11 @@ class _PoolRun:
         docstring); -inf for labelled and failed ones."""
         model, n = self.learner.model, len(self.images)
         if self.score == "environments":
-            var = local_energy_variance(model, self.X_hat, self.s)
-            u = np.sqrt(np.bincount(self.owner, np.maximum(var, 0.0), n))
+            var = local_energy_variance(model, self.env)
+            u = np.sqrt(np.bincount(self.env.owner, np.maximum(var, 0.0), n))
             per_atom = u / np.sqrt(self.n_atoms)  # RMS local-energy std
         else:
-            var = energy_variance(model, self.X_hat, self.s, self.owner, self.prior)
+            var = energy_variance(model, self.env, self.prior)
             u = np.sqrt(np.maximum(var, 0.0))
             per_atom = u / self.n_atoms
         st = self.learner.state
@@ -306,11 +306,11 @@ class _PoolRun:
             preds = L.model.predict(new, std=True, shape=L.shape)  # one compilation
             for atoms, pred in zip(new, preds, strict=True):
                 heldout.record(atoms, pred, len(L.labelled), L.std_units)
-        mask = np.isin(self.owner, ok)
+        mask = np.isin(self.env.owner, ok)
         # pool environments come from the cache; isolated atoms are no candidates
         std = L.settings.get("sparse_force_std")  # runs from before it: None
         target = None if std is None else std**2
-        L.add(new, self.X_hat[mask], self.s[mask], force_target=target)
+        L.add(new, self.env.take(mask), force_target=target)
         st["step"] += 1
         row = L.record(step=st["step"], max_std=max_std)
         L.checkpoint()

@@ -2,10 +2,11 @@
 become sparse points.
 
 Two scores of a pool structure S, both DTC variances (Quiñonero-Candela & Rasmussen,
-JMLR 6, 1939 (2005)) of the SOAP term, for environments with unit SOAP vectors
-``x_hat`` and species ``s``, from descriptors alone (no derivatives, so a whole pool
-costs a few matrix products per step; zero columns for the other terms' sparse
-points):
+JMLR 6, 1939 (2005)) of the SOAP terms' part of the model (their local energies
+summed; with one term per element, each atom's own element's), for environments
+with unit SOAP vectors ``x_hat`` and species ``s``, from descriptors alone (no
+derivatives, so a whole pool costs a few matrix products per step; zero columns for
+the other terms' sparse points):
 
 - ``local_energy_variance``: of each local energy, summed over the structure,
   ``sum_{i in S} var eps(x_i)``, ``var eps(x) = delta^2 - |L_mm^-1 k_x|^2 +
@@ -36,8 +37,10 @@ picked item (``d_i ~ 0``) is never picked. Two uses:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import NamedTuple
 
 import ase
 import jax
@@ -47,11 +50,13 @@ import numpy as np
 
 from gapfit.assembly import chunk_batch
 from gapfit.data import Frame, as_frames
-from gapfit.fit import GAP, _specs, triplet_cutoff
+from gapfit.fit import GAP, term_specs, triplet_cutoff
 from gapfit.kernels import DotProductKernel, kernel_block, normalise
 from gapfit.model import Model, chunk_indices
 from gapfit.neighbours import bucket, padded_stream
+from gapfit.soap import SoapSpec
 from gapfit.sparse_gp import dtc_variance
+from gapfit.terms import SoapTerm
 
 CHUNK = 2048  # environments per jitted call
 SCORES = ("environments", "energy")  # pool-mode scores (see the module docstring)
@@ -59,14 +64,41 @@ SCORES = ("environments", "energy")  # pool-mode scores (see the module docstrin
 STRATEGIES = ("mixed", "tournament", "uncertainty", "random")
 
 
-def soap_columns(model: Model) -> slice:
-    """Columns of the SOAP term's sparse points among all the model's weights."""
+class Environments(NamedTuple):
+    """Every atom's environment in a set of structures, as the SOAP terms see it
+    (rows in frame, then atom order)."""
+
+    X_hat: dict[str, np.ndarray]  # {SOAP term: unit SOAP (n_atoms, F_term)}
+    species: np.ndarray  # (n_atoms,) species index
+    owner: np.ndarray  # (n_atoms,) structure index, sorted
+
+    def take(self, rows: np.ndarray) -> Environments:
+        """The environments ``rows`` (indices or a mask)."""
+        X_hat = {name: X[rows] for name, X in self.X_hat.items()}
+        return Environments(X_hat, self.species[rows], self.owner[rows])
+
+
+def soap_terms(model: Model) -> list[SoapTerm]:
+    """The model's SOAP terms, in term order."""
+    return [t for t in model.terms if isinstance(t, SoapTerm)]
+
+
+def covers(spec: SoapSpec, species: np.ndarray) -> np.ndarray:
+    """``(n,)`` True for the environments (species index ``species``) that carry a
+    local energy of a SOAP term: every one, or its centre species' (gap_fit's
+    ``Z``)."""
+    centre = spec.centre_index
+    return np.ones(len(species), bool) if centre is None else species == centre
+
+
+def soap_columns(model: Model, name: str = "soap") -> slice:
+    """Columns of SOAP term ``name``'s sparse points among all the model's weights."""
     start = 0
     for term in model.terms:
-        if term.name == "soap":
+        if term.name == name:
             return slice(start, start + term.n_sparse)
         start += term.n_sparse
-    raise ValueError("the model has no SOAP term")
+    raise ValueError(f"the model has no term {name}")
 
 
 @jax.jit
@@ -75,98 +107,102 @@ def _kernel_rows(kernel, X_hat, s, Z_hat, Z_s) -> jax.Array:
 
 
 def energy_prior(
-    kernel: DotProductKernel, X_hat: np.ndarray, s: np.ndarray, owner: np.ndarray
-) -> np.ndarray:
-    """Prior variance ``sum_{i,j in S} k(x_i, x_j)`` ``(n,)`` eV^2 of the SOAP energy of
-    each structure S, from the unit SOAP rows of its environments (``owner``: the
-    structure of each row, sorted). It does not depend on the data: compute it once."""
-    bounds = np.searchsorted(owner, np.arange(owner[-1] + 2))
-    return np.array(
-        [
-            float(jnp.sum(kernel_block(kernel, *(2 * (X_hat[a:b], s[a:b])))))
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
-    )
-
-
-def _soap_rows(model: Model, X_hat: np.ndarray, s: np.ndarray):
-    """SOAP kernel rows ``k(x_i, z_m)`` of the environments in chunks: yields
-    ``(start, rows (n_chunk, M_soap))``; one compilation per model size."""
-    term = model.term("soap")
-    for a in range(0, len(X_hat), CHUNK):
-        x, t = X_hat[a : a + CHUNK], s[a : a + CHUNK]
-        pad = CHUNK - len(x)
-        k = _kernel_rows(
-            term.kernel,
-            jnp.asarray(np.pad(x, ((0, pad), (0, 0)))),
-            jnp.asarray(np.pad(t, (0, pad), constant_values=-1)),
-            *term._z,
+    specs: Mapping[str, tuple[SoapSpec, DotProductKernel]], env: Environments
+) -> dict[str, np.ndarray]:
+    """``{term: sum_{i,j in S} q(x_i, x_j)^zeta (n,)}`` of each structure S, for the
+    SOAP terms ``specs`` (the prior variance of the term's energy over delta^2), over
+    the environments each term covers. It depends on neither the data nor delta:
+    compute it once (``energy_variance`` scales it by each term's delta^2)."""
+    n = int(env.owner[-1]) + 1
+    out = {}
+    for name, (spec, kernel) in specs.items():
+        unit = dataclasses.replace(kernel, delta=1.0)
+        keep = covers(spec, env.species)
+        X, s, o = env.X_hat[name][keep], env.species[keep], env.owner[keep]
+        bounds = np.searchsorted(o, np.arange(n + 1))
+        out[name] = np.array(
+            [
+                float(jnp.sum(kernel_block(unit, *(2 * (X[a:b], s[a:b])))))
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
         )
-        yield a, k[: len(x)]
-
-
-def soap_cholesky(model: Model) -> jax.Array:
-    """The SOAP block of ``L_mm`` (M_soap, M_soap): the Cholesky factor of the SOAP
-    term's ``K_mm`` (with jitter), ``L_mm`` being block diagonal over the terms."""
-    cols = soap_columns(model)
-    return model.posterior.L_mm[cols][:, cols]
-
-
-def _soap_variance(model: Model, prior: jax.Array, k: jax.Array) -> np.ndarray:
-    """DTC variance of SOAP-only targets with prior variances ``prior (n,)`` and SOAP
-    kernel rows ``k (n, M_soap)``, widened with zeros for the other terms' sparse
-    points."""
-    full = (
-        jnp.zeros((len(k), model.posterior.L_mm.shape[0]))
-        .at[:, soap_columns(model)]
-        .set(k)
-    )
-    return np.asarray(dtc_variance([prior], [full], model.posterior))
-
-
-def energy_variance(
-    model: Model,
-    X_hat: np.ndarray,
-    s: np.ndarray,
-    owner: np.ndarray,
-    prior: np.ndarray,
-) -> np.ndarray:
-    """DTC variance ``(n,)`` eV^2 of the SOAP energy of each structure (see the module
-    docstring), from the unit SOAP ``X_hat (n_env, F)``, species index ``s (n_env,)``
-    and structure ``owner (n_env,)`` (sorted) of its environments and the
-    ``energy_prior``."""
-    k_E = np.zeros((len(prior), model.term("soap").n_sparse))  # sum_i k(x_i, z_m)
-    for a, k in _soap_rows(model, X_hat, s):
-        o = owner[a : a + len(k)]
-        first = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])  # segment starts
-        k_E[o[first]] += np.add.reduceat(np.asarray(k), first, axis=0)
-    return _soap_variance(model, jnp.asarray(prior), jnp.asarray(k_E))
-
-
-def local_energy_variance(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """DTC variance ``(n_env,)`` eV^2 of the SOAP local energy of each environment
-    (unit SOAP ``X_hat (n_env, F)``, species index ``s (n_env,)``): prior ``delta^2``
-    less what the sparse set and the data explain (the ``energies_std`` of
-    ``Model.predict`` for a SOAP-only model)."""
-    term = model.term("soap")
-    out = np.empty(len(X_hat))
-    for a, k in _soap_rows(model, X_hat, s):
-        prior = jnp.full(len(k), term.kernel.delta**2)
-        out[a : a + len(k)] = _soap_variance(model, prior, k)
     return out
 
 
-def nystrom_residual(model: Model, X_hat: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """``K_cc - K_cm K_mm^-1 K_mc`` ``(n, n)`` eV^2 of the SOAP term for candidate
-    environments ``X_hat (n, F)`` (unit rows), species index ``s (n,)``."""
+def _soap_rows(model: Model, env: Environments):
+    """Kernel rows ``k(x_i, z_m)`` ``(n_chunk, M)`` of the environments' SOAP local
+    energies, summed over the SOAP terms (each term's own columns, zeros for the
+    other terms' sparse points) in chunks: yields ``(start, rows)``; one compilation
+    per model size."""
+    M = model.posterior.L_mm.shape[0]
+    for a in range(0, len(env.species), CHUNK):
+        t = env.species[a : a + CHUNK]
+        pad = CHUNK - len(t)
+        full = jnp.zeros((CHUNK, M))
+        for term in soap_terms(model):
+            x = env.X_hat[term.name][a : a + CHUNK]
+            k = _kernel_rows(
+                term.kernel,
+                jnp.asarray(np.pad(x, ((0, pad), (0, 0)))),
+                jnp.asarray(np.pad(t, (0, pad), constant_values=-1)),
+                *term._z,
+            )
+            full = full.at[:, soap_columns(model, term.name)].set(k)
+        yield a, full[: len(t)]
+
+
+def soap_cholesky(model: Model, name: str = "soap") -> jax.Array:
+    """The block of ``L_mm`` of SOAP term ``name``: the Cholesky factor of its
+    ``K_mm`` (with jitter), ``L_mm`` being block diagonal over the terms."""
+    cols = soap_columns(model, name)
+    return model.posterior.L_mm[cols][:, cols]
+
+
+def energy_variance(
+    model: Model, env: Environments, prior: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """DTC variance ``(n,)`` eV^2 of the SOAP energy of each structure (see the module
+    docstring), from its environments and their ``energy_prior``."""
+    n = int(env.owner[-1]) + 1
+    k_E = np.zeros((n, model.posterior.L_mm.shape[0]))  # sum_i k(x_i, z_m)
+    for a, k in _soap_rows(model, env):
+        o = env.owner[a : a + len(k)]
+        first = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])  # segment starts
+        k_E[o[first]] += np.add.reduceat(np.asarray(k), first, axis=0)
+    p = sum(t.kernel.delta**2 * prior[t.name] for t in soap_terms(model))
+    return np.asarray(
+        dtc_variance([jnp.asarray(p)], [jnp.asarray(k_E)], model.posterior)
+    )
+
+
+def local_energy_variance(model: Model, env: Environments) -> np.ndarray:
+    """DTC variance ``(n_atoms,)`` eV^2 of the SOAP local energy of each environment
+    (the sum of the SOAP terms' that cover it): prior (their ``delta^2``) less what
+    the sparse set and the data explain (the ``energies_std`` of ``Model.predict``
+    for a SOAP-only model)."""
+    prior = sum(
+        t.kernel.delta**2 * covers(t.spec, env.species) for t in soap_terms(model)
+    )
+    out = np.empty(len(env.species))
+    for a, k in _soap_rows(model, env):
+        p = jnp.asarray(prior[a : a + len(k)])
+        out[a : a + len(k)] = np.asarray(dtc_variance([p], [k], model.posterior))
+    return out
+
+
+def nystrom_residual(
+    model: Model, X_hat: np.ndarray, s: np.ndarray, name: str = "soap"
+) -> np.ndarray:
+    """``K_cc - K_cm K_mm^-1 K_mc`` ``(n, n)`` eV^2 of SOAP term ``name`` for
+    candidate environments ``X_hat (n, F)`` (unit rows), species index ``s (n,)``."""
     n = len(X_hat)
     size = bucket(n)  # padded (zero rows, no species): few compilations
     X = np.zeros((size, X_hat.shape[1]))
     X[:n] = X_hat
     t = np.full(size, -1, dtype=np.int64)
     t[:n] = s
-    term = model.term("soap")
-    L = soap_cholesky(model)
+    term = model.term(name)
+    L = soap_cholesky(model, name)
     K = _nystrom_residual(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z, L)
     return np.asarray(K)[:n, :n]
 
@@ -220,16 +256,19 @@ def greedy_max_det(
 
 def unit_soap(
     gap: GAP, species: Sequence[int], frames: Sequence[Frame | ase.Atoms]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unit SOAP vectors ``(n_env, F)`` (settings of ``gap``), species index
-    ``(n_env,)`` and frame index ``(n_env,)`` of every environment of ``frames``."""
+) -> Environments:
+    """The ``Environments`` of every atom of ``frames`` under the SOAP terms of
+    ``gap`` (``GAP._learn_terms``)."""
     frames = as_frames(frames, require=(), source="structures")
-    soap, pair = gap._settings()
-    specs = {"soap": _specs(soap, pair, tuple(species))["soap"]}
-    X, s = descriptors(gap, specs, frames)["soap"]
-    X_hat = np.asarray(normalise(jnp.asarray(X))[0]) if len(X) else X
+    named = {n: v for n, v in gap._learn_terms().items() if v[0] == "soap"}
+    out = descriptors(gap, term_specs(named, tuple(species)), frames)
+    X_hat = {
+        name: np.asarray(normalise(jnp.asarray(X))[0]) if len(X) else X
+        for name, (X, _) in out.items()
+    }
+    s = next(iter(out.values()))[1]
     owner = np.repeat(np.arange(len(frames)), [len(f.numbers) for f in frames])
-    return X_hat, s, owner
+    return Environments(X_hat, s, owner)
 
 
 def descriptors(
@@ -254,12 +293,20 @@ def descriptors(
     return gap._descriptors(specs, frames, chunks, batches)
 
 
-def unit_mean_soap(X_hat: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    """Unit mean SOAP vector ``(n, F)`` of each structure, from the unit SOAP rows
-    ``X_hat (n_env, F)`` of environments belonging to structure ``owner (n_env,)``."""
-    total = np.zeros((n, X_hat.shape[1]))
-    np.add.at(total, owner, X_hat)
-    return np.asarray(normalise(jnp.asarray(total))[0])
+def unit_mean_soap(
+    specs: Mapping[str, tuple[SoapSpec, object]], env: Environments
+) -> np.ndarray:
+    """Unit mean SOAP vector ``(n, F)`` of each structure: the sums of its
+    environments' unit SOAP rows under each SOAP term (those the term covers),
+    joined and normalised (one term: the unit mean)."""
+    n = int(env.owner[-1]) + 1
+    parts = []
+    for name, (spec, _) in specs.items():
+        X = env.X_hat[name] * covers(spec, env.species)[:, None]
+        total = np.zeros((n, X.shape[1]))
+        np.add.at(total, env.owner, X)
+        parts.append(total)
+    return np.asarray(normalise(jnp.asarray(np.concatenate(parts, axis=1)))[0])
 
 
 def diverse_batch(

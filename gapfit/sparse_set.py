@@ -4,11 +4,11 @@ A sparse point with the zero vector and species index ``PAD`` (-1) has zero
 covariance with every environment and every other sparse point, so ``K_mm`` gains a
 decoupled ``jitter I`` block, its weights are 0 and every prediction and variance is
 unchanged (the QR factor is block diagonal in it, exactly: the padding columns share no
-non-zero row with the others). Active learning keeps the SOAP term at ``capacity``
-points this way and fills padding slots as environments are added, so the jitted
-kernels compile once for the whole run instead of once per sparse-set size. Models
-are saved without padding (``compact``) and padded again on loading (``padded``);
-both are exact array operations on the posterior, no refit.
+non-zero row with the others). Active learning keeps each SOAP term at its
+``capacity`` of points this way and fills padding slots as environments are added,
+so the jitted kernels compile once for the whole run instead of once per sparse-set
+size. Models are saved without padding (``compact``) and padded again on loading
+(``padded``); both are exact array operations on the posterior, no refit.
 
 New sparse points are the candidate environments of largest Nyström residual
 ``K_cc - K_cm K_mm^-1 K_mc``, picked by greedy maximum determinant
@@ -19,7 +19,7 @@ worst, never two near-duplicates.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import ase
 import jax
@@ -33,16 +33,17 @@ from gapfit.baseline import Baseline
 from gapfit.blocks import batch_arrays
 from gapfit.data import Frame, as_frames
 from gapfit.distance_2b import PairSummary, pair_ranges
-from gapfit.fit import GAP, _specs, pair_term, triplet_term
+from gapfit.fit import GAP, pair_term, term_specs, triplet_term
 from gapfit.kernels import kernel_block
 from gapfit.model import Model
 from gapfit.neighbours import bucket, pair_tables
 from gapfit.selection import (
+    covers,
     descriptors,
     greedy_max_det,
     nystrom_residual,
     soap_cholesky,
-    soap_columns,
+    soap_terms,
 )
 from gapfit.sparse_gp import Posterior
 from gapfit.terms import SoapTerm, term_pairs
@@ -66,13 +67,13 @@ def _is_pad(model: Model) -> np.ndarray:
 def compact(model: Model) -> Model:
     """The model without padding sparse points (for saving)."""
     keep = np.flatnonzero(~_is_pad(model))
-    term = model.term("soap")
-    real = term.sparse_species != PAD
     terms = tuple(
         dataclasses.replace(
-            t, sparse_X=t.sparse_X[real], sparse_species=t.sparse_species[real]
+            t,
+            sparse_X=t.sparse_X[t.sparse_species != PAD],
+            sparse_species=t.sparse_species[t.sparse_species != PAD],
         )
-        if t is term
+        if isinstance(t, SoapTerm)
         else t
         for t in model.terms
     )
@@ -86,31 +87,46 @@ def compact(model: Model) -> Model:
     return dataclasses.replace(model, terms=terms, posterior=post, info=info)
 
 
-def padded(model: Model, capacity: int) -> Model:
-    """The model with its SOAP term padded to ``capacity`` sparse points (see the
-    module docstring); padding columns go after the term's real points."""
-    term = model.term("soap")
-    n_pad = capacity - term.n_sparse
-    if n_pad < 0:
-        raise ValueError(f"{term.n_sparse} SOAP sparse points exceed {capacity}")
-    F = term.sparse_X.shape[1]
-    new = dataclasses.replace(
-        term,
-        sparse_X=np.concatenate([term.sparse_X, np.zeros((n_pad, F))]),
-        sparse_species=np.concatenate(
-            [term.sparse_species, np.full(n_pad, PAD)]
-        ).astype(np.int64),
-    )
-    terms = tuple(new if t is term else t for t in model.terms)
-    M = sum(t.n_sparse for t in terms)
-    at = soap_columns(model).stop  # insert the padding here
-    keep = np.concatenate([np.arange(at), np.arange(at + n_pad, M)])
+def capacities(gap: GAP, species: Sequence[int]) -> dict[str, int]:
+    """``{SOAP term: sparse points it holds}``: its ``n_sparse`` per species it
+    covers (every one, or its ``Z``)."""
+    named = {n: v for n, v in gap._learn_terms().items() if v[0] == "soap"}
+    specs = term_specs(named, tuple(sorted(int(z) for z in species)))
+    return {
+        name: int(named[name][1]["n_sparse"])
+        * (len(species) if spec.centre_index is None else 1)
+        for name, (spec, _) in specs.items()
+    }
+
+
+def padded(model: Model, capacity: Mapping[str, int]) -> Model:
+    """The model with each SOAP term padded to ``capacity[name]`` sparse points (see
+    the module docstring); a term's padding columns go after its real points."""
+    terms, old = [], []  # new terms; the new column of each old one
+    M = 0
+    for t in model.terms:
+        old.append(M + np.arange(t.n_sparse))
+        n_pad = capacity[t.name] - t.n_sparse if isinstance(t, SoapTerm) else 0
+        if n_pad < 0:
+            raise ValueError(f"{t.n_sparse} sparse points of {t.name} exceed {n_pad}")
+        if n_pad:
+            F = t.sparse_X.shape[1]
+            t = dataclasses.replace(
+                t,
+                sparse_X=np.concatenate([t.sparse_X, np.zeros((n_pad, F))]),
+                sparse_species=np.concatenate(
+                    [t.sparse_species, np.full(n_pad, PAD)]
+                ).astype(np.int64),
+            )
+        terms.append(t)
+        M += t.n_sparse
+    keep = np.concatenate(old)
     w, L, R = np.zeros(M), np.sqrt(_jitter(model)) * np.eye(M), np.eye(M)
     w[keep] = model.posterior.weights  # padding: w = 0, jitter block in L_mm, I in R
     L[np.ix_(keep, keep)] = model.posterior.L_mm
     R[np.ix_(keep, keep)] = model.posterior.R
     post = Posterior(jnp.asarray(w), jnp.asarray(L), jnp.asarray(R))
-    return dataclasses.replace(model, terms=terms, posterior=post)
+    return dataclasses.replace(model, terms=tuple(terms), posterior=post)
 
 
 def _jitter(model: Model) -> float:
@@ -118,29 +134,39 @@ def _jitter(model: Model) -> float:
     return float(model.info["settings"]["sparse_jitter"])
 
 
-def free_slots(model: Model) -> np.ndarray:
-    """Padding slots left per species ``(n_species,)`` given ``capacity`` shared
-    evenly: each species may hold ``capacity / n_species`` points."""
-    term = model.term("soap")
-    per_species = term.n_sparse // len(model.species)
-    used = np.bincount(
-        term.sparse_species[term.sparse_species != PAD], minlength=len(model.species)
-    )
-    return per_species - used
+def free_slots(model: Model, name: str | None = None) -> np.ndarray:
+    """Padding slots left per species ``(n_species,)`` in SOAP term ``name`` (None:
+    summed over the SOAP terms), each term's capacity shared evenly among the
+    species it covers."""
+    out = np.zeros(len(model.species), np.int64)
+    for term in soap_terms(model):
+        if name is not None and term.name != name:
+            continue
+        own = covers(term.spec, np.arange(len(model.species)))
+        real = term.sparse_species[term.sparse_species != PAD]
+        used = np.bincount(real, minlength=len(model.species))
+        out += np.where(own, term.n_sparse // own.sum() - used, 0)
+    return out
 
 
 def choose_sparse(
-    model: Model, X_hat: np.ndarray, s: np.ndarray, n_max: int, tol: float
+    model: Model,
+    X_hat: np.ndarray,
+    s: np.ndarray,
+    n_max: int,
+    tol: float,
+    name: str = "soap",
 ) -> np.ndarray:
-    """Indices of candidate environments (unit SOAP ``X_hat (n, F)``, species index
-    ``s (n,)``) to add as sparse points: greedy max-determinant of their Nyström
-    residual, at most ``n_max``, within each species' free slots, each with a
-    residual variance above ``tol delta^2``."""
+    """Indices of candidate environments (unit SOAP ``X_hat (n, F)`` of SOAP term
+    ``name``, species index ``s (n,)``) to add as its sparse points: greedy
+    max-determinant of their Nyström residual, at most ``n_max``, within each
+    species' free slots, each with a residual variance above ``tol delta^2``."""
     if len(X_hat) == 0 or n_max <= 0:
         return np.zeros(0, np.int64)
-    K = nystrom_residual(model, X_hat, s)
-    delta2 = model.term("soap").kernel.delta ** 2
-    return greedy_max_det(K, n_max, tol * delta2, s, np.maximum(free_slots(model), 0))
+    K = nystrom_residual(model, X_hat, s, name)
+    delta2 = model.term(name).kernel.delta ** 2
+    free = np.maximum(free_slots(model, name), 0)
+    return greedy_max_det(K, n_max, tol * delta2, s, free)
 
 
 def force_residuals(
@@ -149,17 +175,18 @@ def force_residuals(
     X_hat: np.ndarray,
     s: np.ndarray,
     shape: list[int] | None = None,
+    name: str = "soap",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nyström residuals of the SOAP term for the force components of ``frames`` and
-    the local energies of candidate environments (unit SOAP ``X_hat (n, F)``,
+    """Nyström residuals of SOAP term ``name`` for the force components of ``frames``
+    and the local energies of candidate environments (unit SOAP ``X_hat (n, F)``,
     species index ``s (n,)``): ``r_F (n_F,)`` eV^2/Å^2, the residual variance of each
     force component (real atoms, atom-major); ``R_Fc (n_F, n)`` eV^2/Å, their residual
     covariances with the candidates' local energies; ``R_cc (n, n)`` eV^2, plus the
     sparse jitter on its diagonal (a candidate's as a sparse point). Residual means
     ``k_xy - k_xm K_mm^-1 k_my`` (what the sparse set leaves unexplained); a sparse
-    point at candidate j lowers ``r_F`` by ``R_Fc[:, j]^2 / R_cc[j, j]``.
-    ``shape``: floor of the padded batch shape (raised in place, as in ``update``)."""
-    term = model.term("soap")
+    point at candidate j lowers ``r_F`` by ``R_Fc[:, j]^2 / R_cc[j, j]``. ``shape``:
+    floor of the padded batch shape (raised in place, as in ``update``)."""
+    term = model.term(name)
     size = bucket(len(X_hat))  # padded candidates (PAD: no covariance): few shapes
     X = np.zeros((size, X_hat.shape[1]))
     X[: len(X_hat)] = X_hat
@@ -171,7 +198,7 @@ def force_residuals(
         sparse_species=np.concatenate([term.sparse_species, t]),
     )
     M = term.n_sparse
-    L = soap_cholesky(model)
+    L = soap_cholesky(model, name)
     k_c = kernel_block(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z)
     V_c = jsl.solve_triangular(L, k_c.T, lower=True).T  # (L^-1 k_c)^T
     r_F, R_Fc = [], []
@@ -185,7 +212,7 @@ def force_residuals(
         r_F.append(np.ravel(priors.forces[real]) - np.sum(V_F**2, axis=1))
         R_Fc.append(k_F[:, M : M + len(X_hat)] - V_F @ V_c[: len(X_hat)].T)
     # with K_mm's jitter: the candidate's variance as a sparse point
-    R_cc = nystrom_residual(model, X_hat, s) + _jitter(model) * np.eye(len(X_hat))
+    R_cc = nystrom_residual(model, X_hat, s, name) + _jitter(model) * np.eye(len(X_hat))
     return np.concatenate(r_F), np.asarray(jnp.concatenate(R_Fc)), R_cc
 
 
@@ -197,22 +224,23 @@ def force_sparse(
     n_max: int,
     target: float,
     shape: list[int] | None = None,
+    name: str = "soap",
 ) -> np.ndarray:
-    """Indices of candidate environments (unit SOAP ``X_hat (n, F)``, species index
-    ``s (n,)``; on the fly: those of the labelled ``frames``) to add as sparse points
-    for the frames' forces: greedily, each the candidate whose sparse point most lowers
-    the summed Nyström residual variance of the force components (``force_residuals``,
-    conditioned on the points picked before), at most ``n_max`` within each species'
-    free slots, until no component's residual variance is above ``target``
-    (eV^2/Å^2). The forces' DTC variance is this residual plus a posterior part that
-    labels shrink; the residual only falls with sparse points, and the local-energy
-    residual of ``choose_sparse`` can be tiny where the force residual is not
-    (environments close to sparse points, displaced along new directions)."""
+    """Indices of candidate environments (unit SOAP ``X_hat (n, F)`` of SOAP term
+    ``name``, species index ``s (n,)``; on the fly: those of the labelled ``frames``) to
+    add as its sparse points for the frames' forces: greedily, each the candidate whose
+    sparse point most lowers the summed Nyström residual variance of the force
+    components (``force_residuals``, conditioned on the points picked before), at most
+    ``n_max`` within each species' free slots, until no component's residual variance is
+    above ``target`` (eV^2/Å^2). The forces' DTC variance is this residual plus a
+    posterior part that labels shrink; the residual only falls with sparse points, and
+    the local-energy residual of ``choose_sparse`` can be tiny where the force residual
+    is not (environments close to sparse points, displaced along new directions)."""
     if len(X_hat) == 0 or n_max <= 0:
         return np.zeros(0, np.int64)
-    r_F, R, K = force_residuals(model, frames, X_hat, s, shape)
-    floor = _jitter(model) + 1e-10 * model.term("soap").kernel.delta ** 2  # not 0
-    left = np.maximum(free_slots(model), 0)
+    r_F, R, K = force_residuals(model, frames, X_hat, s, shape, name)
+    floor = _jitter(model) + 1e-10 * model.term(name).kernel.delta ** 2  # not 0
+    left = np.maximum(free_slots(model, name), 0)
     picks: list[int] = []
     while len(picks) < n_max and r_F.max(initial=0.0) > target:
         d = np.diag(K).copy()
@@ -250,7 +278,7 @@ def widened_pairs(
     if np.all((got[:, 0] >= have[:, 0]) & (got[:, 1] <= have[:, 1])):
         return None
     r, t = descriptors(gap, only, frames)["distance_2b"]
-    pair = gap._settings()[1]
+    pair = gap._pair_settings()
     summary = PairSummary.of(spec, r, t, pair["sparse_method"])
     wide = pair_term(spec, term.kernel, pair, summary, gap.rnd_seed, term.name)
     return dataclasses.replace(
@@ -258,11 +286,13 @@ def widened_pairs(
     )
 
 
-def with_sparse(model: Model, X_hat: np.ndarray, s: np.ndarray) -> Model:
+def with_sparse(
+    model: Model, X_hat: np.ndarray, s: np.ndarray, name: str = "soap"
+) -> Model:
     """The model with environments ``X_hat (k, F)`` (unit rows), species ``s (k,)``
-    in its first padding slots of the SOAP term. Its posterior is then stale:
+    in the first padding slots of SOAP term ``name``. Its posterior is then stale:
     ``update.refit`` it."""
-    term = model.term("soap")
+    term = model.term(name)
     slots = np.flatnonzero(term.sparse_species == PAD)[: len(s)]
     if len(slots) < len(s):
         raise ValueError(f"{len(s)} new sparse points but {len(slots)} free slots")
@@ -312,31 +342,31 @@ def prior_model(
     gap: GAP,
     species: Sequence[int],
     frames: Sequence[Frame | ase.Atoms],
-    capacity: int,
+    capacity: Mapping[str, int],
 ) -> Model:
     """A model with the settings of ``gap`` and no data (``w = 0``, ``R = I``):
     e0 and the 2-body and 3-body sparse points (as in ``GAP.fit``) from ``frames``,
-    and a SOAP term of ``capacity`` padding points, to be filled by ``with_sparse``."""
+    and each SOAP term with ``capacity[name]`` padding points, to be filled by
+    ``with_sparse``."""
     frames = as_frames(frames, require=LABELS)
-    soap, pair = gap._settings()
-    triplet = gap._triplet_settings()
+    named = gap._learn_terms()
     species = tuple(sorted(int(z) for z in species))
-    specs = _specs(soap, pair, species, triplet)
+    specs = term_specs(named, species)
     baseline = Baseline.of(gap.baseline, gap.baseline_kwargs)
     e0 = gap._e0(frames, species, baseline)
     terms: list = []
-    if pair is not None:
-        spec, kernel = specs["distance_2b"]
-        r, t = descriptors(gap, {"distance_2b": (spec, kernel)}, frames)["distance_2b"]
-        summary = PairSummary.of(spec, r, t, pair["sparse_method"])
-        terms.append(pair_term(spec, kernel, pair, summary, gap.rnd_seed))
-    if triplet is not None:
-        d, t = descriptors(gap, {"angle_3b": specs["angle_3b"]}, frames)["angle_3b"]
-        terms.append(triplet_term(*specs["angle_3b"], triplet, d, t, gap.rnd_seed))
-    spec, kernel = specs["soap"]
-    X = np.zeros((capacity, spec.n_features))
-    terms.append(SoapTerm(spec, kernel, X, np.full(capacity, PAD, dtype=np.int64)))
-    model = Model(
-        tuple(terms), species, None, e0, gap._info(gap._term_settings()), baseline
-    )
+    for name, (kind, settings) in named.items():
+        spec, kernel = specs[name]
+        if kind == "distance_2b":
+            r, t = descriptors(gap, {name: specs[name]}, frames)[name]
+            summary = PairSummary.of(spec, r, t, settings["sparse_method"])
+            terms.append(pair_term(spec, kernel, settings, summary, gap.rnd_seed, name))
+        elif kind == "angle_3b":
+            d, t = descriptors(gap, {name: specs[name]}, frames)[name]
+            terms.append(triplet_term(spec, kernel, settings, d, t, gap.rnd_seed))
+        else:
+            X = np.zeros((capacity[name], spec.n_features))
+            pad = np.full(capacity[name], PAD, dtype=np.int64)
+            terms.append(SoapTerm(spec, kernel, X, pad, name))
+    model = Model(tuple(terms), species, None, e0, gap._info(named), baseline)
     return refit(model, [])

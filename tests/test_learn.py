@@ -166,7 +166,7 @@ def test_pool_mode_diverse_deterministic(pool_run, tmp_path):
     labelled = learner.state["labelled"]
     assert len({i % 10 for i in labelled}) == len(labelled) == 8
     assert learner.state["done"] == "label budget 8 reached"
-    assert learner.n_sparse == learner.capacity  # the 24 slots filled: said so
+    assert learner.n_sparse == learner.capacity["soap"]  # 24 slots filled: said so
     assert "24 SOAP sparse points (all slots" in learner.summary()
     assert [a.info["source"] for a in learner.labelled] == [
         f"pool:{i}" for i in labelled
@@ -481,8 +481,8 @@ def test_pool_sparse_points_bring_the_force_residuals_to_the_target(tmp_path):
     )
     model, frames = learner.model, learner.frames
     assert 0 < learner.n_sparse < CAPACITY
-    X_hat, s, _ = unit_soap(learner.gap, learner.species, frames[:1])
-    r_F = force_residuals(model, frames, X_hat[:1], s[:1])[0]
+    env = unit_soap(learner.gap, learner.species, frames[:1])
+    r_F = force_residuals(model, frames, env.X_hat["soap"][:1], env.species[:1])[0]
     assert r_F.max() <= target**2
     other = learn_pool(
         tmp_path / "energies", "emt", pool, gap(), sparse_force_std=None, **kw

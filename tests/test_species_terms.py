@@ -20,6 +20,13 @@ from gapfit.gap_fit_args import parse_gap_fit_command
 from gapfit.gapstring import parse_distance_2b, parse_soap
 from gapfit.learn import learn_pool
 from gapfit.model import Model
+from gapfit.selection import (
+    energy_prior,
+    energy_variance,
+    local_energy_variance,
+    soap_terms,
+    unit_soap,
+)
 
 SOAP = "cutoff=4.0 cutoff_transition_width=1.0 n_max=3 l_max=2 n_sparse=16 delta=0.5"
 PAIR = "cutoff=4.0 cutoff_transition_width=0.8 n_sparse=6 delta=0.8"
@@ -197,6 +204,8 @@ def test_species_settings_parse_as_gap_fit_writes_them():
 
 
 def test_terms_the_data_cannot_hold_are_refused(frames, tmp_path):
+    """Each refusal names what was found and what to do; active learning refuses a
+    2-body term of one species pair (its points follow every pair's data)."""
     cases = [
         (
             {"soap": f"{SOAP} add_species=F Z=29"},
@@ -222,15 +231,52 @@ def test_terms_the_data_cannot_hold_are_refused(frames, tmp_path):
             GAP(**kwargs, **SIGMAS).plan(frames)
         for word in words:
             assert word in str(err.value), (kwargs, str(err.value))
-    with pytest.raises(GapfitError, match="covers one species"):
-        learn_pool(
-            tmp_path / "run",
-            "emt",
-            frames,
-            GAP(soap=f"{SOAP} {SPECIES} Z=29"),
-            n_seed=2,
-            budget=4,
-        )
+    pairs = GAP(soap=SOAP, distance_2b=PER_SPECIES["distance_2b"][1], **SIGMAS)
+    with pytest.raises(GapfitError, match="covers one species pair"):
+        learn_pool(tmp_path / "run", "emt", frames, pairs, n_seed=2, budget=4)
+
+
+def test_learning_with_a_soap_term_per_species_is_the_add_species_run(
+    frames, test_cell, tmp_path
+):
+    """``gapfit learn`` takes gap_fit's per-element SOAP terms (``Z=29``, ``Z=79``),
+    each holding its own element's sparse points. With random picks and sparse points
+    by local-energy residual, the run is the ``add_species=T`` run's: the kernel
+    never couples central species, so each term chooses the points that the one term
+    chooses of its element, the pool scores agree, and so do the final models. A
+    term that took the other element's environments as candidates, or a score that
+    left one term out, would not agree."""
+    pool = [f.copy() for f in frames]
+    kw = {"n_seed": 2, "batch_size": 2, "budget": 6, "strategy": "random"}
+    kw |= {"sparse_force_std": None, "progress": False}
+    one = learn_pool(tmp_path / "one", "emt", pool, GAP(soap=SOAP, **SIGMAS), **kw)
+    gap = GAP(soap=PER_SPECIES["soap"], **SIGMAS)
+    per = learn_pool(tmp_path / "per", "emt", pool, gap, **kw)
+    assert per.log[-1]["n_labels"] == one.log[-1]["n_labels"] == 6
+    assert per.capacity == {"soap": 16, "soap_2": 16} and one.capacity == {"soap": 32}
+    a, b = (Model.load(r.workdir.file("model.npz")) for r in (one, per))
+    counts = a.info["n_sparse"]["soap"]
+    got = b.info["n_sparse"]
+    assert (got["soap"]["Cu"], got["soap_2"]["Au"]) == (counts["Cu"], counts["Au"])
+    assert got["soap"]["Au"] == got["soap_2"]["Cu"] == 0
+    assert min(counts.values()) > 0
+    (p,), (q,) = (m.predict([test_cell], std=True) for m in (a, b))
+    for key in ("energy", "forces", "virial", "energy_std", "forces_std"):
+        scale = np.abs(p[key]).max()
+        assert np.abs(q[key] - p[key]).max() <= 1e-6 * scale, key
+    # the scores over the pool, from each run's padded model and environments
+    envs = (unit_soap(r.gap, r.species, pool) for r in (one, per))
+    (e1, e2), (m1, m2) = envs, (one.model, per.model)
+    for score in (
+        lambda m, e: local_energy_variance(m, e),
+        lambda m, e: energy_variance(m, e, energy_prior(_soaps(m), e)),
+    ):
+        u, v = score(m1, e1), score(m2, e2)
+        assert np.abs(u - v).max() <= 1e-8 * np.abs(u).max()
+
+
+def _soaps(model):
+    return {t.name: (t.spec, t.kernel) for t in soap_terms(model)}
 
 
 def test_one_species_data_takes_add_species_f_as_gap_fit(frames):

@@ -151,11 +151,17 @@ def test_reoptimised_equals_an_optimising_fit(fitted, cells):
     )
 
 
+def _soap(gap, species, frames):
+    """Unit SOAP rows and species indices of the one SOAP term's environments."""
+    env = unit_soap(gap, species, frames)
+    return env.X_hat["soap"], env.species
+
+
 def test_padded_model_update_equals_refit(cells):
     gap = GAP(soap=SOAP, e0_method="average")
-    prior = prior_model(gap, (29,), cells[:3], CAPACITY)
+    prior = prior_model(gap, (29,), cells[:3], {"soap": CAPACITY})
     assert np.all(prior.term("soap").sparse_species == PAD)
-    X_hat, s, _ = unit_soap(gap, (29,), cells[:3])
+    X_hat, s = _soap(gap, (29,), cells[:3])
     pick = choose_sparse(prior, X_hat, s, 16, 1e-6)
     assert 0 < len(pick) <= 16
     model = refit(with_sparse(prior, X_hat[pick], s[pick]), cells[:3], chunk_atoms=1)
@@ -177,7 +183,7 @@ def test_padded_model_update_equals_refit(cells):
     small = compact(new)
     assert small.term("soap").n_sparse == len(pick)
     assert small.info["n_sparse"] == {"soap": {"Cu": len(pick)}}
-    back = padded(small, CAPACITY)
+    back = padded(small, {"soap": CAPACITY})
     real = ~pad
     for name in ("weights", "L_mm"):
         a, b = (
@@ -195,8 +201,8 @@ def test_padded_model_update_equals_refit(cells):
 
 def test_choose_sparse_skips_represented_environments(cells):
     gap = GAP(soap=SOAP, e0_method="average")
-    prior = prior_model(gap, (29,), cells[:1], CAPACITY)
-    X_hat, s, _ = unit_soap(gap, (29,), cells[:1])
+    prior = prior_model(gap, (29,), cells[:1], {"soap": CAPACITY})
+    X_hat, s = _soap(gap, (29,), cells[:1])
     pick = choose_sparse(prior, X_hat, s, 8, 1e-6)
     model = with_sparse(prior, X_hat[pick], s[pick])
     model = refit(model, cells[:1], chunk_atoms=1)
@@ -226,12 +232,12 @@ def test_force_sparse_lowers_the_force_residuals(species):
             atoms.numbers[::3] = 79
     cells = [emt_labelled(a) for a in cells]
     gap = GAP(soap=SOAP, e0_method="average")
-    prior = prior_model(gap, species, cells[:2], CAPACITY)
-    X_hat, s, _ = unit_soap(gap, species, cells[:2])
+    prior = prior_model(gap, species, cells[:2], {"soap": CAPACITY})
+    X_hat, s = _soap(gap, species, cells[:2])
     pick = choose_sparse(prior, X_hat, s, 4, 1e-6)
     model = refit(with_sparse(prior, X_hat[pick], s[pick]), cells[:2], chunk_atoms=1)
     frames = as_frames(cells[2:3])
-    X, t, _ = unit_soap(gap, species, frames)
+    X, t = _soap(gap, species, frames)
     r_F, R, K = force_residuals(model, frames, X, t)
     assert r_F.shape == (3 * len(frames[0].numbers),) and r_F.min() > 0
 
@@ -268,7 +274,7 @@ def test_widened_pairs_cover_the_new_distances(cells, how):
     uniform grid, or random distances) and theta_fac length over all the frames."""
     pair = f"cutoff=4.0 cutoff_transition_width=1.0 delta=1.0 {how} n_sparse=8"
     gap = GAP(soap=SOAP, distance_2b=pair, e0_method="average")
-    model = prior_model(gap, (29,), cells[:1], CAPACITY)
+    model = prior_model(gap, (29,), cells[:1], {"soap": CAPACITY})
     before = model.term("distance_2b").sparse_r
     first = as_frames(cells[:1])
     assert widened_pairs(model, gap, first, first) is None  # nothing new
@@ -321,8 +327,7 @@ def test_local_energy_variance_is_the_predicted_local_std(fitted, cells):
     """The pool score's per-environment variance, from descriptors alone, equals the
     square of the local-energy std that the full prediction gives (SOAP-only model)."""
     gap = GAP(soap=SOAP, e0_method="average")
-    X_hat, s, _ = unit_soap(gap, (29,), cells[2:5])
-    var = local_energy_variance(fitted, X_hat, s)
+    var = local_energy_variance(fitted, unit_soap(gap, (29,), cells[2:5]))
     predicted = fitted.predict(cells[2:5], std=True)
     std = np.concatenate([p["energies_std"] for p in predicted])
     assert np.allclose(var, std**2, rtol=1e-8, atol=1e-12)
