@@ -389,37 +389,6 @@ class GAP:
             for k, value in enumerate(given[kind], 1)
         }
 
-    def _learn_terms(self) -> dict[str, tuple[str, dict]]:
-        """Validated ``{name: (kind, settings)}`` of a GAP that active learning
-        takes: any SOAP terms (each over every species or one ``Z``, as gap_fit's
-        per-element recipes), and at most one 2-body and one 3-body term, each over
-        every species pair or triplet (their sparse points are chosen again from
-        all labels as the data widen; ``sparse_set.widened_pairs``)."""
-        named = self._term_settings()
-        for kind in ("distance_2b", "angle_3b"):
-            several = [n for n, (k, _) in named.items() if k == kind]
-            if len(several) > 1:
-                raise GapfitError(
-                    f"this GAP has several {kind} terms ({', '.join(several)}); "
-                    "`gapfit fit`, `gapfit tune` and dask fits take them, but active "
-                    f"learning (`gapfit learn`) takes one {kind} term: give one."
-                )
-        for name, (kind, settings) in named.items():
-            # distance_2b's Z1/Z2, distance_Nb's Z={Z1 Z2} (0: any)
-            keys = ("Z1", "Z2", "Z") if kind != "soap" else ()
-            given = [k for k in keys if np.any(settings.get(k) or 0)]
-            if given:
-                raise GapfitError(
-                    f"the {name} term covers one species pair ({given[0]}="
-                    f"{settings[given[0]]}); active learning (`gapfit learn`) takes "
-                    "2-body terms over every pair: use add_species=T."
-                )
-        return named
-
-    def _pair_settings(self) -> dict | None:
-        """Validated 2-body settings of the first 2-body term (None for none)."""
-        return self._term_settings().get("distance_2b", (None, None))[1]
-
     def _triplet_settings(self) -> dict | None:
         """Validated 3-body settings (None for no 3-body term)."""
         return self._term_settings().get("angle_3b", (None, None))[1]

@@ -11,24 +11,25 @@ model predicts calibrated stds; the loop itself works with the DTC stds. Labels 
 from any ASE calculator (``gapfit.labeller``); a structure it fails on is skipped with
 the reason in the log.
 
-The model is a sparse GAP with the settings of a ``GAP`` (one or more SOAP terms, each
-over every element or one, as gap_fit's per-element ``Z=`` terms; optional 2-body and
-3-body terms over every element; sigmas, jitter). e0 comes from the first labelled
-frames (``e0_method`` average, least_squares, explicit ``e0``, or isolated: the labeller
-then labels one isolated atom per element first, and if it fails on one, e0 is by
-average, logged); 2-body sparse points are chosen from the first frames as in
-``GAP.fit`` and spread again over all labelled distances whenever a label widens their
-range (``sparse_set.widened_pairs``; then a full refit), 3-body ones likewise chosen
-again among all labelled triplets (``sparse_set.widened_triplets``). Each SOAP term's
-sparse set grows from the labelled frames' environments that it covers, at most
-``sparse_per_label`` per labelled frame and its ``n_sparse`` per element: in pool mode
-those that most lower the labelled structures' force-component residual variances, until
-none is above ``sparse_force_std^2`` (with several SOAP terms, each term's residual
-above its even share of it; ``sparse_set.force_sparse``; ``gapfit.pool_mode``), or with
-it None, and for the start structure on the fly, those of largest local-energy Nyström
-residual (``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``; on the fly
-those that bring the labelled frame's force-component residual stds, times the std scale
-``a`` of ``gapfit.otf_mode``, to ``SPARSE_STD_TARGET x std_threshold``
+The model is a sparse GAP with the settings of a ``GAP`` (one or more SOAP terms and
+optional 2-body terms, each over every element or one, as gap_fit's per-element ``Z=``
+and per-pair ``Z1``/``Z2`` terms; an optional 3-body term; sigmas, jitter). e0 comes
+from the first labelled frames (``e0_method`` average, least_squares, explicit ``e0``,
+or isolated: the labeller then labels one isolated atom per element first, and if it
+fails on one, e0 is by average, logged); each 2-body term's sparse points are chosen
+from the first frames as in ``GAP.fit`` and spread again over all labelled distances
+whenever a label widens their range (``sparse_set.widened_pairs``; then a full refit),
+3-body ones likewise chosen again among all labelled triplets
+(``sparse_set.widened_triplets``). Each SOAP term's sparse set grows from the labelled
+frames' environments that it covers, at most ``sparse_per_label`` per labelled frame and
+its ``n_sparse`` per element: in pool mode those that most lower the labelled
+structures' force-component residual variances, until none is above
+``sparse_force_std^2`` (with several SOAP terms, each term's residual above its even
+share of it; ``sparse_set.force_sparse``; ``gapfit.pool_mode``), or with it None, and
+for the start structure on the fly, those of largest local-energy Nyström residual
+(``sparse_set.choose_sparse``), each above ``sparse_tol delta^2``; on the fly those that
+bring the labelled frame's force-component residual stds, times the std scale ``a`` of
+``gapfit.otf_mode``, to ``SPARSE_STD_TARGET x std_threshold``
 (``sparse_set.force_sparse``: the force stds are nearly all residual there, which labels
 cannot lower). Each term's set is held at its capacity by padding, so the kernels
 compile once per run. New frames are folded into the QR factor (``update.update``)
@@ -185,7 +186,7 @@ class Learner:
         self.progress = progress
         self.callback = callback
         self.gap = _gap(settings["gap"])
-        named = self.gap._learn_terms()
+        named = self.gap._term_settings()
         soaps = {n: settings for n, (kind, settings) in named.items() if kind == "soap"}
         if not soaps:
             raise GapfitError(

@@ -258,9 +258,9 @@ def unit_soap(
     gap: GAP, species: Sequence[int], frames: Sequence[Frame | ase.Atoms]
 ) -> Environments:
     """The ``Environments`` of every atom of ``frames`` under the SOAP terms of
-    ``gap`` (``GAP._learn_terms``)."""
+    ``gap``."""
     frames = as_frames(frames, require=(), source="structures")
-    named = {n: v for n, v in gap._learn_terms().items() if v[0] == "soap"}
+    named = {n: v for n, v in gap._term_settings().items() if v[0] == "soap"}
     out = descriptors(gap, term_specs(named, tuple(species)), frames)
     X_hat = {
         name: np.asarray(normalise(jnp.asarray(X))[0]) if len(X) else X

@@ -46,7 +46,7 @@ from gapfit.selection import (
     soap_terms,
 )
 from gapfit.sparse_gp import Posterior
-from gapfit.terms import SoapTerm, term_pairs
+from gapfit.terms import PairTerm, SoapTerm, term_pairs
 from gapfit.update import LABELS, refit
 
 PAD = -1  # species index of padding sparse points
@@ -90,7 +90,7 @@ def compact(model: Model) -> Model:
 def capacities(gap: GAP, species: Sequence[int]) -> dict[str, int]:
     """``{SOAP term: sparse points it holds}``: its ``n_sparse`` per species it
     covers (every one, or its ``Z``)."""
-    named = {n: v for n, v in gap._learn_terms().items() if v[0] == "soap"}
+    named = {n: v for n, v in gap._term_settings().items() if v[0] == "soap"}
     specs = term_specs(named, tuple(sorted(int(z) for z in species)))
     return {
         name: int(named[name][1]["n_sparse"])
@@ -260,30 +260,33 @@ def force_sparse(
 def widened_pairs(
     model: Model, gap: GAP, new: Sequence[Frame], frames: Sequence[Frame]
 ) -> Model | None:
-    """The model with its 2-body sparse points (and ``theta_fac`` lengths) chosen
-    again (as ``GAP.fit`` does, delta kept) among the distances of all ``frames``
-    when a distance of the ``new`` frames within the cutoff lies outside the points'
-    range of its pair type; None otherwise (or without a 2-body term). Its posterior
-    is then stale: ``update.refit`` it. Chosen from the first frames only, the
-    points would leave the distances that the sampler reaches later (shorter bonds
-    in hot MD) with a 2-body std that no label lowers."""
-    term = model.term("distance_2b")
-    if term is None or not new:
-        return None
-    spec = term.spec
-    only = {"distance_2b": (spec, term.kernel)}
-    r, t = descriptors(gap, only, new)["distance_2b"]
-    have = pair_ranges(spec, term.sparse_r, term.sparse_type)
-    got = pair_ranges(spec, r, t)
-    if np.all((got[:, 0] >= have[:, 0]) & (got[:, 1] <= have[:, 1])):
-        return None
-    r, t = descriptors(gap, only, frames)["distance_2b"]
-    pair = gap._pair_settings()
-    summary = PairSummary.of(spec, r, t, pair["sparse_method"])
-    wide = pair_term(spec, term.kernel, pair, summary, gap.rnd_seed, term.name)
-    return dataclasses.replace(
-        model, terms=tuple(wide if x is term else x for x in model.terms)
-    )
+    """The model with each 2-body term's sparse points (and ``theta_fac`` lengths)
+    chosen again (as ``GAP.fit`` does, delta kept) among the distances of all
+    ``frames`` when a distance of the ``new`` frames within its cutoff lies outside
+    its points' range of that pair type (of its own pair, for a term of one); None
+    when no term widens (or without a 2-body term). Its posterior is then stale:
+    ``update.refit`` it. Chosen from the first frames only, the points would leave
+    the distances that the sampler reaches later (shorter bonds in hot MD) with a
+    2-body std that no label lowers."""
+    settings = gap._term_settings()
+    terms, widened = list(model.terms), False
+    for k, term in enumerate(terms):
+        if not isinstance(term, PairTerm) or not new:
+            continue
+        only = {term.name: (term.spec, term.kernel)}
+        r, t = descriptors(gap, only, new)[term.name]
+        have = pair_ranges(term.spec, term.sparse_r, term.sparse_type)
+        got = pair_ranges(term.spec, r, t)
+        if np.all((got[:, 0] >= have[:, 0]) & (got[:, 1] <= have[:, 1])):
+            continue
+        r, t = descriptors(gap, only, frames)[term.name]
+        pair = settings[term.name][1]
+        summary = PairSummary.of(term.spec, r, t, pair["sparse_method"])
+        terms[k] = pair_term(
+            term.spec, term.kernel, pair, summary, gap.rnd_seed, term.name
+        )
+        widened = True
+    return dataclasses.replace(model, terms=tuple(terms)) if widened else None
 
 
 def with_sparse(
@@ -349,7 +352,7 @@ def prior_model(
     and each SOAP term with ``capacity[name]`` padding points, to be filled by
     ``with_sparse``."""
     frames = as_frames(frames, require=LABELS)
-    named = gap._learn_terms()
+    named = gap._term_settings()
     species = tuple(sorted(int(z) for z in species))
     specs = term_specs(named, species)
     baseline = Baseline.of(gap.baseline, gap.baseline_kwargs)

@@ -145,16 +145,6 @@ def test_one_gp_over_pairs_of_two_species_is_refused(frames):
         parse_gap_fit_command(["at_file=x.xyz", "gap={distance_3b cutoff=3}"])
 
 
-def test_active_learning_takes_a_distance_nb_term_over_every_pair() -> None:
-    """``gapfit learn`` takes one 2-body term over every species pair: distance_Nb's
-    default ``Z={0 0}`` is that; ``Z={29 79}`` (one pair) is refused."""
-    learnable = GAP(distance_2b=NB, soap="cutoff=4.0 n_max=3 l_max=2")._learn_terms()
-    assert learnable["distance_2b"][1]["order"] == 2
-    one_pair = NB.replace("add_species=T", "add_species=F Z={29 79}")
-    with pytest.raises(GapfitError, match=r"covers one species pair \(Z=\[29, 79\]\)"):
-        GAP(distance_2b=one_pair)._learn_terms()
-
-
 # wfl's 3-body string (distance_Nb order=3), on data of one element
 NB3 = (
     "distance_Nb order=3 f0=0.0 add_species=T cutoff=3.25 n_sparse=12 "

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from ase.io import read, write
+from ase.neighborlist import neighbor_list
 from checks import (
     assert_forces_match_fd,
     assert_stress_matches_strain_fd,
@@ -21,7 +22,6 @@ from gapfit.cli import main
 from gapfit.errors import GapfitError
 from gapfit.fit import GAP
 from gapfit.gap_fit_args import parse_gap_fit_command
-from gapfit.learn import learn_pool
 from gapfit.model import Model
 from gapfit.neighbours import make_batch, pair_tables
 from gapfit.selection import unit_soap
@@ -245,14 +245,16 @@ def test_tune_grid_keys_name_the_term(frames):
     assert result.best.model_.term("soap").spec.cutoff == 4.0
 
 
-def test_active_learning_takes_several_soap_terms(frames, tmp_path):
-    """``gapfit learn --soap A --soap B``: each SOAP term holds its own sparse
-    points (chosen from its own descriptors), a resumed run pads each again and goes
-    on; two 2-body (or 3-body) terms are refused, on the command line too."""
+def test_active_learning_takes_several_terms_of_a_kind(frames, tmp_path):
+    """``gapfit learn --soap A --soap B --distance-2b C --distance-2b D``: each term
+    holds its own sparse points (a SOAP term's chosen from its own descriptors), a
+    resumed run pads each SOAP term again and goes on; two 3-body terms are refused,
+    as by ``gapfit fit``."""
     write(tmp_path / "pool.xyz", frames)
     run = tmp_path / "cli"
     args = ["learn", "--pool", tmp_path / "pool.xyz", "--labeller", "emt"]
     args += ["--workdir", run, "--soap", SOAP_A, "--soap", SOAP_B, "--budget", "4"]
+    args += ["--distance-2b", PAIR_A, "--distance-2b", PAIR_B]
     args += ["--strategy", "random", "--quiet"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
@@ -263,6 +265,8 @@ def test_active_learning_takes_several_soap_terms(frames, tmp_path):
     a, b = model.term("soap"), model.term("soap_2")
     assert (a.spec.cutoff, b.spec.cutoff) == (4.0, 3.3)
     assert 0 < a.n_sparse <= 40 and 0 < b.n_sparse <= 24  # n_sparse per element
+    pairs = [model.term(n) for n in ("distance_2b", "distance_2b_2")]
+    assert [p.spec.cutoff for p in pairs] == [4.8, 3.2]
     # each term's points are environments of the labelled frames under its settings
     labelled = read(run / "labelled.xyz", ":")
     assert len(labelled) == 6
@@ -271,21 +275,17 @@ def test_active_learning_takes_several_soap_terms(frames, tmp_path):
     for name in ("soap", "soap_2"):
         cosines = env.X_hat[name] @ model.term(name).sparse_X.T
         assert cosines.max(axis=0) == pytest.approx(1.0, abs=1e-12)
+    # the 2-body points span every labelled distance within each term's cutoff
+    d = np.concatenate([neighbor_list("d", f, 4.8) for f in labelled])
+    for term in pairs:
+        inside = d[d < term.spec.cutoff]
+        assert term.sparse_r.min() == pytest.approx(inside.min(), abs=1e-9)
+        assert term.sparse_r.max() == pytest.approx(inside.max(), abs=1e-9)
 
     with pytest.raises(GapfitError, match="one 3-body term"):
         GAP(angle_3b=["cutoff=3.0", "cutoff=3.5"]).fit(frames)
-    two = GAP(soap=SOAP_A, distance_2b=[PAIR_A, PAIR_B], e0_method="average")
-    with pytest.raises(GapfitError, match="one distance_2b term"):
-        learn_pool(tmp_path / "run", "emt", frames, two, n_seed=2, budget=4)
     # an option given twice is an error where one is taken, never the last one
-    twice = [
-        ["fit", "--at-file", tmp_path / "pool.xyz", "--gp-file", tmp_path / "m.npz"]
-        + ["--angle-3b", "cutoff=3.0", "--angle-3b", "cutoff=3.5"],
-        ["learn", "--pool", tmp_path / "pool.xyz", "--labeller", "emt"]
-        + ["--workdir", tmp_path / "two", "--soap", SOAP_A]
-        + ["--distance-2b", PAIR_A, "--distance-2b", PAIR_B],
-    ]
-    words_of = ("one 3-body term", "one distance_2b term")
-    for args, words in zip(twice, words_of, strict=True):
-        result = CliRunner().invoke(main, [str(a) for a in args])
-        assert result.exit_code == 2 and words in result.output, result.output
+    args = ["fit", "--at-file", tmp_path / "pool.xyz", "--gp-file", tmp_path / "m.npz"]
+    args += ["--angle-3b", "cutoff=3.0", "--angle-3b", "cutoff=3.5"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2 and "one 3-body term" in result.output

@@ -147,7 +147,9 @@ def test_a_tune_grid_of_theta_fac_replaces_theta_uniform() -> None:
     ``theta_uniform``: the grid's factor sets the lengths (gap_fit takes one)."""
     gap = GAP(distance_2b=f"cutoff={CUTOFF} theta_uniform=0.6")
     point = _with(gap, {"distance_2b.theta_fac": "0.4"})
-    settings = point._pair_settings()
+    settings = point._term_settings()["distance_2b"][1]
     assert (settings["theta_fac"], settings["theta_uniform"]) == (0.4, None)
-    back = _with(point, {"distance_2b.theta_uniform": "0.7"})._pair_settings()
+    back = _with(point, {"distance_2b.theta_uniform": "0.7"})._term_settings()[
+        "distance_2b"
+    ][1]
     assert (back["theta_fac"], back["theta_uniform"]) == (None, 0.7)

@@ -203,9 +203,7 @@ def test_species_settings_parse_as_gap_fit_writes_them():
         parse_distance_2b("Z1=29 Z2=29")
 
 
-def test_terms_the_data_cannot_hold_are_refused(frames, tmp_path):
-    """Each refusal names what was found and what to do; active learning refuses a
-    2-body term of one species pair (its points follow every pair's data)."""
+def test_terms_the_data_cannot_hold_are_refused(frames):
     cases = [
         (
             {"soap": f"{SOAP} add_species=F Z=29"},
@@ -231,26 +229,26 @@ def test_terms_the_data_cannot_hold_are_refused(frames, tmp_path):
             GAP(**kwargs, **SIGMAS).plan(frames)
         for word in words:
             assert word in str(err.value), (kwargs, str(err.value))
-    pairs = GAP(soap=SOAP, distance_2b=PER_SPECIES["distance_2b"][1], **SIGMAS)
-    with pytest.raises(GapfitError, match="covers one species pair"):
-        learn_pool(tmp_path / "run", "emt", frames, pairs, n_seed=2, budget=4)
 
 
-def test_learning_with_a_soap_term_per_species_is_the_add_species_run(
+def test_learning_with_a_term_per_species_is_the_add_species_run(
     frames, test_cell, tmp_path
 ):
-    """``gapfit learn`` takes gap_fit's per-element SOAP terms (``Z=29``, ``Z=79``),
-    each holding its own element's sparse points. With random picks and sparse points
-    by local-energy residual, the run is the ``add_species=T`` run's: the kernel
-    never couples central species, so each term chooses the points that the one term
-    chooses of its element, the pool scores agree, and so do the final models. A
-    term that took the other element's environments as candidates, or a score that
-    left one term out, would not agree."""
+    """``gapfit learn`` takes gap_fit's per-element SOAP terms (``Z=29``, ``Z=79``)
+    and per-pair 2-body terms (``Z1``/``Z2``), each holding its own element's or
+    pair's sparse points. With random picks and sparse points by local-energy
+    residual, the run is the ``add_species=T`` run's: the kernel never couples
+    central species or pair types, so each term chooses the points that the one term
+    chooses of its element (2-body: spread again over its pair's distances as labels
+    widen them), the pool scores agree, and so do the final models. A term that took
+    the other element's environments as candidates, a pair term left at its first
+    frames' range, or a score that left one term out, would not agree."""
     pool = [f.copy() for f in frames]
     kw = {"n_seed": 2, "batch_size": 2, "budget": 6, "strategy": "random"}
     kw |= {"sparse_force_std": None, "progress": False}
-    one = learn_pool(tmp_path / "one", "emt", pool, GAP(soap=SOAP, **SIGMAS), **kw)
-    gap = GAP(soap=PER_SPECIES["soap"], **SIGMAS)
+    gap = GAP(soap=SOAP, distance_2b=PAIR, **SIGMAS)
+    one = learn_pool(tmp_path / "one", "emt", pool, gap, **kw)
+    gap = GAP(**PER_SPECIES, **SIGMAS)
     per = learn_pool(tmp_path / "per", "emt", pool, gap, **kw)
     assert per.log[-1]["n_labels"] == one.log[-1]["n_labels"] == 6
     assert per.capacity == {"soap": 16, "soap_2": 16} and one.capacity == {"soap": 32}
@@ -259,6 +257,10 @@ def test_learning_with_a_soap_term_per_species_is_the_add_species_run(
     got = b.info["n_sparse"]
     assert (got["soap"]["Cu"], got["soap_2"]["Au"]) == (counts["Cu"], counts["Au"])
     assert got["soap"]["Au"] == got["soap_2"]["Cu"] == 0
+    r = a.term("distance_2b")
+    for k, name in enumerate(("distance_2b", "distance_2b_2", "distance_2b_3")):
+        got_r, want_r = b.term(name).sparse_r, r.sparse_r[r.sparse_type == k]
+        assert np.allclose(got_r, want_r, rtol=0, atol=1e-12)
     assert min(counts.values()) > 0
     (p,), (q,) = (m.predict([test_cell], std=True) for m in (a, b))
     for key in ("energy", "forces", "virial", "energy_std", "forces_std"):
