@@ -108,7 +108,9 @@ def padded(model: Model, capacity: Mapping[str, int]) -> Model:
         old.append(M + np.arange(t.n_sparse))
         n_pad = capacity[t.name] - t.n_sparse if isinstance(t, SoapTerm) else 0
         if n_pad < 0:
-            raise ValueError(f"{t.n_sparse} sparse points of {t.name} exceed {n_pad}")
+            raise ValueError(
+                f"{t.n_sparse} sparse points of {t.name} exceed {capacity[t.name]}"
+            )
         if n_pad:
             F = t.sparse_X.shape[1]
             t = dataclasses.replace(
@@ -268,25 +270,28 @@ def widened_pairs(
     ``update.refit`` it. Chosen from the first frames only, the points would leave
     the distances that the sampler reaches later (shorter bonds in hot MD) with a
     2-body std that no label lowers."""
+    pairs = {t.name: (t.spec, t.kernel) for t in model.terms if isinstance(t, PairTerm)}
+    if not pairs or not new:
+        return None
+    got = descriptors(gap, pairs, new)  # one neighbour pass for every 2-body term
+    wide = []
+    for name, (spec, _) in pairs.items():
+        term = model.term(name)
+        have = pair_ranges(spec, term.sparse_r, term.sparse_type)
+        lo_hi = pair_ranges(spec, *got[name])
+        if not np.all((lo_hi[:, 0] >= have[:, 0]) & (lo_hi[:, 1] <= have[:, 1])):
+            wide.append(name)
+    if not wide:
+        return None
+    every = descriptors(gap, {n: pairs[n] for n in wide}, frames)
     settings = gap._term_settings()
-    terms, widened = list(model.terms), False
-    for k, term in enumerate(terms):
-        if not isinstance(term, PairTerm) or not new:
-            continue
-        only = {term.name: (term.spec, term.kernel)}
-        r, t = descriptors(gap, only, new)[term.name]
-        have = pair_ranges(term.spec, term.sparse_r, term.sparse_type)
-        got = pair_ranges(term.spec, r, t)
-        if np.all((got[:, 0] >= have[:, 0]) & (got[:, 1] <= have[:, 1])):
-            continue
-        r, t = descriptors(gap, only, frames)[term.name]
-        pair = settings[term.name][1]
-        summary = PairSummary.of(term.spec, r, t, pair["sparse_method"])
-        terms[k] = pair_term(
-            term.spec, term.kernel, pair, summary, gap.rnd_seed, term.name
-        )
-        widened = True
-    return dataclasses.replace(model, terms=tuple(terms)) if widened else None
+    chosen = {}
+    for name in wide:
+        (spec, kernel), pair = pairs[name], settings[name][1]
+        summary = PairSummary.of(spec, *every[name], pair["sparse_method"])
+        chosen[name] = pair_term(spec, kernel, pair, summary, gap.rnd_seed, name)
+    terms = tuple(chosen.get(t.name, t) for t in model.terms)
+    return dataclasses.replace(model, terms=terms)
 
 
 def with_sparse(
