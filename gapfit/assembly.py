@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gapfit.baseline import Baseline
-from gapfit.blocks import batch_arrays, voigt_of
+from gapfit.blocks import Rows, batch_arrays, voigt_of
 from gapfit.data import Frame, Sigmas
 from gapfit.memory import release_freed
 from gapfit.model import Model
@@ -122,15 +122,21 @@ def scaled_rows(
             yW[c] = voigt_of(f.virial)
             wW[c] = 1.0 / s_w
         a0 += n
-    A_rows = jnp.concatenate(
+    b = np.concatenate([yE * wE, (yF * wF).ravel(), (yW * wW).ravel()])
+    return _weighted(rows, wE, wF, wW), jnp.asarray(b)
+
+
+@jax.jit
+def _weighted(rows: Rows, wE: jax.Array, wF: jax.Array, wW: jax.Array) -> jax.Array:
+    """The energy, force and virial rows scaled by their inverse sigmas, stacked."""
+    A, C = wF.shape[0], wE.shape[0]
+    return jnp.concatenate(
         [
             rows.energy * wE[:, None],
             (rows.forces * wF[:, :, None]).reshape(3 * A, -1),
             (rows.virial * wW[:, :, None]).reshape(6 * C, -1),
         ]
     )
-    b = jnp.concatenate([yE * wE, (yF * wF).ravel(), (yW * wW).ravel()])
-    return A_rows, b
 
 
 def scaled_chunks(

@@ -531,6 +531,7 @@ def no_pairs(spec: PairSpec, name: str = "distance_2b") -> GapfitError:
     )
 
 
+@partial(jax.jit, static_argnums=0)
 def pair_kernel_block(
     spec: PairSpec,
     kernel: SEKernel,

@@ -23,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
@@ -151,15 +153,23 @@ def statistics(
         n += np.bincount(ids[ids >= 0], minlength=len(n))
         # energies, forces, virials are contiguous blocks of rows: fold each block
         # (fixed shapes, one compilation each) once per group present in it
-        for rows in (slice(0, C), slice(C, C + 3 * A), slice(C + 3 * A, None)):
-            block_ids = ids[rows]
+        for lo, hi in ((0, C), (C, C + 3 * A), (C + 3 * A, A_rows.shape[0])):
+            block_ids = ids[lo:hi]
             for g in np.unique(block_ids[block_ids >= 0]):
-                mask = jnp.asarray(block_ids == g, dtype=float)
-                R[g] = fold(R[g], A_rows[rows] * mask[:, None], b[rows] * mask)
+                mask = (block_ids == g).astype(float)
+                R[g] = _fold_group(R[g], A_rows, b, mask, lo, hi)
     term = np.repeat(np.arange(len(model.terms)), [t.n_sparse for t in model.terms])
     return Statistics(
         jnp.stack(R), jnp.asarray(K_mm), jnp.asarray(term), jnp.asarray(n), log_var
     )
+
+
+@partial(jax.jit, static_argnums=(4, 5))
+def _fold_group(
+    R: jax.Array, A: jax.Array, b: jax.Array, mask: jax.Array, lo: int, hi: int
+) -> jax.Array:
+    """``fold`` of the rows ``lo:hi`` of ``A``, ``b`` where ``mask`` is 1."""
+    return fold(R, A[lo:hi] * mask[:, None], b[lo:hi] * mask)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,6 +59,7 @@ class DotProductKernel:
         object.__setattr__(self, "zeta", int(self.zeta))
 
 
+@jax.jit
 def normalise(X: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Unit rows ``X / |X|`` and the norms ``|X|`` of ``X (n, d)``."""
     norm = jnp.sqrt(jnp.sum(X * X, axis=-1))
@@ -75,6 +76,7 @@ def same_species(s: jax.Array, t: jax.Array) -> jax.Array:
     return (s[:, None] == t[None, :]).astype(jnp.float64)
 
 
+@jax.jit
 def kernel_block(
     kernel: DotProductKernel,
     X_hat: jax.Array,

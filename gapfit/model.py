@@ -121,15 +121,15 @@ class Model:
     def _weights(self) -> tuple[jax.Array, ...]:
         """The posterior weights split per term."""
         bounds = np.cumsum([0] + [t.n_sparse for t in self.terms])
-        w = self.posterior.weights
-        return tuple(w[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        w = np.asarray(self.posterior.weights)  # split on the host: no slice programs
+        return tuple(jnp.asarray(x) for x in np.split(w, bounds[1:-1]))
 
     def rows(self, b: dict, pairs: Sequence[Any] = ()) -> Rows:
         """Kernel rows of all terms, concatenated along the sparse axis; each term's
         over its ``pairs`` (``terms.row_pairs``) if given, else over every pair."""
         pairs = pairs or (None,) * len(self.terms)
-        parts = [t.rows(b, p) for t, p in zip(self.terms, pairs, strict=True)]
-        return Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*parts, strict=True)))
+        parts = tuple(t.rows(b, p) for t, p in zip(self.terms, pairs, strict=True))
+        return _joined(parts)
 
     def _term_args(self) -> tuple[tuple, tuple, tuple]:
         """Each term's (type, spec) (static), kernel and sparse points, for the
@@ -499,6 +499,12 @@ def std_mode(std: bool | str) -> str | None:
         f"std={std!r} is not a std mode; use False, True or 'all' (every std), or "
         "'energy' (the local and total energy stds only)."
     )
+
+
+@jax.jit
+def _joined(parts: tuple[Rows, ...]) -> Rows:
+    """The terms' kernel rows side by side (one program, not one per field)."""
+    return Rows(*(jnp.concatenate(x, axis=-1) for x in zip(*parts, strict=True)))
 
 
 @partial(jax.jit, static_argnums=0)

@@ -45,6 +45,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import numpy as np
 
 from gapfit.errors import GapfitError
 
@@ -66,8 +67,8 @@ class Posterior(NamedTuple):
 def prior_factor(K_mm: jax.Array, jitter: float) -> jax.Array:
     """``L_mm``, lower Cholesky factor of ``K_mm + jitter I``; GapfitError when it is
     not positive definite."""
-    L = jnp.linalg.cholesky(K_mm + jitter * jnp.eye(K_mm.shape[0]))
-    if not bool(jnp.all(jnp.isfinite(L))):
+    L = _jittered_cholesky(K_mm, jitter)
+    if not np.isfinite(np.asarray(L)).all():
         raise GapfitError(
             "the sparse covariance K_mm is not positive definite (duplicate or nearly "
             "identical sparse points); raise --sparse-jitter (e.g. 1e-6) or lower "
@@ -76,9 +77,14 @@ def prior_factor(K_mm: jax.Array, jitter: float) -> jax.Array:
     return L
 
 
+@jax.jit
+def _jittered_cholesky(K_mm: jax.Array, jitter: float) -> jax.Array:
+    return jnp.linalg.cholesky(K_mm + jitter * jnp.eye(K_mm.shape[0]))
+
+
 def empty_factor(M: int) -> jax.Array:
     """Factor ``(M+1, M+1)`` of no rows, to fold rows into: ``FOLD_START I``."""
-    return FOLD_START * jnp.eye(M + 1)
+    return jnp.asarray(FOLD_START * np.eye(M + 1))
 
 
 @jax.jit
@@ -122,15 +128,22 @@ def whitened(R_raw: jax.Array, L: jax.Array) -> jax.Array:
 def solve(R_aug: jax.Array, L: jax.Array) -> Posterior:
     """Posterior from the whitened augmented factor ``R_aug (M+1, M+1)`` (prior rows
     included): ``v = R^-1 Q^T c``, ``w = L^-T v``."""
-    M = L.shape[0]
-    R, Qtc = R_aug[:M, :M], R_aug[:M, M]
-    if bool(jnp.any(jnp.abs(jnp.diag(R)) < 1e-300)):
+    w, R, smallest = _weights(R_aug, L)
+    if float(smallest) < 1e-300:
         raise GapfitError(
             "the least-squares system is singular; raise --sparse-jitter."
         )
+    return Posterior(w, L, R)
+
+
+@jax.jit
+def _weights(R_aug: jax.Array, L: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``solve``'s weights, ``R`` and the smallest ``|R_ii|`` in one program."""
+    M = L.shape[0]
+    R, Qtc = R_aug[:M, :M], R_aug[:M, M]
     v = jsl.solve_triangular(R, Qtc, lower=False)
     w = jsl.solve_triangular(L, v, lower=True, trans="T")
-    return Posterior(w, L, R)
+    return w, R, jnp.min(jnp.abs(jnp.diag(R)))
 
 
 def finish(R_data: jax.Array, L: jax.Array) -> Posterior:
