@@ -199,7 +199,6 @@ def force_residuals(
         sparse_X=np.concatenate([term.sparse_X, X]),
         sparse_species=np.concatenate([term.sparse_species, t]),
     )
-    M = term.n_sparse
     L = soap_cholesky(model, name)
     k_c = kernel_block(term.kernel, jnp.asarray(X), jnp.asarray(t), *term._z)
     V_c = jsl.solve_triangular(L, k_c.T, lower=True).T  # (L^-1 k_c)^T
@@ -208,14 +207,27 @@ def force_residuals(
     for batch in model_batches(model, frames, chunks, shape):
         tables = jax.device_put(pair_tables(batch, keep=term_pairs(term.spec, batch)))
         rows, priors = both.rows_and_priors(batch_arrays(batch), tables)
+        r, R = _force_residuals(rows.forces, priors.forces, L, V_c)  # padded atoms
         real = np.flatnonzero(batch.atom_mask)
-        k_F = rows.forces[real].reshape(3 * len(real), -1)  # (n_F, M + size)
-        V_F = jsl.solve_triangular(L, k_F[:, :M].T, lower=True).T
-        r_F.append(np.ravel(priors.forces[real]) - np.sum(V_F**2, axis=1))
-        R_Fc.append(k_F[:, M : M + len(X_hat)] - V_F @ V_c[: len(X_hat)].T)
+        comps = (3 * real[:, None] + np.arange(3)).ravel()  # their force components
+        r_F.append(np.asarray(r)[comps])
+        R_Fc.append(np.asarray(R)[comps, : len(X_hat)])
     # with K_mm's jitter: the candidate's variance as a sparse point
     R_cc = nystrom_residual(model, X_hat, s, name) + _jitter(model) * np.eye(len(X_hat))
-    return np.concatenate(r_F), np.asarray(jnp.concatenate(R_Fc)), R_cc
+    return np.concatenate(r_F), np.concatenate(R_Fc), R_cc
+
+
+@jax.jit
+def _force_residuals(
+    rows: jax.Array, priors: jax.Array, L: jax.Array, V_c: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``force_residuals``' ``r_F`` and ``R_Fc`` of a batch's force components
+    (atom-major) from their kernel rows ``(A, 3, M + size)`` over the sparse points
+    then the candidates, their prior variances ``(A, 3)``, ``L`` and ``V_c``."""
+    M = L.shape[0]
+    k_F = rows.reshape(-1, rows.shape[-1])
+    V_F = jsl.solve_triangular(L, k_F[:, :M].T, lower=True).T
+    return jnp.ravel(priors) - jnp.sum(V_F**2, axis=1), k_F[:, M:] - V_F @ V_c.T
 
 
 def force_sparse(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -25,8 +26,12 @@ T = TypeVar("T")
 def stack_qr(R_1: np.ndarray, R_2: np.ndarray) -> np.ndarray:
     """R factor ``(n, n)`` of ``[R_1; R_2]``, both ``(n, n)`` upper-triangular factors
     of ``[A | b]`` row blocks: ``sparse_gp.fold`` with ``R_2`` as the new rows."""
-    R_1, R_2 = jnp.asarray(R_1), jnp.asarray(R_2)
-    return np.asarray(fold(R_1, R_2[:, :-1], R_2[:, -1]))
+    return np.asarray(_stacked(jnp.asarray(R_1), jnp.asarray(R_2)))
+
+
+@jax.jit
+def _stacked(R_1: jax.Array, R_2: jax.Array) -> jax.Array:
+    return fold(R_1, R_2[:, :-1], R_2[:, -1])
 
 
 def tree_reduce(items: Sequence[T], pair: Callable[[T, T], T]) -> T:

@@ -34,6 +34,7 @@ from gapfit.fit import GAP, _data_summary
 from gapfit.hyperparameters import optimise
 from gapfit.model import Model, chunk_indices
 from gapfit.sparse_gp import (
+    Posterior,
     empty_factor,
     finish,
     fold_whitened,
@@ -92,6 +93,14 @@ def refit(
     return dataclasses.replace(model, posterior=finish(R_aug, L), info=info)
 
 
+@jax.jit
+def _augmented(post: Posterior) -> jax.Array:
+    """``[[R, R L_mm^T w], [0, 0]]`` (M+1, M+1): the fit's factor to fold rows into."""
+    R, L, w = post.R, post.L_mm, post.weights
+    M = w.shape[0]
+    return jnp.zeros((M + 1, M + 1)).at[:M, :M].set(R).at[:M, M].set(R @ (L.T @ w))
+
+
 def update(
     model: Model,
     frames: Sequence[Frame | ase.Atoms],
@@ -105,9 +114,8 @@ def update(
     if not frames:
         return model
     sigmas, _ = model_sigmas(model)
-    R, L, w = model.posterior.R, model.posterior.L_mm, model.posterior.weights
-    M = w.shape[0]
-    R_aug = jnp.zeros((M + 1, M + 1)).at[:M, :M].set(R).at[:M, M].set(R @ (L.T @ w))
+    L = model.posterior.L_mm
+    R_aug = _augmented(model.posterior)
     for A, b in frame_rows(model, frames, sigmas, chunk_atoms, shape):
         R_aug = fold_whitened(R_aug, A, b, L)
     info = {k: v for k, v in model.info.items() if k not in STALE}
