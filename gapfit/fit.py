@@ -372,10 +372,11 @@ class GAP:
             float(ds[0]), float(ds[1]), float(ds[2]), per_type, self.sigma_per_atom
         )
 
-    def _term_settings(self) -> dict[str, tuple[str, dict]]:
-        """Validated settings of every term, ``{name: (kind, settings)}`` in term
-        order (``KINDS``' order, then as given; names ``soap``, ``soap_2``, ...).
-        With no term given, one SOAP term with the defaults."""
+    def _term_settings(self, kind: str | None = None) -> dict[str, tuple[str, dict]]:
+        """Validated settings of every term (or of the terms of ``kind``),
+        ``{name: (kind, settings)}`` in term order (``KINDS``' order, then as given;
+        names ``soap``, ``soap_2``, ...). With no term given, one SOAP term with the
+        defaults."""
         given = {kind: _as_list(getattr(self, kind)) for kind in KINDS}
         if not any(given.values()):
             given["soap"] = [None]
@@ -383,10 +384,11 @@ class GAP:
             raise GapfitError(
                 f"{len(given['angle_3b'])} angle_3b terms given; {ONE_ANGLE_3B}"
             )
+        kinds = KINDS if kind is None else (kind,)
         return {
-            term_name(kind, k): (kind, _PARSERS[kind](value))
-            for kind in KINDS
-            for k, value in enumerate(given[kind], 1)
+            term_name(k, i): (k, _PARSERS[k](value))
+            for k in kinds
+            for i, value in enumerate(given[k], 1)
         }
 
     def _triplet_settings(self) -> dict | None:

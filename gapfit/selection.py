@@ -260,7 +260,7 @@ def unit_soap(
     """The ``Environments`` of every atom of ``frames`` under the SOAP terms of
     ``gap``."""
     frames = as_frames(frames, require=(), source="structures")
-    named = {n: v for n, v in gap._term_settings().items() if v[0] == "soap"}
+    named = gap._term_settings("soap")
     out = descriptors(gap, term_specs(named, tuple(species)), frames)
     X_hat = {
         name: np.asarray(normalise(jnp.asarray(X))[0]) if len(X) else X

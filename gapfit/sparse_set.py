@@ -90,7 +90,7 @@ def compact(model: Model) -> Model:
 def capacities(gap: GAP, species: Sequence[int]) -> dict[str, int]:
     """``{SOAP term: sparse points it holds}``: its ``n_sparse`` per species it
     covers (every one, or its ``Z``)."""
-    named = {n: v for n, v in gap._term_settings().items() if v[0] == "soap"}
+    named = gap._term_settings("soap")
     specs = term_specs(named, tuple(sorted(int(z) for z in species)))
     return {
         name: int(named[name][1]["n_sparse"])

@@ -26,7 +26,7 @@ T = TypeVar("T")
 def stack_qr(R_1: np.ndarray, R_2: np.ndarray) -> np.ndarray:
     """R factor ``(n, n)`` of ``[R_1; R_2]``, both ``(n, n)`` upper-triangular factors
     of ``[A | b]`` row blocks: ``sparse_gp.fold`` with ``R_2`` as the new rows."""
-    return np.asarray(_stacked(jnp.asarray(R_1), jnp.asarray(R_2)))
+    return np.asarray(_stacked(R_1, R_2))
 
 
 @jax.jit
